@@ -1,0 +1,295 @@
+"""SelfHealer: probes every provider, and heals the ones that fail.
+
+Each tick probes every registered provider (a cheap, side-effect-free call) and folds the result
+into its health. A provider that turns unhealthy gets a healing sequence: re-initialise the
+adapter (new HTTP client, fresh credentials), then probe again. Automatic attempts respect a
+cooldown and a cap per window; past the cap the healer stops trying and says that a human is
+needed. `heal()` runs the same sequence on demand (the `heal_provider` tool).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from mcp_autonomy.autonomy.component import Component
+from mcp_autonomy.clock import Clock
+from mcp_autonomy.events import EventBus, EventType, Severity
+from mcp_autonomy.providers.base import ProbeResult, ProviderError
+from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
+from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
+from mcp_autonomy.store import Store
+
+logger = logging.getLogger(__name__)
+
+HEAL_COOLDOWN_S = 30.0
+"""Minimum time between two automatic healing attempts on one provider."""
+HEAL_WINDOW_S = 3600.0
+"""The window over which MAX_HEALING_ATTEMPTS automatic attempts are allowed."""
+PROBE_TIMEOUT_S = 10.0
+
+ProgressFn = Callable[[int, int, str], Awaitable[None]]
+
+
+class HealStep(BaseModel):
+    """One step of a healing sequence and its measured outcome."""
+
+    name: str
+    ok: bool | None = Field(description="null when the step was skipped (dry-run)")
+    detail: str
+    duration_ms: float | None = None
+
+
+class HealResult(BaseModel):
+    """What a healing sequence did and the provider's health afterwards."""
+
+    provider: str
+    trigger: str = Field(description="`manual` (tool call) or `automatic` (the healer's loop)")
+    reason: str
+    dry_run: bool
+    succeeded: bool | None = Field(description="null in dry-run: nothing was carried out")
+    steps: list[HealStep]
+    health_before: HealthSnapshot
+    health_after: HealthSnapshot
+    started_at: float
+    duration_ms: float
+
+
+class SelfHealer(Component):
+    """Keeps providers healthy: active probes, re-initialisation, recovery tracking."""
+
+    name = "self_healer"
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        bus: EventBus,
+        store: Store,
+        providers: ProviderRegistry,
+        enabled: bool,
+        interval_s: float,
+        max_attempts: int,
+    ) -> None:
+        super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
+        self.providers = providers
+        self.max_attempts = max_attempts
+        self._attempts: dict[str, deque[float]] = {}
+        self._given_up: set[str] = set()
+        self.heals_total = 0
+        self.heals_succeeded = 0
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        for entry in self.providers.entries():
+            await self.probe(entry)
+            if entry.health.status is HealthStatus.UNHEALTHY:
+                await self._maybe_auto_heal(entry)
+            elif entry.health.status is HealthStatus.HEALTHY:
+                self._given_up.discard(entry.name)
+
+    async def probe(self, entry: ProviderEntry) -> ProbeResult:
+        """Probe one provider now and fold the result into its health (publishing transitions)."""
+        started = time.perf_counter()
+        try:
+            result = await entry.adapter.probe()
+        except ProviderError as exc:
+            result = ProbeResult(
+                ok=False,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                detail=str(exc),
+                error_class=exc.error_class,
+            )
+        except Exception as exc:  # an adapter bug must not stop the healer from seeing it
+            result = ProbeResult(
+                ok=False,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                detail=f"{type(exc).__name__}: {exc}",
+            )
+        transition = entry.health.record_probe(result, self.clock.now())
+        if transition is not None:
+            self.bus.emit(
+                EventType.PROVIDER_HEALTH_CHANGED,
+                component=self.name,
+                provider=entry.name,
+                severity=Severity.WARNING
+                if transition.to_status in (HealthStatus.UNHEALTHY, HealthStatus.DEGRADED)
+                else Severity.INFO,
+                message=f"{entry.name}: {transition.from_status.value} -> {transition.to_status.value}",
+                data={
+                    "from": transition.from_status.value,
+                    "to": transition.to_status.value,
+                    "reason": transition.reason,
+                    "probe_latency_ms": round(result.latency_ms, 3),
+                },
+            )
+        return result
+
+    async def _maybe_auto_heal(self, entry: ProviderEntry) -> None:
+        now = self.clock.monotonic()
+        attempts = self._attempts.setdefault(entry.name, deque())
+        while attempts and now - attempts[0] > HEAL_WINDOW_S:
+            attempts.popleft()
+        if attempts and now - attempts[-1] < HEAL_COOLDOWN_S:
+            return
+        if len(attempts) >= self.max_attempts:
+            if entry.name not in self._given_up:
+                self._given_up.add(entry.name)
+                self.bus.emit(
+                    EventType.HEALING_EVENT,
+                    component=self.name,
+                    provider=entry.name,
+                    severity=Severity.CRITICAL,
+                    message=(
+                        f"{entry.name}: {len(attempts)} automatic healing attempts in "
+                        f"{HEAL_WINDOW_S:.0f} s did not help; manual intervention required"
+                    ),
+                    data={"action": "manual_intervention_required", "attempts": len(attempts)},
+                )
+            return
+        if not self.dry_run:
+            attempts.append(now)
+        await self.heal(entry.name, reason="provider unhealthy", trigger="automatic")
+
+    # --- healing ------------------------------------------------------------------------
+
+    async def heal(
+        self,
+        provider: str,
+        *,
+        reason: str,
+        trigger: str = "manual",
+        progress: ProgressFn | None = None,
+        dry_run: bool | None = None,
+    ) -> HealResult:
+        """Run the healing sequence on `provider` now and report each step.
+
+        Raises:
+            UnknownProviderError: no such provider.
+        """
+        entry = self.providers.get(provider)
+        is_dry_run = self.dry_run if dry_run is None else dry_run
+        started_at = self.clock.now()
+        started = time.perf_counter()
+        before = entry.health.snapshot()
+        was_unhealthy = before.status in (HealthStatus.UNHEALTHY, HealthStatus.DEGRADED)
+        steps: list[HealStep] = []
+        total_steps = 2
+
+        async def report(done: int, message: str) -> None:
+            if progress is not None:
+                await progress(done, total_steps, message)
+
+        if is_dry_run:
+            steps.append(
+                HealStep(name="reinitialize", ok=None, detail="dry-run: would re-initialise the adapter")
+            )
+            steps.append(HealStep(name="probe", ok=None, detail="dry-run: would probe the provider"))
+            await report(total_steps, "dry-run: nothing carried out")
+            succeeded: bool | None = None
+        else:
+            await report(0, f"re-initialising {provider}")
+            steps.append(await self._reinitialize(entry))
+            await report(1, f"probing {provider}")
+            result = await self.probe(entry)
+            steps.append(
+                HealStep(
+                    name="probe",
+                    ok=result.ok,
+                    detail=result.detail or ("ok" if result.ok else "failed"),
+                    duration_ms=round(result.latency_ms, 3),
+                )
+            )
+            succeeded = all(s.ok for s in steps)
+            await report(total_steps, f"{provider} {'healed' if succeeded else 'still failing'}")
+            self.heals_total += 1
+            if succeeded:
+                self.heals_succeeded += 1
+            if trigger == "manual":
+                self.count_action()
+            else:
+                self._actions_taken += 1
+
+        after = entry.health.snapshot()
+        heal_result = HealResult(
+            provider=provider,
+            trigger=trigger,
+            reason=reason,
+            dry_run=is_dry_run,
+            succeeded=succeeded,
+            steps=steps,
+            health_before=before,
+            health_after=after,
+            started_at=started_at,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        self.bus.emit(
+            EventType.HEALING_EVENT,
+            component=self.name,
+            provider=provider,
+            dry_run=is_dry_run,
+            severity=Severity.INFO if succeeded is not False else Severity.WARNING,
+            message=(
+                f"{provider}: {trigger} healing "
+                + ("planned (dry-run)" if is_dry_run else "succeeded" if succeeded else "failed")
+                + f" ({reason})"
+            ),
+            data={
+                "action": "heal",
+                "trigger": trigger,
+                "reason": reason,
+                "steps": [s.model_dump() for s in steps],
+                "health_before": before.status.value,
+                "health_after": after.status.value,
+            },
+        )
+        if succeeded and was_unhealthy and after.status is HealthStatus.HEALTHY:
+            self.bus.emit(
+                EventType.PROVIDER_RECOVERED,
+                component=self.name,
+                provider=provider,
+                message=f"{provider} recovered after healing",
+                data={
+                    "downtime_s": None if before.since is None else round(self.clock.now() - before.since, 3)
+                },
+            )
+        return heal_result
+
+    async def _reinitialize(self, entry: ProviderEntry) -> HealStep:
+        started = time.perf_counter()
+        try:
+            await entry.adapter.initialize()
+        except Exception as exc:  # reported as a failed step, the sequence goes on to the probe
+            entry.last_init_error = f"{type(exc).__name__}: {exc}"
+            return HealStep(
+                name="reinitialize",
+                ok=False,
+                detail=entry.last_init_error,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        entry.initialized = True
+        entry.last_init_error = None
+        return HealStep(
+            name="reinitialize",
+            ok=True,
+            detail="new HTTP client, fresh credentials",
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "providers_monitored": len(self.providers),
+            "heals_total": self.heals_total,
+            "heals_succeeded": self.heals_succeeded,
+            "heal_success_rate": None if self.heals_total == 0 else self.heals_succeeded / self.heals_total,
+            "manual_intervention_required": sorted(self._given_up),
+            "max_attempts_per_window": self.max_attempts,
+            "attempt_window_s": HEAL_WINDOW_S,
+            "cooldown_s": HEAL_COOLDOWN_S,
+        }

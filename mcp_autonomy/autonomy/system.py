@@ -1,0 +1,440 @@
+"""AutonomousSystem: owns the four loops, the providers, the event bus and the store.
+
+`async with system.running():` opens the store, initialises the providers and runs every loop
+in one anyio TaskGroup; leaving the block cancels the group and waits for every loop to stop.
+The server layer (MCP tools, REST) calls the methods here and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import TaskGroup
+from pydantic import BaseModel
+
+from mcp_autonomy import __version__
+from mcp_autonomy.autonomy.component import Component, ComponentStatus, Mode
+from mcp_autonomy.autonomy.healer import HealResult, SelfHealer
+from mcp_autonomy.autonomy.optimizer import AutoOptimizer
+from mcp_autonomy.autonomy.predictor import PredictiveMaintenance
+from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
+from mcp_autonomy.autonomy.scaling import LocalScaleBackend, ReplicaState, ScaleBackend
+from mcp_autonomy.clock import Clock, SystemClock
+from mcp_autonomy.config import Settings, load_settings
+from mcp_autonomy.events import Event, EventBus, EventType, Severity
+from mcp_autonomy.providers.base import ProviderAdapter
+from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
+from mcp_autonomy.recorder import EventRecorder
+from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
+from mcp_autonomy.store import AuditRecord, Store
+
+logger = logging.getLogger(__name__)
+
+ComponentName = Literal["self_healer", "auto_scaler", "predictive_maintenance", "auto_optimizer"]
+COMPONENT_NAMES: tuple[ComponentName, ...] = (
+    "self_healer",
+    "auto_scaler",
+    "predictive_maintenance",
+    "auto_optimizer",
+)
+ProgressFn = Callable[[int, int, str], Awaitable[None]]
+
+
+class ProviderStatus(BaseModel):
+    """One provider as the engine sees it (never its credentials)."""
+
+    name: str
+    health: HealthSnapshot
+    backups: list[str]
+    critical: bool
+    initialized: bool
+    last_init_error: str | None
+    operations: list[str]
+    currencies: list[str]
+    countries: list[str]
+    refunds: bool
+
+
+class EventBusStatus(BaseModel):
+    """The event bus's own counters."""
+
+    published: int
+    dropped: int
+    subscribers: int
+    in_memory: int
+    recorded: int
+    recorder_dropped: int
+
+
+class SystemStatus(BaseModel):
+    """The whole system at a glance: every figure is measured, null when not yet known."""
+
+    version: str
+    run_id: str
+    started: bool
+    started_at: float | None
+    uptime_s: float | None
+    overall: Literal["healthy", "degraded", "critical", "unknown"]
+    overall_reason: str
+    components: dict[str, ComponentStatus]
+    providers: list[ProviderStatus]
+    scaling: ReplicaState | None
+    events: EventBusStatus
+
+
+class SystemStats(BaseModel):
+    """Counters and scores over the life of the store (events) and of this run (components)."""
+
+    run_id: str
+    uptime_s: float | None
+    events_by_type: dict[str, int]
+    events_stored: int
+    manual_actions: int
+    healing: dict[str, Any]
+    scaling: dict[str, Any]
+    predictions: dict[str, Any]
+    optimizations: dict[str, Any]
+
+
+class AutonomousSystem:
+    """The engine: four autonomy loops over the registered providers.
+
+    Example:
+        system = AutonomousSystem(Settings(min_instances=2, max_instances=20))
+        system.register_provider("mpesa", backups=["intasend", "paystack"])
+        async with system.running():
+            ...
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        scale_backend: ScaleBackend | None = None,
+        adapter_factory: Callable[[str], ProviderAdapter] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.store = Store(self.settings.db_path)
+        self.events = EventBus(self.clock, history_size=self.settings.event_history, run_id=self.run_id)
+        self.recorder = EventRecorder(self.events, self.store)
+        self.recorder.attach()
+        self.providers = ProviderRegistry()
+        self._adapter_factory = adapter_factory
+        s = self.settings
+        self.self_healer = SelfHealer(
+            clock=self.clock,
+            bus=self.events,
+            store=self.store,
+            providers=self.providers,
+            enabled=s.self_healing_enabled,
+            interval_s=s.self_healing_interval_ms / 1000,
+            max_attempts=s.max_healing_attempts,
+        )
+        self.auto_scaler = AutoScaler(
+            clock=self.clock,
+            bus=self.events,
+            store=self.store,
+            backend=scale_backend or LocalScaleBackend(self.store, self.clock, s.min_instances),
+            load_source=self.measured_load_tpm,
+            enabled=s.auto_scaling_enabled,
+            interval_s=s.scaling_interval_ms / 1000,
+            min_replicas=s.min_instances,
+            max_replicas=s.max_instances,
+            target_tpm_per_instance=s.target_tpm_per_instance,
+        )
+        self.predictive_maintenance = PredictiveMaintenance(
+            clock=self.clock,
+            bus=self.events,
+            store=self.store,
+            enabled=s.predictive_maintenance_enabled,
+            interval_s=s.prediction_interval_ms / 1000,
+            sensitivity=s.prediction_sensitivity,
+            auto_schedule_maintenance=s.auto_schedule_maintenance,
+        )
+        self.auto_optimizer = AutoOptimizer(
+            clock=self.clock,
+            bus=self.events,
+            store=self.store,
+            enabled=s.auto_optimization_enabled,
+            interval_s=s.optimization_interval_ms / 1000,
+            conservative=s.conservative_mode,
+        )
+        self.components: dict[str, Component] = {
+            c.name: c
+            for c in (self.self_healer, self.auto_scaler, self.predictive_maintenance, self.auto_optimizer)
+        }
+        self._task_group: TaskGroup | None = None
+        self._started_at: float | None = None
+        self._started_mono: float | None = None
+        self._ready = anyio.Event()
+
+    # --- providers ----------------------------------------------------------------------
+
+    def register_provider(
+        self,
+        provider: str | ProviderAdapter,
+        backups: list[str] | None = None,
+        *,
+        critical: bool = False,
+    ) -> ProviderEntry:
+        """Register a provider by adapter or by name (built by the adapter factory)."""
+        if isinstance(provider, str):
+            if self._adapter_factory is None:
+                raise ValueError(f"cannot build provider {provider!r}: no adapter factory configured")
+            adapter = self._adapter_factory(provider)
+        else:
+            adapter = provider
+        entry = self.providers.register(
+            adapter, backups=backups, critical=critical, registered_at=self.clock.now()
+        )
+        self.events.emit(
+            EventType.PROVIDER_REGISTERED,
+            component="system",
+            provider=adapter.name,
+            message=f"provider {adapter.name} registered",
+            data={"backups": list(entry.backups), "critical": critical},
+        )
+        return entry
+
+    def set_backup_providers(self, primary: str, backups: list[str]) -> list[str]:
+        """Validate and set `primary`'s backups; returns the previous list."""
+        return self.providers.set_backups(primary, backups)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._task_group is not None
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[AutonomousSystem]:
+        """Run every loop for the duration of the block."""
+        if self._task_group is not None:
+            raise RuntimeError("the system is already running")
+        self.store.open()
+        try:
+            for component in self.components.values():
+                component.load_persisted_mode()
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.recorder.run)
+                await self._initialize_providers()
+                self._started_at = self.clock.now()
+                self._started_mono = self.clock.monotonic()
+                self._task_group = tg
+                self.events.emit(
+                    EventType.SYSTEM_STARTED,
+                    component="system",
+                    message=f"mcp-autonomy {__version__} started (run {self.run_id})",
+                    data={"providers": self.providers.names()},
+                )
+                for component in self.components.values():
+                    await component.start(tg)
+                self._ready.set()
+                try:
+                    yield self
+                finally:
+                    self.events.emit(EventType.SYSTEM_STOPPED, component="system", message="stopping")
+                    tg.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            self._ready = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                for entry in self.providers.entries():
+                    try:
+                        await entry.adapter.close()
+                    except Exception:  # closing must not hide the real exit reason
+                        logger.exception("closing %s failed", entry.name)
+            self.recorder.flush()
+            self.store.close()
+
+    async def _initialize_providers(self) -> None:
+        for entry in self.providers.entries():
+            try:
+                await entry.adapter.initialize()
+                entry.initialized = True
+                entry.last_init_error = None
+            except Exception as exc:  # a provider down at start-up is for the healer, not fatal
+                entry.last_init_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("initialising %s failed: %s", entry.name, entry.last_init_error)
+
+    # --- measurements -------------------------------------------------------------------
+
+    def measured_load_tpm(self) -> float | None:
+        """Transactions per minute measured through the router; None until payments flow."""
+        return None
+
+    # --- status -------------------------------------------------------------------------
+
+    def provider_status(self, name: str) -> ProviderStatus:
+        entry = self.providers.get(name)
+        caps = entry.adapter.capabilities
+        return ProviderStatus(
+            name=entry.name,
+            health=entry.health.snapshot(),
+            backups=list(entry.backups),
+            critical=entry.critical,
+            initialized=entry.initialized,
+            last_init_error=entry.last_init_error,
+            operations=sorted(op.value for op in caps.operations),
+            currencies=sorted(caps.currencies),
+            countries=sorted(caps.countries),
+            refunds=caps.refunds,
+        )
+
+    def _overall(
+        self, providers: list[ProviderStatus]
+    ) -> tuple[Literal["healthy", "degraded", "critical", "unknown"], str]:
+        if not providers:
+            return "unknown", "no providers registered"
+        statuses = [p.health.status for p in providers]
+        unhealthy = [p.name for p in providers if p.health.status is HealthStatus.UNHEALTHY]
+        if len(unhealthy) * 2 > len(providers):
+            return "critical", f"more than half of the providers are unhealthy: {', '.join(unhealthy)}"
+        critical_down = [
+            p.name for p in providers if p.critical and p.health.status is HealthStatus.UNHEALTHY
+        ]
+        if critical_down:
+            return "critical", f"critical provider(s) unhealthy: {', '.join(critical_down)}"
+        if all(s is HealthStatus.UNKNOWN for s in statuses):
+            return "unknown", "no provider probed yet"
+        not_ok = [p.name for p in providers if p.health.status is not HealthStatus.HEALTHY]
+        if not_ok:
+            return "degraded", f"not healthy: {', '.join(not_ok)}"
+        return "healthy", "every provider healthy"
+
+    async def get_status(self) -> SystemStatus:
+        """Everything an operator needs at a glance."""
+        providers = [self.provider_status(n) for n in self.providers.names()]
+        overall, reason = self._overall(providers)
+        scaling: ReplicaState | None
+        try:
+            scaling = await self.auto_scaler.backend.read() if self.store.is_open else None
+        except Exception as exc:  # an unreachable backend is shown, not fatal for status
+            logger.warning("reading replica state failed: %s", exc)
+            scaling = None
+        return SystemStatus(
+            version=__version__,
+            run_id=self.run_id,
+            started=self.started,
+            started_at=self._started_at,
+            uptime_s=self.uptime_s,
+            overall=overall,
+            overall_reason=reason,
+            components={name: c.status() for name, c in self.components.items()},
+            providers=providers,
+            scaling=scaling,
+            events=EventBusStatus(
+                published=self.events.published_total,
+                dropped=self.events.dropped_total,
+                subscribers=self.events.subscriber_count,
+                in_memory=self.events.history_size,
+                recorded=self.recorder.written,
+                recorder_dropped=self.recorder.dropped,
+            ),
+        )
+
+    @property
+    def uptime_s(self) -> float | None:
+        return None if self._started_mono is None else round(self.clock.monotonic() - self._started_mono, 3)
+
+    def get_stats(self) -> SystemStats:
+        """Counters and scores (events counted from the store, so they span restarts)."""
+        self.recorder.flush()
+        return SystemStats(
+            run_id=self.run_id,
+            uptime_s=self.uptime_s,
+            events_by_type=self.store.count_events_by_type(),
+            events_stored=self.store.count_events(),
+            manual_actions=self.store.count_audit(),
+            healing=self.self_healer.details(),
+            scaling=self.auto_scaler.details(),
+            predictions=self.predictive_maintenance.scores(),
+            optimizations=self.auto_optimizer.details(),
+        )
+
+    # --- operator actions ---------------------------------------------------------------
+
+    def set_autonomy(self, component: str, mode: Mode, *, reason: str) -> tuple[Mode, Mode]:
+        """The kill switch: set one component (or `all`) to on / off / dry_run."""
+        targets = list(self.components.values()) if component == "all" else [self._component(component)]
+        previous = targets[0].mode
+        for target in targets:
+            target.set_mode(mode, reason=reason)
+        return previous, mode
+
+    def _component(self, name: str) -> Component:
+        try:
+            return self.components[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown component {name!r}; allowed: {', '.join([*self.components, 'all'])}"
+            ) from None
+
+    async def heal_provider(
+        self, provider: str, *, reason: str, progress: ProgressFn | None = None
+    ) -> HealResult:
+        """Run the healing sequence on `provider` now (respects the healer's dry-run mode)."""
+        return await self.self_healer.heal(provider, reason=reason, trigger="manual", progress=progress)
+
+    async def scale_to(
+        self, replicas: int, *, reason: str, force: bool = False, progress: ProgressFn | None = None
+    ) -> ScaleResult:
+        """Set the replica count now (operator override), waiting for the rollout."""
+        return await self.auto_scaler.scale_to(replicas, reason=reason, force=force, progress=progress)
+
+    def query_events(
+        self,
+        *,
+        provider: str | None = None,
+        types: list[EventType] | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        """Events from the store (all runs), newest `limit`, oldest first."""
+        self.recorder.flush()
+        return self.store.query_events(types=types or (), provider=provider, since=since, limit=limit)
+
+    def record_manual_action(
+        self,
+        *,
+        tool: str,
+        arguments: dict[str, Any],
+        client: str | None,
+        reason: str | None,
+        ok: bool,
+        result: Any,
+    ) -> int:
+        """Write the audit log entry for a manual action and publish it as an event."""
+        audit_id = self.store.record_audit(
+            timestamp=self.clock.now(),
+            tool=tool,
+            arguments=arguments,
+            client=client,
+            reason=reason,
+            ok=ok,
+            result=result,
+        )
+        self.events.emit(
+            EventType.MANUAL_ACTION,
+            component="operator",
+            provider=arguments.get("provider") if isinstance(arguments.get("provider"), str) else None,
+            severity=Severity.INFO if ok else Severity.WARNING,
+            message=f"{tool} by {client or 'unknown client'}: {'ok' if ok else 'refused'}"
+            + (f" ({reason})" if reason else ""),
+            data={"tool": tool, "arguments": arguments, "audit_id": audit_id, "ok": ok},
+        )
+        return audit_id
+
+    def audit_log(self, *, tool: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        return self.store.audit_log(tool=tool, limit=limit)

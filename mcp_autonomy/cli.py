@@ -1,0 +1,142 @@
+"""The `mcp-autonomy` command: serve the MCP server (stdio or HTTP) and the operator tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from mcp_autonomy import __version__
+from mcp_autonomy.config import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("mcp_autonomy")
+
+
+def configure_logging(level: str) -> None:
+    """Everything goes to stderr: in stdio mode stdout carries only the protocol."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Request logs of uvicorn and httpx are noise at INFO for an operator.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-autonomy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mcp-autonomy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the MCP server")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", help="HTTP listen address (default: MCP_AUTONOMY_HOST or 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="HTTP port, 0 for any free one (default: MCP_AUTONOMY_PORT or 8765)"
+    )
+    serve.add_argument("--state-dir", help="where the SQLite store lives (default: MCP_AUTONOMY_STATE_DIR)")
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run the bundled provider sandbox in-process and point every provider at it",
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "state_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "sandbox", False):
+        overrides["sandbox"] = True
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(**_overrides(args))
+    except SettingsError as exc:
+        print(f"mcp-autonomy: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        try:
+            anyio.run(_serve, settings, args.transport)
+        except SettingsError as exc:
+            print(f"mcp-autonomy: invalid settings: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            pass
+        return 0
+    return 2
+
+
+async def _serve(settings: Settings, transport: str) -> None:
+    from mcp_autonomy.server.app import build_system_and_app
+
+    async with build_system_and_app(settings) as (system, app):
+        if transport == "stdio":
+            await _serve_stdio(system, app)
+        else:
+            await _serve_http(system, app, settings)
+
+
+async def _stop_on_signals(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _serve_stdio(system: Any, app: Any) -> None:
+    from mcp_autonomy.server.runtime import engine_running
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, tg.cancel_scope)
+        async with engine_running(system, app):
+            logger.info("mcp-autonomy %s serving MCP on stdio", __version__)
+            await app.mcp.run_stdio_async()
+        tg.cancel_scope.cancel()
+
+
+async def _serve_http(system: Any, app: Any, settings: Settings) -> None:
+    import uvicorn
+
+    from mcp_autonomy.server.http import check_exposure, create_http_app
+
+    check_exposure(settings)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    asgi = create_http_app(system, app)
+    config = uvicorn.Config(
+        asgi,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        timeout_graceful_shutdown=1,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logger.info("mcp-autonomy %s: MCP endpoint http://%s:%d/mcp", __version__, host, port)
+    print(f"MCP URL: http://{host}:{port}/mcp", file=sys.stderr, flush=True)
+    await server.serve(sockets=[sock])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

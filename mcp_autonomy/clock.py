@@ -1,0 +1,142 @@
+"""Time, injected: the system clock for production and a manual clock for tests and replays.
+
+Every loop in the engine reads time and sleeps through a `Clock`, never through `time` or
+`anyio.sleep` directly, so a test or a trace replay can drive hours of behaviour in
+milliseconds and get the same answer every run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """A source of time and of sleeping.
+
+    `now()` is wall-clock time in seconds since the epoch (timestamps in events and the store);
+    `monotonic()` never goes backwards (durations, deadlines, windows).
+    """
+
+    def now(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+def to_datetime(epoch_s: float) -> datetime:
+    """An epoch timestamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
+
+
+def iso(epoch_s: float) -> str:
+    """An epoch timestamp as ISO 8601 with a `Z` suffix, millisecond precision."""
+    return to_datetime(epoch_s).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SystemClock:
+    """The real clock: `time.time`, `time.monotonic` and `anyio.sleep`."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+
+@dataclass(order=True)
+class _Sleeper:
+    wake_at: float
+    seq: int
+    event: anyio.Event = field(compare=False)
+
+
+class ManualClock:
+    """A clock that moves only when told to.
+
+    `sleep()` parks the caller until `advance()` moves time past its deadline. `advance()`
+    walks through the pending deadlines in order, waking each sleeper exactly at its deadline
+    and letting every woken task run until all tasks are blocked again before moving on, so
+    the interleaving of loops is deterministic and identical on every run.
+    """
+
+    DEFAULT_START_EPOCH_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a fixed, readable origin
+
+    def __init__(self, start_epoch_s: float = DEFAULT_START_EPOCH_S) -> None:
+        self._epoch_offset_s = start_epoch_s
+        self._elapsed_s = 0.0
+        self._sleepers: list[_Sleeper] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._epoch_offset_s + self._elapsed_s
+
+    def monotonic(self) -> float:
+        return self._elapsed_s
+
+    @property
+    def pending_sleepers(self) -> int:
+        """How many tasks are parked in `sleep()` right now."""
+        return sum(1 for s in self._sleepers if not s.event.is_set())
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The monotonic time of the earliest pending sleeper, if any."""
+        self._drop_cancelled()
+        return self._sleepers[0].wake_at if self._sleepers else None
+
+    async def sleep(self, seconds: float) -> None:
+        if not math.isfinite(seconds):
+            raise ValueError(f"sleep seconds must be finite, got {seconds}")
+        if seconds <= 0:
+            await checkpoint()
+            return
+        sleeper = _Sleeper(self._elapsed_s + seconds, next(self._seq), anyio.Event())
+        heapq.heappush(self._sleepers, sleeper)
+        try:
+            await sleeper.event.wait()
+        finally:
+            # A cancelled sleeper stays in the heap with its event unset; it is skipped later.
+            sleeper.event.set()
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds`, waking every sleeper whose deadline falls inside."""
+        if seconds < 0 or not math.isfinite(seconds):
+            raise ValueError(f"advance seconds must be finite and >= 0, got {seconds}")
+        target = self._elapsed_s + seconds
+        await self._settle()
+        while self._sleepers and self._sleepers[0].wake_at <= target:
+            sleeper = heapq.heappop(self._sleepers)
+            if sleeper.event.is_set():
+                continue
+            self._elapsed_s = max(self._elapsed_s, sleeper.wake_at)
+            sleeper.event.set()
+            await self._settle()
+        self._elapsed_s = target
+        await self._settle()
+
+    async def advance_to(self, epoch_s: float) -> None:
+        """Move time forward to the wall-clock instant `epoch_s`."""
+        await self.advance(max(0.0, epoch_s - self.now()))
+
+    def _drop_cancelled(self) -> None:
+        while self._sleepers and self._sleepers[0].event.is_set():
+            heapq.heappop(self._sleepers)
+
+    @staticmethod
+    async def _settle() -> None:
+        """Let every runnable task run until all are blocked again."""
+        await anyio.wait_all_tasks_blocked()

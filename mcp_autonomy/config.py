@@ -1,0 +1,202 @@
+"""Settings: every environment variable the server reads, with its default, in one place.
+
+The variables of the original TypeScript module keep their names (`SELF_HEALING_ENABLED`, ...);
+the server's own carry the `MCP_AUTONOMY_` prefix. `load_settings()` turns any invalid value
+into one `SettingsError` line that names the variable, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Sensitivity(StrEnum):
+    """How eagerly predictive maintenance raises predictions."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ScaleBackendName = Literal["local", "kubernetes"]
+
+# Bounds, named once so the schema, the validators and the error messages agree.
+MIN_INTERVAL_MS = 100
+MAX_INTERVAL_MS = 86_400_000
+MAX_REPLICAS_LIMIT = 1000
+MAX_HEALING_ATTEMPTS_LIMIT = 100
+MAX_TARGET_TPM = 10_000_000
+
+
+def _env(name: str, *more: str) -> Any:
+    return AliasChoices(name, *more)
+
+
+class Settings(BaseSettings):
+    """Engine and server settings, read from the environment (and a `.env` file if present)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- self-healing (original module) ---
+    self_healing_enabled: bool = Field(True, validation_alias=_env("SELF_HEALING_ENABLED"))
+    self_healing_interval_ms: int = Field(
+        10_000, ge=MIN_INTERVAL_MS, le=MAX_INTERVAL_MS, validation_alias=_env("SELF_HEALING_INTERVAL_MS")
+    )
+    max_healing_attempts: int = Field(
+        5, ge=1, le=MAX_HEALING_ATTEMPTS_LIMIT, validation_alias=_env("MAX_HEALING_ATTEMPTS")
+    )
+
+    # --- auto-scaling (original module) ---
+    auto_scaling_enabled: bool = Field(True, validation_alias=_env("AUTO_SCALING_ENABLED"))
+    min_instances: int = Field(2, ge=0, le=MAX_REPLICAS_LIMIT, validation_alias=_env("MIN_INSTANCES"))
+    max_instances: int = Field(20, ge=1, le=MAX_REPLICAS_LIMIT, validation_alias=_env("MAX_INSTANCES"))
+    target_tpm_per_instance: int = Field(
+        100, ge=1, le=MAX_TARGET_TPM, validation_alias=_env("TARGET_TPM_PER_INSTANCE")
+    )
+    scaling_interval_ms: int = Field(
+        15_000,
+        ge=MIN_INTERVAL_MS,
+        le=MAX_INTERVAL_MS,
+        validation_alias=_env("MCP_AUTONOMY_SCALING_INTERVAL_MS"),
+    )
+    scale_backend: ScaleBackendName = Field("local", validation_alias=_env("MCP_AUTONOMY_SCALE_BACKEND"))
+    k8s_namespace: str = Field("default", validation_alias=_env("MCP_AUTONOMY_K8S_NAMESPACE"))
+    k8s_deployment: str = Field("mcp-autonomy", validation_alias=_env("MCP_AUTONOMY_K8S_DEPLOYMENT"))
+
+    # --- predictive maintenance (original module) ---
+    predictive_maintenance_enabled: bool = Field(
+        True, validation_alias=_env("PREDICTIVE_MAINTENANCE_ENABLED")
+    )
+    prediction_sensitivity: Sensitivity = Field(
+        Sensitivity.MEDIUM, validation_alias=_env("PREDICTION_SENSITIVITY")
+    )
+    auto_schedule_maintenance: bool = Field(True, validation_alias=_env("AUTO_SCHEDULE_MAINTENANCE"))
+    prediction_interval_ms: int = Field(
+        60_000,
+        ge=MIN_INTERVAL_MS,
+        le=MAX_INTERVAL_MS,
+        validation_alias=_env("MCP_AUTONOMY_PREDICTION_INTERVAL_MS"),
+    )
+
+    # --- auto-optimization (original module) ---
+    auto_optimization_enabled: bool = Field(True, validation_alias=_env("AUTO_OPTIMIZATION_ENABLED"))
+    optimization_interval_ms: int = Field(
+        120_000, ge=MIN_INTERVAL_MS, le=MAX_INTERVAL_MS, validation_alias=_env("OPTIMIZATION_INTERVAL_MS")
+    )
+    conservative_mode: bool = Field(False, validation_alias=_env("CONSERVATIVE_MODE"))
+
+    # --- the server itself ---
+    host: str = Field("127.0.0.1", validation_alias=_env("MCP_AUTONOMY_HOST"))
+    port: int = Field(8765, ge=0, le=65535, validation_alias=_env("MCP_AUTONOMY_PORT"))
+    bearer_token: SecretStr | None = Field(None, validation_alias=_env("MCP_AUTONOMY_BEARER_TOKEN"))
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("MCP_AUTONOMY_ALLOWED_HOSTS")
+    )
+    state_dir: Path = Field(Path("./state"), validation_alias=_env("MCP_AUTONOMY_STATE_DIR"))
+    log_level: LogLevel = Field("INFO", validation_alias=_env("MCP_AUTONOMY_LOG_LEVEL"))
+    event_history: int = Field(
+        10_000, ge=100, le=1_000_000, validation_alias=_env("MCP_AUTONOMY_EVENT_HISTORY")
+    )
+    sandbox: bool = Field(False, validation_alias=_env("MCP_AUTONOMY_SANDBOX"))
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"MIN_INSTANCES={self.min_instances} must be <= MAX_INSTANCES={self.max_instances}"
+            )
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        """Where the SQLite store lives."""
+        return self.state_dir / "mcp-autonomy.sqlite3"
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        """True when `host` is not a loopback address (so a bearer token is mandatory)."""
+        if self.host in ("localhost",):
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return True
+
+
+class SettingsError(ValueError):
+    """Invalid settings, explained in one line that names the variable, value and allowed range."""
+
+
+_FIELD_TO_ENV: dict[str, str] = {}
+for _name, _field in Settings.model_fields.items():
+    _alias = _field.validation_alias
+    _FIELD_TO_ENV[_name] = _alias.choices[0] if isinstance(_alias, AliasChoices) else _name.upper()  # type: ignore[assignment]
+
+
+def _describe_allowed(field_name: str) -> str:
+    field = Settings.model_fields[field_name]
+    annotation = field.annotation
+    if annotation is bool:
+        return "true or false"
+    if annotation is Sensitivity:
+        return "one of low, medium, high"
+    lo = hi = None
+    for meta in field.metadata:
+        lo = getattr(meta, "ge", lo)
+        hi = getattr(meta, "le", hi)
+    if lo is not None or hi is not None:
+        return f"an integer in [{lo}, {hi}]"
+    if field_name == "log_level":
+        return "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    if field_name == "scale_backend":
+        return "one of local, kubernetes"
+    return "a valid value"
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = first.get("loc") or ()
+    if not loc:  # model-level check: the message already names both variables
+        message = str(first.get("msg", "invalid settings"))
+        return message.removeprefix("Value error, ")
+    name = str(loc[0])
+    field_name = next((f for f, env in _FIELD_TO_ENV.items() if env.lower() == name.lower()), name)
+    env_name = _FIELD_TO_ENV.get(field_name, name.upper())
+    value = first.get("input")
+    if field_name == "bearer_token":
+        value = "***"
+    allowed = _describe_allowed(field_name) if field_name in Settings.model_fields else "a valid value"
+    return f"{env_name}={value!s} is invalid: allowed is {allowed}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; `overrides` (field names) win over it.
+
+    Raises:
+        SettingsError: with one line naming the variable, the value and the allowed range.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None

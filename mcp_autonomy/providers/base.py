@@ -1,0 +1,209 @@
+"""The provider adapter protocol and the payment models every adapter speaks.
+
+Money is integer minor units plus an ISO 4217 currency, never a float; phone numbers are E.164;
+every request carries an idempotency key. A provider error is classified by what it means for
+the money: `not_processed` (certainly not processed, safe to fail over), `ambiguous` (may have
+been processed: resolve with a status query before anything else), `invalid_request`, `auth`,
+`rate_limited`. Adapters raise `ProviderError`; they never return an error inside a result.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+E164_RE = re.compile(r"^\+[1-9]\d{7,14}$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+MAX_AMOUNT_MINOR = 10**13  # far above any single mobile-money payment; guards against unit mistakes
+
+
+class Operation(StrEnum):
+    """What a payment asks a provider to do."""
+
+    COLLECT = "collect"  # request to pay: money from the customer to the merchant
+    PAYOUT = "payout"  # send money: from the merchant to the customer
+    REFUND = "refund"
+
+
+class TransactionStatus(StrEnum):
+    """Where a transaction stands at the provider."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVERSED = "reversed"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TransactionStatus.SUCCEEDED, TransactionStatus.FAILED, TransactionStatus.REVERSED)
+
+
+class ErrorClass(StrEnum):
+    """What a provider error means for the money, which decides retry and failover."""
+
+    NOT_PROCESSED = "not_processed"
+    AMBIGUOUS = "ambiguous"
+    INVALID_REQUEST = "invalid_request"
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+
+
+class Money(BaseModel):
+    """An amount in integer minor units (cents, kobo, ...) and its ISO 4217 currency."""
+
+    model_config = ConfigDict(frozen=True)
+
+    amount_minor: int = Field(gt=0, le=MAX_AMOUNT_MINOR)
+    currency: str = Field(pattern=CURRENCY_RE.pattern)
+
+
+def normalize_msisdn(raw: str, default_country_code: str | None = None) -> str:
+    """Normalise a phone number to E.164 (`+254712345678`).
+
+    Accepts `+254712345678`, `254712345678`, `00254712345678` and, with `default_country_code`
+    (digits, e.g. "254"), a national number with a leading 0 (`0712345678`).
+
+    Raises:
+        ValueError: the number cannot be normalised.
+    """
+    digits = re.sub(r"[\s\-().]", "", raw)
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    if digits.startswith("0") and default_country_code:
+        digits = "+" + default_country_code + digits[1:]
+    if not digits.startswith("+"):
+        digits = "+" + digits
+    if not E164_RE.match(digits):
+        raise ValueError(f"phone number {raw!r} is not E.164 (expected like +254712345678)")
+    return digits
+
+
+class PaymentRequest(BaseModel):
+    """One collect or payout, as the router hands it to an adapter."""
+
+    model_config = ConfigDict(frozen=True)
+
+    idempotency_key: str = Field(min_length=8, max_length=100, pattern=r"^[A-Za-z0-9_\-.:]+$")
+    operation: Operation
+    money: Money
+    phone: str
+    country: str = Field(pattern=COUNTRY_RE.pattern)
+    description: str = Field(default="payment", max_length=100)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("phone")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if not E164_RE.match(value):
+            raise ValueError("phone must be E.164, like +254712345678")
+        return value
+
+
+class ProviderTransaction(BaseModel):
+    """A provider's answer about one transaction, normalised."""
+
+    provider: str
+    reference: str  # our reference as sent to the provider (derived from the idempotency key)
+    provider_reference: str | None = None  # the provider's own id (CheckoutRequestID, invoice id, ...)
+    status: TransactionStatus
+    money: Money | None = None
+    provider_code: str | None = None
+    provider_message: str | None = None
+    raw_status: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+
+class ProbeResult(BaseModel):
+    """The outcome of one cheap, side-effect-free health probe."""
+
+    ok: bool
+    latency_ms: float
+    detail: str = ""
+    error_class: ErrorClass | None = None
+
+
+class ProviderCapabilities(BaseModel):
+    """What a provider can do, and where."""
+
+    operations: frozenset[Operation]
+    currencies: frozenset[str]
+    countries: frozenset[str]
+    refunds: bool = False
+
+
+class ProviderError(Exception):
+    """A classified provider failure carrying the provider's own code and message."""
+
+    def __init__(
+        self,
+        provider: str,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {error_class.value}: {message}" + (f" (code {code})" if code else ""))
+        self.provider = provider
+        self.error_class = error_class
+        self.provider_message = message
+        self.code = code
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def safe_to_fail_over(self) -> bool:
+        """True only when the provider certainly did not process the request."""
+        return self.error_class in (ErrorClass.NOT_PROCESSED, ErrorClass.RATE_LIMITED, ErrorClass.AUTH)
+
+
+@runtime_checkable
+class ProviderAdapter(Protocol):
+    """What the engine needs from a payment provider.
+
+    Implementations speak the provider's real HTTP API with httpx; credentials come from the
+    environment and never appear in logs, errors or results.
+    """
+
+    name: str
+    capabilities: ProviderCapabilities
+
+    async def initialize(self) -> None:
+        """(Re)create the HTTP client and fetch fresh credentials. Safe to call again."""
+        ...
+
+    async def refresh_credentials(self) -> None:
+        """Drop cached tokens and fetch new ones."""
+        ...
+
+    async def probe(self) -> ProbeResult:
+        """A cheap read-only call that shows whether the provider answers correctly."""
+        ...
+
+    async def collect(self, request: PaymentRequest) -> ProviderTransaction:
+        """Ask the customer to pay (STK push, request-to-pay, mobile-money charge)."""
+        ...
+
+    async def payout(self, request: PaymentRequest) -> ProviderTransaction:
+        """Send money to the customer (B2C, disbursement, transfer)."""
+        ...
+
+    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
+        """Query a transaction's state; idempotent, used to resolve ambiguous outcomes."""
+        ...
+
+    async def refund(
+        self, transaction: ProviderTransaction, money: Money | None = None
+    ) -> ProviderTransaction:
+        """Refund a succeeded collection (raise `NotImplementedError` if the provider has none)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the HTTP client."""
+        ...

@@ -1,0 +1,558 @@
+"""The MCP surface: tools, resources, the incident prompt, completions, logging level.
+
+Thin by design: every tool is a few lines that call the engine (`AutonomousSystem`) and shape a
+pydantic result (structured content with an output schema). Input ranges live in the schemas;
+anything the engine refuses comes back as a tool error naming the field and what is allowed.
+Every manual action is written to the audit log with the calling client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from mcp.server import MCPServer
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp_types import (
+    Completion,
+    CompletionArgument,
+    CompletionContext,
+    EmptyResult,
+    PromptReference,
+    ResourceTemplateReference,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
+from pydantic import BaseModel, Field
+
+from mcp_autonomy import __version__
+from mcp_autonomy.autonomy.component import Mode
+from mcp_autonomy.autonomy.healer import HealResult
+from mcp_autonomy.autonomy.optimizer import Optimization
+from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus
+from mcp_autonomy.autonomy.scaler import ScaleBoundsError, ScaleResult
+from mcp_autonomy.autonomy.scaling import ScaleBackendError
+from mcp_autonomy.autonomy.system import AutonomousSystem, SystemStats, SystemStatus
+from mcp_autonomy.config import MAX_REPLICAS_LIMIT
+from mcp_autonomy.events import Event, EventType
+from mcp_autonomy.providers.registry import UnknownProviderError
+from mcp_autonomy.server import notifier as uris
+from mcp_autonomy.server.notifier import ResourceNotifier
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+mcp-autonomy keeps a payments gateway's providers (M-Pesa, Paystack, MTN MoMo, Airtel Money, ...)
+running: self-healing, auto-scaling, predictive maintenance and auto-optimization loops.
+Start with `get_status` (overall health, each provider, each loop's mode) and `get_events`
+(what the loops decided and why). `heal_provider` and `scale_to` act now and are audited;
+`set_autonomy` is the kill switch for each loop (on | off | dry_run). Every figure is measured;
+null means not measured yet, never zero."""
+
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+
+Reason = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=500,
+        description="Why you are doing this; recorded in the audit log and events",
+    ),
+]
+ProviderName = Annotated[
+    str,
+    Field(min_length=1, max_length=64, description="A registered provider name, e.g. mpesa (see get_status)"),
+]
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class PredictionList(BaseModel):
+    """Predictions matching the filters, newest first, with the predictor's scores."""
+
+    predictions: list[Prediction]
+    scores: dict[str, Any]
+
+
+class OptimizationList(BaseModel):
+    """Optimization history, newest first."""
+
+    optimizations: list[Optimization]
+
+
+class EventList(BaseModel):
+    """Stored events (across restarts), oldest first."""
+
+    events: list[Event]
+    count: int
+
+
+class AutonomyChange(BaseModel):
+    """The result of a kill-switch change."""
+
+    component: str
+    previous_mode: Mode
+    mode: Mode
+    reason: str
+    audit_id: int
+
+
+def _client_of(ctx: Context[Any, Any]) -> str:
+    """`name/version` of the calling client, plus the HTTP session id when there is one."""
+    try:
+        params = ctx.session.client_params
+    except ValueError:
+        return "in-process"
+    label = "unknown-client"
+    if params is not None and params.client_info is not None:
+        label = f"{params.client_info.name}/{params.client_info.version}"
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None)
+    if headers is not None and headers.get("mcp-session-id"):
+        label += f" session={headers.get('mcp-session-id')}"
+    return label
+
+
+def _connection_of(session: Any) -> Any:
+    """The client connection behind a request's session proxy.
+
+    The SDK builds a new `ServerSession` proxy per request; the `Connection` it wraps lives as
+    long as the client, so subscriptions and log levels are keyed by it and released when its
+    exit stack unwinds (the client went away).
+    """
+    return getattr(session, "_connection", session)
+
+
+class McpApp:
+    """The MCP server bound to one `AutonomousSystem`."""
+
+    def __init__(self, system: AutonomousSystem) -> None:
+        self.system = system
+        self.subscriptions = InMemorySubscriptionBus()
+        self.mcp: MCPServer = MCPServer(
+            "mcp-autonomy",
+            title="mcp-autonomy",
+            description="Autonomous operations for an African payments gateway",
+            instructions=INSTRUCTIONS,
+            version=__version__,
+            subscriptions=self.subscriptions,
+            log_level=system.settings.log_level,
+        )
+        self.notifier = ResourceNotifier(system.events, self.subscriptions)
+        self.log_levels: dict[int, str] = {}
+        self._tracked_connections: set[int] = set()
+        self._register_tools()
+        self._register_resources()
+        self._register_prompt()
+        self._register_protocol_handlers()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _audit(
+        self, ctx: Context[Any, Any], tool: str, arguments: dict[str, Any], ok: bool, result: Any
+    ) -> int:
+        return self.system.record_manual_action(
+            tool=tool,
+            arguments=arguments,
+            client=_client_of(ctx),
+            reason=arguments.get("reason"),
+            ok=ok,
+            result=result,
+        )
+
+    def _forget_connection(self, key: int) -> None:
+        self._tracked_connections.discard(key)
+        self.log_levels.pop(key, None)
+        self.notifier.forget_connection(key)
+
+    async def _log(self, ctx: Context[Any, Any], level: str, message: str) -> None:
+        """Send a log notification if the client asked for this level (logging/setLevel)."""
+        wanted = self.log_levels.get(id(_connection_of(ctx.session)))
+        if wanted is not None and LOG_LEVELS.index(level) < LOG_LEVELS.index(wanted):
+            return
+        try:
+            await ctx.log(level, message, logger_name="mcp_autonomy")  # type: ignore[arg-type]
+        except Exception as exc:  # logging to the client is best-effort
+            logger.debug("log notification not delivered: %s", exc)
+
+    @staticmethod
+    async def _progress(ctx: Context[Any, Any], done: int, total: int, message: str) -> None:
+        try:
+            await ctx.report_progress(done, total, message)
+        except Exception as exc:  # progress is best-effort: a client without a token gets none
+            logger.debug("progress not delivered: %s", exc)
+
+    # --- tools --------------------------------------------------------------------------
+
+    def _register_tools(self) -> None:
+        system = self.system
+        mcp = self.mcp
+
+        @mcp.tool(
+            title="Get system status",
+            description=(
+                "Current state of the whole system: overall health (healthy | degraded | critical | "
+                "unknown, with the reason), every provider's measured health and backups, each autonomy "
+                "loop's mode (on | off | dry_run) and last tick, the replica state, and event-bus counters. "
+                "Call this first when investigating anything. Null figures are not measured yet."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_status() -> SystemStatus:
+            return await system.get_status()
+
+        @mcp.tool(
+            title="Get statistics",
+            description=(
+                "Counters and scores: events by type (from the store, spanning restarts), manual actions, "
+                "healing success rate, scaling decisions, prediction precision/recall (from judged "
+                "predictions only), optimization outcomes."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_stats() -> SystemStats:
+            return system.get_stats()
+
+        @mcp.tool(
+            title="Heal a provider now",
+            description=(
+                "Run the healing sequence on one provider now: re-initialise its adapter (new HTTP "
+                "client, fresh credentials), then probe it. Reports each step with its measured outcome "
+                "and the provider's health before and after; sends progress notifications per step. In "
+                "dry_run mode (see set_autonomy) it reports what it would do and changes nothing. "
+                "Audited. Errors if the provider is not registered (the error lists the known ones)."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
+            ),
+        )
+        async def heal_provider(provider: ProviderName, reason: Reason, ctx: Context) -> HealResult:
+            arguments = {"provider": provider, "reason": reason}
+            try:
+                result = await system.heal_provider(
+                    provider, reason=reason, progress=lambda d, t, m: self._progress(ctx, d, t, m)
+                )
+            except UnknownProviderError as exc:
+                self._audit(ctx, "heal_provider", arguments, False, {"error": str(exc)})
+                raise ToolError(f"provider: {exc}") from None
+            self._audit(
+                ctx,
+                "heal_provider",
+                arguments,
+                True,
+                {"succeeded": result.succeeded, "dry_run": result.dry_run},
+            )
+            return result
+
+        @mcp.tool(
+            title="Scale to a replica count",
+            description=(
+                "Set this server's replica count now (operator override of the auto-scaler) and wait for "
+                "the rollout, with progress notifications. `replicas` must be within MIN_INSTANCES.."
+                "MAX_INSTANCES (see get_status -> components.auto_scaler.details) unless force=true; "
+                f"never above {MAX_REPLICAS_LIMIT}. With the local backend the count is recorded and "
+                "nothing outside the process changes (the result says so). Concurrent calls run one at a "
+                "time. Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True
+            ),
+        )
+        async def scale_to(
+            replicas: Annotated[int, Field(ge=0, le=MAX_REPLICAS_LIMIT, description="Desired replica count")],
+            reason: Reason,
+            ctx: Context,
+            force: Annotated[
+                bool, Field(description="Allow a count outside MIN_INSTANCES..MAX_INSTANCES")
+            ] = False,
+        ) -> ScaleResult:
+            arguments = {"replicas": replicas, "reason": reason, "force": force}
+            try:
+                result = await system.scale_to(
+                    replicas,
+                    reason=reason,
+                    force=force,
+                    progress=lambda d, t, m: self._progress(ctx, d, t, m),
+                )
+            except ScaleBoundsError as exc:
+                self._audit(ctx, "scale_to", arguments, False, {"error": str(exc)})
+                raise ToolError(str(exc)) from None
+            except ScaleBackendError as exc:
+                self._audit(ctx, "scale_to", arguments, False, {"error": str(exc)})
+                raise ToolError(f"scale backend refused: {exc}") from None
+            self._audit(ctx, "scale_to", arguments, True, result.model_dump(mode="json"))
+            return result
+
+        @mcp.tool(
+            title="Get predictions",
+            description=(
+                "Predicted failures and degradations per provider (type, severity, confidence in [0, 1], "
+                "expected window, the indicators with their values and thresholds, recommended action, "
+                "and the later verdict), newest first, plus the predictor's precision and recall."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_predictions(
+            provider: Annotated[str | None, Field(description="Only this provider")] = None,
+            min_confidence: Annotated[float, Field(ge=0.0, le=1.0, description="Minimum confidence")] = 0.0,
+            status: Annotated[PredictionStatus | None, Field(description="Only this verdict")] = None,
+        ) -> PredictionList:
+            self._check_provider(provider)
+            p = system.predictive_maintenance
+            return PredictionList(
+                predictions=p.predictions(provider=provider, min_confidence=min_confidence, status=status),
+                scores=p.scores(),
+            )
+
+        @mcp.tool(
+            title="Get optimizations",
+            description=(
+                "History of tuning changes (timeouts, retries, rate limits, ...) newest first: old and new "
+                "value, the before/after figures, the statistical verdict, and whether it was kept or "
+                "reverted."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_optimizations(
+            provider: Annotated[str | None, Field(description="Only this provider")] = None,
+            limit: Annotated[int, Field(ge=1, le=500, description="At most this many")] = 50,
+        ) -> OptimizationList:
+            self._check_provider(provider)
+            return OptimizationList(
+                optimizations=system.auto_optimizer.optimizations(provider=provider, limit=limit)
+            )
+
+        @mcp.tool(
+            title="Get events",
+            description=(
+                "Events from the store (they survive restarts), oldest first: every decision of the loops "
+                "with its measured inputs in `data`, every manual action, health and breaker changes. "
+                "Filter by provider, event type and a start time (ISO 8601, e.g. 2026-11-28T10:00:00Z)."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_events(
+            provider: Annotated[str | None, Field(description="Only events about this provider")] = None,
+            type: Annotated[EventType | None, Field(description="Only this event type")] = None,
+            since: Annotated[datetime | None, Field(description="Only events at or after this time")] = None,
+            limit: Annotated[int, Field(ge=1, le=1000, description="The newest this many")] = 100,
+        ) -> EventList:
+            events = system.query_events(
+                provider=provider,
+                types=[type] if type is not None else None,
+                since=since.timestamp() if since is not None else None,
+                limit=limit,
+            )
+            return EventList(events=events, count=len(events))
+
+        @mcp.tool(
+            title="Set autonomy mode (kill switch)",
+            description=(
+                "Turn one autonomy loop (self_healer, auto_scaler, predictive_maintenance, auto_optimizer) "
+                "or all of them on, off, or to dry_run (decide and report, act on nothing). Takes effect "
+                "at once, survives restarts until changed again, and is audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+            ),
+        )
+        async def set_autonomy(
+            component: Annotated[
+                Literal["self_healer", "auto_scaler", "predictive_maintenance", "auto_optimizer", "all"],
+                Field(description="Which loop, or all"),
+            ],
+            mode: Annotated[Mode, Field(description="on | off | dry_run")],
+            reason: Reason,
+            ctx: Context,
+        ) -> AutonomyChange:
+            previous, new = system.set_autonomy(component, mode, reason=reason)
+            audit_id = self._audit(
+                ctx,
+                "set_autonomy",
+                {"component": component, "mode": mode.value, "reason": reason},
+                True,
+                {"previous_mode": previous.value, "mode": new.value},
+            )
+            return AutonomyChange(
+                component=component, previous_mode=previous, mode=new, reason=reason, audit_id=audit_id
+            )
+
+    def _check_provider(self, provider: str | None) -> None:
+        if provider is not None and provider not in self.system.providers:
+            raise ToolError(f"provider: {UnknownProviderError(provider, self.system.providers.names())}")
+
+    # --- resources ----------------------------------------------------------------------
+
+    def _register_resources(self) -> None:
+        system = self.system
+        mcp = self.mcp
+        json_type = "application/json"
+
+        def dump(model: BaseModel | list[Any] | dict[str, Any]) -> str:
+            if isinstance(model, BaseModel):
+                return model.model_dump_json(indent=2)
+            return json.dumps(model, indent=2, default=str)
+
+        @mcp.resource(
+            uris.STATUS, name="status", description="System status (as get_status)", mime_type=json_type
+        )
+        async def status_resource() -> str:
+            return dump(await system.get_status())
+
+        @mcp.resource(uris.STATS, name="stats", description="Statistics (as get_stats)", mime_type=json_type)
+        async def stats_resource() -> str:
+            return dump(system.get_stats())
+
+        @mcp.resource(
+            uris.PROVIDERS,
+            name="providers",
+            description="Every provider's health and backups",
+            mime_type=json_type,
+        )
+        async def providers_resource() -> str:
+            return dump([system.provider_status(n).model_dump(mode="json") for n in system.providers.names()])
+
+        @mcp.resource(
+            "autonomy://providers/{name}",
+            name="provider",
+            description="One provider's health, backups and capabilities",
+            mime_type=json_type,
+        )
+        async def provider_resource(name: str) -> str:
+            try:
+                return dump(system.provider_status(name))
+            except UnknownProviderError as exc:
+                raise ValueError(str(exc)) from None
+
+        @mcp.resource(
+            uris.PREDICTIONS,
+            name="predictions",
+            description="Active and judged predictions",
+            mime_type=json_type,
+        )
+        async def predictions_resource() -> str:
+            p = system.predictive_maintenance
+            return dump(PredictionList(predictions=p.predictions(), scores=p.scores()))
+
+        @mcp.resource(
+            uris.OPTIMIZATIONS, name="optimizations", description="Optimization history", mime_type=json_type
+        )
+        async def optimizations_resource() -> str:
+            return dump(OptimizationList(optimizations=system.auto_optimizer.optimizations()))
+
+        @mcp.resource(
+            uris.EVENTS_RECENT, name="recent-events", description="The 100 newest events", mime_type=json_type
+        )
+        async def events_resource() -> str:
+            events = system.query_events(limit=100)
+            return dump(EventList(events=events, count=len(events)))
+
+        @mcp.resource(
+            uris.SCALING,
+            name="scaling",
+            description="Replica state, scaler decisions and history",
+            mime_type=json_type,
+        )
+        async def scaling_resource() -> str:
+            state = await system.auto_scaler.backend.read()
+            history = system.query_events(
+                types=[EventType.SCALED_UP, EventType.SCALED_DOWN, EventType.SCALING_DECISION], limit=50
+            )
+            return dump(
+                {
+                    "state": state.model_dump(mode="json"),
+                    "scaler": system.auto_scaler.status().model_dump(mode="json"),
+                    "history": [e.model_dump(mode="json") for e in history],
+                }
+            )
+
+    # --- prompt -------------------------------------------------------------------------
+
+    def _register_prompt(self) -> None:
+        system = self.system
+
+        @self.mcp.prompt(
+            name="incident_report",
+            title="Incident report",
+            description="Gather one provider's status, recent events and predictions for an incident write-up",
+        )
+        async def incident_report(provider: str) -> str:
+            try:
+                status = system.provider_status(provider)
+            except UnknownProviderError as exc:
+                raise ValueError(str(exc)) from None
+            events = system.query_events(provider=provider, limit=50)
+            predictions = system.predictive_maintenance.predictions(provider=provider)
+            lines = [
+                f"Write an incident report for payment provider `{provider}`.",
+                "Use only the measured data below; say 'not measured' where a figure is null.",
+                "Structure: summary, impact, timeline (from the events), actions taken by the autonomy "
+                "loops and operators, current state, predictions, follow-ups.",
+                "",
+                "## Provider status",
+                status.model_dump_json(indent=2),
+                "",
+                f"## Recent events ({len(events)}, oldest first)",
+                *(f"- {e.time_iso} [{e.severity.value}] {e.type.value}: {e.message}" for e in events),
+                "",
+                f"## Predictions ({len(predictions)})",
+                *(p.model_dump_json() for p in predictions),
+            ]
+            return "\n".join(lines)
+
+    # --- protocol handlers: subscribe, logging level, completions ------------------------
+
+    def _register_protocol_handlers(self) -> None:
+        lowlevel = self.mcp._lowlevel_server  # the SDK exposes these methods only on the low-level server
+        notifier = self.notifier
+
+        def track(ctx: ServerRequestContext[Any, Any]) -> int:
+            connection = _connection_of(ctx.session)
+            key = id(connection)
+            if key not in self._tracked_connections:
+                self._tracked_connections.add(key)
+                exit_stack = getattr(connection, "exit_stack", None)
+                if exit_stack is not None:
+                    exit_stack.callback(self._forget_connection, key)
+            return key
+
+        async def on_subscribe(
+            ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
+        ) -> EmptyResult:
+            notifier.subscribe_legacy(str(params.uri), ctx.session, track(ctx))
+            return EmptyResult()
+
+        async def on_unsubscribe(
+            ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
+        ) -> EmptyResult:
+            notifier.unsubscribe_legacy(str(params.uri), track(ctx))
+            return EmptyResult()
+
+        async def on_set_level(
+            ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams
+        ) -> EmptyResult:
+            self.log_levels[track(ctx)] = params.level
+            return EmptyResult()
+
+        lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+        lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+        lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, on_set_level)
+
+        @self.mcp.completion()  # type: ignore[no-untyped-call, untyped-decorator]  # SDK decorator is untyped
+        async def complete(
+            ref: PromptReference | ResourceTemplateReference,
+            argument: CompletionArgument,
+            context: CompletionContext | None,
+        ) -> Completion | None:
+            if argument.name not in ("provider", "name"):
+                return None
+            names = [n for n in self.system.providers.names() if n.startswith(argument.value)]
+            return Completion(values=names[:100], total=len(names), has_more=len(names) > 100)
