@@ -128,6 +128,7 @@ async def _serve_http(system: Any, app: Any, settings: Settings) -> None:
         asgi,
         log_level=settings.log_level.lower(),
         log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=1,
         lifespan="on",
     )
