@@ -1,0 +1,176 @@
+"""Per-provider rolling telemetry on numpy ring buffers.
+
+Every call the router makes is recorded here: when, how long, and how it ended. Snapshots
+compute request rate, error rate by class and latency percentiles over a time window from
+the samples still inside it. The buffers are fixed-size: recording is O(1) and allocates
+nothing; when more calls arrive within the window than the buffer holds, the oldest are
+overwritten and the snapshot says how much of the window it really covers.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.base import ErrorClass
+
+DEFAULT_CAPACITY = 16_384
+DEFAULT_WINDOW_S = 300.0
+
+
+class Outcome(IntEnum):
+    """How one provider call ended (stored as int8 in the ring)."""
+
+    SUCCESS = 0
+    NOT_PROCESSED = 1
+    AMBIGUOUS = 2
+    INVALID_REQUEST = 3
+    AUTH = 4
+    RATE_LIMITED = 5
+    TIMEOUT = 6
+    REJECTED = 7  # refused locally (breaker open, rate limit): never reached the provider
+
+    @classmethod
+    def from_error_class(cls, error_class: ErrorClass) -> Outcome:
+        return _BY_ERROR_CLASS[error_class]
+
+
+_BY_ERROR_CLASS = {
+    ErrorClass.NOT_PROCESSED: Outcome.NOT_PROCESSED,
+    ErrorClass.AMBIGUOUS: Outcome.AMBIGUOUS,
+    ErrorClass.INVALID_REQUEST: Outcome.INVALID_REQUEST,
+    ErrorClass.AUTH: Outcome.AUTH,
+    ErrorClass.RATE_LIMITED: Outcome.RATE_LIMITED,
+}
+# Errors that say something about the provider's health; invalid requests are the caller's fault
+# and local rejections never reached the provider.
+_PROVIDER_ERRORS = np.array(
+    [
+        o in (Outcome.NOT_PROCESSED, Outcome.AMBIGUOUS, Outcome.AUTH, Outcome.RATE_LIMITED, Outcome.TIMEOUT)
+        for o in Outcome
+    ]
+)
+
+
+class TelemetrySnapshot(BaseModel):
+    """Measured figures for one provider over a window; null where there were no samples."""
+
+    provider: str
+    window_s: float
+    covered_s: float = Field(description="How much of the window the samples span")
+    requests: int = Field(description="Calls that reached the provider")
+    rejected_locally: int
+    requests_per_min: float | None
+    error_rate: float | None = Field(description="Provider-attributable errors / requests")
+    errors_by_class: dict[str, int]
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+
+
+class ProviderTelemetry:
+    """A ring of (time, latency, outcome) samples for one provider."""
+
+    def __init__(self, provider: str, clock: Clock, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 16:
+            raise ValueError(f"capacity must be >= 16, got {capacity}")
+        self.provider = provider
+        self._clock = clock
+        self._at = np.zeros(capacity, dtype=np.float64)
+        self._latency_ms = np.zeros(capacity, dtype=np.float32)
+        self._outcome = np.zeros(capacity, dtype=np.int8)
+        self._capacity = capacity
+        self._next = 0
+        self._count = 0
+        self.total_recorded = 0
+
+    def record(self, outcome: Outcome, latency_ms: float) -> None:
+        """Add one sample stamped with the clock's monotonic time."""
+        i = self._next
+        self._at[i] = self._clock.monotonic()
+        self._latency_ms[i] = latency_ms
+        self._outcome[i] = outcome
+        self._next = (i + 1) % self._capacity
+        if self._count < self._capacity:
+            self._count += 1
+        self.total_recorded += 1
+
+    def _window(self, window_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self._count
+        at, lat, out = self._at[:n], self._latency_ms[:n], self._outcome[:n]
+        mask = at >= self._clock.monotonic() - window_s
+        return at[mask], lat[mask], out[mask]
+
+    def snapshot(self, window_s: float = DEFAULT_WINDOW_S) -> TelemetrySnapshot:
+        """Figures over the last `window_s` seconds."""
+        at, lat, out = self._window(window_s)
+        reached = out != Outcome.REJECTED
+        requests = int(reached.sum())
+        counts = np.bincount(out.astype(np.int64), minlength=len(Outcome))
+        errors = int(counts[_PROVIDER_ERRORS].sum())
+        covered = float(self._clock.monotonic() - at.min()) if at.size else 0.0
+        # A full ring may have overwritten samples still inside the window: then the samples only
+        # cover part of it, and rates must be computed over that part (at least one second).
+        wrapped = bool(at.size) and self._count == self._capacity
+        window_covered = max(1.0, min(window_s, covered)) if wrapped else window_s
+        p50 = p95 = p99 = None
+        reached_lat = lat[reached]
+        if reached_lat.size:
+            p50, p95, p99 = (float(v) for v in np.percentile(reached_lat, [50, 95, 99]))
+        return TelemetrySnapshot(
+            provider=self.provider,
+            window_s=window_s,
+            covered_s=round(window_covered, 3),
+            requests=requests,
+            rejected_locally=int(counts[Outcome.REJECTED]),
+            requests_per_min=None if requests == 0 else requests * 60.0 / window_covered,
+            error_rate=None if requests == 0 else errors / requests,
+            errors_by_class={
+                o.name.lower(): int(counts[o]) for o in Outcome if o is not Outcome.SUCCESS and counts[o]
+            },
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+            latency_p99_ms=p99,
+        )
+
+    def latencies_ms(self, window_s: float = DEFAULT_WINDOW_S) -> np.ndarray:
+        """Latencies of calls that reached the provider within the window (a copy)."""
+        _, lat, out = self._window(window_s)
+        reached: np.ndarray = lat[out != Outcome.REJECTED].copy()
+        return reached
+
+
+class Telemetry:
+    """Telemetry for every provider, plus the process-wide transaction rate."""
+
+    def __init__(self, clock: Clock, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._clock = clock
+        self._capacity = capacity
+        self._providers: dict[str, ProviderTelemetry] = {}
+        self._payments = ProviderTelemetry("*", clock, capacity)
+
+    def provider(self, name: str) -> ProviderTelemetry:
+        found = self._providers.get(name)
+        if found is None:
+            found = self._providers[name] = ProviderTelemetry(name, self._clock, self._capacity)
+        return found
+
+    def record_call(self, provider: str, outcome: Outcome, latency_ms: float) -> None:
+        self.provider(provider).record(outcome, latency_ms)
+
+    def record_payment(self, outcome: Outcome, latency_ms: float) -> None:
+        """One payment handled end to end (whatever providers it took)."""
+        self._payments.record(outcome, latency_ms)
+
+    def transactions_per_minute(self, window_s: float = 60.0) -> float | None:
+        """Payments per minute over the last `window_s`; None before any payment."""
+        if self._payments.total_recorded == 0:
+            return None
+        snap = self._payments.snapshot(window_s)
+        return 0.0 if snap.requests_per_min is None else snap.requests_per_min
+
+    def snapshots(self, window_s: float = DEFAULT_WINDOW_S) -> dict[str, TelemetrySnapshot]:
+        return {name: t.snapshot(window_s) for name, t in self._providers.items()}

@@ -1,0 +1,184 @@
+"""The real server, end to end, through the SDK's client: stdio and HTTP, both protocol generations."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client
+
+from tests.server.harness import HttpServer, stdio_params
+
+pytestmark = pytest.mark.anyio
+
+MODES = ["legacy", "2026-07-28"]
+TRANSPORTS = ["stdio", "http"]
+EXPECTED_TOOLS = {
+    "get_status",
+    "get_stats",
+    "heal_provider",
+    "scale_to",
+    "get_predictions",
+    "get_optimizations",
+    "get_events",
+    "set_autonomy",
+}
+STATIC_RESOURCES = {
+    "autonomy://status",
+    "autonomy://stats",
+    "autonomy://providers",
+    "autonomy://predictions",
+    "autonomy://optimizations",
+    "autonomy://events/recent",
+    "autonomy://scaling",
+}
+VALID_CALLS: dict[str, dict[str, Any]] = {
+    "get_status": {},
+    "get_stats": {},
+    "heal_provider": {"provider": "mpesa", "reason": "end-to-end test"},
+    "scale_to": {"replicas": 3, "reason": "end-to-end test"},
+    "get_predictions": {"min_confidence": 0.5},
+    "get_optimizations": {"limit": 5},
+    "get_events": {"limit": 10, "since": "2020-01-01T00:00:00Z"},
+    "set_autonomy": {"component": "auto_optimizer", "mode": "dry_run", "reason": "end-to-end test"},
+}
+
+
+@asynccontextmanager
+async def connect(
+    transport: str, mode: str, tmp_path: Path, server: HttpServer | None, **kwargs: Any
+) -> AsyncIterator[Client]:
+    target: Any = server.url if transport == "http" and server is not None else stdio_params(tmp_path)
+    async with Client(target, mode=mode, read_timeout_seconds=60, **kwargs) as client:  # type: ignore[arg-type]
+        yield client
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, shared_http_server: HttpServer) -> tuple[str, HttpServer | None]:
+    return request.param, shared_http_server if request.param == "http" else None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_tool_resource_and_prompt(
+    mode: str, transport: tuple[str, HttpServer | None], tmp_path: Path
+) -> None:
+    name, server = transport
+    async with connect(name, mode, tmp_path, server) as client:
+        expected_version = "2025-11-25" if mode == "legacy" else "2026-07-28"
+        assert client.protocol_version == expected_version
+
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == EXPECTED_TOOLS
+        for tool in tools.values():
+            assert tool.description and len(tool.description) > 60, tool.name
+            assert tool.annotations is not None and tool.annotations.read_only_hint is not None, tool.name
+            assert tool.output_schema is not None, tool.name
+        assert tools["get_status"].annotations.read_only_hint is True  # type: ignore[union-attr]
+        assert tools["scale_to"].annotations.destructive_hint is True  # type: ignore[union-attr]
+        assert tools["scale_to"].input_schema["properties"]["replicas"]["maximum"] == 1000
+
+        for tool_name, arguments in VALID_CALLS.items():
+            result = await client.call_tool(tool_name, arguments)
+            assert not result.is_error, (tool_name, result.content)
+            assert result.structured_content is not None, tool_name
+
+        status = (await client.call_tool("get_status", {})).structured_content
+        assert status is not None
+        assert {p["name"] for p in status["providers"]} >= {"mpesa", "paystack"}
+        assert status["components"]["auto_optimizer"]["mode"] == "dry_run"
+
+        listed = {str(r.uri) for r in (await client.list_resources()).resources}
+        assert listed == STATIC_RESOURCES
+        templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+        assert templates == ["autonomy://providers/{name}"]
+        for uri in [*sorted(STATIC_RESOURCES), "autonomy://providers/mpesa"]:
+            read = await client.read_resource(uri)
+            content = read.contents[0]
+            assert isinstance(content, types.TextResourceContents) and content.mime_type == "application/json"
+            json.loads(content.text)
+
+        prompts = (await client.list_prompts()).prompts
+        assert [p.name for p in prompts] == ["incident_report"]
+        prompt = await client.get_prompt("incident_report", {"provider": "mpesa"})
+        text = prompt.messages[0].content
+        assert isinstance(text, types.TextContent) and "mpesa" in text.text and "## Recent events" in text.text
+
+        completion = await client.complete(
+            types.PromptReference(type="ref/prompt", name="incident_report"), {"name": "provider", "value": "mp"}
+        )
+        assert completion.completion.values == ["mpesa", "mtn_momo"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bad_input_is_a_tool_error_naming_the_field(
+    mode: str, transport: tuple[str, HttpServer | None], tmp_path: Path
+) -> None:
+    name, server = transport
+    async with connect(name, mode, tmp_path, server) as client:
+        cases = [
+            ("scale_to", {"replicas": -1, "reason": "bad input"}, ["replicas", "greater than or equal to 0"]),
+            ("scale_to", {"replicas": 10**9, "reason": "bad input"}, ["replicas", "less than or equal to 1000"]),
+            ("scale_to", {"replicas": 50, "reason": "bad input"}, ["MIN_INSTANCES..MAX_INSTANCES = 2..20", "force"]),
+            ("heal_provider", {"provider": "no-such-provider", "reason": "bad input"}, ["provider", "mpesa"]),
+            ("set_autonomy", {"component": "x", "mode": "on", "reason": "bad input"}, ["component", "self_healer"]),
+            ("get_predictions", {"min_confidence": 2}, ["min_confidence", "less than or equal to 1"]),
+        ]
+        for tool, arguments, fragments in cases:
+            result = await client.call_tool(tool, arguments)
+            assert result.is_error, (tool, arguments)
+            text = result.content[0].text  # type: ignore[union-attr]
+            for fragment in fragments:
+                assert fragment in text, (tool, arguments, text)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resource_updated_notification_after_heal(
+    mode: str, transport: tuple[str, HttpServer | None], tmp_path: Path
+) -> None:
+    name, server = transport
+    uri = "autonomy://providers/mpesa"
+    if mode == "legacy":
+        updated = anyio.Event()
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, types.ResourceUpdatedNotification) and message.params.uri == uri:
+                updated.set()
+
+        async with connect(name, mode, tmp_path, server, message_handler=on_message) as client:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # resources/subscribe is deprecated only in 2026-07-28
+                await client.subscribe_resource(uri)
+            result = await client.call_tool("heal_provider", {"provider": "mpesa", "reason": "notification test"})
+            assert not result.is_error
+            with anyio.fail_after(10):
+                await updated.wait()
+    else:
+        async with connect(name, mode, tmp_path, server) as client, client.listen(resource_subscriptions=[uri]) as sub:
+            result = await client.call_tool("heal_provider", {"provider": "mpesa", "reason": "notification test"})
+            assert not result.is_error
+            with anyio.fail_after(10):
+                async for event in sub:
+                    assert getattr(event, "uri", None) == uri
+                    break
+
+
+async def test_heal_reports_progress_per_step(shared_http_server: HttpServer, tmp_path: Path) -> None:
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async with connect("http", "legacy", tmp_path, shared_http_server) as client:
+        result = await client.call_tool(
+            "heal_provider", {"provider": "paystack", "reason": "progress test"}, progress_callback=on_progress
+        )
+    assert not result.is_error
+    assert [p[0] for p in progress] == [0, 1, 2]
+    assert progress[-1][2] is not None and "paystack" in progress[-1][2]
