@@ -11,8 +11,11 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -32,6 +35,10 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    def fail_after(self, seconds: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A scope that cancels its body and raises `TimeoutError` after `seconds` of this clock."""
+        ...
 
 
 def to_datetime(epoch_s: float) -> datetime:
@@ -56,12 +63,45 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))
 
+    def fail_after(self, seconds: float) -> AbstractContextManager[anyio.CancelScope]:
+        return anyio.fail_after(seconds)
+
 
 @dataclass(order=True)
 class _Sleeper:
     wake_at: float
     seq: int
     event: anyio.Event = field(compare=False)
+    on_wake: Callable[[], None] | None = field(default=None, compare=False)
+
+
+class _ManualTimeout:
+    """`ManualClock.fail_after`: a cancel scope armed with a timer in the clock's heap."""
+
+    def __init__(self, clock: ManualClock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._scope = anyio.CancelScope()
+        self._fired = False
+        self._timer: _Sleeper | None = None
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._scope.cancel()
+
+    def __enter__(self) -> anyio.CancelScope:
+        self._timer = self._clock._add_timer(self._seconds, self._fire)
+        return self._scope.__enter__()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._timer is not None:
+            self._timer.event.set()  # disarm
+        suppressed = bool(self._scope.__exit__(exc_type, exc, tb))
+        if self._fired and self._scope.cancelled_caught:
+            raise TimeoutError
+        return suppressed
 
 
 class ManualClock:
@@ -89,7 +129,7 @@ class ManualClock:
 
     @property
     def pending_sleepers(self) -> int:
-        """How many tasks are parked in `sleep()` right now."""
+        """How many tasks are parked in `sleep()` (or armed timeouts) right now."""
         return sum(1 for s in self._sleepers if not s.event.is_set())
 
     @property
@@ -112,6 +152,16 @@ class ManualClock:
             # A cancelled sleeper stays in the heap with its event unset; it is skipped later.
             sleeper.event.set()
 
+    def fail_after(self, seconds: float) -> AbstractContextManager[anyio.CancelScope]:
+        if seconds < 0 or not math.isfinite(seconds):
+            raise ValueError(f"timeout seconds must be finite and >= 0, got {seconds}")
+        return _ManualTimeout(self, seconds)
+
+    def _add_timer(self, seconds: float, on_wake: Callable[[], None]) -> _Sleeper:
+        timer = _Sleeper(self._elapsed_s + seconds, next(self._seq), anyio.Event(), on_wake)
+        heapq.heappush(self._sleepers, timer)
+        return timer
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by `seconds`, waking every sleeper whose deadline falls inside."""
         if seconds < 0 or not math.isfinite(seconds):
@@ -124,6 +174,8 @@ class ManualClock:
                 continue
             self._elapsed_s = max(self._elapsed_s, sleeper.wake_at)
             sleeper.event.set()
+            if sleeper.on_wake is not None:
+                sleeper.on_wake()
             await self._settle()
         self._elapsed_s = target
         await self._settle()

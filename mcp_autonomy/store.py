@@ -21,8 +21,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcp_autonomy.events import Event, EventType
+from mcp_autonomy.payments import PaymentRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -59,6 +60,21 @@ _MIGRATIONS: dict[int, str] = {
         updated_at REAL NOT NULL,
         PRIMARY KEY (component, key)
     );
+    """,
+    2: """
+    CREATE TABLE IF NOT EXISTS payments (
+        idempotency_key TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        provider TEXT,
+        reference TEXT,
+        provider_reference TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS payments_by_reference ON payments(reference);
+    CREATE INDEX IF NOT EXISTS payments_by_provider_reference ON payments(provider_reference);
+    CREATE INDEX IF NOT EXISTS payments_by_status ON payments(status);
     """,
 }
 
@@ -261,6 +277,82 @@ class Store:
         ]
         records.reverse()
         return records
+
+    # --- payments -----------------------------------------------------------------------
+
+    def insert_payment(self, record: PaymentRecord) -> PaymentRecord | None:
+        """Insert a new payment; returns the existing record instead if the key is taken."""
+        with self._lock:
+            db = self._db()
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO payments VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    record.idempotency_key,
+                    record.status.value,
+                    record.provider,
+                    record.reference,
+                    record.provider_reference,
+                    record.created_at,
+                    record.updated_at,
+                    record.model_dump_json(),
+                ),
+            )
+            if cursor.rowcount == 1:
+                return None
+            row = db.execute(
+                "SELECT record FROM payments WHERE idempotency_key = ?", (record.idempotency_key,)
+            ).fetchone()
+        return PaymentRecord.model_validate_json(row[0])
+
+    def update_payment(self, record: PaymentRecord) -> None:
+        """Write the record's current state (it must exist)."""
+        with self._lock:
+            self._db().execute(
+                "UPDATE payments SET status = ?, provider = ?, reference = ?, provider_reference = ?,"
+                " updated_at = ?, record = ? WHERE idempotency_key = ?",
+                (
+                    record.status.value,
+                    record.provider,
+                    record.reference,
+                    record.provider_reference,
+                    record.updated_at,
+                    record.model_dump_json(),
+                    record.idempotency_key,
+                ),
+            )
+
+    def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
+        """A payment by idempotency key, our reference or the provider's reference."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT record FROM payments WHERE idempotency_key = ? OR reference = ?"
+                    " OR provider_reference = ? LIMIT 1",
+                    (key_or_reference, key_or_reference, key_or_reference),
+                )
+                .fetchone()
+            )
+        return None if row is None else PaymentRecord.model_validate_json(row[0])
+
+    def payments_with_status(self, *statuses: str, limit: int = 1000) -> list[PaymentRecord]:
+        """Payments whose status is one of `statuses`, oldest first."""
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT record FROM payments WHERE status IN ({marks}) ORDER BY created_at LIMIT ?",
+                    (*statuses, limit),
+                )
+                .fetchall()
+            )
+        return [PaymentRecord.model_validate_json(r[0]) for r in rows]
+
+    def count_payments_by_status(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db().execute("SELECT status, COUNT(*) FROM payments GROUP BY status").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
 
     # --- component state ----------------------------------------------------------------
 

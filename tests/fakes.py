@@ -6,6 +6,8 @@ sandbox over HTTP; this one exists so the engine's own state machines can be dri
 
 from __future__ import annotations
 
+import anyio
+
 from mcp_autonomy.providers.base import (
     ErrorClass,
     Money,
@@ -15,11 +17,18 @@ from mcp_autonomy.providers.base import (
     ProviderCapabilities,
     ProviderError,
     ProviderTransaction,
+    TransactionStatus,
 )
 
 
 class ScriptedAdapter:
-    """Answers probes from a script: `probe_ok` (settable) decides every probe's outcome."""
+    """Answers from a script: `probe_ok` decides probes; `behaviours` decides each collect/payout.
+
+    Behaviours (consumed in order, then `default_behaviour`): "ok" (accepted, pending), "refuse"
+    (connection refused: not processed), "invalid" (validation error), "hang_after_accept" (the
+    charge is taken, then no answer), "ambiguous" (charge taken, reset mid-response), "auth"
+    (token expired). `charges` is the provider-side ledger: reference -> times charged.
+    """
 
     def __init__(self, name: str, currencies: frozenset[str] = frozenset({"KES"})) -> None:
         self.name = name
@@ -33,6 +42,11 @@ class ScriptedAdapter:
         self.probe_calls = 0
         self.closed = False
         self.fail_initialize = False
+        self.behaviours: list[str] = []
+        self.default_behaviour = "ok"
+        self.status_fails = False
+        self.charges: dict[str, int] = {}
+        self.calls = 0
 
     async def initialize(self) -> None:
         self.initialize_calls += 1
@@ -48,14 +62,46 @@ class ScriptedAdapter:
             return ProbeResult(ok=True, latency_ms=1.0, detail="ok")
         raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "connection refused")
 
+    def reference_for(self, idempotency_key: str) -> str:
+        return f"{self.name}-{idempotency_key}"
+
     async def collect(self, request: PaymentRequest) -> ProviderTransaction:
-        raise NotImplementedError
+        self.calls += 1
+        behaviour = self.behaviours.pop(0) if self.behaviours else self.default_behaviour
+        reference = self.reference_for(request.idempotency_key)
+        if behaviour == "refuse":
+            raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "connection refused")
+        if behaviour == "invalid":
+            raise ProviderError(self.name, ErrorClass.INVALID_REQUEST, "bad phone", code="400.002.02")
+        if behaviour == "auth":
+            raise ProviderError(self.name, ErrorClass.AUTH, "token expired", code="404.001.03")
+        self.charges[reference] = self.charges.get(reference, 0) + 1
+        if behaviour == "hang_after_accept":
+            await anyio.sleep_forever()
+        if behaviour == "ambiguous":
+            raise ProviderError(self.name, ErrorClass.AMBIGUOUS, "connection reset mid-response")
+        return self._txn(reference, request.money)
 
     async def payout(self, request: PaymentRequest) -> ProviderTransaction:
-        raise NotImplementedError
+        return await self.collect(request)
 
     async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
-        raise NotImplementedError
+        if self.status_fails:
+            raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "status endpoint down")
+        if reference not in self.charges:
+            raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "no such transaction", code="not_found")
+        return self._txn(reference, None, TransactionStatus.SUCCEEDED)
+
+    def _txn(
+        self, reference: str, money: Money | None, status: TransactionStatus = TransactionStatus.PENDING
+    ) -> ProviderTransaction:
+        return ProviderTransaction(
+            provider=self.name,
+            reference=reference,
+            provider_reference=f"P-{reference}",
+            status=status,
+            money=money,
+        )
 
     async def refund(
         self, transaction: ProviderTransaction, money: Money | None = None

@@ -44,8 +44,11 @@ async def test_periodic_loop_ticks_once_per_interval(clock: ManualClock) -> None
 
 
 async def test_cancelled_sleeper_is_skipped(clock: ManualClock) -> None:
-    with anyio.move_on_after(0.5):
-        await clock.sleep(100.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.sleep, 100.0)
+        await anyio.wait_all_tasks_blocked()
+        assert clock.next_deadline == 100.0
+        tg.cancel_scope.cancel()
     assert clock.next_deadline is None
     await clock.advance(200.0)
     assert clock.now() == ManualClock.DEFAULT_START_EPOCH_S + 200.0
@@ -60,3 +63,27 @@ def test_both_clocks_satisfy_the_protocol() -> None:
     assert isinstance(SystemClock(), Clock)
     assert isinstance(ManualClock(), Clock)
     assert iso(ManualClock.DEFAULT_START_EPOCH_S) == "2026-01-01T00:00:00.000Z"
+
+
+async def test_fail_after_times_out_on_the_manual_clock(clock: ManualClock) -> None:
+    outcome: list[str] = []
+
+    async def slow() -> None:
+        try:
+            with clock.fail_after(5.0):
+                await clock.sleep(10.0)
+            outcome.append("finished")
+        except TimeoutError:
+            outcome.append(f"timed out at {clock.monotonic()}")
+
+    async def quick() -> None:
+        with clock.fail_after(5.0):
+            await clock.sleep(1.0)
+        outcome.append("quick finished")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slow)
+        tg.start_soon(quick)
+        await clock.advance(20.0)
+    assert outcome == ["quick finished", "timed out at 5.0"]
+    assert clock.next_deadline is None

@@ -22,7 +22,9 @@ from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.providers.base import ProbeResult, ProviderError
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
+from mcp_autonomy.resilience.breaker import BreakerState
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
+from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.store import Store
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,8 @@ HEAL_COOLDOWN_S = 30.0
 """Minimum time between two automatic healing attempts on one provider."""
 HEAL_WINDOW_S = 3600.0
 """The window over which MAX_HEALING_ATTEMPTS automatic attempts are allowed."""
-PROBE_TIMEOUT_S = 10.0
+FAIL_BACK_HOLD_S = 60.0
+"""A failed-over provider gets its traffic back only after staying healthy this long."""
 
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
 
@@ -72,12 +75,14 @@ class SelfHealer(Component):
         bus: EventBus,
         store: Store,
         providers: ProviderRegistry,
+        router: PaymentRouter,
         enabled: bool,
         interval_s: float,
         max_attempts: int,
     ) -> None:
         super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
         self.providers = providers
+        self.router = router
         self.max_attempts = max_attempts
         self._attempts: dict[str, deque[float]] = {}
         self._given_up: set[str] = set()
@@ -90,9 +95,41 @@ class SelfHealer(Component):
         for entry in self.providers.entries():
             await self.probe(entry)
             if entry.health.status is HealthStatus.UNHEALTHY:
+                await self._maybe_fail_over(entry)
                 await self._maybe_auto_heal(entry)
             elif entry.health.status is HealthStatus.HEALTHY:
                 self._given_up.discard(entry.name)
+                await self._maybe_fail_back(entry)
+
+    async def _maybe_fail_over(self, entry: ProviderEntry) -> None:
+        if entry.name in self.router.failed_over or not entry.backups:
+            return
+        backup = next(
+            (b for b in entry.backups if self.providers.get(b).health.status is not HealthStatus.UNHEALTHY),
+            None,
+        )
+        if backup is None:
+            return
+        reason = f"{entry.name} unhealthy: {entry.health.consecutive_failures} consecutive failed probes"
+        await self.act(
+            f"fail {entry.name} over to {backup}",
+            lambda: self._async(self.router.fail_over, entry.name, backup, reason=reason),
+        )
+
+    async def _maybe_fail_back(self, entry: ProviderEntry) -> None:
+        if entry.name not in self.router.failed_over or entry.health.since is None:
+            return
+        healthy_for = self.clock.now() - entry.health.since
+        if healthy_for < FAIL_BACK_HOLD_S:
+            return
+        reason = f"{entry.name} healthy for {healthy_for:.0f} s (hold {FAIL_BACK_HOLD_S:.0f} s)"
+        await self.act(
+            f"fail {entry.name} back", lambda: self._async(self.router.fail_back, entry.name, reason=reason)
+        )
+
+    @staticmethod
+    async def _async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
 
     async def probe(self, entry: ProviderEntry) -> ProbeResult:
         """Probe one provider now and fold the result into its health (publishing transitions)."""
@@ -180,7 +217,7 @@ class SelfHealer(Component):
         before = entry.health.snapshot()
         was_unhealthy = before.status in (HealthStatus.UNHEALTHY, HealthStatus.DEGRADED)
         steps: list[HealStep] = []
-        total_steps = 2
+        total_steps = 3
 
         async def report(done: int, message: str) -> None:
             if progress is not None:
@@ -191,6 +228,13 @@ class SelfHealer(Component):
                 HealStep(name="reinitialize", ok=None, detail="dry-run: would re-initialise the adapter")
             )
             steps.append(HealStep(name="probe", ok=None, detail="dry-run: would probe the provider"))
+            steps.append(
+                HealStep(
+                    name="breaker",
+                    ok=None,
+                    detail="dry-run: would let a trial call through if the probe passed",
+                )
+            )
             await report(total_steps, "dry-run: nothing carried out")
             succeeded: bool | None = None
         else:
@@ -206,6 +250,8 @@ class SelfHealer(Component):
                     duration_ms=round(result.latency_ms, 3),
                 )
             )
+            await report(2, f"checking {provider}'s breaker")
+            steps.append(self._release_breaker(provider, probe_ok=result.ok))
             succeeded = all(s.ok for s in steps)
             await report(total_steps, f"{provider} {'healed' if succeeded else 'still failing'}")
             self.heals_total += 1
@@ -261,6 +307,21 @@ class SelfHealer(Component):
             )
         return heal_result
 
+    def _release_breaker(self, provider: str, *, probe_ok: bool) -> HealStep:
+        """After a good probe, let real traffic test the provider again (half-open, not closed)."""
+        breaker = self.router.lane(provider).breaker
+        state = breaker.state
+        if state not in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+            return HealStep(name="breaker", ok=True, detail=f"breaker {state.value}: nothing to release")
+        if not probe_ok:
+            return HealStep(name="breaker", ok=False, detail=f"breaker stays {state.value}: the probe failed")
+        moved = breaker.transition_to_half_open("healer probe succeeded")
+        return HealStep(
+            name="breaker",
+            ok=True,
+            detail="breaker half-open: the next real call is a trial" if moved else f"breaker {state.value}",
+        )
+
     async def _reinitialize(self, entry: ProviderEntry) -> HealStep:
         started = time.perf_counter()
         try:
@@ -292,4 +353,6 @@ class SelfHealer(Component):
             "max_attempts_per_window": self.max_attempts,
             "attempt_window_s": HEAL_WINDOW_S,
             "cooldown_s": HEAL_COOLDOWN_S,
+            "failed_over": self.router.failed_over,
+            "fail_back_hold_s": FAIL_BACK_HOLD_S,
         }

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.component import Component, ComponentStatus, Mode
@@ -27,11 +27,14 @@ from mcp_autonomy.autonomy.scaling import LocalScaleBackend, ReplicaState, Scale
 from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
-from mcp_autonomy.providers.base import ProviderAdapter
+from mcp_autonomy.payments import PaymentRecord
+from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
+from mcp_autonomy.resilience.router import LaneStatus, PaymentRouter
 from mcp_autonomy.store import AuditRecord, Store
+from mcp_autonomy.telemetry import Telemetry, TelemetrySnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ COMPONENT_NAMES: tuple[ComponentName, ...] = (
     "auto_optimizer",
 )
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
+RECONCILE_INTERVAL_S = 15.0
+"""How often pending and unknown payments are re-queried at their provider."""
 
 
 class ProviderStatus(BaseModel):
@@ -58,6 +63,8 @@ class ProviderStatus(BaseModel):
     currencies: list[str]
     countries: list[str]
     refunds: bool
+    lane: LaneStatus = Field(description="Breaker, rate limit and tunables of the provider's router lane")
+    telemetry: TelemetrySnapshot = Field(description="Measured over the last 5 minutes")
 
 
 class EventBusStatus(BaseModel):
@@ -99,6 +106,7 @@ class SystemStats(BaseModel):
     scaling: dict[str, Any]
     predictions: dict[str, Any]
     optimizations: dict[str, Any]
+    payments: dict[str, Any]
 
 
 class AutonomousSystem:
@@ -128,12 +136,15 @@ class AutonomousSystem:
         self.recorder.attach()
         self.providers = ProviderRegistry()
         self._adapter_factory = adapter_factory
+        self.telemetry = Telemetry(self.clock)
+        self.router = PaymentRouter(self.providers, self.store, self.telemetry, self.events, self.clock)
         s = self.settings
         self.self_healer = SelfHealer(
             clock=self.clock,
             bus=self.events,
             store=self.store,
             providers=self.providers,
+            router=self.router,
             enabled=s.self_healing_enabled,
             interval_s=s.self_healing_interval_ms / 1000,
             max_attempts=s.max_healing_attempts,
@@ -228,6 +239,7 @@ class AutonomousSystem:
                 component.load_persisted_mode()
             async with anyio.create_task_group() as tg:
                 await tg.start(self.recorder.run)
+                tg.start_soon(self._reconcile_forever)
                 await self._initialize_providers()
                 self._started_at = self.clock.now()
                 self._started_mono = self.clock.monotonic()
@@ -268,11 +280,32 @@ class AutonomousSystem:
                 entry.last_init_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("initialising %s failed: %s", entry.name, entry.last_init_error)
 
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await self.clock.sleep(RECONCILE_INTERVAL_S)
+            try:
+                await self.router.reconcile_once()
+            except Exception:  # a failing reconciliation pass must not stop the next one
+                logger.exception("payment reconciliation failed")
+
     # --- measurements -------------------------------------------------------------------
 
     def measured_load_tpm(self) -> float | None:
         """Transactions per minute measured through the router; None until payments flow."""
-        return None
+        return self.telemetry.transactions_per_minute()
+
+    # --- payments -----------------------------------------------------------------------
+
+    async def submit_payment(self, request: PaymentRequest) -> PaymentRecord:
+        """Route a payment (idempotent by its key); see `PaymentRouter.submit`."""
+        return await self.router.submit(request)
+
+    async def get_payment(self, key_or_reference: str, *, refresh: bool = True) -> PaymentRecord | None:
+        """A payment by idempotency key or reference; pending ones are re-queried first."""
+        record = self.router.get_payment(key_or_reference)
+        if record is not None and refresh and not record.status.is_final:
+            record = await self.router.refresh(record)
+        return record
 
     # --- status -------------------------------------------------------------------------
 
@@ -290,6 +323,8 @@ class AutonomousSystem:
             currencies=sorted(caps.currencies),
             countries=sorted(caps.countries),
             refunds=caps.refunds,
+            lane=self.router.lane_status(name),
+            telemetry=self.telemetry.provider(name).snapshot(),
         )
 
     def _overall(
@@ -361,6 +396,7 @@ class AutonomousSystem:
             scaling=self.auto_scaler.details(),
             predictions=self.predictive_maintenance.scores(),
             optimizations=self.auto_optimizer.details(),
+            payments=self.router.stats() if self.store.is_open else {},
         )
 
     # --- operator actions ---------------------------------------------------------------

@@ -18,7 +18,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 E164_RE = re.compile(r"^\+[1-9]\d{7,14}$")
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+DIAL_CODES: dict[str, str] = {
+    "KE": "254",
+    "UG": "256",
+    "TZ": "255",
+    "RW": "250",
+    "NG": "234",
+    "GH": "233",
+    "ZA": "27",
+    "ZM": "260",
+    "MW": "265",
+    "CI": "225",
+    "SN": "221",
+    "CM": "237",
+    "CD": "243",
+    "BJ": "229",
+    "EG": "20",
+    "ET": "251",
+}
+"""Country calling codes of the markets the adapters serve (for national phone numbers)."""
 MAX_AMOUNT_MINOR = 10**13  # far above any single mobile-money payment; guards against unit mistakes
+NOT_FOUND_CODE = "not_found"
+"""`ProviderError.code` raised by `status()` when the provider certainly has no such transaction."""
 
 
 class Operation(StrEnum):

@@ -39,10 +39,22 @@ from mcp_autonomy.autonomy.optimizer import Optimization
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus
 from mcp_autonomy.autonomy.scaler import ScaleBoundsError, ScaleResult
 from mcp_autonomy.autonomy.scaling import ScaleBackendError
-from mcp_autonomy.autonomy.system import AutonomousSystem, SystemStats, SystemStatus
+from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, SystemStats, SystemStatus
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import Event, EventType
+from mcp_autonomy.payments import PaymentRecord
+from mcp_autonomy.providers.base import (
+    COUNTRY_RE,
+    CURRENCY_RE,
+    DIAL_CODES,
+    MAX_AMOUNT_MINOR,
+    Money,
+    Operation,
+    PaymentRequest,
+    normalize_msisdn,
+)
 from mcp_autonomy.providers.registry import UnknownProviderError
+from mcp_autonomy.resilience.router import IdempotencyConflict, NoRouteError
 from mcp_autonomy.server import notifier as uris
 from mcp_autonomy.server.notifier import ResourceNotifier
 
@@ -93,6 +105,48 @@ class EventList(BaseModel):
 
     events: list[Event]
     count: int
+
+
+class ProviderList(BaseModel):
+    """Every registered provider: capabilities, measured health, breaker, tunables (never secrets)."""
+
+    providers: list[ProviderStatus]
+    backup_map: dict[str, list[str]]
+    failed_over: dict[str, str]
+
+
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_\-.:]+$",
+        description="Your unique key for this payment (8-100 of A-Z a-z 0-9 _ - . :); a retry with the same key "
+        "returns the first result and never pays twice",
+    ),
+]
+AmountMinor = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_AMOUNT_MINOR,
+        description="Amount in integer minor units (cents, kobo): KES 150.00 is 15000",
+    ),
+]
+Currency = Annotated[
+    str, Field(pattern=CURRENCY_RE.pattern, description="ISO 4217 code in capitals, e.g. KES, NGN")
+]
+Country = Annotated[
+    str, Field(pattern=COUNTRY_RE.pattern, description="ISO 3166-1 alpha-2 in capitals, e.g. KE")
+]
+Phone = Annotated[
+    str,
+    Field(
+        min_length=6,
+        max_length=20,
+        description="Customer phone: E.164 (+254712345678) or national (0712345678, normalised by country)",
+    ),
+]
 
 
 class AutonomyChange(BaseModel):
@@ -150,6 +204,7 @@ class McpApp:
         self.log_levels: dict[int, str] = {}
         self._tracked_connections: set[int] = set()
         self._register_tools()
+        self._register_payment_tools()
         self._register_resources()
         self._register_prompt()
         self._register_protocol_handlers()
@@ -383,6 +438,129 @@ class McpApp:
             )
             return AutonomyChange(
                 component=component, previous_mode=previous, mode=new, reason=reason, audit_id=audit_id
+            )
+
+    def _register_payment_tools(self) -> None:
+        system = self.system
+        mcp = self.mcp
+        money_annotations = ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True
+        )
+
+        def build_request(
+            operation: Operation,
+            idempotency_key: str,
+            amount_minor: int,
+            currency: str,
+            phone: str,
+            country: str,
+            description: str,
+        ) -> PaymentRequest:
+            try:
+                e164 = normalize_msisdn(phone, DIAL_CODES.get(country))
+            except ValueError as exc:
+                raise ToolError(f"phone: {exc}") from None
+            return PaymentRequest(
+                idempotency_key=idempotency_key,
+                operation=operation,
+                money=Money(amount_minor=amount_minor, currency=currency),
+                phone=e164,
+                country=country,
+                description=description,
+            )
+
+        async def submit(request: PaymentRequest) -> PaymentRecord:
+            try:
+                return await system.submit_payment(request)
+            except IdempotencyConflict as exc:
+                raise ToolError(f"idempotency_key: {exc}") from None
+            except NoRouteError as exc:
+                raise ToolError(f"currency/country: {exc}") from None
+
+        @mcp.tool(
+            title="Request a payment (collect)",
+            description=(
+                "Ask a customer to pay (M-Pesa STK push, MoMo request-to-pay, mobile-money charge) through the "
+                "best healthy provider for the currency and country, failing over along the backup map only when "
+                "the provider certainly did not process it. Moves real money: always pass a unique "
+                "idempotency_key and reuse it when retrying. Returns the payment record: status is usually "
+                "`pending` until the customer confirms (poll get_payment); `unknown` means the provider may have "
+                "it and it was not sent elsewhere."
+            ),
+            annotations=money_annotations,
+        )
+        async def request_payment(
+            idempotency_key: IdempotencyKey,
+            amount_minor: AmountMinor,
+            currency: Currency,
+            phone: Phone,
+            country: Country,
+            description: Annotated[
+                str, Field(max_length=100, description="Shown to the customer")
+            ] = "payment",
+        ) -> PaymentRecord:
+            return await submit(
+                build_request(
+                    Operation.COLLECT, idempotency_key, amount_minor, currency, phone, country, description
+                )
+            )
+
+        @mcp.tool(
+            title="Send a payment (payout)",
+            description=(
+                "Send money to a customer's mobile wallet (M-Pesa B2C, MoMo disbursement, transfer) with the same "
+                "routing and no-double-payment rules as request_payment. Moves real money: pass a unique "
+                "idempotency_key and reuse it when retrying."
+            ),
+            annotations=money_annotations,
+        )
+        async def send_payment(
+            idempotency_key: IdempotencyKey,
+            amount_minor: AmountMinor,
+            currency: Currency,
+            phone: Phone,
+            country: Country,
+            description: Annotated[
+                str, Field(max_length=100, description="Shown to the customer")
+            ] = "payout",
+        ) -> PaymentRecord:
+            return await submit(
+                build_request(
+                    Operation.PAYOUT, idempotency_key, amount_minor, currency, phone, country, description
+                )
+            )
+
+        @mcp.tool(
+            title="Get a payment",
+            description=(
+                "A payment by its idempotency key, our reference or the provider's reference, with every provider "
+                "attempt it took. A pending or unknown payment is re-queried at its provider first."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_payment(
+            key_or_reference: Annotated[
+                str, Field(min_length=1, max_length=200, description="Idempotency key or a reference")
+            ],
+        ) -> PaymentRecord:
+            record = await system.get_payment(key_or_reference)
+            if record is None:
+                raise ToolError(f"key_or_reference: no payment with key or reference {key_or_reference!r}")
+            return record
+
+        @mcp.tool(
+            title="List providers",
+            description=(
+                "Every registered provider: operations, currencies and countries it supports, measured health, "
+                "breaker state, rate limit and current tunables, backups and failover state. Never secrets."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def list_providers() -> ProviderList:
+            return ProviderList(
+                providers=[system.provider_status(n) for n in system.providers.names()],
+                backup_map=system.providers.backup_map(),
+                failed_over=system.router.failed_over,
             )
 
     def _check_provider(self, provider: str | None) -> None:

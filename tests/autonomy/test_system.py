@@ -61,7 +61,7 @@ async def test_outage_is_detected_healed_and_capped(settings: Settings, clock: M
         mpesa.probe_ok = True
         result = await system.heal_provider("mpesa", reason="fixed upstream")
         assert result.succeeded is True
-        assert [s.name for s in result.steps] == ["reinitialize", "probe"]
+        assert [s.name for s in result.steps] == ["reinitialize", "probe", "breaker"]
         await clock.advance(interval)
         assert system.providers.get("mpesa").health.status is HealthStatus.HEALTHY
         assert system.self_healer.details()["manual_intervention_required"] == []
@@ -151,3 +151,27 @@ def test_backup_map_is_validated(settings: Settings, clock: ManualClock) -> None
     with pytest.raises(UnknownProviderError, match="known providers: mpesa, intasend, paystack"):
         system.set_backup_providers("orange", [])
     assert system.providers.backup_map() == {"mpesa": ["intasend"]}
+
+
+async def test_failover_and_fail_back_after_hold(settings: Settings, clock: ManualClock) -> None:
+    from mcp_autonomy.autonomy.healer import FAIL_BACK_HOLD_S
+    from mcp_autonomy.providers.base import Operation
+
+    system, (mpesa, _intasend) = make_system(settings, clock, "mpesa", "intasend")
+    system.set_backup_providers("mpesa", ["intasend"])
+    interval = settings.self_healing_interval_ms / 1000
+    async with system.running():
+        assert system.router.route(Operation.COLLECT, "KES", "KE") == ["mpesa", "intasend"]
+        mpesa.probe_ok = False
+        await clock.advance(interval * 2)
+        assert system.router.failed_over == {"mpesa": "intasend"}
+        assert system.router.route(Operation.COLLECT, "KES", "KE") == ["intasend", "mpesa"]
+        (failover,) = system.events.history(types=[EventType.FAILOVER_TRIGGERED])
+        assert failover.provider == "mpesa" and failover.data["to"] == "intasend"
+
+        mpesa.probe_ok = True
+        await clock.advance(interval * 2)  # healthy again, but not for long enough
+        assert system.router.failed_over == {"mpesa": "intasend"}
+        await clock.advance(FAIL_BACK_HOLD_S + interval)
+        assert system.router.failed_over == {}
+        assert system.router.route(Operation.COLLECT, "KES", "KE") == ["mpesa", "intasend"]

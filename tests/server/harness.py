@@ -71,7 +71,12 @@ def http_server(
         args.append("--sandbox")
     log = log_path.open("w")
     proc = subprocess.Popen(
-        args, cwd=tmp_path, env=server_env(state_dir, **(env or {})), stdout=subprocess.DEVNULL, stderr=log, text=True
+        args,
+        cwd=tmp_path,
+        env=server_env(state_dir, **(env or {})),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
     )
     server = None
     try:
@@ -115,7 +120,12 @@ def stdio_params(tmp_path: Path, *, tap: Path | None = None, sandbox: bool = Tru
     if sandbox:
         server_args.append("--sandbox")
     if tap is not None:
-        command_args = [str(Path(__file__).with_name("stdout_tap.py")), str(tap), sys.executable, *server_args]
+        command_args = [
+            str(Path(__file__).with_name("stdout_tap.py")),
+            str(tap),
+            sys.executable,
+            *server_args,
+        ]
     else:
         command_args = server_args
     return StdioServerParameters(

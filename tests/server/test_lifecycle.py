@@ -46,7 +46,9 @@ async def test_stdio_stdout_carries_only_json_rpc(mode: str, tmp_path: Path) -> 
 
 def stored_events(state_dir: Path) -> list[tuple[str, str, str]]:
     with sqlite3.connect(state_dir / "mcp-autonomy.sqlite3") as db:
-        return [tuple(r) for r in db.execute("SELECT id, type, component FROM events ORDER BY timestamp, seq")]
+        return [
+            tuple(r) for r in db.execute("SELECT id, type, component FROM events ORDER BY timestamp, seq")
+        ]
 
 
 def audit_tools(state_dir: Path) -> list[str]:
@@ -69,7 +71,9 @@ async def test_restart_keeps_events_and_audit_log(tmp_path: Path) -> None:
     with http_server(tmp_path) as server:
         async with Client(server.url, mode="legacy") as client:
             await client.call_tool("scale_to", {"replicas": 4, "reason": "before restart"})
-            await client.call_tool("set_autonomy", {"component": "auto_scaler", "mode": "off", "reason": "restart"})
+            await client.call_tool(
+                "set_autonomy", {"component": "auto_scaler", "mode": "off", "reason": "restart"}
+            )
     first_run = stored_events(tmp_path / "state")
     assert audit_tools(tmp_path / "state") == ["scale_to", "set_autonomy"]
 

@@ -61,7 +61,9 @@ async def connect(
 
 
 @pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest, shared_http_server: HttpServer) -> tuple[str, HttpServer | None]:
+def transport(
+    request: pytest.FixtureRequest, shared_http_server: HttpServer
+) -> tuple[str, HttpServer | None]:
     return request.param, shared_http_server if request.param == "http" else None
 
 
@@ -108,10 +110,13 @@ async def test_every_tool_resource_and_prompt(
         assert [p.name for p in prompts] == ["incident_report"]
         prompt = await client.get_prompt("incident_report", {"provider": "mpesa"})
         text = prompt.messages[0].content
-        assert isinstance(text, types.TextContent) and "mpesa" in text.text and "## Recent events" in text.text
+        assert (
+            isinstance(text, types.TextContent) and "mpesa" in text.text and "## Recent events" in text.text
+        )
 
         completion = await client.complete(
-            types.PromptReference(type="ref/prompt", name="incident_report"), {"name": "provider", "value": "mp"}
+            types.PromptReference(type="ref/prompt", name="incident_report"),
+            {"name": "provider", "value": "mp"},
         )
         assert completion.completion.values == ["mpesa", "mtn_momo"]
 
@@ -124,10 +129,22 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
     async with connect(name, mode, tmp_path, server) as client:
         cases = [
             ("scale_to", {"replicas": -1, "reason": "bad input"}, ["replicas", "greater than or equal to 0"]),
-            ("scale_to", {"replicas": 10**9, "reason": "bad input"}, ["replicas", "less than or equal to 1000"]),
-            ("scale_to", {"replicas": 50, "reason": "bad input"}, ["MIN_INSTANCES..MAX_INSTANCES = 2..20", "force"]),
+            (
+                "scale_to",
+                {"replicas": 10**9, "reason": "bad input"},
+                ["replicas", "less than or equal to 1000"],
+            ),
+            (
+                "scale_to",
+                {"replicas": 50, "reason": "bad input"},
+                ["MIN_INSTANCES..MAX_INSTANCES = 2..20", "force"],
+            ),
             ("heal_provider", {"provider": "no-such-provider", "reason": "bad input"}, ["provider", "mpesa"]),
-            ("set_autonomy", {"component": "x", "mode": "on", "reason": "bad input"}, ["component", "self_healer"]),
+            (
+                "set_autonomy",
+                {"component": "x", "mode": "on", "reason": "bad input"},
+                ["component", "self_healer"],
+            ),
             ("get_predictions", {"min_confidence": 2}, ["min_confidence", "less than or equal to 1"]),
         ]
         for tool, arguments, fragments in cases:
@@ -155,13 +172,20 @@ async def test_resource_updated_notification_after_heal(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # resources/subscribe is deprecated only in 2026-07-28
                 await client.subscribe_resource(uri)
-            result = await client.call_tool("heal_provider", {"provider": "mpesa", "reason": "notification test"})
+            result = await client.call_tool(
+                "heal_provider", {"provider": "mpesa", "reason": "notification test"}
+            )
             assert not result.is_error
             with anyio.fail_after(10):
                 await updated.wait()
     else:
-        async with connect(name, mode, tmp_path, server) as client, client.listen(resource_subscriptions=[uri]) as sub:
-            result = await client.call_tool("heal_provider", {"provider": "mpesa", "reason": "notification test"})
+        async with (
+            connect(name, mode, tmp_path, server) as client,
+            client.listen(resource_subscriptions=[uri]) as sub,
+        ):
+            result = await client.call_tool(
+                "heal_provider", {"provider": "mpesa", "reason": "notification test"}
+            )
             assert not result.is_error
             with anyio.fail_after(10):
                 async for event in sub:
@@ -177,8 +201,10 @@ async def test_heal_reports_progress_per_step(shared_http_server: HttpServer, tm
 
     async with connect("http", "legacy", tmp_path, shared_http_server) as client:
         result = await client.call_tool(
-            "heal_provider", {"provider": "paystack", "reason": "progress test"}, progress_callback=on_progress
+            "heal_provider",
+            {"provider": "paystack", "reason": "progress test"},
+            progress_callback=on_progress,
         )
     assert not result.is_error
-    assert [p[0] for p in progress] == [0, 1, 2]
+    assert [p[0] for p in progress] == [0, 1, 2, 3]
     assert progress[-1][2] is not None and "paystack" in progress[-1][2]

@@ -1,0 +1,567 @@
+"""PaymentRouter: decides where money goes, and never loses or double-charges a payment.
+
+For each payment, in order:
+
+1. **Idempotency.** The record is written under its idempotency key *before* any provider call;
+   a replay of the key returns the first result (a different request under the same key is an
+   `IdempotencyConflict`).
+2. **Route.** The eligible providers (operation, currency, country) form a chain: the first
+   registered eligible provider, then its configured backups. Providers the healer has failed
+   over from, or that it measures as unhealthy, move to the end of the chain.
+3. **Per provider:** breaker -> rate limit -> timeout -> classify. A local rejection (breaker open,
+   rate limit) and an error that certainly means "not processed" (connection refused, 503
+   before processing, auth, 429) fail over to the next provider at once; the same provider is
+   retried (jittered backoff, within the retry budget) only when no other provider remains.
+4. **Ambiguous outcomes** (timeout after sending, reset mid-response, 5xx after acceptance) are
+   resolved with the provider's idempotent status query *before* anything else. Found ->
+   that is the payment's result. Certainly absent -> safe to fail over. Still unknown -> the
+   payment is recorded `unknown` with that provider and is never sent anywhere else; the
+   reconciler keeps querying until the provider answers.
+5. An invalid request is the caller's fault: it fails at once, without failover.
+
+Every call's outcome and latency goes to `Telemetry`; breaker transitions become events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel
+
+from mcp_autonomy.clock import Clock
+from mcp_autonomy.events import EventBus, EventType, Severity
+from mcp_autonomy.payments import AttemptOutcome, PaymentAttempt, PaymentRecord
+from mcp_autonomy.providers.base import (
+    ErrorClass,
+    Operation,
+    PaymentRequest,
+    ProviderError,
+    ProviderTransaction,
+    TransactionStatus,
+)
+from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
+from mcp_autonomy.resilience.breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
+from mcp_autonomy.resilience.health import HealthStatus
+from mcp_autonomy.resilience.rate_limiter import TokenBucket
+from mcp_autonomy.resilience.retry import Backoff, RetryBudget
+from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
+from mcp_autonomy.store import Store
+from mcp_autonomy.telemetry import Outcome, Telemetry
+
+logger = logging.getLogger(__name__)
+
+RESOLVE_ATTEMPTS = 3
+"""Status queries tried to resolve one ambiguous outcome before recording it unknown."""
+NOT_FOUND_CODE = "not_found"
+"""The `ProviderError.code` an adapter's `status()` uses when the provider has no such transaction."""
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key is already used by a different payment."""
+
+
+class NoRouteError(ValueError):
+    """No registered provider supports this operation, currency and country."""
+
+
+class _Resolution(Enum):
+    NOT_FOUND = "not_found"
+    UNRESOLVED = "unresolved"
+
+
+@dataclass
+class ProviderLane:
+    """One provider's path through the router: its adapter and its guards."""
+
+    entry: ProviderEntry
+    breaker: CircuitBreaker
+    limiter: TokenBucket
+    budget: RetryBudget
+    backoff: Backoff
+    tunables: ProviderTunables
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+class LaneStatus(BaseModel):
+    """A lane's guards as the router sees them (for status and tools)."""
+
+    provider: str
+    breaker_state: BreakerState
+    breaker_failure_rate: float | None
+    breaker_calls_in_window: int
+    breaker_open_until: float | None
+    rate_limit_per_s: float
+    tokens_available: float
+    retry_budget_available: bool
+    tunables: ProviderTunables
+    failed_over_to: str | None
+
+
+class PaymentRouter:
+    """Routes payments through the registered providers (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        store: Store,
+        telemetry: Telemetry,
+        bus: EventBus,
+        clock: Clock,
+        *,
+        breaker_config: BreakerConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.telemetry = telemetry
+        self.bus = bus
+        self.clock = clock
+        self._breaker_config = breaker_config
+        self._rng = rng if rng is not None else random.Random()
+        self._lanes: dict[str, ProviderLane] = {}
+        self._failed_over: dict[str, str] = {}
+        self.counters: dict[str, int] = {
+            "payments": 0,
+            "replays": 0,
+            "failovers": 0,
+            "ambiguous_resolved": 0,
+            "unknown": 0,
+            "no_provider_accepted": 0,
+        }
+
+    # --- lanes --------------------------------------------------------------------------
+
+    def lane(self, provider: str) -> ProviderLane:
+        """The lane of `provider`, built on first use with its default tunables."""
+        lane = self._lanes.get(provider)
+        if lane is None:
+            entry = self.registry.get(provider)
+            tunables = default_tunables(provider)
+            breaker = CircuitBreaker(provider, self.clock, self._breaker_config)
+            breaker.on_transition(self._on_breaker_transition)
+            lane = ProviderLane(
+                entry=entry,
+                breaker=breaker,
+                limiter=TokenBucket(tunables.rate_limit_per_s, tunables.rate_limit_burst, self.clock),
+                budget=RetryBudget(self.clock, ratio=tunables.retry_budget_ratio),
+                backoff=Backoff(
+                    tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
+                ),
+                tunables=tunables,
+            )
+            self._lanes[provider] = lane
+        return lane
+
+    def set_tunables(self, provider: str, tunables: ProviderTunables) -> ProviderTunables:
+        """Apply new tunables to a lane now; returns the previous ones."""
+        lane = self.lane(provider)
+        previous = lane.tunables
+        lane.tunables = tunables
+        lane.limiter.set_rate(tunables.rate_limit_per_s, tunables.rate_limit_burst)
+        lane.budget = RetryBudget(self.clock, ratio=tunables.retry_budget_ratio)
+        lane.backoff = Backoff(
+            tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
+        )
+        return previous
+
+    def lane_status(self, provider: str) -> LaneStatus:
+        lane = self.lane(provider)
+        breaker = lane.breaker.snapshot()
+        return LaneStatus(
+            provider=provider,
+            breaker_state=breaker.state,
+            breaker_failure_rate=breaker.failure_rate,
+            breaker_calls_in_window=breaker.calls_in_window,
+            breaker_open_until=breaker.open_until,
+            rate_limit_per_s=lane.limiter.rate_per_s,
+            tokens_available=round(lane.limiter.snapshot().tokens, 3),
+            retry_budget_available=lane.budget.can_retry(),
+            tunables=lane.tunables,
+            failed_over_to=self._failed_over.get(provider),
+        )
+
+    def _on_breaker_transition(self, transition: BreakerTransition) -> None:
+        opened = transition.to_state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+        self.bus.emit(
+            EventType.BREAKER_STATE_CHANGED,
+            component="router",
+            provider=transition.name,
+            severity=Severity.WARNING if opened else Severity.INFO,
+            message=f"{transition.name} breaker {transition.from_state.value} -> {transition.to_state.value}",
+            data={
+                "from": transition.from_state.value,
+                "to": transition.to_state.value,
+                "reason": transition.reason,
+            },
+        )
+
+    # --- failover state (driven by the healer) ------------------------------------------
+
+    def fail_over(self, primary: str, backup: str, *, reason: str) -> None:
+        """Send `primary`'s traffic to its backups first until `fail_back`."""
+        self.registry.get(primary)
+        self.registry.get(backup)
+        self._failed_over[primary] = backup
+        self.bus.emit(
+            EventType.FAILOVER_TRIGGERED,
+            component="router",
+            provider=primary,
+            severity=Severity.WARNING,
+            message=f"{primary} failed over to {backup} ({reason})",
+            data={
+                "from": primary,
+                "to": backup,
+                "reason": reason,
+                "route": self.registry.get(primary).backups,
+            },
+        )
+
+    def fail_back(self, primary: str, *, reason: str) -> bool:
+        """Give `primary` its traffic back; returns False if it was not failed over."""
+        backup = self._failed_over.pop(primary, None)
+        if backup is None:
+            return False
+        self.bus.emit(
+            EventType.PROVIDER_RECOVERED,
+            component="router",
+            provider=primary,
+            message=f"{primary} takes its traffic back from {backup} ({reason})",
+            data={"from": backup, "to": primary, "reason": reason, "action": "fail_back"},
+        )
+        return True
+
+    @property
+    def failed_over(self) -> dict[str, str]:
+        return dict(self._failed_over)
+
+    # --- routing ------------------------------------------------------------------------
+
+    def route(self, operation: Operation, currency: str, country: str) -> list[str]:
+        """The ordered providers a payment would try."""
+
+        def eligible(entry: ProviderEntry) -> bool:
+            caps = entry.adapter.capabilities
+            return operation in caps.operations and currency in caps.currencies and country in caps.countries
+
+        entries = [e for e in self.registry.entries() if eligible(e)]
+        if not entries:
+            raise NoRouteError(
+                f"no registered provider supports {operation.value} in {currency} for country {country}"
+            )
+        primary = entries[0]
+        chain = [primary.name] + [
+            b for b in primary.backups if b in self.registry and eligible(self.registry.get(b))
+        ]
+
+        def demoted(name: str) -> bool:
+            return (
+                name in self._failed_over or self.registry.get(name).health.status is HealthStatus.UNHEALTHY
+            )
+
+        return sorted(chain, key=demoted)  # stable: keeps the configured order within each group
+
+    # --- payments -----------------------------------------------------------------------
+
+    async def submit(self, request: PaymentRequest) -> PaymentRecord:
+        """Route one payment; returns its record (the first one, for a replayed key)."""
+        now = self.clock.now()
+        record = PaymentRecord(
+            idempotency_key=request.idempotency_key,
+            operation=request.operation,
+            money=request.money,
+            phone=request.phone,
+            country=request.country,
+            description=request.description,
+            status=TransactionStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+            metadata=dict(request.metadata),
+        )
+        existing = self.store.insert_payment(record)
+        if existing is not None:
+            if not existing.same_request(record):
+                raise IdempotencyConflict(
+                    f"idempotency_key {request.idempotency_key!r} was already used for a different payment "
+                    f"({existing.operation.value} {existing.money.amount_minor} {existing.money.currency} "
+                    f"to {existing.phone}); use a new key"
+                )
+            self.counters["replays"] += 1
+            return existing
+        self.counters["payments"] += 1
+        started = time.perf_counter()
+        try:
+            chain = self.route(request.operation, request.money.currency, request.country)
+        except NoRouteError as exc:
+            record.status = TransactionStatus.FAILED
+            record.provider_message = str(exc)
+            return self._save(record, started)
+        for index, provider in enumerate(chain):
+            is_last = index == len(chain) - 1
+            outcome = await self._try_provider(self.lane(provider), request, record, is_last)
+            if outcome == "done":
+                return self._save(record, started)
+            if index + 1 < len(chain):
+                record.failed_over = True
+                self.counters["failovers"] += 1
+        self.counters["no_provider_accepted"] += 1
+        record.status = TransactionStatus.FAILED
+        record.provider_message = (
+            "no provider accepted the payment; none processed it, so nothing was charged"
+        )
+        return self._save(record, started)
+
+    def _save(self, record: PaymentRecord, started: float) -> PaymentRecord:
+        record.updated_at = self.clock.now()
+        self.store.update_payment(record)
+        ok = record.status in (TransactionStatus.SUCCEEDED, TransactionStatus.PENDING)
+        self.telemetry.record_payment(
+            Outcome.SUCCESS if ok else Outcome.NOT_PROCESSED, (time.perf_counter() - started) * 1000
+        )
+        if record.status is TransactionStatus.UNKNOWN:
+            self.counters["unknown"] += 1
+        return record
+
+    async def _call(self, lane: ProviderLane, request: PaymentRequest) -> ProviderTransaction:
+        adapter = lane.entry.adapter
+        with self.clock.fail_after(lane.tunables.timeout_s):
+            if request.operation is Operation.PAYOUT:
+                return await adapter.payout(request)
+            return await adapter.collect(request)
+
+    async def _try_provider(
+        self, lane: ProviderLane, request: PaymentRequest, record: PaymentRecord, is_last: bool
+    ) -> str:
+        """Try one provider; returns "done" (the payment has its outcome) or "next" (fail over)."""
+        lane.budget.record_request()
+        refreshed_credentials = False
+        attempt = 0
+        while True:
+            attempt += 1
+            attempt_started = self.clock.now()
+            permit = lane.breaker.try_acquire()
+            if permit is None:
+                self._attempt(
+                    record, lane, attempt_started, 0.0, AttemptOutcome.REJECTED_LOCALLY, "breaker open"
+                )
+                self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
+                return "next"
+            if not lane.limiter.try_acquire():
+                permit.release()
+                self._attempt(
+                    record,
+                    lane,
+                    attempt_started,
+                    0.0,
+                    AttemptOutcome.REJECTED_LOCALLY,
+                    "rate limited locally",
+                )
+                self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
+                return "next"
+            call_started = time.perf_counter()
+            try:
+                txn = await self._call(lane, request)
+            except TimeoutError:
+                latency_ms = (time.perf_counter() - call_started) * 1000
+                permit.record(False, latency_ms / 1000)
+                self.telemetry.record_call(lane.name, Outcome.TIMEOUT, latency_ms)
+                self._attempt(
+                    record,
+                    lane,
+                    attempt_started,
+                    latency_ms,
+                    AttemptOutcome.AMBIGUOUS,
+                    f"no answer within {lane.tunables.timeout_s} s",
+                )
+                return await self._resolve_ambiguous(lane, request, record)
+            except ProviderError as exc:
+                latency_ms = (time.perf_counter() - call_started) * 1000
+                permit.record_error(exc, latency_ms / 1000)
+                self.telemetry.record_call(lane.name, Outcome.from_error_class(exc.error_class), latency_ms)
+                self._attempt(
+                    record,
+                    lane,
+                    attempt_started,
+                    latency_ms,
+                    AttemptOutcome(exc.error_class.value),
+                    exc.provider_message,
+                    code=exc.code,
+                )
+                if exc.error_class is ErrorClass.INVALID_REQUEST:
+                    record.status = TransactionStatus.FAILED
+                    record.provider = lane.name
+                    record.provider_code = exc.code
+                    record.provider_message = exc.provider_message
+                    return "done"
+                if exc.error_class is ErrorClass.AMBIGUOUS:
+                    return await self._resolve_ambiguous(lane, request, record)
+                if exc.error_class is ErrorClass.AUTH and not refreshed_credentials:
+                    refreshed_credentials = True
+                    try:
+                        await lane.entry.adapter.refresh_credentials()
+                        continue  # the request was refused before processing: resending is safe
+                    except Exception as refresh_error:
+                        logger.warning("%s: refreshing credentials failed: %s", lane.name, refresh_error)
+                # Certainly not processed: fail over now, or retry here if nothing else is left.
+                if not is_last or attempt >= lane.tunables.max_attempts or not lane.budget.can_retry():
+                    return "next"
+                lane.budget.record_retry()
+                delay = lane.backoff.delay_s(attempt)
+                if exc.retry_after_s is not None:
+                    delay = max(delay, exc.retry_after_s)
+                await self.clock.sleep(delay)
+                continue
+            latency_ms = (time.perf_counter() - call_started) * 1000
+            permit.record(True, latency_ms / 1000)
+            self.telemetry.record_call(lane.name, Outcome.SUCCESS, latency_ms)
+            self._attempt(
+                record, lane, attempt_started, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn
+            )
+            self._adopt(record, lane.name, txn)
+            return "done"
+
+    async def _resolve_ambiguous(
+        self, lane: ProviderLane, request: PaymentRequest, record: PaymentRecord
+    ) -> str:
+        reference = record.attempts[-1].reference or self._reference_for(lane, request)
+        resolution = await self.query_status(lane.name, reference, record.attempts[-1].provider_reference)
+        if isinstance(resolution, ProviderTransaction):
+            self.counters["ambiguous_resolved"] += 1
+            self._attempt(
+                record,
+                lane,
+                self.clock.now(),
+                0.0,
+                AttemptOutcome.RESOLVED_BY_STATUS,
+                resolution.status.value,
+                txn=resolution,
+            )
+            self._adopt(record, lane.name, resolution)
+            return "done"
+        if resolution is _Resolution.NOT_FOUND:
+            self.counters["ambiguous_resolved"] += 1
+            self._attempt(
+                record,
+                lane,
+                self.clock.now(),
+                0.0,
+                AttemptOutcome.NOT_PROCESSED,
+                "status query: the provider has no such transaction, safe to fail over",
+            )
+            return "next"
+        record.status = TransactionStatus.UNKNOWN
+        record.provider = lane.name
+        record.reference = reference
+        record.provider_message = (
+            "outcome unknown: the provider may have processed it and its status query did not answer; "
+            "not sent anywhere else, the reconciler keeps querying"
+        )
+        return "done"
+
+    @staticmethod
+    def _reference_for(lane: ProviderLane, request: PaymentRequest) -> str:
+        reference_for = getattr(lane.entry.adapter, "reference_for", None)
+        return reference_for(request.idempotency_key) if callable(reference_for) else request.idempotency_key
+
+    async def query_status(
+        self, provider: str, reference: str, provider_reference: str | None = None
+    ) -> ProviderTransaction | _Resolution:
+        """Ask the provider where a transaction stands, a few times; never raises."""
+        lane = self.lane(provider)
+        for attempt in range(1, RESOLVE_ATTEMPTS + 1):
+            try:
+                with self.clock.fail_after(lane.tunables.timeout_s):
+                    return await lane.entry.adapter.status(reference, provider_reference)
+            except ProviderError as exc:
+                if exc.code == NOT_FOUND_CODE:
+                    return _Resolution.NOT_FOUND
+                logger.info("%s: status query %d for %s failed: %s", provider, attempt, reference, exc)
+            except TimeoutError:
+                logger.info("%s: status query %d for %s timed out", provider, attempt, reference)
+            if attempt < RESOLVE_ATTEMPTS:
+                await self.clock.sleep(lane.backoff.delay_s(attempt))
+        return _Resolution.UNRESOLVED
+
+    def _attempt(
+        self,
+        record: PaymentRecord,
+        lane: ProviderLane,
+        started_at: float,
+        latency_ms: float,
+        outcome: AttemptOutcome,
+        detail: str,
+        *,
+        code: str | None = None,
+        txn: ProviderTransaction | None = None,
+    ) -> None:
+        record.attempts.append(
+            PaymentAttempt(
+                provider=lane.name,
+                started_at=started_at,
+                latency_ms=round(latency_ms, 3),
+                outcome=outcome,
+                reference=txn.reference if txn is not None else None,
+                provider_reference=txn.provider_reference if txn is not None else None,
+                provider_code=code if code is not None else (txn.provider_code if txn is not None else None),
+                detail=detail,
+            )
+        )
+        # Persist after every attempt: a crash mid-payment leaves a record that says where it went.
+        record.updated_at = self.clock.now()
+        self.store.update_payment(record)
+
+    @staticmethod
+    def _adopt(record: PaymentRecord, provider: str, txn: ProviderTransaction) -> None:
+        record.provider = provider
+        record.status = txn.status
+        record.reference = txn.reference
+        record.provider_reference = txn.provider_reference
+        record.provider_code = txn.provider_code
+        record.provider_message = txn.provider_message
+
+    # --- after the fact -----------------------------------------------------------------
+
+    def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
+        return self.store.get_payment(key_or_reference)
+
+    async def refresh(self, record: PaymentRecord) -> PaymentRecord:
+        """Query the provider for a pending or unknown payment and store what it says."""
+        if record.provider is None or record.reference is None or record.status.is_final:
+            return record
+        resolution = await self.query_status(record.provider, record.reference, record.provider_reference)
+        if isinstance(resolution, ProviderTransaction):
+            record.status = resolution.status
+            record.provider_reference = resolution.provider_reference or record.provider_reference
+            record.provider_code = resolution.provider_code
+            record.provider_message = resolution.provider_message
+        elif resolution is _Resolution.NOT_FOUND and record.status is TransactionStatus.UNKNOWN:
+            record.status = TransactionStatus.FAILED
+            record.provider_message = "the provider has no such transaction: it was never processed"
+        record.updated_at = self.clock.now()
+        self.store.update_payment(record)
+        return record
+
+    async def reconcile_once(self, limit: int = 200) -> int:
+        """Refresh pending and unknown payments; returns how many reached a final state."""
+        finished = 0
+        pending = self.store.payments_with_status(
+            TransactionStatus.PENDING.value, TransactionStatus.UNKNOWN.value, limit=limit
+        )
+        for record in pending:
+            if (await self.refresh(record)).status.is_final:
+                finished += 1
+        return finished
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "by_status": self.store.count_payments_by_status(),
+            "failed_over": self.failed_over,
+        }
