@@ -217,7 +217,15 @@ class AutonomousSystem:
 
     def set_backup_providers(self, primary: str, backups: list[str]) -> list[str]:
         """Validate and set `primary`'s backups; returns the previous list."""
-        return self.providers.set_backups(primary, backups)
+        previous = self.providers.set_backups(primary, backups)
+        self.events.emit(
+            EventType.PROVIDER_REGISTERED,
+            component="system",
+            provider=primary,
+            message=f"{primary} backups: {', '.join(backups) or 'none'} (were {', '.join(previous) or 'none'})",
+            data={"backups": backups, "previous": previous, "action": "set_backup_providers"},
+        )
+        return previous
 
     # --- lifecycle ----------------------------------------------------------------------
 

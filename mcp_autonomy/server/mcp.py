@@ -16,9 +16,11 @@ from typing import Annotated, Any, Literal
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INVALID_PARAMS,
     Completion,
     CompletionArgument,
     CompletionContext,
@@ -53,7 +55,7 @@ from mcp_autonomy.providers.base import (
     PaymentRequest,
     normalize_msisdn,
 )
-from mcp_autonomy.providers.registry import UnknownProviderError
+from mcp_autonomy.providers.registry import BackupMapError, UnknownProviderError
 from mcp_autonomy.resilience.router import IdempotencyConflict, NoRouteError
 from mcp_autonomy.server import notifier as uris
 from mcp_autonomy.server.notifier import ResourceNotifier
@@ -563,6 +565,36 @@ class McpApp:
                 failed_over=system.router.failed_over,
             )
 
+        @mcp.tool(
+            title="Set backup providers",
+            description=(
+                "Set the ordered failover targets of one provider (the original setBackupProviders). Validated: "
+                "every backup must be registered, share a currency with the primary, not be the primary, and the "
+                "backup map must stay free of cycles. Takes effect for the next payment. Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+            ),
+        )
+        async def set_backup_providers(
+            primary: ProviderName,
+            backups: Annotated[
+                list[str], Field(max_length=10, description="Ordered backups, e.g. [intasend, paystack]")
+            ],
+            reason: Reason,
+            ctx: Context,
+        ) -> ProviderList:
+            arguments = {"primary": primary, "backups": backups, "reason": reason}
+            try:
+                previous = system.set_backup_providers(primary, backups)
+            except (UnknownProviderError, BackupMapError) as exc:
+                self._audit(ctx, "set_backup_providers", arguments, False, {"error": str(exc)})
+                raise ToolError(f"backups: {exc}") from None
+            self._audit(
+                ctx, "set_backup_providers", arguments, True, {"previous": previous, "backups": backups}
+            )
+            return await list_providers()
+
     def _check_provider(self, provider: str | None) -> None:
         if provider is not None and provider not in self.system.providers:
             raise ToolError(f"provider: {UnknownProviderError(provider, self.system.providers.names())}")
@@ -608,7 +640,7 @@ class McpApp:
             try:
                 return dump(system.provider_status(name))
             except UnknownProviderError as exc:
-                raise ValueError(str(exc)) from None
+                raise ResourceNotFoundError(str(exc)) from None
 
         @mcp.resource(
             uris.PREDICTIONS,
@@ -666,7 +698,7 @@ class McpApp:
             try:
                 status = system.provider_status(provider)
             except UnknownProviderError as exc:
-                raise ValueError(str(exc)) from None
+                raise MCPError(INVALID_PARAMS, f"provider: {exc}") from None
             events = system.query_events(provider=provider, limit=50)
             predictions = system.predictive_maintenance.predictions(provider=provider)
             lines = [
