@@ -84,13 +84,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(settings: Settings, transport: str) -> None:
-    from mcp_autonomy.server.app import build_system_and_app
+    from mcp_autonomy.server.app import assemble
 
-    async with build_system_and_app(settings) as (system, app):
-        if transport == "stdio":
-            await _serve_stdio(system, app)
-        else:
-            await _serve_http(system, app, settings)
+    if transport == "stdio":
+        async with assemble(settings) as assembly:
+            await _serve_stdio(assembly)
+        return
+    from mcp_autonomy.server.http import check_exposure
+
+    check_exposure(settings)
+    # Bound before the engine starts: provider callbacks need the real port in their URLs.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    async with assemble(settings, public_base_url=f"http://{host}:{port}") as assembly:
+        await _serve_http(assembly, settings, sock, f"http://{host}:{port}/mcp")
 
 
 async def _stop_on_signals(scope: anyio.CancelScope) -> None:
@@ -101,29 +112,23 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
             return
 
 
-async def _serve_stdio(system: Any, app: Any) -> None:
+async def _serve_stdio(assembly: Any) -> None:
     from mcp_autonomy.server.runtime import engine_running
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, tg.cancel_scope)
-        async with engine_running(system, app):
+        async with engine_running(assembly.system, assembly.app):
             logger.info("mcp-autonomy %s serving MCP on stdio", __version__)
-            await app.mcp.run_stdio_async()
+            await assembly.app.mcp.run_stdio_async()
         tg.cancel_scope.cancel()
 
 
-async def _serve_http(system: Any, app: Any, settings: Settings) -> None:
+async def _serve_http(assembly: Any, settings: Settings, sock: socket.socket, url: str) -> None:
     import uvicorn
 
-    from mcp_autonomy.server.http import check_exposure, create_http_app
+    from mcp_autonomy.server.http import create_http_app
 
-    check_exposure(settings)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    port = sock.getsockname()[1]
-    asgi = create_http_app(system, app)
+    asgi = create_http_app(assembly.system, assembly.app, extra_routes=assembly.routes)
     config = uvicorn.Config(
         asgi,
         log_level=settings.log_level.lower(),
@@ -133,9 +138,8 @@ async def _serve_http(system: Any, app: Any, settings: Settings) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    logger.info("mcp-autonomy %s: MCP endpoint http://%s:%d/mcp", __version__, host, port)
-    print(f"MCP URL: http://{host}:{port}/mcp", file=sys.stderr, flush=True)
+    logger.info("mcp-autonomy %s: MCP endpoint %s", __version__, url)
+    print(f"MCP URL: {url}", file=sys.stderr, flush=True)
     await server.serve(sockets=[sock])
 
 

@@ -112,13 +112,34 @@ class Settings(BaseSettings):
         10_000, ge=100, le=1_000_000, validation_alias=_env("MCP_AUTONOMY_EVENT_HISTORY")
     )
     sandbox: bool = Field(False, validation_alias=_env("MCP_AUTONOMY_SANDBOX"))
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("MCP_AUTONOMY_PROVIDERS")
+    )
+    backups: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("MCP_AUTONOMY_BACKUPS")
+    )
+    callback_token: SecretStr | None = Field(None, validation_alias=_env("MCP_AUTONOMY_CALLBACK_TOKEN"))
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "providers", mode="before")
     @classmethod
-    def _split_hosts(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [h.strip() for h in value.split(",") if h.strip()]
         return value
+
+    @field_validator("backups", mode="before")
+    @classmethod
+    def _parse_backups(cls, value: Any) -> Any:
+        """`mpesa:intasend,paystack;paystack:flutterwave` -> {"mpesa": [...], "paystack": [...]}."""
+        if not isinstance(value, str):
+            return value
+        parsed: dict[str, list[str]] = {}
+        for part in filter(None, (p.strip() for p in value.split(";"))):
+            primary, sep, rest = part.partition(":")
+            if not sep or not primary.strip():
+                raise ValueError("expected primary:backup1,backup2;primary2:backup")
+            parsed[primary.strip()] = [b.strip() for b in rest.split(",") if b.strip()]
+        return parsed
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:
@@ -171,6 +192,8 @@ def _describe_allowed(field_name: str) -> str:
         return "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     if field_name == "scale_backend":
         return "one of local, kubernetes"
+    if field_name == "backups":
+        return "primary:backup1,backup2;primary2:backup (e.g. mpesa:intasend,paystack)"
     return "a valid value"
 
 

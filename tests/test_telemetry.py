@@ -20,7 +20,9 @@ samples = st.lists(
 
 @settings(max_examples=80, deadline=None)
 @given(samples, st.floats(min_value=1.0, max_value=600.0))
-def test_snapshot_equals_a_brute_force_recount(recorded: list[tuple[float, Outcome, float]], window_s: float) -> None:
+def test_snapshot_equals_a_brute_force_recount(
+    recorded: list[tuple[float, Outcome, float]], window_s: float
+) -> None:
     clock = ManualClock()
     telemetry = ProviderTelemetry("p", clock, capacity=1024)
     log: list[tuple[float, Outcome, float]] = []
@@ -31,12 +33,20 @@ def test_snapshot_equals_a_brute_force_recount(recorded: list[tuple[float, Outco
     snap = telemetry.snapshot(window_s)
     inside = [s for s in log if s[0] >= clock.monotonic() - window_s]
     reached = [s for s in inside if s[1] is not Outcome.REJECTED]
-    provider_errors = {Outcome.NOT_PROCESSED, Outcome.AMBIGUOUS, Outcome.AUTH, Outcome.RATE_LIMITED, Outcome.TIMEOUT}
+    provider_errors = {
+        Outcome.NOT_PROCESSED,
+        Outcome.AMBIGUOUS,
+        Outcome.AUTH,
+        Outcome.RATE_LIMITED,
+        Outcome.TIMEOUT,
+    }
     assert snap.requests == len(reached)
     assert snap.rejected_locally == len(inside) - len(reached)
     if reached:
         assert snap.error_rate == pytest.approx(sum(s[1] in provider_errors for s in reached) / len(reached))
-        assert snap.latency_p50_ms == pytest.approx(float(np.percentile([s[2] for s in reached], 50)), rel=1e-5)
+        assert snap.latency_p50_ms == pytest.approx(
+            float(np.percentile([s[2] for s in reached], 50)), rel=1e-5
+        )
         assert snap.requests_per_min == pytest.approx(len(reached) * 60 / window_s)
     else:
         assert snap.error_rate is None and snap.latency_p99_ms is None and snap.requests_per_min is None

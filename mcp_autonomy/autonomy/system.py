@@ -28,7 +28,7 @@ from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.payments import PaymentRecord
-from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter
+from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, ProviderTransaction
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
@@ -307,6 +307,21 @@ class AutonomousSystem:
     async def submit_payment(self, request: PaymentRequest) -> PaymentRecord:
         """Route a payment (idempotent by its key); see `PaymentRouter.submit`."""
         return await self.router.submit(request)
+
+    async def apply_provider_result(self, provider: str, txn: ProviderTransaction) -> PaymentRecord | None:
+        """Fold a result the provider pushed (a callback) into the payment it belongs to."""
+        record = self.router.get_payment(txn.provider_reference or txn.reference) or self.router.get_payment(
+            txn.reference
+        )
+        if record is None or record.provider != provider or record.status.is_final:
+            return record
+        record.status = txn.status
+        record.provider_reference = txn.provider_reference or record.provider_reference
+        record.provider_code = txn.provider_code
+        record.provider_message = txn.provider_message
+        record.updated_at = self.clock.now()
+        self.store.update_payment(record)
+        return record
 
     async def get_payment(self, key_or_reference: str, *, refresh: bool = True) -> PaymentRecord | None:
         """A payment by idempotency key or reference; pending ones are re-queried first."""

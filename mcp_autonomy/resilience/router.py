@@ -9,8 +9,8 @@ For each payment, in order:
    registered eligible provider, then its configured backups. Providers the healer has failed
    over from, or that it measures as unhealthy, move to the end of the chain.
 3. **Per provider:** breaker -> rate limit -> timeout -> classify. A local rejection (breaker open,
-   rate limit) and an error that certainly means "not processed" (connection refused, 503
-   before processing, auth, 429) fail over to the next provider at once; the same provider is
+   rate limit) and an error that certainly means "not processed" (connection refused, auth, 429)
+   fail over to the next provider at once; the same provider is
    retried (jittered backoff, within the retry budget) only when no other provider remains.
 4. **Ambiguous outcomes** (timeout after sending, reset mid-response, 5xx after acceptance) are
    resolved with the provider's idempotent status query *before* anything else. Found ->
@@ -37,6 +37,7 @@ from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.payments import AttemptOutcome, PaymentAttempt, PaymentRecord
 from mcp_autonomy.providers.base import (
+    NOT_FOUND_CODE,
     ErrorClass,
     Operation,
     PaymentRequest,
@@ -57,8 +58,6 @@ logger = logging.getLogger(__name__)
 
 RESOLVE_ATTEMPTS = 3
 """Status queries tried to resolve one ambiguous outcome before recording it unknown."""
-NOT_FOUND_CODE = "not_found"
-"""The `ProviderError.code` an adapter's `status()` uses when the provider has no such transaction."""
 
 
 class IdempotencyConflict(ValueError):

@@ -1,17 +1,76 @@
-"""Assembles the engine and its MCP app from settings (providers, sandbox, backups)."""
+"""Assembles the engine and its MCP app from settings (providers, sandbox, backups, callbacks)."""
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+from starlette.routing import BaseRoute
 
 from mcp_autonomy.autonomy.system import AutonomousSystem
-from mcp_autonomy.config import Settings
+from mcp_autonomy.config import Settings, SettingsError
+from mcp_autonomy.providers import build_adapter
+from mcp_autonomy.server.callbacks import callback_routes
 from mcp_autonomy.server.mcp import McpApp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Assembly:
+    """What `serve` runs: the engine, its MCP app, and extra HTTP routes (provider callbacks)."""
+
+    system: AutonomousSystem
+    app: McpApp
+    routes: list[BaseRoute] = field(default_factory=list)
+
+
+def callback_path_prefix(token: str) -> str:
+    """Where provider callbacks arrive; the random token keeps the path unguessable."""
+    return f"/callbacks/{token}"
 
 
 @asynccontextmanager
-async def build_system_and_app(settings: Settings) -> AsyncIterator[tuple[AutonomousSystem, McpApp]]:
-    """The system with its providers registered, and the MCP app bound to it."""
+async def assemble(settings: Settings, *, public_base_url: str | None = None) -> AsyncIterator[Assembly]:
+    """The system with its providers registered, the MCP app, and its callback routes.
+
+    `public_base_url` is where this server's HTTP routes are reachable (for provider callbacks);
+    None in stdio mode, where results are fetched with status queries instead.
+    """
     system = AutonomousSystem(settings)
-    yield system, McpApp(system)
+    token = (
+        settings.callback_token.get_secret_value() if settings.callback_token else secrets.token_urlsafe(16)
+    )
+    prefix = callback_path_prefix(token)
+    callback_base = f"{public_base_url}{prefix}" if public_base_url else None
+    async with AsyncExitStack() as stack:
+        sandbox = None
+        if settings.sandbox:
+            from mcp_autonomy.sandbox.embedded import DEFAULT_BACKUPS, embedded_sandbox
+
+            sandbox = await stack.enter_async_context(
+                embedded_sandbox(
+                    system.clock, mpesa_callback_base=f"{callback_base}/mpesa" if callback_base else None
+                )
+            )
+            for adapter in sandbox.adapters.values():
+                system.register_provider(adapter)
+            for primary, backups in DEFAULT_BACKUPS.items():
+                if primary in system.providers:
+                    system.set_backup_providers(primary, [b for b in backups if b in system.providers])
+            logger.info("provider sandbox on %s (%s)", sandbox.address.base_url, ", ".join(sandbox.adapters))
+        else:
+            for name in settings.providers:
+                try:
+                    system.register_provider(build_adapter(name, system.clock))
+                except Exception as exc:  # one line naming the provider and what is wrong
+                    raise SettingsError(
+                        f"MCP_AUTONOMY_PROVIDERS: provider {name!r} cannot start: {exc}"
+                    ) from None
+            for primary, backups in settings.backups.items():
+                system.set_backup_providers(primary, backups)
+        app = McpApp(system, sandbox=sandbox)
+        yield Assembly(system, app, callback_routes(system, prefix))

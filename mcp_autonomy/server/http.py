@@ -24,6 +24,8 @@ from mcp_autonomy.server.mcp import McpApp
 from mcp_autonomy.server.runtime import engine_running
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+CALLBACK_PREFIX = "/callbacks/"
+"""Provider callbacks carry no bearer token; their path holds an unguessable token instead."""
 
 
 class BearerTokenMiddleware:
@@ -34,7 +36,8 @@ class BearerTokenMiddleware:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNAUTHENTICATED_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in UNAUTHENTICATED_PATHS or path.startswith(CALLBACK_PREFIX):
             await self.app(scope, receive, send)
             return
         supplied = dict(scope.get("headers") or []).get(b"authorization", b"")

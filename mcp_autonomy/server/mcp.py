@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
@@ -32,7 +32,7 @@ from mcp_types import (
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.component import Mode
@@ -57,8 +57,12 @@ from mcp_autonomy.providers.base import (
 )
 from mcp_autonomy.providers.registry import BackupMapError, UnknownProviderError
 from mcp_autonomy.resilience.router import IdempotencyConflict, NoRouteError
+from mcp_autonomy.sandbox.faults import EndpointKind, FaultSpec
 from mcp_autonomy.server import notifier as uris
 from mcp_autonomy.server.notifier import ResourceNotifier
+
+if TYPE_CHECKING:
+    from mcp_autonomy.sandbox.embedded import EmbeddedSandbox
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +194,9 @@ def _connection_of(session: Any) -> Any:
 class McpApp:
     """The MCP server bound to one `AutonomousSystem`."""
 
-    def __init__(self, system: AutonomousSystem) -> None:
+    def __init__(self, system: AutonomousSystem, *, sandbox: EmbeddedSandbox | None = None) -> None:
         self.system = system
+        self.sandbox = sandbox
         self.subscriptions = InMemorySubscriptionBus()
         self.mcp: MCPServer = MCPServer(
             "mcp-autonomy",
@@ -207,6 +212,8 @@ class McpApp:
         self._tracked_connections: set[int] = set()
         self._register_tools()
         self._register_payment_tools()
+        if sandbox is not None:
+            self._register_sandbox_tools(sandbox)
         self._register_resources()
         self._register_prompt()
         self._register_protocol_handlers()
@@ -594,6 +601,80 @@ class McpApp:
                 ctx, "set_backup_providers", arguments, True, {"previous": previous, "backups": backups}
             )
             return await list_providers()
+
+    def _register_sandbox_tools(self, sandbox: EmbeddedSandbox) -> None:
+        spec_adapter: TypeAdapter[Any] = TypeAdapter(FaultSpec)
+        faults = sandbox.state.faults
+
+        @self.mcp.tool(
+            title="Inject a fault into the sandbox (demo)",
+            description=(
+                "Sandbox mode only: schedule a fault on an emulated provider so the autonomy loops have "
+                "something real to react to. kind: outage (params.mode refused|503|reset), latency "
+                "(distribution fixed: fixed_ms; lognormal: median_ms, p99_ms; ramp: from_ms, to_ms), error_rate "
+                "(rate 0..1), accept_then_hang (rate, hang_s), throttle (max_per_s), flapping (period_s, "
+                "down_fraction), credential_expiry. Starts after start_s seconds and lasts duration_s (omit: "
+                "until cleared with kind=clear). Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+            ),
+        )
+        async def inject_fault(
+            provider: ProviderName,
+            kind: Annotated[
+                Literal[
+                    "outage",
+                    "latency",
+                    "error_rate",
+                    "accept_then_hang",
+                    "throttle",
+                    "flapping",
+                    "credential_expiry",
+                    "clear",
+                ],
+                Field(description="The fault, or clear to remove this provider's faults"),
+            ],
+            reason: Reason,
+            ctx: Context,
+            params: Annotated[dict[str, Any], Field(description="Parameters of the fault kind")]
+            | None = None,
+            endpoints: Annotated[
+                list[EndpointKind] | None, Field(description="Only these endpoints (default: all)")
+            ] = None,
+            start_s: Annotated[float, Field(ge=0, le=86_400, description="Seconds from now")] = 0.0,
+            duration_s: Annotated[
+                float | None, Field(gt=0, le=86_400, description="How long it lasts")
+            ] = None,
+        ) -> dict[str, Any]:
+            arguments = {"provider": provider, "kind": kind, "params": params or {}, "reason": reason}
+            if provider not in sandbox.adapters:
+                raise ToolError(
+                    f"provider: {provider!r} is not emulated; emulated: {', '.join(sandbox.adapters)}"
+                )
+            if kind == "clear":
+                removed = faults.clear(provider)
+                self._audit(ctx, "inject_fault", arguments, True, {"cleared": removed})
+                return {"cleared": removed, "faults": [f.to_json() for f in faults.faults(provider)]}
+            try:
+                spec = spec_adapter.validate_python({"kind": kind, **(params or {})})
+                fault = faults.add(
+                    provider,
+                    spec,
+                    endpoints=endpoints or (),
+                    start_s=start_s,
+                    end_s=None if duration_s is None else start_s + duration_s,
+                )
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"params.{'.'.join(str(p) for p in e['loc'][1:]) or kind}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise ToolError(problems) from None
+            except ValueError as exc:
+                raise ToolError(f"params: {exc}") from None
+            self._audit(ctx, "inject_fault", arguments, True, fault.to_json())
+            return {"injected": fault.to_json(), "faults": [f.to_json() for f in faults.faults(provider)]}
 
     def _check_provider(self, provider: str | None) -> None:
         if provider is not None and provider not in self.system.providers:

@@ -132,8 +132,11 @@ def test_stdio_server_stops_within_two_seconds(sig: signal.Signals, tmp_path: Pa
         deadline = time.monotonic() + 60
         db = tmp_path / "state" / "mcp-autonomy.sqlite3"
         while time.monotonic() < deadline:
-            if db.exists() and any(e[1] == "system_started" for e in stored_events(tmp_path / "state")):
-                break
+            try:
+                if db.exists() and any(e[1] == "system_started" for e in stored_events(tmp_path / "state")):
+                    break
+            except sqlite3.OperationalError:
+                pass  # the schema is being created right now
             time.sleep(0.05)
         started = time.monotonic()
         proc.send_signal(sig)

@@ -29,6 +29,12 @@ EXPECTED_TOOLS = {
     "get_optimizations",
     "get_events",
     "set_autonomy",
+    "set_backup_providers",
+    "request_payment",
+    "send_payment",
+    "get_payment",
+    "list_providers",
+    "inject_fault",  # present only with --sandbox, as these servers run
 }
 STATIC_RESOURCES = {
     "autonomy://status",
@@ -48,6 +54,30 @@ VALID_CALLS: dict[str, dict[str, Any]] = {
     "get_optimizations": {"limit": 5},
     "get_events": {"limit": 10, "since": "2020-01-01T00:00:00Z"},
     "set_autonomy": {"component": "auto_optimizer", "mode": "dry_run", "reason": "end-to-end test"},
+    "set_backup_providers": {"primary": "mpesa", "backups": ["paystack"], "reason": "end-to-end test"},
+    "list_providers": {},
+    "request_payment": {
+        "idempotency_key": "e2e-collect-0001",
+        "amount_minor": 15000,
+        "currency": "KES",
+        "phone": "0712345678",
+        "country": "KE",
+    },
+    "get_payment": {"key_or_reference": "e2e-collect-0001"},
+    "send_payment": {
+        "idempotency_key": "e2e-payout-0001",
+        "amount_minor": 5000,
+        "currency": "KES",
+        "phone": "+254712345678",
+        "country": "KE",
+    },
+    "inject_fault": {
+        "provider": "paystack",
+        "kind": "latency",
+        "params": {"distribution": "fixed", "fixed_ms": 1},
+        "duration_s": 1,
+        "reason": "end-to-end test",
+    },
 }
 
 
@@ -118,7 +148,12 @@ async def test_every_tool_resource_and_prompt(
             types.PromptReference(type="ref/prompt", name="incident_report"),
             {"name": "provider", "value": "mp"},
         )
-        assert completion.completion.values == ["mpesa", "mtn_momo"]
+        assert "mpesa" in completion.completion.values
+        assert all(v.startswith("mp") for v in completion.completion.values)
+
+        payment = (await client.call_tool("get_payment", {"key_or_reference": "e2e-collect-0001"})).structured_content
+        assert payment is not None and payment["phone"] == "+254712345678"
+        assert payment["money"] == {"amount_minor": 15000, "currency": "KES"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -146,6 +181,45 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                 ["component", "self_healer"],
             ),
             ("get_predictions", {"min_confidence": 2}, ["min_confidence", "less than or equal to 1"]),
+            (
+                "request_payment",
+                {
+                    "idempotency_key": "bad-phone-01",
+                    "amount_minor": 100,
+                    "currency": "KES",
+                    "phone": "12",
+                    "country": "KE",
+                },
+                ["phone"],
+            ),
+            (
+                "request_payment",
+                {
+                    "idempotency_key": "bad-amount-1",
+                    "amount_minor": 0,
+                    "currency": "KES",
+                    "phone": "+254712345678",
+                    "country": "KE",
+                },
+                ["amount_minor", "greater than or equal to 1"],
+            ),
+            (
+                "request_payment",
+                {
+                    "idempotency_key": "bad-curr-01",
+                    "amount_minor": 100,
+                    "currency": "kes",
+                    "phone": "+254712345678",
+                    "country": "KE",
+                },
+                ["currency"],
+            ),
+            ("get_payment", {"key_or_reference": "never-seen-key"}, ["key_or_reference", "no payment"]),
+            (
+                "set_backup_providers",
+                {"primary": "mpesa", "backups": ["mpesa"], "reason": "bad input"},
+                ["backups", "own backup"],
+            ),
         ]
         for tool, arguments, fragments in cases:
             result = await client.call_tool(tool, arguments)

@@ -1,0 +1,380 @@
+"""What every provider emulator shares: customers, the clock-driven scheduler, callbacks,
+the fault pipeline around each route, and the emulator protocol.
+
+A provider module implements `ProviderEmulator` (its routes and its own rejection shapes) and
+wraps each route body in `SandboxContext.guarded()`, which serves the fault engine's verdict:
+latency, refusal, throttling, errors, and the accept-then-hang of an ambiguous outcome.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
+
+from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.base import E164_RE
+from mcp_autonomy.sandbox.faults import EndpointKind, FaultEngine, Rejection
+from mcp_autonomy.sandbox.ledger import Ledger
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CUSTOMER_DELAY_S = 5.0
+"""How long an unconfigured test customer takes to approve a prompt."""
+CALLBACK_TIMEOUT_S = 5.0
+MAX_CALLBACK_RECORDS = 10_000
+
+
+class SandboxAbort(Exception):
+    """Raised mid-response to drop the connection (the `reset` fault mode)."""
+
+
+# --- customers ----------------------------------------------------------------------------
+
+
+class CustomerBehavior(BaseModel):
+    """How a test phone number answers prompts and receives payouts.
+
+    `decline_code` is the provider's own failure code (M-Pesa ResultCode such as "1032",
+    Paystack gateway response such as "Declined"); each emulator has a default.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    msisdn: str
+    provider: str | None = Field(None, description="only for this provider; default every provider")
+    action: Literal["accept", "decline", "ignore"] = "accept"
+    decline_code: str | None = Field(None, max_length=40)
+    delay_s: float = Field(DEFAULT_CUSTOMER_DELAY_S, ge=0.0, le=86_400.0)
+    payout_result_code: str | None = Field(None, max_length=40, description="None: payouts succeed")
+
+    @field_validator("msisdn")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if not E164_RE.match(value):
+            raise ValueError("msisdn must be E.164, like +254712345678")
+        return value
+
+
+class CustomerBook:
+    """Behaviours per phone number; a number nobody configured accepts after a short delay."""
+
+    def __init__(self) -> None:
+        self._behaviors: dict[tuple[str | None, str], CustomerBehavior] = {}
+
+    def set(self, behavior: CustomerBehavior) -> None:
+        """Configure (or replace) one number's behaviour."""
+        self._behaviors[(behavior.provider, behavior.msisdn)] = behavior
+
+    def get(self, provider: str, msisdn: str) -> CustomerBehavior:
+        """The behaviour for this provider and number: specific, then general, then the default."""
+        return (
+            self._behaviors.get((provider, msisdn))
+            or self._behaviors.get((None, msisdn))
+            or CustomerBehavior(msisdn=msisdn)
+        )
+
+    def all(self) -> list[CustomerBehavior]:
+        """Every configured behaviour."""
+        return list(self._behaviors.values())
+
+    def clear(self) -> int:
+        """Forget every behaviour; returns how many."""
+        count = len(self._behaviors)
+        self._behaviors.clear()
+        return count
+
+
+# --- scheduler ----------------------------------------------------------------------------
+
+
+@dataclass(order=True)
+class _Job:
+    due_s: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+class Scheduler:
+    """Clock-driven state transitions (a customer approving, a payout completing).
+
+    Due jobs run on every request (so answers are right even without the background runner) and
+    from `run()`, which sleeps on the clock until the next job and so fires callbacks on time.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._jobs: list[_Job] = []
+        self._seq = itertools.count()
+        self._changed: anyio.Event | None = None  # created lazily: built outside an event loop
+
+    def after(self, delay_s: float, action: Callable[[], None]) -> None:
+        """Run `action` once `delay_s` of clock time has passed."""
+        heapq.heappush(self._jobs, _Job(self._clock.monotonic() + delay_s, next(self._seq), action))
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def run_due(self) -> int:
+        """Run every job that is due, in due order; returns how many ran."""
+        now = self._clock.monotonic()
+        ran = 0
+        while self._jobs and self._jobs[0].due_s <= now:
+            job = heapq.heappop(self._jobs)
+            try:
+                job.action()
+            except Exception:  # one broken transition must not stop the others
+                logger.exception("sandbox job failed")
+            ran += 1
+        return ran
+
+    @property
+    def pending(self) -> int:
+        """Jobs not yet run."""
+        return len(self._jobs)
+
+    async def run(self) -> None:
+        """Run jobs as they fall due, forever."""
+        while True:
+            if self._changed is None:
+                self._changed = anyio.Event()
+            changed = self._changed  # taken before reading the heap: no missed wake-up
+            self.run_due()
+            delay = self._jobs[0].due_s - self._clock.monotonic() if self._jobs else None
+            await _sleep_until_changed(self._clock, changed, delay)
+
+
+async def _sleep_until_changed(clock: Clock, changed: anyio.Event, delay_s: float | None) -> None:
+    """Return when `changed` is set or `delay_s` of clock time passed (never, if None)."""
+    async with anyio.create_task_group() as tg:
+
+        async def wake_on_change() -> None:
+            await changed.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wake_on_change)
+        if delay_s is not None:
+            await clock.sleep(max(0.0, delay_s))
+            tg.cancel_scope.cancel()
+
+
+# --- callbacks ----------------------------------------------------------------------------
+
+
+@dataclass
+class CallbackRecord:
+    """One callback the sandbox sent (or would have sent) to a merchant URL."""
+
+    callback_id: int
+    provider: str
+    url: str
+    body: dict[str, Any]
+    created_at: float
+    delivered: bool | None = None  # None: not attempted (non-loopback URL or no runner)
+    http_status: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-friendly view for the control API."""
+        return {
+            "callback_id": self.callback_id,
+            "provider": self.provider,
+            "url": self.url,
+            "body": self.body,
+            "created_at": self.created_at,
+            "delivered": self.delivered,
+            "http_status": self.http_status,
+            "error": self.error,
+        }
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for http(s) URLs on localhost or a loopback address (the only ones the sandbox calls)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https"):
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CallbackOutbox:
+    """Callbacks to merchant URLs: recorded always, delivered by POST to loopback URLs only.
+
+    The sandbox never calls the internet: a test's fake `https://example.com/cb` is recorded
+    (see `GET /_control/callbacks`) but not sent.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._records: list[CallbackRecord] = []
+        self._ids = itertools.count(1)
+        self._task_group: TaskGroup | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def attach(self, task_group: TaskGroup, client: httpx.AsyncClient) -> None:
+        """Start delivering (called by the app's lifespan)."""
+        self._task_group, self._client = task_group, client
+
+    def detach(self) -> None:
+        """Stop delivering."""
+        self._task_group = self._client = None
+
+    def send(self, provider: str, url: str, body: dict[str, Any]) -> CallbackRecord:
+        """Record a callback and, if possible, deliver it in the background."""
+        record = CallbackRecord(next(self._ids), provider, url, body, self._clock.now())
+        self._records.append(record)
+        del self._records[:-MAX_CALLBACK_RECORDS]
+        if self._task_group is not None and self._client is not None and is_loopback_url(url):
+            self._task_group.start_soon(self._deliver, self._client, record)
+        return record
+
+    async def _deliver(self, client: httpx.AsyncClient, record: CallbackRecord) -> None:
+        try:
+            response = await client.post(record.url, json=record.body, timeout=CALLBACK_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            record.delivered, record.error = False, f"{type(exc).__name__}: {exc}"
+            return
+        record.http_status = response.status_code
+        record.delivered = response.status_code < 400
+
+    def records(self, provider: str | None = None) -> list[CallbackRecord]:
+        """Callbacks so far, oldest first."""
+        return [r for r in self._records if provider is None or r.provider == provider]
+
+
+# --- the emulator protocol ------------------------------------------------------------------
+
+
+class ProviderEmulator(Protocol):
+    """One emulated provider: its routes and how it answers refusals in its own shape."""
+
+    name: str
+
+    def routes(self) -> list[BaseRoute]:
+        """Starlette routes, relative to the provider's mount prefix (`/<name>`)."""
+        ...
+
+    def rejection_response(self, rejection: Rejection, endpoint: EndpointKind) -> Response:
+        """The provider's own answer for an outage (503), a throttle, or a server error."""
+        ...
+
+
+class SandboxCredentials(BaseModel):
+    """Credentials each emulator accepts, by provider name (each module defines its own model).
+
+    `SandboxCredentials(mpesa=MpesaCredentials(consumer_key="..."))`; a provider not named uses
+    its module's defaults.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def get(self, provider: str) -> BaseModel | None:
+        """The credentials given for `provider`, if any."""
+        value = (self.model_extra or {}).get(provider)
+        return value if isinstance(value, BaseModel) else None
+
+
+@dataclass
+class SandboxContext:
+    """Everything an emulator needs: clock, faults, ledger, customers, scheduler, callbacks."""
+
+    clock: Clock
+    faults: FaultEngine
+    ledger: Ledger
+    customers: CustomerBook
+    scheduler: Scheduler
+    outbox: CallbackOutbox
+    credentials: SandboxCredentials
+    seed: int = 0
+
+    async def guarded(
+        self,
+        emulator: ProviderEmulator,
+        request: Request,
+        endpoint: EndpointKind,
+        handler: Callable[[], Awaitable[Response]],
+        *,
+        also: tuple[EndpointKind, ...] = (),
+    ) -> Response:
+        """Run one route body inside the fault pipeline.
+
+        Order: due transitions, injected latency, refusals (outage, flapping, throttle, errors
+        before processing), the handler itself, then accept-then-hang and 5xx-after-processing
+        for requests the handler accepted.
+        """
+        self.scheduler.run_due()
+        verdict = await self.faults.before_request(emulator.name, endpoint, *also)
+        if verdict.rejection is not None:
+            if verdict.rejection.kind == "reset":
+                return reset_response()
+            return emulator.rejection_response(verdict.rejection, endpoint)
+        self.scheduler.run_due()
+        response = await handler()
+        accepted = response.status_code < 400
+        if verdict.hang is not None and accepted:
+            await hang_until_disconnect(request, self.clock, verdict.hang.hang_s)
+        if verdict.error_after_processing is not None and accepted:
+            return emulator.rejection_response(verdict.error_after_processing, endpoint)
+        return response
+
+
+async def hang_until_disconnect(request: Request, clock: Clock, hang_s: float) -> None:
+    """Withhold the answer until the client hangs up or `hang_s` of clock time pass."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await request.receive()
+                if message.get("type") == "http.disconnect":
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_disconnect)
+        await clock.sleep(hang_s)
+        tg.cancel_scope.cancel()
+
+
+def reset_response() -> Response:
+    """A response that starts, sends part of its body, then drops the connection."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"partial": '
+        raise SandboxAbort("connection reset by the sandbox (fault mode 'reset')")
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+async def read_json_object(request: Request) -> dict[str, Any] | None:
+    """The request body as a JSON object, or None when it is not one."""
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def json_response(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON answer."""
+    return JSONResponse(body, status_code=status_code, headers=headers)

@@ -1,0 +1,675 @@
+"""Paystack, emulated: mobile-money charges, verification, transfers, refunds, balance.
+
+Mounted at `/paystack`. Shapes follow Paystack's OpenAPI description and error list
+(`shared/specs/paystack/`) and its documentation snippets:
+
+- Auth: `Authorization: Bearer sk_...`; 401 `{"status": false, "message": "Invalid key"}`
+  ("No Authorization Header was found", "Format is Authorization Bearer [secret key]").
+  A `credential_expiry` fault revokes the configured keys while it lasts; its
+  `replacement_secret` (a rotated key) is accepted from the fault's start on.
+- Envelope `{status, message, data}`; errors `{status: false, message, meta: {nextStep},
+  type: validation_error|processor_error|api_error, code}`.
+- `POST /charge` (email, amount in subunits, currency, reference, `mobile_money: {phone,
+  provider}`) -> "Charge attempted", `data.status` `pay_offline` ("Please complete
+  authorization process on your mobile phone"), or `send_otp` for Vodafone Cash until
+  `POST /charge/submit_otp` (OTP `123456`). A reused reference -> 400 `duplicate_reference`.
+  The customer then approves (`success`), declines (`failed`) or ignores it (`abandoned`).
+- `GET /transaction/verify/{reference}` -> `ongoing` while the customer has to act, then the
+  final status; unknown reference -> 400 "Transaction reference not found".
+  `GET /charge/{reference}` answers the charge status itself.
+- `POST /transferrecipient` (an existing account returns the same recipient), `POST /transfer`
+  ("Transfer has been queued", `pending`, later `success`/`failed`; reused reference refused),
+  `GET /transfer/verify/{reference}` ("Transfer not found" 404).
+- `POST /refund` ("Refund has been queued for processing", `pending` then `processed`; a fully
+  refunded charge verifies as `reversed`), `GET /refund/{id}`.
+- `GET /balance`, `GET /bank` (mobile-money wallets) for probes.
+Where Paystack's documents give no exact text (throttling, 5xx, some validation messages) the
+envelope is kept and the message is plain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from mcp_autonomy.providers.base import normalize_msisdn
+from mcp_autonomy.sandbox.core import SandboxContext, json_response, read_json_object
+from mcp_autonomy.sandbox.faults import CredentialExpirySpec, EndpointKind, Rejection
+from mcp_autonomy.sandbox.ledger import LedgerEntry, LedgerOperation, LedgerStatus
+
+NAME = "paystack"
+MOBILE_MONEY: dict[str, tuple[str, frozenset[str]]] = {
+    "GHS": ("233", frozenset({"mtn", "atl", "vod"})),
+    "KES": ("254", frozenset({"mpesa", "mpesa_offline"})),
+}
+"""Currency -> (dial code, mobile_money.provider values)."""
+OTP_PROVIDERS = frozenset({"vod"})
+WALLET_BANK_CODES: dict[str, frozenset[str]] = {
+    "GHS": frozenset({"MTN", "ATL", "VOD"}),
+    "KES": frozenset({"MPESA"}),
+}
+CHARGE_REFERENCE_RE = re.compile(r"^[A-Za-z0-9.=\-]{1,100}$")
+TRANSFER_REFERENCE_RE = re.compile(r"^[a-z0-9_\-]{16,100}$")
+RECIPIENT_TYPES = frozenset(
+    {"nuban", "ghipss", "mobile_money", "basa", "authorization", "mobile_money_business"}
+)
+DISPLAY_TEXT = "Please complete authorization process on your mobile phone"
+
+
+class PaystackSandboxConfig(BaseModel):
+    """The keys the emulated Paystack accepts, balances, and timing knobs (all fake)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    secret_keys: tuple[str, ...] = ("sk_test_sandbox_0000000000000000000000",)
+    otp: str = "123456"
+    balances_minor: dict[str, int] = Field(
+        default_factory=lambda: {"NGN": 10**12, "GHS": 10**12, "KES": 10**12, "ZAR": 10**12}
+    )
+    abandon_after_s: float = Field(180.0, gt=0, description="an ignored prompt is abandoned after this")
+    transfer_delay_s: float = Field(3.0, ge=0)
+    refund_delay_s: float = Field(5.0, ge=0)
+
+
+@dataclass
+class _Charge:
+    entry: LedgerEntry
+    id: int
+    email: str
+    wallet: str
+    status: str
+    gateway_response: str = "Awaiting customer"
+    paid_at: str | None = None
+    refunded_minor: int = 0
+
+
+@dataclass
+class _Transfer:
+    entry: LedgerEntry
+    id: int
+    transfer_code: str
+    recipient: dict[str, Any]
+    reason: str
+    status: str = "pending"
+    failure: str | None = None
+
+
+@dataclass
+class _Refund:
+    id: int
+    charge: _Charge
+    amount_minor: int
+    status: str = "pending"
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PaystackEmulator:
+    """The emulated Paystack API (see the module docstring for its behaviour)."""
+
+    name = NAME
+
+    def __init__(self, ctx: SandboxContext) -> None:
+        self.ctx = ctx
+        given = ctx.credentials.get(NAME)
+        self.config = given if isinstance(given, PaystackSandboxConfig) else PaystackSandboxConfig()
+        self._rng = random.Random(f"{ctx.seed}:{NAME}")
+        self._ids = itertools.count(4_000_000_001)
+        self._balances = dict(self.config.balances_minor)
+        self._charges: dict[str, _Charge] = {}
+        self._charges_by_id: dict[int, _Charge] = {}
+        self._recipients: dict[str, dict[str, Any]] = {}
+        self._recipient_of_account: dict[tuple[str, str, str], str] = {}
+        self._transfers: dict[str, _Transfer] = {}
+        self._refunds: dict[int, _Refund] = {}
+
+    def routes(self) -> list[BaseRoute]:
+        """Paystack's paths, relative to the `/paystack` mount."""
+        return [
+            Route("/charge", self._route(EndpointKind.COLLECT, self._charge), methods=["POST"]),
+            Route(
+                "/charge/submit_otp", self._route(EndpointKind.COLLECT, self._submit_otp), methods=["POST"]
+            ),
+            Route(
+                "/charge/{reference}", self._route(EndpointKind.STATUS, self._check_charge), methods=["GET"]
+            ),
+            Route(
+                "/transaction/verify/{reference}",
+                self._route(EndpointKind.STATUS, self._verify),
+                methods=["GET"],
+            ),
+            Route("/transferrecipient", self._route(EndpointKind.PAYOUT, self._recipient), methods=["POST"]),
+            Route("/transfer", self._route(EndpointKind.PAYOUT, self._transfer), methods=["POST"]),
+            Route(
+                "/transfer/verify/{reference}",
+                self._route(EndpointKind.STATUS, self._verify_transfer),
+                methods=["GET"],
+            ),
+            Route("/refund", self._route(EndpointKind.REFUND, self._refund), methods=["POST"]),
+            Route("/refund/{id}", self._route(EndpointKind.STATUS, self._fetch_refund), methods=["GET"]),
+            Route("/balance", self._route(EndpointKind.PROBE, self._balance), methods=["GET"]),
+            Route("/bank", self._route(EndpointKind.PROBE, self._banks), methods=["GET"]),
+        ]
+
+    def _route(self, endpoint: EndpointKind, handler: Any) -> Any:
+        async def endpoint_fn(request: Request) -> Response:
+            async def authorized() -> Response:
+                refused = self._check_key(request, endpoint)
+                return refused if refused is not None else await handler(request)
+
+            return await self.ctx.guarded(self, request, endpoint, authorized)
+
+        return endpoint_fn
+
+    # --- shapes --------------------------------------------------------------------------
+
+    @staticmethod
+    def _ok(message: str, data: Any, http_status: int = 200) -> Response:
+        return json_response({"status": True, "message": message, "data": data}, http_status)
+
+    @staticmethod
+    def _fail(
+        http_status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        error_type: str | None = "validation_error",
+        next_step: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        body: dict[str, Any] = {"status": False, "message": message}
+        if next_step:
+            body["meta"] = {"nextStep": next_step}
+        if error_type:
+            body["type"] = error_type
+        if code:
+            body["code"] = code
+        return json_response(body, http_status, headers)
+
+    def rejection_response(self, rejection: Rejection, endpoint: EndpointKind) -> Response:
+        """Paystack's envelope for an outage, a throttle or a server error."""
+        if rejection.kind == "unavailable":
+            return self._fail(503, "Service Unavailable", error_type="api_error")
+        if rejection.kind == "throttled":
+            headers = {"Retry-After": f"{rejection.retry_after_s:g}"} if rejection.retry_after_s else None
+            return self._fail(
+                rejection.http_status or 429,
+                "Too many requests. Please try again later.",
+                error_type="api_error",
+                headers=headers,
+            )
+        return self._fail(
+            rejection.http_status or 500, "An error occurred, please try again.", error_type="api_error"
+        )
+
+    def _iso(self) -> str:
+        return datetime.fromtimestamp(self.ctx.clock.now(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    # --- auth ----------------------------------------------------------------------------
+
+    def _valid_keys(self, endpoint: EndpointKind) -> set[str]:
+        now = self.ctx.clock.monotonic()
+        keys = set(self.config.secret_keys)
+        if self.ctx.faults.credential_cutoff(NAME, endpoint) is not None:
+            keys.clear()  # the configured keys are revoked while the fault lasts
+        for fault in self.ctx.faults.faults(NAME):
+            spec = fault.spec
+            if isinstance(spec, CredentialExpirySpec) and spec.replacement_secret and fault.start_s <= now:
+                keys.add(spec.replacement_secret)
+        return keys
+
+    def _check_key(self, request: Request, endpoint: EndpointKind) -> Response | None:
+        header = request.headers.get("authorization")
+        if not header:
+            return self._fail(401, "No Authorization Header was found", error_type=None)
+        scheme, _, key = header.partition(" ")
+        if scheme != "Bearer" or not key:
+            return self._fail(401, "Format is Authorization Bearer [secret key]", error_type=None)
+        if key not in self._valid_keys(endpoint):
+            return self._fail(401, "Invalid key", error_type=None)
+        return None
+
+    # --- charge --------------------------------------------------------------------------
+
+    async def _charge(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        email, amount, currency = body.get("email"), body.get("amount"), body.get("currency", "NGN")
+        mobile = body.get("mobile_money")
+        if not isinstance(email, str) or "@" not in email:
+            return self._fail(
+                400,
+                "Email address is required to create charge",
+                code="missing_params",
+                next_step="Provide all required params",
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            return self._fail(400, "Amount must be an integer", code="invalid_params")
+        if not isinstance(mobile, dict):
+            return self._fail(
+                400,
+                "One of Authorization code, card object, bank object, ussd object, mobile money object, "
+                "qr object, or EFT object should be passed.",
+                code="missing_params",
+            )
+        if currency not in MOBILE_MONEY:
+            return self._fail(400, "Currency not supported by merchant", code="unsupported_currency")
+        dial, wallets = MOBILE_MONEY[currency]
+        wallet = str(mobile.get("provider", "")).lower()
+        if wallet not in wallets:
+            return self._fail(
+                400, f"Mobile money provider is not supported for {currency}", code="invalid_params"
+            )
+        try:
+            msisdn = normalize_msisdn(str(mobile.get("phone", "")), dial)
+        except ValueError:
+            return self._fail(400, "Please provide a valid phone number", code="invalid_params")
+        reference = body.get("reference") or f"T{self._rng.getrandbits(48):012x}"
+        if not isinstance(reference, str) or not CHARGE_REFERENCE_RE.match(reference):
+            return self._fail(400, "Invalid character in transaction reference", code="invalid_params")
+        if reference in self._charges:
+            return self._fail(
+                400,
+                "Duplicate Transaction Reference",
+                code="duplicate_reference",
+                next_step="Try and create the Transaction or Charge with a new reference",
+            )
+        charge_id = next(self._ids)
+        entry = self.ctx.ledger.record(
+            provider=NAME,
+            operation=LedgerOperation.COLLECT,
+            provider_reference=str(charge_id),
+            reference=reference,
+            msisdn=msisdn,
+            amount_minor=amount,
+            currency=currency,
+        )
+        needs_otp = wallet in OTP_PROVIDERS
+        charge = _Charge(entry, charge_id, email, wallet, "send_otp" if needs_otp else "pay_offline")
+        self._charges[reference] = charge
+        self._charges_by_id[charge_id] = charge
+        if not needs_otp:
+            self._prompt_customer(charge)
+        return self._ok("Charge attempted", self._charge_step(charge))
+
+    def _charge_step(self, charge: _Charge) -> dict[str, Any]:
+        if charge.status == "send_otp":
+            return {
+                "reference": charge.entry.reference,
+                "status": "send_otp",
+                "display_text": "Please enter OTP",
+            }
+        if charge.status == "pay_offline":
+            return {
+                "reference": charge.entry.reference,
+                "status": "pay_offline",
+                "display_text": DISPLAY_TEXT,
+            }
+        return self._transaction_data(charge)
+
+    def _prompt_customer(self, charge: _Charge) -> None:
+        behavior = self.ctx.customers.get(NAME, charge.entry.msisdn)
+        if behavior.action == "ignore":
+            self.ctx.scheduler.after(
+                self.config.abandon_after_s, lambda: self._finish_charge(charge, "abandoned", None)
+            )
+        else:
+            outcome = "success" if behavior.action == "accept" else "failed"
+            self.ctx.scheduler.after(
+                behavior.delay_s, lambda: self._finish_charge(charge, outcome, behavior.decline_code)
+            )
+
+    def _finish_charge(self, charge: _Charge, outcome: str, decline: str | None) -> None:
+        if charge.status not in ("pay_offline", "send_otp"):
+            return
+        charge.status = outcome
+        if outcome == "success":
+            charge.gateway_response = "Approved"
+            charge.paid_at = self._iso()
+            self.ctx.ledger.settle(
+                charge.entry, LedgerStatus.SUCCEEDED, result_code="success", result_desc="Approved"
+            )
+        else:
+            charge.gateway_response = (
+                (decline or "Declined") if outcome == "failed" else "The transaction was not completed"
+            )
+            self.ctx.ledger.settle(
+                charge.entry, LedgerStatus.FAILED, result_code=outcome, result_desc=charge.gateway_response
+            )
+
+    async def _submit_otp(self, request: Request) -> Response:
+        body = await read_json_object(request) or {}
+        reference, otp = body.get("reference"), body.get("otp")
+        charge = self._charges.get(reference) if isinstance(reference, str) else None
+        if charge is None:
+            return self._fail(400, "Transaction reference not found", code="transaction_not_found")
+        if charge.status != "send_otp":
+            return self._fail(400, "Charge is not awaiting an OTP", code="invalid_params")
+        if otp != self.config.otp:
+            return self._fail(400, "Invalid OTP", code="invalid_params", error_type="processor_error")
+        charge.status = "pay_offline"
+        self._prompt_customer(charge)
+        return self._ok("Charge attempted", self._charge_step(charge))
+
+    def _transaction_data(self, charge: _Charge) -> dict[str, Any]:
+        entry = charge.entry
+        # While the customer still has to act, verify reports the transaction as ongoing.
+        status = "ongoing" if charge.status in ("pay_offline", "send_otp") else charge.status
+        return {
+            "id": charge.id,
+            "domain": "test",
+            "status": status,
+            "reference": entry.reference,
+            "receipt_number": None,
+            "amount": entry.amount_minor,
+            "message": None,
+            "gateway_response": charge.gateway_response,
+            "paid_at": charge.paid_at,
+            "created_at": datetime.fromtimestamp(entry.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "channel": "mobile_money",
+            "currency": entry.currency,
+            "ip_address": None,
+            "metadata": "",
+            "fees": None,
+            "authorization": {"channel": "mobile_money", "bank": charge.wallet.upper(), "reusable": False},
+            "customer": {"email": charge.email, "phone": entry.msisdn, "customer_code": f"CUS_{charge.id}"},
+            "requested_amount": entry.amount_minor,
+        }
+
+    async def _check_charge(self, request: Request) -> Response:
+        charge = self._charges.get(request.path_params["reference"])
+        if charge is None:
+            return self._fail(404, "Entity not found", error_type=None)
+        data = self._transaction_data(charge)
+        data["status"] = charge.status
+        return self._ok("Reference check successful", data)
+
+    async def _verify(self, request: Request) -> Response:
+        charge = self._charges.get(request.path_params["reference"])
+        if charge is None:
+            return self._fail(
+                400,
+                "Transaction reference not found",
+                code="transaction_not_found",
+                next_step="Ensure that you're passing the reference of a transaction that exists on this integration",
+            )
+        return self._ok("Verification successful", self._transaction_data(charge))
+
+    # --- transfers -----------------------------------------------------------------------
+
+    async def _recipient(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        kind, name = body.get("type"), body.get("name")
+        account, bank_code, currency = (
+            body.get("account_number"),
+            body.get("bank_code"),
+            body.get("currency", "NGN"),
+        )
+        if kind not in RECIPIENT_TYPES:
+            return self._fail(400, "Recipient type is invalid", code="invalid_params")
+        if not isinstance(name, str) or not name:
+            return self._fail(400, "Name is required", code="missing_params")
+        if not isinstance(account, str) or not account:
+            return self._fail(400, "Account number is required", code="missing_params")
+        if not isinstance(bank_code, str) or not bank_code:
+            return self._fail(400, "bank_code is required", code="missing_params")
+        if kind == "mobile_money" and bank_code not in WALLET_BANK_CODES.get(str(currency), frozenset()):
+            return self._fail(400, "Unknown bank code", code="invalid_bank_code")
+        key = (account, bank_code, str(currency))
+        existing = self._recipient_of_account.get(key)
+        if (
+            existing is not None
+        ):  # "A duplicate account number will lead to the retrieval of the existing record"
+            return self._ok("Transfer recipient created successfully", self._recipients[existing], 201)
+        code = f"RCP_{self._rng.getrandbits(60):015x}"
+        now = self._iso()
+        recipient = {
+            "active": True,
+            "createdAt": now,
+            "currency": currency,
+            "domain": "test",
+            "id": next(self._ids),
+            "name": name,
+            "recipient_code": code,
+            "type": kind,
+            "updatedAt": now,
+            "is_deleted": False,
+            "details": {
+                "account_number": account,
+                "account_name": None,
+                "bank_code": bank_code,
+                "bank_name": bank_code,
+            },
+        }
+        self._recipients[code] = recipient
+        self._recipient_of_account[key] = code
+        return self._ok("Transfer recipient created successfully", recipient, 201)
+
+    async def _transfer(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        amount, recipient_code = body.get("amount"), body.get("recipient")
+        reference, currency = body.get("reference"), body.get("currency", "NGN")
+        if body.get("source") != "balance":
+            return self._fail(400, "Source is invalid", code="invalid_params")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            return self._fail(400, "Amount must be an integer", code="invalid_params")
+        recipient = self._recipients.get(recipient_code) if isinstance(recipient_code, str) else None
+        if recipient is None or recipient["currency"] != currency:
+            return self._fail(
+                400,
+                "Recipient specified is invalid",
+                code="invalid_transfer_recipient",
+                next_step="Provide a valid recipient. Ensure you are passing the recipient code in the recipient param",
+            )
+        if not isinstance(reference, str) or not TRANSFER_REFERENCE_RE.match(reference):
+            return self._fail(
+                400, "Your reference contains illegal special characters", code="invalid_params"
+            )
+        if reference in self._transfers:
+            return self._fail(
+                400,
+                "Please provide a unique reference. Reference already exists on a transfer",
+                code="duplicate_reference",
+            )
+        if self._balances.get(str(currency), 0) < amount:
+            return self._fail(
+                400, "Your balance is not enough to fulfil this request", code="insufficient_balance"
+            )
+        self._balances[str(currency)] -= amount
+        dial = MOBILE_MONEY.get(str(currency), ("", frozenset()))[0]
+        try:
+            msisdn = normalize_msisdn(str(recipient["details"]["account_number"]), dial or None)
+        except ValueError:
+            msisdn = str(recipient["details"]["account_number"])
+        transfer_id = next(self._ids)
+        entry = self.ctx.ledger.record(
+            provider=NAME,
+            operation=LedgerOperation.PAYOUT,
+            provider_reference=str(transfer_id),
+            reference=reference,
+            msisdn=msisdn,
+            amount_minor=amount,
+            currency=str(currency),
+        )
+        transfer = _Transfer(
+            entry,
+            transfer_id,
+            f"TRF_{self._rng.getrandbits(60):015x}",
+            recipient,
+            str(body.get("reason") or ""),
+        )
+        self._transfers[reference] = transfer
+        result = self.ctx.customers.get(NAME, msisdn).payout_result_code
+        self.ctx.scheduler.after(
+            self.config.transfer_delay_s, lambda: self._finish_transfer(transfer, result)
+        )
+        return self._ok("Transfer has been queued", self._transfer_data(transfer))
+
+    def _finish_transfer(self, transfer: _Transfer, result: str | None) -> None:
+        if transfer.status != "pending":
+            return
+        if result in (None, "0", "success"):
+            transfer.status = "success"
+            self.ctx.ledger.settle(transfer.entry, LedgerStatus.SUCCEEDED, result_code="success")
+        else:
+            transfer.status, transfer.failure = "failed", result
+            self._balances[transfer.entry.currency] += transfer.entry.amount_minor
+            self.ctx.ledger.settle(
+                transfer.entry, LedgerStatus.FAILED, result_code="failed", result_desc=result
+            )
+
+    def _transfer_data(self, transfer: _Transfer) -> dict[str, Any]:
+        entry = transfer.entry
+        return {
+            "domain": "test",
+            "amount": entry.amount_minor,
+            "currency": entry.currency,
+            "reference": entry.reference,
+            "source": "balance",
+            "source_details": None,
+            "reason": transfer.reason,
+            "status": transfer.status,
+            "failures": transfer.failure,
+            "transfer_code": transfer.transfer_code,
+            "titan_code": None,
+            "transferred_at": None,
+            "id": transfer.id,
+            "integration": 100001,
+            "recipient": transfer.recipient,
+            "createdAt": datetime.fromtimestamp(entry.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "updatedAt": datetime.fromtimestamp(entry.updated_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
+
+    async def _verify_transfer(self, request: Request) -> Response:
+        transfer = self._transfers.get(request.path_params["reference"])
+        if transfer is None:
+            return self._fail(404, "Transfer not found", error_type=None)
+        return self._ok("Transfer retrieved", self._transfer_data(transfer))
+
+    # --- refunds -------------------------------------------------------------------------
+
+    async def _refund(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        target = body.get("transaction")
+        charge = None
+        if isinstance(target, str):
+            charge = self._charges.get(target) or (
+                self._charges_by_id.get(int(target)) if target.isdigit() else None
+            )
+        elif isinstance(target, int) and not isinstance(target, bool):
+            charge = self._charges_by_id.get(target)
+        if charge is None:
+            return self._fail(400, "Transaction reference not found", code="transaction_not_found")
+        if charge.status == "reversed" or charge.refunded_minor >= charge.entry.amount_minor:
+            return self._fail(400, "Transaction has been fully reversed", code="transaction_reversed")
+        if charge.status != "success":
+            return self._fail(
+                400, "Cannot refund a transaction that is not successful", code="invalid_params"
+            )
+        remaining = charge.entry.amount_minor - charge.refunded_minor
+        amount = body.get("amount", remaining)
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= remaining:
+            return self._fail(
+                400, "Refund amount cannot be greater than the transaction amount", code="invalid_params"
+            )
+        if body.get("currency", charge.entry.currency) != charge.entry.currency:
+            return self._fail(400, "Currency does not match the transaction's", code="invalid_params")
+        charge.refunded_minor += amount  # reserved now, so two refunds cannot exceed the charge
+        refund = _Refund(next(self._ids), charge, amount, created_at=self._iso())
+        self._refunds[refund.id] = refund
+        self.ctx.scheduler.after(self.config.refund_delay_s, lambda: self._finish_refund(refund))
+        return self._ok("Refund has been queued for processing", self._refund_data(refund))
+
+    def _finish_refund(self, refund: _Refund) -> None:
+        charge = refund.charge
+        refund.status = "processed"
+        entry = self.ctx.ledger.record(
+            provider=NAME,
+            operation=LedgerOperation.REFUND,
+            provider_reference=str(refund.id),
+            reference=charge.entry.reference,
+            msisdn=charge.entry.msisdn,
+            amount_minor=refund.amount_minor,
+            currency=charge.entry.currency,
+        )
+        self.ctx.ledger.settle(entry, LedgerStatus.SUCCEEDED, result_code="processed")
+        if charge.refunded_minor >= charge.entry.amount_minor:
+            charge.status = "reversed"
+            self.ctx.ledger.settle(charge.entry, LedgerStatus.REVERSED)
+
+    def _refund_data(self, refund: _Refund) -> dict[str, Any]:
+        charge = refund.charge
+        return {
+            "transaction": self._transaction_data(charge),
+            "integration": 100001,
+            "deducted_amount": 0,
+            "channel": None,
+            "merchant_note": f"Refund for transaction {charge.entry.reference}",
+            "customer_note": f"Refund for transaction {charge.entry.reference}",
+            "status": refund.status,
+            "refunded_by": "sandbox@example.invalid",
+            "expected_at": refund.created_at,
+            "currency": charge.entry.currency,
+            "domain": "test",
+            "amount": refund.amount_minor,
+            "fully_deducted": False,
+            "id": refund.id,
+            "createdAt": refund.created_at,
+            "updatedAt": refund.created_at,
+        }
+
+    async def _fetch_refund(self, request: Request) -> Response:
+        raw = request.path_params["id"]
+        refund = self._refunds.get(int(raw)) if str(raw).isdigit() else None
+        if refund is None:
+            return self._fail(404, "Refund not found", error_type=None)
+        data = self._refund_data(refund)
+        data["transaction_reference"] = refund.charge.entry.reference
+        return self._ok("Refund retrieved", data)
+
+    # --- probes --------------------------------------------------------------------------
+
+    async def _balance(self, request: Request) -> Response:
+        data = [{"currency": c, "balance": b} for c, b in sorted(self._balances.items())]
+        return self._ok("Balances retrieved", data)
+
+    async def _banks(self, request: Request) -> Response:
+        currency = request.query_params.get("currency")
+        rows: list[dict[str, Any]] = []
+        for cur, codes in sorted(WALLET_BANK_CODES.items()):
+            if currency and cur != currency:
+                continue
+            for code in sorted(codes):
+                rows.append(
+                    {
+                        "name": code,
+                        "slug": code.lower(),
+                        "code": code,
+                        "longcode": "",
+                        "gateway": None,
+                        "pay_with_bank": False,
+                        "active": True,
+                        "is_deleted": False,
+                        "country": "Ghana" if cur == "GHS" else "Kenya",
+                        "currency": cur,
+                        "type": "mobile_money",
+                        "id": len(rows) + 1,
+                    }
+                )
+        return self._ok("Banks retrieved", rows)
