@@ -151,7 +151,9 @@ async def test_every_tool_resource_and_prompt(
         assert "mpesa" in completion.completion.values
         assert all(v.startswith("mp") for v in completion.completion.values)
 
-        payment = (await client.call_tool("get_payment", {"key_or_reference": "e2e-collect-0001"})).structured_content
+        payment = (
+            await client.call_tool("get_payment", {"key_or_reference": "e2e-collect-0001"})
+        ).structured_content
         assert payment is not None and payment["phone"] == "+254712345678"
         assert payment["money"] == {"amount_minor": 15000, "currency": "KES"}
 
