@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the bundled provider sandbox in-process and point every provider at it",
     )
+    from mcp_autonomy.autonomy.detect_cli import add_detect_parser
+
+    add_detect_parser(commands)
     return parser
 
 
@@ -65,6 +69,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "detect":
+        from mcp_autonomy.autonomy.detect_cli import run_detect
+
+        configure_logging("WARNING")
+        return run_detect(args)
     try:
         settings = load_settings(**_overrides(args))
     except SettingsError as exc:
@@ -79,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             pass
+        if args.transport == "stdio":
+            # Everything is stopped and flushed; a stdin reader thread abandoned on shutdown may
+            # still block on a pipe the client keeps open, and must not hold the exit up.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
         return 0
     return 2
 
@@ -114,12 +129,13 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
 
 async def _serve_stdio(assembly: Any) -> None:
     from mcp_autonomy.server.runtime import engine_running
+    from mcp_autonomy.server.stdio import serve_stdio
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, tg.cancel_scope)
         async with engine_running(assembly.system, assembly.app):
             logger.info("mcp-autonomy %s serving MCP on stdio", __version__)
-            await assembly.app.mcp.run_stdio_async()
+            await serve_stdio(assembly.app)
         tg.cancel_scope.cancel()
 
 

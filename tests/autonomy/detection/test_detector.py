@@ -1,0 +1,286 @@
+"""StreamingDetector and PredictionBuilder: behaviour on generated series families."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp_autonomy.autonomy.detection import (
+    AnomalyKind,
+    Detector,
+    DetectorAlert,
+    StreamingDetector,
+    StreamingDetectorConfig,
+    ratio_from_score,
+    score_from_ratio,
+)
+from mcp_autonomy.autonomy.detection.prediction import PredictionBuilder
+from mcp_autonomy.autonomy.predictor import PredictionType
+from mcp_autonomy.config import Sensitivity
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+MINUTE = 60.0
+
+
+def run(times: np.ndarray, values: np.ndarray, **config: object) -> tuple[list[float], list[DetectorAlert]]:
+    detector = StreamingDetector(StreamingDetectorConfig(**config))  # type: ignore[arg-type]
+    scores = detector.score_many(times.tolist(), values.tolist())
+    return scores, detector.drain_alerts()
+
+
+def noise(n: int, seed: int, sigma: float = 2.0, level: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return T0 + MINUTE * np.arange(n), level + rng.normal(0.0, sigma, n)
+
+
+def test_detector_satisfies_protocol() -> None:
+    assert isinstance(StreamingDetector(), Detector)
+
+
+def test_deterministic_and_update_matches_batch() -> None:
+    t, x = noise(3000, seed=1)
+    x[2000:] += 12.0
+    first, alerts_a = run(t, x)
+    second, alerts_b = run(t, x)
+    assert first == second
+    assert alerts_a == alerts_b
+    one_by_one = StreamingDetector()
+    results = [one_by_one.update(a, b) for a, b in zip(t.tolist(), x.tolist(), strict=True)]
+    assert [r.anomaly_score for r in results] == first
+    assert [r.alert for r in results if r.alert is not None] == alerts_a
+
+
+def _state_size(detector: StreamingDetector) -> int:
+    """Bytes held by the detector's slots, containers included (one level deep)."""
+    total = 0
+    for name in StreamingDetector.__slots__:
+        value = getattr(detector, name)
+        total += sys.getsizeof(value)
+        if isinstance(value, list | tuple):
+            total += sum(sys.getsizeof(item) for item in value)
+    return total
+
+
+def test_memory_is_bounded() -> None:
+    detector = StreamingDetector()
+    t, x = noise(40_000, seed=2)
+    t[20_000:] += 86_400.0 * 3
+    ts, xs = t.tolist(), x.tolist()
+    detector.score_many(ts[:5_000], xs[:5_000])
+    detector.drain_alerts()
+    early = _state_size(detector)
+    detector.score_many(ts[5_000:], xs[5_000:])
+    detector.drain_alerts()
+    assert _state_size(detector) <= early  # 35k more points, days later: nothing grew
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=86_400.0 * 3),
+            st.one_of(
+                st.floats(allow_nan=True, allow_infinity=True),
+                st.floats(min_value=-1e6, max_value=1e6),
+            ),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_scores_are_always_in_unit_interval(points: list[tuple[float, float]]) -> None:
+    detector = StreamingDetector()
+    now = T0
+    for gap, value in points:
+        now += gap
+        result = detector.update(now, value)
+        assert 0.0 <= result.anomaly_score <= 1.0
+        assert not math.isnan(result.anomaly_score)
+        if not math.isfinite(value):
+            assert result.anomaly_score == 0.0
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1e-9])
+def test_no_alarm_on_a_flat_line(jitter: float) -> None:
+    t = T0 + MINUTE * np.arange(5000)
+    x = 42.0 + jitter * np.random.default_rng(3).standard_normal(5000)
+    scores, alerts = run(t, x)
+    assert alerts == []
+    assert max(scores) < 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_alarm_on_noise_only(seed: int) -> None:
+    t, x = noise(8000, seed=10 + seed)
+    _, alerts = run(t, x)
+    assert alerts == []
+
+
+def test_no_alarm_on_quantised_noise() -> None:
+    rng = np.random.default_rng(5)
+    t = T0 + MINUTE * np.arange(6000)
+    x = np.round(100.0 + rng.normal(0.0, 0.3, 6000))  # mostly 100, sometimes 99 or 101
+    _, alerts = run(t, x)
+    assert alerts == []
+
+
+def test_no_alarm_across_a_long_gap_and_irregular_timestamps() -> None:
+    rng = np.random.default_rng(6)
+    n = 6000
+    t = T0 + MINUTE * (np.arange(n) + rng.uniform(-0.3, 0.3, n))
+    t[3000:] += 86_400.0  # a day of silence
+    x = 100.0 + rng.normal(0.0, 2.0, n)
+    scores, alerts = run(t, x)
+    assert alerts == []
+    assert max(scores[3000:3100]) < 0.5
+
+
+def test_nan_is_skipped_without_changing_state() -> None:
+    t, x = noise(1000, seed=7)
+    clean, _ = run(t, x)
+    detector = StreamingDetector()
+    with_nan = []
+    for i, (a, b) in enumerate(zip(t.tolist(), x.tolist(), strict=True)):
+        if i % 50 == 0:
+            assert detector.update(a, math.nan).anomaly_score == 0.0
+        with_nan.append(detector.update(a, b).anomaly_score)
+    assert with_nan == clean
+
+
+def test_spike_alarms_on_its_point() -> None:
+    t, x = noise(3000, seed=8)
+    x[2000] += 30.0
+    scores, alerts = run(t, x)
+    assert scores[2000] > 0.9
+    assert [a.timestamp_s for a in alerts] == [t[2000]]
+    assert alerts[0].kind is AnomalyKind.SPIKE
+    assert alerts[0].direction == 1
+
+
+def test_level_shift_alarms_once_then_becomes_normal() -> None:
+    t, x = noise(5000, seed=9)
+    x[2500:] += 8.0  # 4 sigma, lasting
+    scores, alerts = run(t, x)
+    assert len(alerts) == 1
+    assert t[2500] <= alerts[0].timestamp_s <= t[2510]
+    assert alerts[0].direction == 1
+    assert max(scores[2600:]) < 0.5  # re-baselined: the new level is normal
+
+
+def test_slow_ramp_is_flagged_before_the_outage_threshold() -> None:
+    t, x = noise(6000, seed=11, sigma=5.0)  # latency p95 around 100 ms
+    start, outage_level = 3000, 300.0
+    x[start:] += 0.2 * np.arange(6000 - start)  # +0.2 ms a minute
+    outage_index = int(np.argmax(x > outage_level))
+    _, alerts = run(t, x)
+    assert alerts, "the ramp was never flagged"
+    first = alerts[0]
+    assert t[start] <= first.timestamp_s < t[outage_index]
+    lead_time_s = t[outage_index] - first.timestamp_s
+    assert lead_time_s > 12 * 3600  # flagged within the first ~2 hours of a 16-hour ramp
+    assert first.slope_per_s > 0
+
+
+def _daily(n_days: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    step = 600.0  # ten minutes
+    n = int(n_days * 86_400 / step)
+    t = T0 + step * np.arange(n)
+    hour = (t % 86_400) / 3600.0
+    pattern = 50.0 * np.exp(-(((hour - 13.0) / 3.0) ** 2))
+    x = 100.0 + pattern + np.random.default_rng(seed).normal(0.0, 2.0, n)
+    return t, x, pattern
+
+
+def test_daily_pattern_is_learnt_and_deviations_from_it_alarm() -> None:
+    t, x, pattern = _daily(21, seed=12)
+    per_day = 144
+    missing_peak = slice(18 * per_day + 72, 18 * per_day + 84)  # 12:00-14:00 on day 18
+    x[missing_peak] -= pattern[missing_peak]
+    detector = StreamingDetector()
+    scores = detector.score_many(t.tolist(), x.tolist())
+    alerts = detector.drain_alerts()
+    assert detector.seasonal_model in ("daily", "weekly")
+    after_two_weeks = [a for a in alerts if a.timestamp_s >= t[14 * per_day]]
+    assert len(after_two_weeks) == 1
+    alert = after_two_weeks[0]
+    assert t[missing_peak.start] <= alert.timestamp_s <= t[missing_peak.stop]
+    assert alert.direction == -1
+    assert alert.kind is AnomalyKind.SEASONAL
+    assert max(scores[14 * per_day : 18 * per_day]) < 0.5
+
+
+def test_sensitivity_scales_thresholds() -> None:
+    low = StreamingDetectorConfig.for_sensitivity(Sensitivity.LOW)
+    high = StreamingDetectorConfig.for_sensitivity("high")
+    medium = StreamingDetectorConfig.for_sensitivity(Sensitivity.MEDIUM)
+    assert medium == StreamingDetectorConfig()
+    assert low.spike_threshold_z > medium.spike_threshold_z > high.spike_threshold_z
+    t, x = noise(3000, seed=13)
+    x[2000] += 11.0  # about 5.5 sigma: at the medium threshold
+    s_low, _ = run(t, x, **{"spike_threshold_z": low.spike_threshold_z})
+    s_high, _ = run(t, x, **{"spike_threshold_z": high.spike_threshold_z})
+    assert s_high[2000] > s_low[2000]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("warmup_points", 2, "warmup_points must be an integer in [5, 10000]"),
+        ("spike_threshold_z", 0.0, "spike_threshold_z must be a finite number > 0"),
+        ("exit_score", 0.9, "exit_score must be in [0, enter_score (0.5)]"),
+        ("sample_interval_s", -1.0, "sample_interval_s must be None (learnt)"),
+    ],
+)
+def test_config_validation_names_field_and_range(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        StreamingDetectorConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@given(st.floats(min_value=0.0, max_value=50.0))
+def test_calibration_is_monotone_and_invertible(ratio: float) -> None:
+    score = score_from_ratio(ratio)
+    assert 0.0 <= score <= 1.0
+    assert score_from_ratio(ratio + 0.01) >= score
+    if 0.0 < score < 1.0 - 1e-9:
+        assert ratio_from_score(score) == pytest.approx(ratio, rel=1e-6)
+    assert score_from_ratio(1.0) == 0.5
+
+
+def _alert(
+    kind: AnomalyKind, direction: int, value: float, expected: float, slope: float = 0.0
+) -> DetectorAlert:
+    return DetectorAlert(
+        timestamp_s=T0,
+        kind=kind,
+        direction=direction,
+        score=0.8,
+        value=value,
+        expected=expected,
+        scale=1.0,
+        slope_per_s=slope,
+        indicators=(),
+    )
+
+
+def test_prediction_types_follow_series_meaning() -> None:
+    builder = PredictionBuilder()
+    failure = builder.build("mpesa", "error_rate", _alert(AnomalyKind.LEVEL_SHIFT, 1, 0.2, 0.01))
+    assert failure is not None and failure.type is PredictionType.FAILURE
+    ramp = builder.build("mpesa", "latency_p95_ms", _alert(AnomalyKind.TREND, 1, 900.0, 400.0, slope=0.5))
+    assert ramp is not None and ramp.type is PredictionType.DEGRADATION
+    assert ramp.window_end > ramp.window_start
+    assert "outage level" in ramp.recommended_action
+    jump = builder.build("mpesa", "requests_per_min", _alert(AnomalyKind.SPIKE, 1, 900.0, 300.0))
+    assert jump is not None and jump.type is PredictionType.SPIKE
+    pattern = builder.build("mpesa", "requests_per_min", _alert(AnomalyKind.SEASONAL, -1, 10.0, 300.0))
+    assert pattern is not None and pattern.type is PredictionType.PATTERN_ANOMALY
+    assert builder.build("mpesa", "error_rate", _alert(AnomalyKind.LEVEL_SHIFT, -1, 0.0, 0.2)) is None
+    assert builder.build("mpesa", "error_rate", _alert(AnomalyKind.SPIKE, 1, 0.012, 0.01)) is None
+    for prediction in (failure, ramp, jump, pattern):
+        assert 0.0 <= prediction.confidence <= 1.0
+        assert prediction.indicators and prediction.recommended_action
