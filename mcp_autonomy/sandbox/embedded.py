@@ -87,9 +87,11 @@ async def embedded_sandbox(
     app = create_sandbox_app(clock, seed=seed, credentials=SandboxCredentials(), providers=names)
     async with anyio.create_task_group() as tg:
         address: SandboxAddress = await tg.start(serve_sandbox, app)
+        # Daraja requires callback URLs. Without an HTTP server of ours (stdio mode, tests) they
+        # point at the sandbox's own callback log, and results are fetched by status query.
+        callback_base = mpesa_callback_base or f"{address.base_url}/_control/callbacks/mpesa"
         adapters = {
-            n: ADAPTER_BUILDERS[n](clock, address, mpesa_callback_base if n == "mpesa" else None)
-            for n in names
+            n: ADAPTER_BUILDERS[n](clock, address, callback_base if n == "mpesa" else None) for n in names
         }
         try:
             yield EmbeddedSandbox(app, address, adapters)
