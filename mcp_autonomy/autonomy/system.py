@@ -94,6 +94,46 @@ class SystemStatus(BaseModel):
     events: EventBusStatus
 
 
+class ComponentSummary(BaseModel):
+    """One loop at a glance."""
+
+    mode: str
+    mode_source: str
+    running: bool
+    last_tick_at: float | None
+    errors: int
+    last_error: str | None
+    actions_taken: int
+
+
+class ProviderSummary(BaseModel):
+    """One provider at a glance (details: `list_providers`, `autonomy://providers/{name}`)."""
+
+    name: str
+    health: str
+    breaker: str
+    failed_over_to: str | None
+    error_rate_5m: float | None
+    latency_p95_ms_5m: float | None
+    requests_per_min_5m: float | None
+
+
+class StatusSummary(BaseModel):
+    """The whole system at a glance; `autonomy://status` holds the full detail."""
+
+    version: str
+    run_id: str
+    started: bool
+    uptime_s: float | None
+    overall: Literal["healthy", "degraded", "critical", "unknown"]
+    overall_reason: str
+    components: dict[str, ComponentSummary]
+    providers: list[ProviderSummary]
+    scaling: ReplicaState | None
+    events_published: int
+    events_dropped: int
+
+
 class SystemStats(BaseModel):
     """Counters and scores over the life of the store (events) and of this run (components)."""
 
@@ -400,6 +440,45 @@ class AutonomousSystem:
                 recorded=self.recorder.written,
                 recorder_dropped=self.recorder.dropped,
             ),
+        )
+
+    async def get_status_summary(self) -> StatusSummary:
+        """The compact view of `get_status()`: what an operator reads first."""
+        full = await self.get_status()
+        return StatusSummary(
+            version=full.version,
+            run_id=full.run_id,
+            started=full.started,
+            uptime_s=full.uptime_s,
+            overall=full.overall,
+            overall_reason=full.overall_reason,
+            components={
+                name: ComponentSummary(
+                    mode=c.mode.value,
+                    mode_source=c.mode_source,
+                    running=c.running,
+                    last_tick_at=c.last_tick_at,
+                    errors=c.errors,
+                    last_error=c.last_error,
+                    actions_taken=c.actions_taken,
+                )
+                for name, c in full.components.items()
+            },
+            providers=[
+                ProviderSummary(
+                    name=p.name,
+                    health=p.health.status.value,
+                    breaker=p.lane.breaker_state.value,
+                    failed_over_to=p.lane.failed_over_to,
+                    error_rate_5m=p.telemetry.error_rate,
+                    latency_p95_ms_5m=p.telemetry.latency_p95_ms,
+                    requests_per_min_5m=p.telemetry.requests_per_min,
+                )
+                for p in full.providers
+            ],
+            scaling=full.scaling,
+            events_published=full.events.published,
+            events_dropped=full.events.dropped,
         )
 
     @property

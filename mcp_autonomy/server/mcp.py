@@ -41,7 +41,7 @@ from mcp_autonomy.autonomy.optimizer import Optimization
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus
 from mcp_autonomy.autonomy.scaler import ScaleBoundsError, ScaleResult
 from mcp_autonomy.autonomy.scaling import ScaleBackendError
-from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, SystemStats, SystemStatus
+from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, StatusSummary, SystemStats
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.payments import PaymentRecord
@@ -263,15 +263,16 @@ class McpApp:
         @mcp.tool(
             title="Get system status",
             description=(
-                "Current state of the whole system: overall health (healthy | degraded | critical | "
-                "unknown, with the reason), every provider's measured health and backups, each autonomy "
-                "loop's mode (on | off | dry_run) and last tick, the replica state, and event-bus counters. "
-                "Call this first when investigating anything. Null figures are not measured yet."
+                "The system at a glance: overall health (healthy | degraded | critical | unknown, with the "
+                "reason), each provider's measured health, breaker state and 5-minute error rate and p95 latency, "
+                "each autonomy loop's mode (on | off | dry_run) and last tick, and the replica state. Call this "
+                "first when investigating anything; list_providers and the autonomy://status resource have the "
+                "full detail. Null figures are not measured yet."
             ),
             annotations=READ_ONLY,
         )
-        async def get_status() -> SystemStatus:
-            return await system.get_status()
+        async def get_status() -> StatusSummary:
+            return await system.get_status_summary()
 
         @mcp.tool(
             title="Get statistics",
@@ -693,7 +694,10 @@ class McpApp:
             return json.dumps(model, indent=2, default=str)
 
         @mcp.resource(
-            uris.STATUS, name="status", description="System status (as get_status)", mime_type=json_type
+            uris.STATUS,
+            name="status",
+            description="Full system status: get_status plus every measured detail",
+            mime_type=json_type,
         )
         async def status_resource() -> str:
             return dump(await system.get_status())
