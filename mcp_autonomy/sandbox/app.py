@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.sandbox.airtel_money import AirtelMoneyEmulator
 from mcp_autonomy.sandbox.core import (
     CallbackOutbox,
     CustomerBehavior,
@@ -48,8 +49,11 @@ from mcp_autonomy.sandbox.core import (
     read_json_object,
 )
 from mcp_autonomy.sandbox.faults import EndpointKind, Fault, FaultEngine, FaultSpec
+from mcp_autonomy.sandbox.flutterwave import FlutterwaveEmulator
+from mcp_autonomy.sandbox.intasend import IntaSendEmulator
 from mcp_autonomy.sandbox.ledger import Ledger, LedgerOperation, LedgerStatus
 from mcp_autonomy.sandbox.mpesa import MpesaEmulator
+from mcp_autonomy.sandbox.mtn_momo import MtnMomoEmulator
 from mcp_autonomy.sandbox.paystack import PaystackEmulator
 
 EmulatorFactory = Callable[[SandboxContext], ProviderEmulator]
@@ -57,6 +61,10 @@ EmulatorFactory = Callable[[SandboxContext], ProviderEmulator]
 PROVIDERS: dict[str, EmulatorFactory] = {
     "mpesa": MpesaEmulator,
     "paystack": PaystackEmulator,
+    "mtn_momo": MtnMomoEmulator,
+    "airtel_money": AirtelMoneyEmulator,
+    "intasend": IntaSendEmulator,
+    "flutterwave": FlutterwaveEmulator,
 }
 """Every emulated provider, by mount name. mtn_momo, airtel_money, intasend, flutterwave: one line each."""
 

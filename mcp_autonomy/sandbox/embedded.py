@@ -16,12 +16,20 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.airtel_money import AirtelMoneyAdapter, AirtelMoneySettings
 from mcp_autonomy.providers.base import ProviderAdapter
+from mcp_autonomy.providers.flutterwave import FlutterwaveAdapter, FlutterwaveSettings
+from mcp_autonomy.providers.intasend import IntaSendAdapter, IntaSendSettings
 from mcp_autonomy.providers.mpesa import MpesaAdapter, MpesaSettings
+from mcp_autonomy.providers.mtn_momo import MtnMomoAdapter, MtnMomoSettings
 from mcp_autonomy.providers.paystack import PaystackAdapter, PaystackSettings
+from mcp_autonomy.sandbox.airtel_money import AirtelMoneySandboxConfig, sandbox_pin_public_key
 from mcp_autonomy.sandbox.app import PROVIDERS, Sandbox, create_sandbox_app, sandbox_of
 from mcp_autonomy.sandbox.core import SandboxCredentials
+from mcp_autonomy.sandbox.flutterwave import FlutterwaveSandboxConfig
+from mcp_autonomy.sandbox.intasend import IntaSendSandboxConfig
 from mcp_autonomy.sandbox.mpesa import MpesaSandboxConfig
+from mcp_autonomy.sandbox.mtn_momo import MtnMomoSandboxConfig
 from mcp_autonomy.sandbox.paystack import PaystackSandboxConfig
 from mcp_autonomy.sandbox.server import SandboxAddress, serve_sandbox
 
@@ -74,7 +82,58 @@ def _paystack(clock: Clock, address: SandboxAddress, callback_base: str | None) 
     return PaystackAdapter(settings, clock)
 
 
-ADAPTER_BUILDERS: dict[str, AdapterBuilder] = {"mpesa": _mpesa, "paystack": _paystack}
+def _mtn_momo(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+    cfg = MtnMomoSandboxConfig()
+    settings = MtnMomoSettings(
+        api_user=cfg.api_user,
+        api_key=SecretStr(cfg.api_key),
+        collection_subscription_key=SecretStr(cfg.collection_subscription_key),
+        disbursement_subscription_key=SecretStr(cfg.disbursement_subscription_key),
+        base_url=address.url("mtn_momo"),
+        target_environment=cfg.target_environment,
+    )
+    return MtnMomoAdapter(settings, clock)
+
+
+def _airtel_money(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+    cfg = AirtelMoneySandboxConfig()
+    settings = AirtelMoneySettings(
+        client_id=cfg.client_id,
+        client_secret=SecretStr(cfg.client_secret),
+        base_url=address.url("airtel_money"),
+        countries=list(cfg.markets),
+        disbursement_pin=SecretStr(cfg.disbursement_pin),
+        pin_public_key=SecretStr(sandbox_pin_public_key()),
+    )
+    return AirtelMoneyAdapter(settings, clock)
+
+
+def _intasend(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+    cfg = IntaSendSandboxConfig()
+    settings = IntaSendSettings(
+        secret_key=SecretStr(cfg.secret_keys[0]), public_key=cfg.public_key, base_url=address.url("intasend")
+    )
+    return IntaSendAdapter(settings, clock)
+
+
+def _flutterwave(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+    cfg = FlutterwaveSandboxConfig()
+    settings = FlutterwaveSettings(
+        secret_key=SecretStr(cfg.secret_keys[0]),
+        base_url=address.url("flutterwave"),
+        customer_email_domain=SANDBOX_EMAIL_DOMAIN,
+    )
+    return FlutterwaveAdapter(settings, clock)
+
+
+ADAPTER_BUILDERS: dict[str, AdapterBuilder] = {
+    "mpesa": _mpesa,
+    "paystack": _paystack,
+    "mtn_momo": _mtn_momo,
+    "airtel_money": _airtel_money,
+    "intasend": _intasend,
+    "flutterwave": _flutterwave,
+}
 """How to build each emulated provider's adapter against the sandbox."""
 
 

@@ -1,0 +1,491 @@
+"""MtnMomoAdapter against the MoMo emulator over loopback HTTP, time driven by a manual clock."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.providers.base import (
+    NOT_FOUND_CODE,
+    ErrorClass,
+    Money,
+    Operation,
+    PaymentRequest,
+    ProviderAdapter,
+    ProviderError,
+    TransactionStatus,
+)
+from mcp_autonomy.providers.mtn_momo import MtnMomoAdapter, MtnMomoSettings, amount_text, capabilities_for
+from mcp_autonomy.sandbox import (
+    AcceptThenHangSpec,
+    CredentialExpirySpec,
+    CustomerBehavior,
+    EndpointKind,
+    LedgerStatus,
+    OutageSpec,
+    Sandbox,
+    SandboxAddress,
+    SandboxCredentials,
+    ThrottleSpec,
+    create_sandbox_app,
+    sandbox_of,
+    serve_sandbox,
+)
+from mcp_autonomy.sandbox import app as sandbox_app
+from mcp_autonomy.sandbox.mtn_momo import MtnMomoEmulator, MtnMomoSandboxConfig
+
+pytestmark = pytest.mark.anyio
+
+TEST_DEADLINE_S = 30.0
+"""Wall-clock bound on one test's body: real sockets are involved, a hang must fail, not stall."""
+PHONE = "+256772000001"
+OTHER_PHONE = "+256772000002"
+
+
+@dataclass
+class MomoEnv:
+    """A running sandbox and a MoMo adapter pointed at its gated port."""
+
+    clock: ManualClock
+    sandbox: Sandbox
+    address: SandboxAddress
+    adapter: MtnMomoAdapter
+    settings: MtnMomoSettings
+
+    @property
+    def emulator(self) -> MtnMomoEmulator:
+        emulator = self.sandbox.emulators["mtn_momo"]
+        assert isinstance(emulator, MtnMomoEmulator)
+        return emulator
+
+    def new_adapter(self, **overrides: Any) -> MtnMomoAdapter:
+        """Another adapter on the same sandbox, with some settings changed."""
+        return MtnMomoAdapter(momo_settings(self.settings.base_url, **overrides), self.clock, timeout_s=2.0)
+
+
+def momo_settings(base_url: str, **overrides: Any) -> MtnMomoSettings:
+    config = MtnMomoSandboxConfig()
+    values: dict[str, Any] = {
+        "api_user": config.api_user,
+        "api_key": SecretStr(config.api_key),
+        "collection_subscription_key": SecretStr(config.collection_subscription_key),
+        "disbursement_subscription_key": SecretStr(config.disbursement_subscription_key),
+        "base_url": base_url,
+        "probe_min_interval_s": 30.0,
+    }
+    values.update(overrides)
+    return MtnMomoSettings(**values)
+
+
+@asynccontextmanager
+async def _momo_env(
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    timeout_s: float = 2.0,
+    config: MtnMomoSandboxConfig | None = None,
+    **overrides: Any,
+) -> AsyncIterator[MomoEnv]:
+    # Registered for this test only: the shared PROVIDERS map is owned by sandbox/app.py.
+    monkeypatch.setitem(sandbox_app.PROVIDERS, "mtn_momo", MtnMomoEmulator)
+    credentials = SandboxCredentials(mtn_momo=config) if config else None
+    app = create_sandbox_app(clock, seed=11, credentials=credentials, providers=["mtn_momo"])
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with anyio.create_task_group() as tg:
+            address: SandboxAddress = await tg.start(serve_sandbox, app)
+            settings = momo_settings(address.url("mtn_momo"), **overrides)
+            adapter = MtnMomoAdapter(settings, clock, timeout_s=timeout_s)
+            try:
+                yield MomoEnv(clock, sandbox_of(app), address, adapter, settings)
+            finally:
+                await adapter.close()
+                tg.cancel_scope.cancel()
+
+
+Env = Callable[..., AbstractAsyncContextManager[MomoEnv]]
+
+
+@pytest.fixture
+def momo_env(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """`async with momo_env(**setting_overrides) as env:`."""
+    return partial(_momo_env, clock, monkeypatch)
+
+
+def eur(key: str, amount_minor: int = 1_050, phone: str = PHONE, **kw: Any) -> PaymentRequest:
+    operation = kw.pop("operation", Operation.COLLECT)
+    return PaymentRequest(
+        idempotency_key=key,
+        operation=operation,
+        money=Money(amount_minor=amount_minor, currency="EUR"),
+        phone=phone,
+        country="UG",
+        description=kw.pop("description", "order 42"),
+    )
+
+
+async def test_collect_succeeds_end_to_end_with_a_token_per_product(momo_env: Env) -> None:
+    async with momo_env() as env:
+        assert isinstance(env.adapter, ProviderAdapter)
+        await env.adapter.initialize()
+        assert env.emulator.tokens_issued == {"collection": 1, "disbursement": 1}
+
+        txn = await env.adapter.collect(eur("momo-order-0001"))
+        assert (txn.status, txn.raw_status) == (TransactionStatus.PENDING, "accepted")
+        assert uuid.UUID(txn.reference).version == 4
+        assert txn.reference == MtnMomoAdapter.reference_for("momo-order-0001")
+
+        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.PENDING
+        await env.clock.advance(5)  # the customer approves
+        done = await env.adapter.status(txn.reference)
+        assert (done.status, done.raw_status) == (TransactionStatus.SUCCEEDED, "SUCCESSFUL")
+        assert done.money == Money(amount_minor=1_050, currency="EUR")
+        assert done.raw.get("financialTransactionId")
+        [entry] = env.sandbox.ledger.charges_for(PHONE)
+        assert (entry.status, entry.amount_minor, entry.reference) == (
+            LedgerStatus.SUCCEEDED,
+            1_050,
+            txn.reference,
+        )
+        assert env.emulator.tokens_issued == {"collection": 1, "disbursement": 1}
+
+
+async def test_declined_and_expired_requests_fail_with_their_reason(momo_env: Env) -> None:
+    async with momo_env() as env:
+        env.sandbox.customers.set(CustomerBehavior(msisdn=PHONE, action="decline", delay_s=2))
+        env.sandbox.customers.set(CustomerBehavior(msisdn=OTHER_PHONE, action="ignore"))
+        declined = await env.adapter.collect(eur("momo-order-decline"))
+        ignored = await env.adapter.collect(eur("momo-order-ignore", phone=OTHER_PHONE))
+        await env.clock.advance(2)
+        failed = await env.adapter.status(declined.reference)
+        assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "APPROVAL_REJECTED")
+        assert (await env.adapter.status(ignored.reference)).status is TransactionStatus.PENDING
+        await env.clock.advance(300)
+        expired = await env.adapter.status(ignored.reference)
+        assert (expired.status, expired.provider_code) == (TransactionStatus.FAILED, "EXPIRED")
+        assert env.sandbox.ledger.successful_charges_for(PHONE) == []
+
+
+async def test_a_resend_meets_409_and_is_answered_with_the_first_request(momo_env: Env) -> None:
+    async with momo_env() as env:
+        first = await env.adapter.collect(eur("momo-order-twice"))
+        again = await env.adapter.collect(eur("momo-order-twice"))  # 409 RESOURCE_ALREADY_EXIST
+        assert (again.reference, again.status, again.raw_status) == (
+            first.reference,
+            TransactionStatus.PENDING,
+            "PENDING",
+        )
+        with pytest.raises(ProviderError) as different:
+            await env.adapter.collect(eur("momo-order-twice", amount_minor=9_999))
+        assert (different.value.error_class, different.value.code) == (
+            ErrorClass.INVALID_REQUEST,
+            "RESOURCE_ALREADY_EXIST",
+        )
+        assert env.sandbox.ledger.count_by_reference(first.reference) == 1
+
+
+async def test_invalid_requests_locally_and_at_momo(momo_env: Env) -> None:
+    async with momo_env() as env:
+        ugx = eur("momo-order-ugx").model_copy(update={"money": Money(amount_minor=1_500, currency="UGX")})
+        with pytest.raises(ProviderError) as currency:
+            await env.adapter.collect(ugx)  # the sandbox environment takes EUR only
+        assert currency.value.error_class is ErrorClass.INVALID_REQUEST
+        with pytest.raises(ProviderError) as remote:
+            await env.adapter.collect(eur("momo-order-quote", description="don't"))
+        error = remote.value  # MoMo refuses apostrophes in notes with a 400
+        assert (error.error_class, error.http_status, error.code) == (
+            ErrorClass.INVALID_REQUEST,
+            400,
+            "BAD_REQUEST",
+        )
+        assert len(env.sandbox.ledger) == 0
+
+
+async def test_wrong_api_key_and_wrong_subscription_key_are_auth_errors(momo_env: Env) -> None:
+    async with momo_env() as env:
+        wrong_key = env.new_adapter(api_key=SecretStr("not-the-api-key-41c9"))
+        with pytest.raises(ProviderError) as login:
+            await wrong_key.initialize()
+        assert (login.value.error_class, login.value.code, login.value.http_status) == (
+            ErrorClass.AUTH,
+            "login_failed",
+            401,
+        )
+        assert "not-the-api-key-41c9" not in str(login.value)
+        assert "not-the-api-key-41c9" not in repr(wrong_key._settings)
+        await wrong_key.close()
+
+        wrong_subscription = env.new_adapter(collection_subscription_key=SecretStr("nope-sub-7e2a"))
+        with pytest.raises(ProviderError) as subscription:
+            await wrong_subscription.collect(eur("momo-order-sub"))
+        assert subscription.value.error_class is ErrorClass.AUTH
+        assert "invalid subscription key" in subscription.value.provider_message
+        assert subscription.value.safe_to_fail_over
+        assert "nope-sub-7e2a" not in str(subscription.value)
+        await wrong_subscription.close()
+        assert len(env.sandbox.ledger) == 0
+
+
+async def test_throttled_status_queries_are_rate_limited(momo_env: Env) -> None:
+    async with momo_env() as env:
+        txn = await env.adapter.collect(eur("momo-order-rate"))
+        env.sandbox.faults.add(
+            "mtn_momo", ThrottleSpec(max_per_s=1, retry_after_s=2), endpoints=[EndpointKind.STATUS]
+        )
+        await env.adapter.status(txn.reference)
+        with pytest.raises(ProviderError) as limited:
+            await env.adapter.status(txn.reference)
+        error = limited.value
+        assert (error.error_class, error.http_status, error.retry_after_s) == (
+            ErrorClass.RATE_LIMITED,
+            429,
+            2,
+        )
+        assert error.safe_to_fail_over
+        await env.clock.advance(1)
+        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.PENDING
+
+
+async def test_refused_outage_is_not_processed(momo_env: Env) -> None:
+    async with momo_env() as env:
+        await env.adapter.initialize()
+        env.sandbox.faults.add("mtn_momo", OutageSpec(mode="refused"), end_s=30)
+        await env.clock.advance(0)  # let the gate close the port
+        with pytest.raises(ProviderError) as refused:
+            await env.adapter.collect(eur("momo-order-down"))
+        assert (refused.value.error_class, refused.value.code) == (ErrorClass.NOT_PROCESSED, "ConnectError")
+        assert len(env.sandbox.ledger) == 0
+        await env.clock.advance(30)
+        assert (await env.adapter.collect(eur("momo-order-down"))).status is TransactionStatus.PENDING
+
+
+async def test_accept_then_hang_is_ambiguous_and_never_charged_twice(momo_env: Env) -> None:
+    async with momo_env(timeout_s=5.0) as env:
+        await env.adapter.initialize()
+        env.adapter.set_timeout(0.3)
+        assert env.adapter.timeout_s == 0.3
+        env.sandbox.faults.add("mtn_momo", AcceptThenHangSpec(), endpoints=[EndpointKind.COLLECT])
+        request = eur("momo-order-hang")
+        with pytest.raises(ProviderError) as hung:
+            await env.adapter.collect(request)
+        assert (hung.value.error_class, hung.value.code) == (ErrorClass.AMBIGUOUS, "ReadTimeout")
+        reference = MtnMomoAdapter.reference_for(request.idempotency_key)
+        assert env.sandbox.ledger.count_by_reference(reference) == 1
+
+        found = await env.adapter.status(reference)  # resolved by the idempotent status query
+        assert found.status is TransactionStatus.PENDING
+        env.sandbox.faults.clear()
+        replay = await env.adapter.collect(request)  # 409 -> the first request, not a second one
+        assert replay.reference == reference
+        await env.clock.advance(5)
+        assert (await env.adapter.status(reference)).status is TransactionStatus.SUCCEEDED
+        assert env.sandbox.ledger.count_by_reference(reference) == 1
+        assert len(env.sandbox.ledger.successful_charges_for(PHONE)) == 1
+
+
+async def test_token_revoked_mid_run_is_replaced_for_that_product_only(momo_env: Env) -> None:
+    async with momo_env() as env:
+        await env.adapter.initialize()
+        await env.adapter.collect(eur("momo-order-before"))
+        await env.clock.advance(60)
+        env.sandbox.faults.add("mtn_momo", CredentialExpirySpec(), endpoints=[EndpointKind.COLLECT])
+        txn = await env.adapter.collect(eur("momo-order-after", phone=OTHER_PHONE))
+        assert txn.status is TransactionStatus.PENDING
+        assert env.emulator.tokens_issued == {"collection": 2, "disbursement": 1}
+        assert len(env.sandbox.ledger) == 2
+
+
+async def test_tokens_are_refreshed_before_they_expire(momo_env: Env) -> None:
+    async with momo_env(config=MtnMomoSandboxConfig(token_ttl_s=120)) as env:
+        await env.adapter.initialize()
+        await env.clock.advance(80)  # a 120 s token is refreshed 30 s (a quarter) early
+        await env.adapter.collect(eur("momo-order-early"))
+        assert env.emulator.tokens_issued["collection"] == 1
+        await env.clock.advance(15)
+        await env.adapter.collect(eur("momo-order-late", phone=OTHER_PHONE))
+        assert env.emulator.tokens_issued["collection"] == 2
+
+
+async def test_payout_uses_disbursement_and_is_found_by_a_fresh_adapter(momo_env: Env) -> None:
+    async with momo_env() as env:
+        env.sandbox.customers.set(CustomerBehavior(msisdn=OTHER_PHONE, payout_result_code="PAYEE_NOT_FOUND"))
+        txn = await env.adapter.payout(eur("momo-payout-0001", 5_000, operation=Operation.PAYOUT))
+        failing = await env.adapter.payout(
+            eur("momo-payout-0002", 700, OTHER_PHONE, operation=Operation.PAYOUT)
+        )
+        assert txn.status is TransactionStatus.PENDING
+        assert env.emulator.tokens_issued == {"collection": 0, "disbursement": 1}
+
+        fresh = env.new_adapter()  # knows nothing: tries collection (404), then disbursement
+        assert (await fresh.status(txn.reference)).status is TransactionStatus.PENDING
+        await env.clock.advance(3)
+        done = await fresh.status(txn.reference)
+        assert (done.status, done.money) == (
+            TransactionStatus.SUCCEEDED,
+            Money(amount_minor=5_000, currency="EUR"),
+        )
+        failed = await env.adapter.status(failing.reference)
+        assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "PAYEE_NOT_FOUND")
+        await fresh.close()
+        [entry, _] = env.sandbox.ledger.entries(operation="payout")
+        assert entry.status is LedgerStatus.SUCCEEDED
+
+
+async def test_refunds_partial_then_full_reverse_the_collection(momo_env: Env) -> None:
+    async with momo_env() as env:
+        txn = await env.adapter.collect(eur("momo-order-refund", 2_000))
+        await env.clock.advance(5)
+        paid = await env.adapter.status(txn.reference)
+        with pytest.raises(ProviderError) as too_much:
+            await env.adapter.refund(paid, Money(amount_minor=2_500, currency="EUR"))
+        assert too_much.value.error_class is ErrorClass.INVALID_REQUEST
+
+        part = await env.adapter.refund(paid, Money(amount_minor=500, currency="EUR"))
+        assert (part.status, part.reference) == (TransactionStatus.PENDING, txn.reference)
+        assert part.provider_reference is not None and part.provider_reference != txn.reference
+        repeat = await env.adapter.refund(paid, Money(amount_minor=500, currency="EUR"))  # 409 -> same refund
+        assert repeat.provider_reference == part.provider_reference
+        await env.clock.advance(3)
+        assert (
+            await env.adapter.refund_status(part.provider_reference)
+        ).status is TransactionStatus.SUCCEEDED
+        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.SUCCEEDED
+
+        env.sandbox.faults.add("mtn_momo", OutageSpec(mode="503"), endpoints=[EndpointKind.REFUND])
+        with pytest.raises(ProviderError) as unavailable:
+            await env.adapter.refund(paid, Money(amount_minor=1_500, currency="EUR"))
+        assert unavailable.value.error_class is ErrorClass.AMBIGUOUS  # a 503 on a money move: maybe
+        # MoMo never saw it: the status query skips the unknown refund id instead of failing.
+        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.SUCCEEDED
+        env.sandbox.faults.clear()
+        await env.adapter.refund(paid, Money(amount_minor=1_500, currency="EUR"))
+        await env.clock.advance(3)
+        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.REVERSED
+        assert env.sandbox.ledger.charges_for(PHONE)[0].status is LedgerStatus.REVERSED
+        refunds = env.sandbox.ledger.entries(operation="refund")
+        assert [r.amount_minor for r in refunds] == [500, 1_500]
+
+
+async def test_probe_is_cached_and_a_read_never_ambiguous(momo_env: Env) -> None:
+    async with momo_env() as env:
+        first = await env.adapter.probe()
+        assert first.ok and "EUR" in first.detail
+        assert (await env.adapter.probe()).detail.endswith("(cached)")
+        env.sandbox.faults.add("mtn_momo", OutageSpec(mode="503"), endpoints=[EndpointKind.PROBE])
+        await env.clock.advance(30)
+        with pytest.raises(ProviderError) as down:
+            await env.adapter.probe()
+        assert (down.value.error_class, down.value.http_status) == (ErrorClass.NOT_PROCESSED, 503)
+
+
+async def test_unknown_reference_is_not_found(momo_env: Env) -> None:
+    async with momo_env() as env:
+        with pytest.raises(ProviderError) as missing:
+            await env.adapter.status(MtnMomoAdapter.reference_for("momo-never-sent"))
+        assert (missing.value.error_class, missing.value.code) == (ErrorClass.NOT_PROCESSED, NOT_FOUND_CODE)
+
+
+async def test_momo_protocol_shapes(momo_env: Env) -> None:
+    """The emulator answers like MoMo on the wire (what the adapter relies on)."""
+    async with momo_env() as env, httpx.AsyncClient(base_url=env.address.url("mtn_momo")) as client:
+        config = MtnMomoSandboxConfig()
+        basic = base64.b64encode(f"{config.api_user}:{config.api_key}".encode()).decode()
+        collection_key = {"Ocp-Apim-Subscription-Key": config.collection_subscription_key}
+        with_body = await client.post(
+            "/collection/token/", json={}, headers={"Authorization": f"Basic {basic}", **collection_key}
+        )
+        assert with_body.status_code == 400
+        no_key = await client.post("/collection/token/", headers={"Authorization": f"Basic {basic}"})
+        assert (no_key.status_code, no_key.json()["statusCode"]) == (401, 401)
+        token = await client.post(
+            "/collection/token/", headers={"Authorization": f"Basic {basic}", **collection_key}
+        )
+        assert set(token.json()) == {"access_token", "token_type", "expires_in"}
+        bearer = {
+            "Authorization": f"Bearer {token.json()['access_token']}",
+            "X-Target-Environment": "sandbox",
+        }
+        transfer = {
+            "amount": "1",
+            "currency": "EUR",
+            "externalId": "x",
+            "payee": {"partyIdType": "MSISDN", "partyId": "256772000009"},
+            "payerMessage": "m",
+            "payeeNote": "n",
+        }
+        cross_product = await client.post(
+            "/disbursement/v1_0/transfer",
+            json=transfer,
+            headers={
+                **bearer,
+                "X-Reference-Id": str(uuid.uuid4()),
+                "Ocp-Apim-Subscription-Key": config.disbursement_subscription_key,
+            },
+        )
+        assert cross_product.status_code == 401  # a collection token is no disbursement token
+        pay = {**transfer, "payer": transfer["payee"]}
+        v1_id = await client.post(
+            "/collection/v1_0/requesttopay",
+            json=pay,
+            headers={**bearer, **collection_key, "X-Reference-Id": str(uuid.uuid1())},
+        )
+        assert (v1_id.status_code, v1_id.json()["code"]) == (400, "BAD_REQUEST")
+        reference_id = str(uuid.uuid4())
+        accepted = await client.post(
+            "/collection/v1_0/requesttopay",
+            json=pay,
+            headers={**bearer, **collection_key, "X-Reference-Id": reference_id},
+        )
+        assert (accepted.status_code, accepted.content) == (202, b"")
+        duplicate = await client.post(
+            "/collection/v1_0/requesttopay",
+            json=pay,
+            headers={**bearer, **collection_key, "X-Reference-Id": reference_id},
+        )
+        assert duplicate.status_code == 409
+        assert duplicate.json() == {
+            "code": "RESOURCE_ALREADY_EXIST",
+            "message": "Duplicated reference id. Creation of resource failed.",
+        }
+        missing = await client.get(
+            f"/collection/v1_0/requesttopay/{uuid.uuid4()}", headers={**bearer, **collection_key}
+        )
+        assert (missing.status_code, missing.json()["code"]) == (404, "RESOURCE_NOT_FOUND")
+
+
+def test_settings_from_the_environment_and_market_capabilities(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, clock: ManualClock
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    for name, value in {
+        "MTN_MOMO_API_USER": "0f3c2a51-8d7e-4b6a-9c1d-2e5f7a8b9c0d",
+        "MTN_MOMO_API_KEY": "k",
+        "MTN_MOMO_COLLECTION_SUBSCRIPTION_KEY": "c",
+        "MTN_MOMO_TARGET_ENVIRONMENT": "mtnuganda",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY", raising=False)
+    adapter = MtnMomoAdapter(MtnMomoSettings(), clock)
+    caps = adapter.capabilities
+    assert (caps.currencies, caps.countries, caps.operations) == (
+        frozenset({"UGX"}),
+        frozenset({"UG"}),
+        frozenset({Operation.COLLECT}),  # no disbursement key: no payouts, no refunds
+    )
+    sandbox = capabilities_for("sandbox", disbursement=True)
+    assert sandbox.currencies == {"EUR"} and {"UG", "GH", "CM", "CI", "ZM"} <= sandbox.countries
+    assert amount_text(Money(amount_minor=1_500, currency="UGX")) == "1500"
+    assert amount_text(Money(amount_minor=1_005, currency="EUR")) == "10.05"
+    monkeypatch.setenv("MTN_MOMO_TARGET_ENVIRONMENT", "mtnatlantis")
+    with pytest.raises(ValueError):
+        MtnMomoSettings()
