@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the bundled provider sandbox in-process and point every provider at it",
     )
     from mcp_autonomy.autonomy.detect_cli import add_detect_parser
+    from mcp_autonomy.sandbox.cli import add_sandbox_parsers
 
     add_detect_parser(commands)
+    add_sandbox_parsers(commands)
     return parser
 
 
@@ -69,6 +71,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("sandbox", "chaos"):
+        from mcp_autonomy.sandbox.cli import run_chaos, run_sandbox
+
+        configure_logging("WARNING")
+        return run_sandbox(args) if args.command == "sandbox" else run_chaos(args)
     if args.command == "detect":
         from mcp_autonomy.autonomy.detect_cli import run_detect
 
