@@ -1,4 +1,4 @@
-"""Per-provider rolling telemetry on numpy ring buffers.
+"""Per-provider rolling telemetry on numpy ring buffers (lists on the hot path, numpy for the figures).
 
 Every call the router makes is recorded here: when, how long, and how it ended. Snapshots
 compute request rate, error rate by class and latency percentiles over a time window from
@@ -79,9 +79,11 @@ class ProviderTelemetry:
             raise ValueError(f"capacity must be >= 16, got {capacity}")
         self.provider = provider
         self._clock = clock
-        self._at = np.zeros(capacity, dtype=np.float64)
-        self._latency_ms = np.zeros(capacity, dtype=np.float32)
-        self._outcome = np.zeros(capacity, dtype=np.int8)
+        # Plain lists on the hot path (an item assignment costs ~30 ns, a numpy one ~500 ns);
+        # snapshots, which are rare, turn them into arrays.
+        self._at: list[float] = [0.0] * capacity
+        self._latency_ms: list[float] = [0.0] * capacity
+        self._outcome: list[int] = [0] * capacity
         self._capacity = capacity
         self._next = 0
         self._count = 0
@@ -92,15 +94,17 @@ class ProviderTelemetry:
         i = self._next
         self._at[i] = self._clock.monotonic()
         self._latency_ms[i] = latency_ms
-        self._outcome[i] = outcome
-        self._next = (i + 1) % self._capacity
+        self._outcome[i] = outcome  # an IntEnum is an int
+        self._next = i + 1 if i + 1 < self._capacity else 0
         if self._count < self._capacity:
             self._count += 1
         self.total_recorded += 1
 
     def _window(self, window_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self._count
-        at, lat, out = self._at[:n], self._latency_ms[:n], self._outcome[:n]
+        at = np.array(self._at[:n], dtype=np.float64)
+        lat = np.array(self._latency_ms[:n], dtype=np.float32)
+        out = np.array(self._outcome[:n], dtype=np.int8)
         mask = at >= self._clock.monotonic() - window_s
         return at[mask], lat[mask], out[mask]
 

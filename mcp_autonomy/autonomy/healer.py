@@ -23,7 +23,7 @@ from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.providers.base import ProbeResult, ProviderError
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerState
-from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
+from mcp_autonomy.resilience.health import PASSIVE_WINDOW_S, HealthSnapshot, HealthStatus, HealthTransition
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.store import Store
 
@@ -93,6 +93,10 @@ class SelfHealer(Component):
 
     async def tick(self) -> None:
         for entry in self.providers.entries():
+            snapshot = self.router.telemetry.provider(entry.name).snapshot(PASSIVE_WINDOW_S)
+            self._publish(
+                entry, entry.health.record_passive(snapshot.requests, snapshot.error_rate, self.clock.now())
+            )
             await self.probe(entry)
             if entry.health.status is HealthStatus.UNHEALTHY:
                 await self._maybe_fail_over(entry)
@@ -149,7 +153,12 @@ class SelfHealer(Component):
                 latency_ms=(time.perf_counter() - started) * 1000,
                 detail=f"{type(exc).__name__}: {exc}",
             )
-        transition = entry.health.record_probe(result, self.clock.now())
+        self._publish(entry, entry.health.record_probe(result, self.clock.now()), result.latency_ms)
+        return result
+
+    def _publish(
+        self, entry: ProviderEntry, transition: HealthTransition | None, probe_ms: float | None = None
+    ) -> None:
         if transition is not None:
             self.bus.emit(
                 EventType.PROVIDER_HEALTH_CHANGED,
@@ -163,10 +172,9 @@ class SelfHealer(Component):
                     "from": transition.from_status.value,
                     "to": transition.to_status.value,
                     "reason": transition.reason,
-                    "probe_latency_ms": round(result.latency_ms, 3),
+                    "probe_latency_ms": None if probe_ms is None else round(probe_ms, 3),
                 },
             )
-        return result
 
     async def _maybe_auto_heal(self, entry: ProviderEntry) -> None:
         now = self.clock.monotonic()

@@ -1,8 +1,17 @@
-"""Provider health from measured probe outcomes, with hysteresis so one blip does not flap it.
+"""Provider health from active probes and passive outcomes, with hysteresis so a blip cannot flap it.
 
-Rules (named constants below): a failed probe takes a healthy provider to `degraded`;
-`UNHEALTHY_AFTER_FAILURES` consecutive failures make it `unhealthy`; it is `healthy` again only
-after `HEALTHY_AFTER_SUCCESSES` consecutive successes. Before any probe it is `unknown`.
+Two measured views are combined, and the worse one wins:
+
+- **active probes** (the healer's cheap read-only calls): a failed probe takes a healthy provider
+  to `degraded`; `UNHEALTHY_AFTER_FAILURES` consecutive failures make it `unhealthy`; it is
+  `healthy` again only after `HEALTHY_AFTER_SUCCESSES` consecutive successes;
+- **passive outcomes** (the real payments' error rate over the last `PASSIVE_WINDOW_S`, from
+  telemetry): with at least `PASSIVE_MIN_REQUESTS` requests, an error rate at or above
+  `PASSIVE_UNHEALTHY_ERROR_RATE` is `unhealthy`, at or above `PASSIVE_DEGRADED_ERROR_RATE`
+  `degraded`; it recovers only below `PASSIVE_RECOVERED_ERROR_RATE`. Too few requests is no
+  evidence either way.
+
+Before any evidence a provider is `unknown`.
 """
 
 from __future__ import annotations
@@ -16,6 +25,11 @@ from mcp_autonomy.providers.base import ProbeResult
 
 UNHEALTHY_AFTER_FAILURES = 2
 HEALTHY_AFTER_SUCCESSES = 2
+PASSIVE_WINDOW_S = 60.0
+PASSIVE_MIN_REQUESTS = 10
+PASSIVE_UNHEALTHY_ERROR_RATE = 0.5
+PASSIVE_DEGRADED_ERROR_RATE = 0.2
+PASSIVE_RECOVERED_ERROR_RATE = 0.1
 
 
 class HealthStatus(StrEnum):
@@ -40,6 +54,10 @@ class HealthSnapshot(BaseModel):
     consecutive_successes: int
     probes_total: int
     probes_failed: int
+    probe_status: HealthStatus
+    passive_status: HealthStatus
+    passive_error_rate: float | None
+    passive_requests: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +77,10 @@ class ProviderHealth:
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.status = HealthStatus.UNKNOWN
+        self.probe_status = HealthStatus.UNKNOWN
+        self.passive_status = HealthStatus.UNKNOWN
+        self.passive_error_rate: float | None = None
+        self.passive_requests = 0
         self.since: float | None = None
         self.last_probe: ProbeResult | None = None
         self.last_probe_at: float | None = None
@@ -79,33 +101,54 @@ class ProviderHealth:
             self.probes_failed += 1
             self.consecutive_failures += 1
             self.consecutive_successes = 0
-        new = self._next_status(result)
-        if new is self.status:
-            return None
-        transition = HealthTransition(
-            self.provider,
-            self.status,
-            new,
+        self.probe_status = self._next_probe_status(result)
+        return self._combine(
             at,
             f"probe {'ok' if result.ok else 'failed'} ({result.detail or 'no detail'}); "
             f"{self.consecutive_successes} consecutive ok, {self.consecutive_failures} consecutive failed",
         )
+
+    def record_passive(self, requests: int, error_rate: float | None, at: float) -> HealthTransition | None:
+        """Fold in the real calls' error rate over the last `PASSIVE_WINDOW_S`."""
+        self.passive_requests = requests
+        self.passive_error_rate = error_rate
+        if requests < PASSIVE_MIN_REQUESTS or error_rate is None:
+            self.passive_status = HealthStatus.UNKNOWN
+        elif error_rate >= PASSIVE_UNHEALTHY_ERROR_RATE:
+            self.passive_status = HealthStatus.UNHEALTHY
+        elif error_rate >= PASSIVE_DEGRADED_ERROR_RATE:
+            if self.passive_status is not HealthStatus.UNHEALTHY:
+                self.passive_status = HealthStatus.DEGRADED
+        elif error_rate < PASSIVE_RECOVERED_ERROR_RATE:
+            self.passive_status = HealthStatus.HEALTHY
+        # Between the recovered and degraded rates the passive view keeps its state (hysteresis).
+        return self._combine(
+            at,
+            f"{error_rate:.0%} of {requests} real calls failed in {PASSIVE_WINDOW_S:.0f} s"
+            if error_rate is not None
+            else "no real calls",
+        )
+
+    def _combine(self, at: float, reason: str) -> HealthTransition | None:
+        new = _worse(self.probe_status, self.passive_status)
+        if new is self.status:
+            return None
+        transition = HealthTransition(self.provider, self.status, new, at, reason)
         self.status = new
         self.since = at
         return transition
 
-    def _next_status(self, result: ProbeResult) -> HealthStatus:
+    def _next_probe_status(self, result: ProbeResult) -> HealthStatus:
+        current = self.probe_status
         if result.ok:
-            if self.status is HealthStatus.UNKNOWN or self.consecutive_successes >= HEALTHY_AFTER_SUCCESSES:
+            if current is HealthStatus.UNKNOWN or self.consecutive_successes >= HEALTHY_AFTER_SUCCESSES:
                 return HealthStatus.HEALTHY
-            return self.status
+            return current
         if self.consecutive_failures >= UNHEALTHY_AFTER_FAILURES:
             return HealthStatus.UNHEALTHY
-        if self.status is HealthStatus.HEALTHY:
+        if current in (HealthStatus.HEALTHY, HealthStatus.UNKNOWN):
             return HealthStatus.DEGRADED
-        if self.status is HealthStatus.UNKNOWN:
-            return HealthStatus.DEGRADED
-        return self.status
+        return current
 
     def snapshot(self) -> HealthSnapshot:
         probe = self.last_probe
@@ -120,4 +163,21 @@ class ProviderHealth:
             consecutive_successes=self.consecutive_successes,
             probes_total=self.probes_total,
             probes_failed=self.probes_failed,
+            probe_status=self.probe_status,
+            passive_status=self.passive_status,
+            passive_error_rate=self.passive_error_rate,
+            passive_requests=self.passive_requests,
         )
+
+
+_SEVERITY = {
+    HealthStatus.UNKNOWN: 0,
+    HealthStatus.HEALTHY: 1,
+    HealthStatus.DEGRADED: 2,
+    HealthStatus.UNHEALTHY: 3,
+}
+
+
+def _worse(a: HealthStatus, b: HealthStatus) -> HealthStatus:
+    """The worse of two views; `unknown` (no evidence) never hides the other view."""
+    return a if _SEVERITY[a] >= _SEVERITY[b] else b
