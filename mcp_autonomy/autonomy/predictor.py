@@ -1,5 +1,10 @@
 """PredictiveMaintenance: forecasts provider failures from measured telemetry series.
 
+Every tick, each provider's telemetry over the last interval becomes one point on three series
+(error rate, p95 latency, requests per minute), each fed to its own streaming detector (the very
+detector `mcp-autonomy detect` replays). A detector alert becomes a prediction with its
+indicators, window and recommended action, published as a `prediction` event.
+
 Predictions are records that keep score of themselves: each one is later marked `confirmed`,
 `false_positive` or `resolved`, and precision/recall are computed from those outcomes only.
 Until there is telemetry to analyse there are no predictions and every score is null.
@@ -8,15 +13,23 @@ Until there is telemetry to analyse there are no predictions and every score is 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.autonomy.component import Component
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
-from mcp_autonomy.events import EventBus
+from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.store import Store
+
+if TYPE_CHECKING:
+    from mcp_autonomy.autonomy.detection import StreamingDetector
+    from mcp_autonomy.providers.registry import ProviderRegistry
+    from mcp_autonomy.telemetry import Telemetry
+
+SERIES = ("error_rate", "latency_p95_ms", "requests_per_min")
+"""The per-provider series the detectors watch."""
 
 
 class PredictionType(StrEnum):
@@ -78,16 +91,70 @@ class PredictiveMaintenance(Component):
         interval_s: float,
         sensitivity: Sensitivity,
         auto_schedule_maintenance: bool,
+        telemetry: Telemetry | None = None,
+        providers: ProviderRegistry | None = None,
     ) -> None:
         super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
         self.sensitivity = sensitivity
         self.auto_schedule_maintenance = auto_schedule_maintenance
+        self.telemetry = telemetry
+        self.providers = providers
         self._predictions: dict[str, Prediction] = {}
-        self._series_tracked = 0
+        self._detectors: dict[tuple[str, str], StreamingDetector] = {}
+
+    @property
+    def _series_tracked(self) -> int:
+        return len(self._detectors)
+
+    def _detector(self, provider: str, series: str) -> StreamingDetector:
+        from mcp_autonomy.autonomy.detection import StreamingDetector, StreamingDetectorConfig
+
+        key = (provider, series)
+        detector = self._detectors.get(key)
+        if detector is None:
+            config = StreamingDetectorConfig.for_sensitivity(self.sensitivity)
+            detector = self._detectors[key] = StreamingDetector(config)
+        return detector
 
     async def tick(self) -> None:
-        # No series are fed yet: the detectors arrive with the telemetry they analyse.
-        self._series_tracked = 0
+        if self.telemetry is None or self.providers is None:
+            return
+        from mcp_autonomy.autonomy.detection import PredictionBuilder
+
+        builder = PredictionBuilder()
+        now = self.clock.now()
+        for provider in self.providers.names():
+            snapshot = self.telemetry.provider(provider).snapshot(self.interval_s)
+            if snapshot.requests == 0:
+                continue  # no traffic is no evidence: a gap, not a zero
+            values = {
+                "error_rate": snapshot.error_rate,
+                "latency_p95_ms": snapshot.latency_p95_ms,
+                "requests_per_min": snapshot.requests_per_min,
+            }
+            for series in SERIES:
+                value = values[series]
+                if value is None:
+                    continue
+                result = self._detector(provider, series).update(now, float(value))
+                if result.alert is None:
+                    continue
+                prediction = builder.build(provider, series, result.alert)
+                if prediction is not None:
+                    self._record(prediction)
+
+    def _record(self, prediction: Prediction) -> None:
+        self._predictions[prediction.id] = prediction
+        self.bus.emit(
+            EventType.PREDICTION,
+            component=self.name,
+            provider=prediction.provider,
+            dry_run=self.dry_run,
+            severity=Severity.CRITICAL if prediction.severity == "critical" else Severity.WARNING,
+            message=f"{prediction.provider}: {prediction.type.value} predicted "
+            f"(confidence {prediction.confidence:.2f}): {prediction.recommended_action}",
+            data=prediction.model_dump(mode="json"),
+        )
 
     def predictions(
         self,

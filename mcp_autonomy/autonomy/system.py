@@ -209,6 +209,8 @@ class AutonomousSystem:
             interval_s=s.prediction_interval_ms / 1000,
             sensitivity=s.prediction_sensitivity,
             auto_schedule_maintenance=s.auto_schedule_maintenance,
+            telemetry=self.telemetry,
+            providers=self.providers,
         )
         self.auto_optimizer = AutoOptimizer(
             clock=self.clock,

@@ -1,0 +1,57 @@
+"""The live predictive-maintenance loop on measured telemetry, driven by the manual clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mcp_autonomy.autonomy.predictor import PredictionType
+from mcp_autonomy.autonomy.system import AutonomousSystem
+from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.config import Settings
+from mcp_autonomy.events import EventType
+from mcp_autonomy.telemetry import Outcome
+from tests.fakes import ScriptedAdapter
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_error_rate_jump_raises_a_failure_prediction(settings: Settings, clock: ManualClock) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    system = AutonomousSystem(settings, clock=clock)
+    system.register_provider(ScriptedAdapter("mpesa"))
+    rng = random.Random(7)
+    async with system.running():
+        first_prediction_minute = None
+        for minute in range(6 * 60):
+            failing_share = 0.02 if minute < 5 * 60 else 0.35
+            for _ in range(40):
+                failed = rng.random() < failing_share
+                outcome = Outcome.NOT_PROCESSED if failed else Outcome.SUCCESS
+                system.telemetry.record_call("mpesa", outcome, 400.0 * rng.uniform(0.9, 1.1))
+            await clock.advance(60.0)
+            if first_prediction_minute is None and system.predictive_maintenance.predictions(
+                provider="mpesa"
+            ):
+                first_prediction_minute = minute
+        assert first_prediction_minute is not None and 5 * 60 <= first_prediction_minute <= 5 * 60 + 5
+        predictions = system.predictive_maintenance.predictions(provider="mpesa")
+        assert predictions[-1].type is PredictionType.FAILURE
+        assert all(0.0 <= p.confidence <= 1.0 and p.indicators for p in predictions)
+        events = system.events.history(types=[EventType.PREDICTION])
+        assert events and events[0].provider == "mpesa" and events[0].data["type"] == "failure"
+        assert system.predictive_maintenance.details()["series_tracked"] == 3
+
+
+async def test_no_prediction_on_steady_noisy_traffic(settings: Settings, clock: ManualClock) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    system = AutonomousSystem(settings, clock=clock)
+    system.register_provider(ScriptedAdapter("mpesa"))
+    rng = random.Random(11)
+    async with system.running():
+        for _ in range(6 * 60):
+            for _ in range(30):
+                system.telemetry.record_call("mpesa", Outcome.SUCCESS, 400.0 * rng.uniform(0.9, 1.1))
+            await clock.advance(60.0)
+        assert system.predictive_maintenance.predictions() == []
