@@ -64,6 +64,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.http import (
+    HttpClientOwner,
     build_client,
     classify_http_status,
     json_object,
@@ -239,7 +240,7 @@ def _status_block(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(status) if isinstance(status, Mapping) else {}
 
 
-class AirtelMoneyAdapter:
+class AirtelMoneyAdapter(HttpClientOwner):
     """Speaks the Airtel Africa Open API: token cache, USSD push, enquiry, refund, disbursement."""
 
     name = PROVIDER
@@ -299,18 +300,6 @@ class AirtelMoneyAdapter:
         digest = int.from_bytes(hashlib.sha256(idempotency_key.encode()).digest()[:16], "big")
         return "AM" + _base36(digest, REFERENCE_LENGTH - 2)
 
-    @property
-    def timeout_s(self) -> float:
-        """The current per-phase network timeout."""
-        return self._timeout_s
-
-    def set_timeout(self, seconds: float) -> None:
-        """Change the network timeout (the optimizer tunes it); applies to the next request."""
-        timeout = make_timeout(seconds)
-        self._timeout_s = seconds
-        if self._client is not None:
-            self._client.timeout = timeout
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -327,19 +316,8 @@ class AirtelMoneyAdapter:
         self._token = None
         await self._access_token()
 
-    async def close(self) -> None:
-        """Release the HTTP client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(self._settings.base_url, self._timeout_s, transport=self._transport)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
 
     # --- auth ----------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.http import (
+    HttpClientOwner,
     build_client,
     classify_http_status,
     json_object,
@@ -189,7 +190,7 @@ def _data(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(data) if isinstance(data, Mapping) else {}
 
 
-class FlutterwaveAdapter:
+class FlutterwaveAdapter(HttpClientOwner):
     """Speaks Flutterwave v3 for mobile money: charges, verify, transfers, refunds, balances."""
 
     name = PROVIDER
@@ -228,18 +229,6 @@ class FlutterwaveAdapter:
         """`FLW-` + 28 hex characters of the key's SHA-256: the charge `tx_ref`, the transfer `reference`."""
         return "FLW-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:28]
 
-    @property
-    def timeout_s(self) -> float:
-        """The current per-phase network timeout."""
-        return self._timeout_s
-
-    def set_timeout(self, seconds: float) -> None:
-        """Change the network timeout (the optimizer tunes it); applies to the next request."""
-        timeout = make_timeout(seconds)
-        self._timeout_s = seconds
-        if self._client is not None:
-            self._client.timeout = timeout
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -253,12 +242,6 @@ class FlutterwaveAdapter:
         """Re-read the key (a rotated `FLUTTERWAVE_SECRET_KEY`) and rebuild the client with it."""
         await self.initialize()
 
-    async def close(self) -> None:
-        """Release the HTTP client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(
             self._settings.base_url,
@@ -266,11 +249,6 @@ class FlutterwaveAdapter:
             headers={"Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}"},
             transport=self._transport,
         )
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
 
     # --- plumbing ------------------------------------------------------------------------
 

@@ -166,3 +166,40 @@ async def send(
         raise ProviderError(
             provider, error_class, f"{what}: {type(exc).__name__} ({detail})", code=type(exc).__name__
         ) from exc
+
+
+class HttpClientOwner:
+    """The httpx client lifecycle every adapter shares: one lazily built client, a tunable timeout.
+
+    Subclasses set `_client` (None) and `_timeout_s` in `__init__` and implement `_new_client`
+    (base URL, headers, transport).
+    """
+
+    _client: httpx.AsyncClient | None
+    _timeout_s: float
+
+    @property
+    def timeout_s(self) -> float:
+        """The current per-phase network timeout."""
+        return self._timeout_s
+
+    def set_timeout(self, seconds: float) -> None:
+        """Change the network timeout (the optimizer tunes it); applies to the next request."""
+        timeout = make_timeout(seconds)
+        self._timeout_s = seconds
+        if self._client is not None:
+            self._client.timeout = timeout
+
+    async def close(self) -> None:
+        """Release the HTTP client."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        raise NotImplementedError
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client

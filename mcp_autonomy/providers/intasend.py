@@ -63,6 +63,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.http import (
+    HttpClientOwner,
     build_client,
     classify_http_status,
     json_object,
@@ -165,7 +166,7 @@ def _details(body: Mapping[str, Any]) -> tuple[str | None, str]:
     return None, str(plain or "")
 
 
-class IntaSendAdapter:
+class IntaSendAdapter(HttpClientOwner):
     """Speaks IntaSend's REST API for M-Pesa (KES): STK push, send money, chargebacks."""
 
     name = PROVIDER
@@ -208,18 +209,6 @@ class IntaSendAdapter:
         """`IS-` + 29 hex characters of the key's SHA-256: the `api_ref` and batch reference."""
         return "IS-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:29]
 
-    @property
-    def timeout_s(self) -> float:
-        """The current per-phase network timeout."""
-        return self._timeout_s
-
-    def set_timeout(self, seconds: float) -> None:
-        """Change the network timeout (the optimizer tunes it); applies to the next request."""
-        timeout = make_timeout(seconds)
-        self._timeout_s = seconds
-        if self._client is not None:
-            self._client.timeout = timeout
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -233,12 +222,6 @@ class IntaSendAdapter:
         """Re-read the keys (a rotated `INTASEND_SECRET_KEY`) and rebuild the client with them."""
         await self.initialize()
 
-    async def close(self) -> None:
-        """Release the HTTP client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(
             self._settings.base_url,
@@ -249,11 +232,6 @@ class IntaSendAdapter:
             },
             transport=self._transport,
         )
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
 
     # --- plumbing ------------------------------------------------------------------------
 

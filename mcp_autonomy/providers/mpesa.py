@@ -62,6 +62,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.http import (
+    HttpClientOwner,
     build_client,
     classify_http_status,
     json_object,
@@ -192,7 +193,7 @@ def _items(container: Any, key: str) -> dict[str, Any]:
     return out
 
 
-class MpesaAdapter:
+class MpesaAdapter(HttpClientOwner):
     """Speaks Daraja: OAuth token cache, STK push and query, B2C, reversal, callbacks."""
 
     name = PROVIDER
@@ -244,18 +245,6 @@ class MpesaAdapter:
         digest = int.from_bytes(hashlib.sha256(idempotency_key.encode()).digest()[:16], "big")
         return _base36(digest, REFERENCE_LENGTH)
 
-    @property
-    def timeout_s(self) -> float:
-        """The current per-phase network timeout."""
-        return self._timeout_s
-
-    def set_timeout(self, seconds: float) -> None:
-        """Change the network timeout (the optimizer tunes it); applies to the next request."""
-        timeout = make_timeout(seconds)
-        self._timeout_s = seconds
-        if self._client is not None:
-            self._client.timeout = timeout
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -271,19 +260,8 @@ class MpesaAdapter:
         self._token = None
         await self._access_token()
 
-    async def close(self) -> None:
-        """Release the HTTP client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(self._settings.base_url, self._timeout_s, transport=self._transport)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
 
     # --- auth ----------------------------------------------------------------------------
 

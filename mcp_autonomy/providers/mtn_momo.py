@@ -60,6 +60,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.http import (
+    HttpClientOwner,
     build_client,
     classify_http_status,
     json_object,
@@ -220,7 +221,7 @@ def _reason(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-class MtnMomoAdapter:
+class MtnMomoAdapter(HttpClientOwner):
     """Speaks the MoMo Open API: per-product tokens, request-to-pay, transfers, refunds."""
 
     name = PROVIDER
@@ -278,18 +279,6 @@ class MtnMomoAdapter:
         """
         return _uuid4_from(f"{PROVIDER}:refund:{reference}:{money.amount_minor}:{money.currency}")
 
-    @property
-    def timeout_s(self) -> float:
-        """The current per-phase network timeout."""
-        return self._timeout_s
-
-    def set_timeout(self, seconds: float) -> None:
-        """Change the network timeout (the optimizer tunes it); applies to the next request."""
-        timeout = make_timeout(seconds)
-        self._timeout_s = seconds
-        if self._client is not None:
-            self._client.timeout = timeout
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -308,19 +297,8 @@ class MtnMomoAdapter:
         if self._settings.disbursement_subscription_key is not None:
             await self._access_token("disbursement")
 
-    async def close(self) -> None:
-        """Release the HTTP client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(self._settings.base_url, self._timeout_s, transport=self._transport)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
 
     # --- auth ----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.http import (
+    HttpClientOwner,
     build_client,
     classify_http_status,
     json_object,
@@ -132,7 +133,7 @@ def _status_of(raw: str, pending: frozenset[str], failed: frozenset[str]) -> Tra
     return TransactionStatus.UNKNOWN
 
 
-class PaystackAdapter:
+class PaystackAdapter(HttpClientOwner):
     """Speaks Paystack's REST API for mobile money (GHS, KES)."""
 
     name = PROVIDER
@@ -174,18 +175,6 @@ class PaystackAdapter:
         """
         return "ps-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:29]
 
-    @property
-    def timeout_s(self) -> float:
-        """The current per-phase network timeout."""
-        return self._timeout_s
-
-    def set_timeout(self, seconds: float) -> None:
-        """Change the network timeout (the optimizer tunes it); applies to the next request."""
-        timeout = make_timeout(seconds)
-        self._timeout_s = seconds
-        if self._client is not None:
-            self._client.timeout = timeout
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -199,12 +188,6 @@ class PaystackAdapter:
         """Re-read the key (a rotated `PAYSTACK_SECRET_KEY`) and rebuild the client with it."""
         await self.initialize()
 
-    async def close(self) -> None:
-        """Release the HTTP client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(
             self._settings.base_url,
@@ -212,11 +195,6 @@ class PaystackAdapter:
             headers={"Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}"},
             transport=self._transport,
         )
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
 
     # --- plumbing ------------------------------------------------------------------------
 
