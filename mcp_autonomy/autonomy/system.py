@@ -275,6 +275,11 @@ class AutonomousSystem:
     def started(self) -> bool:
         return self._task_group is not None
 
+    @property
+    def ready(self) -> bool:
+        """True once every loop is running (what `/readyz` reports)."""
+        return self._ready.is_set()
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
@@ -294,14 +299,15 @@ class AutonomousSystem:
                 self._started_at = self.clock.now()
                 self._started_mono = self.clock.monotonic()
                 self._task_group = tg
+                for component in self.components.values():
+                    await component.start(tg)
+                # Published once every loop runs: "started" means the whole system is up.
                 self.events.emit(
                     EventType.SYSTEM_STARTED,
                     component="system",
                     message=f"mcp-autonomy {__version__} started (run {self.run_id})",
-                    data={"providers": self.providers.names()},
+                    data={"providers": self.providers.names(), "components": list(self.components)},
                 )
-                for component in self.components.values():
-                    await component.start(tg)
                 self._ready.set()
                 try:
                     yield self

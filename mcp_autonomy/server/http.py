@@ -97,7 +97,7 @@ def create_http_app(
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        if system.started:
+        if system.ready:
             return JSONResponse({"status": "ready", "run_id": system.run_id})
         return JSONResponse({"status": "starting"}, status_code=503)
 
