@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the bundled provider sandbox in-process and point every provider at it",
     )
     from mcp_autonomy.autonomy.detect_cli import add_detect_parser
+    from mcp_autonomy.autonomy.scaling.simulate import add_simulate_parser
     from mcp_autonomy.sandbox.cli import add_sandbox_parsers
 
     add_detect_parser(commands)
+    add_simulate_parser(commands)
     add_sandbox_parsers(commands)
     return parser
 
@@ -76,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging("WARNING")
         return run_sandbox(args) if args.command == "sandbox" else run_chaos(args)
+    if args.command == "simulate-scaling":
+        from mcp_autonomy.autonomy.scaling.simulate import run_simulate
+
+        configure_logging("WARNING")
+        return run_simulate(args)
     if args.command == "detect":
         from mcp_autonomy.autonomy.detect_cli import run_detect
 

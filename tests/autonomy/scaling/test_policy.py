@@ -1,0 +1,386 @@
+"""Scaling policies: the reactive rules, the predictive forecast, guards, bounds and determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp_autonomy.autonomy.scaling.policy import (
+    DEFAULT_MAX_REPLICAS,
+    DEFAULT_MIN_REPLICAS,
+    DEFAULT_TARGET_TPM_PER_INSTANCE,
+    ORIGINAL_MODULE_PRIOR_SCHEDULE,
+    ForecastConfig,
+    PredictiveConfig,
+    PredictivePolicy,
+    PriorScheduleEntry,
+    ReactiveConfig,
+    ReactivePolicy,
+    ScaleGuards,
+    ScalingDecision,
+    ScalingPolicy,
+    ScalingRule,
+)
+from mcp_autonomy.config import Settings
+
+MONDAY_S = 1_767_571_200.0  # 2026-01-05 00:00 UTC, a Monday
+HOUR_S = 3600.0
+DAY_S = 86_400.0
+TARGET = 100.0
+
+LoadAt = Callable[[float], float]
+
+
+def reactive(**overrides: object) -> ReactivePolicy:
+    config: dict[str, object] = {"target_tpm_per_instance": TARGET, "min_replicas": 2, "max_replicas": 60}
+    config.update(overrides)
+    return ReactivePolicy(ReactiveConfig(**config))  # type: ignore[arg-type]
+
+
+def predictive(*, cost_budget: float | None = None, **overrides: object) -> PredictivePolicy:
+    rcfg = ReactiveConfig(target_tpm_per_instance=TARGET, min_replicas=2, max_replicas=60)
+    return PredictivePolicy(PredictiveConfig(reactive=rcfg, cost_budget=cost_budget, **overrides))  # type: ignore[arg-type]
+
+
+def square_day(seconds_of_day: float) -> float:
+    """500 tpm, but 3000 from 08:00 to 10:00 and from 10:08 to 12:00 (an 8-minute dip at 10:00)."""
+    hour = seconds_of_day / HOUR_S
+    if 8.0 <= hour < 10.0 or 10.0 + 8 / 60 <= hour < 12.0:
+        return 3000.0
+    return 500.0
+
+
+def drive(
+    policy: ScalingPolicy,
+    load_at: LoadAt,
+    start_s: float,
+    end_s: float,
+    step_s: float = 60.0,
+    current: int = 5,
+    guards_at: Callable[[float], ScaleGuards] | None = None,
+) -> list[tuple[float, float, ScalingDecision]]:
+    """Call the policy every step, applying each decision at once (pods ready at once)."""
+    decisions = []
+    now = start_s
+    while now < end_s:
+        load = load_at(now)
+        guards = guards_at(now) if guards_at is not None else ScaleGuards()
+        decision = policy.recommend(now, load, current, current, guards)
+        decisions.append((now, load, decision))
+        current = decision.desired_replicas
+        now += step_s
+    return decisions
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_defaults_come_from_the_settings() -> None:
+    fields = Settings.model_fields
+    assert fields["min_instances"].default == DEFAULT_MIN_REPLICAS
+    assert fields["max_instances"].default == DEFAULT_MAX_REPLICAS
+    assert fields["target_tpm_per_instance"].default == DEFAULT_TARGET_TPM_PER_INSTANCE
+    reactive_config = ReactiveConfig()
+    assert (reactive_config.tolerance, reactive_config.scale_down_stabilization_s) == (0.1, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: ReactiveConfig(tolerance=1.5), r"ReactiveConfig\.tolerance must be in \[0, 1\), got 1\.5"),
+        (
+            lambda: ReactiveConfig(min_replicas=5, max_replicas=3),
+            r"ReactiveConfig\.min_replicas must be <= max",
+        ),
+        (
+            lambda: ReactiveConfig(target_tpm_per_instance=0),
+            r"ReactiveConfig\.target_tpm_per_instance must be in",
+        ),
+        (lambda: ReactiveConfig(scale_up_max_pods=0), r"ReactiveConfig\.scale_up_max_pods must be None or"),
+        (
+            lambda: ReactiveConfig(scale_down_cooldown_s=-1),
+            r"ReactiveConfig\.scale_down_cooldown_s must be a finite",
+        ),
+        (
+            lambda: ForecastConfig(safety_quantile=0.3),
+            r"ForecastConfig\.safety_quantile must be in \[0\.5, 1\)",
+        ),
+        (lambda: ForecastConfig(daily_slot_s=7), r"ForecastConfig\.daily_slot_s must be a divisor of 86400"),
+        (
+            lambda: ForecastConfig(min_residuals=0),
+            r"ForecastConfig\.min_residuals must be an integer in \[1, ",
+        ),
+        (
+            lambda: PredictiveConfig(scale_down_hold_s=10),
+            r"PredictiveConfig\.scale_down_hold_s must be in \[startup_s",
+        ),
+        (lambda: PredictiveConfig(cost_budget=0.1), r"PredictiveConfig\.cost_budget must be None \(fixed"),
+        (
+            lambda: PriorScheduleEntry(7, "08:00", 1.5),
+            r"PriorScheduleEntry\.weekday must be an integer in \[0, 6\]",
+        ),
+        (lambda: PriorScheduleEntry(0, "24:00", 1.5), r"PriorScheduleEntry\.time_of_day must be HH:MM"),
+        (lambda: PriorScheduleEntry(0, "08:00", 0), r"PriorScheduleEntry\.load_factor must be in \(0, 100\]"),
+    ],
+)
+def test_invalid_config_names_the_field_and_the_range(factory: Callable[[], object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+def test_the_original_schedule_is_a_prior_with_monday_first_weekdays() -> None:
+    by_description = {(e.weekday, e.time_of_day): e for e in ORIGINAL_MODULE_PRIOR_SCHEDULE}
+    assert by_description[(0, "08:00")].load_factor == 1.5  # JavaScript day 1 = Monday
+    assert by_description[(4, "18:00")].description == "Friday night social payments"
+    assert by_description[(6, "00:00")].load_factor == 0.3  # JavaScript day 0 = Sunday
+    assert len(ORIGINAL_MODULE_PRIOR_SCHEDULE) == 23
+    assert ForecastConfig().prior_schedule == ()  # priors are opt-in
+
+
+# -- reactive ------------------------------------------------------------------------------------
+
+
+def test_reactive_holds_inside_the_tolerance_and_scales_up_at_once() -> None:
+    policy = reactive()
+    assert isinstance(policy, ScalingPolicy)
+    decision = policy.recommend(MONDAY_S, 1050.0, 10, 10)
+    assert (decision.desired_replicas, decision.rule) == (10, ScalingRule.WITHIN_TOLERANCE)
+    decision = policy.recommend(MONDAY_S + 15, 1200.0, 10, 10)
+    assert (decision.desired_replicas, decision.rule) == (12, ScalingRule.REACTIVE_UP)
+    assert "load 1200.0 tpm on 10/10 ready" in decision.reason
+    assert decision.inputs["ratio"] == pytest.approx(1.2)
+
+
+def test_reactive_scale_down_waits_for_the_stabilisation_window() -> None:
+    policy = reactive()
+    policy.recommend(MONDAY_S, 2000.0, 20, 20)
+    for offset in range(15, 300, 15):
+        decision = policy.recommend(MONDAY_S + offset, 400.0, 20, 20)
+        assert (decision.desired_replicas, decision.rule) == (20, ScalingRule.STABILIZED)
+    decision = policy.recommend(MONDAY_S + 300, 400.0, 20, 20)
+    assert (decision.desired_replicas, decision.rule) == (4, ScalingRule.REACTIVE_DOWN)
+
+
+def test_reactive_step_limits_and_cooldowns() -> None:
+    policy = reactive(
+        scale_up_max_pods=2, scale_up_max_percent=None, scale_up_period_s=60.0, scale_up_cooldown_s=30.0
+    )
+    decision = policy.recommend(MONDAY_S, 2000.0, 4, 4)
+    assert (decision.desired_replicas, decision.rule) == (6, ScalingRule.RATE_LIMITED)
+    decision = policy.recommend(MONDAY_S + 15, 2000.0, 6, 6)
+    assert decision.rule is ScalingRule.COOLDOWN
+    decision = policy.recommend(MONDAY_S + 45, 2000.0, 6, 6)
+    assert (decision.desired_replicas, decision.rule) == (
+        6,
+        ScalingRule.RATE_LIMITED,
+    )  # 2 already this minute
+    decision = policy.recommend(MONDAY_S + 60, 2000.0, 6, 6)
+    assert decision.desired_replicas == 8
+
+    down = reactive(
+        scale_down_stabilization_s=0.0,
+        scale_down_cooldown_s=120.0,
+        scale_down_max_pods=3,
+        scale_down_max_percent=None,
+    )
+    down.recommend(MONDAY_S, 3000.0, 20, 20)  # a scale-up to 30 starts the quiet time
+    assert down.recommend(MONDAY_S + 60, 500.0, 30, 30).rule is ScalingRule.COOLDOWN
+    decision = down.recommend(MONDAY_S + 120, 500.0, 30, 30)
+    assert (decision.desired_replicas, decision.rule) == (27, ScalingRule.RATE_LIMITED)
+
+
+def test_reactive_guards_block_scale_down_only() -> None:
+    policy = reactive(scale_down_stabilization_s=0.0)
+    guards = ScaleGuards(incident_open=True)
+    decision = policy.recommend(MONDAY_S, 300.0, 10, 10, guards)
+    assert (decision.desired_replicas, decision.rule) == (10, ScalingRule.GUARD)
+    assert "incident open" in decision.reason
+    decision = policy.recommend(MONDAY_S + 15, 3000.0, 10, 10, ScaleGuards(maintenance_window=True))
+    assert decision.desired_replicas == 20  # scale-ups are never blocked (rate limit: 100 %)
+
+
+def test_reactive_bounds_and_input_checks() -> None:
+    policy = reactive()
+    assert policy.recommend(MONDAY_S, 0.0, 1, 1).desired_replicas == 2
+    assert policy.recommend(MONDAY_S + 15, 100_000.0, 60, 60).desired_replicas == 60
+    decision = policy.recommend(MONDAY_S + 30, 100.0, 70, 70)
+    assert (decision.desired_replicas, decision.rule) == (60, ScalingRule.BOUNDS)
+    with pytest.raises(ValueError, match="now_s must not go backwards"):
+        policy.recommend(MONDAY_S, 100.0, 10, 10)
+    with pytest.raises(ValueError, match=r"recommend\.load_tpm must be a finite number >= 0"):
+        policy.recommend(MONDAY_S + 60, -1.0, 10, 10)
+    with pytest.raises(ValueError, match=r"recommend\.current_replicas must be an integer"):
+        policy.recommend(MONDAY_S + 60, 1.0, 10.5, 10)  # type: ignore[arg-type]
+
+
+# -- predictive -----------------------------------------------------------------------------------
+
+
+def test_predictive_is_reactive_while_warming_up() -> None:
+    policy = predictive()
+    decision = policy.recommend(MONDAY_S, 800.0, 5, 5)
+    assert (decision.desired_replicas, decision.rule) == (8, ScalingRule.REACTIVE_UP)
+    assert "warming up" in decision.reason
+    assert "model" not in decision.inputs
+
+
+def test_predictive_learns_a_daily_peak_and_is_ready_before_it() -> None:
+    policy = predictive()
+    load_at: LoadAt = lambda now: square_day(now % DAY_S)  # noqa: E731
+    decisions = drive(policy, load_at, MONDAY_S, MONDAY_S + 2 * DAY_S + 7.5 * HOUR_S)
+    assert decisions[-1][2].inputs["model"] in {"daily", "daily_fine"}
+    # Day 3, on the 15 s loop: 30 pods asked for by 07:59, one start-up before the step.
+    day3 = MONDAY_S + 2 * DAY_S
+    tail = drive(
+        policy,
+        load_at,
+        day3 + 7.5 * HOUR_S,
+        day3 + 8 * HOUR_S,
+        step_s=15.0,
+        current=decisions[-1][2].desired_replicas,
+    )
+    by_time = {now: d for now, _, d in tail}
+    assert by_time[day3 + 7.5 * HOUR_S].desired_replicas == 5  # no early spending half an hour ahead
+    at_0759 = by_time[day3 + 8 * HOUR_S - 60]
+    assert at_0759.desired_replicas >= 30, at_0759.reason
+    assert any(d.rule is ScalingRule.PREDICTIVE_UP for d in by_time.values())
+    assert "forecast (daily" in at_0759.reason
+
+
+def test_predictive_scale_down_waits_for_a_long_enough_low_and_respects_guards() -> None:
+    policy = predictive()
+    load_at: LoadAt = lambda now: square_day(now % DAY_S)  # noqa: E731
+    day3 = MONDAY_S + 2 * DAY_S
+    warm = drive(policy, load_at, MONDAY_S, day3 + 10 * HOUR_S - 60)
+    current = warm[-1][2].desired_replicas
+    assert current >= 30
+    # The 8-minute dip at 10:00: the forecast says 3000 again within the 10-minute hold.
+    dip = drive(policy, load_at, day3 + 10 * HOUR_S, day3 + 10 * HOUR_S + 8 * 60, current=current)
+    assert min(d.desired_replicas for _, _, d in dip) >= 30
+    # 12:00: low for the rest of the day. With an incident open nothing is removed ...
+    current = dip[-1][2].desired_replicas
+    noon = day3 + 12 * HOUR_S
+    guarded = drive(
+        policy,
+        load_at,
+        dip[-1][0] + 60,
+        noon + 300,
+        current=current,
+        guards_at=lambda now: ScaleGuards(incident_open=now >= noon),
+    )
+    after_noon = [d for now, _, d in guarded if now >= noon + 60]
+    assert all(d.desired_replicas == d.current_replicas for d in after_noon)
+    assert any(d.rule is ScalingRule.GUARD for d in after_noon)
+    # ... and once it is closed the pods go within two minutes, not after a 5-minute window.
+    released = drive(policy, load_at, noon + 360, noon + 480, current=guarded[-1][2].desired_replicas)
+    assert released[0][2].rule is ScalingRule.PREDICTIVE_DOWN
+    assert released[-1][2].desired_replicas <= 8
+
+
+def test_predictive_takes_the_reactive_count_for_a_surprise_spike() -> None:
+    policy = predictive()
+    load_at: LoadAt = lambda now: square_day(now % DAY_S)  # noqa: E731
+    day3 = MONDAY_S + 2 * DAY_S
+    warm = drive(policy, load_at, MONDAY_S, day3 + 15 * HOUR_S)
+    current = warm[-1][2].desired_replicas
+    decision = policy.recommend(day3 + 15 * HOUR_S, 5000.0, current, current)
+    assert decision.desired_replicas >= min(50, current * 2)
+    assert decision.rule in {ScalingRule.REACTIVE_UP, ScalingRule.RATE_LIMITED}
+
+
+def test_a_prior_schedule_shapes_the_first_day_only() -> None:
+    policy = predictive(forecast=ForecastConfig(prior_schedule=ORIGINAL_MODULE_PRIOR_SCHEDULE))
+    prior = {(e.weekday, e.time_of_day): e.load_factor for e in ORIGINAL_MODULE_PRIOR_SCHEDULE}
+
+    def load_at(now: float) -> float:  # Monday as the prior describes it, x 1000
+        hour = (now - MONDAY_S) % DAY_S / HOUR_S
+        start = max(h for h in (0, 8, 12, 17) if h <= hour)
+        return 1000.0 * prior[(0, f"{start:02d}:00")]
+
+    decisions = drive(policy, load_at, MONDAY_S, MONDAY_S + 7 * HOUR_S + 59 * 60)  # last call at 07:58
+    last = decisions[-1][2]
+    assert last.inputs["model"] == "prior"
+    assert float(last.inputs["forecast_peak_up_tpm"]) >= 1400.0  # the 08:00 x1.5 step, 2 minutes ahead
+    assert last.inputs["predictive_up"] == 15  # (reached within the step limits: 2 -> 6 -> 12 -> 15)
+    assert last.rule is ScalingRule.RATE_LIMITED
+    later = drive(policy, load_at, MONDAY_S + 8 * HOUR_S, MONDAY_S + 2 * DAY_S, current=last.desired_replicas)
+    assert later[-1][2].inputs["model"] != "prior"
+
+
+def test_the_cost_budget_moves_the_safety_quantile_within_its_bounds() -> None:
+    load_at: LoadAt = lambda now: square_day(now % DAY_S)  # noqa: E731
+    frugal = predictive(cost_budget=0.5)
+    drive(frugal, load_at, MONDAY_S, MONDAY_S + DAY_S + 12 * HOUR_S)
+    generous = predictive(cost_budget=2.0)
+    drive(generous, load_at, MONDAY_S, MONDAY_S + DAY_S + 12 * HOUR_S)
+    start = ForecastConfig().safety_quantile
+    assert 0.5 <= frugal.safety_quantile < start
+    assert start < generous.safety_quantile <= 0.99
+    assert predictive().safety_quantile == start  # a fixed quantile without a budget
+
+
+def test_decisions_are_deterministic() -> None:
+    def run() -> list[tuple[int, str, str]]:
+        policy = predictive(cost_budget=1.0)
+        load_at: LoadAt = lambda now: square_day(now % DAY_S) * (1.0 + 0.1 * ((now // 60) % 7) / 7)  # noqa: E731
+        return [
+            (d.desired_replicas, d.rule.value, d.reason)
+            for _, _, d in drive(policy, load_at, MONDAY_S, MONDAY_S + 1.5 * DAY_S)
+        ]
+
+    assert run() == run()
+
+
+def test_config_is_frozen_and_replaceable() -> None:
+    config = PredictiveConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.startup_s = 5.0  # type: ignore[misc]
+    assert dataclasses.replace(config, startup_s=90.0).up_horizon_s == 150.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(1, 900), st.floats(0, 50_000), st.integers(0, 200), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from(["reactive", "predictive"]),
+)
+def test_never_outside_min_max(steps: list[tuple[float, float, int, bool]], kind: str) -> None:
+    policy: ScalingPolicy = (
+        reactive(min_replicas=3, max_replicas=40)
+        if kind == "reactive"
+        else predictive(forecast=ForecastConfig(min_residuals=1))
+    )
+    now = MONDAY_S
+    for gap_s, load, current, incident in steps:
+        now += gap_s
+        decision = policy.recommend(now, load, current, current, ScaleGuards(incident_open=incident))
+        low, high = (3, 40) if kind == "reactive" else (2, 60)
+        assert low <= decision.desired_replicas <= high
+
+
+def test_a_day_with_no_load_at_night_still_forecasts_the_morning() -> None:
+    policy = predictive()
+
+    def load_at(now: float) -> float:
+        hour = now % DAY_S / HOUR_S
+        return 0.0 if hour < 7.0 else 2000.0 if hour < 19.0 else 0.0
+
+    day3 = MONDAY_S + 2 * DAY_S
+    warm = drive(policy, load_at, MONDAY_S, day3 + 6.5 * HOUR_S)
+    tail = drive(
+        policy,
+        load_at,
+        day3 + 6.5 * HOUR_S,
+        day3 + 7 * HOUR_S,
+        step_s=15.0,
+        current=warm[-1][2].desired_replicas,
+    )
+    at_0659 = {now: d for now, _, d in tail}[day3 + 7 * HOUR_S - 60]
+    assert at_0659.desired_replicas >= 20, at_0659.reason
