@@ -42,6 +42,12 @@ class EventType(StrEnum):
     SCALING_DECISION = "scaling_decision"
     SYSTEM_STARTED = "system_started"
     SYSTEM_STOPPED = "system_stopped"
+    INCIDENT_OPENED = "incident_opened"
+    INCIDENT_RESOLVED = "incident_resolved"
+    PREDICTION_OUTCOME = "prediction_outcome"
+    MAINTENANCE_STARTED = "maintenance_started"
+    MAINTENANCE_COMPLETED = "maintenance_completed"
+    MAINTENANCE_CANCELLED = "maintenance_cancelled"
 
 
 class Severity(StrEnum):

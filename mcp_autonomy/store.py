@@ -1,9 +1,10 @@
 """The SQLite store: what must survive a restart.
 
-Three kinds of record live here: events (every decision, written in batches by the
-`EventRecorder`), the audit log (every manual action: tool, arguments, client, reason, result)
-and component state (small JSON values per component and key, e.g. an operator's kill switch or
-the local backend's desired replica count). WAL mode lets readers (tools, the dashboard) run
+What lives here: events (every decision, written in batches by the `EventRecorder`), the audit
+log (every manual action: tool, arguments, client, reason, result), component state (small JSON
+values per component and key, e.g. an operator's kill switch or the local backend's desired
+replica count), payments, and the records the loops keep score with (incidents, predictions,
+maintenance windows: JSON documents indexed by provider, status and time). WAL mode lets readers (tools, the dashboard) run
 beside the writer. Calls are short and synchronous by design: each is one indexed statement on
 a local file, well under a millisecond, so they run on the event loop's thread; a lock makes the
 connection safe when a helper thread (e.g. the CLI) uses it too.
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.payments import PaymentRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -76,7 +77,38 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS payments_by_provider_reference ON payments(provider_reference);
     CREATE INDEX IF NOT EXISTS payments_by_status ON payments(status);
     """,
+    3: """
+    CREATE TABLE IF NOT EXISTS incidents (
+        id TEXT PRIMARY KEY,
+        provider TEXT,
+        status TEXT NOT NULL,
+        at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS incidents_by_time ON incidents(at);
+    CREATE INDEX IF NOT EXISTS incidents_by_status ON incidents(status);
+    CREATE TABLE IF NOT EXISTS predictions (
+        id TEXT PRIMARY KEY,
+        provider TEXT,
+        status TEXT NOT NULL,
+        at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions(at);
+    CREATE INDEX IF NOT EXISTS predictions_by_status ON predictions(status);
+    CREATE TABLE IF NOT EXISTS maintenance_windows (
+        id TEXT PRIMARY KEY,
+        provider TEXT,
+        status TEXT NOT NULL,
+        at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS maintenance_by_time ON maintenance_windows(at);
+    CREATE INDEX IF NOT EXISTS maintenance_by_status ON maintenance_windows(status);
+    """,
 }
+RECORD_TABLES = ("incidents", "predictions", "maintenance_windows")
+"""Tables of JSON records with an id, a provider, a status and a time (see `Store.put_record`)."""
 
 
 class AuditRecord(BaseModel):
@@ -353,6 +385,68 @@ class Store:
         with self._lock:
             rows = self._db().execute("SELECT status, COUNT(*) FROM payments GROUP BY status").fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    # --- records: incidents, predictions, maintenance windows ---------------------------
+
+    @staticmethod
+    def _record_table(table: str) -> str:
+        if table not in RECORD_TABLES:
+            raise ValueError(f"unknown record table {table!r}; allowed: {', '.join(RECORD_TABLES)}")
+        return table
+
+    def put_record(
+        self, table: str, *, id: str, provider: str | None, status: str, at: float, record: str
+    ) -> None:
+        """Insert or replace one JSON record (`at` is the time it is listed by)."""
+        name = self._record_table(table)
+        with self._lock:
+            self._db().execute(
+                f"INSERT INTO {name} (id, provider, status, at, record) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET provider = excluded.provider, status = excluded.status,"
+                " at = excluded.at, record = excluded.record",
+                (id, provider, status, at, record),
+            )
+
+    def get_record(self, table: str, id: str) -> str | None:
+        """One record's JSON by id, or None."""
+        name = self._record_table(table)
+        with self._lock:
+            row = self._db().execute(f"SELECT record FROM {name} WHERE id = ?", (id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def list_records(
+        self,
+        table: str,
+        *,
+        provider: str | None = None,
+        statuses: Iterable[str] = (),
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[str]:
+        """Records' JSON matching the filters, newest `limit` by time, oldest first."""
+        name = self._record_table(table)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if provider is not None:
+            clauses.append("provider = ?")
+            params.append(provider)
+        wanted = list(statuses)
+        if wanted:
+            clauses.append(f"status IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(since)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT record FROM {name}{where} ORDER BY at DESC, id DESC LIMIT ?", (*params, limit)
+                )
+                .fetchall()
+            )
+        return [str(r[0]) for r in reversed(rows)]
 
     # --- component state ----------------------------------------------------------------
 

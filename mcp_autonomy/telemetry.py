@@ -140,6 +140,27 @@ class ProviderTelemetry:
             latency_p99_ms=p99,
         )
 
+    def failing_since(self, window_s: float = DEFAULT_WINDOW_S) -> float | None:
+        """Wall time of the first provider error of the current run of errors, within the window.
+
+        The run is the calls since the last success (local rejections do not break it: they never
+        reached the provider). None when the latest call that reached the provider succeeded, or
+        there is none: this is the earliest evidence of a failure still going on, which incidents
+        use to measure time to detect.
+        """
+        at, _, out = self._window(window_s)
+        if not at.size:
+            return None
+        order = np.argsort(at, kind="stable")
+        at, out = at[order], out[order]
+        reached = out != Outcome.REJECTED
+        at, out = at[reached], out[reached]
+        if not at.size or not _PROVIDER_ERRORS[out[-1]]:
+            return None
+        ok = ~_PROVIDER_ERRORS[out]
+        first = int(np.flatnonzero(ok)[-1]) + 1 if ok.any() else 0
+        return self._clock.now() - (self._clock.monotonic() - float(at[first]))
+
     def latencies_ms(self, window_s: float = DEFAULT_WINDOW_S) -> np.ndarray:
         """Latencies of calls that reached the provider within the window (a copy)."""
         _, lat, out = self._window(window_s)

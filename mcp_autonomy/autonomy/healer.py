@@ -30,11 +30,20 @@ from mcp_autonomy.store import Store
 logger = logging.getLogger(__name__)
 
 HEAL_COOLDOWN_S = 30.0
-"""Minimum time between two automatic healing attempts on one provider."""
+"""Minimum time between the first two automatic healing attempts on one provider; it doubles
+after each further attempt in the window (exponential backoff), up to `MAX_HEAL_BACKOFF_S`."""
+MAX_HEAL_BACKOFF_S = 900.0
+"""The longest wait between two automatic healing attempts."""
 HEAL_WINDOW_S = 3600.0
 """The window over which MAX_HEALING_ATTEMPTS automatic attempts are allowed."""
 FAIL_BACK_HOLD_S = 60.0
-"""A failed-over provider gets its traffic back only after staying healthy this long."""
+"""A failed-over provider gets its traffic back only after staying healthy this long ..."""
+MAX_FAIL_BACK_HOLD_S = 3600.0
+"""... and a flapping one waits longer: the hold doubles each time the provider fails again within
+`FLAP_WINDOW_S` of getting its traffic back, up to this cap (flap damping)."""
+FLAP_WINDOW_S = 1800.0
+"""A failure this soon after a fail-back counts as a flap; a provider that stays up this long
+after a fail-back gets the base hold again."""
 
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
 
@@ -86,6 +95,12 @@ class SelfHealer(Component):
         self.max_attempts = max_attempts
         self._attempts: dict[str, deque[float]] = {}
         self._given_up: set[str] = set()
+        self._fail_back_hold_s: dict[str, float] = {}
+        self._failed_back_at: dict[str, float] = {}
+        self.fail_overs = 0
+        self.fail_backs = 0
+        self.holds_traffic: Callable[[str], bool] = lambda _provider: False
+        """True while something else (a maintenance window) keeps a provider drained on purpose."""
         self.heals_total = 0
         self.heals_succeeded = 0
 
@@ -115,21 +130,51 @@ class SelfHealer(Component):
         if backup is None:
             return
         reason = f"{entry.name} unhealthy: {entry.health.consecutive_failures} consecutive failed probes"
-        await self.act(
+        now = self.clock.monotonic()
+        hold = self.fail_back_hold_s(entry.name)
+        failed_back_at = self._failed_back_at.get(entry.name)
+        if failed_back_at is not None and now - failed_back_at < FLAP_WINDOW_S:
+            hold = min(hold * 2, MAX_FAIL_BACK_HOLD_S)
+            reason += f"; failed again {now - failed_back_at:.0f} s after getting its traffic back"
+        reason += f"; fail-back after {hold:.0f} s healthy"
+        if await self.act(
             f"fail {entry.name} over to {backup}",
-            lambda: self._async(self.router.fail_over, entry.name, backup, reason=reason),
-        )
+            lambda: self._fail_over_now(entry.name, backup, reason),
+        ):
+            self._fail_back_hold_s[entry.name] = hold
+            self.fail_overs += 1
+
+    async def _fail_over_now(self, primary: str, backup: str, reason: str) -> bool:
+        self.router.fail_over(primary, backup, reason=reason)
+        return True
+
+    def fail_back_hold_s(self, provider: str) -> float:
+        """How long `provider` must stay healthy before it gets its traffic back (flap-damped)."""
+        hold = self._fail_back_hold_s.get(provider, FAIL_BACK_HOLD_S)
+        failed_back_at = self._failed_back_at.get(provider)
+        if (
+            provider not in self.router.failed_over
+            and failed_back_at is not None
+            and self.clock.monotonic() - failed_back_at >= FLAP_WINDOW_S
+        ):
+            hold = self._fail_back_hold_s[provider] = FAIL_BACK_HOLD_S  # stable again: forgiven
+        return hold
 
     async def _maybe_fail_back(self, entry: ProviderEntry) -> None:
         if entry.name not in self.router.failed_over or entry.health.since is None:
             return
-        healthy_for = self.clock.now() - entry.health.since
-        if healthy_for < FAIL_BACK_HOLD_S:
+        if self.holds_traffic(entry.name):
             return
-        reason = f"{entry.name} healthy for {healthy_for:.0f} s (hold {FAIL_BACK_HOLD_S:.0f} s)"
-        await self.act(
+        healthy_for = self.clock.now() - entry.health.since
+        hold = self.fail_back_hold_s(entry.name)
+        if healthy_for < hold:
+            return
+        reason = f"{entry.name} healthy for {healthy_for:.0f} s (hold {hold:.0f} s)"
+        if await self.act(
             f"fail {entry.name} back", lambda: self._async(self.router.fail_back, entry.name, reason=reason)
-        )
+        ):
+            self._failed_back_at[entry.name] = self.clock.monotonic()
+            self.fail_backs += 1
 
     @staticmethod
     async def _async(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -181,7 +226,7 @@ class SelfHealer(Component):
         attempts = self._attempts.setdefault(entry.name, deque())
         while attempts and now - attempts[0] > HEAL_WINDOW_S:
             attempts.popleft()
-        if attempts and now - attempts[-1] < HEAL_COOLDOWN_S:
+        if attempts and now - attempts[-1] < self.heal_backoff_s(len(attempts)):
             return
         if len(attempts) >= self.max_attempts:
             if entry.name not in self._given_up:
@@ -201,6 +246,13 @@ class SelfHealer(Component):
         if not self.dry_run:
             attempts.append(now)
         await self.heal(entry.name, reason="provider unhealthy", trigger="automatic")
+
+    @staticmethod
+    def heal_backoff_s(attempts_in_window: int) -> float:
+        """The wait after `attempts_in_window` automatic attempts: 30 s, 60 s, 120 s ... capped."""
+        if attempts_in_window <= 0:
+            return 0.0
+        return float(min(HEAL_COOLDOWN_S * 2 ** (attempts_in_window - 1), MAX_HEAL_BACKOFF_S))
 
     # --- healing ------------------------------------------------------------------------
 
@@ -296,6 +348,7 @@ class SelfHealer(Component):
             ),
             data={
                 "action": "heal",
+                "succeeded": succeeded,
                 "trigger": trigger,
                 "reason": reason,
                 "steps": [s.model_dump() for s in steps],
@@ -361,6 +414,9 @@ class SelfHealer(Component):
             "max_attempts_per_window": self.max_attempts,
             "attempt_window_s": HEAL_WINDOW_S,
             "cooldown_s": HEAL_COOLDOWN_S,
+            "max_backoff_s": MAX_HEAL_BACKOFF_S,
             "failed_over": self.router.failed_over,
-            "fail_back_hold_s": FAIL_BACK_HOLD_S,
+            "fail_overs": self.fail_overs,
+            "fail_backs": self.fail_backs,
+            "fail_back_hold_s": {name: self.fail_back_hold_s(name) for name in self.providers.names()},
         }

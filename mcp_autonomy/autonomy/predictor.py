@@ -5,19 +5,35 @@ Every tick, each provider's telemetry over the last interval becomes one point o
 detector `mcp-autonomy detect` replays). A detector alert becomes a prediction with its
 indicators, window and recommended action, published as a `prediction` event.
 
-Predictions are records that keep score of themselves: each one is later marked `confirmed`,
-`false_positive` or `resolved`, and precision/recall are computed from those outcomes only.
-Until there is telemetry to analyse there are no predictions and every score is null.
+Predictions are records that keep score of themselves (in the store, across restarts):
+
+- `confirmed`: an incident of that provider opened inside the prediction's window (lead time =
+  incident opening - prediction); a prediction raised while its provider's incident is already
+  open is confirmed too, with lead time 0 (it saw the outage, it did not foresee it);
+- `false_positive`: the window passed and no incident came;
+- `resolved`: the window passed without an incident *after* a maintenance window planned for the
+  prediction ran (acted on, so neither right nor wrong can be shown);
+- an operator can set any of these with `mark_prediction` (recorded as the operator's verdict).
+
+Precision = confirmed / (confirmed + false positives); recall = share of provider incidents
+that at least one prediction foresaw (raised before the incident opened); lead time is measured
+per foreseen incident from its earliest prediction. Until something is judged, each is null.
+
+Confident critical predictions plan a maintenance window (see `maintenance.py`) when
+auto-scheduling is on; the traffic profile those windows are placed by is learned here, from
+the same per-tick telemetry, and persisted.
 """
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.autonomy.component import Component
+from mcp_autonomy.autonomy.maintenance import MaintenanceScheduler, MaintenanceWindow, TrafficProfile
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
 from mcp_autonomy.events import EventBus, EventType, Severity
@@ -25,11 +41,22 @@ from mcp_autonomy.store import Store
 
 if TYPE_CHECKING:
     from mcp_autonomy.autonomy.detection import StreamingDetector
+    from mcp_autonomy.autonomy.incidents import Incident, IncidentTracker
     from mcp_autonomy.providers.registry import ProviderRegistry
+    from mcp_autonomy.resilience.router import PaymentRouter
     from mcp_autonomy.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
 
 SERIES = ("error_rate", "latency_p95_ms", "requests_per_min")
 """The per-provider series the detectors watch."""
+MAINTENANCE_MIN_CONFIDENCE: Final = 0.8
+"""A prediction plans a maintenance window only from this confidence ..."""
+MAINTENANCE_SEVERITIES: Final = frozenset({"high", "critical"})
+"""... at one of these severities, and only for a failure or a degradation."""
+MAX_PREDICTIONS_IN_MEMORY: Final = 10_000
+"""The store keeps every prediction; memory keeps the newest this many (scores use the store)."""
+TRAFFIC_STATE_KEY: Final = "traffic_profile"
 
 
 class PredictionType(StrEnum):
@@ -72,8 +99,16 @@ class Prediction(BaseModel):
     window_end: float
     indicators: list[Indicator]
     recommended_action: str
+    series: str | None = Field(None, description="The series whose detector raised it")
     status: PredictionStatus = PredictionStatus.ACTIVE
     outcome_at: float | None = None
+    outcome_by: Literal["engine", "operator"] | None = None
+    outcome_reason: str | None = None
+    incident_id: str | None = Field(None, description="The incident that confirmed it")
+    lead_time_s: float | None = Field(
+        None, description="Incident opening - prediction time (0 if raised during the incident)"
+    )
+    maintenance_window_id: str | None = None
 
 
 class PredictiveMaintenance(Component):
@@ -93,14 +128,34 @@ class PredictiveMaintenance(Component):
         auto_schedule_maintenance: bool,
         telemetry: Telemetry | None = None,
         providers: ProviderRegistry | None = None,
+        router: PaymentRouter | None = None,
+        incidents: IncidentTracker | None = None,
     ) -> None:
         super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
         self.sensitivity = sensitivity
         self.auto_schedule_maintenance = auto_schedule_maintenance
         self.telemetry = telemetry
         self.providers = providers
+        self.incidents = incidents
         self._predictions: dict[str, Prediction] = {}
         self._detectors: dict[tuple[str, str], StreamingDetector] = {}
+        self.traffic = TrafficProfile()
+        self._traffic_measured_until: float | None = None  # monotonic; None until the first tick
+        self.maintenance = MaintenanceScheduler(
+            clock=clock, bus=bus, store=store, providers=providers, router=router, traffic=self.traffic
+        )
+        if incidents is not None:
+            incidents.add_observer(self._on_incident)
+
+    def load(self) -> None:
+        """Reload predictions, maintenance windows and the traffic profile from the store."""
+        for raw in self.store.list_records("predictions", limit=MAX_PREDICTIONS_IN_MEMORY):
+            prediction = Prediction.model_validate_json(raw)
+            self._predictions[prediction.id] = prediction
+        self.maintenance.load()
+        self.traffic = self.maintenance.traffic = TrafficProfile.from_json(
+            self.store.get_state(self.name, TRAFFIC_STATE_KEY)
+        )
 
     @property
     def _series_tracked(self) -> int:
@@ -123,7 +178,17 @@ class PredictiveMaintenance(Component):
 
         builder = PredictionBuilder()
         now = self.clock.now()
+        self._expire(now)
+        await self.maintenance.run_due()
+        # Traffic is learnt only over time this process measured: the first tick after a start
+        # (or after a long pause) has no past interval of its own, and a zero there would be invented.
+        mono = self.clock.monotonic()
+        measured_s = None if self._traffic_measured_until is None else mono - self._traffic_measured_until
+        self._traffic_measured_until = mono
         for provider in self.providers.names():
+            if measured_s is not None and 0 < measured_s <= 5 * self.interval_s:
+                traffic = self.telemetry.provider(provider).snapshot(measured_s)
+                self.traffic.record(provider, now, traffic.requests, measured_s)
             snapshot = self.telemetry.provider(provider).snapshot(self.interval_s)
             if snapshot.requests == 0:
                 continue  # no traffic is no evidence: a gap, not a zero
@@ -141,10 +206,30 @@ class PredictiveMaintenance(Component):
                     continue
                 prediction = builder.build(provider, series, result.alert)
                 if prediction is not None:
-                    self._record(prediction)
+                    prediction.series = series
+                    self.record(prediction)
+        if self.store.is_open:
+            self.store.set_state(self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now)
 
-    def _record(self, prediction: Prediction) -> None:
+    def record(self, prediction: Prediction) -> None:
+        if prediction.id in self._predictions:
+            return  # the same alert replayed (ids are derived from provider, series and time)
+        ongoing = None if self.incidents is None else self.incidents.open_for(prediction.provider)
+        if ongoing is not None:
+            self._judge(
+                prediction,
+                PredictionStatus.CONFIRMED,
+                by="engine",
+                reason=f"raised while incident {ongoing.id} was open",
+                incident_id=ongoing.id,
+                lead_time_s=0.0,
+                publish=False,
+            )
         self._predictions[prediction.id] = prediction
+        if len(self._predictions) > MAX_PREDICTIONS_IN_MEMORY:
+            oldest = min(self._predictions.values(), key=lambda p: p.created_at)
+            del self._predictions[oldest.id]
+        self._save(prediction)
         self.bus.emit(
             EventType.PREDICTION,
             component=self.name,
@@ -155,6 +240,152 @@ class PredictiveMaintenance(Component):
             f"(confidence {prediction.confidence:.2f}): {prediction.recommended_action}",
             data=prediction.model_dump(mode="json"),
         )
+        if ongoing is None:
+            self._maybe_schedule_maintenance(prediction)
+
+    def _maybe_schedule_maintenance(self, prediction: Prediction) -> None:
+        if not (
+            self.auto_schedule_maintenance
+            and prediction.confidence >= MAINTENANCE_MIN_CONFIDENCE
+            and prediction.severity in MAINTENANCE_SEVERITIES
+            and prediction.type in (PredictionType.FAILURE, PredictionType.DEGRADATION)
+        ):
+            return
+        window = self.maintenance.schedule(
+            prediction.provider,
+            reason=f"{prediction.type.value} predicted with confidence {prediction.confidence:.2f} "
+            f"({prediction.id})",
+            trouble_expected_by=prediction.window_end,
+            prediction_id=prediction.id,
+            dry_run=self.dry_run,
+        )
+        if window is not None:
+            prediction.maintenance_window_id = window.id
+            self._save(prediction)
+            self._actions_dry_run += 1 if self.dry_run else 0
+            self._actions_taken += 0 if self.dry_run else 1
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def _on_incident(self, incident: Incident) -> None:
+        """An incident opened: the active predictions whose window it falls in came true."""
+        for prediction in list(self._predictions.values()):
+            if prediction.status is not PredictionStatus.ACTIVE:
+                continue
+            if incident.provider is not None and prediction.provider != incident.provider:
+                continue
+            if not prediction.created_at <= incident.opened_at <= prediction.window_end:
+                continue
+            self._judge(
+                prediction,
+                PredictionStatus.CONFIRMED,
+                by="engine",
+                reason=f"incident {incident.id} opened {incident.opened_at - prediction.created_at:.0f} s later",
+                incident_id=incident.id,
+                lead_time_s=round(incident.opened_at - prediction.created_at, 3),
+            )
+            if self.incidents is not None:
+                self.incidents.link_prediction(incident, prediction.id)
+
+    def _expire(self, now: float) -> None:
+        for prediction in list(self._predictions.values()):
+            if prediction.status is not PredictionStatus.ACTIVE or now <= prediction.window_end:
+                continue
+            window = (
+                None
+                if prediction.maintenance_window_id is None
+                else self.maintenance.get(prediction.maintenance_window_id)
+            )
+            if window is not None and window.status.value == "completed" and not window.dry_run:
+                self._judge(
+                    prediction,
+                    PredictionStatus.RESOLVED,
+                    by="engine",
+                    reason=f"no incident after maintenance window {window.id}",
+                )
+            else:
+                self._judge(
+                    prediction,
+                    PredictionStatus.FALSE_POSITIVE,
+                    by="engine",
+                    reason="window passed, no incident",
+                )
+
+    def _judge(
+        self,
+        prediction: Prediction,
+        status: PredictionStatus,
+        *,
+        by: Literal["engine", "operator"],
+        reason: str,
+        incident_id: str | None = None,
+        lead_time_s: float | None = None,
+        publish: bool = True,
+    ) -> None:
+        previous = prediction.status
+        prediction.status = status
+        prediction.outcome_at = self.clock.now()
+        prediction.outcome_by = by
+        prediction.outcome_reason = reason
+        if incident_id is not None:
+            prediction.incident_id = incident_id
+            prediction.lead_time_s = lead_time_s
+        if not publish:
+            return
+        self._save(prediction)
+        self.bus.emit(
+            EventType.PREDICTION_OUTCOME,
+            component=self.name,
+            provider=prediction.provider,
+            message=f"prediction {prediction.id}: {previous.value} -> {status.value} ({reason})",
+            data={
+                "id": prediction.id,
+                "from": previous.value,
+                "to": status.value,
+                "by": by,
+                "reason": reason,
+                "incident_id": prediction.incident_id,
+                "lead_time_s": prediction.lead_time_s,
+            },
+        )
+
+    def mark_prediction(self, prediction_id: str, verdict: PredictionStatus, *, reason: str) -> Prediction:
+        """An operator's verdict on a prediction (overrides the engine's).
+
+        Raises:
+            KeyError: no such prediction.
+            ValueError: `verdict` is `active`.
+        """
+        if verdict is PredictionStatus.ACTIVE:
+            raise ValueError("verdict must be confirmed, false_positive or resolved")
+        prediction = self.get_prediction(prediction_id)
+        if prediction is None:
+            raise KeyError(prediction_id)
+        self._predictions.setdefault(prediction.id, prediction)
+        self._judge(prediction, verdict, by="operator", reason=reason)
+        return prediction
+
+    def get_prediction(self, prediction_id: str) -> Prediction | None:
+        found = self._predictions.get(prediction_id)
+        if found is not None or not self.store.is_open:
+            return found
+        raw = self.store.get_record("predictions", prediction_id)
+        return None if raw is None else Prediction.model_validate_json(raw)
+
+    def _save(self, prediction: Prediction) -> None:
+        if self.store.is_open:
+            self.store.put_record(
+                "predictions",
+                id=prediction.id,
+                provider=prediction.provider,
+                status=prediction.status.value,
+                at=prediction.created_at,
+                record=prediction.model_dump_json(),
+            )
+
+    def maintenance_windows(self, **filters: Any) -> list[MaintenanceWindow]:
+        """See `MaintenanceScheduler.windows`."""
+        return self.maintenance.windows(**filters)
 
     def predictions(
         self,
@@ -176,19 +407,49 @@ class PredictiveMaintenance(Component):
         return selected[:limit]
 
     def scores(self) -> dict[str, Any]:
-        """Precision and counts from judged predictions only; null until any is judged."""
-        judged = [p for p in self._predictions.values() if p.status is not PredictionStatus.ACTIVE]
-        confirmed = sum(1 for p in judged if p.status is PredictionStatus.CONFIRMED)
-        false_pos = sum(1 for p in judged if p.status is PredictionStatus.FALSE_POSITIVE)
+        """Precision, recall and lead time from judged predictions and incidents; null until measured."""
+        if self.store.is_open:
+            stored = [
+                Prediction.model_validate_json(r)
+                for r in self.store.list_records("predictions", limit=MAX_PREDICTIONS_IN_MEMORY)
+            ]
+        else:
+            stored = list(self._predictions.values())
+        by_status = {status: 0 for status in PredictionStatus}
+        for p in stored:
+            by_status[p.status] += 1
+        confirmed = by_status[PredictionStatus.CONFIRMED]
+        false_pos = by_status[PredictionStatus.FALSE_POSITIVE]
         decided = confirmed + false_pos
+        recall: float | None = None
+        lead_times: list[float] = []
+        incidents_total = 0
+        if self.incidents is not None and self.store.is_open:
+            incidents = [i for i in self.incidents.incidents(limit=MAX_PREDICTIONS_IN_MEMORY) if i.provider]
+            incidents_total = len(incidents)
+            leads = {p.id: p.lead_time_s for p in stored if p.lead_time_s is not None}
+            foreseen = [i for i in incidents if any(leads.get(pid, 0.0) > 0 for pid in i.predicted_by)]
+            recall = None if not incidents else len(foreseen) / len(incidents)
+            lead_times = [max(leads.get(pid, 0.0) for pid in i.predicted_by) for i in foreseen]
         return {
-            "predictions_total": len(self._predictions),
-            "active": sum(1 for p in self._predictions.values() if p.status is PredictionStatus.ACTIVE),
+            "predictions_total": len(stored),
+            "active": by_status[PredictionStatus.ACTIVE],
             "confirmed": confirmed,
             "false_positive": false_pos,
-            "precision": None if decided == 0 else confirmed / decided,
-            "recall": None,
-            "mean_lead_time_s": None,
+            "resolved": by_status[PredictionStatus.RESOLVED],
+            "precision": None if decided == 0 else round(confirmed / decided, 4),
+            "recall": None if recall is None else round(recall, 4),
+            "incidents_scored": incidents_total,
+            "mean_lead_time_s": None if not lead_times else round(sum(lead_times) / len(lead_times), 3),
+            "maintenance_windows_active": len(
+                [
+                    w
+                    for w in self.maintenance.windows(limit=1000)
+                    if w.status.value in ("scheduled", "in_progress")
+                ]
+            )
+            if self.store.is_open
+            else 0,
         }
 
     def details(self) -> dict[str, Any]:

@@ -20,8 +20,10 @@ from pydantic import BaseModel, Field
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.component import Component, ComponentStatus, Mode
 from mcp_autonomy.autonomy.healer import HealResult, SelfHealer
+from mcp_autonomy.autonomy.incidents import Incident, IncidentStatus, IncidentTracker
+from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWindow
 from mcp_autonomy.autonomy.optimizer import AutoOptimizer
-from mcp_autonomy.autonomy.predictor import PredictiveMaintenance
+from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus, PredictiveMaintenance
 from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
 from mcp_autonomy.autonomy.scaling import LocalScaleBackend, ReplicaState, ScaleBackend
 from mcp_autonomy.clock import Clock, SystemClock
@@ -88,6 +90,7 @@ class SystemStatus(BaseModel):
     uptime_s: float | None
     overall: Literal["healthy", "degraded", "critical", "unknown"]
     overall_reason: str
+    open_incidents: list[Incident]
     components: dict[str, ComponentStatus]
     providers: list[ProviderStatus]
     scaling: ReplicaState | None
@@ -127,6 +130,7 @@ class StatusSummary(BaseModel):
     uptime_s: float | None
     overall: Literal["healthy", "degraded", "critical", "unknown"]
     overall_reason: str
+    open_incidents: list[str] = Field(description="ids of the incidents open now (see `get_incidents`)")
     components: dict[str, ComponentSummary]
     providers: list[ProviderSummary]
     scaling: ReplicaState | None
@@ -142,6 +146,7 @@ class SystemStats(BaseModel):
     events_by_type: dict[str, int]
     events_stored: int
     manual_actions: int
+    incidents: dict[str, Any]
     healing: dict[str, Any]
     scaling: dict[str, Any]
     predictions: dict[str, Any]
@@ -178,6 +183,16 @@ class AutonomousSystem:
         self._adapter_factory = adapter_factory
         self.telemetry = Telemetry(self.clock)
         self.router = PaymentRouter(self.providers, self.store, self.telemetry, self.events, self.clock)
+        self.incidents = IncidentTracker(
+            clock=self.clock,
+            bus=self.events,
+            store=self.store,
+            providers=self.providers,
+            router=self.router,
+            telemetry=self.telemetry,
+            run_id=self.run_id,
+        )
+        self.incidents.attach()
         s = self.settings
         self.self_healer = SelfHealer(
             clock=self.clock,
@@ -211,7 +226,11 @@ class AutonomousSystem:
             auto_schedule_maintenance=s.auto_schedule_maintenance,
             telemetry=self.telemetry,
             providers=self.providers,
+            router=self.router,
+            incidents=self.incidents,
         )
+        self.predictive_maintenance.maintenance.heal = self._maintenance_heal
+        self.self_healer.holds_traffic = self.predictive_maintenance.maintenance.in_progress
         self.auto_optimizer = AutoOptimizer(
             clock=self.clock,
             bus=self.events,
@@ -292,6 +311,8 @@ class AutonomousSystem:
         try:
             for component in self.components.values():
                 component.load_persisted_mode()
+            self.incidents.load()
+            self.predictive_maintenance.load()
             async with anyio.create_task_group() as tg:
                 await tg.start(self.recorder.run)
                 tg.start_soon(self._reconcile_forever)
@@ -437,6 +458,7 @@ class AutonomousSystem:
             uptime_s=self.uptime_s,
             overall=overall,
             overall_reason=reason,
+            open_incidents=self.incidents.open_incidents(),
             components={name: c.status() for name, c in self.components.items()},
             providers=providers,
             scaling=scaling,
@@ -460,6 +482,7 @@ class AutonomousSystem:
             uptime_s=full.uptime_s,
             overall=full.overall,
             overall_reason=full.overall_reason,
+            open_incidents=[i.id for i in full.open_incidents],
             components={
                 name: ComponentSummary(
                     mode=c.mode.value,
@@ -502,6 +525,7 @@ class AutonomousSystem:
             events_by_type=self.store.count_events_by_type(),
             events_stored=self.store.count_events(),
             manual_actions=self.store.count_audit(),
+            incidents=self.incidents.stats() if self.store.is_open else {},
             healing=self.self_healer.details(),
             scaling=self.auto_scaler.details(),
             predictions=self.predictive_maintenance.scores(),
@@ -538,6 +562,42 @@ class AutonomousSystem:
     ) -> ScaleResult:
         """Set the replica count now (operator override), waiting for the rollout."""
         return await self.auto_scaler.scale_to(replicas, reason=reason, force=force, progress=progress)
+
+    async def _maintenance_heal(self, provider: str, reason: str) -> bool | None:
+        result = await self.self_healer.heal(provider, reason=reason, trigger="maintenance", dry_run=False)
+        return result.succeeded
+
+    def get_incidents(
+        self,
+        *,
+        provider: str | None = None,
+        status: IncidentStatus | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[Incident]:
+        """Incidents from the store (all runs), newest first."""
+        if provider is not None:
+            self.providers.get(provider)
+        return self.incidents.incidents(provider=provider, status=status, since=since, limit=limit)
+
+    def mark_prediction(self, prediction_id: str, verdict: PredictionStatus, *, reason: str) -> Prediction:
+        """An operator's verdict on a prediction; see `PredictiveMaintenance.mark_prediction`."""
+        return self.predictive_maintenance.mark_prediction(prediction_id, verdict, reason=reason)
+
+    def get_maintenance_windows(
+        self, *, provider: str | None = None, status: MaintenanceStatus | None = None, limit: int = 50
+    ) -> list[MaintenanceWindow]:
+        """Maintenance windows from the store (all runs), latest start first."""
+        if provider is not None:
+            self.providers.get(provider)
+        windows = self.predictive_maintenance.maintenance.windows(
+            provider=provider, status=status, limit=limit
+        )
+        return list(reversed(windows))
+
+    def cancel_maintenance_window(self, window_id: str, *, reason: str) -> MaintenanceWindow:
+        """Cancel a window that has not ended (KeyError: unknown id; ValueError: already ended)."""
+        return self.predictive_maintenance.maintenance.cancel(window_id, reason=reason)
 
     def query_events(
         self,

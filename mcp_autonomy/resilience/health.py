@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mcp_autonomy.providers.base import ProbeResult
 
@@ -52,6 +52,9 @@ class HealthSnapshot(BaseModel):
     last_probe_detail: str | None
     consecutive_failures: int
     consecutive_successes: int
+    failing_since: float | None = Field(
+        None, description="When the current run of failed probes began (null while probes pass)"
+    )
     probes_total: int
     probes_failed: int
     probe_status: HealthStatus
@@ -86,6 +89,7 @@ class ProviderHealth:
         self.last_probe_at: float | None = None
         self.consecutive_failures = 0
         self.consecutive_successes = 0
+        self.failing_since: float | None = None
         self.probes_total = 0
         self.probes_failed = 0
 
@@ -97,7 +101,10 @@ class ProviderHealth:
         if result.ok:
             self.consecutive_successes += 1
             self.consecutive_failures = 0
+            self.failing_since = None
         else:
+            if self.consecutive_failures == 0:
+                self.failing_since = at
             self.probes_failed += 1
             self.consecutive_failures += 1
             self.consecutive_successes = 0
@@ -161,6 +168,7 @@ class ProviderHealth:
             last_probe_detail=None if probe is None else probe.detail,
             consecutive_failures=self.consecutive_failures,
             consecutive_successes=self.consecutive_successes,
+            failing_since=self.failing_since,
             probes_total=self.probes_total,
             probes_failed=self.probes_failed,
             probe_status=self.probe_status,

@@ -37,6 +37,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.component import Mode
 from mcp_autonomy.autonomy.healer import HealResult
+from mcp_autonomy.autonomy.incidents import Incident, IncidentStatus
+from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWindow
 from mcp_autonomy.autonomy.optimizer import Optimization
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus
 from mcp_autonomy.autonomy.scaler import ScaleBoundsError, ScaleResult
@@ -98,6 +100,19 @@ class PredictionList(BaseModel):
 
     predictions: list[Prediction]
     scores: dict[str, Any]
+
+
+class IncidentList(BaseModel):
+    """Incidents (all runs) newest first, with the statistics computed from them."""
+
+    incidents: list[Incident]
+    stats: dict[str, Any]
+
+
+class MaintenanceWindowList(BaseModel):
+    """Maintenance windows (all runs), latest start first."""
+
+    windows: list[MaintenanceWindow]
 
 
 class OptimizationList(BaseModel):
@@ -478,6 +493,107 @@ class McpApp:
             )
 
         @mcp.tool(
+            title="Judge a prediction",
+            description=(
+                "Record an operator's verdict on a prediction (ids from get_predictions): confirmed (the "
+                "predicted trouble happened), false_positive (it did not) or resolved (it was acted on "
+                "before it happened). Overrides the engine's own verdict; precision and recall in get_stats "
+                "are recomputed from it. Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+            ),
+        )
+        async def mark_prediction(
+            id: Annotated[str, Field(min_length=1, max_length=200, description="The prediction's id")],
+            verdict: Annotated[
+                Literal["confirmed", "false_positive", "resolved"], Field(description="Your verdict")
+            ],
+            reason: Reason,
+            ctx: Context,
+        ) -> Prediction:
+            arguments = {"id": id, "verdict": verdict, "reason": reason}
+            try:
+                prediction = system.mark_prediction(id, PredictionStatus(verdict), reason=reason)
+            except KeyError:
+                self._audit(ctx, "mark_prediction", arguments, False, {"error": "unknown id"})
+                raise ToolError(f"id: no prediction {id!r} (see get_predictions for the ids)") from None
+            self._audit(ctx, "mark_prediction", arguments, True, {"status": prediction.status.value})
+            return prediction
+
+        @mcp.tool(
+            title="Get incidents",
+            description=(
+                "Incidents newest first (they survive restarts): what detected each one, when the first "
+                "failure was seen, time to detect / mitigate / recover in seconds, every action taken while "
+                "it was open with its outcome, and the predictions that foresaw it. `stats` holds the mean "
+                "times and the healing success rate computed from the stored incidents. An open system-wide "
+                "incident means more than half of the providers are unhealthy."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_incidents(
+            provider: Annotated[str | None, Field(description="Only this provider")] = None,
+            status: Annotated[IncidentStatus | None, Field(description="open | resolved")] = None,
+            limit: Annotated[int, Field(ge=1, le=500, description="At most this many")] = 50,
+        ) -> IncidentList:
+            self._check_provider(provider)
+            return IncidentList(
+                incidents=system.get_incidents(provider=provider, status=status, limit=limit),
+                stats=system.incidents.stats(),
+            )
+
+        @mcp.tool(
+            title="Get maintenance windows",
+            description=(
+                "Maintenance windows planned from confident critical predictions (AUTO_SCHEDULE_MAINTENANCE): "
+                "provider, the prediction behind it, start and end (epoch seconds), the measured traffic it "
+                "was placed by (`basis`, `expected_requests_per_min`), status (scheduled | in_progress | "
+                "completed | cancelled) and each step run (drain to backup, heal, restore). Latest first."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_maintenance_windows(
+            provider: Annotated[str | None, Field(description="Only this provider")] = None,
+            status: Annotated[MaintenanceStatus | None, Field(description="Only this status")] = None,
+            limit: Annotated[int, Field(ge=1, le=500, description="At most this many")] = 50,
+        ) -> MaintenanceWindowList:
+            self._check_provider(provider)
+            return MaintenanceWindowList(
+                windows=system.get_maintenance_windows(provider=provider, status=status, limit=limit)
+            )
+
+        @mcp.tool(
+            title="Cancel a maintenance window",
+            description=(
+                "Cancel a scheduled or in-progress maintenance window (ids from get_maintenance_windows). A "
+                "window in progress gives the provider its traffic back at once (unless it is unhealthy, "
+                "then the healer keeps it drained). Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+            ),
+        )
+        async def cancel_maintenance_window(
+            id: Annotated[str, Field(min_length=1, max_length=200, description="The window's id")],
+            reason: Reason,
+            ctx: Context,
+        ) -> MaintenanceWindow:
+            arguments = {"id": id, "reason": reason}
+            try:
+                window = system.cancel_maintenance_window(id, reason=reason)
+            except KeyError:
+                self._audit(ctx, "cancel_maintenance_window", arguments, False, {"error": "unknown id"})
+                raise ToolError(f"id: no maintenance window {id!r} (see get_maintenance_windows)") from None
+            except ValueError as exc:
+                self._audit(ctx, "cancel_maintenance_window", arguments, False, {"error": str(exc)})
+                raise ToolError(
+                    f"id: {exc}; only scheduled or in_progress windows can be cancelled"
+                ) from None
+            self._audit(ctx, "cancel_maintenance_window", arguments, True, {"status": window.status.value})
+            return window
+
+        @mcp.tool(
             title="Get optimizations",
             description=(
                 "History of tuning changes (timeouts, retries, rate limits, ...) newest first: old and new "
@@ -838,6 +954,26 @@ class McpApp:
             return dump(PredictionList(predictions=p.predictions(), scores=p.scores()))
 
         @mcp.resource(
+            uris.INCIDENTS,
+            name="incidents",
+            description="The 50 newest incidents with their measured times, and the incident statistics",
+            mime_type=json_type,
+        )
+        async def incidents_resource() -> str:
+            return dump(
+                IncidentList(incidents=system.get_incidents(limit=50), stats=system.incidents.stats())
+            )
+
+        @mcp.resource(
+            uris.MAINTENANCE,
+            name="maintenance",
+            description="Maintenance windows: scheduled, running and past",
+            mime_type=json_type,
+        )
+        async def maintenance_resource() -> str:
+            return dump(MaintenanceWindowList(windows=system.get_maintenance_windows(limit=50)))
+
+        @mcp.resource(
             uris.OPTIMIZATIONS, name="optimizations", description="Optimization history", mime_type=json_type
         )
         async def optimizations_resource() -> str:
@@ -886,6 +1022,7 @@ class McpApp:
                 raise MCPError(INVALID_PARAMS, f"provider: {exc}") from None
             events = system.query_events(provider=provider, limit=50)
             predictions = system.predictive_maintenance.predictions(provider=provider)
+            incidents = system.get_incidents(provider=provider, limit=10)
             lines = [
                 f"Write an incident report for payment provider `{provider}`.",
                 "Use only the measured data below; say 'not measured' where a figure is null.",
@@ -900,6 +1037,9 @@ class McpApp:
                 "",
                 f"## Predictions ({len(predictions)})",
                 *(p.model_dump_json() for p in predictions),
+                "",
+                f"## Incidents ({len(incidents)}, newest first; times in seconds)",
+                *(i.model_dump_json() for i in incidents),
             ]
             return "\n".join(lines)
 

@@ -34,6 +34,8 @@ PREDICTIONS = "autonomy://predictions"
 OPTIMIZATIONS = "autonomy://optimizations"
 EVENTS_RECENT = "autonomy://events/recent"
 SCALING = "autonomy://scaling"
+INCIDENTS = "autonomy://incidents"
+MAINTENANCE = "autonomy://maintenance"
 
 
 def provider_uri(name: str) -> str:
@@ -49,7 +51,14 @@ _PROVIDER_EVENTS = {
     EventType.BREAKER_STATE_CHANGED,
 }
 _SCALING_EVENTS = {EventType.SCALED_UP, EventType.SCALED_DOWN, EventType.SCALING_DECISION}
-_PREDICTION_EVENTS = {EventType.PREDICTION, EventType.MAINTENANCE_SCHEDULED}
+_PREDICTION_EVENTS = {EventType.PREDICTION, EventType.PREDICTION_OUTCOME, EventType.MAINTENANCE_SCHEDULED}
+_INCIDENT_EVENTS = {EventType.INCIDENT_OPENED, EventType.INCIDENT_RESOLVED}
+_MAINTENANCE_EVENTS = {
+    EventType.MAINTENANCE_SCHEDULED,
+    EventType.MAINTENANCE_STARTED,
+    EventType.MAINTENANCE_COMPLETED,
+    EventType.MAINTENANCE_CANCELLED,
+}
 
 
 def resources_for_event(event: Event) -> set[str]:
@@ -63,6 +72,10 @@ def resources_for_event(event: Event) -> set[str]:
         uris.add(SCALING)
     if event.type in _PREDICTION_EVENTS:
         uris.add(PREDICTIONS)
+    if event.type in _INCIDENT_EVENTS:
+        uris.add(INCIDENTS)
+    if event.type in _MAINTENANCE_EVENTS:
+        uris.add(MAINTENANCE)
     if event.type is EventType.OPTIMIZATION_APPLIED:
         uris.add(OPTIMIZATIONS)
     return uris

@@ -34,6 +34,10 @@ EXPECTED_TOOLS = {
     "send_payment",
     "get_payment",
     "list_providers",
+    "get_incidents",
+    "mark_prediction",
+    "get_maintenance_windows",
+    "cancel_maintenance_window",
     "inject_fault",  # present only with --sandbox, as these servers run
 }
 STATIC_RESOURCES = {
@@ -44,6 +48,8 @@ STATIC_RESOURCES = {
     "autonomy://optimizations",
     "autonomy://events/recent",
     "autonomy://scaling",
+    "autonomy://incidents",
+    "autonomy://maintenance",
 }
 VALID_CALLS: dict[str, dict[str, Any]] = {
     "get_status": {},
@@ -56,6 +62,8 @@ VALID_CALLS: dict[str, dict[str, Any]] = {
     "set_autonomy": {"component": "auto_optimizer", "mode": "dry_run", "reason": "end-to-end test"},
     "set_backup_providers": {"primary": "mpesa", "backups": ["paystack"], "reason": "end-to-end test"},
     "list_providers": {},
+    "get_incidents": {"status": "resolved", "limit": 5},
+    "get_maintenance_windows": {"provider": "mpesa"},
     "request_payment": {
         "idempotency_key": "e2e-collect-0001",
         "amount_minor": 15000,
@@ -183,6 +191,22 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                 ["component", "self_healer"],
             ),
             ("get_predictions", {"min_confidence": 2}, ["min_confidence", "less than or equal to 1"]),
+            (
+                "mark_prediction",
+                {"id": "no-such-prediction", "verdict": "confirmed", "reason": "bad input"},
+                ["id", "get_predictions"],
+            ),
+            (
+                "mark_prediction",
+                {"id": "x", "verdict": "maybe", "reason": "bad input"},
+                ["verdict", "false_positive"],
+            ),
+            (
+                "cancel_maintenance_window",
+                {"id": "mw-none", "reason": "bad input"},
+                ["id", "get_maintenance_windows"],
+            ),
+            ("get_incidents", {"limit": 0}, ["limit", "greater than or equal to 1"]),
             (
                 "request_payment",
                 {
