@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         le=MAX_INTERVAL_MS,
         validation_alias=_env("MCP_AUTONOMY_SCALING_INTERVAL_MS"),
     )
+    scaling_policy: Literal["predictive", "reactive"] = Field(
+        "predictive", validation_alias=_env("MCP_AUTONOMY_SCALING_POLICY")
+    )
+    scaling_prior: Literal["original", "none"] = Field(
+        "original", validation_alias=_env("MCP_AUTONOMY_SCALING_PRIOR")
+    )
+    pod_startup_s: int = Field(60, ge=0, le=3600, validation_alias=_env("MCP_AUTONOMY_POD_STARTUP_S"))
     scale_backend: ScaleBackendName = Field("local", validation_alias=_env("MCP_AUTONOMY_SCALE_BACKEND"))
     k8s_namespace: str = Field("default", validation_alias=_env("MCP_AUTONOMY_K8S_NAMESPACE"))
     k8s_deployment: str = Field("mcp-autonomy", validation_alias=_env("MCP_AUTONOMY_K8S_DEPLOYMENT"))
@@ -182,6 +189,8 @@ def _describe_allowed(field_name: str) -> str:
         return "true or false"
     if annotation is Sensitivity:
         return "one of low, medium, high"
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
     lo = hi = None
     for meta in field.metadata:
         lo = getattr(meta, "ge", lo)

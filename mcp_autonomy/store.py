@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.payments import PaymentRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -105,6 +105,12 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS maintenance_by_time ON maintenance_windows(at);
     CREATE INDEX IF NOT EXISTS maintenance_by_status ON maintenance_windows(status);
+    """,
+    4: """
+    CREATE TABLE IF NOT EXISTS load_samples (
+        at REAL PRIMARY KEY,
+        tpm REAL NOT NULL
+    );
     """,
 }
 RECORD_TABLES = ("incidents", "predictions", "maintenance_windows")
@@ -447,6 +453,25 @@ class Store:
                 .fetchall()
             )
         return [str(r[0]) for r in reversed(rows)]
+
+    # --- load history (what the scaling forecaster learns from) --------------------------
+
+    def record_load(self, at: float, tpm: float, *, keep_s: float) -> None:
+        """Add one measured load sample and drop those older than `keep_s`."""
+        with self._lock:
+            db = self._db()
+            db.execute("INSERT OR REPLACE INTO load_samples (at, tpm) VALUES (?, ?)", (at, tpm))
+            db.execute("DELETE FROM load_samples WHERE at < ?", (at - keep_s,))
+
+    def load_samples(self, *, since: float) -> list[tuple[float, float]]:
+        """Load samples (epoch seconds, transactions per minute) at or after `since`, oldest first."""
+        with self._lock:
+            rows = (
+                self._db()
+                .execute("SELECT at, tpm FROM load_samples WHERE at >= ? ORDER BY at", (since,))
+                .fetchall()
+            )
+        return [(float(r[0]), float(r[1])) for r in rows]
 
     # --- component state ----------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 """PredictiveMaintenance: forecasts provider failures from measured telemetry series.
 
-Every tick, each provider's telemetry over the last interval becomes one point on three series
-(error rate, p95 latency, requests per minute), each fed to its own streaming detector (the very
-detector `mcp-autonomy detect` replays). A detector alert becomes a prediction with its
-indicators, window and recommended action, published as a `prediction` event.
+Every tick, each provider's telemetry over the last interval becomes one point on each of its
+series (error rate, p50/p95/p99 latency, requests per minute, breaker openings), each fed to its
+own streaming detector (the very detector `mcp-autonomy detect` replays). A detector alert
+becomes a prediction with its indicators, window and recommended action, published as a
+`prediction` event. One trouble usually moves several series (a slowdown lifts every latency
+quantile): an alert whose provider already has an active prediction of the same type is folded
+into it (its indicators added, confidence and window widened) instead of alerting again.
 
 Predictions are records that keep score of themselves (in the store, across restarts):
 
@@ -36,7 +39,7 @@ from mcp_autonomy.autonomy.component import Component
 from mcp_autonomy.autonomy.maintenance import MaintenanceScheduler, MaintenanceWindow, TrafficProfile
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
-from mcp_autonomy.events import EventBus, EventType, Severity
+from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.store import Store
 
 if TYPE_CHECKING:
@@ -48,8 +51,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SERIES = ("error_rate", "latency_p95_ms", "requests_per_min")
+SERIES = (
+    "error_rate",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "requests_per_min",
+    "breaker_opens",
+)
 """The per-provider series the detectors watch."""
+_SEVERITY_ORDER: Final = ("low", "medium", "high", "critical")
 MAINTENANCE_MIN_CONFIDENCE: Final = 0.8
 """A prediction plans a maintenance window only from this confidence ..."""
 MAINTENANCE_SEVERITIES: Final = frozenset({"high", "critical"})
@@ -146,6 +157,17 @@ class PredictiveMaintenance(Component):
         )
         if incidents is not None:
             incidents.add_observer(self._on_incident)
+        self._breaker_opens: dict[str, int] = {}
+        self._builder: Any = None
+        bus.add_listener(self._count_breaker_opens)
+
+    def _count_breaker_opens(self, event: Event) -> None:
+        if (
+            event.type is EventType.BREAKER_STATE_CHANGED
+            and event.provider is not None
+            and event.data.get("to") == "open"
+        ):
+            self._breaker_opens[event.provider] = self._breaker_opens.get(event.provider, 0) + 1
 
     def load(self) -> None:
         """Reload predictions, maintenance windows and the traffic profile from the store."""
@@ -174,9 +196,7 @@ class PredictiveMaintenance(Component):
     async def tick(self) -> None:
         if self.telemetry is None or self.providers is None:
             return
-        from mcp_autonomy.autonomy.detection import PredictionBuilder
-
-        builder = PredictionBuilder()
+        builder = self._prediction_builder()
         now = self.clock.now()
         self._expire(now)
         await self.maintenance.run_due()
@@ -190,12 +210,16 @@ class PredictiveMaintenance(Component):
                 traffic = self.telemetry.provider(provider).snapshot(measured_s)
                 self.traffic.record(provider, now, traffic.requests, measured_s)
             snapshot = self.telemetry.provider(provider).snapshot(self.interval_s)
-            if snapshot.requests == 0:
+            breaker_opens = self._breaker_opens.pop(provider, 0)
+            if snapshot.requests == 0 and snapshot.rejected_locally == 0 and breaker_opens == 0:
                 continue  # no traffic is no evidence: a gap, not a zero
-            values = {
+            values: dict[str, float | None] = {
                 "error_rate": snapshot.error_rate,
+                "latency_p50_ms": snapshot.latency_p50_ms,
                 "latency_p95_ms": snapshot.latency_p95_ms,
+                "latency_p99_ms": snapshot.latency_p99_ms,
                 "requests_per_min": snapshot.requests_per_min,
+                "breaker_opens": float(breaker_opens),
             }
             for series in SERIES:
                 value = values[series]
@@ -211,9 +235,29 @@ class PredictiveMaintenance(Component):
         if self.store.is_open:
             self.store.set_state(self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now)
 
+    def _prediction_builder(self) -> Any:
+        if self._builder is None:
+            from mcp_autonomy.autonomy.detection.prediction import (
+                DEFAULT_SERIES_PROFILES,
+                PredictionBuilder,
+                SeriesProfile,
+                SeriesRole,
+            )
+
+            # Breaker openings per interval: counted events, bad when up, and one more opening
+            # is the smallest change worth a prediction.
+            breaker = SeriesProfile("breaker_opens", SeriesRole.ERRORS, "opens", 1, min_change=1.0)
+            self._builder = PredictionBuilder({**DEFAULT_SERIES_PROFILES, breaker.name: breaker})
+        return self._builder
+
     def record(self, prediction: Prediction) -> None:
+        """Add a prediction (from the detectors): judged at once if its provider's incident is
+        already open, folded into an active one of the same provider and type, else published
+        (and possibly given a maintenance window)."""
         if prediction.id in self._predictions:
             return  # the same alert replayed (ids are derived from provider, series and time)
+        if self._fold(prediction):
+            return
         ongoing = None if self.incidents is None else self.incidents.open_for(prediction.provider)
         if ongoing is not None:
             self._judge(
@@ -242,6 +286,35 @@ class PredictiveMaintenance(Component):
         )
         if ongoing is None:
             self._maybe_schedule_maintenance(prediction)
+
+    def _fold(self, prediction: Prediction) -> bool:
+        """Merge into an active prediction of the same provider and type; False if there is none."""
+        into = next(
+            (
+                p
+                for p in self._predictions.values()
+                if p.status is PredictionStatus.ACTIVE
+                and p.provider == prediction.provider
+                and p.type is prediction.type
+                and p.window_end >= prediction.created_at
+            ),
+            None,
+        )
+        if into is None:
+            return False
+        known = {i.name for i in into.indicators}
+        into.indicators.extend(i for i in prediction.indicators if i.name not in known)
+        into.confidence = max(into.confidence, prediction.confidence)
+        into.window_end = max(into.window_end, prediction.window_end)
+        if _SEVERITY_ORDER.index(prediction.severity) > _SEVERITY_ORDER.index(into.severity):
+            into.severity = prediction.severity
+        self._save(into)
+        logger.debug("prediction %s folded into %s", prediction.id, into.id)
+        if into.maintenance_window_id is None and (
+            self.incidents is None or self.incidents.open_for(into.provider) is None
+        ):
+            self._maybe_schedule_maintenance(into)
+        return True
 
     def _maybe_schedule_maintenance(self, prediction: Prediction) -> None:
         if not (

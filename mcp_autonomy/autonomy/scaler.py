@@ -1,16 +1,21 @@
 """AutoScaler: keeps the replica count in step with the measured load.
 
-Each tick reads the measured cluster load (transactions per minute) and, when there is one,
-proposes `ceil(load / TARGET_TPM_PER_INSTANCE)` replicas clamped to MIN..MAX, ignoring changes
-inside a tolerance band and holding scale-downs for a stabilisation window (the Kubernetes HPA's
-own safeguards). With no load measured there is no decision: nothing is invented.
+Each tick, if this replica leads (see `scaling/leader.py`; a single process always does), reads
+the measured cluster load (transactions per minute) and asks its `ScalingPolicy` (predictive by
+default, see `scaling/policy.py`) for a replica count, passing the guards that forbid a
+scale-down (an open incident, a maintenance window in progress). Every change is a
+`scaling_decision` event with the policy's inputs, rule and reason. With no load measured there is
+no decision: nothing is invented.
+
+The load is also recorded once a minute in the store, and replayed into the policy's forecaster
+at start-up, so a restarted replica (or a new leader) forecasts from the history, not from zero.
 `scale_to()` is the operator's override (the `scale_to` tool); calls are serialised.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
+import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,19 +24,29 @@ from pydantic import BaseModel, Field
 
 from mcp_autonomy.autonomy.component import Component
 from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackend
+from mcp_autonomy.autonomy.scaling.policy import (
+    NO_GUARDS,
+    ReactiveConfig,
+    ReactivePolicy,
+    ScaleGuards,
+    ScalingPolicy,
+)
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.store import Store
 
-TOLERANCE = 0.1
-"""Ratio band around 1.0 inside which no scaling happens (the HPA's default)."""
-SCALE_DOWN_STABILIZATION_S = 300.0
-"""A scale-down uses the highest recommendation of this many past seconds (the HPA's default)."""
+logger = logging.getLogger(__name__)
+
 ROLLOUT_POLL_S = 1.0
 DEFAULT_ROLLOUT_TIMEOUT_S = 120.0
+LOAD_SAMPLE_S = 60.0
+"""One load sample a minute is kept in the store for the forecaster ..."""
+LOAD_HISTORY_S = 15 * 86_400.0
+"""... for two weeks and a day: enough for the weekly profile to be learned again after a restart."""
 
-LoadSource = Callable[[], float | None]
+LoadSource = Callable[[], float | Awaitable[float | None] | None]
+GuardSource = Callable[[], ScaleGuards]
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
 
 
@@ -70,6 +85,8 @@ class AutoScaler(Component):
         min_replicas: int,
         max_replicas: int,
         target_tpm_per_instance: int,
+        policy: ScalingPolicy | None = None,
+        guards: GuardSource | None = None,
     ) -> None:
         super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
         self.backend = backend
@@ -77,13 +94,59 @@ class AutoScaler(Component):
         self.min_replicas = min_replicas
         self.max_replicas = max_replicas
         self.target_tpm_per_instance = target_tpm_per_instance
+        self.policy: ScalingPolicy = policy or ReactivePolicy(
+            ReactiveConfig(
+                target_tpm_per_instance=float(target_tpm_per_instance),
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+            )
+        )
+        self.guards: GuardSource = guards or (lambda: NO_GUARDS)
+        self.is_leader: Callable[[], bool] = lambda: True
+        """Only the leader decides (set by the system from its leader elector)."""
+        self.leader: Callable[[], str | None] = lambda: "local"
         self._lock = anyio.Lock()
-        self._recommendations: deque[tuple[float, int]] = deque()
         self._last_load: float | None = None
         self._last_decision: dict[str, Any] | None = None
+        self._last_sample_at: float | None = None
+        self.samples_replayed = 0
+
+    def warm_up_from_history(self) -> int:
+        """Feed the recorded load of the last two weeks to the policy's forecaster; returns how many."""
+        forecaster = getattr(self.policy, "forecaster", None)
+        if forecaster is None or not self.store.is_open:
+            return 0
+        samples = self.store.load_samples(since=self.clock.now() - LOAD_HISTORY_S)
+        for at, tpm in samples:
+            forecaster.observe(at, tpm)
+        self.samples_replayed = len(samples)
+        if samples:
+            self._last_sample_at = samples[-1][0]
+        return len(samples)
+
+    async def _measure(self) -> float | None:
+        value = self.load_source()
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    def _record_sample(self, load: float) -> None:
+        now = self.clock.now()
+        if self._last_sample_at is not None and now - self._last_sample_at < LOAD_SAMPLE_S:
+            return
+        self._last_sample_at = now
+        if self.store.is_open:
+            self.store.record_load(now, load, keep_s=LOAD_HISTORY_S)
 
     async def tick(self) -> None:
-        load = self.load_source()
+        if not self.is_leader():
+            self._last_decision = {
+                "at": self.clock.now(),
+                "decision": "none",
+                "reason": f"not the leader: {self.leader() or 'nobody'} decides",
+            }
+            return
+        load = await self._measure()
         self._last_load = load
         if load is None:
             self._last_decision = {
@@ -92,50 +155,35 @@ class AutoScaler(Component):
                 "reason": "no load measured yet",
             }
             return
+        self._record_sample(load)
         state = await self.backend.read()
         current = state.desired
-        recommendation = self.recommend(load, current)
-        now = self.clock.monotonic()
-        self._recommendations.append((now, recommendation))
-        while self._recommendations and now - self._recommendations[0][0] > SCALE_DOWN_STABILIZATION_S:
-            self._recommendations.popleft()
-        desired = recommendation
-        if recommendation < current:
-            # Scale down only to the highest recommendation of the stabilisation window.
-            desired = max(r for _, r in self._recommendations)
-        inputs = {
-            "load_tpm": round(load, 3),
-            "target_tpm_per_instance": self.target_tpm_per_instance,
-            "current_desired": current,
-            "recommendation": recommendation,
-            "stabilised_desired": desired,
+        guards = self.guards()
+        decision = self.policy.recommend(
+            self.clock.now(), float(load), current, current if state.ready is None else state.ready, guards
+        )
+        desired = decision.desired_replicas
+        inputs: dict[str, Any] = {
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in decision.inputs.items()},
+            "policy": self.policy.name,
+            "rule": decision.rule.value,
+            "guards": guards.describe(),
         }
-        self._last_decision = {"at": self.clock.now(), **inputs}
+        self._last_decision = {"at": self.clock.now(), **inputs, "reason": decision.reason}
         if desired == current:
             self._last_decision["decision"] = "hold"
             return
-        reason = (
-            f"load {load:.1f} tpm / target {self.target_tpm_per_instance} tpm per instance "
-            f"-> {recommendation} (stabilised {desired})"
-        )
         self._last_decision["decision"] = f"scale {current} -> {desired}"
         self.bus.emit(
             EventType.SCALING_DECISION,
             component=self.name,
             dry_run=self.dry_run,
-            message=f"decided {current} -> {desired} replicas: {reason}",
-            data=inputs,
+            message=f"decided {current} -> {desired} replicas ({decision.rule.value}): {decision.reason}",
+            data={**inputs, "from": current, "to": desired, "reason": decision.reason},
         )
-        await self.act(f"scale to {desired}", lambda: self._apply(desired, reason, "automatic", forced=False))
-
-    def recommend(self, load_tpm: float, current: int) -> int:
-        """The HPA-style recommendation for `load_tpm`, clamped to MIN..MAX."""
-        if current > 0:
-            ratio = load_tpm / (current * self.target_tpm_per_instance)
-            if abs(ratio - 1.0) <= TOLERANCE:
-                return max(self.min_replicas, min(self.max_replicas, current))
-        wanted = math.ceil(load_tpm / self.target_tpm_per_instance)
-        return max(self.min_replicas, min(self.max_replicas, wanted))
+        await self.act(
+            f"scale to {desired}", lambda: self._apply(desired, decision.reason, "automatic", forced=False)
+        )
 
     def check_bounds(self, replicas: int, force: bool) -> None:
         """Raise `ScaleBoundsError` naming the bounds when `replicas` is outside them."""
@@ -241,6 +289,10 @@ class AutoScaler(Component):
     def details(self) -> dict[str, Any]:
         return {
             "backend": self.backend.name,
+            "policy": self.policy.name,
+            "leader": self.leader(),
+            "is_leader": self.is_leader(),
+            "load_samples_replayed": self.samples_replayed,
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
             "target_tpm_per_instance": self.target_tpm_per_instance,

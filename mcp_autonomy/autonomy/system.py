@@ -26,6 +26,16 @@ from mcp_autonomy.autonomy.optimizer import AutoOptimizer
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus, PredictiveMaintenance
 from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
 from mcp_autonomy.autonomy.scaling import LocalScaleBackend, ReplicaState, ScaleBackend
+from mcp_autonomy.autonomy.scaling.policy import (
+    ORIGINAL_MODULE_PRIOR_SCHEDULE,
+    ForecastConfig,
+    PredictiveConfig,
+    PredictivePolicy,
+    ReactiveConfig,
+    ReactivePolicy,
+    ScaleGuards,
+    ScalingPolicy,
+)
 from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
@@ -154,6 +164,26 @@ class SystemStats(BaseModel):
     payments: dict[str, Any]
 
 
+def scaling_policy(settings: Settings) -> ScalingPolicy:
+    """The policy the settings ask for, bounded by MIN..MAX and aimed at TARGET_TPM_PER_INSTANCE."""
+    reactive = ReactiveConfig(
+        target_tpm_per_instance=float(settings.target_tpm_per_instance),
+        min_replicas=settings.min_instances,
+        max_replicas=settings.max_instances,
+    )
+    if settings.scaling_policy == "reactive":
+        return ReactivePolicy(reactive)
+    prior = ORIGINAL_MODULE_PRIOR_SCHEDULE if settings.scaling_prior == "original" else ()
+    return PredictivePolicy(
+        PredictiveConfig(
+            reactive=reactive,
+            forecast=ForecastConfig(prior_schedule=prior),
+            startup_s=float(settings.pod_startup_s),
+            scale_down_hold_s=max(float(settings.pod_startup_s), 600.0),
+        )
+    )
+
+
 class AutonomousSystem:
     """The engine: four autonomy loops over the registered providers.
 
@@ -215,6 +245,8 @@ class AutonomousSystem:
             min_replicas=s.min_instances,
             max_replicas=s.max_instances,
             target_tpm_per_instance=s.target_tpm_per_instance,
+            policy=scaling_policy(s),
+            guards=self.scale_guards,
         )
         self.predictive_maintenance = PredictiveMaintenance(
             clock=self.clock,
@@ -313,6 +345,9 @@ class AutonomousSystem:
                 component.load_persisted_mode()
             self.incidents.load()
             self.predictive_maintenance.load()
+            replayed = self.auto_scaler.warm_up_from_history()
+            if replayed:
+                logger.info("scaling forecaster warmed up from %d recorded load samples", replayed)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.recorder.run)
                 tg.start_soon(self._reconcile_forever)
@@ -370,6 +405,14 @@ class AutonomousSystem:
     def measured_load_tpm(self) -> float | None:
         """Transactions per minute measured through the router; None until payments flow."""
         return self.telemetry.transactions_per_minute()
+
+    def scale_guards(self) -> ScaleGuards:
+        """What forbids removing capacity now: an open incident, a maintenance window running."""
+        maintenance = self.predictive_maintenance.maintenance
+        return ScaleGuards(
+            incident_open=bool(self.incidents.open_incidents()),
+            maintenance_window=any(maintenance.in_progress(name) for name in self.providers.names()),
+        )
 
     # --- payments -----------------------------------------------------------------------
 

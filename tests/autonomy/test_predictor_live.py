@@ -41,7 +41,7 @@ async def test_error_rate_jump_raises_a_failure_prediction(settings: Settings, c
         assert all(0.0 <= p.confidence <= 1.0 and p.indicators for p in predictions)
         events = system.events.history(types=[EventType.PREDICTION])
         assert events and events[0].provider == "mpesa" and events[0].data["type"] == "failure"
-        assert system.predictive_maintenance.details()["series_tracked"] == 3
+        assert system.predictive_maintenance.details()["series_tracked"] == 6
 
 
 async def test_no_prediction_on_steady_noisy_traffic(settings: Settings, clock: ManualClock) -> None:

@@ -1,0 +1,93 @@
+"""The live auto-scaler: policy decisions as events, guards, leadership, load history."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_autonomy.autonomy.scaling.policy import PredictivePolicy, ReactivePolicy, ScalingRule
+from mcp_autonomy.autonomy.system import AutonomousSystem
+from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.config import Settings
+from mcp_autonomy.events import EventType
+from tests.fakes import ScriptedAdapter
+
+pytestmark = pytest.mark.anyio
+TICK_S = 15.0
+
+
+def make_system(
+    settings: Settings, clock: ManualClock, **updates: object
+) -> tuple[AutonomousSystem, list[float]]:
+    system = AutonomousSystem(
+        settings.model_copy(update={"predictive_maintenance_enabled": False, **updates}), clock=clock
+    )
+    system.register_provider(ScriptedAdapter("mpesa"))
+    system.register_provider(ScriptedAdapter("paystack"))
+    load = [0.0]
+    system.auto_scaler.load_source = lambda: load[0]
+    return system, load
+
+
+async def test_scales_up_with_load_and_explains_each_decision(settings: Settings, clock: ManualClock) -> None:
+    system, load = make_system(settings, clock)
+    assert isinstance(system.auto_scaler.policy, PredictivePolicy)
+    async with system.running():
+        load[0] = 950.0
+        await clock.advance(TICK_S)
+        # The HPA's default step limit: at most +4 pods or +100 % per 15 s, so 2 -> 6 -> 10.
+        assert (await system.auto_scaler.backend.read()).desired == 6
+        await clock.advance(TICK_S)
+        assert (await system.auto_scaler.backend.read()).desired == 10  # ceil(950 / 100)
+        first, decision = system.events.history(types=[EventType.SCALING_DECISION])
+        assert first.data["rule"] == ScalingRule.RATE_LIMITED.value
+        assert decision.data["rule"] == ScalingRule.REACTIVE_UP.value
+        assert decision.data["load_tpm"] == 950.0 and decision.data["to"] == 10
+        assert "950.0 tpm" in decision.data["reason"]
+
+
+async def test_no_scale_down_while_an_incident_is_open(settings: Settings, clock: ManualClock) -> None:
+    system, load = make_system(settings, clock, scaling_policy="reactive")
+    assert isinstance(system.auto_scaler.policy, ReactivePolicy)
+    mpesa = system.providers.get("mpesa").adapter
+    assert isinstance(mpesa, ScriptedAdapter)
+    async with system.running():
+        load[0] = 800.0
+        await clock.advance(2 * TICK_S)
+        assert (await system.auto_scaler.backend.read()).desired == 8
+        mpesa.probe_ok = False
+        await clock.advance(20.0)
+        assert system.incidents.open_incidents()
+        load[0] = 100.0
+        await clock.advance(600.0)  # long past the 300 s scale-down stabilisation
+        assert (await system.auto_scaler.backend.read()).desired == 8
+        last = system.auto_scaler.details()["last_decision"]
+        assert last["rule"] == ScalingRule.GUARD.value and "incident open" in last["guards"]
+        mpesa.probe_ok = True
+        await clock.advance(30.0 + 300.0)
+        assert not system.incidents.open_incidents()
+        assert (await system.auto_scaler.backend.read()).desired == 2
+
+
+async def test_only_the_leader_decides(settings: Settings, clock: ManualClock) -> None:
+    system, load = make_system(settings, clock)
+    system.auto_scaler.is_leader = lambda: False
+    system.auto_scaler.leader = lambda: "pod-b"
+    async with system.running():
+        load[0] = 950.0
+        await clock.advance(TICK_S * 4)
+        assert (await system.auto_scaler.backend.read()).desired == settings.min_instances
+        assert system.events.history(types=[EventType.SCALING_DECISION]) == []
+        assert "pod-b decides" in system.auto_scaler.details()["last_decision"]["reason"]
+
+
+async def test_recorded_load_warms_the_forecaster_after_a_restart(
+    settings: Settings, clock: ManualClock
+) -> None:
+    system, load = make_system(settings, clock)
+    async with system.running():
+        load[0] = 300.0
+        await clock.advance(30 * 60.0)  # half an hour: one sample a minute
+    restarted, _ = make_system(settings, clock)
+    async with restarted.running():
+        assert restarted.auto_scaler.samples_replayed == 31
+        assert restarted.auto_scaler.details()["load_samples_replayed"] == 31
