@@ -10,7 +10,6 @@ needed. `heal()` runs the same sequence on demand (the `heal_provider` tool).
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -182,20 +181,20 @@ class SelfHealer(Component):
 
     async def probe(self, entry: ProviderEntry) -> ProbeResult:
         """Probe one provider now and fold the result into its health (publishing transitions)."""
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         try:
             result = await entry.adapter.probe()
         except ProviderError as exc:
             result = ProbeResult(
                 ok=False,
-                latency_ms=(time.perf_counter() - started) * 1000,
+                latency_ms=(self.clock.monotonic() - started) * 1000,
                 detail=str(exc),
                 error_class=exc.error_class,
             )
         except Exception as exc:  # an adapter bug must not stop the healer from seeing it
             result = ProbeResult(
                 ok=False,
-                latency_ms=(time.perf_counter() - started) * 1000,
+                latency_ms=(self.clock.monotonic() - started) * 1000,
                 detail=f"{type(exc).__name__}: {exc}",
             )
         self._publish(entry, entry.health.record_probe(result, self.clock.now()), result.latency_ms)
@@ -273,7 +272,7 @@ class SelfHealer(Component):
         entry = self.providers.get(provider)
         is_dry_run = self.dry_run if dry_run is None else dry_run
         started_at = self.clock.now()
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         before = entry.health.snapshot()
         was_unhealthy = before.status in (HealthStatus.UNHEALTHY, HealthStatus.DEGRADED)
         steps: list[HealStep] = []
@@ -333,7 +332,7 @@ class SelfHealer(Component):
             health_before=before,
             health_after=after,
             started_at=started_at,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round((self.clock.monotonic() - started) * 1000, 3),
         )
         self.bus.emit(
             EventType.HEALING_EVENT,
@@ -384,7 +383,7 @@ class SelfHealer(Component):
         )
 
     async def _reinitialize(self, entry: ProviderEntry) -> HealStep:
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         try:
             await entry.adapter.initialize()
         except Exception as exc:  # reported as a failed step, the sequence goes on to the probe
@@ -393,7 +392,7 @@ class SelfHealer(Component):
                 name="reinitialize",
                 ok=False,
                 detail=entry.last_init_error,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round((self.clock.monotonic() - started) * 1000, 3),
             )
         entry.initialized = True
         entry.last_init_error = None
@@ -401,7 +400,7 @@ class SelfHealer(Component):
             name="reinitialize",
             ok=True,
             detail="new HTTP client, fresh credentials",
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round((self.clock.monotonic() - started) * 1000, 3),
         )
 
     def details(self) -> dict[str, Any]:

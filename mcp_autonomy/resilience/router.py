@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -295,7 +294,7 @@ class PaymentRouter:
             self.counters["replays"] += 1
             return existing
         self.counters["payments"] += 1
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         try:
             chain = self.route(request.operation, request.money.currency, request.country)
         except NoRouteError as exc:
@@ -322,7 +321,7 @@ class PaymentRouter:
         self.store.update_payment(record)
         ok = record.status in (TransactionStatus.SUCCEEDED, TransactionStatus.PENDING)
         self.telemetry.record_payment(
-            Outcome.SUCCESS if ok else Outcome.NOT_PROCESSED, (time.perf_counter() - started) * 1000
+            Outcome.SUCCESS if ok else Outcome.NOT_PROCESSED, (self.clock.monotonic() - started) * 1000
         )
         if record.status is TransactionStatus.UNKNOWN:
             self.counters["unknown"] += 1
@@ -364,11 +363,11 @@ class PaymentRouter:
                 )
                 self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
                 return "next"
-            call_started = time.perf_counter()
+            call_started = self.clock.monotonic()
             try:
                 txn = await self._call(lane, request)
             except TimeoutError:
-                latency_ms = (time.perf_counter() - call_started) * 1000
+                latency_ms = (self.clock.monotonic() - call_started) * 1000
                 permit.record(False, latency_ms / 1000)
                 self.telemetry.record_call(lane.name, Outcome.TIMEOUT, latency_ms)
                 self._attempt(
@@ -381,7 +380,7 @@ class PaymentRouter:
                 )
                 return await self._resolve_ambiguous(lane, request, record)
             except ProviderError as exc:
-                latency_ms = (time.perf_counter() - call_started) * 1000
+                latency_ms = (self.clock.monotonic() - call_started) * 1000
                 permit.record_error(exc, latency_ms / 1000)
                 self.telemetry.record_call(lane.name, Outcome.from_error_class(exc.error_class), latency_ms)
                 self._attempt(
@@ -417,7 +416,7 @@ class PaymentRouter:
                     delay = max(delay, exc.retry_after_s)
                 await self.clock.sleep(delay)
                 continue
-            latency_ms = (time.perf_counter() - call_started) * 1000
+            latency_ms = (self.clock.monotonic() - call_started) * 1000
             permit.record(True, latency_ms / 1000)
             self.telemetry.record_call(lane.name, Outcome.SUCCESS, latency_ms)
             self._attempt(
