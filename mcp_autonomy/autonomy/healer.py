@@ -111,6 +111,11 @@ class SelfHealer(Component):
             self._publish(
                 entry, entry.health.record_passive(snapshot.requests, snapshot.error_rate, self.clock.now())
             )
+            breaker_open = self.router.lane(entry.name).breaker.state in (
+                BreakerState.OPEN,
+                BreakerState.FORCED_OPEN,
+            )
+            self._publish(entry, entry.health.record_breaker(breaker_open, self.clock.now()))
             await self.probe(entry)
             if entry.health.status is HealthStatus.UNHEALTHY:
                 await self._maybe_fail_over(entry)

@@ -11,6 +11,12 @@ Two measured views are combined, and the worse one wins:
   `degraded`; it recovers only below `PASSIVE_RECOVERED_ERROR_RATE`. Too few requests is no
   evidence either way.
 
+- **the breaker** (the router's view of the real calls, seconds old): while it is open the provider
+  is `unhealthy`. Probes can be metered by the provider (Daraja caches a token probe for 30 s) and
+  the passive error rate stops moving once the open breaker keeps calls away, so without this view
+  an outage the breaker already saw would wait for the probes to notice. Half-open or closed is
+  no evidence either way: the probes and the real calls decide again.
+
 Before any evidence a provider is `unknown`.
 """
 
@@ -59,6 +65,7 @@ class HealthSnapshot(BaseModel):
     probes_failed: int
     probe_status: HealthStatus
     passive_status: HealthStatus
+    breaker_status: HealthStatus = HealthStatus.UNKNOWN
     passive_error_rate: float | None
     passive_requests: int
 
@@ -82,6 +89,7 @@ class ProviderHealth:
         self.status = HealthStatus.UNKNOWN
         self.probe_status = HealthStatus.UNKNOWN
         self.passive_status = HealthStatus.UNKNOWN
+        self.breaker_status = HealthStatus.UNKNOWN
         self.passive_error_rate: float | None = None
         self.passive_requests = 0
         self.since: float | None = None
@@ -136,8 +144,15 @@ class ProviderHealth:
             else "no real calls",
         )
 
+    def record_breaker(self, is_open: bool, at: float) -> HealthTransition | None:
+        """Fold in whether the provider's breaker is open now."""
+        self.breaker_status = HealthStatus.UNHEALTHY if is_open else HealthStatus.UNKNOWN
+        return self._combine(
+            at, "breaker open: real calls are failing" if is_open else "breaker no longer open"
+        )
+
     def _combine(self, at: float, reason: str) -> HealthTransition | None:
-        new = _worse(self.probe_status, self.passive_status)
+        new = _worse(_worse(self.probe_status, self.passive_status), self.breaker_status)
         if new is self.status:
             return None
         transition = HealthTransition(self.provider, self.status, new, at, reason)
@@ -173,6 +188,7 @@ class ProviderHealth:
             probes_failed=self.probes_failed,
             probe_status=self.probe_status,
             passive_status=self.passive_status,
+            breaker_status=self.breaker_status,
             passive_error_rate=self.passive_error_rate,
             passive_requests=self.passive_requests,
         )

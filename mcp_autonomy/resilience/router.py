@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -46,6 +46,7 @@ from mcp_autonomy.providers.base import (
 )
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
+from mcp_autonomy.resilience.canary import ArmTally, CanarySplit
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.rate_limiter import TokenBucket
 from mcp_autonomy.resilience.retry import Backoff, RetryBudget
@@ -82,6 +83,8 @@ class ProviderLane:
     budget: RetryBudget
     backoff: Backoff
     tunables: ProviderTunables
+    tally: ArmTally = field(default_factory=ArmTally)
+    canary: CanarySplit | None = None
 
     @property
     def name(self) -> str:
@@ -169,6 +172,33 @@ class PaymentRouter:
             tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
         )
         return previous
+
+    def start_canary(
+        self, provider: str, optimization_id: str, parameter: str, tunables: ProviderTunables, *, share: float
+    ) -> CanarySplit:
+        """Send `share` of `provider`'s payments through `tunables` until `stop_canary`."""
+        lane = self.lane(provider)
+        if lane.canary is not None:
+            raise ValueError(f"{provider}: canary {lane.canary.optimization_id} is already running")
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"share must be in (0, 1), got {share}")
+        lane.canary = CanarySplit(
+            optimization_id=optimization_id,
+            parameter=parameter,
+            tunables=tunables,
+            share=share,
+            backoff=Backoff(
+                tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
+            ),
+            started_at=self.clock.now(),
+        )
+        return lane.canary
+
+    def stop_canary(self, provider: str) -> CanarySplit | None:
+        """End the running canary (its tallies are returned); all traffic uses the lane's tunables."""
+        lane = self.lane(provider)
+        split, lane.canary = lane.canary, None
+        return split
 
     def lane_status(self, provider: str) -> LaneStatus:
         lane = self.lane(provider)
@@ -327,9 +357,11 @@ class PaymentRouter:
             self.counters["unknown"] += 1
         return record
 
-    async def _call(self, lane: ProviderLane, request: PaymentRequest) -> ProviderTransaction:
+    async def _call(
+        self, lane: ProviderLane, request: PaymentRequest, timeout_s: float
+    ) -> ProviderTransaction:
         adapter = lane.entry.adapter
-        with self.clock.fail_after(lane.tunables.timeout_s):
+        with self.clock.fail_after(timeout_s):
             if request.operation is Operation.PAYOUT:
                 return await adapter.payout(request)
             return await adapter.collect(request)
@@ -337,7 +369,52 @@ class PaymentRouter:
     async def _try_provider(
         self, lane: ProviderLane, request: PaymentRequest, record: PaymentRecord, is_last: bool
     ) -> str:
-        """Try one provider; returns "done" (the payment has its outcome) or "next" (fail over)."""
+        """Try one provider; returns "done" (the payment has its outcome) or "next" (fail over).
+
+        The lane's tunables apply, or the canary's for the payments in its arm; both the lane's
+        tally and the arm's count the outcome.
+        """
+        split = lane.canary
+        arm_tally: ArmTally | None = None
+        tunables, backoff = lane.tunables, lane.backoff
+        if split is not None:
+            arm = split.arm_for(request.idempotency_key)
+            arm_tally = split.tally(arm)
+            if arm == "canary":
+                tunables, backoff = split.tunables, split.backoff
+        tallies = (lane.tally,) if arm_tally is None else (lane.tally, arm_tally)
+        for tally in tallies:
+            tally.calls += 1
+        result = await self._attempts_at(lane, request, record, is_last, tunables, backoff, tallies)
+        if (
+            result == "done"
+            and record.provider == lane.name
+            and record.status is not TransactionStatus.FAILED
+        ):
+            retried = (
+                sum(
+                    1
+                    for a in record.attempts
+                    if a.provider == lane.name and a.outcome is not AttemptOutcome.RESOLVED_BY_STATUS
+                )
+                > 1
+            )
+            for tally in tallies:
+                tally.successes += 1
+                if retried:
+                    tally.recovered_on_retry += 1
+        return result
+
+    async def _attempts_at(
+        self,
+        lane: ProviderLane,
+        request: PaymentRequest,
+        record: PaymentRecord,
+        is_last: bool,
+        tunables: ProviderTunables,
+        backoff: Backoff,
+        tallies: tuple[ArmTally, ...],
+    ) -> str:
         lane.budget.record_request()
         refreshed_credentials = False
         attempt = 0
@@ -365,24 +442,31 @@ class PaymentRouter:
                 return "next"
             call_started = self.clock.monotonic()
             try:
-                txn = await self._call(lane, request)
+                txn = await self._call(lane, request, tunables.timeout_s)
             except TimeoutError:
                 latency_ms = (self.clock.monotonic() - call_started) * 1000
                 permit.record(False, latency_ms / 1000)
                 self.telemetry.record_call(lane.name, Outcome.TIMEOUT, latency_ms)
+                for tally in tallies:
+                    tally.timeouts += 1
+                    tally.add_latency(latency_ms)
                 self._attempt(
                     record,
                     lane,
                     attempt_started,
                     latency_ms,
                     AttemptOutcome.AMBIGUOUS,
-                    f"no answer within {lane.tunables.timeout_s} s",
+                    f"no answer within {tunables.timeout_s} s",
                 )
                 return await self._resolve_ambiguous(lane, request, record)
             except ProviderError as exc:
                 latency_ms = (self.clock.monotonic() - call_started) * 1000
                 permit.record_error(exc, latency_ms / 1000)
                 self.telemetry.record_call(lane.name, Outcome.from_error_class(exc.error_class), latency_ms)
+                for tally in tallies:
+                    tally.add_latency(latency_ms)
+                    if exc.error_class in (ErrorClass.NOT_PROCESSED, ErrorClass.RATE_LIMITED):
+                        tally.transient_errors += 1
                 self._attempt(
                     record,
                     lane,
@@ -408,10 +492,15 @@ class PaymentRouter:
                     except Exception as refresh_error:
                         logger.warning("%s: refreshing credentials failed: %s", lane.name, refresh_error)
                 # Certainly not processed: fail over now, or retry here if nothing else is left.
-                if not is_last or attempt >= lane.tunables.max_attempts or not lane.budget.can_retry():
+                if not is_last or attempt >= tunables.max_attempts or not lane.budget.can_retry():
+                    if is_last:
+                        for tally in tallies:
+                            tally.retries_exhausted += 1
                     return "next"
                 lane.budget.record_retry()
-                delay = lane.backoff.delay_s(attempt)
+                for tally in tallies:
+                    tally.retries_sent += 1
+                delay = backoff.delay_s(attempt)
                 if exc.retry_after_s is not None:
                     delay = max(delay, exc.retry_after_s)
                 await self.clock.sleep(delay)
@@ -419,6 +508,8 @@ class PaymentRouter:
             latency_ms = (self.clock.monotonic() - call_started) * 1000
             permit.record(True, latency_ms / 1000)
             self.telemetry.record_call(lane.name, Outcome.SUCCESS, latency_ms)
+            for tally in tallies:
+                tally.add_latency(latency_ms)
             self._attempt(
                 record, lane, attempt_started, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn
             )

@@ -1,4 +1,4 @@
-"""Per-provider tunables: timeout, retries and backoff, rate limit, status-cache TTL.
+"""Per-provider tunables: timeout, retries and backoff, rate limit, status-cache TTL, breaker threshold.
 
 Defaults come from the original module's starting points; the optimizer moves them from
 measured data later, and an operator override pins a value against it. Bounds are named once
@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_autonomy.resilience.breaker import DEFAULT_FAILURE_RATE_THRESHOLD
+
 TIMEOUT_S_BOUNDS = (0.5, 120.0)
 MAX_ATTEMPTS_BOUNDS = (1, 10)
 BASE_DELAY_S_BOUNDS = (0.0, 60.0)
 RATE_LIMIT_BOUNDS = (0.1, 10_000.0)
+# A ratio in the unit of BreakerConfig.failure_rate_threshold (0.5 = 50 %); below 5 % a breaker
+# would open on the normal error noise of any real provider.
+BREAKER_FAILURE_RATE_BOUNDS = (0.05, 1.0)
 
 
 class ProviderTunables(BaseModel):
@@ -28,6 +33,9 @@ class ProviderTunables(BaseModel):
     rate_limit_burst: int = Field(20, ge=1, le=100_000)
     retry_budget_ratio: float = Field(0.2, ge=0.0, le=1.0)
     status_cache_ttl_s: float = Field(5.0, ge=0.0, le=3600.0)
+    breaker_failure_rate: float = Field(
+        DEFAULT_FAILURE_RATE_THRESHOLD, ge=BREAKER_FAILURE_RATE_BOUNDS[0], le=BREAKER_FAILURE_RATE_BOUNDS[1]
+    )
 
 
 DEFAULT_TUNABLES: dict[str, ProviderTunables] = {

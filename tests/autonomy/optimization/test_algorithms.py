@@ -1,0 +1,506 @@
+"""Tuners: scenario tests for each algorithm, and properties every tuner must keep."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp_autonomy.autonomy.optimization import (
+    DEFAULT_TUNERS,
+    SAFER_DIRECTION,
+    TUNABLE_PARAMETERS,
+    BreakerThresholdTuner,
+    BreakerThresholdTunerConfig,
+    CacheTtlTuner,
+    CacheTtlTunerConfig,
+    LaneEvidence,
+    Proposal,
+    RateLimitTuner,
+    RateLimitTunerConfig,
+    RetryTuner,
+    RetryTunerConfig,
+    TimeoutTuner,
+    TimeoutTunerConfig,
+    Tuner,
+    apply_proposal,
+    parameter_bounds,
+    widens_safety,
+)
+from mcp_autonomy.resilience.breaker import DEFAULT_FAILURE_RATE_THRESHOLD, BreakerConfig
+from mcp_autonomy.resilience.tunables import (
+    BREAKER_FAILURE_RATE_BOUNDS,
+    MAX_ATTEMPTS_BOUNDS,
+    RATE_LIMIT_BOUNDS,
+    TIMEOUT_S_BOUNDS,
+    ProviderTunables,
+    default_tunables,
+)
+
+
+def lognormal_ms(median_ms: float, sigma: float, n: int, seed: int = 7) -> np.ndarray:
+    return np.random.default_rng(seed).lognormal(math.log(median_ms), sigma, n)
+
+
+def evidence(**overrides: Any) -> LaneEvidence:
+    fields: dict[str, Any] = {"window_s": 300.0, "latencies_ms": (), "calls": 0, "successes": 0}
+    fields.update(overrides)
+    return LaneEvidence(**fields)
+
+
+def tunables(**overrides: Any) -> ProviderTunables:
+    return ProviderTunables(**overrides)
+
+
+# -- the tunables field and helpers ------------------------------------------------------------
+
+
+def test_breaker_failure_rate_field_uses_the_breaker_default_and_unit() -> None:
+    assert ProviderTunables().breaker_failure_rate == DEFAULT_FAILURE_RATE_THRESHOLD
+    assert ProviderTunables().breaker_failure_rate == BreakerConfig().failure_rate_threshold
+    assert parameter_bounds("breaker_failure_rate") == BREAKER_FAILURE_RATE_BOUNDS
+    BreakerConfig(failure_rate_threshold=BREAKER_FAILURE_RATE_BOUNDS[0])  # both ends valid there too
+    BreakerConfig(failure_rate_threshold=BREAKER_FAILURE_RATE_BOUNDS[1])
+
+
+def test_parameter_bounds_come_from_the_model() -> None:
+    assert parameter_bounds("timeout_s") == TIMEOUT_S_BOUNDS
+    assert parameter_bounds("max_attempts") == MAX_ATTEMPTS_BOUNDS
+    assert parameter_bounds("rate_limit_per_s") == RATE_LIMIT_BOUNDS
+    assert parameter_bounds("status_cache_ttl_s") == (0.0, 3600.0)
+    assert set(SAFER_DIRECTION) <= set(TUNABLE_PARAMETERS)
+    with pytest.raises(ValueError, match=r"unknown parameter 'timeout'.*timeout_s"):
+        parameter_bounds("timeout")
+
+
+def test_default_tuners_cover_one_parameter_each() -> None:
+    parameters = [tuner.parameter for tuner in DEFAULT_TUNERS]
+    assert len(parameters) == len(set(parameters))
+    assert all(isinstance(tuner, Tuner) for tuner in DEFAULT_TUNERS)
+    assert all(p in TUNABLE_PARAMETERS for p in parameters)
+
+
+def test_proposal_validates_its_value_and_applies() -> None:
+    with pytest.raises(ValueError, match=r"timeout_s must be in \[0.5, 120\]"):
+        Proposal("timeout_s", 10.0, 500.0, "too long")
+    proposal = Proposal("max_attempts", 3.0, 4.0, "more")
+    updated = apply_proposal(ProviderTunables(), proposal)
+    assert updated.max_attempts == 4 and isinstance(updated.max_attempts, int)
+    assert proposal.widens_safety is True
+    assert widens_safety("rate_limit_per_s", 100, 70) is True
+    assert widens_safety("rate_limit_per_s", 70, 100) is False
+    assert widens_safety("rate_limit_burst", 1, 2) is None
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: TimeoutTunerConfig(margin=0.5), r"TimeoutTunerConfig.margin must be in \[1, 10\]"),
+        (lambda: TimeoutTunerConfig(conservative_margin=1.2), "conservative_margin must be in"),
+        (
+            lambda: TimeoutTunerConfig(max_timeout_s=500.0),
+            r"max_timeout_s must be a number in \[min_timeout_s",
+        ),
+        (lambda: TimeoutTunerConfig(quantile=1.0), r"quantile must be in \[0.5, 1\)"),
+        (lambda: RetryTunerConfig(high_recovery_rate=0.05), "high_recovery_rate must be in"),
+        (lambda: RetryTunerConfig(max_attempts=11), r"max_attempts must be an integer in"),
+        (lambda: RateLimitTunerConfig(conservative_decrease_factor=0.9), "conservative_decrease_factor"),
+        (lambda: CacheTtlTunerConfig(conservative_increase_factor=2.0), "conservative_increase_factor"),
+        (lambda: BreakerThresholdTunerConfig(multiplier=0.5), r"multiplier must be in \[1, 10\]"),
+        (lambda: BreakerThresholdTunerConfig(max_threshold=1.5), "max_threshold must be a number in"),
+    ],
+)
+def test_configs_name_the_allowed_range(factory: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+def test_evidence_validates_and_derives() -> None:
+    ev = evidence(
+        latencies_ms=[100.0] * 30,
+        calls=100,
+        successes=80,
+        timeouts=5,
+        rate_limited=5,
+        auth_errors=10,
+        retries_sent=20,
+        recovered_on_retry=5,
+        status_queries=10,
+        status_cache_hits=4,
+        stale_cache_hits=1,
+    )
+    assert ev.error_rate == pytest.approx(0.2)
+    assert ev.transient_share == pytest.approx(0.5)
+    assert ev.recovery_on_retry_rate == pytest.approx(0.25)
+    assert ev.status_cache_hit_rate == pytest.approx(0.4)
+    assert ev.stale_hit_share == pytest.approx(0.25)
+    assert ev.latency_quantile(0.5) == 100.0
+    assert ev.latency_quantile(0.5, min_samples=31) is None
+    assert not ev.latency_array.flags.writeable
+    with pytest.raises(ValueError, match="calls must be >= successes"):
+        evidence(calls=5, successes=5, timeouts=1)
+    with pytest.raises(ValueError, match="recovered_on_retry must be <= retries_sent"):
+        evidence(calls=5, successes=5, retries_sent=1, recovered_on_retry=2)
+    with pytest.raises(ValueError, match="latencies_ms must hold finite"):
+        evidence(latencies_ms=[1.0, -2.0])
+
+
+# -- timeout -----------------------------------------------------------------------------------
+
+
+def test_latency_shift_up_raises_the_timeout_above_the_new_tail() -> None:
+    latencies = lognormal_ms(800, 0.4, 2000)  # p99.9 around 2.7 s
+    p999_s = float(np.quantile(latencies, 0.999)) / 1000
+    ev = evidence(latencies_ms=latencies, calls=2000, successes=2000)
+    proposal = TimeoutTuner().propose("paystack", tunables(timeout_s=2.0), ev, conservative=False)
+    assert proposal is not None
+    assert proposal.new_value > p999_s
+    assert proposal.new_value == pytest.approx(math.ceil((p999_s * 1.5 + 0.25) * 10) / 10)
+    assert f"p99.9 latency {p999_s * 1000:.0f} ms" in proposal.reason
+    assert proposal.evidence["latency_quantile_ms"] == pytest.approx(p999_s * 1000)
+
+
+def test_fast_provider_gets_a_shorter_timeout_within_bounds() -> None:
+    ev = evidence(latencies_ms=lognormal_ms(150, 0.2, 1000), calls=1000, successes=1000)
+    proposal = TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), ev, conservative=False)
+    assert proposal is not None
+    assert proposal.new_value == TimeoutTunerConfig().min_timeout_s  # the clamp, not 0.6 s
+    assert "10 s -> 1 s" in proposal.reason
+
+
+def test_timeout_needs_enough_samples() -> None:
+    ev = evidence(latencies_ms=lognormal_ms(150, 0.2, 199), calls=199, successes=199)
+    assert TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), ev, conservative=False) is None
+
+
+def test_timeout_hysteresis_ignores_small_changes() -> None:
+    latencies = lognormal_ms(2000, 0.1, 1000)  # target about 4.3 s
+    ev = evidence(latencies_ms=latencies, calls=1000, successes=1000)
+    target = TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), ev, conservative=False)
+    assert target is not None
+    near = target.new_value * 1.15  # 15 % away: below the 20 % step
+    assert TimeoutTuner().propose("paystack", tunables(timeout_s=near), ev, conservative=False) is None
+
+
+def test_timeout_pileup_never_shortens() -> None:
+    # Timeouts are piling up (5 % of calls) but the latencies look fast: never shorten then.
+    ev = evidence(latencies_ms=lognormal_ms(150, 0.2, 1000), calls=1000, successes=950, timeouts=50)
+    assert TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), ev, conservative=False) is None
+
+
+def test_timeout_pileup_at_the_cutoff_raises() -> None:
+    latencies = np.concatenate([lognormal_ms(500, 0.2, 950), np.full(50, 3000.0)])  # cut off at 3 s
+    ev = evidence(latencies_ms=latencies, calls=1000, successes=950, timeouts=50)
+    proposal = TimeoutTuner().propose("paystack", tunables(timeout_s=3.0), ev, conservative=False)
+    assert proposal is not None and proposal.new_value > 3.0
+    assert "only ever raised" in proposal.reason
+
+
+def test_conservative_timeout_is_wider_and_not_below_the_default() -> None:
+    ev = evidence(latencies_ms=lognormal_ms(800, 0.4, 2000), calls=2000, successes=2000)
+    normal = TimeoutTuner().propose("paystack", tunables(timeout_s=2.0), ev, conservative=False)
+    careful = TimeoutTuner().propose("paystack", tunables(timeout_s=2.0), ev, conservative=True)
+    assert normal is not None and careful is not None
+    assert careful.new_value > normal.new_value
+    fast = evidence(latencies_ms=lognormal_ms(150, 0.2, 1000), calls=1000, successes=1000)
+    assert TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), fast, conservative=True) is None
+
+
+# -- retries -----------------------------------------------------------------------------------
+
+
+def test_retries_that_recover_get_one_more_attempt() -> None:
+    ev = evidence(
+        calls=2000,
+        successes=1900,
+        not_processed=100,
+        retries_sent=200,
+        recovered_on_retry=150,
+        retries_exhausted=20,
+    )
+    proposal = RetryTuner().propose("paystack", tunables(max_attempts=3), ev, conservative=False)
+    assert proposal is not None and proposal.new_value == 4
+    assert "150 of 200 retries saved a payment (75%)" in proposal.reason
+    assert RetryTuner().propose("paystack", tunables(max_attempts=5), ev, conservative=False) is None
+
+
+def test_retries_that_never_recover_lose_an_attempt_but_conservative_keeps_two() -> None:
+    ev = evidence(calls=2000, successes=1800, not_processed=200, retries_sent=200, recovered_on_retry=4)
+    tuner = RetryTuner()
+    normal = tuner.propose("paystack", tunables(max_attempts=2), ev, conservative=False)
+    assert normal is not None and normal.new_value == 1
+    assert tuner.propose("paystack", tunables(max_attempts=2), ev, conservative=True) is None
+    careful = tuner.propose("paystack", tunables(max_attempts=3), ev, conservative=True)
+    assert careful is not None and careful.new_value == 2
+
+
+def test_retries_need_enough_evidence_and_a_clear_signal() -> None:
+    tuner = RetryTuner()
+    few = evidence(calls=100, successes=100, retries_sent=10, recovered_on_retry=0)
+    assert tuner.propose("paystack", tunables(), few, conservative=False) is None
+    middling = evidence(
+        calls=1000, successes=1000, retries_sent=100, recovered_on_retry=30, retries_exhausted=50
+    )
+    assert tuner.propose("paystack", tunables(), middling, conservative=False) is None
+
+
+# -- rate limit --------------------------------------------------------------------------------
+
+
+def test_429_storm_cuts_the_rate_limit() -> None:
+    ev = evidence(window_s=60.0, calls=3000, successes=2700, rate_limited=300)  # 50/s sent, 10 % 429s
+    normal = RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=False)
+    careful = RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=True)
+    assert normal is not None and normal.new_value == pytest.approx(35.0)
+    assert careful is not None and careful.new_value == pytest.approx(25.0)
+    assert "10.0% of 3000 calls answered 429" in normal.reason
+
+
+def test_429s_cut_from_the_rate_actually_sent() -> None:
+    ev = evidence(window_s=100.0, calls=2000, successes=1900, rate_limited=100)  # 20/s sent
+    proposal = RateLimitTuner().propose("paystack", tunables(rate_limit_per_s=100.0), ev, conservative=False)
+    assert proposal is not None and proposal.new_value == pytest.approx(14.0)
+
+
+def test_busy_lane_without_429s_grows_additively() -> None:
+    ev = evidence(window_s=100.0, calls=4500, successes=4500, latencies_ms=lognormal_ms(300, 0.2, 500))
+    proposal = RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=False)
+    assert proposal is not None and proposal.new_value == pytest.approx(55.0)  # +max(10 % of 50, 5)
+    # Conservative mode never raises past the provider's default (50/s for M-Pesa) ...
+    assert RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=True) is None
+    # ... but recovers towards it after a cut.
+    low = evidence(window_s=100.0, calls=3600, successes=3600)
+    back = RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=40.0), low, conservative=True)
+    assert back is not None and back.new_value == pytest.approx(42.5)
+
+
+def test_rising_latency_blocks_an_increase() -> None:
+    ev = evidence(
+        window_s=100.0,
+        calls=4500,
+        successes=4500,
+        latencies_ms=lognormal_ms(600, 0.2, 500),
+        long_run_latency_p50_ms=300.0,
+    )
+    assert RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=False) is None
+
+
+def test_idle_lane_keeps_its_rate_limit() -> None:
+    ev = evidence(window_s=100.0, calls=1000, successes=1000)  # 10/s of 50/s
+    assert RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=False) is None
+
+
+# -- status-cache TTL --------------------------------------------------------------------------
+
+
+def test_stale_hits_shorten_the_ttl() -> None:
+    ev = evidence(status_queries=500, status_cache_hits=200, stale_cache_hits=10)
+    proposal = CacheTtlTuner().propose("paystack", tunables(status_cache_ttl_s=10.0), ev, conservative=False)
+    assert proposal is not None and proposal.new_value == pytest.approx(5.0)
+    assert "10 of 200 cached statuses were stale" in proposal.reason
+
+
+def test_low_hit_rate_without_staleness_lengthens_the_ttl() -> None:
+    ev = evidence(status_queries=500, status_cache_hits=20, stale_cache_hits=0)
+    proposal = CacheTtlTuner().propose("paystack", tunables(status_cache_ttl_s=4.0), ev, conservative=False)
+    assert proposal is not None and proposal.new_value == pytest.approx(6.0)
+    # Conservative mode stops at the default (5 s) ...
+    careful = CacheTtlTuner().propose("paystack", tunables(status_cache_ttl_s=4.0), ev, conservative=True)
+    assert careful is not None and careful.new_value == pytest.approx(5.0)
+    # ... and a disabled cache stays disabled.
+    assert (
+        CacheTtlTuner().propose("paystack", tunables(status_cache_ttl_s=0.0), ev, conservative=False) is None
+    )
+
+
+# -- breaker threshold -------------------------------------------------------------------------
+
+
+def test_noisy_provider_gets_a_threshold_above_its_normal_error_level() -> None:
+    ev = evidence(calls=1000, successes=920, not_processed=80, long_run_error_rate=0.08)
+    proposal = BreakerThresholdTuner().propose(
+        "paystack", tunables(breaker_failure_rate=0.1), ev, conservative=False
+    )
+    assert proposal is not None
+    assert proposal.new_value == pytest.approx(0.26)  # 8 % x 2 + 10 points: does not trip at 10 %
+    assert "normal error rate 8.0%" in proposal.reason
+
+
+def test_breaker_threshold_is_capped_and_never_raised_during_an_incident() -> None:
+    sick = evidence(calls=1000, successes=600, not_processed=400, long_run_error_rate=0.4)
+    proposal = BreakerThresholdTuner().propose("paystack", tunables(), sick, conservative=False)
+    assert proposal is not None and proposal.new_value == pytest.approx(0.6)
+    incident = evidence(calls=1000, successes=500, not_processed=500, long_run_error_rate=0.02)
+    tuner = BreakerThresholdTuner()
+    assert tuner.propose("paystack", tunables(breaker_failure_rate=0.1), incident, conservative=False) is None
+    lowered = tuner.propose("paystack", tunables(breaker_failure_rate=0.5), incident, conservative=False)
+    assert lowered is not None and lowered.new_value < 0.5  # tripping earlier is always allowed
+
+
+def test_conservative_breaker_trips_earlier() -> None:
+    ev = evidence(calls=1000, successes=800, not_processed=200, long_run_error_rate=0.2)
+    normal = BreakerThresholdTuner().propose("paystack", tunables(), ev, conservative=False)
+    careful = BreakerThresholdTuner().propose("paystack", tunables(), ev, conservative=True)
+    assert normal is None  # 20 % x 2 + 10 points = 50 %: the threshold is already right
+    assert careful is not None and careful.new_value == pytest.approx(0.35)  # 20 % x 1.5 + 5 points
+
+
+def test_breaker_needs_the_long_run_error_rate() -> None:
+    ev = evidence(calls=1000, successes=1000)
+    assert BreakerThresholdTuner().propose("paystack", tunables(), ev, conservative=False) is None
+
+
+# -- properties of every tuner -----------------------------------------------------------------
+
+PROVIDERS = ("mpesa", "paystack", "mtn_momo", "someone_else")
+
+
+@st.composite
+def lane_evidence(draw: st.DrawFn) -> LaneEvidence:
+    calls = draw(st.integers(0, 5000))
+    remaining = calls
+    counts: dict[str, int] = {}
+    for name in ("successes", "timeouts", "rate_limited", "not_processed", "ambiguous", "auth_errors"):
+        counts[name] = draw(st.integers(0, remaining))
+        remaining -= counts[name]
+    retries = draw(st.integers(0, calls))
+    queries = draw(st.integers(0, 2000))
+    hits = draw(st.integers(0, queries))
+    samples = draw(st.integers(0, min(calls, 3000)))
+    latencies = lognormal_ms(
+        draw(st.floats(5.0, 20_000.0)), draw(st.floats(0.01, 1.5)), samples, seed=draw(st.integers(0, 1000))
+    )
+    return LaneEvidence(
+        window_s=draw(st.floats(1.0, 3600.0)),
+        latencies_ms=latencies,
+        calls=calls,
+        retries_sent=retries,
+        recovered_on_retry=draw(st.integers(0, retries)),
+        retries_exhausted=draw(st.integers(0, calls)),
+        status_queries=queries,
+        status_cache_hits=hits,
+        stale_cache_hits=draw(st.integers(0, hits)),
+        long_run_error_rate=draw(st.none() | st.floats(0.0, 1.0)),
+        long_run_latency_p50_ms=draw(st.none() | st.floats(1.0, 10_000.0)),
+        **counts,
+    )
+
+
+@st.composite
+def current_tunables(draw: st.DrawFn) -> ProviderTunables:
+    return ProviderTunables(
+        timeout_s=draw(st.floats(*TIMEOUT_S_BOUNDS)),
+        max_attempts=draw(st.integers(*MAX_ATTEMPTS_BOUNDS)),
+        rate_limit_per_s=draw(st.floats(*RATE_LIMIT_BOUNDS)),
+        status_cache_ttl_s=draw(st.sampled_from([0.0, 0.5, 5.0]) | st.floats(0.0, 3600.0)),
+        breaker_failure_rate=draw(st.floats(*BREAKER_FAILURE_RATE_BOUNDS)),
+    )
+
+
+def _safety(parameter: str, value: float) -> float:
+    return value * SAFER_DIRECTION[parameter]
+
+
+def _effective(proposal: Proposal | None, current: ProviderTunables, parameter: str) -> float:
+    return proposal.new_value if proposal is not None else float(getattr(current, parameter))
+
+
+@settings(max_examples=60, deadline=None)
+@given(lane_evidence(), current_tunables(), st.sampled_from(PROVIDERS), st.booleans())
+def test_proposals_are_bounded_valid_and_deterministic(
+    ev: LaneEvidence, current: ProviderTunables, provider: str, conservative: bool
+) -> None:
+    for tuner in DEFAULT_TUNERS:
+        proposal = tuner.propose(provider, current, ev, conservative=conservative)
+        again = tuner.propose(provider, current, ev, conservative=conservative)
+        assert proposal == again  # deterministic (and no state kept between calls)
+        if proposal is None:
+            continue
+        low, high = parameter_bounds(tuner.parameter)
+        assert low <= proposal.new_value <= high
+        assert proposal.parameter == tuner.parameter
+        assert proposal.old_value == getattr(current, tuner.parameter)
+        assert proposal.new_value != proposal.old_value
+        assert proposal.reason
+        assert all(math.isfinite(v) for v in proposal.evidence.values())
+        apply_proposal(current, proposal)  # a valid ProviderTunables
+
+
+@settings(max_examples=60, deadline=None)
+@given(lane_evidence(), current_tunables(), st.sampled_from(PROVIDERS))
+def test_conservative_is_never_less_safe_than_normal(
+    ev: LaneEvidence, current: ProviderTunables, provider: str
+) -> None:
+    for tuner in DEFAULT_TUNERS:
+        parameter = tuner.parameter
+        normal = _effective(tuner.propose(provider, current, ev, conservative=False), current, parameter)
+        careful = _effective(tuner.propose(provider, current, ev, conservative=True), current, parameter)
+        assert _safety(parameter, careful) >= _safety(parameter, normal) - 1e-12, parameter
+
+
+@settings(max_examples=60, deadline=None)
+@given(lane_evidence(), current_tunables(), st.sampled_from(PROVIDERS))
+def test_conservative_never_goes_past_the_default_in_the_unsafe_direction(
+    ev: LaneEvidence, current: ProviderTunables, provider: str
+) -> None:
+    default = default_tunables(provider)
+    for tuner in DEFAULT_TUNERS:
+        parameter = tuner.parameter
+        proposal = tuner.propose(provider, current, ev, conservative=True)
+        if proposal is None:
+            continue
+        if parameter == "max_attempts":
+            assert proposal.new_value >= RetryTunerConfig().conservative_min_attempts
+            continue
+        floor = min(
+            _safety(parameter, getattr(current, parameter)), _safety(parameter, getattr(default, parameter))
+        )
+        assert _safety(parameter, proposal.new_value) >= floor - 1e-12, parameter
+
+
+HYSTERESIS = {
+    "timeout_s": (TimeoutTunerConfig().min_relative_change, TimeoutTunerConfig().min_absolute_change_s),
+    "rate_limit_per_s": (RateLimitTunerConfig().min_relative_change, 0.0),
+    "status_cache_ttl_s": (
+        CacheTtlTunerConfig().min_relative_change,
+        CacheTtlTunerConfig().min_absolute_change_s,
+    ),
+    "breaker_failure_rate": (
+        BreakerThresholdTunerConfig().min_relative_change,
+        BreakerThresholdTunerConfig().min_absolute_change,
+    ),
+    "max_attempts": (0.0, 1.0),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(lane_evidence(), current_tunables(), st.sampled_from(PROVIDERS), st.booleans())
+def test_no_proposal_for_a_tiny_change(
+    ev: LaneEvidence, current: ProviderTunables, provider: str, conservative: bool
+) -> None:
+    for tuner in DEFAULT_TUNERS:
+        proposal = tuner.propose(provider, current, ev, conservative=conservative)
+        if proposal is None:
+            continue
+        min_relative, min_absolute = HYSTERESIS[tuner.parameter]
+        change = abs(proposal.new_value - proposal.old_value)
+        assert change >= min_absolute - 1e-9
+        assert change >= min_relative * abs(proposal.old_value) - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(20.0, 5000.0), st.floats(0.05, 0.8), st.floats(*TIMEOUT_S_BOUNDS), st.booleans())
+def test_timeout_stays_in_its_configured_range(
+    median_ms: float, sigma: float, timeout_s: float, conservative: bool
+) -> None:
+    cfg = TimeoutTunerConfig()
+    ev = evidence(latencies_ms=lognormal_ms(median_ms, sigma, 400), calls=400, successes=400)
+    proposal = TimeoutTuner(cfg).propose(
+        "paystack", tunables(timeout_s=timeout_s), ev, conservative=conservative
+    )
+    if proposal is not None:
+        assert cfg.min_timeout_s <= proposal.new_value <= cfg.max_timeout_s
