@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.payments import PaymentRecord
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -112,8 +112,19 @@ _MIGRATIONS: dict[int, str] = {
         tpm REAL NOT NULL
     );
     """,
+    5: """
+    CREATE TABLE IF NOT EXISTS optimizations (
+        id TEXT PRIMARY KEY,
+        provider TEXT,
+        status TEXT NOT NULL,
+        at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS optimizations_by_time ON optimizations(at);
+    CREATE INDEX IF NOT EXISTS optimizations_by_status ON optimizations(status);
+    """,
 }
-RECORD_TABLES = ("incidents", "predictions", "maintenance_windows")
+RECORD_TABLES = ("incidents", "predictions", "maintenance_windows", "optimizations")
 """Tables of JSON records with an id, a provider, a status and a time (see `Store.put_record`)."""
 
 

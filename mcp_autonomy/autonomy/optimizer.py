@@ -1,24 +1,91 @@
-"""AutoOptimizer: tunes provider parameters from measured data, one canary at a time.
+"""AutoOptimizer: tunes provider parameters from measured data, one measured canary at a time.
 
-Every optimization is a record: what changed, the figures before and after, the statistical
-verdict, and whether it was kept or rolled back. With no tunables measured yet there are none.
+Each tick, for every provider:
+
+1. If an experiment is running, its arms are evaluated (`optimization.canary.evaluate`: a
+   one-sided proportion test on success, Mann-Whitney on latency, retries and timeouts per call).
+   `keep` makes the candidate the lane's tunables; `revert` ends it and the lane keeps what it had;
+   past `MAX_EXPERIMENT_S` an undecided experiment is reverted (a change is kept only on evidence).
+2. Otherwise the provider's evidence over the last `EVIDENCE_WINDOW_S` (telemetry plus the
+   router's per-lane tallies) goes to each tuner (`optimization.algorithms`) whose parameter an
+   operator has not pinned; the first proposal starts an experiment. One experiment per provider
+   at a time, so every effect is attributable to one change.
+
+Parameters the router applies per payment (timeout, attempts, backoff) are tried as a **canary**:
+`CANARY_SHARE` of the provider's payments (a stable hash of the idempotency key) use the
+candidate while the rest, over the same minutes, is the baseline. Parameters that cannot be split
+(the rate limit is one bucket for the lane) are applied to all traffic and compared **before /
+after**: the baseline is the window measured just before the change. The breaker threshold and
+the status-cache TTL have tuners but no live path yet (the router has one breaker configuration
+for every lane and no status cache): they are not proposed live.
+
+`CONSERVATIVE_MODE` only ever widens safety margins (the tuners' conservative configurations) and
+halves the canary share. Operator overrides (`set_provider_config`) pin a parameter: the optimizer
+never proposes a change to it, and setting it ends an experiment on it. Tunables, pins and every
+optimization record are in the store and survive a restart; an experiment interrupted by a
+restart is recorded as reverted (its evidence is gone with the process).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from mcp_autonomy.autonomy.component import Component
+from mcp_autonomy.autonomy.optimization import (
+    ArmSamples,
+    CanaryConfig,
+    CanaryDecision,
+    LaneEvidence,
+    Proposal,
+    RateLimitTuner,
+    RateLimitTunerConfig,
+    RetryTuner,
+    RetryTunerConfig,
+    TimeoutTuner,
+    TimeoutTunerConfig,
+    Tuner,
+    apply_proposal,
+    evaluate,
+    parameter_bounds,
+)
 from mcp_autonomy.clock import Clock
-from mcp_autonomy.events import EventBus
+from mcp_autonomy.events import EventBus, EventType, Severity
+from mcp_autonomy.resilience.canary import ArmTally
+from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
 from mcp_autonomy.store import Store
+from mcp_autonomy.telemetry import Outcome
+
+if TYPE_CHECKING:
+    from mcp_autonomy.providers.registry import ProviderRegistry
+    from mcp_autonomy.resilience.router import PaymentRouter
+    from mcp_autonomy.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+EVIDENCE_WINDOW_S: Final = 900.0
+"""Tuners read the last 15 minutes of a provider's traffic."""
+LONG_RUN_WINDOW_S: Final = 3600.0
+"""The provider's normal levels (error rate, median latency) are measured over the last hour."""
+CANARY_SHARE: Final = 0.5
+"""Share of a provider's payments that try a splittable candidate (halved in conservative mode)."""
+MAX_EXPERIMENT_S: Final = 1800.0
+"""An experiment still undecided after this long is reverted."""
+SPLITTABLE: Final = frozenset({"timeout_s", "max_attempts", "base_delay_s"})
+"""Parameters the router applies per payment: these get a concurrent canary."""
+LIVE_PARAMETERS: Final = ("timeout_s", "max_attempts", "rate_limit_per_s")
+"""Parameters the optimizer tunes live (see the module docstring for the others)."""
+STATE_TUNABLES: Final = "tunables"
+STATE_PINS: Final = "pins"
 
 
 class OptimizationStatus(StrEnum):
-    """The life of one change: proposed, tried, then kept or reverted."""
+    """The life of one change: tried, then kept or reverted."""
 
     PROPOSED = "proposed"
     CANARY = "canary"
@@ -27,7 +94,7 @@ class OptimizationStatus(StrEnum):
 
 
 class Optimization(BaseModel):
-    """One tuning change with its evidence."""
+    """One tuning change with its evidence, its test results and its outcome."""
 
     id: str
     provider: str
@@ -35,16 +102,68 @@ class Optimization(BaseModel):
     old_value: float
     new_value: float
     status: OptimizationStatus
+    mode: Literal["canary", "before_after"] = Field(
+        description="canary: a share of traffic against the concurrent rest; before_after: all traffic, "
+        "compared with the window just before"
+    )
+    share: float
     reason: str
+    evidence: dict[str, float] = Field(default_factory=dict, description="The measured figures behind it")
     created_at: float
     decided_at: float | None = None
-    before: dict[str, float | None] = Field(default_factory=dict)
-    after: dict[str, float | None] = Field(default_factory=dict)
+    before: dict[str, float | None] = Field(default_factory=dict, description="Baseline arm's figures")
+    after: dict[str, float | None] = Field(default_factory=dict, description="Candidate arm's figures")
+    p_values: dict[str, float] = Field(default_factory=dict)
     verdict: str | None = None
+    decided_by: Literal["engine", "operator"] | None = None
+    dry_run: bool = False
+
+
+class ProviderConfig(BaseModel):
+    """One provider's tunables now, their defaults and bounds, pins and the experiment in flight."""
+
+    provider: str
+    tunables: ProviderTunables
+    defaults: ProviderTunables
+    pinned: dict[str, float] = Field(description="Operator overrides the optimizer never touches")
+    bounds: dict[str, tuple[float, float]]
+    experiment: Optimization | None
+
+
+class ProviderConfigError(ValueError):
+    """A `set_provider_config` value that is unknown or out of bounds (the message names both)."""
+
+
+@dataclass
+class _TallyPoint:
+    at: float
+    calls: int
+    successes: int
+    retries_sent: int
+    timeouts: int
+    recovered_on_retry: int
+    retries_exhausted: int
+
+
+@dataclass
+class _Experiment:
+    record: Optimization
+    candidate: ProviderTunables
+    previous: ProviderTunables
+    started_mono: float
+    baseline: ArmSamples | None  # before/after: the window before; canary: read from the split
+
+
+def _live_tuners() -> tuple[Tuner, ...]:
+    return (
+        TimeoutTuner(TimeoutTunerConfig()),
+        RetryTuner(RetryTunerConfig()),
+        RateLimitTuner(RateLimitTunerConfig()),
+    )
 
 
 class AutoOptimizer(Component):
-    """Proposes, canaries, keeps or reverts tuning changes per provider and parameter."""
+    """Proposes, canaries, keeps or reverts tuning changes per provider, from measured data."""
 
     name = "auto_optimizer"
 
@@ -57,14 +176,290 @@ class AutoOptimizer(Component):
         enabled: bool,
         interval_s: float,
         conservative: bool,
+        router: PaymentRouter | None = None,
+        telemetry: Telemetry | None = None,
+        providers: ProviderRegistry | None = None,
+        tuners: tuple[Tuner, ...] | None = None,
+        canary_config: CanaryConfig | None = None,
     ) -> None:
         super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
         self.conservative = conservative
+        self.router = router
+        self.telemetry = telemetry
+        self.providers = providers
+        self.tuners = tuners if tuners is not None else _live_tuners()
+        self.canary_config = canary_config or CanaryConfig()
+        self.canary_share = CANARY_SHARE / 2 if conservative else CANARY_SHARE
         self._optimizations: dict[str, Optimization] = {}
+        self._experiments: dict[str, _Experiment] = {}
+        self._pins: dict[str, dict[str, float]] = {}
+        self._tally_history: dict[str, deque[_TallyPoint]] = {}
+        self._seq = 0
+
+    # --- persistence --------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Reload history, pins and the tunables kept by earlier runs, and apply them."""
+        for raw in self.store.list_records("optimizations", limit=10_000):
+            record = Optimization.model_validate_json(raw)
+            if record.status in (OptimizationStatus.CANARY, OptimizationStatus.PROPOSED):
+                record.status = OptimizationStatus.REVERTED
+                record.verdict = "interrupted by a restart before a verdict: the lane kept its previous value"
+                record.decided_at = self.clock.now()
+                record.decided_by = "engine"
+                self._save(record)
+            self._optimizations[record.id] = record
+        self._pins = {
+            provider: {str(k): float(v) for k, v in pins.items()}
+            for provider, pins in dict(self.store.get_state(self.name, STATE_PINS, {}) or {}).items()
+        }
+        if self.router is None or self.providers is None:
+            return
+        saved = dict(self.store.get_state(self.name, STATE_TUNABLES, {}) or {})
+        for provider, values in saved.items():
+            if provider in self.providers:
+                try:
+                    self.router.set_tunables(provider, ProviderTunables.model_validate(values))
+                except ValidationError as exc:  # a value from an older version's bounds: keep defaults
+                    logger.warning("ignoring stored tunables of %s: %s", provider, exc)
+
+    def _save_tunables(self) -> None:
+        if self.router is None or self.providers is None or not self.store.is_open:
+            return
+        self.store.set_state(
+            self.name,
+            STATE_TUNABLES,
+            {name: self.router.lane(name).tunables.model_dump() for name in self.providers.names()},
+            timestamp=self.clock.now(),
+        )
+
+    def _save_pins(self) -> None:
+        if self.store.is_open:
+            self.store.set_state(self.name, STATE_PINS, self._pins, timestamp=self.clock.now())
+
+    def _save(self, record: Optimization) -> None:
+        self._optimizations[record.id] = record
+        if self.store.is_open:
+            self.store.put_record(
+                "optimizations",
+                id=record.id,
+                provider=record.provider,
+                status=record.status.value,
+                at=record.created_at,
+                record=record.model_dump_json(),
+            )
+
+    # --- the loop -----------------------------------------------------------------------
 
     async def tick(self) -> None:
-        # Nothing to tune until providers expose tunables with measured outcomes.
-        return None
+        if self.router is None or self.telemetry is None or self.providers is None:
+            return
+        for provider in self.providers.names():
+            self._remember_tally(provider)
+            experiment = self._experiments.get(provider)
+            if experiment is not None:
+                self._evaluate(provider, experiment)
+            else:
+                self._maybe_propose(provider)
+
+    def _remember_tally(self, provider: str) -> None:
+        assert self.router is not None
+        tally = self.router.lane(provider).tally
+        history = self._tally_history.setdefault(provider, deque())
+        now = self.clock.monotonic()
+        history.append(
+            _TallyPoint(
+                now,
+                tally.calls,
+                tally.successes,
+                tally.retries_sent,
+                tally.timeouts,
+                tally.recovered_on_retry,
+                tally.retries_exhausted,
+            )
+        )
+        while len(history) > 2 and now - history[1].at >= LONG_RUN_WINDOW_S:
+            history.popleft()
+
+    def _tally_since(self, provider: str, window_s: float) -> _TallyPoint:
+        """Counts over (roughly) the last `window_s`: the newest point minus the one at its start."""
+        history = self._tally_history.get(provider)
+        if not history:
+            return _TallyPoint(0.0, 0, 0, 0, 0, 0, 0)
+        newest = history[-1]
+        start = next((p for p in history if newest.at - p.at <= window_s), history[0])
+        return _TallyPoint(
+            newest.at - start.at,
+            newest.calls - start.calls,
+            newest.successes - start.successes,
+            newest.retries_sent - start.retries_sent,
+            newest.timeouts - start.timeouts,
+            newest.recovered_on_retry - start.recovered_on_retry,
+            newest.retries_exhausted - start.retries_exhausted,
+        )
+
+    def evidence(self, provider: str, window_s: float = EVIDENCE_WINDOW_S) -> LaneEvidence:
+        """What the tuners read for `provider`: telemetry plus the router's lane tallies."""
+        assert self.telemetry is not None
+        series = self.telemetry.provider(provider)
+        snapshot = series.snapshot(window_s)
+        long_run = series.snapshot(LONG_RUN_WINDOW_S)
+        errors = snapshot.errors_by_class
+        counts = self._tally_since(provider, window_s)
+        failures = sum(v for k, v in errors.items() if k != Outcome.REJECTED.name.lower())
+        return LaneEvidence(
+            window_s=window_s,
+            latencies_ms=series.latencies_ms(window_s),
+            calls=snapshot.requests,
+            successes=max(0, snapshot.requests - failures),
+            timeouts=errors.get(Outcome.TIMEOUT.name.lower(), 0),
+            not_processed=errors.get(Outcome.NOT_PROCESSED.name.lower(), 0),
+            ambiguous=errors.get(Outcome.AMBIGUOUS.name.lower(), 0),
+            rate_limited=errors.get(Outcome.RATE_LIMITED.name.lower(), 0),
+            auth_errors=errors.get(Outcome.AUTH.name.lower(), 0),
+            retries_sent=counts.retries_sent,
+            recovered_on_retry=counts.recovered_on_retry,
+            retries_exhausted=counts.retries_exhausted,
+            long_run_error_rate=long_run.error_rate,
+            long_run_latency_p50_ms=long_run.latency_p50_ms,
+        )
+
+    def _maybe_propose(self, provider: str) -> None:
+        assert self.router is not None
+        current = self.router.lane(provider).tunables
+        evidence = self.evidence(provider)
+        pinned = self._pins.get(provider, {})
+        for tuner in self.tuners:
+            if tuner.parameter not in LIVE_PARAMETERS or tuner.parameter in pinned:
+                continue
+            proposal = tuner.propose(provider, current, evidence, conservative=self.conservative)
+            if proposal is not None:
+                self._start(provider, proposal, current)
+                return
+
+    def _start(self, provider: str, proposal: Proposal, current: ProviderTunables) -> None:
+        assert self.router is not None
+        candidate = apply_proposal(current, proposal)
+        splittable = proposal.parameter in SPLITTABLE
+        self._seq += 1
+        record = Optimization(
+            id=f"opt-{provider}-{proposal.parameter}-{round(self.clock.now() * 1000)}-{self._seq}",
+            provider=provider,
+            parameter=proposal.parameter,
+            old_value=proposal.old_value,
+            new_value=float(getattr(candidate, proposal.parameter)),
+            status=OptimizationStatus.CANARY,
+            mode="canary" if splittable else "before_after",
+            share=self.canary_share if splittable else 1.0,
+            reason=proposal.reason,
+            evidence={k: round(float(v), 6) for k, v in proposal.evidence.items()},
+            created_at=self.clock.now(),
+            dry_run=self.dry_run,
+        )
+        if self.dry_run:
+            record.status = OptimizationStatus.PROPOSED
+            record.verdict = "dry-run: proposed, not tried"
+            self._save(record)
+            self._emit(record, f"would try {record.parameter} {record.old_value:g} -> {record.new_value:g}")
+            self._actions_dry_run += 1
+            return
+        baseline: ArmSamples | None = None
+        if splittable:
+            self.router.start_canary(provider, record.id, record.parameter, candidate, share=record.share)
+        else:
+            baseline = self._window_samples(provider, EVIDENCE_WINDOW_S)
+            self.router.set_tunables(provider, candidate)
+            self.router.start_canary(provider, record.id, record.parameter, candidate, share=1.0)
+        self._experiments[provider] = _Experiment(
+            record=record,
+            candidate=candidate,
+            previous=current,
+            started_mono=self.clock.monotonic(),
+            baseline=baseline,
+        )
+        self._save(record)
+        self._actions_taken += 1
+        how = (
+            f"canary on {record.share:.0%} of payments"
+            if splittable
+            else "applied to all traffic, compared with the previous window"
+        )
+        self._emit(record, f"trying {record.parameter} {record.old_value:g} -> {record.new_value:g} ({how})")
+
+    def _window_samples(self, provider: str, window_s: float) -> ArmSamples:
+        assert self.telemetry is not None
+        counts = self._tally_since(provider, window_s)
+        return ArmSamples(
+            latencies_ms=self.telemetry.provider(provider).latencies_ms(window_s),
+            successes=min(counts.successes, counts.calls),
+            calls=counts.calls,
+            retries_sent=counts.retries_sent,
+            timeouts=counts.timeouts,
+        )
+
+    @staticmethod
+    def _samples(tally: ArmTally) -> ArmSamples:
+        return ArmSamples(
+            latencies_ms=tally.latencies_ms,
+            successes=min(tally.successes, tally.calls),
+            calls=tally.calls,
+            retries_sent=tally.retries_sent,
+            timeouts=tally.timeouts,
+        )
+
+    def _evaluate(self, provider: str, experiment: _Experiment) -> None:
+        assert self.router is not None
+        split = self.router.lane(provider).canary
+        record = experiment.record
+        if split is None or split.optimization_id != record.id:  # ended elsewhere (operator)
+            self._experiments.pop(provider, None)
+            return
+        canary = self._samples(split.canary)
+        baseline = experiment.baseline if experiment.baseline is not None else self._samples(split.baseline)
+        final = self.clock.monotonic() - experiment.started_mono >= MAX_EXPERIMENT_S
+        verdict = evaluate(
+            record.parameter,
+            baseline,
+            canary,
+            self.canary_config,
+            old_value=record.old_value,
+            new_value=record.new_value,
+            final=final,
+        )
+        if verdict.decision is CanaryDecision.CONTINUE:
+            return
+        self.router.stop_canary(provider)
+        self._experiments.pop(provider, None)
+        keep = verdict.decision is CanaryDecision.KEEP
+        self.router.set_tunables(provider, experiment.candidate if keep else experiment.previous)
+        record.status = OptimizationStatus.KEPT if keep else OptimizationStatus.REVERTED
+        record.decided_at = self.clock.now()
+        record.decided_by = "engine"
+        record.before = dict(verdict.figures_baseline)
+        record.after = dict(verdict.figures_canary)
+        record.p_values = {k: round(v, 6) for k, v in verdict.p_values.items()}
+        record.verdict = verdict.reason
+        self._save(record)
+        self._save_tunables()
+        self._emit(
+            record,
+            f"{'kept' if keep else 'reverted'} {record.parameter} {record.old_value:g} -> {record.new_value:g}: "
+            f"{verdict.reason}",
+            severity=Severity.INFO if keep else Severity.WARNING,
+        )
+
+    def _emit(self, record: Optimization, message: str, *, severity: Severity = Severity.INFO) -> None:
+        self.bus.emit(
+            EventType.OPTIMIZATION_APPLIED,
+            component=self.name,
+            provider=record.provider,
+            dry_run=record.dry_run,
+            severity=severity,
+            message=f"{record.provider}: {message}",
+            data=record.model_dump(mode="json"),
+        )
+
+    # --- operator surface ---------------------------------------------------------------
 
     def optimizations(self, *, provider: str | None = None, limit: int = 50) -> list[Optimization]:
         """History, newest first."""
@@ -72,12 +467,124 @@ class AutoOptimizer(Component):
         selected.sort(key=lambda o: o.created_at, reverse=True)
         return selected[:limit]
 
+    def provider_config(self, provider: str) -> ProviderConfig:
+        """A provider's tunables, defaults, bounds, pins and running experiment."""
+        assert self.router is not None
+        tunables = self.router.lane(provider).tunables
+        experiment = self._experiments.get(provider)
+        return ProviderConfig(
+            provider=provider,
+            tunables=tunables,
+            defaults=default_tunables(provider),
+            pinned=dict(self._pins.get(provider, {})),
+            bounds={name: parameter_bounds(name) for name in type(tunables).model_fields},
+            experiment=None if experiment is None else experiment.record,
+        )
+
+    def set_provider_config(
+        self, provider: str, values: dict[str, float], *, pin: bool, reason: str
+    ) -> ProviderConfig:
+        """Set tunables now (an operator override); with `pin`, the optimizer leaves them alone.
+
+        Raises:
+            ProviderConfigError: an unknown parameter or a value out of bounds (named in the message).
+        """
+        assert self.router is not None
+        current = self.router.lane(provider).tunables
+        fields = type(current).model_fields
+        for name, value in values.items():
+            if name not in fields:
+                raise ProviderConfigError(f"{name}: unknown parameter; allowed: {', '.join(sorted(fields))}")
+            low, high = parameter_bounds(name)
+            if not low <= value <= high:
+                raise ProviderConfigError(f"{name}={value:g} is outside [{low:g}, {high:g}]")
+        try:
+            updated = ProviderTunables.model_validate({**current.model_dump(), **values})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ProviderConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        experiment = self._experiments.get(provider)
+        if experiment is not None and experiment.record.parameter in values:
+            self.router.stop_canary(provider)
+            self._experiments.pop(provider, None)
+            record = experiment.record
+            record.status = OptimizationStatus.REVERTED
+            record.decided_at = self.clock.now()
+            record.decided_by = "operator"
+            record.verdict = f"ended by an operator override of {record.parameter} ({reason})"
+            self._save(record)
+            self._emit(record, record.verdict, severity=Severity.WARNING)
+        self.router.set_tunables(provider, updated)
+        if pin:
+            self._pins.setdefault(provider, {}).update({k: float(v) for k, v in values.items()})
+        self._save_pins()
+        self._save_tunables()
+        self.count_action()
+        return self.provider_config(provider)
+
+    def release_pins(self, provider: str, parameters: list[str] | None = None) -> ProviderConfig:
+        """Hand pinned parameters (all if None) back to the optimizer; values stay as they are."""
+        pins = self._pins.get(provider, {})
+        for name in list(pins) if parameters is None else parameters:
+            pins.pop(name, None)
+        if not pins:
+            self._pins.pop(provider, None)
+        self._save_pins()
+        return self.provider_config(provider)
+
+    def revert_optimization(self, optimization_id: str, *, reason: str) -> Optimization:
+        """Undo one optimization: end it if still running, restore the old value if it was kept.
+
+        Raises:
+            KeyError: no such optimization.
+            ValueError: already reverted, or the parameter has changed since (the message says to what).
+        """
+        assert self.router is not None
+        record = self._optimizations.get(optimization_id)
+        if record is None:
+            raise KeyError(optimization_id)
+        if record.status is OptimizationStatus.REVERTED:
+            raise ValueError(f"optimization {optimization_id} is already reverted")
+        provider = record.provider
+        experiment = self._experiments.get(provider)
+        if experiment is not None and experiment.record.id == optimization_id:
+            self.router.stop_canary(provider)
+            self._experiments.pop(provider, None)
+            self.router.set_tunables(provider, experiment.previous)
+        elif record.status is OptimizationStatus.KEPT:
+            current = self.router.lane(provider).tunables
+            now_value = float(getattr(current, record.parameter))
+            if abs(now_value - record.new_value) > 1e-9:
+                raise ValueError(
+                    f"{record.parameter} of {provider} is {now_value:g} now, not the {record.new_value:g} this "
+                    f"optimization set; use set_provider_config to change it"
+                )
+            restored = ProviderTunables.model_validate(
+                {**current.model_dump(), record.parameter: record.old_value}
+            )
+            self.router.set_tunables(provider, restored)
+        record.status = OptimizationStatus.REVERTED
+        record.decided_at = self.clock.now()
+        record.decided_by = "operator"
+        record.verdict = f"reverted by an operator ({reason})"
+        self._save(record)
+        self._save_tunables()
+        self.count_action()
+        self._emit(
+            record,
+            f"reverted {record.parameter} to {record.old_value:g} ({reason})",
+            severity=Severity.WARNING,
+        )
+        return record
+
     def details(self) -> dict[str, Any]:
         statuses = [o.status for o in self._optimizations.values()]
         return {
             "conservative_mode": self.conservative,
+            "canary_share": self.canary_share,
             "optimizations_total": len(statuses),
             "kept": statuses.count(OptimizationStatus.KEPT),
             "reverted": statuses.count(OptimizationStatus.REVERTED),
-            "in_flight": statuses.count(OptimizationStatus.CANARY),
+            "in_flight": sorted(e.record.id for e in self._experiments.values()),
+            "pinned": {p: sorted(v) for p, v in self._pins.items()},
         }

@@ -22,7 +22,7 @@ from mcp_autonomy.autonomy.component import Component, ComponentStatus, Mode
 from mcp_autonomy.autonomy.healer import HealResult, SelfHealer
 from mcp_autonomy.autonomy.incidents import Incident, IncidentStatus, IncidentTracker
 from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWindow
-from mcp_autonomy.autonomy.optimizer import AutoOptimizer
+from mcp_autonomy.autonomy.optimizer import AutoOptimizer, Optimization, ProviderConfig
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus, PredictiveMaintenance
 from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
 from mcp_autonomy.autonomy.scaling import LocalScaleBackend, ReplicaState, ScaleBackend
@@ -270,6 +270,9 @@ class AutonomousSystem:
             enabled=s.auto_optimization_enabled,
             interval_s=s.optimization_interval_ms / 1000,
             conservative=s.conservative_mode,
+            router=self.router,
+            telemetry=self.telemetry,
+            providers=self.providers,
         )
         self.components: dict[str, Component] = {
             c.name: c
@@ -345,6 +348,7 @@ class AutonomousSystem:
                 component.load_persisted_mode()
             self.incidents.load()
             self.predictive_maintenance.load()
+            self.auto_optimizer.load()
             replayed = self.auto_scaler.warm_up_from_history()
             if replayed:
                 logger.info("scaling forecaster warmed up from %d recorded load samples", replayed)
@@ -641,6 +645,27 @@ class AutonomousSystem:
     def cancel_maintenance_window(self, window_id: str, *, reason: str) -> MaintenanceWindow:
         """Cancel a window that has not ended (KeyError: unknown id; ValueError: already ended)."""
         return self.predictive_maintenance.maintenance.cancel(window_id, reason=reason)
+
+    def get_provider_config(self, provider: str) -> ProviderConfig:
+        """A provider's tunables, defaults, bounds, pins and running experiment (UnknownProviderError)."""
+        self.providers.get(provider)
+        return self.auto_optimizer.provider_config(provider)
+
+    def set_provider_config(
+        self, provider: str, values: dict[str, float], *, pin: bool, reason: str
+    ) -> ProviderConfig:
+        """Override tunables now; pinned ones are never touched by the optimizer until released."""
+        self.providers.get(provider)
+        return self.auto_optimizer.set_provider_config(provider, values, pin=pin, reason=reason)
+
+    def release_provider_config(self, provider: str, parameters: list[str] | None) -> ProviderConfig:
+        """Give pinned parameters back to the optimizer."""
+        self.providers.get(provider)
+        return self.auto_optimizer.release_pins(provider, parameters)
+
+    def revert_optimization(self, optimization_id: str, *, reason: str) -> Optimization:
+        """Undo one optimization (KeyError: unknown id; ValueError: cannot be reverted, says why)."""
+        return self.auto_optimizer.revert_optimization(optimization_id, reason=reason)
 
     def query_events(
         self,

@@ -176,12 +176,16 @@ class PaymentRouter:
     def start_canary(
         self, provider: str, optimization_id: str, parameter: str, tunables: ProviderTunables, *, share: float
     ) -> CanarySplit:
-        """Send `share` of `provider`'s payments through `tunables` until `stop_canary`."""
+        """Send `share` of `provider`'s payments through `tunables` until `stop_canary`.
+
+        A share of 1 sends every payment through them: a tally of "after" for a change that
+        cannot be split (compared with the window before it).
+        """
         lane = self.lane(provider)
         if lane.canary is not None:
             raise ValueError(f"{provider}: canary {lane.canary.optimization_id} is already running")
-        if not 0.0 < share < 1.0:
-            raise ValueError(f"share must be in (0, 1), got {share}")
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
         lane.canary = CanarySplit(
             optimization_id=optimization_id,
             parameter=parameter,

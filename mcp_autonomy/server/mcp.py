@@ -39,7 +39,7 @@ from mcp_autonomy.autonomy.component import Mode
 from mcp_autonomy.autonomy.healer import HealResult
 from mcp_autonomy.autonomy.incidents import Incident, IncidentStatus
 from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWindow
-from mcp_autonomy.autonomy.optimizer import Optimization
+from mcp_autonomy.autonomy.optimizer import Optimization, ProviderConfig, ProviderConfigError
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus
 from mcp_autonomy.autonomy.scaler import ScaleBoundsError, ScaleResult
 from mcp_autonomy.autonomy.scaling import ScaleBackendError
@@ -610,6 +610,94 @@ class McpApp:
             return OptimizationList(
                 optimizations=system.auto_optimizer.optimizations(provider=provider, limit=limit)
             )
+
+        @mcp.tool(
+            title="Get a provider's tunables",
+            description=(
+                "One provider's tunables now (timeout_s, max_attempts, base_delay_s, max_delay_s, "
+                "rate_limit_per_s, rate_limit_burst, retry_budget_ratio, status_cache_ttl_s, "
+                "breaker_failure_rate), their documented defaults, the allowed range of each, the values "
+                "an operator pinned, and the optimizer's experiment in flight if any."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_provider_config(provider: ProviderName) -> ProviderConfig:
+            self._check_provider(provider)
+            return system.get_provider_config(provider)
+
+        @mcp.tool(
+            title="Set a provider's tunables",
+            description=(
+                'Override tunables of one provider now, e.g. {"timeout_s": 20}. Each value must be within '
+                "the range get_provider_config lists. With pin=true (default) the optimizer never changes "
+                'those parameters until released with release=[names] (or release=["*"] for all); an '
+                "experiment on a parameter you set is ended. Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+            ),
+        )
+        async def set_provider_config(
+            provider: ProviderName,
+            reason: Reason,
+            ctx: Context,
+            values: Annotated[
+                dict[str, float], Field(description="parameter -> new value (empty to only release)")
+            ]
+            | None = None,
+            pin: Annotated[bool, Field(description="Keep the optimizer off these parameters")] = True,
+            release: Annotated[
+                list[str] | None,
+                Field(description="Pinned parameters to hand back to the optimizer; * = all"),
+            ] = None,
+        ) -> ProviderConfig:
+            self._check_provider(provider)
+            arguments = {
+                "provider": provider,
+                "values": values or {},
+                "pin": pin,
+                "release": release,
+                "reason": reason,
+            }
+            try:
+                config = system.get_provider_config(provider)
+                if values:
+                    config = system.set_provider_config(provider, values, pin=pin, reason=reason)
+                if release:
+                    config = system.release_provider_config(provider, None if "*" in release else release)
+            except ProviderConfigError as exc:
+                self._audit(ctx, "set_provider_config", arguments, False, {"error": str(exc)})
+                raise ToolError(f"values.{exc}") from None
+            self._audit(ctx, "set_provider_config", arguments, True, config.model_dump(mode="json"))
+            return config
+
+        @mcp.tool(
+            title="Revert an optimization",
+            description=(
+                "Undo one optimization (ids from get_optimizations): a running canary ends and the lane keeps its "
+                "previous value; a kept change is rolled back to its old value, unless the parameter was changed "
+                "since (then use set_provider_config). Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+            ),
+        )
+        async def revert_optimization(
+            id: Annotated[str, Field(min_length=1, max_length=200, description="The optimization's id")],
+            reason: Reason,
+            ctx: Context,
+        ) -> Optimization:
+            arguments = {"id": id, "reason": reason}
+            try:
+                record = system.revert_optimization(id, reason=reason)
+            except KeyError:
+                self._audit(ctx, "revert_optimization", arguments, False, {"error": "unknown id"})
+                raise ToolError(f"id: no optimization {id!r} (see get_optimizations)") from None
+            except ValueError as exc:
+                self._audit(ctx, "revert_optimization", arguments, False, {"error": str(exc)})
+                raise ToolError(f"id: {exc}") from None
+            self._audit(ctx, "revert_optimization", arguments, True, {"status": record.status.value})
+            return record
 
         @mcp.tool(
             title="Get events",

@@ -38,6 +38,9 @@ EXPECTED_TOOLS = {
     "mark_prediction",
     "get_maintenance_windows",
     "cancel_maintenance_window",
+    "get_provider_config",
+    "set_provider_config",
+    "revert_optimization",
     "inject_fault",  # present only with --sandbox, as these servers run
 }
 STATIC_RESOURCES = {
@@ -64,6 +67,8 @@ VALID_CALLS: dict[str, dict[str, Any]] = {
     "list_providers": {},
     "get_incidents": {"status": "resolved", "limit": 5},
     "get_maintenance_windows": {"provider": "mpesa"},
+    "get_provider_config": {"provider": "paystack"},
+    "set_provider_config": {"provider": "intasend", "values": {"timeout_s": 12}, "reason": "end-to-end test"},
     "request_payment": {
         "idempotency_key": "e2e-collect-0001",
         "amount_minor": 15000,
@@ -207,6 +212,17 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                 ["id", "get_maintenance_windows"],
             ),
             ("get_incidents", {"limit": 0}, ["limit", "greater than or equal to 1"]),
+            (
+                "set_provider_config",
+                {"provider": "mpesa", "values": {"timeout_s": 500}, "reason": "bad input"},
+                ["timeout_s", "120"],
+            ),
+            (
+                "set_provider_config",
+                {"provider": "mpesa", "values": {"speed": 1}, "reason": "bad input"},
+                ["speed", "timeout_s"],
+            ),
+            ("revert_optimization", {"id": "opt-none", "reason": "bad input"}, ["id", "get_optimizations"]),
             (
                 "request_payment",
                 {
