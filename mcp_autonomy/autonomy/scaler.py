@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny
 
 from mcp_autonomy.autonomy.component import Component
 from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackend
@@ -59,7 +59,9 @@ class ScaleResult(BaseModel):
 
     requested: int
     previous_desired: int
-    state: ReplicaState
+    state: SerializeAsAny[ReplicaState] = Field(
+        description="The backend's view after the request (the kubernetes backend adds how it scaled and notes)"
+    )
     reason: str
     forced: bool
     dry_run: bool

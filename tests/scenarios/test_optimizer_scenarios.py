@@ -1,0 +1,97 @@
+"""Auto-optimization end to end: the real Paystack adapter over real HTTP to the sandbox, the
+router's canary split and the optimizer on the manual clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from mcp_autonomy.autonomy.optimizer import OptimizationStatus
+from mcp_autonomy.autonomy.system import AutonomousSystem
+from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.config import load_settings
+from mcp_autonomy.providers.base import Money, Operation, PaymentRequest
+from mcp_autonomy.sandbox import LatencySpec
+from mcp_autonomy.sandbox.embedded import embedded_sandbox
+from tests.scenarios.traffic import Traffic
+
+pytestmark = pytest.mark.anyio
+WALL_CLOCK_BOUND_S = 300.0
+STEP_S = 30.0
+PER_STEP = 15  # one payment every 2 s
+
+
+def ghs_payment(i: int) -> PaymentRequest:
+    return PaymentRequest(
+        idempotency_key=f"opt-{i:06d}",
+        operation=Operation.COLLECT,
+        money=Money(amount_minor=2_500 + i % 100, currency="GHS"),
+        phone=f"+23324{i % 10_000_000:07d}",
+        country="GH",
+    )
+
+
+async def test_timeout_follows_a_latency_shift_and_overrides_are_never_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock()
+    settings = load_settings(
+        state_dir=tmp_path / "state",
+        optimization_interval_ms=60_000,
+        predictive_maintenance_enabled=False,
+        auto_scaling_enabled=False,
+    )
+    with anyio.fail_after(WALL_CLOCK_BOUND_S):
+        async with embedded_sandbox(clock) as sandbox:
+            system = AutonomousSystem(settings, clock=clock)
+            for adapter in sandbox.adapters.values():
+                system.register_provider(adapter)
+            faults = sandbox.state.faults
+            async with system.running(), anyio.create_task_group() as tasks:
+                # An operator pins M-Pesa's timeout: whatever happens, the optimizer leaves it.
+                system.set_provider_config("mpesa", {"timeout_s": 25.0}, pin=True, reason="provider SLA")
+                fast = faults.add(
+                    "paystack",
+                    LatencySpec(distribution="lognormal", median_ms=250, p99_ms=700),
+                    endpoints=["collect"],
+                )
+                traffic = Traffic(system, clock, tasks, ghs_payment, per_step=PER_STEP, step_s=STEP_S)
+                optimizer = system.auto_optimizer
+
+                # A fast provider: the 10 s default timeout is cut towards its measured p99.9.
+                await traffic.run(90 * 60.0)
+                lane = system.router.lane("paystack")
+                shortened = lane.tunables.timeout_s
+                assert shortened < 10.0, optimizer.optimizations(provider="paystack")
+                kept = [
+                    o
+                    for o in optimizer.optimizations(provider="paystack")
+                    if o.status is OptimizationStatus.KEPT
+                ]
+                assert kept and kept[-1].parameter == "timeout_s" and kept[-1].p_values
+
+                # The provider slows down: calls now take several times the shortened timeout.
+                faults.remove(fast.id)
+                faults.add(
+                    "paystack",
+                    LatencySpec(distribution="lognormal", median_ms=1_500, p99_ms=4_000),
+                    endpoints=["collect"],
+                )
+                timeouts_before = lane.tally.timeouts
+                await traffic.run(60 * 60.0)
+                assert lane.tunables.timeout_s > shortened
+                latencies = system.telemetry.provider("paystack").latencies_ms(15 * 60.0)
+                assert lane.tunables.timeout_s * 1000 > float(np.percentile(latencies, 99))
+                # Timeouts stopped piling up: few in the last quarter hour compared with the calls.
+                last = optimizer.evidence("paystack")
+                assert last.timeouts <= 0.01 * last.calls
+                assert lane.tally.timeouts > timeouts_before  # the shift did cause some, before the fix
+
+                # The operator's pin held throughout.
+                assert system.router.lane("mpesa").tunables.timeout_s == 25.0
+                assert all(o.parameter != "timeout_s" for o in optimizer.optimizations(provider="mpesa"))
+                tasks.cancel_scope.cancel()
