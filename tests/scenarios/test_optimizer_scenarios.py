@@ -9,11 +9,13 @@ import anyio
 import numpy as np
 import pytest
 
+from mcp_autonomy.autonomy.optimization import LaneEvidence, Proposal
 from mcp_autonomy.autonomy.optimizer import OptimizationStatus
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.config import load_settings
 from mcp_autonomy.providers.base import Money, Operation, PaymentRequest
+from mcp_autonomy.resilience.tunables import ProviderTunables
 from mcp_autonomy.sandbox import LatencySpec
 from mcp_autonomy.sandbox.embedded import embedded_sandbox
 from tests.scenarios.traffic import Traffic
@@ -94,4 +96,67 @@ async def test_timeout_follows_a_latency_shift_and_overrides_are_never_touched(
                 # The operator's pin held throughout.
                 assert system.router.lane("mpesa").tunables.timeout_s == 25.0
                 assert all(o.parameter != "timeout_s" for o in optimizer.optimizations(provider="mpesa"))
+                tasks.cancel_scope.cancel()
+
+
+class ShortTimeoutTuner:
+    """A tuner with a bad idea: cut the timeout to 1 s whatever the latency (the change under test)."""
+
+    parameter = "timeout_s"
+
+    def propose(
+        self, provider: str, current: ProviderTunables, evidence: LaneEvidence, *, conservative: bool
+    ) -> Proposal | None:
+        if provider != "paystack" or current.timeout_s == 1.0 or evidence.calls < 50:
+            return None
+        return Proposal("timeout_s", current.timeout_s, 1.0, "test: a harmful proposal")
+
+
+async def test_a_change_that_makes_things_worse_is_reverted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock()
+    settings = load_settings(
+        state_dir=tmp_path / "state",
+        optimization_interval_ms=60_000,
+        predictive_maintenance_enabled=False,
+        auto_scaling_enabled=False,
+    )
+    with anyio.fail_after(WALL_CLOCK_BOUND_S):
+        async with embedded_sandbox(clock) as sandbox:
+            system = AutonomousSystem(settings, clock=clock)
+            for adapter in sandbox.adapters.values():
+                system.register_provider(adapter)
+            system.auto_optimizer.tuners = (ShortTimeoutTuner(),)
+            async with system.running(), anyio.create_task_group() as tasks:
+                sandbox.state.faults.add(
+                    "paystack",
+                    LatencySpec(distribution="lognormal", median_ms=800, p99_ms=2_500),
+                    endpoints=["collect"],
+                )
+                traffic = Traffic(system, clock, tasks, ghs_payment, per_step=PER_STEP, step_s=STEP_S)
+                optimizer = system.auto_optimizer
+
+                def decided() -> bool:
+                    return any(o.status is OptimizationStatus.REVERTED for o in optimizer.optimizations())
+
+                assert await traffic.run(40 * 60.0, until=decided)
+                reverted = next(
+                    o for o in optimizer.optimizations() if o.status is OptimizationStatus.REVERTED
+                )
+                assert reverted.mode == "canary" and reverted.decided_by == "engine"
+                assert (
+                    reverted.after["timeout_share"] is not None
+                    and reverted.before["timeout_share"] is not None
+                )
+                assert reverted.after["timeout_share"] > reverted.before["timeout_share"]
+                assert min(reverted.p_values.values()) < 0.05 and reverted.verdict
+                lane = system.router.lane("paystack")
+                assert lane.tunables.timeout_s == 10.0 and lane.canary is None
+                # Payments of the canary arm that timed out were resolved by a status query, not lost.
+                await traffic.drain()
+                for i in range(traffic.sent - PER_STEP * 4):
+                    record = system.router.get_payment(f"opt-{i:06d}")
+                    assert record is not None and record.status.value != "unknown"
                 tasks.cancel_scope.cancel()
