@@ -56,7 +56,11 @@ DEFAULT_TIMEOUT_QUANTILE: Final = 0.999  # the timeout covers all but one call i
 DEFAULT_TIMEOUT_MIN_SAMPLES: Final = 200  # ... measured over at least this many calls ...
 DEFAULT_TIMEOUT_MARGIN: Final = 1.5  # ... times this margin ...
 DEFAULT_CONSERVATIVE_TIMEOUT_MARGIN: Final = 2.0  # ... (this one in conservative mode) ...
-DEFAULT_TIMEOUT_FLOOR_S: Final = 0.25  # ... plus this much (jitter of a fast provider's network)
+DEFAULT_TIMEOUT_FLOOR_S: Final = 0.25  # ... plus this much (jitter of a fast provider's network) ...
+# ... and never under 3 x p99: a timed-out collect is an ambiguous payment (an M-Pesa STK push
+# without its CheckoutRequestID cannot even be queried), so only the extreme tail may be cut off.
+# A lognormal p99.9 x 1.5 still times out ~1 call in 30 000; 3 x p99 about 1 in 600 000.
+DEFAULT_TIMEOUT_MIN_P99_MULTIPLE: Final = 3.0
 DEFAULT_MIN_TIMEOUT_S: Final = 1.0  # never cut a mobile-money call shorter than this
 DEFAULT_MAX_TIMEOUT_S: Final = 60.0  # a payment API call that takes longer is a stuck call
 DEFAULT_TIMEOUT_MIN_RELATIVE_CHANGE: Final = 0.2  # hysteresis: change by >= 20 % ...
@@ -309,6 +313,7 @@ class TimeoutTunerConfig:
     margin: float = DEFAULT_TIMEOUT_MARGIN
     conservative_margin: float = DEFAULT_CONSERVATIVE_TIMEOUT_MARGIN
     floor_s: float = DEFAULT_TIMEOUT_FLOOR_S
+    min_p99_multiple: float = DEFAULT_TIMEOUT_MIN_P99_MULTIPLE
     min_timeout_s: float = DEFAULT_MIN_TIMEOUT_S
     max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S
     min_relative_change: float = DEFAULT_TIMEOUT_MIN_RELATIVE_CHANGE
@@ -382,7 +387,9 @@ class TimeoutTuner:
             return None
         now_s = current.timeout_s
         margin = cfg.conservative_margin if conservative else cfg.margin
-        raw_s = quantile_ms / 1000.0 * margin + cfg.floor_s
+        p99_ms = evidence.latency_quantile(0.99, min_samples=cfg.min_samples) or quantile_ms
+        p99_multiple = cfg.min_p99_multiple * margin / cfg.margin  # conservative widens it alike
+        raw_s = max(quantile_ms / 1000.0 * margin + cfg.floor_s, p99_ms / 1000.0 * p99_multiple)
         target_s = raw_s
         if conservative:
             target_s = _conservative_target(
@@ -400,7 +407,8 @@ class TimeoutTuner:
         q_label = f"p{cfg.quantile * 100:g}"
         reason = (
             f"{q_label} latency {quantile_ms:.0f} ms over {evidence.latency_count} calls x margin {margin:g} "
-            f"+ {cfg.floor_s:g} s = {raw_s:.2f} s; timeout {now_s:g} s -> {target_s:g} s "
+            f"+ {cfg.floor_s:g} s, at least {p99_multiple:g} x p99 {p99_ms:.0f} ms = {raw_s:.2f} s; "
+            f"timeout {now_s:g} s -> {target_s:g} s "
             f"({_percent_change(now_s, target_s)})"
         )
         if pileup:

@@ -159,7 +159,9 @@ def test_latency_shift_up_raises_the_timeout_above_the_new_tail() -> None:
     proposal = TimeoutTuner().propose("paystack", tunables(timeout_s=2.0), ev, conservative=False)
     assert proposal is not None
     assert proposal.new_value > p999_s
-    assert proposal.new_value == pytest.approx(math.ceil((p999_s * 1.5 + 0.25) * 10) / 10)
+    p99_s = float(np.quantile(latencies, 0.99)) / 1000
+    expected = max(p999_s * 1.5 + 0.25, 3 * p99_s)  # the p99 multiple binds for a tight distribution
+    assert proposal.new_value == pytest.approx(math.ceil(expected * 10) / 10)
     assert f"p99.9 latency {p999_s * 1000:.0f} ms" in proposal.reason
     assert proposal.evidence["latency_quantile_ms"] == pytest.approx(p999_s * 1000)
 
