@@ -26,6 +26,7 @@ class Sensitivity(StrEnum):
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 ScaleBackendName = Literal["local", "kubernetes"]
+K8sHpaMode = Literal["floor", "ignore"]
 
 # Bounds, named once so the schema, the validators and the error messages agree.
 MIN_INTERVAL_MS = 100
@@ -33,6 +34,10 @@ MAX_INTERVAL_MS = 86_400_000
 MAX_REPLICAS_LIMIT = 1000
 MAX_HEALING_ATTEMPTS_LIMIT = 100
 MAX_TARGET_TPM = 10_000_000
+MIN_K8S_LEASE_DURATION_S = 5
+MAX_K8S_LEASE_DURATION_S = 300
+MIN_K8S_REQUEST_TIMEOUT_S = 0.1
+MAX_K8S_REQUEST_TIMEOUT_S = 300.0
 
 
 def _env(name: str, *more: str) -> Any:
@@ -83,6 +88,23 @@ class Settings(BaseSettings):
     scale_backend: ScaleBackendName = Field("local", validation_alias=_env("MCP_AUTONOMY_SCALE_BACKEND"))
     k8s_namespace: str = Field("default", validation_alias=_env("MCP_AUTONOMY_K8S_NAMESPACE"))
     k8s_deployment: str = Field("mcp-autonomy", validation_alias=_env("MCP_AUTONOMY_K8S_DEPLOYMENT"))
+    k8s_service: str = Field("mcp-autonomy", validation_alias=_env("MCP_AUTONOMY_K8S_SERVICE"))
+    k8s_lease_name: str = Field("mcp-autonomy-scaler", validation_alias=_env("MCP_AUTONOMY_K8S_LEASE_NAME"))
+    k8s_lease_duration_s: int = Field(
+        15,
+        ge=MIN_K8S_LEASE_DURATION_S,
+        le=MAX_K8S_LEASE_DURATION_S,
+        validation_alias=_env("MCP_AUTONOMY_K8S_LEASE_DURATION_S"),
+    )
+    pod_name: str | None = Field(None, validation_alias=_env("POD_NAME", "HOSTNAME"))
+    k8s_hpa_mode: K8sHpaMode = Field("floor", validation_alias=_env("MCP_AUTONOMY_K8S_HPA_MODE"))
+    k8s_kubeconfig: str | None = Field(None, validation_alias=_env("MCP_AUTONOMY_K8S_KUBECONFIG"))
+    k8s_request_timeout_s: float = Field(
+        10.0,
+        ge=MIN_K8S_REQUEST_TIMEOUT_S,
+        le=MAX_K8S_REQUEST_TIMEOUT_S,
+        validation_alias=_env("MCP_AUTONOMY_K8S_REQUEST_TIMEOUT_S"),
+    )
 
     # --- predictive maintenance (original module) ---
     predictive_maintenance_enabled: bool = Field(
@@ -110,6 +132,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=_env("MCP_AUTONOMY_HOST"))
     port: int = Field(8765, ge=0, le=65535, validation_alias=_env("MCP_AUTONOMY_PORT"))
     bearer_token: SecretStr | None = Field(None, validation_alias=_env("MCP_AUTONOMY_BEARER_TOKEN"))
+    # /metrics without the bearer token, for a Prometheus that cannot send one; it holds no secrets.
+    metrics_public: bool = Field(False, validation_alias=_env("MCP_AUTONOMY_METRICS_PUBLIC"))
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("MCP_AUTONOMY_ALLOWED_HOSTS")
     )
@@ -189,6 +213,8 @@ def _describe_allowed(field_name: str) -> str:
         return "true or false"
     if annotation is Sensitivity:
         return "one of low, medium, high"
+    if field_name == "k8s_request_timeout_s":
+        return f"a number of seconds in [{MIN_K8S_REQUEST_TIMEOUT_S}, {MAX_K8S_REQUEST_TIMEOUT_S}]"
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
     lo = hi = None

@@ -111,9 +111,13 @@ class SelfHealer(Component):
             self._publish(
                 entry, entry.health.record_passive(snapshot.requests, snapshot.error_rate, self.clock.now())
             )
-            breaker_open = self.router.lane(entry.name).breaker.state in (
-                BreakerState.OPEN,
-                BreakerState.FORCED_OPEN,
+            # Only an open period still running is evidence: a failed-over provider gets no calls,
+            # so its breaker stays OPEN past `open_until` until a call tries it, and would
+            # otherwise keep a recovered provider unhealthy. An operator's FORCED_OPEN is a
+            # decision, not a measurement.
+            breaker = self.router.lane(entry.name).breaker.snapshot()
+            breaker_open = breaker.state is BreakerState.OPEN and (
+                breaker.open_until is None or self.clock.now() < breaker.open_until
             )
             self._publish(entry, entry.health.record_breaker(breaker_open, self.clock.now()))
             await self.probe(entry)
@@ -133,7 +137,16 @@ class SelfHealer(Component):
         )
         if backup is None:
             return
-        reason = f"{entry.name} unhealthy: {entry.health.consecutive_failures} consecutive failed probes"
+        health = entry.health
+        if health.breaker_status is HealthStatus.UNHEALTHY:
+            reason = f"{entry.name} unhealthy: its breaker opened on failing real calls"
+        elif health.passive_status is HealthStatus.UNHEALTHY:
+            reason = (
+                f"{entry.name} unhealthy: {health.passive_error_rate or 0:.0%} of "
+                f"{health.passive_requests} real calls failed"
+            )
+        else:
+            reason = f"{entry.name} unhealthy: {health.consecutive_failures} consecutive failed probes"
         now = self.clock.monotonic()
         hold = self.fail_back_hold_s(entry.name)
         failed_back_at = self._failed_back_at.get(entry.name)

@@ -183,6 +183,9 @@ class AutoScaler(Component):
             message=f"decided {current} -> {desired} replicas ({decision.rule.value}): {decision.reason}",
             data={**inputs, "from": current, "to": desired, "reason": decision.reason},
         )
+        if not self.is_leader():  # measuring took time: leadership may have been lost meanwhile
+            self._last_decision["decision"] = "none: leadership lost before acting"
+            return
         await self.act(
             f"scale to {desired}", lambda: self._apply(desired, decision.reason, "automatic", forced=False)
         )

@@ -25,7 +25,21 @@ from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWind
 from mcp_autonomy.autonomy.optimizer import AutoOptimizer, Optimization, ProviderConfig
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus, PredictiveMaintenance
 from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
-from mcp_autonomy.autonomy.scaling import LocalScaleBackend, ReplicaState, ScaleBackend
+from mcp_autonomy.autonomy.scaling import (
+    ClusterLoad,
+    ClusterLoadError,
+    ClusterLoadReading,
+    Elector,
+    KubernetesScaleBackend,
+    LeaderElectionConfig,
+    LeaderElector,
+    LeaderStatus,
+    ReplicaState,
+    ScaleBackend,
+    SingleProcessElector,
+    build_scale_backend,
+    pod_identity,
+)
 from mcp_autonomy.autonomy.scaling.policy import (
     ORIGINAL_MODULE_PRIOR_SCHEDULE,
     ForecastConfig,
@@ -104,6 +118,7 @@ class SystemStatus(BaseModel):
     components: dict[str, ComponentStatus]
     providers: list[ProviderStatus]
     scaling: ReplicaState | None
+    scaling_leader: LeaderStatus | None = Field(description="Who decides scaling (leader election)")
     events: EventBusStatus
 
 
@@ -144,6 +159,8 @@ class StatusSummary(BaseModel):
     components: dict[str, ComponentSummary]
     providers: list[ProviderSummary]
     scaling: ReplicaState | None
+    scaling_leader: str | None = Field(description="The replica that decides scaling (this one: `is_leader`)")
+    is_leader: bool
     events_published: int
     events_dropped: int
 
@@ -238,7 +255,7 @@ class AutonomousSystem:
             clock=self.clock,
             bus=self.events,
             store=self.store,
-            backend=scale_backend or LocalScaleBackend(self.store, self.clock, s.min_instances),
+            backend=scale_backend or build_scale_backend(s, self.store, self.clock),
             load_source=self.measured_load_tpm,
             enabled=s.auto_scaling_enabled,
             interval_s=s.scaling_interval_ms / 1000,
@@ -278,6 +295,9 @@ class AutonomousSystem:
             c.name: c
             for c in (self.self_healer, self.auto_scaler, self.predictive_maintenance, self.auto_optimizer)
         }
+        self.elector: Elector = SingleProcessElector()
+        self.cluster_load: ClusterLoad | None = None
+        self.last_load_reading: ClusterLoadReading | None = None
         self._task_group: TaskGroup | None = None
         self._started_at: float | None = None
         self._started_mono: float | None = None
@@ -356,6 +376,7 @@ class AutonomousSystem:
                 await tg.start(self.recorder.run)
                 tg.start_soon(self._reconcile_forever)
                 await self._initialize_providers()
+                await self._start_scaling_coordination(tg)
                 self._started_at = self.clock.now()
                 self._started_mono = self.clock.monotonic()
                 self._task_group = tg
@@ -386,6 +407,40 @@ class AutonomousSystem:
             self.recorder.flush()
             self.store.close()
 
+    async def _start_scaling_coordination(self, tg: TaskGroup) -> None:
+        """One replica decides scaling: elect it on a Lease (kubernetes) and measure the cluster's load."""
+        backend = self.auto_scaler.backend
+        if isinstance(backend, KubernetesScaleBackend):
+            s = self.settings
+            client = await backend.api_client()
+            self.elector = LeaderElector(
+                client,
+                LeaderElectionConfig.from_settings(s),
+                clock=self.clock,
+                identity=pod_identity(s.pod_name),
+            )
+            self.cluster_load = ClusterLoad.from_settings(s, client, self.clock)
+            self.auto_scaler.load_source = self._measure_cluster_load
+        elector = self.elector
+        await tg.start(elector.run)
+        self.auto_scaler.is_leader = lambda: elector.is_leader
+        self.auto_scaler.leader = lambda: elector.leader_identity
+
+    async def _measure_cluster_load(self) -> float | None:
+        """The cluster's transactions per minute; None (no decision) when no pod list is readable."""
+        assert self.cluster_load is not None
+        try:
+            self.last_load_reading = await self.cluster_load.measure()
+        except ClusterLoadError as exc:
+            logger.warning("cluster load not measured: %s", exc)
+            self.last_load_reading = None
+            return None
+        return self.last_load_reading.tpm
+
+    def leader_status(self) -> LeaderStatus:
+        """Who decides scaling, as this replica sees it."""
+        return self.elector.status()
+
     async def _initialize_providers(self) -> None:
         for entry in self.providers.entries():
             try:
@@ -413,9 +468,11 @@ class AutonomousSystem:
     def scale_guards(self) -> ScaleGuards:
         """What forbids removing capacity now: an open incident, a maintenance window running."""
         maintenance = self.predictive_maintenance.maintenance
+        reading = self.last_load_reading
         return ScaleGuards(
             incident_open=bool(self.incidents.open_incidents()),
             maintenance_window=any(maintenance.in_progress(name) for name in self.providers.names()),
+            partial_load=reading is not None and reading.partial,
         )
 
     # --- payments -----------------------------------------------------------------------
@@ -509,6 +566,7 @@ class AutonomousSystem:
             components={name: c.status() for name, c in self.components.items()},
             providers=providers,
             scaling=scaling,
+            scaling_leader=self.elector.status(),
             events=EventBusStatus(
                 published=self.events.published_total,
                 dropped=self.events.dropped_total,
@@ -555,6 +613,8 @@ class AutonomousSystem:
                 for p in full.providers
             ],
             scaling=full.scaling,
+            scaling_leader=None if full.scaling_leader is None else full.scaling_leader.leader,
+            is_leader=full.scaling_leader is not None and full.scaling_leader.is_leader,
             events_published=full.events.published,
             events_dropped=full.events.dropped,
         )

@@ -304,6 +304,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
 
     async def initialize(self) -> None:
         """A fresh HTTP client and a fresh token."""
+        self._last_probe = None  # a re-initialised adapter is probed afresh, never from the cache
         await self.close()
         self._client = self._new_client()
         await self.refresh_credentials()

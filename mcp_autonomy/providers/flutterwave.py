@@ -233,6 +233,7 @@ class FlutterwaveAdapter(HttpClientOwner):
 
     async def initialize(self) -> None:
         """A fresh HTTP client with the current key (v3 keys are static: nothing to fetch)."""
+        self._last_probe = None  # a re-initialised adapter is probed afresh, never from the cache
         await self.close()
         if self._settings_loader is not None:
             self._settings = self._settings_loader()

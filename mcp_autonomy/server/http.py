@@ -1,4 +1,5 @@
-"""The HTTP server: MCP over streamable HTTP at /mcp, plus /healthz and /readyz.
+"""The HTTP server: MCP over streamable HTTP at /mcp, plus /healthz, /readyz and /internal/load,
+the REST API under /autonomous (rest.py) and Prometheus /metrics (metrics.py).
 
 One Starlette app, one lifespan: the engine's loops, the notifier and the SDK's session manager
 start together and stop together. DNS-rebinding protection stays on; a bearer token, when
@@ -8,7 +9,8 @@ configured, is required on every route but the probes, and is mandatory beyond l
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from mcp.server.transport_security import TransportSecuritySettings
@@ -18,9 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_autonomy.autonomy.scaling.cluster_load import LOAD_PATH
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.config import Settings, SettingsError
 from mcp_autonomy.server.mcp import McpApp
+from mcp_autonomy.server.metrics import METRICS_PATH, metrics_route
+from mcp_autonomy.server.rest import rest_mount
 from mcp_autonomy.server.runtime import engine_running
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
@@ -29,15 +34,16 @@ CALLBACK_PREFIX = "/callbacks/"
 
 
 class BearerTokenMiddleware:
-    """Requires `Authorization: Bearer <token>` on every path except the health probes."""
+    """Requires `Authorization: Bearer <token>` on every path but the probes and `public_paths`."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, public_paths: Iterable[str] = ()) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode()
+        self._exempt = UNAUTHENTICATED_PATHS | frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in UNAUTHENTICATED_PATHS or path.startswith(CALLBACK_PREFIX):
+        if scope["type"] != "http" or path in self._exempt or path.startswith(CALLBACK_PREFIX):
             await self.app(scope, receive, send)
             return
         supplied = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -101,6 +107,18 @@ def create_http_app(
             return JSONResponse({"status": "ready", "run_id": system.run_id})
         return JSONResponse({"status": "starting"}, status_code=503)
 
+    pod_name = settings.pod_name or socket.gethostname()
+
+    async def internal_load(request: Request) -> Response:
+        # This replica's own load: the scaling leader sums it over the ready pods (cluster_load.py).
+        return JSONResponse(
+            {
+                "pod": pod_name,
+                "transactions_per_minute": system.telemetry.transactions_per_minute(),
+                "at": system.clock.now(),
+            }
+        )
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with engine_running(system, app), app.mcp.session_manager.run():
@@ -110,9 +128,16 @@ def create_http_app(
         *sdk_app.routes,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route(LOAD_PATH, internal_load, methods=["GET"]),
+        rest_mount(system, transport_security_for(settings)),
+        metrics_route(system),
         *(extra_routes or []),
     ]
     starlette = Starlette(routes=routes, lifespan=lifespan)
     if settings.bearer_token is not None:
-        starlette.add_middleware(BearerTokenMiddleware, token=settings.bearer_token.get_secret_value())
+        starlette.add_middleware(
+            BearerTokenMiddleware,
+            token=settings.bearer_token.get_secret_value(),
+            public_paths=[METRICS_PATH] if settings.metrics_public else [],
+        )
     return starlette

@@ -70,9 +70,10 @@ async def test_no_scale_down_while_an_incident_is_open(settings: Settings, clock
 
 async def test_only_the_leader_decides(settings: Settings, clock: ManualClock) -> None:
     system, load = make_system(settings, clock)
-    system.auto_scaler.is_leader = lambda: False
-    system.auto_scaler.leader = lambda: "pod-b"
     async with system.running():
+        assert system.auto_scaler.is_leader()  # a single process always leads
+        system.auto_scaler.is_leader = lambda: False  # as a follower sees it (see test_kubernetes_engine)
+        system.auto_scaler.leader = lambda: "pod-b"
         load[0] = 950.0
         await clock.advance(TICK_S * 4)
         assert (await system.auto_scaler.backend.read()).desired == settings.min_instances

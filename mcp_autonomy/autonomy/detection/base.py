@@ -2,8 +2,10 @@
 
 A detector is fed one measured point at a time (`update(timestamp_s, value)`) and answers with a
 `DetectorResult`: an anomaly score in [0, 1] and the indicators it was derived from, so that a
-prediction built on it can show its evidence. When a lasting anomaly begins, exactly one result
-carries a `DetectorAlert`; the points after it only report `in_alert=True`.
+prediction built on it can show its evidence. When an anomaly begins, one result carries a
+`DetectorAlert`; the points after it only report `in_alert=True`. The one exception: an anomaly
+that opened as a SPIKE (all a single point can show) and then proves to be a ramp raises one
+further alert, of kind TREND, so that what it turned out to be is said once too.
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ class DetectorIndicator:
 
 @dataclass(frozen=True, slots=True)
 class DetectorAlert:
-    """The start of a lasting anomaly: raised once, on the point where the score crosses the
-    enter threshold, and not again until the anomaly has ended and the cooldown has passed.
+    """The start of an anomaly: raised once, on the point where the score crosses the enter
+    threshold, and not again until the anomaly has ended and the cooldown has passed (or, once,
+    when an anomaly that opened as a spike proves to be a ramp: then a TREND alert follows).
 
     `expected` and `scale` are the baseline and the noise scale the point was judged against;
     `slope_per_s` is the trend of the series (value units per second) when it alerted, so a
-    prediction can project when a ramp will cross an outage threshold.
+    prediction can project when a ramp will cross an outage threshold. `slope_stderr_per_s` is
+    its standard error on TREND alerts (0 when not estimated): an early estimate of a ramp is
+    uncertain, and a projection should say how late the crossing may plausibly come.
     """
 
     timestamp_s: float
@@ -62,6 +67,7 @@ class DetectorAlert:
     scale: float
     slope_per_s: float
     indicators: tuple[DetectorIndicator, ...]
+    slope_stderr_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,16 @@ an on-call engineer should do. It maps, per series role:
 - any seasonal deviation is a `pattern_anomaly`. Improvements (errors or latency going down) raise
   nothing, and neither do changes smaller than the series' `min_change`.
 
+Windows (how long a prediction waits for the trouble it foresees): 15 minutes for a spike, an
+hour for a shift, and for a ramp until it would cross the outage threshold (at most
+`DEFAULT_TREND_HORIZON_S`). The crossing is projected at the slope moved `TREND_WINDOW_CONFIDENCE_Z`
+standard errors towards zero: a ramp is flagged early, when its slope is least certain and, having
+been flagged because it looked steep, more likely over- than under-estimated, and a window that
+closed before the ramp arrived would count the outage it foresaw as missed and itself as false.
+For the same reason a lasting rise of latency is watched for the trend horizon rather than an
+hour: under noisy percentiles a slow ramp's first alert is a level shift whose slope cannot be
+seen yet. The action text quotes the slope's own estimate.
+
 Confidence is the alert's anomaly score (0.5 at the alarm threshold, towards 1 with stronger
 evidence). It is a prior, not a calibrated probability: the predictor records whether each
 prediction came true, and those outcomes are what calibrate it later.
@@ -35,6 +45,7 @@ DEFAULT_SPIKE_WINDOW_S: Final = 15 * 60.0
 DEFAULT_SHIFT_WINDOW_S: Final = 60 * 60.0
 DEFAULT_TREND_HORIZON_S: Final = 6 * 3600.0  # a ramp is projected at most this far ahead
 MIN_TREND_WINDOW_S: Final = 10 * 60.0
+TREND_WINDOW_CONFIDENCE_Z: Final = 2.0  # a ramp's window ends at its latest plausible crossing
 
 
 class SeriesRole(StrEnum):
@@ -189,12 +200,20 @@ class PredictionBuilder:
     @staticmethod
     def _window_s(profile: SeriesProfile, alert: DetectorAlert) -> float:
         if alert.kind is AnomalyKind.TREND:
-            eta = _seconds_to_threshold(profile, alert)
+            eta = _seconds_to_threshold(profile, alert, TREND_WINDOW_CONFIDENCE_Z)
             if eta is None:
                 return DEFAULT_TREND_HORIZON_S
             return min(DEFAULT_TREND_HORIZON_S, max(MIN_TREND_WINDOW_S, eta))
         if alert.kind is AnomalyKind.SPIKE:
             return DEFAULT_SPIKE_WINDOW_S
+        if (
+            alert.kind is AnomalyKind.LEVEL_SHIFT
+            and profile.role is SeriesRole.LATENCY
+            and profile.outage_threshold is not None
+        ):
+            # A lasting rise of latency is often the first visible part of a slow ramp whose
+            # slope the noise still hides: watch it as long as a ramp would be projected.
+            return DEFAULT_TREND_HORIZON_S
         return DEFAULT_SHIFT_WINDOW_S
 
     @staticmethod
@@ -256,12 +275,25 @@ class PredictionBuilder:
         return f"{provider}: {seen} ({alert.kind.value}). Investigate the series and its recent changes."
 
 
-def _seconds_to_threshold(profile: SeriesProfile, alert: DetectorAlert) -> float | None:
-    """When the series, continuing at its current slope, reaches the outage threshold."""
+def _seconds_to_threshold(
+    profile: SeriesProfile, alert: DetectorAlert, confidence_z: float = 0.0
+) -> float | None:
+    """When the series, continuing at its current slope, reaches the outage threshold.
+
+    With `confidence_z`, the slope is first moved that many standard errors towards zero: the
+    latest the threshold is plausibly reached (None if even the direction is then uncertain).
+    An early estimate of a ramp's slope tends to be high (it alerted because it looked steep), and
+    a window that closes before the ramp arrives would miss the very outage it foresaw.
+    """
     threshold = profile.outage_threshold
     slope = alert.slope_per_s
     if threshold is None or slope == 0.0 or not math.isfinite(slope):
         return None
+    margin = confidence_z * alert.slope_stderr_per_s
+    if margin > 0.0:
+        if not math.isfinite(margin) or margin >= abs(slope):
+            return None
+        slope = math.copysign(abs(slope) - margin, slope)
     eta = (threshold - alert.value) / slope
     return eta if eta >= 0.0 else None
 

@@ -26,11 +26,40 @@ One point in, one score out, O(1) work and a fixed amount of memory per series. 
    (winsorised input, O(1) sums re-centred on the current time). The slope's departure from a slow
    baseline slope is compared with its own typical variation (so wandering series need steeper
    ramps) and must also be material (`trend_min_drift_sigma` scales over `trend_horizon_intervals`).
-   A slow ramp is flagged long before it reaches an outage threshold.
+   A slow ramp is flagged long before it reaches an outage threshold. The typical variation is
+   learnt over `slope_scale_time_constant_intervals` (10 h at the live loop's 60 s cadence, after
+   every start); the statistic scores from two trend windows into that learning, its threshold
+   raised by sqrt(time constant / learnt so far), the estimate's relative uncertainty, and with
+   the learning input clipped as it is once learnt, so a ramp that starts early is neither
+   missed for hours nor learnt as ordinary.
 7. **Score and alert.** Each statistic divided by its threshold goes through one calibration map
    (`calibration.score_from_ratio`); the score is the largest. Alerts use hysteresis: one alert
    when the score reaches `enter_score`, then nothing until it stays under `exit_score` for
-   `exit_hold_intervals` and a further `cooldown_intervals` pass.
+   `exit_hold_intervals` and a further `cooldown_intervals` pass. The alert's kind is that of the
+   largest statistic, with one correction: a point that crosses the spike threshold while the
+   CUSUM had already built up a third of its threshold in the same direction *before* it is the
+   culmination of a departure that began earlier (a ramp, or a shift), so it is a LEVEL_SHIFT.
+8. **Episodes.** Everything above adapts to what it sees: re-baselining makes a shift the new
+   normal, and a ramp is chased by a staircase of re-baselines (and inflates the scale and the
+   tails) until it no longer stands out. That is right once it has been reported, but it means
+   the points after an alert cannot say what the anomaly turned out to be. So each alert opens an
+   episode that keeps the baseline (and scale) frozen at its onset and fits a least-squares line
+   to the episode's points against it (O(1) running sums), untouched by any re-baselining since:
+   - A ramp steep enough for its first step to be an outlier opens as a SPIKE (one point cannot
+     tell a spike from the start of a ramp, and spikes must alert on their point). When the
+     episode's points, onset included, then make a change point against the frozen baseline
+     (the CUSUM on them reaches its threshold) *and* their line is a ramp (slope significant at
+     `trend_threshold_z`, the standard error taking the larger of the onset noise times the
+     long-run factor and the scatter about the line, and material by `trend_min_drift_sigma`),
+     the episode raises its one further alert: a TREND with that slope and its standard error.
+     A spike that comes back, a burst, or a step (lasting but flat) raises nothing more, as before.
+   - De-duplication: after a lasting episode ends, it is followed for `recovery_memory_intervals`.
+     A new alert in its direction whose point is not a spike above the episode's line, while that
+     line still clearly rises (slope z >= 2, and material), is the same ramp going on (re-detected
+     after the chasing re-baselines lost it), not a new anomaly: it is not raised, and the episode
+     resumes (raising its TREND alert then if it opened as a spike and has not yet). A faster rise,
+     a jump above the line, or another step after a step is new and alerts.
+   These only add or drop alerts; the per-point scores are exactly those of steps 1-7.
 
 Time: constants are in sample intervals; the interval is learnt (or configured) and elapsed time
 is converted into it, so irregular timestamps decay the state by time. A silence longer than
@@ -40,7 +69,9 @@ skipped: score 0, state untouched. Everything is plain float arithmetic: determi
 
 The per-point loop is written once, in `_run`, with the state held in local variables (several
 times faster than attribute access in CPython); `update` and `score_many` both go through it, so
-the live loop and the offline backtest run exactly the same code.
+the live loop and the offline backtest run exactly the same code. Episode bookkeeping runs only
+while an episode is open or followed, and alerts are built only when raised, so an ordinary point
+costs one more test.
 """
 
 from __future__ import annotations
@@ -57,6 +88,7 @@ from mcp_autonomy.autonomy.detection.base import (
     DetectorIndicator,
     DetectorResult,
 )
+from mcp_autonomy.autonomy.detection.calibration import score_from_ratio
 from mcp_autonomy.autonomy.detection.config import StreamingDetectorConfig
 
 DAY_S: Final = 86_400.0
@@ -70,6 +102,28 @@ _AUTOCORRELATION_CLIP_Z: Final = 3.0
 _MAX_PHI: Final = 0.95
 _SLOPE_BASELINE_CLIP: Final = 2.0
 _SEASON_ERROR_CLIP: Final = 5.0
+_TREND_LEARNING_WINDOWS: Final = 2.0  # the trend statistic scores after this many windows of learning
+_CONTINUATION_Z: Final = 2.0  # a remembered episode still rising this clearly is a ramp going on
+_BUILD_UP_FRACTION: Final = 1.0 / 3.0  # CUSUM already this far up: a spike-sized point is no spike
+# The episode record (`StreamingDetector._episode`): its onset and the sums of its trajectory.
+_EP_T0: Final = 0
+_EP_LEVEL: Final = 1  # the level (without season) frozen at the onset, drifted by the base slope
+_EP_LEVEL_NS: Final = 2  # the same for the no-season model
+_EP_SCALE: Final = 3  # the onset's tail-normalised scale: trajectory values are in these units
+_EP_DIR: Final = 4
+_EP_N: Final = 5
+_EP_ST: Final = 6  # sums over the trajectory of tau (intervals since the onset), tau^2, y, ...
+_EP_STT: Final = 7
+_EP_SY: Final = 8
+_EP_STY: Final = 9
+_EP_SYY: Final = 10
+_EP_CUSUM: Final = 11  # CUSUM of the trajectory, onset included (spike-opened episodes)
+_EP_UNTIL: Final = 12  # followed until then (infinite while the episode is open)
+_EP_STAGE: Final = 13
+_EPISODE_FIELDS: Final = 14
+_STAGE_SPIKE: Final = 0.0  # opened as a spike, nothing more known yet
+_STAGE_LASTING: Final = 1.0  # opened as a spike, and its points since have stayed away
+_STAGE_SETTLED: Final = 2.0  # its kind is final: opened as a lasting kind, or escalated
 _TREND_REALIGN_LIMIT: Final = 0.5  # a change point with less trend evidence than this is a step
 _RECOVERY_TOLERANCE: Final = 3.0  # scales: "back at the old level"
 _SETTLE_BOOST: Final = 5.0  # the tail estimate learns this much faster while settling
@@ -100,6 +154,8 @@ class StreamingDetector:
         "_daily_mean",
         "_daily_weight",
         "_dt_typ",
+        "_episode",
+        "_episode_tracked",
         "_have_zprev",
         "_in_alert",
         "_last",
@@ -173,6 +229,8 @@ class StreamingDetector:
         self._model = 0
         self._switch_ok = -math.inf
         self._in_alert = False
+        self._episode_tracked = False
+        self._episode = [0.0] * _EPISODE_FIELDS
         self._calm_since = _NOT_CALM
         self._cooldown_until = -math.inf
         self._pending: list[DetectorAlert] = []
@@ -252,6 +310,7 @@ class StreamingDetector:
         tau_leak = cfg.cusum_leak_time_constant_intervals
         tau_phi = cfg.autocorrelation_time_constant_intervals
         trend_w = cfg.trend_window_intervals
+        warm_slope = _TREND_LEARNING_WINDOWS * trend_w
         trend_min_weight = 0.5 * trend_w
         trend_z_thr = cfg.trend_threshold_z
         drift_thr = cfg.trend_min_drift_sigma
@@ -321,6 +380,8 @@ class StreamingDetector:
         model = self._model
         switch_ok = self._switch_ok
         in_alert = self._in_alert
+        ep_track = self._episode_tracked
+        ep = self._episode
         calm_since = self._calm_since
         cooldown_until = self._cooldown_until
         pending = self._pending
@@ -522,6 +583,20 @@ class StreamingDetector:
                     dn = adev / design
                     if slope_n < tau_ss:
                         slope_n += ul
+                        if slope_n >= warm_slope and slope_scale > 0.0:
+                            # Still learning the slope's typical variation, but far enough in to
+                            # judge by it, with the threshold raised by the estimate's relative
+                            # uncertainty; its input is clipped as once learnt, so a ramp starting
+                            # now does not teach itself away.
+                            ss = slope_scale
+                            trend_z = dn / ss
+                            drift_sigma = adev * horizon * dtt / sc
+                            trend_ratio = trend_z / (trend_z_thr * sqrt(tau_ss / slope_n))
+                            if drift_sigma / drift_thr < trend_ratio:
+                                trend_ratio = drift_sigma / drift_thr
+                            cl = scale_clip * ss
+                            if dn > cl:
+                                dn = cl
                         slope_scale += (dn * _RMS_PER_MEAN_ABS - slope_scale) * ul / slope_n
                     else:
                         ss = slope_scale
@@ -654,6 +729,59 @@ class StreamingDetector:
                 direction = 1 if slope >= slope_base else -1
             scored_last = True
 
+            # Episode trajectory: the points of an open episode (and, for a while, those after a
+            # lasting one ended) are measured against the baseline frozen at its onset, which no
+            # re-baselining since has moved; what they show refines the episode's kind.
+            if ep_track:
+                if gap or t > ep[_EP_UNTIL]:
+                    ep_track = False  # forgotten, or stale after a silence
+                else:
+                    ep[_EP_LEVEL] += drift
+                    ep[_EP_LEVEL_NS] += drift
+                    ep_tau = (t - ep[_EP_T0]) / dtt
+                    ep_y = (x - season - ep[_EP_LEVEL]) / ep[_EP_SCALE] * ep[_EP_DIR]
+                    ep[_EP_N] += 1.0
+                    ep[_EP_ST] += ep_tau
+                    ep[_EP_STT] += ep_tau * ep_tau
+                    ep[_EP_SY] += ep_y
+                    ep[_EP_STY] += ep_tau * ep_y
+                    ep[_EP_SYY] += ep_y * ep_y
+                    stage = ep[_EP_STAGE]
+                    if stage < _STAGE_SETTLED and in_alert:
+                        if stage == _STAGE_SPIKE:
+                            # Opened as a spike: the CUSUM of its points, onset included, on the
+                            # frozen baseline tells whether it was the start of a lasting change.
+                            ep_c = (
+                                ep[_EP_CUSUM] * lam_cached
+                                + (ep_y if ep_y < cusum_clip else cusum_clip) / long_run
+                                - cusum_k
+                            )
+                            ep[_EP_CUSUM] = ep_c if ep_c > 0.0 else 0.0
+                            if ep_c >= cusum_h * settle:
+                                stage = ep[_EP_STAGE] = _STAGE_LASTING
+                        if stage == _STAGE_LASTING and _is_ramp(ep, long_run, tf, settle, cfg):
+                            # ... and a ramp: the one further alert of the episode says so.
+                            ep[_EP_STAGE] = _STAGE_SETTLED
+                            if len(pending) >= MAX_PENDING_ALERTS:
+                                del pending[0]
+                            pending.append(
+                                _escalation(
+                                    ep,
+                                    t,
+                                    x,
+                                    season,
+                                    sc,
+                                    tf,
+                                    long_run,
+                                    settle,
+                                    dtt,
+                                    spike_thr_eff * settle,
+                                    model,
+                                    _RMS_PER_MEAN_ABS * mae_ns,
+                                    cfg,
+                                )
+                            )
+
             # Alert hysteresis and cooldown.
             if in_alert:
                 if score < exit_s:
@@ -663,15 +791,55 @@ class StreamingDetector:
                         in_alert = False
                         calm_since = _NOT_CALM
                         cooldown_until = t + cool_iv * dtt
+                        if ep[_EP_STAGE] > _STAGE_SPIKE:
+                            ep[_EP_UNTIL] = t + recovery_iv * dtt  # a lasting change may go on
+                        else:
+                            ep_track = False  # a spike that stayed one: nothing to follow
                 else:
                     calm_since = _NOT_CALM
             elif score >= enter_s and t >= cooldown_until:
                 in_alert = True
                 calm_since = _NOT_CALM
-                if len(pending) >= MAX_PENDING_ALERTS:
-                    del pending[0]
-                pending.append(
-                    _alert_from(
+                if kind is _SPIKE and cusum_direction == direction:
+                    # The CUSUM before this point's own increment: when the points before it
+                    # had already built up change-point evidence in the same direction, the
+                    # departure began earlier and this point is its culmination, not a spike.
+                    before = cusum - inc + cusum_k if direction > 0 else cusum + inc + cusum_k
+                    if before >= _BUILD_UP_FRACTION * cusum_h * settle:
+                        kind = _SHIFT
+                if (
+                    ep_track
+                    and direction == ep[_EP_DIR]
+                    and _continues(ep, ep_tau, ep_y, sc, long_run, tf, settle, spike_thr_eff * settle, cfg)
+                ):
+                    # The ramp of the last episode goes on: no new anomaly. Said once, if the
+                    # only alert so far was the spike that episode opened with.
+                    ep[_EP_UNTIL] = math.inf
+                    if ep[_EP_STAGE] < _STAGE_SETTLED:
+                        ep[_EP_STAGE] = _STAGE_SETTLED
+                        if len(pending) >= MAX_PENDING_ALERTS:
+                            del pending[0]
+                        pending.append(
+                            _escalation(
+                                ep,
+                                t,
+                                x,
+                                season,
+                                sc,
+                                tf,
+                                long_run,
+                                settle,
+                                dtt,
+                                spike_thr_eff * settle,
+                                model,
+                                _RMS_PER_MEAN_ABS * mae_ns,
+                                cfg,
+                            )
+                        )
+                else:
+                    if len(pending) >= MAX_PENDING_ALERTS:
+                        del pending[0]
+                    alert = _alert_from(
                         _details(
                             t,
                             x,
@@ -685,16 +853,38 @@ class StreamingDetector:
                             cusum,
                             cusum_h * settle,
                             trend_z,
-                            trend_z_thr * settle,
+                            trend_z_thr * settle * _learning_inflation(slope_n, tau_ss),
                             drift_sigma,
                             drift_thr * settle,
                             slope,
                             model,
                             x - level_ns,
                             _RMS_PER_MEAN_ABS * mae_ns,
-                        )
+                        ),
+                        # The trend statistic's slope is judged by its typical variation: that
+                        # is its standard error.
+                        abs(slope - slope_base) / trend_z if kind is _TREND and trend_z > 0.0 else 0.0,
                     )
-                )
+                    pending.append(alert)
+                    ep_track = True
+                    ep_y = (x - expected) / (sc * tf) * direction
+                    ep_c = (ep_y if ep_y < cusum_clip else cusum_clip) / long_run - cusum_k
+                    ep[:] = (
+                        t,
+                        expected - season,
+                        level_ns,
+                        sc * tf,
+                        float(direction),
+                        1.0,
+                        0.0,
+                        0.0,
+                        ep_y,
+                        0.0,
+                        ep_y * ep_y,
+                        ep_c if ep_c > 0.0 else 0.0,
+                        math.inf,
+                        _STAGE_SPIKE if alert.kind is _SPIKE else _STAGE_SETTLED,
+                    )
             if append is not None:
                 append(score)
 
@@ -735,6 +925,7 @@ class StreamingDetector:
         self._model = model
         self._switch_ok = switch_ok
         self._in_alert = in_alert
+        self._episode_tracked = ep_track
         self._calm_since = calm_since
         self._cooldown_until = cooldown_until
         if scored_last:
@@ -751,7 +942,7 @@ class StreamingDetector:
                 cusum,
                 cusum_h * settle,
                 trend_z,
-                trend_z_thr * settle,
+                trend_z_thr * settle * _learning_inflation(slope_n, tau_ss),
                 drift_sigma,
                 drift_thr * settle,
                 slope,
@@ -881,7 +1072,7 @@ def _details(
     )
 
 
-def _alert_from(last: tuple[float, ...]) -> DetectorAlert:
+def _alert_from(last: tuple[float, ...], slope_stderr: float = 0.0) -> DetectorAlert:
     return DetectorAlert(
         timestamp_s=last[0],
         kind=_classify(last),
@@ -892,4 +1083,133 @@ def _alert_from(last: tuple[float, ...]) -> DetectorAlert:
         scale=last[6],
         slope_per_s=last[15],
         indicators=_indicators(last),
+        slope_stderr_per_s=slope_stderr,
+    )
+
+
+def _fit(ep: list[float], long_run: float) -> tuple[float, float, float]:
+    """The episode's least-squares line: slope (onset scales per interval), its z statistic, and
+    the intercept. The slope's standard error takes the larger of the onset noise (inflated by the
+    long-run factor of autocorrelated residuals) and the scatter about the line, so a wandering
+    or noisier-than-at-onset trajectory needs a steeper slope."""
+    n = ep[_EP_N]
+    if n < 3.0:
+        return 0.0, 0.0, ep[_EP_SY] / n
+    st = ep[_EP_ST]
+    sy = ep[_EP_SY]
+    den = n * ep[_EP_STT] - st * st
+    if den <= 0.0:
+        return 0.0, 0.0, sy / n
+    slope = (n * ep[_EP_STY] - st * sy) / den
+    intercept = (sy - slope * st) / n
+    sxx = den / n
+    rss = ep[_EP_SYY] - sy * sy / n - slope * slope * sxx
+    noise = rss / (n - 2.0)
+    if noise < long_run * long_run:
+        noise = long_run * long_run
+    return slope, slope * math.sqrt(sxx / noise), intercept
+
+
+def _learning_inflation(slope_n: float, tau_ss: float) -> float:
+    """How much the trend threshold is raised while the slope's typical variation is learnt."""
+    return math.sqrt(tau_ss / slope_n) if 0.0 < slope_n < tau_ss else 1.0
+
+
+def _ramp_slope(
+    ep: list[float],
+    long_run: float,
+    tail_factor: float,
+    settle: float,
+    cfg: StreamingDetectorConfig,
+    z_threshold: float | None = None,
+) -> tuple[float, float, float] | None:
+    """The episode's line (slope, its z, intercept) if it is a ramp in the episode's direction:
+    a significant slope (`trend_threshold_z`, or `z_threshold`) that is also material
+    (`trend_min_drift_sigma` over the horizon), the trend statistic's own two tests; else None."""
+    slope, slope_z, intercept = _fit(ep, long_run)
+    if (
+        slope_z >= (cfg.trend_threshold_z * settle if z_threshold is None else z_threshold)
+        and slope * tail_factor * cfg.trend_horizon_intervals >= cfg.trend_min_drift_sigma * settle
+    ):
+        return slope, slope_z, intercept
+    return None
+
+
+def _is_ramp(
+    ep: list[float], long_run: float, tail_factor: float, settle: float, cfg: StreamingDetectorConfig
+) -> bool:
+    return _ramp_slope(ep, long_run, tail_factor, settle, cfg) is not None
+
+
+def _continues(
+    ep: list[float],
+    tau: float,
+    y: float,
+    scale: float,
+    long_run: float,
+    tail_factor: float,
+    settle: float,
+    spike_threshold: float,
+    cfg: StreamingDetectorConfig,
+) -> bool:
+    """Whether the point (`tau` intervals after the onset, `y` onset scales towards the episode's
+    direction, already in `ep`'s sums) is the remembered ramp going on: the trajectory still
+    clearly rises (slope z >= `_CONTINUATION_Z` and material; suppressing a repeat needs less
+    evidence than raising an alert), and the point is not a spike above its line (a faster rise,
+    or a new jump, is a new anomaly; a step is never continued).
+    """
+    ramp = _ramp_slope(ep, long_run, tail_factor, settle, cfg, _CONTINUATION_Z)
+    if ramp is None:
+        return False
+    slope, _, intercept = ramp
+    return (y - intercept - slope * tau) * ep[_EP_SCALE] < spike_threshold * scale
+
+
+def _escalation(
+    ep: list[float],
+    t: float,
+    x: float,
+    season: float,
+    scale: float,
+    tail_factor: float,
+    long_run: float,
+    settle: float,
+    dt_typ: float,
+    spike_threshold: float,
+    model: int,
+    typical_without_season: float,
+    cfg: StreamingDetectorConfig,
+) -> DetectorAlert:
+    """The TREND alert of a spike-opened episode whose points since have proved a ramp, judged
+    against the baseline frozen at its onset; it carries the episode's own slope and its standard
+    error, so a prediction can project when the ramp will cross a threshold."""
+    slope, slope_z, _ = _fit(ep, long_run)
+    drift_sigma = slope * tail_factor * cfg.trend_horizon_intervals
+    trend_thr = cfg.trend_threshold_z * settle
+    drift_thr = cfg.trend_min_drift_sigma * settle
+    slope_per_s = ep[_EP_DIR] * slope * ep[_EP_SCALE] / dt_typ
+    expected = ep[_EP_LEVEL] + season
+    return _alert_from(
+        _details(
+            t,
+            x,
+            score_from_ratio(min(slope_z / trend_thr, drift_sigma / drift_thr), cfg.score_steepness),
+            _TREND,
+            int(ep[_EP_DIR]),
+            expected,
+            scale,
+            abs(x - expected) / scale,
+            spike_threshold,
+            ep[_EP_CUSUM],
+            cfg.cusum_threshold * settle,
+            slope_z,
+            trend_thr,
+            drift_sigma,
+            drift_thr,
+            slope_per_s,
+            model,
+            x - ep[_EP_LEVEL_NS],
+            typical_without_season,
+        ),
+        abs(slope_per_s) / slope_z,
     )

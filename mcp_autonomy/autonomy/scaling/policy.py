@@ -182,10 +182,11 @@ class ScaleGuards:
 
     incident_open: bool = False
     maintenance_window: bool = False
+    partial_load: bool = False  # some pods did not report their load: the figure is a lower bound
 
     @property
     def blocks_scale_down(self) -> bool:
-        return self.incident_open or self.maintenance_window
+        return self.incident_open or self.maintenance_window or self.partial_load
 
     def describe(self) -> str:
         reasons = [
@@ -193,6 +194,7 @@ class ScaleGuards:
             for name, on in (
                 ("incident open", self.incident_open),
                 ("maintenance window", self.maintenance_window),
+                ("load partial (pods missing)", self.partial_load),
             )
             if on
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 
@@ -186,6 +187,82 @@ def test_slow_ramp_is_flagged_before_the_outage_threshold() -> None:
     assert first.slope_per_s > 0
 
 
+P95_BASE_MS = 400.0
+P95_TIMEOUT_MS = 15_000.0  # M-Pesa's call timeout: the breaker opens around here
+
+
+def _latency_ramp(
+    step_s: float, ramp_s: float, seed: int, baseline_h: float = 6.0, hold_h: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """p95 latency as the live loop sees it: `baseline_h` hours around 400 ms with +-10 %
+    multiplicative noise, a linear ramp to the 15 s timeout over `ramp_s`, then `hold_h` hours there.
+    Returns times, observed values, the true level under the noise, and the ramp's first index."""
+    n_base = int(baseline_h * 3600 / step_s)
+    n_ramp = int(ramp_s / step_s)
+    level = np.concatenate(
+        [
+            np.full(n_base, P95_BASE_MS),
+            np.linspace(P95_BASE_MS, P95_TIMEOUT_MS, n_ramp),
+            np.full(int(hold_h * 3600 / step_s), P95_TIMEOUT_MS),
+        ]
+    )
+    observed = level * np.random.default_rng(seed).uniform(0.9, 1.1, len(level))
+    return T0 + step_s * np.arange(len(level)), observed, level, n_base
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("ramp_s", [1800.0, 7200.0, 21_600.0])
+@pytest.mark.parametrize("step_s", [60.0, 15.0])
+def test_latency_ramp_is_flagged_as_lasting_early_and_once(step_s: float, ramp_s: float, seed: int) -> None:
+    t, x, level, start = _latency_ramp(step_s, ramp_s, seed)
+    _, alerts = run(t, x)
+    assert alerts and all(a.timestamp_s >= t[start] for a in alerts), "nothing before the ramp"
+    lasting = [a for a in alerts if a.kind in (AnomalyKind.TREND, AnomalyKind.LEVEL_SHIFT)]
+    assert len(lasting) == 1, [(a.kind, a.timestamp_s) for a in alerts]
+    alert = lasting[0]
+    # At most one alert comes first: a spike on the ramp's first steps, when one step is itself
+    # an outlier (a single point cannot tell a spike from the start of a ramp). Nothing comes after.
+    before = alerts[: alerts.index(alert)]
+    assert alerts[-1] is alert
+    assert len(before) <= 1 and all(a.kind is AnomalyKind.SPIKE for a in before)
+    at = round((alert.timestamp_s - T0) / step_s)
+    assert alert.direction == 1
+    assert level[at] < 3000.0, f"flagged as lasting only at {level[at]:.0f} ms"
+    if ramp_s >= 21_600.0:
+        assert level[at] < 2 * P95_BASE_MS  # the slow ramp: before the latency has doubled
+    prediction = PredictionBuilder().build("mpesa", "latency_p95_ms", alert)
+    assert prediction is not None and prediction.type is PredictionType.DEGRADATION
+    # ... and it is still open when calls start to time out (p95 x 1.1 past the timeout).
+    timeouts_at = t[int(np.argmax(level * 1.1 >= P95_TIMEOUT_MS))]
+    assert prediction.created_at < timeouts_at <= prediction.window_end
+
+
+@pytest.mark.parametrize("step_s", [60.0, 15.0])
+def test_no_alarm_on_steady_noisy_latency(step_s: float) -> None:
+    t, x, _, _ = _latency_ramp(step_s, 0.0, seed=21, baseline_h=12.0, hold_h=0.0)
+    _, alerts = run(t, x)
+    assert alerts == []
+
+
+def test_a_big_step_and_a_short_burst_keep_their_single_alert() -> None:
+    t, x = noise(5000, seed=22)
+    x[2500:] += 40.0  # 20 sigma, lasting: a step, not a ramp, so no second (trend) alert
+    x[4000:4003] += 40.0  # a three-point burst on top of the new level
+    _, alerts = run(t, x)
+    assert [(a.timestamp_s, a.kind) for a in alerts] == [
+        (t[2500], AnomalyKind.SPIKE),
+        (t[4000], AnomalyKind.SPIKE),
+    ]
+
+
+def test_a_continuing_ramp_is_not_alerted_again() -> None:
+    t, x, _, start = _latency_ramp(15.0, 21_600.0, seed=23, hold_h=0.0)
+    detector = StreamingDetector()
+    detector.score_many(t.tolist(), x.tolist())
+    alerts = detector.drain_alerts()
+    assert len(alerts) == 1 and alerts[0].timestamp_s < t[start + 60]
+
+
 def _daily(n_days: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     step = 600.0  # ten minutes
     n = int(n_days * 86_400 / step)
@@ -284,3 +361,27 @@ def test_prediction_types_follow_series_meaning() -> None:
     for prediction in (failure, ramp, jump, pattern):
         assert 0.0 <= prediction.confidence <= 1.0
         assert prediction.indicators and prediction.recommended_action
+
+
+def test_trend_window_runs_to_the_latest_plausible_crossing() -> None:
+    builder = PredictionBuilder()
+    exact = _alert(AnomalyKind.TREND, 1, 900.0, 400.0, slope=1.5)  # ms per second
+    uncertain = dataclasses.replace(exact, slope_stderr_per_s=0.25)
+    narrow = builder.build("mpesa", "latency_p95_ms", exact)
+    wide = builder.build("mpesa", "latency_p95_ms", uncertain)
+    assert narrow is not None and wide is not None
+    assert narrow.window_end - narrow.window_start == pytest.approx((15_000.0 - 900.0) / 1.5)
+    assert wide.window_end - wide.window_start == pytest.approx((15_000.0 - 900.0) / 1.0)  # 2 SE slower
+    assert "in about 157 min" in wide.recommended_action  # the action quotes the estimate itself
+    unknown = dataclasses.replace(exact, slope_stderr_per_s=1.0)  # not even the direction is sure
+    wider = builder.build("mpesa", "latency_p95_ms", unknown)
+    assert wider is not None and wider.window_end - wider.window_start == 6 * 3600.0
+
+
+def test_a_lasting_latency_rise_is_watched_for_the_trend_horizon() -> None:
+    builder = PredictionBuilder()
+    shift = builder.build("mpesa", "latency_p95_ms", _alert(AnomalyKind.LEVEL_SHIFT, 1, 900.0, 400.0))
+    assert shift is not None and shift.type is PredictionType.DEGRADATION
+    assert shift.window_end - shift.window_start == 6 * 3600.0
+    errors = builder.build("mpesa", "error_rate", _alert(AnomalyKind.LEVEL_SHIFT, 1, 0.2, 0.01))
+    assert errors is not None and errors.window_end - errors.window_start == 3600.0

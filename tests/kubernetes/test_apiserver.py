@@ -1,0 +1,423 @@
+"""The test API server behaves like kube-apiserver for the official client (real HTTP, real client)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from tests.kubernetes.apiserver import (
+    deployment,
+    endpoint_slice,
+    hpa,
+    json_patch,
+    running_apiserver,
+    strategic_merge_patch,
+)
+
+pytestmark = pytest.mark.anyio
+
+TEST_DEADLINE_S = 30.0
+_T = TypeVar("_T")
+
+
+async def call(request: Callable[[], _T]) -> _T:
+    """The blocking client runs in a worker thread: the server answers on this event loop."""
+    return await anyio.to_thread.run_sync(request)
+
+
+async def failure(request: Callable[[], Any]) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the Status body of a request that must fail."""
+    with pytest.raises(ApiException) as caught:
+        await call(request)
+    return int(caught.value.status or 0), json.loads(caught.value.body or "{}")
+
+
+async def test_scale_subresource_reads_and_patches_with_the_real_client() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(deployment("prod", "web", 2))
+            apps = k8s.AppsV1Api(api.api_client())
+
+            scale = await call(lambda: apps.read_namespaced_deployment_scale("web", "prod"))
+            assert (scale.kind, scale.api_version) == ("Scale", "autoscaling/v1")
+            assert scale.spec is not None and scale.spec.replicas == 2
+            assert scale.status is not None and scale.status.selector == "app=web"
+            assert scale.metadata is not None
+            version = scale.metadata.resource_version
+
+            body = {"metadata": {"resourceVersion": version}, "spec": {"replicas": 5}}
+            patched = await call(lambda: apps.patch_namespaced_deployment_scale("web", "prod", body))
+            assert patched.spec is not None and patched.spec.replicas == 5
+            assert patched.metadata is not None and int(patched.metadata.resource_version or 0) > int(
+                version or 0
+            )
+
+            stored = api.state.get("apps/v1", "Deployment", "prod", "web")
+            assert stored is not None
+            assert stored["spec"]["replicas"] == 5
+            assert stored["status"]["readyReplicas"] == 5  # auto_rollout
+            assert stored["metadata"]["generation"] == 2
+            assert ("PATCH", "/apis/apps/v1/namespaces/prod/deployments/web/scale") in api.state.requests
+
+
+async def test_a_dict_patch_is_sent_as_strategic_merge_and_list_patches_as_json_patch() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(deployment("prod", "web", 2))
+            apps = k8s.AppsV1Api(api.api_client())
+            await call(lambda: apps.patch_namespaced_deployment("web", "prod", {"spec": {"replicas": 3}}))
+            ops = [
+                {"op": "test", "path": "/spec/replicas", "value": 3},
+                {"op": "replace", "path": "/spec/replicas", "value": 4},
+            ]
+            await call(lambda: apps.patch_namespaced_deployment("web", "prod", ops))
+            merge = {"metadata": {"labels": {"tier": "api"}}}
+            await call(
+                lambda: apps.patch_namespaced_deployment(
+                    "web", "prod", merge, _content_type="application/merge-patch+json"
+                )
+            )
+            stored = api.state.get("apps/v1", "Deployment", "prod", "web")
+            assert stored is not None
+            assert stored["spec"]["replicas"] == 4
+            assert stored["metadata"]["labels"] == {"app": "web", "tier": "api"}
+
+            failing = [{"op": "test", "path": "/spec/replicas", "value": 99}]
+            code, status = await failure(lambda: apps.patch_namespaced_deployment("web", "prod", failing))
+            assert (code, status["reason"]) == (422, "Invalid")
+
+
+async def test_rollout_is_driven_by_the_test_when_auto_rollout_is_off() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.auto_rollout = False
+            api.state.put(deployment("prod", "web", 3))
+            apps = k8s.AppsV1Api(api.api_client())
+            first = await call(lambda: apps.read_namespaced_deployment("web", "prod"))
+            assert first.status is not None
+            assert first.status.ready_replicas is None  # 0 is omitted, as omitempty does
+            assert first.status.replicas == 3
+            api.state.set_ready("prod", "web", 2)
+            second = await call(lambda: apps.read_namespaced_deployment("web", "prod"))
+            assert second.status is not None and second.status.ready_replicas == 2
+            assert second.status.unavailable_replicas == 1
+
+
+async def test_a_stale_put_is_a_conflict_and_a_noop_write_keeps_the_resource_version() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(deployment("prod", "web", 2))
+            apps = k8s.AppsV1Api(api.api_client())
+            current = await call(lambda: apps.read_namespaced_deployment("web", "prod"))
+            assert current.metadata is not None and current.spec is not None
+
+            same = await call(lambda: apps.replace_namespaced_deployment("web", "prod", current))
+            assert same.metadata is not None
+            assert same.metadata.resource_version == current.metadata.resource_version
+
+            api.state.bump("apps/v1", "Deployment", "prod", "web")
+            current.spec.replicas = 7
+            code, status = await failure(lambda: apps.replace_namespaced_deployment("web", "prod", current))
+            assert code == 409
+            assert status["reason"] == "Conflict"
+            assert status["message"] == (
+                'Operation cannot be fulfilled on deployments.apps "web": the object has been modified; '
+                "please apply your changes to the latest version and try again"
+            )
+            assert status["details"] == {"name": "web", "group": "apps", "kind": "deployments"}
+
+            fresh = await call(lambda: apps.read_namespaced_deployment("web", "prod"))
+            assert fresh.spec is not None and fresh.metadata is not None
+            fresh.spec.replicas = 7
+            replaced = await call(lambda: apps.replace_namespaced_deployment("web", "prod", fresh))
+            assert replaced.spec is not None and replaced.spec.replicas == 7
+            assert replaced.metadata is not None
+            assert int(replaced.metadata.resource_version or 0) > int(fresh.metadata.resource_version or 0)
+
+
+async def test_a_racing_writer_makes_the_next_conditional_writes_conflict() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(deployment("prod", "web", 2))
+            apps = k8s.AppsV1Api(api.api_client())
+            api.state.conflict_before_next_writes = 1
+
+            async def conditional_patch(replicas: int) -> int:
+                scale = await call(lambda: apps.read_namespaced_deployment_scale("web", "prod"))
+                assert scale.metadata is not None
+                body = {
+                    "metadata": {"resourceVersion": scale.metadata.resource_version},
+                    "spec": {"replicas": replicas},
+                }
+                try:
+                    await call(lambda: apps.patch_namespaced_deployment_scale("web", "prod", body))
+                except ApiException as exc:
+                    return int(exc.status or 0)
+                return 200
+
+            assert await conditional_patch(4) == 409
+            assert await conditional_patch(4) == 200
+            assert api.state.conflict_before_next_writes == 0
+            # An unconditional patch (no resourceVersion) wins over the racing writer.
+            api.state.conflict_before_next_writes = 1
+            await call(
+                lambda: apps.patch_namespaced_deployment_scale("web", "prod", {"spec": {"replicas": 6}})
+            )
+            stored = api.state.get("apps/v1", "Deployment", "prod", "web")
+            assert stored is not None and stored["spec"]["replicas"] == 6
+
+
+async def test_lease_create_if_absent_and_compare_and_swap() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            leases = k8s.CoordinationV1Api(api.api_client())
+            now = datetime.now(UTC)
+            lease = k8s.V1Lease(
+                metadata=k8s.V1ObjectMeta(name="mcp-autonomy-leader"),
+                spec=k8s.V1LeaseSpec(holder_identity="pod-a", lease_duration_seconds=15, renew_time=now),
+            )
+            created = await call(lambda: leases.create_namespaced_lease("prod", lease))
+            assert created.metadata is not None and created.metadata.resource_version
+
+            code, status = await failure(lambda: leases.create_namespaced_lease("prod", lease))
+            assert (code, status["reason"]) == (409, "AlreadyExists")
+            assert status["message"] == 'leases.coordination.k8s.io "mcp-autonomy-leader" already exists'
+
+            # Two candidates read the same version; only the first swap wins.
+            seen_a = await call(lambda: leases.read_namespaced_lease("mcp-autonomy-leader", "prod"))
+            seen_b = await call(lambda: leases.read_namespaced_lease("mcp-autonomy-leader", "prod"))
+            assert seen_a.spec is not None and seen_b.spec is not None
+            seen_a.spec.renew_time = datetime.now(UTC)
+            seen_b.spec.holder_identity = "pod-b"
+            await call(lambda: leases.replace_namespaced_lease("mcp-autonomy-leader", "prod", seen_a))
+            code, status = await failure(
+                lambda: leases.replace_namespaced_lease("mcp-autonomy-leader", "prod", seen_b)
+            )
+            assert (code, status["reason"]) == (409, "Conflict")
+
+            # A Lease update must carry a resourceVersion (leases do not allow unconditional updates).
+            assert seen_b.metadata is not None
+            seen_b.metadata.resource_version = None
+            code, status = await failure(
+                lambda: leases.replace_namespaced_lease("mcp-autonomy-leader", "prod", seen_b)
+            )
+            assert (code, status["reason"]) == (422, "Invalid")
+            assert "metadata.resourceVersion" in status["message"]
+
+            stale = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(resource_version="1"))
+            code, status = await failure(
+                lambda: leases.delete_namespaced_lease("mcp-autonomy-leader", "prod", body=stale)
+            )
+            assert code == 409 and "precondition" in status["message"]
+            await call(lambda: leases.delete_namespaced_lease("mcp-autonomy-leader", "prod"))
+            assert api.state.get("coordination.k8s.io/v1", "Lease", "prod", "mcp-autonomy-leader") is None
+            code, status = await failure(lambda: leases.read_namespaced_lease("mcp-autonomy-leader", "prod"))
+            assert status["message"] == 'leases.coordination.k8s.io "mcp-autonomy-leader" not found'
+
+
+async def test_forbidden_names_user_verb_resource_group_and_namespace() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.user = "system:serviceaccount:prod:mcp-autonomy"
+            api.state.put(deployment("prod", "web", 2))
+            api.state.put(deployment("staging", "web", 2))
+            api.state.deny("patch", "deployments/scale", namespace="prod")
+            api.state.deny("list", "leases")
+            apps = k8s.AppsV1Api(api.api_client())
+            leases = k8s.CoordinationV1Api(api.api_client())
+            body = {"spec": {"replicas": 3}}
+
+            code, status = await failure(lambda: apps.patch_namespaced_deployment_scale("web", "prod", body))
+            assert (code, status["reason"]) == (403, "Forbidden")
+            assert status["message"] == (
+                'deployments.apps "web" is forbidden: User "system:serviceaccount:prod:mcp-autonomy" cannot patch '
+                'resource "deployments/scale" in API group "apps" in the namespace "prod"'
+            )
+            assert status["details"] == {"name": "web", "group": "apps", "kind": "deployments"}
+            # Reads and other namespaces are still allowed.
+            await call(lambda: apps.read_namespaced_deployment_scale("web", "prod"))
+            await call(lambda: apps.patch_namespaced_deployment_scale("web", "staging", body))
+
+            code, status = await failure(lambda: leases.list_namespaced_lease("prod"))
+            assert status["message"] == (
+                'leases.coordination.k8s.io is forbidden: User "system:serviceaccount:prod:mcp-autonomy" '
+                'cannot list resource "leases" in API group "coordination.k8s.io" in the namespace "prod"'
+            )
+            api.state.allow_all()
+            assert (await call(lambda: leases.list_namespaced_lease("prod"))).items == []
+
+
+async def test_not_found_names_kind_and_name_like_the_real_server() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            apps = k8s.AppsV1Api(api.api_client())
+            code, status = await failure(lambda: apps.read_namespaced_deployment_scale("ghost", "prod"))
+            assert code == 404
+            assert status == {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": 'deployments.apps "ghost" not found',
+                "reason": "NotFound",
+                "details": {"name": "ghost", "group": "apps", "kind": "deployments"},
+                "code": 404,
+            }
+            pods = k8s.CoreV1Api(api.api_client())
+            _, status = await failure(lambda: pods.read_namespaced_pod("ghost", "prod"))
+            assert status["message"] == 'pods "ghost" not found'
+
+
+async def test_bearer_token_is_required_when_configured() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver(token="s3cret-token") as api:
+            async with httpx.AsyncClient(base_url=api.url) as http:
+                missing = await http.get("/apis/apps/v1/namespaces/prod/deployments")
+                wrong = await http.get(
+                    "/apis/apps/v1/namespaces/prod/deployments", headers={"Authorization": "Bearer nope"}
+                )
+            for response in (missing, wrong):
+                assert response.status_code == 401
+                assert response.json()["reason"] == "Unauthorized"
+            apps = k8s.AppsV1Api(api.api_client())
+            assert (await call(lambda: apps.list_namespaced_deployment("prod"))).items == []
+            version = await call(lambda: k8s.VersionApi(api.api_client()).get_code())
+            assert version.major == "1"
+
+
+async def test_endpoint_slices_and_pods_are_listed_by_label_selector() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(
+                endpoint_slice("prod", "mcp-autonomy", [("10.0.0.1", 8765, True), ("10.0.0.2", 8765, False)])
+            )
+            api.state.put(endpoint_slice("prod", "mcp-autonomy", [("10.0.0.3", 9000, True)]))
+            api.state.put(endpoint_slice("prod", "other", [("10.0.1.1", 8765, True)]))
+            api.state.put(endpoint_slice("staging", "mcp-autonomy", [("10.0.2.1", 8765, True)]))
+            discovery = k8s.DiscoveryV1Api(api.api_client())
+
+            listed = await call(
+                lambda: discovery.list_namespaced_endpoint_slice(
+                    "prod", label_selector="kubernetes.io/service-name=mcp-autonomy"
+                )
+            )
+            endpoints = sorted(
+                (
+                    e.addresses[0],
+                    s.ports[0].port if s.ports else None,
+                    e.conditions.ready if e.conditions else None,
+                )
+                for s in listed.items
+                for e in s.endpoints or []
+            )
+            assert endpoints == [
+                ("10.0.0.1", 8765, True),
+                ("10.0.0.2", 8765, False),
+                ("10.0.0.3", 9000, True),
+            ]
+            both = await call(
+                lambda: discovery.list_namespaced_endpoint_slice(
+                    "prod",
+                    label_selector=(
+                        "kubernetes.io/service-name=mcp-autonomy,"
+                        "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+                    ),
+                )
+            )
+            assert len(both.items) == 2
+
+            for name, role in (("web-1", "api"), ("web-2", "api"), ("worker-1", "batch")):
+                api.state.put(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": name,
+                            "namespace": "prod",
+                            "labels": {"app": "gw", "role": role},
+                        },
+                        "spec": {"containers": [{"name": "gw", "image": "gw:1"}]},
+                    }
+                )
+            core = k8s.CoreV1Api(api.api_client())
+
+            async def pod_names(selector: str) -> list[str]:
+                pods = await call(lambda: core.list_namespaced_pod("prod", label_selector=selector))
+                return [p.metadata.name or "" for p in pods.items if p.metadata]
+
+            assert await pod_names("app=gw,role=api") == ["web-1", "web-2"]
+            assert await pod_names("role!=api") == ["worker-1"]
+            assert await pod_names("role in (batch, other)") == ["worker-1"]
+            assert await pod_names("!role") == []
+            code, status = await failure(
+                lambda: core.list_namespaced_pod("prod", label_selector="role in (x")
+            )
+            assert (code, status["reason"]) == (400, "BadRequest")
+
+
+async def test_hpa_crud_with_validation_and_conflicts() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(deployment("prod", "web", 2))
+            autoscaling = k8s.AutoscalingV2Api(api.api_client())
+            created = await call(
+                lambda: autoscaling.create_namespaced_horizontal_pod_autoscaler(
+                    "prod", k8s.V2HorizontalPodAutoscaler.model_validate(hpa("prod", "web", "web", 2, 10))
+                )
+            )
+            assert created.spec is not None and created.spec.scale_target_ref.name == "web"
+            assert created.metadata is not None
+            version = created.metadata.resource_version
+            patched = await call(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+                    "web", "prod", {"metadata": {"resourceVersion": version}, "spec": {"minReplicas": 4}}
+                )
+            )
+            assert patched.spec is not None and patched.spec.min_replicas == 4
+            stale = {"metadata": {"resourceVersion": version}, "spec": {"minReplicas": 5}}
+            code, _ = await failure(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler("web", "prod", stale)
+            )
+            assert code == 409
+            code, status = await failure(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+                    "web", "prod", {"spec": {"minReplicas": 11}}
+                )
+            )
+            assert (code, status["reason"]) == (422, "Invalid")
+            assert status["message"].startswith(
+                'HorizontalPodAutoscaler.autoscaling "web" is invalid: spec.maxReplicas'
+            )
+            listed = await call(lambda: autoscaling.list_namespaced_horizontal_pod_autoscaler("prod"))
+            assert [h.metadata.name for h in listed.items if h.metadata] == ["web"]
+
+
+def test_strategic_merge_merges_containers_by_name_and_json_patch_follows_rfc_6902() -> None:
+    current = {"spec": {"containers": [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]}}
+    patched = strategic_merge_patch(current, {"spec": {"containers": [{"name": "b", "image": "b:2"}]}})
+    assert patched["spec"]["containers"] == [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:2"}]
+    deleted = strategic_merge_patch(current, {"spec": {"containers": [{"name": "a", "$patch": "delete"}]}})
+    assert deleted["spec"]["containers"] == [{"name": "b", "image": "b:1"}]
+
+    document = {"a": {"b": [1, 2]}, "c~d": 1}
+    result = json_patch(
+        document,
+        [
+            {"op": "add", "path": "/a/b/-", "value": 3},
+            {"op": "remove", "path": "/c~0d"},
+            {"op": "copy", "from": "/a/b/0", "path": "/first"},
+            {"op": "move", "from": "/first", "path": "/moved"},
+            {"op": "test", "path": "/moved", "value": 1},
+        ],
+    )
+    assert result == {"a": {"b": [1, 2, 3]}, "moved": 1}
+    assert document == {"a": {"b": [1, 2]}, "c~d": 1}
