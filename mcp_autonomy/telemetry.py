@@ -9,6 +9,7 @@ overwritten and the snapshot says how much of the window it really covers.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from enum import IntEnum
 
 import numpy as np
@@ -19,6 +20,11 @@ from mcp_autonomy.providers.base import ErrorClass
 
 DEFAULT_CAPACITY = 16_384
 DEFAULT_WINDOW_S = 300.0
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0, 60_000.0
+)  # fmt: skip
+"""Upper bounds (inclusive) of the cumulative latency histogram: mobile-money calls take from tens
+of milliseconds (a status query) to tens of seconds (an STK push waiting on the handset)."""
 
 
 class Outcome(IntEnum):
@@ -45,6 +51,7 @@ _BY_ERROR_CLASS = {
     ErrorClass.AUTH: Outcome.AUTH,
     ErrorClass.RATE_LIMITED: Outcome.RATE_LIMITED,
 }
+_REJECTED = int(Outcome.REJECTED)  # a plain int: an enum member lookup costs ~150 ns on the hot path
 # Errors that say something about the provider's health; invalid requests are the caller's fault
 # and local rejections never reached the provider.
 _PROVIDER_ERRORS = np.array(
@@ -88,6 +95,13 @@ class ProviderTelemetry:
         self._next = 0
         self._count = 0
         self.total_recorded = 0
+        # Cumulative since start, for /metrics: the ring forgets, Prometheus counters must not.
+        # `outcome_totals[o]` counts calls that ended with outcome `o`; `latency_bucket_counts[i]`
+        # counts calls that reached the provider with latency in (bound[i-1], bound[i]] of
+        # LATENCY_BUCKETS_MS (the last slot: above every bound), so a record stays O(1) + a bisect.
+        self.outcome_totals: list[int] = [0] * len(Outcome)
+        self.latency_bucket_counts: list[int] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.latency_sum_ms = 0.0
 
     def record(self, outcome: Outcome, latency_ms: float) -> None:
         """Add one sample stamped with the clock's monotonic time."""
@@ -99,6 +113,10 @@ class ProviderTelemetry:
         if self._count < self._capacity:
             self._count += 1
         self.total_recorded += 1
+        self.outcome_totals[outcome] += 1
+        if outcome != _REJECTED:
+            self.latency_bucket_counts[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+            self.latency_sum_ms += latency_ms
 
     def _window(self, window_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self._count
