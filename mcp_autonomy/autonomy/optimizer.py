@@ -15,7 +15,9 @@ Parameters the router applies per payment (timeout, attempts, backoff) are tried
 `CANARY_SHARE` of the provider's payments (a stable hash of the idempotency key) use the
 candidate while the rest, over the same minutes, is the baseline. Parameters that cannot be split
 (the rate limit is one bucket for the lane) are applied to all traffic and compared **before /
-after**: the baseline is the window measured just before the change. The breaker threshold and
+after**: the baseline is the window measured just before the change. So is a timeout raise while
+timeouts pile up: it is the safer direction, and a half-and-half canary would keep failing the
+other half's slow payments for as long as it runs. The breaker threshold and
 the status-cache TTL have tuners but no live path yet (the router has one breaker configuration
 for every lane and no status cache): they are not proposed live.
 
@@ -80,6 +82,8 @@ SPLITTABLE: Final = frozenset({"timeout_s", "max_attempts", "base_delay_s"})
 """Parameters the router applies per payment: these get a concurrent canary."""
 LIVE_PARAMETERS: Final = ("timeout_s", "max_attempts", "rate_limit_per_s")
 """Parameters the optimizer tunes live (see the module docstring for the others)."""
+PILEUP_TIMEOUT_SHARE: Final = 0.01
+"""A timeout raise proposed while this share of calls times out is applied to all traffic at once."""
 STATE_TUNABLES: Final = "tunables"
 STATE_PINS: Final = "pins"
 
@@ -340,7 +344,15 @@ class AutoOptimizer(Component):
     def _start(self, provider: str, proposal: Proposal, current: ProviderTunables) -> None:
         assert self.router is not None
         candidate = apply_proposal(current, proposal)
-        splittable = proposal.parameter in SPLITTABLE
+        # A longer timeout while timeouts pile up is the safer direction, and every minute on a
+        # half-and-half canary fails the other half's slow payments: apply it to all traffic at
+        # once and judge it against the window before.
+        pileup_raise = (
+            proposal.parameter == "timeout_s"
+            and proposal.new_value > proposal.old_value
+            and proposal.evidence.get("timeout_share", 0.0) >= PILEUP_TIMEOUT_SHARE
+        )
+        splittable = proposal.parameter in SPLITTABLE and not pileup_raise
         self._seq += 1
         record = Optimization(
             id=f"opt-{provider}-{proposal.parameter}-{round(self.clock.now() * 1000)}-{self._seq}",
