@@ -64,7 +64,7 @@ DEFAULT_LEAD_MARGIN_S: Final = 60.0  # look this much past the start-up time (on
 DEFAULT_SCALE_DOWN_HOLD_S: Final = 600.0  # the forecast must stay low this long to remove a pod
 DEFAULT_SCALE_DOWN_HYSTERESIS: Final = 0.0  # remove at least this fraction (and >= 1 pod) at once
 DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down this soon after a change
-DEFAULT_COST_BUDGET: Final = 0.998  # the reactive policy's spend, less the matcher's measured ~0.1 % overshoot
+DEFAULT_COST_BUDGET: Final = 0.998  # the reactive spend, less the matcher's ~0.1 % overshoot
 DEFAULT_COST_WINDOW_S: Final = 86_400.0  # spend is compared over the last day (a whole daily cycle)
 DEFAULT_COST_GAIN: Final = 1.0  # safety-quantile log-odds moved per hour per unit of log overspend
 DEFAULT_MIN_SAFETY_QUANTILE: Final = 0.5  # the cost budget never pushes the quantile below this ...
