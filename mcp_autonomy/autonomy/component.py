@@ -80,6 +80,7 @@ class Component(ABC):
         self._running = False
         self._started_at: float | None = None
         self._ticks = 0
+        self._tick_done: anyio.Event | None = None
         self._last_tick_at: float | None = None
         self._last_tick_duration_ms: float | None = None
         self._errors = 0
@@ -180,6 +181,16 @@ class Component(ABC):
             self._ticks += 1
             self._last_tick_at = self.clock.now()
             self._last_tick_duration_ms = (self.clock.monotonic() - started) * 1000.0
+            if self._tick_done is not None:
+                self._tick_done.set()
+                self._tick_done = None
+
+    async def wait_ticks(self, count: int) -> None:
+        """Return once `count` ticks have finished (replays await real I/O with it, not a delay)."""
+        while self._ticks < count:
+            if self._tick_done is None:
+                self._tick_done = anyio.Event()
+            await self._tick_done.wait()
 
     async def on_start(self) -> None:  # noqa: B027 - optional hook
         """Called once when the loop starts, before the first tick."""

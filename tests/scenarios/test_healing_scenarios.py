@@ -77,9 +77,8 @@ async def advance(system: AutonomousSystem, clock: ManualClock, seconds: float) 
     """
     await clock.advance(seconds)
     due = math.floor(clock.monotonic() / HEALER_INTERVAL_S) + 1
-    with anyio.fail_after(10.0):
-        while system.self_healer.status().ticks < due:  # noqa: ASYNC110 - no event marks a tick's end
-            await anyio.sleep(0.001)  # real time: the probes' sockets
+    with anyio.fail_after(10.0):  # a bound on the probes' real sockets, never reached when they answer
+        await system.self_healer.wait_ticks(due)
 
 
 def mpesa_events(system: AutonomousSystem, *types: EventType) -> list[Event]:
