@@ -44,6 +44,7 @@ from mcp_autonomy.store import Store
 
 if TYPE_CHECKING:
     from mcp_autonomy.autonomy.detection import StreamingDetector
+    from mcp_autonomy.autonomy.detection.prediction import PredictionBuilder
     from mcp_autonomy.autonomy.incidents import Incident, IncidentTracker
     from mcp_autonomy.providers.registry import ProviderRegistry
     from mcp_autonomy.resilience.router import PaymentRouter
@@ -158,7 +159,7 @@ class PredictiveMaintenance(Component):
         if incidents is not None:
             incidents.add_observer(self._on_incident)
         self._breaker_opens: dict[str, int] = {}
-        self._builder: Any = None
+        self._builder: PredictionBuilder | None = None
         bus.add_listener(self._count_breaker_opens)
 
     def _count_breaker_opens(self, event: Event) -> None:
@@ -235,7 +236,7 @@ class PredictiveMaintenance(Component):
         if self.store.is_open:
             self.store.set_state(self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now)
 
-    def _prediction_builder(self) -> Any:
+    def _prediction_builder(self) -> PredictionBuilder:
         if self._builder is None:
             from mcp_autonomy.autonomy.detection.prediction import (
                 DEFAULT_SERIES_PROFILES,
@@ -530,5 +531,14 @@ class PredictiveMaintenance(Component):
             "sensitivity": self.sensitivity.value,
             "auto_schedule_maintenance": self.auto_schedule_maintenance,
             "series_tracked": self._series_tracked,
-            **self.scores(),
+            # Status is read often: in-memory counts only. Precision, recall and lead time read the
+            # store, so they are in `scores()` (get_stats, get_predictions), not here.
+            "active_predictions": sum(
+                1 for p in self._predictions.values() if p.status is PredictionStatus.ACTIVE
+            ),
+            "maintenance_windows_active": sum(
+                1
+                for name in (self.providers.names() if self.providers else [])
+                if self.maintenance.active_for(name)
+            ),
         }
