@@ -6,7 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 NODE_DIR := .cache/node22
 
-.PHONY: run test lint typecheck pytest conformance inspector bench clean
+.PHONY: run test lint typecheck pytest browser screenshot conformance inspector bench clean
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +34,19 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev
+pytest: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download is never used).
+browser:
+	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	@test -x $(CHROMIUM) || { echo "chromium is missing: install Debian's chromium package" >&2; exit 1; }
+
+# Refresh docs/dashboard.png from the browser test that injects a fault.
+screenshot: $(VENV)/.installed-dev browser
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/python -m pytest -q \
+		tests/browser/test_dashboard_browser.py -k fault_is_injected
 
 conformance: $(VENV)/.installed-dev
 	bash scripts/conformance.sh

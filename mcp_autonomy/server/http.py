@@ -1,9 +1,11 @@
 """The HTTP server: MCP over streamable HTTP at /mcp, plus /healthz, /readyz and /internal/load,
-the REST API under /autonomous (rest.py) and Prometheus /metrics (metrics.py).
+the REST API under /autonomous (rest.py), Prometheus /metrics (metrics.py) and the live dashboard
+at /dashboard (dashboard.py).
 
 One Starlette app, one lifespan: the engine's loops, the notifier and the SDK's session manager
 start together and stop together. DNS-rebinding protection stays on; a bearer token, when
-configured, is required on every route but the probes, and is mandatory beyond loopback.
+configured, is required on every route but the probes and the dashboard's page and code (which
+hold no data), and is mandatory beyond loopback.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_autonomy.autonomy.scaling.cluster_load import LOAD_PATH
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.config import Settings, SettingsError
+from mcp_autonomy.server.dashboard import PUBLIC_PATHS as DASHBOARD_PUBLIC_PATHS
+from mcp_autonomy.server.dashboard import dashboard_routes
 from mcp_autonomy.server.mcp import McpApp
 from mcp_autonomy.server.metrics import METRICS_PATH, metrics_route
 from mcp_autonomy.server.rest import rest_mount
@@ -131,6 +135,7 @@ def create_http_app(
         Route(LOAD_PATH, internal_load, methods=["GET"]),
         rest_mount(system, transport_security_for(settings)),
         metrics_route(system),
+        *dashboard_routes(system, transport_security_for(settings)),
         *(extra_routes or []),
     ]
     starlette = Starlette(routes=routes, lifespan=lifespan)
@@ -138,6 +143,6 @@ def create_http_app(
         starlette.add_middleware(
             BearerTokenMiddleware,
             token=settings.bearer_token.get_secret_value(),
-            public_paths=[METRICS_PATH] if settings.metrics_public else [],
+            public_paths=[*DASHBOARD_PUBLIC_PATHS, *([METRICS_PATH] if settings.metrics_public else [])],
         )
     return starlette

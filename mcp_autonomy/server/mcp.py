@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server import MCPServer
+from mcp.server.apps import Apps
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
@@ -21,6 +22,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    CallToolResult,
     Completion,
     CompletionArgument,
     CompletionContext,
@@ -29,6 +31,7 @@ from mcp_types import (
     ResourceTemplateReference,
     SetLevelRequestParams,
     SubscribeRequestParams,
+    TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
@@ -61,6 +64,13 @@ from mcp_autonomy.providers.registry import BackupMapError, UnknownProviderError
 from mcp_autonomy.resilience.router import IdempotencyConflict, NoRouteError
 from mcp_autonomy.sandbox.faults import EndpointKind, FaultSpec
 from mcp_autonomy.server import notifier as uris
+from mcp_autonomy.server.dashboard import (
+    APP_URI,
+    DashboardSnapshot,
+    app_html,
+    dashboard_snapshot,
+    dashboard_summary,
+)
 from mcp_autonomy.server.notifier import ResourceNotifier
 
 if TYPE_CHECKING:
@@ -311,6 +321,7 @@ class McpApp:
             version=__version__,
             subscriptions=self.subscriptions,
             log_level=system.settings.log_level,
+            extensions=[self._dashboard_app()],
         )
         self.notifier = ResourceNotifier(system.events, self.subscriptions)
         self.log_levels: dict[int, str] = {}
@@ -323,6 +334,47 @@ class McpApp:
         self._register_prompt()
         self._register_protocol_handlers()
         self._compact_output_schemas()
+
+    def _dashboard_app(self) -> Apps:
+        """The dashboard as an MCP App: the `show_dashboard` tool bound to its `ui://` page.
+
+        Hosts that render MCP Apps show the page and feed it this tool's result; the page then calls
+        `show_dashboard`, `heal_provider` and `scale_to` through the host. Other clients get the same
+        snapshot as structured content.
+        """
+        system = self.system
+        apps = Apps()
+
+        @apps.tool(
+            resource_uri=APP_URI,
+            name="show_dashboard",
+            title="Show the live dashboard",
+            description=(
+                "Everything the operator dashboard shows, as one snapshot: overall health, each provider's health, "
+                "breaker, route order and tunables, the newest events, the last six hours of measured load and "
+                "replica changes, predictions with precision/recall, incidents and optimizations. Hosts that "
+                "render MCP Apps display it as the interactive dashboard (heal and scale with confirmation); for "
+                "a quick look get_status is smaller."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def show_dashboard() -> Annotated[CallToolResult, DashboardSnapshot]:
+            snapshot = await dashboard_snapshot(system)
+            # The text is for clients without MCP Apps: a summary, not 100 events of JSON.
+            return CallToolResult(
+                content=[TextContent(type="text", text=dashboard_summary(snapshot))],
+                structured_content=snapshot.model_dump(mode="json"),
+            )
+
+        apps.add_html_resource(
+            APP_URI,
+            app_html(),
+            name="dashboard",
+            title="mcp-autonomy dashboard",
+            description="The live operator dashboard as an MCP App (rendered by hosts that support MCP Apps)",
+            prefers_border=False,
+        )
+        return apps
 
     def _compact_output_schemas(self) -> None:
         """Publish each tool's output schema in the form clients validate fastest (see `compact_schema`).

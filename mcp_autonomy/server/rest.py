@@ -44,6 +44,7 @@ from mcp_autonomy.autonomy.system import AutonomousSystem, StatusSummary, System
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventType
 from mcp_autonomy.providers.registry import UnknownProviderError
+from mcp_autonomy.server.dashboard import DashboardSnapshot, dashboard_snapshot
 from mcp_autonomy.server.mcp import (
     EventList,
     IncidentList,
@@ -606,6 +607,9 @@ class RestApi:
                 )
             )
 
+        async def get_dashboard(request: Request, query: NoQuery, body: None) -> DashboardSnapshot:
+            return await dashboard_snapshot(system)
+
         return (
             Endpoint(
                 "GET",
@@ -709,6 +713,17 @@ class RestApi:
                 get_maintenance,
                 query=MaintenanceQuery,
                 errors=(404,),
+            ),
+            Endpoint(
+                "GET",
+                "/dashboard",
+                "getDashboard",
+                "Everything the dashboard shows",
+                "One snapshot: status, providers with health, breaker, route order and tunables, the newest events, "
+                "the scaling chart's load and replica changes, predictions with scores, incidents and "
+                "optimizations (the same document the MCP tool show_dashboard returns).",
+                DashboardSnapshot,
+                get_dashboard,
             ),
         )
 

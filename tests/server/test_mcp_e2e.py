@@ -42,6 +42,7 @@ EXPECTED_TOOLS = {
     "set_provider_config",
     "revert_optimization",
     "inject_fault",  # present only with --sandbox, as these servers run
+    "show_dashboard",
 }
 STATIC_RESOURCES = {
     "autonomy://status",
@@ -54,6 +55,7 @@ STATIC_RESOURCES = {
     "autonomy://incidents",
     "autonomy://maintenance",
 }
+APP_RESOURCES = {"ui://mcp-autonomy/dashboard"}
 VALID_CALLS: dict[str, dict[str, Any]] = {
     "get_status": {},
     "get_stats": {},
@@ -84,6 +86,7 @@ VALID_CALLS: dict[str, dict[str, Any]] = {
         "phone": "+254712345678",
         "country": "KE",
     },
+    "show_dashboard": {},
     "inject_fault": {
         "provider": "paystack",
         "kind": "latency",
@@ -140,7 +143,7 @@ async def test_every_tool_resource_and_prompt(
         assert status["components"]["auto_optimizer"]["mode"] == "dry_run"
 
         listed = {str(r.uri) for r in (await client.list_resources()).resources}
-        assert listed == STATIC_RESOURCES
+        assert listed == STATIC_RESOURCES | APP_RESOURCES
         templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
         assert templates == ["autonomy://providers/{name}"]
         for uri in [*sorted(STATIC_RESOURCES), "autonomy://providers/mpesa"]:

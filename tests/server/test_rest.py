@@ -27,6 +27,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/autonomous/events"),
     ("get", "/autonomous/incidents"),
     ("get", "/autonomous/maintenance"),
+    ("get", "/autonomous/dashboard"),
     ("get", "/autonomous/openapi.json"),
 }
 
@@ -148,6 +149,7 @@ GOOD_READS: list[tuple[str, dict[str, str]]] = [
     ),
     ("/autonomous/maintenance", {}),
     ("/autonomous/maintenance", {"provider": "mpesa", "status": "scheduled", "limit": "1"}),
+    ("/autonomous/dashboard", {}),
 ]
 
 
@@ -212,6 +214,7 @@ BAD_READS: list[tuple[str, dict[str, Any], int, str, tuple[str, ...]]] = [
     ("/autonomous/maintenance", {"limit": "-1"}, 400, "limit", ("1..500",)),
     ("/autonomous/status", {"verbose": "1"}, 400, "verbose", ("unknown query parameter",)),
     ("/autonomous/stats", {"x": "1"}, 400, "x", ("unknown query parameter",)),
+    ("/autonomous/dashboard", {"limit": "5"}, 400, "limit", ("unknown query parameter",)),
 ]
 
 
@@ -423,6 +426,7 @@ def test_bearer_token_guards_every_rest_route(tmp_path: Path) -> None:
             ("GET", "/autonomous/status", {}),
             ("GET", "/autonomous/events", {"params": {"limit": 1}}),
             ("GET", "/autonomous/openapi.json", {}),
+            ("GET", "/autonomous/dashboard", {}),
             ("POST", "/autonomous/heal/mpesa", {"json": {"reason": "token test"}}),
             ("POST", "/autonomous/scale", {"json": {"replicas": 3, "reason": "token test"}}),
             ("GET", "/metrics", {}),  # behind the token too unless MCP_AUTONOMY_METRICS_PUBLIC=true
@@ -443,4 +447,11 @@ def test_bearer_token_guards_every_rest_route(tmp_path: Path) -> None:
             document, "get", "/autonomous/status", client.get("/autonomous/status")
         )  # the 401 body is documented too
         assert client.get("/healthz").status_code == 200
+        # The dashboard's page and code hold no data: served without the token; its stream is not.
+        for public in ("/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"):
+            assert client.get(public).status_code == 200, public
+        assert client.get("/dashboard/stream").status_code == 401
+        with client.stream("GET", "/dashboard/stream", headers=good) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
         assert TOKEN not in server.log()
