@@ -27,7 +27,8 @@ class ScriptedAdapter:
     Behaviours (consumed in order, then `default_behaviour`): "ok" (accepted, pending), "refuse"
     (connection refused: not processed), "invalid" (validation error), "hang_after_accept" (the
     charge is taken, then no answer), "ambiguous" (charge taken, reset mid-response), "auth"
-    (token expired). `charges` is the provider-side ledger: reference -> times charged.
+    (token expired), "throttle" (HTTP 429: not processed, retry after 1 s). `charges` is the
+    provider-side ledger: reference -> times charged.
     """
 
     def __init__(self, name: str, currencies: frozenset[str] = frozenset({"KES"})) -> None:
@@ -75,6 +76,10 @@ class ScriptedAdapter:
             raise ProviderError(self.name, ErrorClass.INVALID_REQUEST, "bad phone", code="400.002.02")
         if behaviour == "auth":
             raise ProviderError(self.name, ErrorClass.AUTH, "token expired", code="404.001.03")
+        if behaviour == "throttle":
+            raise ProviderError(
+                self.name, ErrorClass.RATE_LIMITED, "too many requests", code="429", retry_after_s=1.0
+            )
         self.charges[reference] = self.charges.get(reference, 0) + 1
         if behaviour == "hang_after_accept":
             await anyio.sleep_forever()

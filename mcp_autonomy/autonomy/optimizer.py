@@ -7,9 +7,17 @@ Each tick, for every provider:
    `keep` makes the candidate the lane's tunables; `revert` ends it and the lane keeps what it had;
    past `MAX_EXPERIMENT_S` an undecided experiment is reverted (a change is kept only on evidence).
 2. Otherwise the provider's evidence over the last `EVIDENCE_WINDOW_S` (telemetry plus the
-   router's per-lane tallies) goes to each tuner (`optimization.algorithms`) whose parameter an
+   router's per-lane tallies) goes to the tuners (`optimization.algorithms`) whose parameter an
    operator has not pinned; the first proposal starts an experiment. One experiment per provider
-   at a time, so every effect is attributable to one change.
+   at a time, so every effect is attributable to one change (the lane has one canary split, and
+   a before/after change moves both arms of any canary beside it). So that one tuner with a
+   steady stream of proposals cannot starve the others, the tuners are asked **round-robin**,
+   starting after the one whose proposal started the last experiment; a timeout raise while
+   timeouts pile up goes first all the same, because every minute of it fails payments.
+3. A change reverted as "ineffective" (a timeout raise that rescued no calls while calls still
+   timed out: they hang, see `optimization.canary`) is not proposed again in the same direction
+   for `INEFFECTIVE_COOLDOWN_S`: the evidence that proposed it is the evidence it was just
+   measured against.
 
 Parameters the router applies per payment (timeout, attempts, backoff) are tried as a **canary**:
 `CANARY_SHARE` of the provider's payments (a stable hash of the idempotency key) use the
@@ -84,6 +92,9 @@ LIVE_PARAMETERS: Final = ("timeout_s", "max_attempts", "rate_limit_per_s")
 """Parameters the optimizer tunes live (see the module docstring for the others)."""
 PILEUP_TIMEOUT_SHARE: Final = 0.01
 """A timeout raise proposed while this share of calls times out is applied to all traffic at once."""
+INEFFECTIVE_COOLDOWN_S: Final = EVIDENCE_WINDOW_S
+"""After an "ineffective" revert, the same direction of the same parameter rests this long: the
+evidence window then holds the experiment's own minutes."""
 STATE_TUNABLES: Final = "tunables"
 STATE_PINS: Final = "pins"
 
@@ -158,6 +169,15 @@ class _Experiment:
     baseline: ArmSamples | None  # before/after: the window before; canary: read from the split
 
 
+def _is_pileup_raise(proposal: Proposal) -> bool:
+    """A timeout raise proposed while `PILEUP_TIMEOUT_SHARE` or more of the calls time out."""
+    return (
+        proposal.parameter == "timeout_s"
+        and proposal.new_value > proposal.old_value
+        and proposal.evidence.get("timeout_share", 0.0) >= PILEUP_TIMEOUT_SHARE
+    )
+
+
 def _live_tuners() -> tuple[Tuner, ...]:
     return (
         TimeoutTuner(TimeoutTunerConfig()),
@@ -198,6 +218,8 @@ class AutoOptimizer(Component):
         self._experiments: dict[str, _Experiment] = {}
         self._pins: dict[str, dict[str, float]] = {}
         self._tally_history: dict[str, deque[_TallyPoint]] = {}
+        self._next_tuner: dict[str, int] = {}  # provider -> index of the tuner asked first next time
+        self._cooldown_until: dict[tuple[str, str, bool], float] = {}  # (provider, parameter, raise)
         self._seq = 0
 
     # --- persistence --------------------------------------------------------------------
@@ -333,13 +355,27 @@ class AutoOptimizer(Component):
         current = self.router.lane(provider).tunables
         evidence = self.evidence(provider)
         pinned = self._pins.get(provider, {})
-        for tuner in self.tuners:
+        now = self.clock.monotonic()
+        count = len(self.tuners)
+        first = self._next_tuner.get(provider, 0) % count if count else 0
+        proposals: list[tuple[int, Proposal]] = []
+        for offset in range(count):
+            index = (first + offset) % count
+            tuner = self.tuners[index]
             if tuner.parameter not in LIVE_PARAMETERS or tuner.parameter in pinned:
                 continue
             proposal = tuner.propose(provider, current, evidence, conservative=self.conservative)
-            if proposal is not None:
-                self._start(provider, proposal, current)
-                return
+            if proposal is None:
+                continue
+            key = (provider, proposal.parameter, proposal.new_value > proposal.old_value)
+            if self._cooldown_until.get(key, -float("inf")) > now:
+                continue
+            proposals.append((index, proposal))
+        if not proposals:
+            return
+        index, proposal = next(((i, p) for i, p in proposals if _is_pileup_raise(p)), proposals[0])
+        self._next_tuner[provider] = index + 1
+        self._start(provider, proposal, current)
 
     def _start(self, provider: str, proposal: Proposal, current: ProviderTunables) -> None:
         assert self.router is not None
@@ -347,11 +383,7 @@ class AutoOptimizer(Component):
         # A longer timeout while timeouts pile up is the safer direction, and every minute on a
         # half-and-half canary fails the other half's slow payments: apply it to all traffic at
         # once and judge it against the window before.
-        pileup_raise = (
-            proposal.parameter == "timeout_s"
-            and proposal.new_value > proposal.old_value
-            and proposal.evidence.get("timeout_share", 0.0) >= PILEUP_TIMEOUT_SHARE
-        )
+        pileup_raise = _is_pileup_raise(proposal)
         splittable = proposal.parameter in SPLITTABLE and not pileup_raise
         self._seq += 1
         record = Optimization(
@@ -437,6 +469,7 @@ class AutoOptimizer(Component):
             old_value=record.old_value,
             new_value=record.new_value,
             final=final,
+            concurrent=record.mode == "canary",
         )
         if verdict.decision is CanaryDecision.CONTINUE:
             return
@@ -444,6 +477,11 @@ class AutoOptimizer(Component):
         self._experiments.pop(provider, None)
         keep = verdict.decision is CanaryDecision.KEEP
         self.router.set_tunables(provider, experiment.candidate if keep else experiment.previous)
+        if verdict.outcome == "ineffective":
+            raised = record.new_value > record.old_value
+            self._cooldown_until[(provider, record.parameter, raised)] = (
+                self.clock.monotonic() + INEFFECTIVE_COOLDOWN_S
+            )
         record.status = OptimizationStatus.KEPT if keep else OptimizationStatus.REVERTED
         record.decided_at = self.clock.now()
         record.decided_by = "engine"

@@ -648,17 +648,23 @@ class CircuitBreaker:
         return False
 
 
+_NOT_PROVIDER_FAILURES: Final = frozenset({ErrorClass.INVALID_REQUEST, ErrorClass.RATE_LIMITED})
+
+
 def counts_as_failure(error: BaseException) -> bool | None:
     """Whether an exception from a guarded call counts against the provider.
 
-    `None` means do not count it (release the permit): an `invalid_request` is our fault, and a
-    cancellation or interpreter exit says nothing about the provider. Every other provider error
-    class, timeouts and connection errors count. Any other `Exception` counts too, because the
+    `None` means do not count it (release the permit): an `invalid_request` is our fault, a
+    `rate_limited` answer (HTTP 429) is a healthy provider asking us to slow down (the rate
+    limiter's multiplicative decrease and the answer's Retry-After handle it; opening the breaker
+    on it would turn throttling into an outage of our own making), and a cancellation or
+    interpreter exit says nothing about the provider. Every other provider error class, timeouts
+    and connection errors count. Any other `Exception` counts too, because the
     breaker's job is to stop hammering a dependency whose calls keep failing, whatever the cause.
     A group counts if any member counts.
     """
     if isinstance(error, ProviderError):
-        return None if error.error_class is ErrorClass.INVALID_REQUEST else True
+        return None if error.error_class in _NOT_PROVIDER_FAILURES else True
     if isinstance(error, BaseExceptionGroup):
         verdicts = [counts_as_failure(member) for member in error.exceptions]
         if True in verdicts:

@@ -421,6 +421,7 @@ class PaymentRouter:
     ) -> str:
         lane.budget.record_request()
         refreshed_credentials = False
+        retrying = False  # the next call is a retry (tallied once it reaches the provider)
         attempt = 0
         while True:
             attempt += 1
@@ -444,6 +445,13 @@ class PaymentRouter:
                 )
                 self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
                 return "next"
+            if retrying:
+                # Counted here, not when the backoff began: a retry the breaker or the limiter
+                # rejects never reached the provider and can recover nothing (the retry tuner's
+                # recovery rate is recovered payments / retries that reached the provider).
+                retrying = False
+                for tally in tallies:
+                    tally.retries_sent += 1
             call_started = self.clock.monotonic()
             try:
                 txn = await self._call(lane, request, tunables.timeout_s)
@@ -502,8 +510,7 @@ class PaymentRouter:
                             tally.retries_exhausted += 1
                     return "next"
                 lane.budget.record_retry()
-                for tally in tallies:
-                    tally.retries_sent += 1
+                retrying = True
                 delay = backoff.delay_s(attempt)
                 if exc.retry_after_s is not None:
                     delay = max(delay, exc.retry_after_s)

@@ -536,7 +536,7 @@ async def test_a_hook_may_move_the_breaker_during_the_lazy_half_open_move(clock:
     [
         (ProviderError("mpesa", ErrorClass.INVALID_REQUEST, "bad amount"), None),
         (ProviderError("mpesa", ErrorClass.AUTH, "token expired"), True),
-        (ProviderError("mpesa", ErrorClass.RATE_LIMITED, "slow down"), True),
+        (ProviderError("mpesa", ErrorClass.RATE_LIMITED, "slow down"), None),  # backpressure, not failure
         (ProviderError("mpesa", ErrorClass.NOT_PROCESSED, "system busy"), True),
         (ProviderError("mpesa", ErrorClass.AMBIGUOUS, "502 after send"), True),
         (TimeoutError(), True),

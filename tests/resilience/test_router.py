@@ -165,6 +165,51 @@ async def test_open_breaker_rejects_locally_and_routes_to_backup(world: World) -
     assert any(e.type.value == "breaker_state_changed" for e in bus.history())
 
 
+async def test_a_retry_the_breaker_rejects_is_not_tallied_as_sent(tmp_path: Path, clock: ManualClock) -> None:
+    # One provider, nothing to fail over to: refusals are retried there. The breaker opens on the
+    # 5th refusal (minimum 5 calls), so the second payment's last retry never leaves: the retry
+    # tuner's recovery rate must not count it as a retry that failed to recover.
+    registry = ProviderRegistry()
+    mpesa = ScriptedAdapter("mpesa")
+    mpesa.default_behaviour = "refuse"
+    registry.register(mpesa)
+    store = Store(tmp_path / "alone.sqlite3").open()
+    router = PaymentRouter(
+        registry,
+        store,
+        Telemetry(clock),
+        EventBus(clock),
+        clock,
+        breaker_config=BreakerConfig(minimum_calls=5, window_s=30, wait_in_open_s=30),
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            for key in ("key-50001", "key-50002"):
+                tg.start_soon(router.submit, payment(key))
+                await clock.advance(20)
+        assert mpesa.calls == 5
+        assert router.lane("mpesa").breaker.state is BreakerState.OPEN
+        last = router.get_payment("key-50002")
+        assert last is not None and last.attempts[-1].outcome is AttemptOutcome.REJECTED_LOCALLY
+        assert router.lane("mpesa").tally.retries_sent == 3  # 2 + 1 reached the provider
+    finally:
+        store.close()
+
+
+async def test_429s_do_not_open_the_breaker(world: World) -> None:
+    # A throttling provider is healthy: it asks us to slow down. Its 429s fail the payment over
+    # (nothing was processed), but the breaker stays closed for the calls it does accept.
+    router, mpesa, intasend, _ = world
+    mpesa.default_behaviour = "throttle"
+    for i in range(8):
+        record = await router.submit(payment(f"key-3000{i}"))
+        assert record.provider == "intasend" and record.attempts[0].outcome is AttemptOutcome.RATE_LIMITED
+    assert router.lane("mpesa").breaker.state is BreakerState.CLOSED
+    mpesa.default_behaviour = "ok"
+    record = await router.submit(payment("key-40000"))
+    assert record.provider == "mpesa" and intasend.charges.get("intasend-key-40000") is None
+
+
 async def test_auth_error_refreshes_credentials_once_and_retries(world: World) -> None:
     router, mpesa, intasend, _ = world
     mpesa.behaviours = ["auth"]

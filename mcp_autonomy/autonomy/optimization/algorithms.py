@@ -72,7 +72,11 @@ DEFAULT_LOW_RECOVERY_RATE: Final = 0.1  # fewer than 1 retry in 10 saves a payme
 DEFAULT_HIGH_RECOVERY_RATE: Final = 0.5  # half the retries save a payment: worth one more ...
 DEFAULT_MIN_EXHAUSTED: Final = 5  # ... when this many payments ran out of attempts ...
 DEFAULT_MIN_TRANSIENT_SHARE: Final = 0.5  # ... and most errors are the kind a retry can cure
-DEFAULT_MIN_ATTEMPTS: Final = 1
+# Never down to 1 attempt on its own: with no retries sent there is no recovery evidence to raise
+# it from, so one bad quarter-hour would switch a provider's retries off for good; the retry
+# budget already caps what retries add to a sick provider's load (about 1.2 x). An operator (or a
+# config with min_attempts=1) may still go to 1.
+DEFAULT_MIN_ATTEMPTS: Final = 2
 DEFAULT_MAX_ATTEMPTS: Final = 5  # below retry.MAX_ATTEMPTS_LIMIT: more only multiplies load
 DEFAULT_CONSERVATIVE_MIN_ATTEMPTS: Final = 2  # conservative mode always keeps one retry
 
@@ -490,13 +494,14 @@ class RetryTuner:
     """Moves `max_attempts` by one from the recovery-on-retry rate.
 
     - Fewer than `low_recovery_rate` of `min_retries`+ retries saved a payment: retries only add
-      load, one attempt less (never below `min_attempts`; `conservative_min_attempts` in
-      conservative mode, which always keeps one retry for a blip).
+      load, one attempt less (never below `min_attempts`, by default 2: one retry for a blip and
+      the evidence to tune from; `conservative_min_attempts` in conservative mode).
     - At least `high_recovery_rate` of them did, at least `min_exhausted` payments still ran out
       of attempts, and most errors are transient: one attempt more (at most `max_attempts`).
 
     Between the two rates nothing changes: that band is the hysteresis. With `max_attempts` = 1
-    no retries are sent, so there is no evidence to raise it from; that is left to an operator.
+    no retries are sent, so there is no evidence to raise it from: that is why the default
+    `min_attempts` is 2, and why a lane an operator set to 1 is left to the operator.
     """
 
     parameter: str = "max_attempts"
@@ -643,6 +648,11 @@ class RateLimitTuner:
       max(`increase_fraction_of_default` x the provider's default, `min_increase_per_s`), halved
       in conservative mode. Without a long-run median the latency brake is skipped: the step
       is small and the next 429s undo it.
+    - Recovery: a limit below the provider's documented default grows by the same step (never
+      past the default) after a window without 429s, however little of it is used. The
+      utilisation rule is there to keep a limit from growing past what traffic has tested; below
+      the default it would strand a limit cut in one 429 storm at a quiet lane's traffic level
+      for ever, and the first busy minute would then be rejected locally.
     """
 
     parameter: str = "rate_limit_per_s"
@@ -676,7 +686,8 @@ class RateLimitTuner:
                 f"x {factor:g}"
             )
         else:
-            if evidence.rate_limited > 0 or utilisation < cfg.utilisation_threshold:
+            recovering = now < default
+            if evidence.rate_limited > 0 or (utilisation < cfg.utilisation_threshold and not recovering):
                 return None
             p50_ms = evidence.latency_quantile(0.5)
             normal_ms = evidence.long_run_latency_p50_ms
@@ -694,6 +705,12 @@ class RateLimitTuner:
                 f"no 429s in {evidence.calls} calls at {utilisation:.0%} of the limit "
                 f"({sent_per_s:.1f}/s sent) and latency not rising: additive increase +{step:g}/s"
             )
+            if utilisation < cfg.utilisation_threshold:
+                raw = min(raw, default)
+                why = (
+                    f"no 429s in {evidence.calls} calls and latency not rising, the limit below the "
+                    f"provider's default {default:g}/s: recovery towards it, additive increase +{step:g}/s"
+                )
         target = raw
         if conservative:
             target = _conservative_target(self.parameter, target, now, default)

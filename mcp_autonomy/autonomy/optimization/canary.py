@@ -22,6 +22,26 @@ both alike), then calls `evaluate` with what each arm measured. The rules:
   waiting for calls that never succeed) and the canary showed it costs nothing. A harmful change
   is never kept.
 
+**A timeout raise is judged by what it rescued.** A longer timeout cannot make a call slower: it
+only lets calls finish that the old timeout cut off, and makes the calls that still time out
+wait longer. The canary arm shows both: its calls that completed between the old and the new
+timeout were *rescued* (the old value would have timed them out), and its timeouts are the cost.
+So a raise is "better" on timeouts when at least `min_rescued_share` of the calls the old value
+would have cut off (rescued + still timed out) were rescued; it is reverted as "ineffective"
+when calls still time out, none or too few were rescued, most calls answered, and nothing else
+improved significantly (a concurrent canary's lower timeout share or higher success rate is
+evidence too): the calls that time out are not slow ones the raise could wait for (they hang),
+so waiting longer only delays them. When most calls time out, nothing shows where their latency lies, and the usual rules
+apply (a step up may still be too short for a provider that got much slower).
+
+**Before/after comparisons of a timeout raise** (`concurrent=False`: the raise was applied to all
+traffic while timeouts piled up, and the baseline is the window before) do not test latency or
+timeouts against the window before, nor count a higher success rate than then as the raise's
+doing: that window is from before the latency change that caused the pile-up (or from another
+regime altogether), so the comparison measures the provider, not the raise. The rescue rule
+above measures the raise within its own arm instead. A significantly lower success rate still
+reverts it: a false revert costs a missed improvement, a false keep costs payments.
+
 With `final=True` (the optimizer's canary time is up) every "continue" becomes "revert": not
 enough evidence that a change is safe is a reason not to keep it.
 """
@@ -50,11 +70,13 @@ DEFAULT_MIN_SAMPLES_PER_ARM: Final = 100  # calls per arm before any verdict but
 DEFAULT_ALPHA: Final = 0.05  # significance level of every one-sided test
 DEFAULT_MIN_EFFECT: Final = 0.06  # P(canary slower) >= 0.56: Vargha and Delaney's "small" effect
 DEFAULT_SUCCESS_DROP_TOLERANCE: Final = 0.01  # a canary 1 point less successful is not kept unproven
+DEFAULT_MIN_RESCUED_SHARE: Final = 0.1  # a timeout raise must rescue 1 in 10 of the calls it was for
 
 SUCCESS_RATE: Final = "success_rate"
 LATENCY: Final = "latency"
 RETRIES: Final = "retries_per_call"
 TIMEOUTS: Final = "timeout_share"
+RESCUED: Final = "rescued_calls"
 METRICS: Final = (SUCCESS_RATE, LATENCY, RETRIES, TIMEOUTS)
 
 # What each parameter's change is meant to improve: (when raised, when lowered).
@@ -89,6 +111,7 @@ class CanaryConfig:
     alpha: float = DEFAULT_ALPHA
     min_effect: float = DEFAULT_MIN_EFFECT
     success_drop_tolerance: float = DEFAULT_SUCCESS_DROP_TOLERANCE
+    min_rescued_share: float = DEFAULT_MIN_RESCUED_SHARE
 
     def __post_init__(self) -> None:
         owner = "CanaryConfig"
@@ -113,6 +136,13 @@ class CanaryConfig:
             "success_drop_tolerance",
             "in [0, 1]",
             self.success_drop_tolerance,
+        )
+        _require(
+            _is_number(self.min_rescued_share) and 0 < self.min_rescued_share <= 1,
+            owner,
+            "min_rescued_share",
+            "in (0, 1]",
+            self.min_rescued_share,
         )
 
 
@@ -172,6 +202,16 @@ class ArmSamples:
         """Timed-out attempts / attempts."""
         return self.timeouts / self.attempts if self.attempts else None
 
+    def completed_between(self, low_ms: float, high_ms: float) -> int:
+        """Attempts that answered after `low_ms` and before `high_ms`.
+
+        Timed-out attempts are in the latencies at their cut-off: with `high_ms` at or below the
+        arm's own timeout, they are counted by `timeouts`, not here. Latencies within 1 us of
+        `high_ms` count as cut off (float arithmetic on a cut-off can land a hair under it).
+        """
+        latencies = self.latency_array
+        return int(np.count_nonzero((latencies > low_ms) & (latencies < high_ms - 1e-3)))
+
     def figures(self) -> dict[str, float | None]:
         """The before/after figures an optimization record shows (None where unmeasured)."""
         latencies = self.latency_array
@@ -202,8 +242,9 @@ class CanaryDecision(StrEnum):
 class CanaryVerdict:
     """The decision, why (one paragraph), the tests behind it and both arms' figures.
 
-    `outcome` refines the decision: "better" or "neutral" for a keep; "worse" or, with
-    `final=True`, "insufficient" / "inconclusive" for a revert; "insufficient" (too few samples)
+    `outcome` refines the decision: "better" or "neutral" for a keep; "worse", "ineffective" (a
+    timeout raise that rescued too few calls while calls still time out) or, with `final=True`,
+    "insufficient" / "inconclusive" for a revert; "insufficient" (too few samples)
     or "inconclusive" (looks worse, not yet significantly) for a continue. `harmed` and
     `improved` name the metrics that moved significantly.
     """
@@ -269,12 +310,14 @@ def evaluate(
     old_value: float | None = None,
     new_value: float | None = None,
     final: bool = False,
+    concurrent: bool = True,
 ) -> CanaryVerdict:
-    """Judge the canary arm against the concurrent baseline (see the module docstring).
+    """Judge the canary arm against the baseline (see the module docstring).
 
     `old_value` / `new_value` (the baseline's and the canary's value of `parameter`) pick the
     metrics the change targets and go into the reason; without them every metric counts as a
-    target. `final=True` turns "continue" into "revert".
+    target. `final=True` turns "continue" into "revert". `concurrent=False` says the baseline is
+    the window before the change (a before/after comparison), not the same minutes.
     """
     cfg = config if config is not None else CanaryConfig()
     figures_baseline = baseline.figures()
@@ -354,30 +397,63 @@ def evaluate(
     def significant(name: str) -> bool:
         return name in tests and tests[name].significant(alpha)
 
+    timeout_raise = (
+        parameter == "timeout_s" and old_value is not None and new_value is not None and new_value > old_value
+    )
+    # Before/after, a timeout raise is not compared on latency or timeouts with the window before:
+    # that window predates the latency change the raise answers (see the module docstring).
+    provider_confounded = timeout_raise and not concurrent
     slower_effect = tests["latency_higher"].effect - 0.5 if latency_compared else 0.0
     success_up = significant("success_higher")
     harm: dict[str, str] = {}
     if significant("success_lower"):
         harm[SUCCESS_RATE] = tests["success_lower"].describe()
-    if significant("latency_higher") and slower_effect >= cfg.min_effect:
+    if significant("latency_higher") and slower_effect >= cfg.min_effect and not provider_confounded:
         harm[LATENCY] = tests["latency_higher"].describe()
     if significant("retries_higher") and not success_up:
         harm[RETRIES] = f"{tests['retries_higher'].describe()}, without a higher success rate"
-    if significant("timeouts_higher") and not success_up:
+    if significant("timeouts_higher") and not success_up and not provider_confounded:
         harm[TIMEOUTS] = f"{tests['timeouts_higher'].describe()}, without a higher success rate"
     improved: dict[str, str] = {}
-    if success_up:
+    if success_up and not provider_confounded:
         improved[SUCCESS_RATE] = tests["success_higher"].describe()
-    if significant("latency_lower") and -slower_effect >= cfg.min_effect:
+    if significant("latency_lower") and -slower_effect >= cfg.min_effect and not provider_confounded:
         improved[LATENCY] = tests["latency_lower"].describe()
     if significant("retries_lower"):
         improved[RETRIES] = tests["retries_lower"].describe()
-    if significant("timeouts_lower"):
+    if significant("timeouts_lower") and not provider_confounded:
         improved[TIMEOUTS] = tests["timeouts_lower"].describe()
+    ineffective_raise = ""
+    if timeout_raise:
+        assert old_value is not None and new_value is not None
+        rescued = canary.completed_between(old_value * 1000.0, new_value * 1000.0)
+        would_time_out = rescued + canary.timeouts  # at the old value, in the canary's own minutes
+        answered = canary.latency_array.size - canary.timeouts
+        figures_canary[RESCUED] = float(rescued)
+        rescue = (
+            f"{rescued} of the {would_time_out} canary calls the old {old_value:g} s timeout would have "
+            f"cut off completed under the new {new_value:g} s"
+        )
+        if would_time_out and rescued >= cfg.min_rescued_share * would_time_out:
+            improved.setdefault(TIMEOUTS, rescue)
+        elif (
+            canary.timeouts
+            and answered > canary.timeouts
+            and not (SUCCESS_RATE in improved or TIMEOUTS in improved)
+        ):
+            ineffective_raise = (
+                f"{rescue} (under {cfg.min_rescued_share:.0%}), while {answered} calls answered: the calls "
+                f"that time out do not answer at all, and waiting longer for them only delays them"
+            )
     improved_names = tuple(improved)
     not_compared = (
         "" if latency_compared else f" Latency not compared (fewer than {needed} samples in an arm)."
     )
+    if provider_confounded:
+        not_compared += (
+            " Latency and timeouts not compared with the window before: it predates the latency change "
+            "the raise answers; the raise is judged by the calls it rescued."
+        )
 
     if harm:
         because = "significantly worse on " + "; ".join(f"{name} ({text})" for name, text in harm.items())
@@ -387,6 +463,15 @@ def evaluate(
             f"{because}. A harmful change is never kept.{not_compared}",
             tests,
             tuple(harm),
+            improved_names,
+        )
+    if ineffective_raise:
+        return verdict(
+            CanaryDecision.REVERT,
+            "ineffective",
+            f"{ineffective_raise}. A raise is kept only when it rescues calls the old timeout cut off.{not_compared}",
+            tests,
+            (),
             improved_names,
         )
 
@@ -402,7 +487,7 @@ def evaluate(
             f"{cfg.success_drop_tolerance * 100:.2f}), "
             f"p={tests['success_lower'].p_value:.3g}"
         )
-    if latency_compared and slower_effect >= cfg.min_effect:
+    if latency_compared and slower_effect >= cfg.min_effect and not provider_confounded:
         looks_worse.append(
             f"latency shifted up (P(canary slower)={0.5 + slower_effect:.2f}), "
             f"p={tests['latency_higher'].p_value:.3g}"

@@ -230,14 +230,21 @@ def test_retries_that_recover_get_one_more_attempt() -> None:
     assert RetryTuner().propose("paystack", tunables(max_attempts=5), ev, conservative=False) is None
 
 
-def test_retries_that_never_recover_lose_an_attempt_but_conservative_keeps_two() -> None:
+def test_retries_that_never_recover_lose_an_attempt_but_one_retry_stays() -> None:
     ev = evidence(calls=2000, successes=1800, not_processed=200, retries_sent=200, recovered_on_retry=4)
     tuner = RetryTuner()
-    normal = tuner.propose("paystack", tunables(max_attempts=2), ev, conservative=False)
-    assert normal is not None and normal.new_value == 1
+    normal = tuner.propose("paystack", tunables(max_attempts=3), ev, conservative=False)
+    assert normal is not None and normal.new_value == 2
+    # At 2 attempts it stops: 1 would send no retries, and without them no evidence to come back.
+    assert tuner.propose("paystack", tunables(max_attempts=2), ev, conservative=False) is None
     assert tuner.propose("paystack", tunables(max_attempts=2), ev, conservative=True) is None
     careful = tuner.propose("paystack", tunables(max_attempts=3), ev, conservative=True)
     assert careful is not None and careful.new_value == 2
+    # A configuration may still allow switching retries off.
+    off = RetryTuner(RetryTunerConfig(min_attempts=1)).propose(
+        "paystack", tunables(max_attempts=2), ev, conservative=False
+    )
+    assert off is not None and off.new_value == 1
 
 
 def test_retries_need_enough_evidence_and_a_clear_signal() -> None:
@@ -294,6 +301,22 @@ def test_rising_latency_blocks_an_increase() -> None:
 def test_idle_lane_keeps_its_rate_limit() -> None:
     ev = evidence(window_s=100.0, calls=1000, successes=1000)  # 10/s of 50/s
     assert RateLimitTuner().propose("mpesa", tunables(rate_limit_per_s=50.0), ev, conservative=False) is None
+
+
+def test_a_quiet_lane_cut_below_its_default_recovers_towards_it() -> None:
+    # A 429 storm cut Paystack's limit to the 1/s floor; the lane sends 0.5/s, far under 80 % of
+    # any limit, and no 429 has come since: the limit climbs back, step by step, to the default.
+    quiet = evidence(window_s=900.0, calls=450, successes=450, latencies_ms=lognormal_ms(250, 0.4, 450))
+    tuner = RateLimitTuner()
+    step = tuner.propose("paystack", tunables(rate_limit_per_s=1.0), quiet, conservative=False)
+    assert step is not None and step.new_value == pytest.approx(11.0)  # +max(10 % of 100, 5)
+    assert "recovery towards it" in step.reason
+    last = tuner.propose("paystack", tunables(rate_limit_per_s=95.0), quiet, conservative=False)
+    assert last is not None and last.new_value == pytest.approx(100.0)  # never past the default
+    # At the default, a quiet lane is not raised, and one 429 in the window stops the recovery.
+    assert tuner.propose("paystack", tunables(rate_limit_per_s=100.0), quiet, conservative=False) is None
+    throttled = evidence(window_s=900.0, calls=450, successes=449, rate_limited=1)
+    assert tuner.propose("paystack", tunables(rate_limit_per_s=1.0), throttled, conservative=False) is None
 
 
 # -- status-cache TTL --------------------------------------------------------------------------

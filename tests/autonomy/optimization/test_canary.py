@@ -159,6 +159,88 @@ def test_longer_timeout_with_fewer_timeouts_is_better() -> None:
     assert "timeout_share" in verdict.improved
 
 
+def hanging_arm(
+    calls: int, hangs: int, timeout_s: float, *, median_ms: float = 250.0, seed: int = 2
+) -> ArmSamples:
+    """Fast calls, and `hangs` that never answer (cut off at `timeout_s`)."""
+    answered = latencies(median_ms, calls - hangs, seed)
+    return ArmSamples(
+        latencies_ms=np.concatenate([answered, np.full(hangs, timeout_s * 1000.0)]),
+        successes=calls,  # a hung charge is found by its status query
+        calls=calls,
+        timeouts=hangs,
+    )
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_a_timeout_raise_that_rescues_nothing_while_calls_hang_is_reverted(concurrent: bool) -> None:
+    # 1 % of the calls are accepted and never answered: at 3.6 s they time out just as at 2.2 s.
+    verdict = evaluate(
+        "timeout_s",
+        hanging_arm(800, 8, 2.2, seed=1),
+        hanging_arm(300, 3, 3.6),
+        old_value=2.2,
+        new_value=3.6,
+        concurrent=concurrent,
+    )
+    assert verdict.decision is CanaryDecision.REVERT
+    assert verdict.outcome == "ineffective"
+    assert verdict.figures_canary["rescued_calls"] == 0.0
+    assert "0 of the 3 canary calls" in verdict.reason
+
+
+def test_a_before_after_raise_is_not_credited_with_a_better_window_than_before() -> None:
+    # The window before had refusals (88 % success); the raise went in as they stopped. The
+    # higher success rate is the provider's recovery, not the raise, which rescued nothing.
+    before = hanging_arm(800, 8, 2.2, seed=1)
+    before = ArmSamples(latencies_ms=before.latencies_ms, successes=700, calls=800, timeouts=8)
+    verdict = evaluate(
+        "timeout_s", before, hanging_arm(300, 3, 3.6), old_value=2.2, new_value=3.6, concurrent=False
+    )
+    assert verdict.decision is CanaryDecision.REVERT
+    assert verdict.outcome == "ineffective"
+    assert "success_rate" not in verdict.improved
+
+
+def test_a_timeout_raise_with_no_timeouts_left_to_judge_stays_a_neutral_keep() -> None:
+    # Nothing timed out in either arm: the raise cost no call any wait, a widened margin.
+    verdict = evaluate("timeout_s", arm(500, 500), arm(500, 500, seed=2), old_value=5.0, new_value=8.0)
+    assert verdict.decision is CanaryDecision.KEEP
+    assert verdict.outcome == "neutral"
+
+
+def test_a_timeout_raise_when_almost_every_call_times_out_is_not_called_ineffective() -> None:
+    # The provider got far slower than even the raised timeout: nothing shows where its calls
+    # end, so a step up is not judged as "waiting for hangs".
+    baseline = hanging_arm(300, 280, 2.0, seed=1)
+    canary = hanging_arm(300, 280, 3.0)
+    verdict = evaluate("timeout_s", baseline, canary, old_value=2.0, new_value=3.0, concurrent=False)
+    assert verdict.outcome != "ineffective"
+
+
+def test_a_pileup_raise_judged_before_after_is_kept_on_the_calls_it_rescued() -> None:
+    # The window before was fast (250 ms); the provider then slowed to p50 1.5 s, and a 2.1 s
+    # timeout cut off a fifth of the calls. Raised to 6.3 s for all traffic: latency is far above
+    # the window before (the provider's doing), but every call that used to time out completes.
+    before = ArmSamples(
+        latencies_ms=np.concatenate([latencies(250, 440, 1, sigma=0.44), np.full(6, 2100.0)]),
+        successes=440,
+        calls=446,
+        timeouts=6,
+    )
+    after = ArmSamples(latencies_ms=latencies(1500, 150, 2, sigma=0.42), successes=150, calls=150)
+    verdict = evaluate("timeout_s", before, after, old_value=2.1, new_value=6.3, concurrent=False)
+    assert verdict.decision is CanaryDecision.KEEP
+    assert verdict.outcome == "better"
+    assert "timeout_share" in verdict.improved
+    assert verdict.figures_canary["rescued_calls"] == pytest.approx(
+        float(np.count_nonzero(after.latency_array > 2100.0))
+    )
+    # The same arms as a concurrent canary: a latency shift that large is harm.
+    concurrent = evaluate("timeout_s", before, after, old_value=2.1, new_value=6.3)
+    assert concurrent.decision is CanaryDecision.REVERT and "latency" in concurrent.harmed
+
+
 def test_more_timeouts_without_more_success_reverts() -> None:
     verdict = evaluate(
         "timeout_s",
@@ -197,6 +279,8 @@ def test_config_and_samples_are_validated() -> None:
         CanaryConfig(alpha=0.0)
     with pytest.raises(ValueError, match=r"CanaryConfig\.min_samples_per_arm must be an integer >= 10"):
         CanaryConfig(min_samples_per_arm=5)
+    with pytest.raises(ValueError, match=r"CanaryConfig\.min_rescued_share must be in \(0, 1\]"):
+        CanaryConfig(min_rescued_share=0.0)
     with pytest.raises(ValueError, match=r"ArmSamples.successes must be <= calls \(10\)"):
         ArmSamples((), 11, 10)
     with pytest.raises(ValueError, match=r"ArmSamples\.timeouts must be <= attempts"):

@@ -1,0 +1,156 @@
+"""The optimizer loop's scheduling: which tuner gets the provider's one experiment, and when a
+change measured to be ineffective may be tried again. Scripted tuners, a scripted provider and
+the manual clock; the canary verdicts themselves are tested in optimization/test_canary.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mcp_autonomy.autonomy.optimization import LaneEvidence, Proposal
+from mcp_autonomy.autonomy.optimizer import INEFFECTIVE_COOLDOWN_S, AutoOptimizer, OptimizationStatus
+from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.events import EventBus
+from mcp_autonomy.providers.registry import ProviderRegistry
+from mcp_autonomy.resilience.canary import ArmTally
+from mcp_autonomy.resilience.router import PaymentRouter
+from mcp_autonomy.resilience.tunables import ProviderTunables
+from mcp_autonomy.store import Store
+from mcp_autonomy.telemetry import Telemetry
+from tests.fakes import ScriptedAdapter
+
+pytestmark = pytest.mark.anyio
+PROVIDER = "paystack"  # default timeout 10 s, 3 attempts
+Parts = tuple[PaymentRouter, EventBus, Store, Telemetry, ProviderRegistry]
+
+
+@dataclass
+class ScriptedTuner:
+    """Proposes `proposal` (None: nothing) whatever the evidence."""
+
+    parameter: str
+    proposal: Proposal | None = None
+
+    def propose(
+        self, provider: str, current: ProviderTunables, evidence: LaneEvidence, *, conservative: bool
+    ) -> Proposal | None:
+        return self.proposal
+
+
+def cut_timeout() -> Proposal:
+    return Proposal("timeout_s", 10.0, 5.0, "scripted cut")
+
+
+def one_attempt_less() -> Proposal:
+    return Proposal("max_attempts", 3.0, 2.0, "scripted")
+
+
+def pileup_raise(old_s: float = 10.0, new_s: float = 15.0) -> Proposal:
+    return Proposal("timeout_s", old_s, new_s, "scripted pile-up", {"timeout_share": 0.02})
+
+
+@pytest.fixture
+def parts(tmp_path: Path, clock: ManualClock) -> Iterator[Parts]:
+    registry = ProviderRegistry()
+    registry.register(ScriptedAdapter(PROVIDER))
+    store = Store(tmp_path / "db.sqlite3").open()
+    bus = EventBus(clock)
+    telemetry = Telemetry(clock)
+    yield PaymentRouter(registry, store, telemetry, bus, clock), bus, store, telemetry, registry
+    store.close()
+
+
+def optimizer(
+    clock: ManualClock,
+    parts: Parts,
+    *tuners: ScriptedTuner,
+) -> AutoOptimizer:
+    router, bus, store, telemetry, registry = parts
+    return AutoOptimizer(
+        clock=clock,
+        bus=bus,
+        store=store,
+        enabled=True,
+        interval_s=60.0,
+        conservative=False,
+        router=router,
+        telemetry=telemetry,
+        providers=registry,
+        tuners=tuners,
+    )
+
+
+def running(opt: AutoOptimizer) -> str | None:
+    experiment = opt.provider_config(PROVIDER).experiment
+    return None if experiment is None else experiment.parameter
+
+
+def end_experiment(opt: AutoOptimizer) -> None:
+    experiment = opt.provider_config(PROVIDER).experiment
+    assert experiment is not None
+    opt.revert_optimization(experiment.id, reason="test: next one")
+
+
+async def test_tuners_take_turns_so_one_cannot_starve_the_others(clock: ManualClock, parts: Parts) -> None:
+    opt = optimizer(
+        clock,
+        parts,
+        ScriptedTuner("timeout_s", cut_timeout()),
+        ScriptedTuner("max_attempts", one_attempt_less()),
+    )
+    order: list[str | None] = []
+    for _ in range(4):
+        await opt.tick()
+        order.append(running(opt))
+        end_experiment(opt)
+        await clock.advance(60.0)
+    assert order == ["timeout_s", "max_attempts", "timeout_s", "max_attempts"]
+
+
+async def test_a_timeout_raise_in_a_pileup_goes_first_whatever_the_turn(
+    clock: ManualClock, parts: Parts
+) -> None:
+    retry = ScriptedTuner("max_attempts", one_attempt_less())
+    timeout = ScriptedTuner("timeout_s", cut_timeout())
+    opt = optimizer(clock, parts, timeout, retry)
+    await opt.tick()
+    assert running(opt) == "timeout_s"
+    end_experiment(opt)
+    timeout.proposal = pileup_raise()  # the retry tuner's turn, but timeouts are piling up
+    await clock.advance(60.0)
+    await opt.tick()
+    assert running(opt) == "timeout_s"
+
+
+async def test_an_ineffective_raise_rests_before_it_is_tried_again(clock: ManualClock, parts: Parts) -> None:
+    router = parts[0]
+    timeout = ScriptedTuner("timeout_s")
+    opt = optimizer(clock, parts, timeout)
+    await opt.tick()  # the first tally point: the window before starts here
+    lane = router.lane(PROVIDER)
+    lane.tally.calls += 400
+    lane.tally.successes += 400
+    await clock.advance(60.0)
+    timeout.proposal = pileup_raise()
+    await opt.tick()
+    assert running(opt) == "timeout_s" and lane.tunables.timeout_s == 15.0  # applied to all traffic
+    # 1 % of the calls hang: they time out at 15 s as they did at 10 s, and no call answered
+    # between the two.
+    split = lane.canary
+    assert split is not None
+    split.canary = ArmTally(latencies_ms=[250.0] * 198 + [15_000.0] * 2, calls=200, successes=200, timeouts=2)
+    await clock.advance(60.0)
+    await opt.tick()
+    (record,) = opt.optimizations(provider=PROVIDER)
+    assert record.status is OptimizationStatus.REVERTED and "ineffective" in (record.verdict or "")
+    assert lane.tunables.timeout_s == 10.0
+    # The tuner still sees the same pile-up; the same raise waits out the cooldown.
+    await clock.advance(60.0)
+    await opt.tick()
+    assert running(opt) is None
+    await clock.advance(INEFFECTIVE_COOLDOWN_S)
+    await opt.tick()
+    assert running(opt) == "timeout_s"
