@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from mcp_autonomy.autonomy.component import Component
+from mcp_autonomy.autonomy.component import Component, Mode
 from mcp_autonomy.autonomy.optimization import (
     ArmSamples,
     CanaryConfig,
@@ -92,6 +92,10 @@ LIVE_PARAMETERS: Final = ("timeout_s", "max_attempts", "rate_limit_per_s")
 """Parameters the optimizer tunes live (see the module docstring for the others)."""
 PILEUP_TIMEOUT_SHARE: Final = 0.01
 """A timeout raise proposed while this share of calls times out is applied to all traffic at once."""
+GUARD_TIMEOUTS: Final = 3
+GUARD_WINDOW_S: Final = 30.0
+"""The timeout guard: this many timeouts within this many seconds on a lane whose timeout the
+optimizer set below the provider's default give the default back at once, between ticks."""
 INEFFECTIVE_COOLDOWN_S: Final = EVIDENCE_WINDOW_S
 """After an "ineffective" revert, the same direction of the same parameter rests this long: the
 evidence window then holds the experiment's own minutes."""
@@ -220,7 +224,10 @@ class AutoOptimizer(Component):
         self._tally_history: dict[str, deque[_TallyPoint]] = {}
         self._next_tuner: dict[str, int] = {}  # provider -> index of the tuner asked first next time
         self._cooldown_until: dict[tuple[str, str, bool], float] = {}  # (provider, parameter, raise)
+        self._timeouts_seen: dict[str, deque[float]] = {}  # provider -> monotonic times (the guard)
         self._seq = 0
+        if router is not None:
+            router.timeout_listeners.append(self.on_timeout)
 
     # --- persistence --------------------------------------------------------------------
 
@@ -376,6 +383,107 @@ class AutoOptimizer(Component):
         index, proposal = next(((i, p) for i, p in proposals if _is_pileup_raise(p)), proposals[0])
         self._next_tuner[provider] = index + 1
         self._start(provider, proposal, current)
+
+    # --- the timeout guard --------------------------------------------------------------
+
+    def on_timeout(self, provider: str) -> None:
+        """The router's timeout listener: the guard against a tuned timeout the provider outgrew.
+
+        A timeout the optimizer cut below the provider's default was right for the latency it was
+        measured on; when the provider slows down, every call past it fails a payment, and the next
+        tick may be a minute away. `GUARD_TIMEOUTS` timeouts within `GUARD_WINDOW_S` restore the
+        default at once (an experiment in flight on another parameter is ended first: its arms
+        would no longer compare like with like). A timeout canary is left to its statistical
+        verdict: only its share of the traffic runs the candidate. The tuner may cut the timeout
+        again later, on new evidence. Runs inside the payment's call path, so it only changes
+        state (no I/O, no waiting).
+        """
+        if self.router is None or self.mode is Mode.OFF:
+            return
+        now = self.clock.monotonic()
+        seen = self._timeouts_seen.setdefault(provider, deque())
+        seen.append(now)
+        while seen and now - seen[0] > GUARD_WINDOW_S:
+            seen.popleft()
+        if len(seen) < GUARD_TIMEOUTS or "timeout_s" in self._pins.get(provider, {}):
+            return
+        lane_timeout = self.router.lane(provider).tunables.timeout_s
+        experiment = self._experiments.get(provider)
+        if (
+            experiment is not None
+            and experiment.record.mode == "canary"
+            and experiment.record.parameter == "timeout_s"
+        ):
+            return  # a timeout canary is judged by its statistical test (its arm bounds the damage)
+        default = default_tunables(provider).timeout_s
+        if lane_timeout >= default:
+            return
+        count = len(seen)
+        seen.clear()
+        why = f"{count} timeouts within {GUARD_WINDOW_S:g} s"
+        if self.dry_run:
+            self._actions_dry_run += 1
+            self.bus.emit(
+                EventType.OPTIMIZATION_APPLIED,
+                component=self.name,
+                provider=provider,
+                dry_run=True,
+                severity=Severity.WARNING,
+                message=f"{provider}: {why}: would restore the default timeout {default:g} s",
+                data={"timeouts": count, "window_s": GUARD_WINDOW_S, "timeout_s": lane_timeout},
+            )
+            return
+        if experiment is not None:
+            self._end_experiment(provider, experiment, f"ended by the timeout guard ({why})")
+        current = self.router.lane(provider).tunables
+        if current.timeout_s >= default:
+            return
+        self._seq += 1
+        record = Optimization(
+            id=f"opt-{provider}-timeout_s-{round(self.clock.now() * 1000)}-{self._seq}",
+            provider=provider,
+            parameter="timeout_s",
+            old_value=current.timeout_s,
+            new_value=default,
+            status=OptimizationStatus.KEPT,
+            mode="before_after",
+            share=1.0,
+            reason=f"timeout guard: {why} at {current.timeout_s:g} s; the provider's default "
+            f"{default:g} s restored at once",
+            evidence={"timeouts": float(count), "window_s": GUARD_WINDOW_S, "timeout_s": current.timeout_s},
+            created_at=self.clock.now(),
+            decided_at=self.clock.now(),
+            decided_by="engine",
+            verdict="guard: restored without an experiment (the safe direction, payments failing now)",
+        )
+        self.router.set_tunables(provider, current.model_copy(update={"timeout_s": default}))
+        self._save(record)
+        self._save_tunables()
+        self._actions_taken += 1
+        self._emit(
+            record,
+            f"timeout guard: {why} at {current.timeout_s:g} s, restored the default {default:g} s",
+            severity=Severity.WARNING,
+        )
+
+    def _end_experiment(self, provider: str, experiment: _Experiment, verdict: str) -> None:
+        """End an experiment without a statistical verdict: the lane goes back to its previous tunables."""
+        assert self.router is not None
+        self.router.stop_canary(provider)
+        self._experiments.pop(provider, None)
+        self.router.set_tunables(provider, experiment.previous)
+        record = experiment.record
+        record.status = OptimizationStatus.REVERTED
+        record.decided_at = self.clock.now()
+        record.decided_by = "engine"
+        record.verdict = verdict
+        self._save(record)
+        self._save_tunables()
+        self._emit(
+            record,
+            f"reverted {record.parameter} {record.old_value:g} -> {record.new_value:g}: {verdict}",
+            severity=Severity.WARNING,
+        )
 
     def _start(self, provider: str, proposal: Proposal, current: ProviderTunables) -> None:
         assert self.router is not None

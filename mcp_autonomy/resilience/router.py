@@ -11,7 +11,9 @@ For each payment, in order:
 3. **Per provider:** breaker -> rate limit -> timeout -> classify. A local rejection (breaker open,
    rate limit) and an error that certainly means "not processed" (connection refused, auth, 429)
    fail over to the next provider at once; the same provider is
-   retried (jittered backoff, within the retry budget) only when no other provider remains.
+   retried (jittered backoff, within the retry budget) only when no other provider remains. A
+   429's retry waits for its Retry-After, and the first `THROTTLE_FREE_RETRIES` of them do not
+   use up one of the lane's `max_attempts` (the provider declined to look at the payment).
 4. **Ambiguous outcomes** (timeout after sending, reset mid-response, 5xx after acceptance) are
    resolved with the provider's idempotent status query *before* anything else. Found ->
    that is the payment's result. Certainly absent -> safe to fail over. Still unknown -> the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -58,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 RESOLVE_ATTEMPTS = 3
 """Status queries tried to resolve one ambiguous outcome before recording it unknown."""
+THROTTLE_FREE_RETRIES = 2
+"""Retries after a 429 (at its Retry-After) per payment and provider that do not use up an attempt."""
 
 
 class IdempotencyConflict(ValueError):
@@ -121,6 +126,8 @@ class PaymentRouter:
         rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
+        self.timeout_listeners: list[Callable[[str], None]] = []
+        """Called with the provider's name after each call that timed out (the optimizer's guard)."""
         self.store = store
         self.telemetry = telemetry
         self.bus = bus
@@ -422,6 +429,7 @@ class PaymentRouter:
         lane.budget.record_request()
         refreshed_credentials = False
         retrying = False  # the next call is a retry (tallied once it reaches the provider)
+        throttled_free = 0  # 429s answered with a retry that did not use up an attempt
         attempt = 0
         while True:
             attempt += 1
@@ -462,6 +470,11 @@ class PaymentRouter:
                 for tally in tallies:
                     tally.timeouts += 1
                     tally.add_latency(latency_ms)
+                for listener in self.timeout_listeners:
+                    try:
+                        listener(lane.name)
+                    except Exception:  # a listener must never cost a payment
+                        logger.exception("%s: timeout listener failed", lane.name)
                 self._attempt(
                     record,
                     lane,
@@ -503,8 +516,16 @@ class PaymentRouter:
                         continue  # the request was refused before processing: resending is safe
                     except Exception as refresh_error:
                         logger.warning("%s: refreshing credentials failed: %s", lane.name, refresh_error)
+                # A 429 is the provider declining to look at the payment and saying when to come back:
+                # the retry that honours its Retry-After is not a second try at processing it, so
+                # the first THROTTLE_FREE_RETRIES of them leave `max_attempts` alone (the retry budget
+                # still bounds them). Without it, a lane tuned to fewer attempts for an outage
+                # would fail payments a throttling provider asked us to resend a second later.
+                if exc.error_class is ErrorClass.RATE_LIMITED and throttled_free < THROTTLE_FREE_RETRIES:
+                    throttled_free += 1
                 # Certainly not processed: fail over now, or retry here if nothing else is left.
-                if not is_last or attempt >= tunables.max_attempts or not lane.budget.can_retry():
+                counted = attempt - throttled_free
+                if not is_last or counted >= tunables.max_attempts or not lane.budget.can_retry():
                     if is_last:
                         for tally in tallies:
                             tally.retries_exhausted += 1

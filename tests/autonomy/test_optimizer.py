@@ -8,12 +8,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mcp_autonomy.autonomy.optimization import LaneEvidence, Proposal
-from mcp_autonomy.autonomy.optimizer import INEFFECTIVE_COOLDOWN_S, AutoOptimizer, OptimizationStatus
+from mcp_autonomy.autonomy.optimizer import (
+    GUARD_TIMEOUTS,
+    GUARD_WINDOW_S,
+    INEFFECTIVE_COOLDOWN_S,
+    AutoOptimizer,
+    OptimizationStatus,
+)
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.events import EventBus
+from mcp_autonomy.providers.base import Money, Operation, PaymentRequest
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.canary import ArmTally
 from mcp_autonomy.resilience.router import PaymentRouter
@@ -154,3 +162,87 @@ async def test_an_ineffective_raise_rests_before_it_is_tried_again(clock: Manual
     await clock.advance(INEFFECTIVE_COOLDOWN_S)
     await opt.tick()
     assert running(opt) == "timeout_s"
+
+
+# --- the timeout guard ---------------------------------------------------------------------
+
+
+def hanging_payment(key: str) -> PaymentRequest:
+    return PaymentRequest(
+        idempotency_key=key,
+        operation=Operation.COLLECT,
+        money=Money(amount_minor=10_000, currency="KES"),
+        phone="+254712345678",
+        country="KE",
+    )
+
+
+async def test_timeouts_piling_up_on_a_cut_timeout_restore_the_default_at_once(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router, registry = parts[0], parts[4]
+    opt = optimizer(clock, parts)  # no tuners, and no tick: the guard acts between ticks
+    lane = router.lane(PROVIDER)
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"timeout_s": 2.0}))  # cut at night
+    adapter = registry.get(PROVIDER).adapter
+    assert isinstance(adapter, ScriptedAdapter)
+    adapter.default_behaviour = "hang_after_accept"  # the provider got slower than 2 s
+    async with anyio.create_task_group() as tg:
+        for i in range(GUARD_TIMEOUTS):
+            tg.start_soon(router.submit, hanging_payment(f"guard-key-{i:04d}"))
+        await clock.advance(3.0)
+    assert lane.tunables.timeout_s == 10.0  # paystack's default, restored without waiting for a tick
+    (record,) = opt.optimizations(provider=PROVIDER)
+    assert (record.parameter, record.old_value, record.new_value) == ("timeout_s", 2.0, 10.0)
+    assert record.status is OptimizationStatus.KEPT and record.decided_by == "engine"
+    assert f"{GUARD_TIMEOUTS} timeouts within 30 s at 2 s" in record.reason
+    # Every one of those payments was found by the status query: none lost, none sent twice.
+    assert all(count == 1 for count in adapter.charges.values()) and len(adapter.charges) == GUARD_TIMEOUTS
+
+
+async def test_the_guard_leaves_default_pinned_and_sparse_timeouts_alone(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router = parts[0]
+    opt = optimizer(clock, parts)
+    lane = router.lane(PROVIDER)
+    for _ in range(GUARD_TIMEOUTS + 2):  # at the default already: nothing to restore
+        opt.on_timeout(PROVIDER)
+    await clock.advance(GUARD_WINDOW_S + 1)
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"timeout_s": 2.0}))
+    for _ in range(GUARD_TIMEOUTS + 2):  # spread out: the odd hung call, not a slowdown
+        await clock.advance(GUARD_WINDOW_S / 2 + 1)
+        opt.on_timeout(PROVIDER)
+    assert lane.tunables.timeout_s == 2.0 and opt.optimizations() == []
+    opt.set_provider_config(PROVIDER, {"timeout_s": 2.0}, pin=True, reason="test: operator's choice")
+    for _ in range(GUARD_TIMEOUTS):
+        opt.on_timeout(PROVIDER)
+    assert lane.tunables.timeout_s == 2.0 and opt.optimizations() == []
+
+
+async def test_the_guard_leaves_a_timeout_canary_to_its_test_and_ends_other_experiments(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router = parts[0]
+    lane = router.lane(PROVIDER)
+    timeout = ScriptedTuner("timeout_s", cut_timeout())
+    retry = ScriptedTuner("max_attempts")
+    opt = optimizer(clock, parts, timeout, retry)
+    await opt.tick()
+    assert running(opt) == "timeout_s" and lane.canary is not None
+    for _ in range(GUARD_TIMEOUTS):  # the canary arm's timeouts: its verdict will say
+        opt.on_timeout(PROVIDER)
+    assert running(opt) == "timeout_s" and lane.canary is not None
+    end_experiment(opt)
+    # A cut timeout kept earlier, and an experiment on the attempts in flight when timeouts pile up.
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"timeout_s": 2.0}))
+    timeout.proposal, retry.proposal = None, one_attempt_less()
+    await clock.advance(GUARD_WINDOW_S + 1)
+    await opt.tick()
+    assert running(opt) == "max_attempts"
+    for _ in range(GUARD_TIMEOUTS):
+        opt.on_timeout(PROVIDER)
+    assert running(opt) is None and lane.canary is None
+    ended = next(o for o in opt.optimizations(provider=PROVIDER) if o.parameter == "max_attempts")
+    assert ended.status is OptimizationStatus.REVERTED and "timeout guard" in (ended.verdict or "")
+    assert lane.tunables.timeout_s == 10.0 and lane.tunables.max_attempts == 3

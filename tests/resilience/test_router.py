@@ -210,6 +210,42 @@ async def test_429s_do_not_open_the_breaker(world: World) -> None:
     assert record.provider == "mpesa" and intasend.charges.get("intasend-key-40000") is None
 
 
+async def test_retries_after_429_do_not_use_up_the_attempts(tmp_path: Path, clock: ManualClock) -> None:
+    # One provider with 2 attempts (as the optimizer may leave a lane after an outage): a 429 says
+    # "not looked at, come back in 1 s", so its first THROTTLE_FREE_RETRIES retries are free.
+    registry = ProviderRegistry()
+    mpesa = ScriptedAdapter("mpesa")
+    registry.register(mpesa)
+    store = Store(tmp_path / "throttled.sqlite3").open()
+    router = PaymentRouter(registry, store, Telemetry(clock), EventBus(clock), clock)
+    router.set_tunables("mpesa", router.lane("mpesa").tunables.model_copy(update={"max_attempts": 2}))
+    results = []
+
+    async def go(key: str) -> None:
+        results.append(await router.submit(payment(key)))
+
+    try:
+        mpesa.behaviours = ["throttle", "throttle", "ok"]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(go, "key-60001")
+            await clock.advance(30)
+        assert results[-1].status is TransactionStatus.PENDING and mpesa.calls == 3
+        # Beyond the free ones, 429s count like any refusal: 2 free + 2 counted, then it fails.
+        mpesa.behaviours = ["throttle"] * 5
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(go, "key-60002")
+            await clock.advance(60)
+        assert results[-1].status is TransactionStatus.FAILED and mpesa.calls == 3 + 4
+        # Refusals of another kind get no free retry: 2 attempts.
+        mpesa.behaviours = ["refuse", "refuse", "ok"]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(go, "key-60003")
+            await clock.advance(60)
+        assert results[-1].status is TransactionStatus.FAILED and mpesa.calls == 7 + 2
+    finally:
+        store.close()
+
+
 async def test_auth_error_refreshes_credentials_once_and_retries(world: World) -> None:
     router, mpesa, intasend, _ = world
     mpesa.behaviours = ["auth"]
