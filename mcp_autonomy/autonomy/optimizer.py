@@ -25,9 +25,14 @@ candidate while the rest, over the same minutes, is the baseline. Parameters tha
 (the rate limit is one bucket for the lane) are applied to all traffic and compared **before /
 after**: the baseline is the window measured just before the change. So is a timeout raise while
 timeouts pile up: it is the safer direction, and a half-and-half canary would keep failing the
-other half's slow payments for as long as it runs. The breaker threshold and
-the status-cache TTL have tuners but no live path yet (the router has one breaker configuration
-for every lane and no status cache): they are not proposed live.
+other half's slow payments for as long as it runs. The breaker's failure-rate threshold and
+the status-cache TTL have tuners but no live path yet (the breaker's threshold is read once, and
+there is no status cache): they are not proposed live. The breaker's open period
+(`breaker_wait_s`) has a live path (operators set it with `set_provider_config`) and a tuner
+(`BreakerWaitTuner`, from the half-open trials), but the tuner is not live: measured in
+`benchmarks/optimizer_effect.py`, halving the period when trials found the provider back made a
+periodic outage worse (33.4 % vs 36.1 % success: the breaker's own doubling back-off then meets
+the down phases), and before/after judging across a regime change reverted it anyway.
 
 `CONSERVATIVE_MODE` only ever widens safety margins (the tuners' conservative configurations) and
 halves the canary share. Operator overrides (`set_provider_config`) pin a parameter: the optimizer
@@ -162,6 +167,8 @@ class _TallyPoint:
     timeouts: int
     recovered_on_retry: int
     retries_exhausted: int
+    trials_passed: int = 0  # the lane breaker's half-open trials, cumulative
+    trials_failed: int = 0
 
 
 @dataclass
@@ -297,7 +304,8 @@ class AutoOptimizer(Component):
 
     def _remember_tally(self, provider: str) -> None:
         assert self.router is not None
-        tally = self.router.lane(provider).tally
+        lane = self.router.lane(provider)
+        tally = lane.tally
         history = self._tally_history.setdefault(provider, deque())
         now = self.clock.monotonic()
         history.append(
@@ -309,6 +317,8 @@ class AutoOptimizer(Component):
                 tally.timeouts,
                 tally.recovered_on_retry,
                 tally.retries_exhausted,
+                lane.breaker.trials_passed,
+                lane.breaker.trials_failed,
             )
         )
         while len(history) > 2 and now - history[1].at >= LONG_RUN_WINDOW_S:
@@ -329,6 +339,8 @@ class AutoOptimizer(Component):
             newest.timeouts - start.timeouts,
             newest.recovered_on_retry - start.recovered_on_retry,
             newest.retries_exhausted - start.retries_exhausted,
+            newest.trials_passed - start.trials_passed,
+            newest.trials_failed - start.trials_failed,
         )
 
     def evidence(self, provider: str, window_s: float = EVIDENCE_WINDOW_S) -> LaneEvidence:
@@ -353,6 +365,8 @@ class AutoOptimizer(Component):
             retries_sent=counts.retries_sent,
             recovered_on_retry=counts.recovered_on_retry,
             retries_exhausted=counts.retries_exhausted,
+            breaker_trials_passed=counts.trials_passed,
+            breaker_trials_failed=counts.trials_failed,
             long_run_error_rate=long_run.error_rate,
             long_run_latency_p50_ms=long_run.latency_p50_ms,
         )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import ClassVar, Final
 
@@ -329,6 +329,8 @@ class CircuitBreaker:
         "_total_calls",
         "_total_failures",
         "_total_slow",
+        "_trials_failed",
+        "_trials_passed",
         "_window_generation",
     )
 
@@ -361,6 +363,8 @@ class CircuitBreaker:
         self._open_until_mono = 0.0
         self._times_opened = 0
         self._consecutive_reopens = 0
+        self._trials_passed = 0  # half-open episodes that closed the breaker
+        self._trials_failed = 0  # half-open episodes that re-opened it
         # DISABLED hands out one shared permit that was never linked to the breaker, so every
         # report on it is dropped without a branch in the hot path.
         self._disabled_permit = Permit()
@@ -385,8 +389,29 @@ class CircuitBreaker:
 
     @property
     def config(self) -> BreakerConfig:
-        """The configuration it was built with."""
+        """The configuration it was built with (and `set_wait_in_open` changed since)."""
         return self._config
+
+    @property
+    def trials_passed(self) -> int:
+        """Half-open trials that closed the breaker (the provider was back when it was asked)."""
+        return self._trials_passed
+
+    @property
+    def trials_failed(self) -> int:
+        """Half-open trials that re-opened it (the provider was still down)."""
+        return self._trials_failed
+
+    def set_wait_in_open(self, wait_s: float) -> None:
+        """Change the base open period from the next opening on (the optimizer's live path).
+
+        Raises `ValueError` naming the field for a value that is not a finite number > 0.
+        """
+        self._config = replace(
+            self._config,
+            wait_in_open_s=wait_s,
+            max_wait_in_open_s=max(self._config.max_wait_in_open_s, wait_s),
+        )
 
     @property
     def state(self) -> BreakerState:
@@ -561,12 +586,15 @@ class CircuitBreaker:
         )
         if failure_rate >= self._failure_rate_threshold:
             self._consecutive_reopens += 1
+            self._trials_failed += 1
             self._open(f"{figures}; failure rate >= {self._failure_rate_threshold:.1%}")
         elif self._slow_rule and slow_rate >= self._slow_call_rate_threshold:
             self._consecutive_reopens += 1
+            self._trials_failed += 1
             self._open(f"{figures}; slow-call rate >= {self._slow_call_rate_threshold:.1%}")
         else:
             self._consecutive_reopens = 0
+            self._trials_passed += 1
             self._clear_window()
             self._transition(_CLOSED, f"{figures}; below thresholds")
 

@@ -152,9 +152,12 @@ class PaymentRouter:
         lane = self._lanes.get(provider)
         if lane is None:
             entry = self.registry.get(provider)
-            tunables = default_tunables(provider)
             breaker = CircuitBreaker(provider, self.clock, self._breaker_config)
             breaker.on_transition(self._on_breaker_transition)
+            # The lane's open period is the breaker's (a custom BreakerConfig may set another).
+            tunables = default_tunables(provider).model_copy(
+                update={"breaker_wait_s": breaker.config.wait_in_open_s}
+            )
             lane = ProviderLane(
                 entry=entry,
                 breaker=breaker,
@@ -178,6 +181,8 @@ class PaymentRouter:
         lane.backoff = Backoff(
             tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
         )
+        if tunables.breaker_wait_s != previous.breaker_wait_s:
+            lane.breaker.set_wait_in_open(tunables.breaker_wait_s)
         return previous
 
     def start_canary(

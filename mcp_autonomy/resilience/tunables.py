@@ -1,4 +1,5 @@
-"""Per-provider tunables: timeout, retries and backoff, rate limit, status-cache TTL, breaker threshold.
+"""Per-provider tunables: timeout, retries and backoff, rate limit, status-cache TTL, breaker threshold
+and open period.
 
 Defaults come from the original module's starting points; the optimizer moves them from
 measured data later, and an operator override pins a value against it. Bounds are named once
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_autonomy.resilience.breaker import DEFAULT_FAILURE_RATE_THRESHOLD
+from mcp_autonomy.resilience.breaker import DEFAULT_FAILURE_RATE_THRESHOLD, DEFAULT_WAIT_IN_OPEN_S
 
 TIMEOUT_S_BOUNDS = (0.5, 120.0)
 MAX_ATTEMPTS_BOUNDS = (1, 10)
@@ -18,6 +19,9 @@ RATE_LIMIT_BOUNDS = (0.1, 10_000.0)
 # A ratio in the unit of BreakerConfig.failure_rate_threshold (0.5 = 50 %); below 5 % a breaker
 # would open on the normal error noise of any real provider.
 BREAKER_FAILURE_RATE_BOUNDS = (0.05, 1.0)
+# The breaker's base open period: under 5 s it would ask a provider that is down every few
+# seconds; over 5 minutes, payments with nowhere else to go fail long after it is back.
+BREAKER_WAIT_S_BOUNDS = (5.0, 300.0)
 
 
 class ProviderTunables(BaseModel):
@@ -35,6 +39,9 @@ class ProviderTunables(BaseModel):
     status_cache_ttl_s: float = Field(5.0, ge=0.0, le=3600.0)
     breaker_failure_rate: float = Field(
         DEFAULT_FAILURE_RATE_THRESHOLD, ge=BREAKER_FAILURE_RATE_BOUNDS[0], le=BREAKER_FAILURE_RATE_BOUNDS[1]
+    )
+    breaker_wait_s: float = Field(
+        DEFAULT_WAIT_IN_OPEN_S, ge=BREAKER_WAIT_S_BOUNDS[0], le=BREAKER_WAIT_S_BOUNDS[1]
     )
 
 

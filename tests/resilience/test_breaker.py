@@ -841,3 +841,30 @@ TestBreakerStateMachine = BreakerMachine.TestCase
 TestBreakerStateMachine.settings = settings(
     max_examples=300, stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+# -- the open period as a live tunable ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_trials_are_counted_and_the_open_period_changes_from_the_next_opening(
+    clock: ManualClock,
+) -> None:
+    breaker, _ = breaker_with(clock, minimum_calls=2, wait_in_open_s=30.0)
+    open_breaker(breaker)
+    await clock.advance(30.0)
+    assert call(breaker, success=False)  # the trial: still down
+    assert (breaker.trials_passed, breaker.trials_failed) == (0, 1)
+    await clock.advance(60.0)  # the breaker's own back-off doubled the period
+    assert call(breaker, success=True)
+    assert state_of(breaker) is S.CLOSED and (breaker.trials_passed, breaker.trials_failed) == (1, 1)
+
+    breaker.set_wait_in_open(10.0)
+    assert breaker.config.wait_in_open_s == 10.0
+    open_breaker(breaker)
+    await clock.advance(9.0)
+    assert not call(breaker, success=True)
+    await clock.advance(1.0)
+    assert call(breaker, success=True) and state_of(breaker) is S.CLOSED
+    with pytest.raises(ValueError, match="wait_in_open_s"):
+        breaker.set_wait_in_open(0.0)

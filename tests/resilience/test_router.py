@@ -269,3 +269,11 @@ async def test_no_route_for_an_unsupported_currency(world: World) -> None:
     assert record.status is TransactionStatus.FAILED and "no registered provider" in (
         record.provider_message or ""
     )
+
+
+async def test_the_open_period_tunable_reaches_the_lane_breaker(world: World) -> None:
+    router, *_ = world
+    lane = router.lane("mpesa")
+    assert lane.tunables.breaker_wait_s == lane.breaker.config.wait_in_open_s == 30
+    router.set_tunables("mpesa", lane.tunables.model_copy(update={"breaker_wait_s": 7.5}))
+    assert lane.breaker.config.wait_in_open_s == 7.5

@@ -126,6 +126,7 @@ SAFER_DIRECTION: Final[Mapping[str, int]] = MappingProxyType(
         "rate_limit_per_s": -1,  # more headroom under the provider's own limit
         "status_cache_ttl_s": -1,  # fresher payment statuses
         "breaker_failure_rate": -1,  # the breaker opens sooner
+        "breaker_wait_s": +1,  # a longer open period spares a provider that is down
     }
 )
 """+1 where a higher value is the safer one, -1 where a lower value is."""
@@ -991,11 +992,101 @@ class BreakerThresholdTuner:
         )
 
 
+@dataclass(frozen=True)
+class BreakerWaitTunerConfig:
+    """The breaker's open period from how its half-open trials went."""
+
+    min_trials: int = 3
+    passed_share: float = 0.75  # this share of trials found the provider back: open too long
+    failed_share: float = 0.75  # this share found it still down: open too short
+    decrease_factor: float = 0.5
+    increase_factor: float = 2.0
+    min_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        owner = "BreakerWaitTunerConfig"
+        _require(
+            _is_count(self.min_trials) and self.min_trials >= 1, owner, "min_trials", ">= 1", self.min_trials
+        )
+        for name in ("passed_share", "failed_share"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0.5 < value <= 1, owner, name, "in (0.5, 1]", value)
+        _require(
+            _is_number(self.decrease_factor) and 0 < self.decrease_factor < 1,
+            owner,
+            "decrease_factor",
+            "in (0, 1)",
+            self.decrease_factor,
+        )
+        _require(
+            _is_number(self.increase_factor) and self.increase_factor > 1,
+            owner,
+            "increase_factor",
+            "> 1",
+            self.increase_factor,
+        )
+        _require(
+            _is_number(self.min_wait_s) and self.min_wait_s > 0, owner, "min_wait_s", "> 0", self.min_wait_s
+        )
+
+
+class BreakerWaitTuner:
+    """Sets `breaker_wait_s`, the base period an opened breaker rejects calls before a trial.
+
+    Each half-open trial is a measurement: passed, the provider was back before the breaker
+    asked, so every payment it rejected in between failed for nothing when the lane has nowhere
+    else to send it (an intermittent outage: down half a minute, up half a minute); failed, it
+    asked too early (the breaker's own back-off already doubles the next period). When at least
+    `passed_share` of `min_trials`+ trials in the window passed, the period is multiplied by
+    `decrease_factor` (never under `min_wait_s` or the field's bound); when `failed_share` failed
+    and it is below the provider's default, it grows by `increase_factor` back towards the
+    default. Conservative mode never shortens it.
+    """
+
+    parameter: str = "breaker_wait_s"
+
+    def __init__(self, config: BreakerWaitTunerConfig | None = None) -> None:
+        self.config = config if config is not None else BreakerWaitTunerConfig()
+
+    def propose(
+        self, provider: str, current: ProviderTunables, evidence: LaneEvidence, *, conservative: bool
+    ) -> Proposal | None:
+        cfg = self.config
+        passed, failed = evidence.breaker_trials_passed, evidence.breaker_trials_failed
+        trials = passed + failed
+        if trials < cfg.min_trials:
+            return None
+        now = current.breaker_wait_s
+        default = default_tunables(provider).breaker_wait_s
+        low, high = parameter_bounds(self.parameter)
+        figures = {"trials_passed": float(passed), "trials_failed": float(failed)}
+        if passed / trials >= cfg.passed_share and not conservative:
+            target = round(max(now * cfg.decrease_factor, cfg.min_wait_s, low), 1)
+            if target >= now:
+                return None
+            why = (
+                f"{passed} of {trials} half-open trials found the provider back: the breaker kept rejecting "
+                f"payments after it had recovered; open period {now:g} s -> {target:g} s"
+            )
+        elif failed / trials >= cfg.failed_share and now < default:
+            target = round(min(now * cfg.increase_factor, default, high), 1)
+            if target <= now:
+                return None
+            why = (
+                f"{failed} of {trials} half-open trials found the provider still down: open period "
+                f"{now:g} s -> {target:g} s, back towards the default {default:g} s"
+            )
+        else:
+            return None
+        return Proposal(self.parameter, now, target, why + _conservative_note(conservative), figures)
+
+
 DEFAULT_TUNERS: Final[tuple[Tuner, ...]] = (
     TimeoutTuner(),
     RetryTuner(),
     RateLimitTuner(),
     CacheTtlTuner(),
     BreakerThresholdTuner(),
+    BreakerWaitTuner(),
 )
 """One tuner per tunable parameter, default configs, in the order the optimizer should try them."""

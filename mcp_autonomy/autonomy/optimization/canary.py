@@ -87,6 +87,7 @@ TARGET_METRICS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "rate_limit_per_s": ((SUCCESS_RATE,), (SUCCESS_RATE, LATENCY)),
     "status_cache_ttl_s": ((LATENCY,), (SUCCESS_RATE,)),
     "breaker_failure_rate": ((SUCCESS_RATE,), (SUCCESS_RATE, LATENCY)),
+    "breaker_wait_s": ((SUCCESS_RATE,), (SUCCESS_RATE,)),  # shorter: fewer payments rejected after recovery
 }
 
 

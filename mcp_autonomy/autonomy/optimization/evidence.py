@@ -51,6 +51,8 @@ _COUNT_FIELDS: Final = (
     "status_queries",
     "status_cache_hits",
     "stale_cache_hits",
+    "breaker_trials_passed",
+    "breaker_trials_failed",
 )
 
 
@@ -99,6 +101,10 @@ class LaneEvidence:
     status_queries: int = 0
     status_cache_hits: int = 0
     stale_cache_hits: int = 0
+    breaker_trials_passed: int = 0
+    """Half-open trials in the window that closed the breaker (the provider was already back)."""
+    breaker_trials_failed: int = 0
+    """Half-open trials in the window that re-opened it (the provider was still down)."""
     long_run_error_rate: float | None = None
     long_run_latency_p50_ms: float | None = None
 

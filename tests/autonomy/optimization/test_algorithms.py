@@ -16,6 +16,7 @@ from mcp_autonomy.autonomy.optimization import (
     TUNABLE_PARAMETERS,
     BreakerThresholdTuner,
     BreakerThresholdTunerConfig,
+    BreakerWaitTuner,
     CacheTtlTuner,
     CacheTtlTunerConfig,
     LaneEvidence,
@@ -529,3 +530,34 @@ def test_timeout_stays_in_its_configured_range(
     )
     if proposal is not None:
         assert cfg.min_timeout_s <= proposal.new_value <= cfg.max_timeout_s
+
+
+# -- the breaker's open period -------------------------------------------------------------------
+
+
+def test_breaker_wait_shortens_when_trials_find_the_provider_back_and_grows_back_when_not() -> None:
+    tuner = BreakerWaitTuner()
+    current = default_tunables("paystack")
+    assert current.breaker_wait_s == 30.0
+    assert tuner.propose("paystack", current, evidence(breaker_trials_passed=2), conservative=False) is None
+    shorter = tuner.propose("paystack", current, evidence(breaker_trials_passed=5), conservative=False)
+    assert shorter is not None and (shorter.old_value, shorter.new_value) == (30.0, 15.0)
+    assert "5 of 5 half-open trials found the provider back" in shorter.reason
+    floor = current.model_copy(update={"breaker_wait_s": 6.0})
+    lowest = tuner.propose("paystack", floor, evidence(breaker_trials_passed=4), conservative=False)
+    assert lowest is not None and lowest.new_value == 5.0
+    at_floor = current.model_copy(update={"breaker_wait_s": 5.0})
+    assert tuner.propose("paystack", at_floor, evidence(breaker_trials_passed=9), conservative=False) is None
+    # Conservative mode never shortens it.
+    assert tuner.propose("paystack", current, evidence(breaker_trials_passed=5), conservative=True) is None
+    # Trials that find it still down grow it back, never past the default.
+    longer = tuner.propose("paystack", floor, evidence(breaker_trials_failed=4), conservative=True)
+    assert longer is not None and longer.new_value == 12.0
+    near = current.model_copy(update={"breaker_wait_s": 20.0})
+    capped = tuner.propose("paystack", near, evidence(breaker_trials_failed=4), conservative=False)
+    assert capped is not None and capped.new_value == 30.0
+    assert tuner.propose("paystack", current, evidence(breaker_trials_failed=4), conservative=False) is None
+    # A mixed record says nothing.
+    mixed = evidence(breaker_trials_passed=3, breaker_trials_failed=3)
+    assert tuner.propose("paystack", near, mixed, conservative=False) is None
+    assert widens_safety("breaker_wait_s", 30.0, 15.0) is False
