@@ -65,7 +65,23 @@ async def test_page_changes_live_when_a_fault_is_injected(
         open_page(browser, errors) as page,
         Client(dashboard_server.url, read_timeout_seconds=60) as client,  # type: ignore[arg-type]
     ):
+        # Some real payments first, so the figures on the page (and in the screenshot) are measured.
+        for i in range(8):
+            paid = await client.call_tool(
+                "request_payment",
+                {
+                    "idempotency_key": f"browser-collect-{i:04d}",
+                    "amount_minor": 15_000 + i,
+                    "currency": "KES",
+                    "phone": "0712345678",
+                    "country": "KE",
+                },
+            )
+            assert not paid.is_error, paid.content
         await load_dashboard(page, dashboard_server)
+        await expect(page.locator('tr[data-provider="mpesa"] td.num').first).not_to_have_text(
+            "\u2013"
+        )  # measured, not the dash of "not yet"
         await expect(page.get_by_test_id("health-mtn_momo")).to_have_text("healthy", timeout=LIVE_TIMEOUT_MS)
         await page.evaluate("window.__notReloaded = true")
         # Snapshots blocked: whatever reaches the page now comes over the event stream.
