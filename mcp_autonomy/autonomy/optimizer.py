@@ -72,6 +72,7 @@ from mcp_autonomy.autonomy.optimization import (
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.resilience.canary import ArmTally
+from mcp_autonomy.resilience.router import NEAR_TIMEOUT_SHARE
 from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
 from mcp_autonomy.store import Store
 from mcp_autonomy.telemetry import Outcome
@@ -99,8 +100,9 @@ PILEUP_TIMEOUT_SHARE: Final = 0.01
 """A timeout raise proposed while this share of calls times out is applied to all traffic at once."""
 GUARD_TIMEOUTS: Final = 3
 GUARD_WINDOW_S: Final = 30.0
-"""The timeout guard: this many timeouts within this many seconds on a lane whose timeout the
-optimizer set below the provider's default give the default back at once, between ticks."""
+"""The timeout guard: this many calls within this many seconds that timed out or answered close
+to the timeout, on a lane whose timeout the optimizer set below the provider's default, give the
+default back at once, between ticks."""
 INEFFECTIVE_COOLDOWN_S: Final = EVIDENCE_WINDOW_S
 """After an "ineffective" revert, the same direction of the same parameter rests this long: the
 evidence window then holds the experiment's own minutes."""
@@ -231,7 +233,8 @@ class AutoOptimizer(Component):
         self._tally_history: dict[str, deque[_TallyPoint]] = {}
         self._next_tuner: dict[str, int] = {}  # provider -> index of the tuner asked first next time
         self._cooldown_until: dict[tuple[str, str, bool], float] = {}  # (provider, parameter, raise)
-        self._timeouts_seen: dict[str, deque[float]] = {}  # provider -> monotonic times (the guard)
+        # provider -> (monotonic time, timed out) of calls at or near the timeout (the guard)
+        self._timeouts_seen: dict[str, deque[tuple[float, bool]]] = {}
         self._seq = 0
         if router is not None:
             router.timeout_listeners.append(self.on_timeout)
@@ -400,13 +403,14 @@ class AutoOptimizer(Component):
 
     # --- the timeout guard --------------------------------------------------------------
 
-    def on_timeout(self, provider: str) -> None:
+    def on_timeout(self, provider: str, timed_out: bool = True) -> None:
         """The router's timeout listener: the guard against a tuned timeout the provider outgrew.
 
         A timeout the optimizer cut below the provider's default was right for the latency it was
         measured on; when the provider slows down, every call past it fails a payment, and the next
-        tick may be a minute away. `GUARD_TIMEOUTS` timeouts within `GUARD_WINDOW_S` restore the
-        default at once (an experiment in flight on another parameter is ended first: its arms
+        tick may be a minute away. `GUARD_TIMEOUTS` calls within `GUARD_WINDOW_S` that timed out,
+        or answered after `router.NEAR_TIMEOUT_SHARE` of the timeout (the slowdown seen before it
+        costs a payment), restore the default at once (an experiment in flight on another parameter is ended first: its arms
         would no longer compare like with like). A timeout canary is left to its statistical
         verdict: only its share of the traffic runs the candidate. The tuner may cut the timeout
         again later, on new evidence. Runs inside the payment's call path, so it only changes
@@ -416,8 +420,8 @@ class AutoOptimizer(Component):
             return
         now = self.clock.monotonic()
         seen = self._timeouts_seen.setdefault(provider, deque())
-        seen.append(now)
-        while seen and now - seen[0] > GUARD_WINDOW_S:
+        seen.append((now, timed_out))
+        while seen and now - seen[0][0] > GUARD_WINDOW_S:
             seen.popleft()
         if len(seen) < GUARD_TIMEOUTS or "timeout_s" in self._pins.get(provider, {}):
             return
@@ -433,8 +437,12 @@ class AutoOptimizer(Component):
         if lane_timeout >= default:
             return
         count = len(seen)
+        timeouts = sum(1 for _, out in seen if out)
         seen.clear()
-        why = f"{count} timeouts within {GUARD_WINDOW_S:g} s"
+        why = (
+            f"{count} calls within {GUARD_WINDOW_S:g} s timed out ({timeouts}) or answered after "
+            f"{NEAR_TIMEOUT_SHARE:.0%} of the timeout ({count - timeouts})"
+        )
         if self.dry_run:
             self._actions_dry_run += 1
             self.bus.emit(
@@ -444,7 +452,12 @@ class AutoOptimizer(Component):
                 dry_run=True,
                 severity=Severity.WARNING,
                 message=f"{provider}: {why}: would restore the default timeout {default:g} s",
-                data={"timeouts": count, "window_s": GUARD_WINDOW_S, "timeout_s": lane_timeout},
+                data={
+                    "calls": count,
+                    "timeouts": timeouts,
+                    "window_s": GUARD_WINDOW_S,
+                    "timeout_s": lane_timeout,
+                },
             )
             return
         if experiment is not None:
@@ -464,7 +477,12 @@ class AutoOptimizer(Component):
             share=1.0,
             reason=f"timeout guard: {why} at {current.timeout_s:g} s; the provider's default "
             f"{default:g} s restored at once",
-            evidence={"timeouts": float(count), "window_s": GUARD_WINDOW_S, "timeout_s": current.timeout_s},
+            evidence={
+                "calls_at_or_near_timeout": float(count),
+                "timeouts": float(timeouts),
+                "window_s": GUARD_WINDOW_S,
+                "timeout_s": current.timeout_s,
+            },
             created_at=self.clock.now(),
             decided_at=self.clock.now(),
             decided_by="engine",

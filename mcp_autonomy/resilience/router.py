@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 RESOLVE_ATTEMPTS = 3
 """Status queries tried to resolve one ambiguous outcome before recording it unknown."""
+NEAR_TIMEOUT_SHARE = 0.8
+"""A call answered after this share of its timeout is reported to the timeout listeners: the
+provider is slowing down towards the timeout before any call times out."""
 THROTTLE_FREE_RETRIES = 2
 """Retries after a 429 (at its Retry-After) per payment and provider that do not use up an attempt."""
 
@@ -126,8 +129,9 @@ class PaymentRouter:
         rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
-        self.timeout_listeners: list[Callable[[str], None]] = []
-        """Called with the provider's name after each call that timed out (the optimizer's guard)."""
+        self.timeout_listeners: list[Callable[[str, bool], None]] = []
+        """Called with (provider, timed_out) after each call that timed out (True) or answered
+        after `NEAR_TIMEOUT_SHARE` of its timeout (False): the optimizer's timeout guard."""
         self.store = store
         self.telemetry = telemetry
         self.bus = bus
@@ -475,11 +479,7 @@ class PaymentRouter:
                 for tally in tallies:
                     tally.timeouts += 1
                     tally.add_latency(latency_ms)
-                for listener in self.timeout_listeners:
-                    try:
-                        listener(lane.name)
-                    except Exception:  # a listener must never cost a payment
-                        logger.exception("%s: timeout listener failed", lane.name)
+                self._near_timeout(lane.name, timed_out=True)
                 self._attempt(
                     record,
                     lane,
@@ -547,11 +547,20 @@ class PaymentRouter:
             self.telemetry.record_call(lane.name, Outcome.SUCCESS, latency_ms)
             for tally in tallies:
                 tally.add_latency(latency_ms)
+            if latency_ms >= NEAR_TIMEOUT_SHARE * 1000 * tunables.timeout_s:
+                self._near_timeout(lane.name, timed_out=False)
             self._attempt(
                 record, lane, attempt_started, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn
             )
             self._adopt(record, lane.name, txn)
             return "done"
+
+    def _near_timeout(self, provider: str, *, timed_out: bool) -> None:
+        for listener in self.timeout_listeners:
+            try:
+                listener(provider, timed_out)
+            except Exception:  # a listener must never cost a payment
+                logger.exception("%s: timeout listener failed", provider)
 
     async def _resolve_ambiguous(
         self, lane: ProviderLane, request: PaymentRequest, record: PaymentRecord

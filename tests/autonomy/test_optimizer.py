@@ -195,9 +195,25 @@ async def test_timeouts_piling_up_on_a_cut_timeout_restore_the_default_at_once(
     (record,) = opt.optimizations(provider=PROVIDER)
     assert (record.parameter, record.old_value, record.new_value) == ("timeout_s", 2.0, 10.0)
     assert record.status is OptimizationStatus.KEPT and record.decided_by == "engine"
-    assert f"{GUARD_TIMEOUTS} timeouts within 30 s at 2 s" in record.reason
+    assert f"{GUARD_TIMEOUTS} calls within 30 s timed out ({GUARD_TIMEOUTS})" in record.reason
+    assert "at 2 s" in record.reason
     # Every one of those payments was found by the status query: none lost, none sent twice.
     assert all(count == 1 for count in adapter.charges.values()) and len(adapter.charges) == GUARD_TIMEOUTS
+
+
+async def test_calls_answering_close_to_a_cut_timeout_trigger_the_guard_before_any_times_out(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router = parts[0]
+    opt = optimizer(clock, parts)
+    lane = router.lane(PROVIDER)
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"timeout_s": 2.0}))
+    for _ in range(GUARD_TIMEOUTS):  # answered after 80 % of 2 s: the latency is closing in
+        await clock.advance(1.0)
+        opt.on_timeout(PROVIDER, False)
+    assert lane.tunables.timeout_s == 10.0
+    (record,) = opt.optimizations(provider=PROVIDER)
+    assert "timed out (0)" in record.reason and f"of the timeout ({GUARD_TIMEOUTS})" in record.reason
 
 
 async def test_the_guard_leaves_default_pinned_and_sparse_timeouts_alone(
