@@ -505,6 +505,11 @@ async def other_seeds(seeds: int, ours: RunResult, baseline: RunResult) -> None:
             f"optimizer_seed_{SEED + offset}: success {rate_a:.2f} % vs {rate_b:.2f} %, p99 {a.p99_ms() or 0:.0f} vs "
             f"{b.p99_ms() or 0:.0f} ms, retries during the outage {a.retries_in(outage)} vs {b.retries_in(outage)}"
         )
+        by_regime = ", ".join(
+            f"{regime.name} {a.success_rate_pct(i) or 0:.2f}/{b.success_rate_pct(i) or 0:.2f}"
+            for i, regime in enumerate(REGIMES)
+        )
+        print(f"  (success % by regime, optimizer/static: {by_regime})")
     mean = statistics.fmean(diffs)
     spread = statistics.stdev(diffs)
     print(
