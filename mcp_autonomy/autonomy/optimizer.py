@@ -498,7 +498,14 @@ class AutoOptimizer(Component):
             severity=Severity.WARNING,
         )
 
-    def _end_experiment(self, provider: str, experiment: _Experiment, verdict: str) -> None:
+    def _end_experiment(
+        self,
+        provider: str,
+        experiment: _Experiment,
+        verdict: str,
+        *,
+        decided_by: Literal["engine", "operator"] = "engine",
+    ) -> None:
         """End an experiment without a statistical verdict: the lane goes back to its previous tunables."""
         assert self.router is not None
         self.router.stop_canary(provider)
@@ -507,7 +514,7 @@ class AutoOptimizer(Component):
         record = experiment.record
         record.status = OptimizationStatus.REVERTED
         record.decided_at = self.clock.now()
-        record.decided_by = "engine"
+        record.decided_by = decided_by
         record.verdict = verdict
         self._save(record)
         self._save_tunables()
@@ -695,15 +702,12 @@ class AutoOptimizer(Component):
             raise ProviderConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
         experiment = self._experiments.get(provider)
         if experiment is not None and experiment.record.parameter in values:
-            self.router.stop_canary(provider)
-            self._experiments.pop(provider, None)
-            record = experiment.record
-            record.status = OptimizationStatus.REVERTED
-            record.decided_at = self.clock.now()
-            record.decided_by = "operator"
-            record.verdict = f"ended by an operator override of {record.parameter} ({reason})"
-            self._save(record)
-            self._emit(record, record.verdict, severity=Severity.WARNING)
+            self._end_experiment(
+                provider,
+                experiment,
+                f"ended by an operator override of {experiment.record.parameter} ({reason})",
+                decided_by="operator",
+            )
         self.router.set_tunables(provider, updated)
         if pin:
             self._pins.setdefault(provider, {}).update({k: float(v) for k, v in values.items()})

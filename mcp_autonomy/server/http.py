@@ -97,9 +97,10 @@ def create_http_app(
     """The ASGI app serving /mcp, /healthz and /readyz for `system`."""
     settings = system.settings
     check_exposure(settings)
+    security = transport_security_for(settings)
     sdk_app = app.mcp.streamable_http_app(
         streamable_http_path="/mcp",
-        transport_security=transport_security_for(settings),
+        transport_security=security,
         host=settings.host,
     )
 
@@ -133,9 +134,9 @@ def create_http_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route(LOAD_PATH, internal_load, methods=["GET"]),
-        rest_mount(system, transport_security_for(settings)),
+        rest_mount(system, security),
         metrics_route(system),
-        *dashboard_routes(system, transport_security_for(settings)),
+        *dashboard_routes(system, security),
         *(extra_routes or []),
     ]
     starlette = Starlette(routes=routes, lifespan=lifespan)
