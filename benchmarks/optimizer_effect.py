@@ -245,6 +245,11 @@ class Audit:
     charged_but_failed: int = 0
     accepted_without_charge: int = 0
     failure_causes: Counter[str] = field(default_factory=Counter)
+    failure_causes_by_regime: list[Counter[str]] = field(default_factory=lambda: [Counter() for _ in REGIMES])
+
+    def failed(self, cause: str, regime: int) -> None:
+        self.failure_causes[cause] += 1
+        self.failure_causes_by_regime[regime][cause] += 1
 
 
 @dataclass
@@ -282,7 +287,7 @@ class RunResult:
         return points[regime + 1].timeouts - points[regime].timeouts
 
 
-def audit(sandbox: EmbeddedSandbox, system: AutonomousSystem, payments: int) -> Audit:
+def audit(sandbox: EmbeddedSandbox, system: AutonomousSystem, times: Sequence[float]) -> Audit:
     """Every payment's record against the sandbox ledger (the ground truth)."""
     charged = {
         e.msisdn
@@ -290,18 +295,20 @@ def audit(sandbox: EmbeddedSandbox, system: AutonomousSystem, payments: int) -> 
         if e.status is not LedgerStatus.FAILED
     }
     result = Audit()
-    for i in range(payments):
+    starts = regime_starts_s()
+    for i, at_s in enumerate(times):
+        regime = regime_of(at_s, starts)
         request = ghs_payment(i)
         record = system.router.get_payment(request.idempotency_key)
         was_charged = request.phone in charged
         if record is None:
             result.charged_but_failed += was_charged
-            result.failure_causes["other"] += 1
+            result.failed("other", regime)
         elif record.status is TransactionStatus.UNKNOWN:
             result.unknown += 1  # honest either way: the reconciler keeps asking
         elif record.status is TransactionStatus.FAILED:
             result.charged_but_failed += was_charged
-            result.failure_causes[failure_cause(record)] += 1
+            result.failed(failure_cause(record), regime)
         elif not was_charged:
             result.accepted_without_charge += 1
     return result
@@ -364,7 +371,7 @@ async def run_day(*, optimizer_on: bool, seed: int = SEED) -> RunResult:
             async with system.running(), anyio.create_task_group() as tasks:
                 await traffic(tasks)
                 tasks.cancel_scope.cancel()  # nothing should be left in flight after the drain
-                checked = audit(sandbox, system, len(times))
+                checked = audit(sandbox, system, times)
                 records = system.auto_optimizer.optimizations(limit=100_000)
     statuses = Counter(o.status for o in records)
     return RunResult(
@@ -451,6 +458,14 @@ def report(ours: RunResult, baseline: RunResult, elapsed_s: float) -> None:
         figure(f"{name}_p99_latency", ours.p99_ms(i), baseline.p99_ms(i), "ms")
         figure(f"{name}_retries_sent", ours.retries_in([i]), baseline.retries_in([i]), "retries")
         figure(f"{name}_timeouts", ours.timeouts_in(i), baseline.timeouts_in(i), "timeouts")
+        causes = ours.audit.failure_causes_by_regime[i] + baseline.audit.failure_causes_by_regime[i]
+        for cause in (c for c in FAILURE_CAUSES if causes[c]):
+            figure(
+                f"{name}_failed_{cause}",
+                ours.audit.failure_causes_by_regime[i][cause],
+                baseline.audit.failure_causes_by_regime[i][cause],
+                "payments",
+            )
     ours_rate, base_rate = ours.success_rate_pct() or 0.0, baseline.success_rate_pct() or 0.0
     ours_p99, base_p99 = ours.p99_ms() or 0.0, baseline.p99_ms() or 0.0
     for target, met, detail in (

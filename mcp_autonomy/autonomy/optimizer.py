@@ -2,11 +2,17 @@
 
 Each tick, for every provider:
 
-1. If an experiment is running, its arms are evaluated (`optimization.canary.evaluate`: a
+1. First, cuts that have lost their reason are undone (`RestoringTuner`): a retry cut
+   made because retries stopped saving payments in an outage returns to the provider's default
+   as soon as retries over the last `RESTORE_WINDOW_S` save payments again. It is applied at once,
+   without a canary, because it goes back to the documented default; an experiment in flight is
+   ended first. The timeout guard (`on_timeout`) is the same idea between ticks, for a cut
+   timeout that calls now outgrow.
+2. If an experiment is running, its arms are evaluated (`optimization.canary.evaluate`: a
    one-sided proportion test on success, Mann-Whitney on latency, retries and timeouts per call).
    `keep` makes the candidate the lane's tunables; `revert` ends it and the lane keeps what it had;
    past `MAX_EXPERIMENT_S` an undecided experiment is reverted (a change is kept only on evidence).
-2. Otherwise the provider's evidence over the last `EVIDENCE_WINDOW_S` (telemetry plus the
+3. Otherwise the provider's evidence over the last `EVIDENCE_WINDOW_S` (telemetry plus the
    router's per-lane tallies) goes to the tuners (`optimization.algorithms`) whose parameter an
    operator has not pinned; the first proposal starts an experiment. One experiment per provider
    at a time, so every effect is attributable to one change (the lane has one canary split, and
@@ -14,7 +20,7 @@ Each tick, for every provider:
    steady stream of proposals cannot starve the others, the tuners are asked **round-robin**,
    starting after the one whose proposal started the last experiment; a timeout raise while
    timeouts pile up goes first all the same, because every minute of it fails payments.
-3. A change reverted as "ineffective" (a timeout raise that rescued no calls while calls still
+4. A change reverted as "ineffective" (a timeout raise that rescued no calls while calls still
    timed out: they hang, see `optimization.canary`) is not proposed again in the same direction
    for `INEFFECTIVE_COOLDOWN_S`: the evidence that proposed it is the evidence it was just
    measured against.
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -60,6 +67,7 @@ from mcp_autonomy.autonomy.optimization import (
     Proposal,
     RateLimitTuner,
     RateLimitTunerConfig,
+    RestoringTuner,
     RetryTuner,
     RetryTunerConfig,
     TimeoutTuner,
@@ -106,6 +114,9 @@ default back at once, between ticks."""
 INEFFECTIVE_COOLDOWN_S: Final = EVIDENCE_WINDOW_S
 """After an "ineffective" revert, the same direction of the same parameter rests this long: the
 evidence window then holds the experiment's own minutes."""
+RESTORE_WINDOW_S: Final = 300.0
+"""The recent window a `RestoringTuner` reads to tell whether a cut below the default has lost its
+reason (five minutes: long enough for a handful of retries, short enough to follow a regime)."""
 STATE_TUNABLES: Final = "tunables"
 STATE_PINS: Final = "pins"
 
@@ -299,6 +310,8 @@ class AutoOptimizer(Component):
             return
         for provider in self.providers.names():
             self._remember_tally(provider)
+            if self._restore_expired_cuts(provider):
+                continue
             experiment = self._experiments.get(provider)
             if experiment is not None:
                 self._evaluate(provider, experiment)
@@ -410,10 +423,12 @@ class AutoOptimizer(Component):
         measured on; when the provider slows down, every call past it fails a payment, and the next
         tick may be a minute away. `GUARD_TIMEOUTS` calls within `GUARD_WINDOW_S` that timed out,
         or answered after `router.NEAR_TIMEOUT_SHARE` of the timeout (the slowdown seen before it
-        costs a payment), restore the default at once (an experiment in flight on another parameter is ended first: its arms
-        would no longer compare like with like). A timeout canary is left to its statistical
-        verdict: only its share of the traffic runs the candidate. The tuner may cut the timeout
-        again later, on new evidence. Runs inside the payment's call path, so it only changes
+        costs a payment), restore the default at once. An experiment in flight is ended first:
+        its arms would no longer compare like with like. That includes a canary cutting the
+        timeout below the default: its arm is where the payments fail, and waiting minutes for a
+        statistical verdict on a cut that times calls out costs payments. A canary raising the
+        timeout from the default is left alone. The tuner may cut the timeout again later, on new
+        evidence. Runs inside the payment's call path, so it only changes
         state (no I/O, no waiting).
         """
         if self.router is None or self.mode is Mode.OFF:
@@ -425,16 +440,15 @@ class AutoOptimizer(Component):
             seen.popleft()
         if len(seen) < GUARD_TIMEOUTS or "timeout_s" in self._pins.get(provider, {}):
             return
-        lane_timeout = self.router.lane(provider).tunables.timeout_s
+        default = default_tunables(provider).timeout_s
+        lane_cut = self.router.lane(provider).tunables.timeout_s < default
         experiment = self._experiments.get(provider)
-        if (
+        canary_cut = (
             experiment is not None
             and experiment.record.mode == "canary"
-            and experiment.record.parameter == "timeout_s"
-        ):
-            return  # a timeout canary is judged by its statistical test (its arm bounds the damage)
-        default = default_tunables(provider).timeout_s
-        if lane_timeout >= default:
+            and experiment.candidate.timeout_s < default
+        )
+        if not (lane_cut or canary_cut):
             return
         count = len(seen)
         timeouts = sum(1 for _, out in seen if out)
@@ -443,6 +457,59 @@ class AutoOptimizer(Component):
             f"{count} calls within {GUARD_WINDOW_S:g} s timed out ({timeouts}) or answered after "
             f"{NEAR_TIMEOUT_SHARE:.0%} of the timeout ({count - timeouts})"
         )
+        self._restore_default(
+            provider,
+            "timeout_s",
+            why=f"timeout guard: {why}",
+            evidence={
+                "calls_at_or_near_timeout": float(count),
+                "timeouts": float(timeouts),
+                "window_s": GUARD_WINDOW_S,
+            },
+            verdict="guard: restored without an experiment (the safe direction, payments failing now)",
+        )
+
+    # --- expired cuts -------------------------------------------------------------------
+
+    def _restore_expired_cuts(self, provider: str) -> bool:
+        """Ask every `RestoringTuner` whether a cut below the default lost its reason; True if one
+        was restored (see `RestoringTuner`: the recent window is `RESTORE_WINDOW_S`)."""
+        assert self.router is not None
+        pinned = self._pins.get(provider, {})
+        recent: LaneEvidence | None = None
+        for tuner in self.tuners:
+            if not isinstance(tuner, RestoringTuner) or tuner.parameter in pinned:
+                continue
+            if tuner.parameter not in LIVE_PARAMETERS:
+                continue
+            current = self.router.lane(provider).tunables
+            recent = recent if recent is not None else self.evidence(provider, RESTORE_WINDOW_S)
+            proposal = tuner.restore(provider, current, recent)
+            if proposal is None:
+                continue
+            self._restore_default(
+                provider,
+                proposal.parameter,
+                why=proposal.reason,
+                evidence=proposal.evidence,
+                verdict="restored without an experiment: back to the provider's documented default",
+            )
+            return True
+        return False
+
+    def _restore_default(
+        self, provider: str, parameter: str, *, why: str, evidence: Mapping[str, float], verdict: str
+    ) -> None:
+        """Put `parameter` back to the provider's documented default on all traffic, at once.
+
+        For changes that cannot wait for a canary because payments are failing now, and that are
+        never less safe than the cut they undo (the timeout guard, an expired retry cut). An
+        experiment in flight is ended first: its arms would no longer compare like with like, and
+        if it was trying a cut of this very parameter, ending it is the restore. The lane's value,
+        if still off the default, is then set to the default, with a kept record that says why.
+        """
+        assert self.router is not None
+        default = float(getattr(default_tunables(provider), parameter))
         if self.dry_run:
             self._actions_dry_run += 1
             self.bus.emit(
@@ -451,50 +518,43 @@ class AutoOptimizer(Component):
                 provider=provider,
                 dry_run=True,
                 severity=Severity.WARNING,
-                message=f"{provider}: {why}: would restore the default timeout {default:g} s",
-                data={
-                    "calls": count,
-                    "timeouts": timeouts,
-                    "window_s": GUARD_WINDOW_S,
-                    "timeout_s": lane_timeout,
-                },
+                message=f"{provider}: {why}: would restore the default {parameter} {default:g}",
+                data={"parameter": parameter, **evidence},
             )
             return
+        experiment = self._experiments.get(provider)
         if experiment is not None:
-            self._end_experiment(provider, experiment, f"ended by the timeout guard ({why})")
+            self._end_experiment(provider, experiment, f"ended: {why}")
         current = self.router.lane(provider).tunables
-        if current.timeout_s >= default:
+        old = float(getattr(current, parameter))
+        if old == default:
             return
         self._seq += 1
         record = Optimization(
-            id=f"opt-{provider}-timeout_s-{round(self.clock.now() * 1000)}-{self._seq}",
+            id=f"opt-{provider}-{parameter}-{round(self.clock.now() * 1000)}-{self._seq}",
             provider=provider,
-            parameter="timeout_s",
-            old_value=current.timeout_s,
+            parameter=parameter,
+            old_value=old,
             new_value=default,
             status=OptimizationStatus.KEPT,
             mode="before_after",
             share=1.0,
-            reason=f"timeout guard: {why} at {current.timeout_s:g} s; the provider's default "
-            f"{default:g} s restored at once",
-            evidence={
-                "calls_at_or_near_timeout": float(count),
-                "timeouts": float(timeouts),
-                "window_s": GUARD_WINDOW_S,
-                "timeout_s": current.timeout_s,
-            },
+            reason=f"{why} at {parameter} {old:g}; the provider's default {default:g} restored at once",
+            evidence={**{k: round(float(v), 6) for k, v in evidence.items()}, parameter: old},
             created_at=self.clock.now(),
             decided_at=self.clock.now(),
             decided_by="engine",
-            verdict="guard: restored without an experiment (the safe direction, payments failing now)",
+            verdict=verdict,
         )
-        self.router.set_tunables(provider, current.model_copy(update={"timeout_s": default}))
+        self.router.set_tunables(
+            provider, apply_proposal(current, Proposal(parameter, old, default, why, {}))
+        )
         self._save(record)
         self._save_tunables()
         self._actions_taken += 1
         self._emit(
             record,
-            f"timeout guard: {why} at {current.timeout_s:g} s, restored the default {default:g} s",
+            f"{why} at {old:g}, restored the default {parameter} {default:g}",
             severity=Severity.WARNING,
         )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_autonomy.autonomy.optimization import LaneEvidence, Proposal
+from mcp_autonomy.autonomy.optimization import LaneEvidence, Proposal, RetryTuner
 from mcp_autonomy.autonomy.optimizer import (
     GUARD_TIMEOUTS,
     GUARD_WINDOW_S,
@@ -196,7 +196,7 @@ async def test_timeouts_piling_up_on_a_cut_timeout_restore_the_default_at_once(
     assert (record.parameter, record.old_value, record.new_value) == ("timeout_s", 2.0, 10.0)
     assert record.status is OptimizationStatus.KEPT and record.decided_by == "engine"
     assert f"{GUARD_TIMEOUTS} calls within 30 s timed out ({GUARD_TIMEOUTS})" in record.reason
-    assert "at 2 s" in record.reason
+    assert "at timeout_s 2;" in record.reason and record.evidence["timeout_s"] == 2.0
     # Every one of those payments was found by the status query: none lost, none sent twice.
     assert all(count == 1 for count in adapter.charges.values()) and len(adapter.charges) == GUARD_TIMEOUTS
 
@@ -236,20 +236,32 @@ async def test_the_guard_leaves_default_pinned_and_sparse_timeouts_alone(
     assert lane.tunables.timeout_s == 2.0 and opt.optimizations() == []
 
 
-async def test_the_guard_leaves_a_timeout_canary_to_its_test_and_ends_other_experiments(
+async def test_the_guard_ends_a_timeout_cut_canary_and_any_experiment_on_a_cut_lane(
     clock: ManualClock, parts: Parts
 ) -> None:
     router = parts[0]
     lane = router.lane(PROVIDER)
-    timeout = ScriptedTuner("timeout_s", cut_timeout())
+    timeout = ScriptedTuner("timeout_s", pileup_raise(10.0, 15.0))
     retry = ScriptedTuner("max_attempts")
     opt = optimizer(clock, parts, timeout, retry)
+    # A raise from the default is not the guard's business: nothing was cut.
+    timeout.proposal = Proposal("timeout_s", 10.0, 15.0, "scripted raise")
     await opt.tick()
     assert running(opt) == "timeout_s" and lane.canary is not None
-    for _ in range(GUARD_TIMEOUTS):  # the canary arm's timeouts: its verdict will say
+    for _ in range(GUARD_TIMEOUTS):
         opt.on_timeout(PROVIDER)
     assert running(opt) == "timeout_s" and lane.canary is not None
     end_experiment(opt)
+    # A canary cutting the timeout: its arm is where payments time out, so it ends at once.
+    timeout.proposal = cut_timeout()
+    await clock.advance(GUARD_WINDOW_S + 1)
+    await opt.tick()
+    assert running(opt) == "timeout_s" and lane.canary is not None
+    for _ in range(GUARD_TIMEOUTS):
+        opt.on_timeout(PROVIDER)
+    assert running(opt) is None and lane.canary is None and lane.tunables.timeout_s == 10.0
+    cut = next(o for o in opt.optimizations(provider=PROVIDER) if o.new_value == 5.0)
+    assert cut.status is OptimizationStatus.REVERTED and "timeout guard" in (cut.verdict or "")
     # A cut timeout kept earlier, and an experiment on the attempts in flight when timeouts pile up.
     router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"timeout_s": 2.0}))
     timeout.proposal, retry.proposal = None, one_attempt_less()
@@ -262,3 +274,50 @@ async def test_the_guard_leaves_a_timeout_canary_to_its_test_and_ends_other_expe
     ended = next(o for o in opt.optimizations(provider=PROVIDER) if o.parameter == "max_attempts")
     assert ended.status is OptimizationStatus.REVERTED and "timeout guard" in (ended.verdict or "")
     assert lane.tunables.timeout_s == 10.0 and lane.tunables.max_attempts == 3
+
+
+# --- expired cuts ---------------------------------------------------------------------------
+
+
+async def pay_one(clock: ManualClock, router: PaymentRouter, key: str) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(router.submit, hanging_payment(key))
+        await clock.advance(5.0)  # past any backoff of the one retry
+
+
+async def test_a_retry_cut_comes_back_as_soon_as_retries_save_payments_again(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router, registry = parts[0], parts[4]
+    adapter = registry.get(PROVIDER).adapter
+    assert isinstance(adapter, ScriptedAdapter)
+    opt = optimizer(clock, parts, RetryTuner())  # type: ignore[arg-type]
+    lane = router.lane(PROVIDER)
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"max_attempts": 2}))  # cut in an outage
+    await opt.tick()  # the tally's starting point
+    # Still the outage: both attempts refused. The cut keeps its reason.
+    for i in range(4):  # (8 calls: under the breaker's minimum, so the lane stays open to traffic)
+        adapter.behaviours += ["refuse", "refuse"]
+        await pay_one(clock, router, f"outage-{i:03d}")
+    await opt.tick()
+    assert lane.tunables.max_attempts == 2 and opt.optimizations() == []
+    # Blips: every other payment's first attempt refused and its retry accepted, within 5 minutes.
+    await clock.advance(30.0)
+    for i in range(10):
+        adapter.behaviours += ["refuse", "ok", "ok"]
+        await pay_one(clock, router, f"blip-{i:03d}")
+        await pay_one(clock, router, f"clean-{i:03d}")
+    await opt.tick()
+    assert lane.tunables.max_attempts == 3  # paystack's default, without a canary
+    (record,) = opt.optimizations(provider=PROVIDER)
+    assert (record.parameter, record.old_value, record.new_value) == ("max_attempts", 2.0, 3.0)
+    assert record.status is OptimizationStatus.KEPT and record.mode == "before_after"
+    assert "10 of 14 retries in the last 300 s saved a payment" in record.reason
+    # An operator's pin is never touched.
+    opt.set_provider_config(PROVIDER, {"max_attempts": 2}, pin=True, reason="test: operator's choice")
+    for i in range(10):
+        adapter.behaviours += ["refuse", "ok", "ok"]
+        await pay_one(clock, router, f"pinned-{i:03d}")
+        await pay_one(clock, router, f"pinned-clean-{i:03d}")
+    await opt.tick()
+    assert lane.tunables.max_attempts == 2

@@ -79,6 +79,9 @@ DEFAULT_MIN_TRANSIENT_SHARE: Final = 0.5  # ... and most errors are the kind a r
 DEFAULT_MIN_ATTEMPTS: Final = 2
 DEFAULT_MAX_ATTEMPTS: Final = 5  # below retry.MAX_ATTEMPTS_LIMIT: more only multiplies load
 DEFAULT_CONSERVATIVE_MIN_ATTEMPTS: Final = 2  # conservative mode always keeps one retry
+# A cut expires with its reason: attempts below the provider's default come back as soon as this
+# many retries in a short recent window recovered at `high_recovery_rate` or better.
+DEFAULT_RESTORE_MIN_RETRIES: Final = 10
 
 DEFAULT_RATE_MIN_CALLS: Final = 100
 DEFAULT_RATE_LIMITED_SHARE: Final = 0.01  # >= 1 % of calls answered 429: multiplicative decrease
@@ -256,6 +259,19 @@ class Tuner(Protocol):
     def propose(
         self, provider: str, current: ProviderTunables, evidence: LaneEvidence, *, conservative: bool
     ) -> Proposal | None: ...
+
+
+@runtime_checkable
+class RestoringTuner(Tuner, Protocol):
+    """A tuner whose cuts below the provider's default expire with the reason for them.
+
+    `restore` reads a short recent window (the optimizer's `RESTORE_WINDOW_S`, not the tuner's
+    long one) and proposes the provider's documented default when the condition that justified
+    the cut no longer holds. The optimizer applies such a proposal at once, without a canary:
+    it moves back to the documented default, which is never less safe than the cut.
+    """
+
+    def restore(self, provider: str, current: ProviderTunables, recent: LaneEvidence) -> Proposal | None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,10 +468,12 @@ class RetryTunerConfig:
     min_attempts: int = DEFAULT_MIN_ATTEMPTS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     conservative_min_attempts: int = DEFAULT_CONSERVATIVE_MIN_ATTEMPTS
+    restore_min_retries: int = DEFAULT_RESTORE_MIN_RETRIES
 
     def __post_init__(self) -> None:
         owner = "RetryTunerConfig"
         _require_count(owner, "min_retries", self.min_retries)
+        _require_count(owner, "restore_min_retries", self.restore_min_retries)
         _require_fraction(owner, "low_recovery_rate", self.low_recovery_rate)
         _require(
             _is_number(self.high_recovery_rate) and self.low_recovery_rate < self.high_recovery_rate <= 1,
@@ -503,6 +521,11 @@ class RetryTuner:
     Between the two rates nothing changes: that band is the hysteresis. With `max_attempts` = 1
     no retries are sent, so there is no evidence to raise it from: that is why the default
     `min_attempts` is 2, and why a lane an operator set to 1 is left to the operator.
+
+    A cut expires with its reason (`restore`): it was made because retries stopped saving
+    payments (an outage), so once `restore_min_retries` retries in the recent window recover at
+    `high_recovery_rate` or better, the provider's default comes back at once. Waiting for the
+    long window to forget the outage cost a transient regime after it a few points of success.
     """
 
     parameter: str = "max_attempts"
@@ -557,6 +580,33 @@ class RetryTuner:
         if transient is not None:
             figures_used["transient_share"] = transient
         return Proposal(self.parameter, float(now), float(target), reason, figures_used)
+
+    def restore(self, provider: str, current: ProviderTunables, recent: LaneEvidence) -> Proposal | None:
+        """The provider's default attempts, when a cut below it no longer has its reason."""
+        cfg = self.config
+        now, default = current.max_attempts, default_tunables(provider).max_attempts
+        recovery = recent.recovery_on_retry_rate
+        if (
+            now >= default
+            or now < 2  # one attempt sends no retries: an operator's setting, not the tuner's cut
+            or recovery is None
+            or recent.retries_sent < cfg.restore_min_retries
+            or recovery < cfg.high_recovery_rate
+        ):
+            return None
+        reason = (
+            f"{recent.recovered_on_retry} of {recent.retries_sent} retries in the last "
+            f"{recent.window_s:g} s saved a payment ({recovery:.0%}, at least {cfg.high_recovery_rate:.0%}): "
+            f"retries pay again, so the cut to {now} attempts has lost its reason; the provider's "
+            f"default {default} restored"
+        )
+        figures = {
+            "window_s": recent.window_s,
+            "retries_sent": float(recent.retries_sent),
+            "recovered_on_retry": float(recent.recovered_on_retry),
+            "recovery_on_retry_rate": recovery,
+        }
+        return Proposal(self.parameter, float(now), float(default), reason, figures)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from mcp_autonomy.autonomy.optimization import (
     Proposal,
     RateLimitTuner,
     RateLimitTunerConfig,
+    RestoringTuner,
     RetryTuner,
     RetryTunerConfig,
     TimeoutTuner,
@@ -256,6 +257,26 @@ def test_retries_need_enough_evidence_and_a_clear_signal() -> None:
         calls=1000, successes=1000, retries_sent=100, recovered_on_retry=30, retries_exhausted=50
     )
     assert tuner.propose("paystack", tunables(), middling, conservative=False) is None
+
+
+def test_a_retry_cut_expires_when_retries_recover_again() -> None:
+    tuner = RetryTuner()
+    assert isinstance(tuner, RestoringTuner)
+    recovering = evidence(calls=120, successes=110, not_processed=10, retries_sent=12, recovered_on_retry=9)
+    restored = tuner.restore("paystack", tunables(max_attempts=2), recovering)
+    assert restored is not None and (restored.old_value, restored.new_value) == (2, 3)  # paystack's default
+    assert "9 of 12 retries in the last 300 s saved a payment (75%" in restored.reason
+    assert restored.evidence["recovery_on_retry_rate"] == 0.75
+    # Still an outage (retries fail), too few retries to tell, or nothing cut: no restore.
+    outage = evidence(calls=120, successes=60, not_processed=60, retries_sent=40, recovered_on_retry=3)
+    assert tuner.restore("paystack", tunables(max_attempts=2), outage) is None
+    few = evidence(calls=60, successes=58, not_processed=2, retries_sent=4, recovered_on_retry=4)
+    assert tuner.restore("paystack", tunables(max_attempts=2), few) is None
+    assert tuner.restore("paystack", tunables(max_attempts=3), recovering) is None
+    assert tuner.restore("paystack", tunables(max_attempts=4), recovering) is None  # above: the canary's job
+    assert tuner.restore("paystack", tunables(max_attempts=1), recovering) is None  # an operator's choice
+    with pytest.raises(ValueError, match="restore_min_retries must be"):
+        RetryTunerConfig(restore_min_retries=0)
 
 
 # -- rate limit --------------------------------------------------------------------------------
