@@ -19,7 +19,8 @@ Each tick, for every provider:
    a before/after change moves both arms of any canary beside it). So that one tuner with a
    steady stream of proposals cannot starve the others, the tuners are asked **round-robin**,
    starting after the one whose proposal started the last experiment; a timeout raise while
-   timeouts pile up goes first all the same, because every minute of it fails payments.
+   timeouts pile up goes first all the same, because every minute of it fails payments, and in
+   an outage a lower breaker threshold goes before a retry cut (`_urgency`).
 4. A change reverted as "ineffective" (a timeout raise that rescued no calls while calls still
    timed out: they hang, see `optimization.canary`) is not proposed again in the same direction
    for `INEFFECTIVE_COOLDOWN_S`: the evidence that proposed it is the evidence it was just
@@ -28,17 +29,22 @@ Each tick, for every provider:
 Parameters the router applies per payment (timeout, attempts, backoff) are tried as a **canary**:
 `CANARY_SHARE` of the provider's payments (a stable hash of the idempotency key) use the
 candidate while the rest, over the same minutes, is the baseline. Parameters that cannot be split
-(the rate limit is one bucket for the lane) are applied to all traffic and compared **before /
-after**: the baseline is the window measured just before the change. So is a timeout raise while
-timeouts pile up: it is the safer direction, and a half-and-half canary would keep failing the
-other half's slow payments for as long as it runs. The breaker's failure-rate threshold and
-the status-cache TTL have tuners but no live path yet (the breaker's threshold is read once, and
-there is no status cache): they are not proposed live. The breaker's open period
-(`breaker_wait_s`) has a live path (operators set it with `set_provider_config`) and a tuner
-(`BreakerWaitTuner`, from the half-open trials), but the tuner is not live: measured in
-`benchmarks/optimizer_effect.py`, halving the period when trials found the provider back made a
-periodic outage worse (33.4 % vs 36.1 % success: the breaker's own doubling back-off then meets
-the down phases), and before/after judging across a regime change reverted it anyway.
+per payment (the rate limit is one bucket for the lane, the breaker one window) are judged by
+**switchback**: all traffic runs the candidate for one optimizer interval, the previous value for
+the next, and so on, and the candidate's intervals are compared with the previous value's. A
+regime change then hits both arms alike; comparing with the window before the change did not
+(the rate-limit and breaker experiments of earlier versions were judged against another
+regime). A timeout raise while timeouts pile up is applied to all traffic at once and compared
+**before / after** with the window before: it is the safer direction, and a half-and-half canary
+(or a switchback) would keep failing slow payments for as long as it runs; it is judged by the
+calls it rescued. The breaker's failure-rate threshold is tuned live (`BreakerThresholdTuner`:
+never under the provider's normal error level, lower during an outage, back to the default when
+the outage ends). The status-cache TTL has a tuner but no live path (there is no status cache
+yet). The breaker's open period (`breaker_wait_s`) has a live path (operators set it with
+`set_provider_config`) and a tuner (`BreakerWaitTuner`, from the half-open trials), but the
+tuner is not live: measured in `benchmarks/optimizer_effect.py`, halving the period when trials
+found the provider back made a periodic outage worse (33.4 % vs 36.1 % success: the breaker's
+own doubling back-off then meets the down phases).
 
 `CONSERVATIVE_MODE` only ever widens safety margins (the tuners' conservative configurations) and
 halves the canary share. Operator overrides (`set_provider_config`) pin a parameter: the optimizer
@@ -52,17 +58,21 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from mcp_autonomy.autonomy.component import Component, Mode
 from mcp_autonomy.autonomy.optimization import (
     ArmSamples,
+    BreakerThresholdTuner,
+    BreakerThresholdTunerConfig,
     CanaryConfig,
     CanaryDecision,
+    CanaryVerdict,
     LaneEvidence,
     Proposal,
     RateLimitTuner,
@@ -102,7 +112,7 @@ MAX_EXPERIMENT_S: Final = 1800.0
 """An experiment still undecided after this long is reverted."""
 SPLITTABLE: Final = frozenset({"timeout_s", "max_attempts", "base_delay_s"})
 """Parameters the router applies per payment: these get a concurrent canary."""
-LIVE_PARAMETERS: Final = ("timeout_s", "max_attempts", "rate_limit_per_s")
+LIVE_PARAMETERS: Final = ("timeout_s", "max_attempts", "rate_limit_per_s", "breaker_failure_rate")
 """Parameters the optimizer tunes live (see the module docstring for the others)."""
 PILEUP_TIMEOUT_SHARE: Final = 0.01
 """A timeout raise proposed while this share of calls times out is applied to all traffic at once."""
@@ -139,9 +149,10 @@ class Optimization(BaseModel):
     old_value: float
     new_value: float
     status: OptimizationStatus
-    mode: Literal["canary", "before_after"] = Field(
+    mode: Literal["canary", "before_after", "switchback"] = Field(
         description="canary: a share of traffic against the concurrent rest; before_after: all traffic, "
-        "compared with the window just before"
+        "compared with the window just before; switchback: all traffic alternating between the new and "
+        "the old value every optimizer interval, the two sets of intervals compared"
     )
     share: float
     reason: str
@@ -188,9 +199,62 @@ class _TallyPoint:
 class _Experiment:
     record: Optimization
     candidate: ProviderTunables
-    previous: ProviderTunables
     started_mono: float
     baseline: ArmSamples | None  # before/after: the window before; canary: read from the split
+    # Switchback only: the arm the lane runs in the current slot, the lane's tally when the slot
+    # began, and each arm's samples from its slots so far.
+    slot_arm: Literal["candidate", "previous"] = "candidate"
+    slot_start: _TallyPoint | None = None
+    slots: dict[str, list[ArmSamples]] = field(default_factory=lambda: {"candidate": [], "previous": []})
+
+
+def _slot_delta(newest: _TallyPoint, start: _TallyPoint) -> _TallyPoint:
+    return _TallyPoint(
+        newest.at - start.at,
+        newest.calls - start.calls,
+        newest.successes - start.successes,
+        newest.retries_sent - start.retries_sent,
+        newest.timeouts - start.timeouts,
+        newest.recovered_on_retry - start.recovered_on_retry,
+        newest.retries_exhausted - start.retries_exhausted,
+        newest.trials_passed - start.trials_passed,
+        newest.trials_failed - start.trials_failed,
+    )
+
+
+def _merged(samples: list[ArmSamples]) -> ArmSamples:
+    """One arm's slots as one sample (latencies concatenated, counts summed)."""
+    if not samples:
+        return ArmSamples(latencies_ms=(), successes=0, calls=0)
+    return ArmSamples(
+        latencies_ms=np.concatenate([s.latency_array for s in samples]),
+        successes=sum(s.successes for s in samples),
+        calls=sum(s.calls for s in samples),
+        retries_sent=sum(s.retries_sent for s in samples),
+        timeouts=sum(s.timeouts for s in samples),
+    )
+
+
+def _is_outage_breaker_cut(proposal: Proposal) -> bool:
+    """A breaker threshold lowered because retries stopped saving payments (an outage)."""
+    return (
+        proposal.parameter == "breaker_failure_rate"
+        and proposal.new_value < proposal.old_value
+        and "recovery_on_retry_rate" in proposal.evidence
+    )
+
+
+def _urgency(proposal: Proposal) -> int:
+    """Which proposal goes first, whatever the round-robin turn (lower first): a timeout raise
+    while timeouts pile up fails payments every minute it waits; in an outage the breaker sheds
+    the calls that fail anyway, while a retry cut also drops the retries that save payments at
+    the edges of the bad stretches (measured: 39.7 % of payments through and 104 retries at a
+    0.35 threshold, 33.9 % and 120 at 2 attempts, 36.3 % and 169 with neither)."""
+    if _is_pileup_raise(proposal):
+        return 0
+    if _is_outage_breaker_cut(proposal):
+        return 1
+    return 2
 
 
 def _is_pileup_raise(proposal: Proposal) -> bool:
@@ -207,6 +271,7 @@ def _live_tuners() -> tuple[Tuner, ...]:
         TimeoutTuner(TimeoutTunerConfig()),
         RetryTuner(RetryTunerConfig()),
         RateLimitTuner(RateLimitTunerConfig()),
+        BreakerThresholdTuner(BreakerThresholdTunerConfig()),
     )
 
 
@@ -347,17 +412,7 @@ class AutoOptimizer(Component):
             return _TallyPoint(0.0, 0, 0, 0, 0, 0, 0)
         newest = history[-1]
         start = next((p for p in history if newest.at - p.at <= window_s), history[0])
-        return _TallyPoint(
-            newest.at - start.at,
-            newest.calls - start.calls,
-            newest.successes - start.successes,
-            newest.retries_sent - start.retries_sent,
-            newest.timeouts - start.timeouts,
-            newest.recovered_on_retry - start.recovered_on_retry,
-            newest.retries_exhausted - start.retries_exhausted,
-            newest.trials_passed - start.trials_passed,
-            newest.trials_failed - start.trials_failed,
-        )
+        return _slot_delta(newest, start)
 
     def evidence(self, provider: str, window_s: float = EVIDENCE_WINDOW_S) -> LaneEvidence:
         """What the tuners read for `provider`: telemetry plus the router's lane tallies."""
@@ -410,7 +465,7 @@ class AutoOptimizer(Component):
             proposals.append((index, proposal))
         if not proposals:
             return
-        index, proposal = next(((i, p) for i, p in proposals if _is_pileup_raise(p)), proposals[0])
+        index, proposal = min(proposals, key=lambda item: _urgency(item[1]))  # stable: the turn breaks ties
         self._next_tuner[provider] = index + 1
         self._start(provider, proposal, current)
 
@@ -570,8 +625,8 @@ class AutoOptimizer(Component):
         assert self.router is not None
         self.router.stop_canary(provider)
         self._experiments.pop(provider, None)
-        self.router.set_tunables(provider, experiment.previous)
         record = experiment.record
+        self._set_parameter(provider, record.parameter, record.old_value)
         record.status = OptimizationStatus.REVERTED
         record.decided_at = self.clock.now()
         record.decided_by = decided_by
@@ -589,9 +644,15 @@ class AutoOptimizer(Component):
         candidate = apply_proposal(current, proposal)
         # A longer timeout while timeouts pile up is the safer direction, and every minute on a
         # half-and-half canary fails the other half's slow payments: apply it to all traffic at
-        # once and judge it against the window before.
-        pileup_raise = _is_pileup_raise(proposal)
-        splittable = proposal.parameter in SPLITTABLE and not pileup_raise
+        # once and judge it against the window before. What the router cannot split per payment
+        # is judged by switchback: whole slots alternate between the candidate and the value before.
+        mode: Literal["canary", "before_after", "switchback"]
+        if _is_pileup_raise(proposal):
+            mode = "before_after"
+        elif proposal.parameter in SPLITTABLE:
+            mode = "canary"
+        else:
+            mode = "switchback"
         self._seq += 1
         record = Optimization(
             id=f"opt-{provider}-{proposal.parameter}-{round(self.clock.now() * 1000)}-{self._seq}",
@@ -600,8 +661,8 @@ class AutoOptimizer(Component):
             old_value=proposal.old_value,
             new_value=float(getattr(candidate, proposal.parameter)),
             status=OptimizationStatus.CANARY,
-            mode="canary" if splittable else "before_after",
-            share=self.canary_share if splittable else 1.0,
+            mode=mode,
+            share=self.canary_share if mode == "canary" else 1.0 if mode == "before_after" else 0.5,
             reason=proposal.reason,
             evidence={k: round(float(v), 6) for k, v in proposal.evidence.items()},
             created_at=self.clock.now(),
@@ -614,28 +675,39 @@ class AutoOptimizer(Component):
             self._emit(record, f"would try {record.parameter} {record.old_value:g} -> {record.new_value:g}")
             self._actions_dry_run += 1
             return
-        baseline: ArmSamples | None = None
-        if splittable:
-            self.router.start_canary(provider, record.id, record.parameter, candidate, share=record.share)
-        else:
-            baseline = self._window_samples(provider, EVIDENCE_WINDOW_S)
-            self.router.set_tunables(provider, candidate)
-            self.router.start_canary(provider, record.id, record.parameter, candidate, share=1.0)
-        self._experiments[provider] = _Experiment(
-            record=record,
-            candidate=candidate,
-            previous=current,
-            started_mono=self.clock.monotonic(),
-            baseline=baseline,
+        experiment = _Experiment(
+            record=record, candidate=candidate, started_mono=self.clock.monotonic(), baseline=None
         )
+        if mode == "canary":
+            self.router.start_canary(provider, record.id, record.parameter, candidate, share=record.share)
+            how = f"canary on {record.share:.0%} of payments"
+        elif mode == "before_after":
+            experiment.baseline = self._window_samples(provider, EVIDENCE_WINDOW_S)
+            self._set_parameter(provider, record.parameter, record.new_value)
+            self.router.start_canary(provider, record.id, record.parameter, candidate, share=1.0)
+            how = "applied to all traffic, compared with the previous window"
+        else:
+            history = self._tally_history.get(provider)
+            experiment.slot_start = history[-1] if history else None
+            self._set_parameter(provider, record.parameter, record.new_value)
+            how = (
+                f"switchback: all traffic alternates between {record.new_value:g} and {record.old_value:g} "
+                "every optimizer interval, and the two sets of slots are compared"
+            )
+        self._experiments[provider] = experiment
         self._save(record)
         self._actions_taken += 1
-        how = (
-            f"canary on {record.share:.0%} of payments"
-            if splittable
-            else "applied to all traffic, compared with the previous window"
-        )
         self._emit(record, f"trying {record.parameter} {record.old_value:g} -> {record.new_value:g} ({how})")
+
+    def _set_parameter(self, provider: str, parameter: str, value: float) -> None:
+        """Set one tunable on the lane, leaving the others as they are now (an operator may have
+        changed one since the experiment began)."""
+        assert self.router is not None
+        current = self.router.lane(provider).tunables
+        if float(getattr(current, parameter)) != value:
+            self.router.set_tunables(
+                provider, apply_proposal(current, Proposal(parameter, 0.0, value, "", {}))
+            )
 
     def _window_samples(self, provider: str, window_s: float) -> ArmSamples:
         assert self.telemetry is not None
@@ -660,30 +732,73 @@ class AutoOptimizer(Component):
 
     def _evaluate(self, provider: str, experiment: _Experiment) -> None:
         assert self.router is not None
-        split = self.router.lane(provider).canary
         record = experiment.record
+        if record.mode == "switchback":
+            self._evaluate_switchback(provider, experiment)
+            return
+        split = self.router.lane(provider).canary
         if split is None or split.optimization_id != record.id:  # ended elsewhere (operator)
             self._experiments.pop(provider, None)
             return
         canary = self._samples(split.canary)
         baseline = experiment.baseline if experiment.baseline is not None else self._samples(split.baseline)
-        final = self.clock.monotonic() - experiment.started_mono >= MAX_EXPERIMENT_S
-        verdict = evaluate(
+        verdict = self._verdict(experiment, baseline, canary)
+        if verdict.decision is not CanaryDecision.CONTINUE:
+            self._decide(provider, experiment, verdict)
+
+    def _evaluate_switchback(self, provider: str, experiment: _Experiment) -> None:
+        """Close the slot that just ended into its arm, judge both arms' slots so far, and, while
+        the verdict is "continue", hand the lane to the other arm for the next slot."""
+        assert self.telemetry is not None
+        history = self._tally_history.get(provider)
+        if not history:
+            return
+        newest = history[-1]
+        start = experiment.slot_start
+        if start is not None and newest.at > start.at:
+            counts = _slot_delta(newest, start)
+            experiment.slots[experiment.slot_arm].append(
+                ArmSamples(
+                    latencies_ms=self.telemetry.provider(provider).latencies_ms(counts.at),
+                    successes=min(counts.successes, counts.calls),
+                    calls=counts.calls,
+                    retries_sent=counts.retries_sent,
+                    timeouts=counts.timeouts,
+                )
+            )
+        experiment.slot_start = newest
+        verdict = self._verdict(
+            experiment, _merged(experiment.slots["previous"]), _merged(experiment.slots["candidate"])
+        )
+        if verdict.decision is not CanaryDecision.CONTINUE:
+            self._decide(provider, experiment, verdict)
+            return
+        record = experiment.record
+        experiment.slot_arm = "previous" if experiment.slot_arm == "candidate" else "candidate"
+        value = record.new_value if experiment.slot_arm == "candidate" else record.old_value
+        self._set_parameter(provider, record.parameter, value)
+
+    def _verdict(self, experiment: _Experiment, baseline: ArmSamples, canary: ArmSamples) -> CanaryVerdict:
+        record = experiment.record
+        return evaluate(
             record.parameter,
             baseline,
             canary,
             self.canary_config,
             old_value=record.old_value,
             new_value=record.new_value,
-            final=final,
-            concurrent=record.mode == "canary",
+            final=self.clock.monotonic() - experiment.started_mono >= MAX_EXPERIMENT_S,
+            concurrent=record.mode != "before_after",
         )
-        if verdict.decision is CanaryDecision.CONTINUE:
-            return
+
+    def _decide(self, provider: str, experiment: _Experiment, verdict: CanaryVerdict) -> None:
+        """Keep or revert on the verdict: the lane gets the candidate's or the old value."""
+        assert self.router is not None
+        record = experiment.record
         self.router.stop_canary(provider)
         self._experiments.pop(provider, None)
         keep = verdict.decision is CanaryDecision.KEEP
-        self.router.set_tunables(provider, experiment.candidate if keep else experiment.previous)
+        self._set_parameter(provider, record.parameter, record.new_value if keep else record.old_value)
         if verdict.outcome == "ineffective":
             raised = record.new_value > record.old_value
             self._cooldown_until[(provider, record.parameter, raised)] = (
@@ -768,6 +883,9 @@ class AutoOptimizer(Component):
                 f"ended by an operator override of {experiment.record.parameter} ({reason})",
                 decided_by="operator",
             )
+        elif experiment is not None:  # an experiment on another parameter goes on, with these values
+            experiment.candidate = experiment.candidate.model_copy(update=values)
+            self.router.override_canary(provider, values)
         self.router.set_tunables(provider, updated)
         if pin:
             self._pins.setdefault(provider, {}).update({k: float(v) for k, v in values.items()})
@@ -804,7 +922,7 @@ class AutoOptimizer(Component):
         if experiment is not None and experiment.record.id == optimization_id:
             self.router.stop_canary(provider)
             self._experiments.pop(provider, None)
-            self.router.set_tunables(provider, experiment.previous)
+            self._set_parameter(provider, record.parameter, record.old_value)
         elif record.status is OptimizationStatus.KEPT:
             current = self.router.lane(provider).tunables
             now_value = float(getattr(current, record.parameter))

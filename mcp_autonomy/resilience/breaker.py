@@ -389,7 +389,8 @@ class CircuitBreaker:
 
     @property
     def config(self) -> BreakerConfig:
-        """The configuration it was built with (and `set_wait_in_open` changed since)."""
+        """The configuration it was built with (and `set_wait_in_open` or
+        `set_failure_rate_threshold` changed since)."""
         return self._config
 
     @property
@@ -412,6 +413,16 @@ class CircuitBreaker:
             wait_in_open_s=wait_s,
             max_wait_in_open_s=max(self._config.max_wait_in_open_s, wait_s),
         )
+
+    def set_failure_rate_threshold(self, threshold: float) -> None:
+        """Change the failure-rate threshold from the next outcome on (the optimizer's live path).
+
+        The window keeps its counts: a window already over the new threshold opens the breaker
+        on the next outcome recorded. Raises `ValueError` naming the field for a value outside
+        (0, 1].
+        """
+        self._config = replace(self._config, failure_rate_threshold=threshold)
+        self._failure_rate_threshold = self._config.failure_rate_threshold
 
     @property
     def state(self) -> BreakerState:

@@ -158,9 +158,13 @@ class PaymentRouter:
             entry = self.registry.get(provider)
             breaker = CircuitBreaker(provider, self.clock, self._breaker_config)
             breaker.on_transition(self._on_breaker_transition)
-            # The lane's open period is the breaker's (a custom BreakerConfig may set another).
+            # The lane's open period and threshold are the breaker's (a custom BreakerConfig may
+            # set others).
             tunables = default_tunables(provider).model_copy(
-                update={"breaker_wait_s": breaker.config.wait_in_open_s}
+                update={
+                    "breaker_wait_s": breaker.config.wait_in_open_s,
+                    "breaker_failure_rate": breaker.config.failure_rate_threshold,
+                }
             )
             lane = ProviderLane(
                 entry=entry,
@@ -176,18 +180,39 @@ class PaymentRouter:
         return lane
 
     def set_tunables(self, provider: str, tunables: ProviderTunables) -> ProviderTunables:
-        """Apply new tunables to a lane now; returns the previous ones."""
+        """Apply new tunables to a lane now; returns the previous ones.
+
+        Only what changed is rebuilt: the retry budget keeps its window and the breaker its counts
+        when another parameter moves (the optimizer's switchback flips one parameter every tick).
+        """
         lane = self.lane(provider)
         previous = lane.tunables
         lane.tunables = tunables
         lane.limiter.set_rate(tunables.rate_limit_per_s, tunables.rate_limit_burst)
-        lane.budget = RetryBudget(self.clock, ratio=tunables.retry_budget_ratio)
-        lane.backoff = Backoff(
-            tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
-        )
+        if tunables.retry_budget_ratio != previous.retry_budget_ratio:
+            lane.budget = RetryBudget(self.clock, ratio=tunables.retry_budget_ratio)
+        if (tunables.base_delay_s, tunables.max_delay_s) != (previous.base_delay_s, previous.max_delay_s):
+            lane.backoff = Backoff(
+                tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
+            )
         if tunables.breaker_wait_s != previous.breaker_wait_s:
             lane.breaker.set_wait_in_open(tunables.breaker_wait_s)
+        if tunables.breaker_failure_rate != previous.breaker_failure_rate:
+            lane.breaker.set_failure_rate_threshold(tunables.breaker_failure_rate)
         return previous
+
+    def override_canary(self, provider: str, values: dict[str, float]) -> None:
+        """Apply an operator's override to the running canary's candidate too (no-op without one),
+        so the canary arm does not keep the values the operator just replaced."""
+        split = self.lane(provider).canary
+        if split is None:
+            return
+        split.tunables = ProviderTunables.model_validate({**split.tunables.model_dump(), **values})
+        split.backoff = Backoff(
+            split.tunables.base_delay_s,
+            max(split.tunables.max_delay_s, split.tunables.base_delay_s),
+            self._rng,
+        )
 
     def start_canary(
         self, provider: str, optimization_id: str, parameter: str, tunables: ProviderTunables, *, share: float

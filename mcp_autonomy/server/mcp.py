@@ -648,9 +648,10 @@ class McpApp:
         @mcp.tool(
             title="Get optimizations",
             description=(
-                "History of tuning changes (timeouts, retries, rate limits, ...) newest first: old and new "
-                "value, the before/after figures, the statistical verdict, and whether it was kept or "
-                "reverted."
+                "History of tuning changes (timeouts, retries, rate limits, breaker thresholds) newest first: "
+                "old and new value, why (the measured figures), how it was tried (mode: canary on a share of "
+                "payments, switchback alternating whole intervals, or before_after), both arms' figures, the "
+                "statistical verdict with p-values, and whether it was kept or reverted."
             ),
             annotations=READ_ONLY,
         )
@@ -668,7 +669,7 @@ class McpApp:
             description=(
                 "One provider's tunables now (timeout_s, max_attempts, base_delay_s, max_delay_s, "
                 "rate_limit_per_s, rate_limit_burst, retry_budget_ratio, status_cache_ttl_s, "
-                "breaker_failure_rate), their documented defaults, the allowed range of each, the values "
+                "breaker_failure_rate, breaker_wait_s), their documented defaults, the allowed range of each, the values "
                 "an operator pinned, and the optimizer's experiment in flight if any."
             ),
             annotations=READ_ONLY,
@@ -726,8 +727,8 @@ class McpApp:
         @mcp.tool(
             title="Revert an optimization",
             description=(
-                "Undo one optimization (ids from get_optimizations): a running canary ends and the lane keeps its "
-                "previous value; a kept change is rolled back to its old value, unless the parameter was changed "
+                "Undo one optimization (ids from get_optimizations): a running experiment ends and the lane gets "
+                "its previous value back; a kept change is rolled back to its old value, unless the parameter was changed "
                 "since (then use set_provider_config). Audited."
             ),
             annotations=ToolAnnotations(

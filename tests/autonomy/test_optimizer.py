@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_autonomy.autonomy.optimization import LaneEvidence, Proposal, RetryTuner
+from mcp_autonomy.autonomy.optimization import CanaryConfig, LaneEvidence, Proposal, RetryTuner
 from mcp_autonomy.autonomy.optimizer import (
     GUARD_TIMEOUTS,
     GUARD_WINDOW_S,
@@ -131,6 +131,25 @@ async def test_a_timeout_raise_in_a_pileup_goes_first_whatever_the_turn(
     await clock.advance(60.0)
     await opt.tick()
     assert running(opt) == "timeout_s"
+
+
+async def test_in_an_outage_a_lower_breaker_threshold_goes_before_a_retry_cut(
+    clock: ManualClock, parts: Parts
+) -> None:
+    retry = ScriptedTuner("max_attempts", one_attempt_less())
+    outage_cut = Proposal(
+        "breaker_failure_rate", 0.5, 0.35, "scripted outage", {"recovery_on_retry_rate": 0.04}
+    )
+    breaker = ScriptedTuner("breaker_failure_rate", outage_cut)
+    opt = optimizer(clock, parts, retry, breaker)  # the retry tuner's turn first
+    await opt.tick()
+    assert running(opt) == "breaker_failure_rate"
+    end_experiment(opt)
+    # Not an outage cut (no retry evidence): the turn decides again.
+    breaker.proposal = Proposal("breaker_failure_rate", 0.5, 0.6, "scripted noise floor")
+    await clock.advance(60.0)
+    await opt.tick()
+    assert running(opt) == "max_attempts"
 
 
 async def test_an_ineffective_raise_rests_before_it_is_tried_again(clock: ManualClock, parts: Parts) -> None:
@@ -321,3 +340,51 @@ async def test_a_retry_cut_comes_back_as_soon_as_retries_save_payments_again(
         await pay_one(clock, router, f"pinned-clean-{i:03d}")
     await opt.tick()
     assert lane.tunables.max_attempts == 2
+
+
+# --- switchback ---------------------------------------------------------------------------
+
+
+async def test_a_parameter_the_router_cannot_split_is_judged_by_switchback(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router = parts[0]
+    lane = router.lane(PROVIDER)
+    opt = optimizer(
+        clock, parts, ScriptedTuner("rate_limit_per_s", Proposal("rate_limit_per_s", 100.0, 70.0, "x"))
+    )
+    opt.canary_config = CanaryConfig(min_samples_per_arm=10)
+    await opt.tick()
+    experiment = opt.provider_config(PROVIDER).experiment
+    assert experiment is not None and experiment.mode == "switchback" and lane.canary is None
+    # An operator's change to another parameter mid-experiment survives every switch.
+    opt.set_provider_config(PROVIDER, {"timeout_s": 5.0}, pin=True, reason="test: operator's choice")
+    slots: list[float] = []
+    for slot in range(4):
+        slots.append(lane.tunables.rate_limit_per_s)
+        for i in range(12):
+            await router.submit(hanging_payment(f"slot-{slot}-{i:03d}"))
+        await clock.advance(60.0)
+        await opt.tick()
+        if running(opt) is None:
+            break
+    assert slots == [70.0, 100.0]  # the candidate's slot, then the old value's, then the verdict
+    (record,) = opt.optimizations(provider=PROVIDER)
+    assert record.status is OptimizationStatus.KEPT and record.mode == "switchback"
+    assert (record.after["calls"], record.before["calls"]) == (12.0, 12.0)
+    assert lane.tunables.rate_limit_per_s == 70.0 and lane.tunables.timeout_s == 5.0
+
+
+async def test_ending_a_switchback_restores_only_its_parameter(clock: ManualClock, parts: Parts) -> None:
+    router = parts[0]
+    lane = router.lane(PROVIDER)
+    opt = optimizer(
+        clock, parts, ScriptedTuner("rate_limit_per_s", Proposal("rate_limit_per_s", 100.0, 70.0, "x"))
+    )
+    await opt.tick()
+    assert lane.tunables.rate_limit_per_s == 70.0
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"max_attempts": 4}))  # e.g. a restore
+    experiment = opt.provider_config(PROVIDER).experiment
+    assert experiment is not None
+    opt.revert_optimization(experiment.id, reason="test: operator")
+    assert lane.tunables.rate_limit_per_s == 100.0 and lane.tunables.max_attempts == 4

@@ -868,3 +868,16 @@ async def test_trials_are_counted_and_the_open_period_changes_from_the_next_open
     assert call(breaker, success=True) and state_of(breaker) is S.CLOSED
     with pytest.raises(ValueError, match="wait_in_open_s"):
         breaker.set_wait_in_open(0.0)
+
+
+def test_the_failure_rate_threshold_changes_live_and_keeps_the_window(clock: ManualClock) -> None:
+    breaker, _ = breaker_with(clock, minimum_calls=10)
+    for success in [False] * 4 + [True] * 6:  # 40 % failed: under the default 50 %
+        call(breaker, success=success)
+    assert state_of(breaker) is S.CLOSED
+    breaker.set_failure_rate_threshold(0.35)
+    assert breaker.config.failure_rate_threshold == 0.35
+    call(breaker, success=True)  # 4 of 11 (36 %) is over the new threshold: the next outcome opens it
+    assert state_of(breaker) is S.OPEN
+    with pytest.raises(ValueError, match="failure_rate_threshold"):
+        breaker.set_failure_rate_threshold(1.5)

@@ -277,3 +277,19 @@ async def test_the_open_period_tunable_reaches_the_lane_breaker(world: World) ->
     assert lane.tunables.breaker_wait_s == lane.breaker.config.wait_in_open_s == 30
     router.set_tunables("mpesa", lane.tunables.model_copy(update={"breaker_wait_s": 7.5}))
     assert lane.breaker.config.wait_in_open_s == 7.5
+
+
+async def test_the_threshold_tunable_reaches_the_lane_breaker_and_other_changes_keep_the_budget(
+    world: World,
+) -> None:
+    router, *_ = world
+    lane = router.lane("mpesa")
+    assert lane.tunables.breaker_failure_rate == lane.breaker.config.failure_rate_threshold == 0.5
+    budget, backoff = lane.budget, lane.backoff
+    router.set_tunables("mpesa", lane.tunables.model_copy(update={"breaker_failure_rate": 0.35}))
+    assert lane.breaker.config.failure_rate_threshold == 0.35
+    assert lane.budget is budget and lane.backoff is backoff  # their windows and state carry on
+    router.set_tunables(
+        "mpesa", lane.tunables.model_copy(update={"retry_budget_ratio": 0.1, "base_delay_s": 3.0})
+    )
+    assert lane.budget is not budget and lane.backoff is not backoff

@@ -384,16 +384,73 @@ def test_breaker_threshold_is_capped_and_never_raised_during_an_incident() -> No
     incident = evidence(calls=1000, successes=500, not_processed=500, long_run_error_rate=0.02)
     tuner = BreakerThresholdTuner()
     assert tuner.propose("paystack", tunables(breaker_failure_rate=0.1), incident, conservative=False) is None
-    lowered = tuner.propose("paystack", tunables(breaker_failure_rate=0.5), incident, conservative=False)
-    assert lowered is not None and lowered.new_value < 0.5  # tripping earlier is always allowed
+    # An incident alone does not lower it: retries may still be saving payments (blips).
+    assert tuner.propose("paystack", tunables(), incident, conservative=False) is None
+
+
+def test_a_clean_provider_keeps_the_default_threshold() -> None:
+    clean = evidence(calls=1000, successes=1000, long_run_error_rate=0.0)
+    assert BreakerThresholdTuner().propose("paystack", tunables(), clean, conservative=False) is None
+    assert BreakerThresholdTuner().propose("paystack", tunables(), clean, conservative=True) is None
+    # A threshold raised for a noise level that is gone comes back down to the default.
+    high = BreakerThresholdTuner().propose(
+        "paystack", tunables(breaker_failure_rate=0.6), clean, conservative=False
+    )
+    assert high is not None and high.new_value == pytest.approx(0.5)
+
+
+def test_an_outage_where_retries_stop_saving_payments_lowers_the_threshold_step_by_step() -> None:
+    outage = evidence(
+        calls=1000,
+        successes=450,
+        not_processed=550,
+        retries_sent=200,
+        recovered_on_retry=8,
+        long_run_error_rate=0.05,
+    )
+    tuner = BreakerThresholdTuner()
+    step = tuner.propose("paystack", tunables(), outage, conservative=False)
+    assert step is not None and step.new_value == pytest.approx(0.35)  # 0.5 x 0.7
+    assert "outage: 55.0% of 1000 calls failed" in step.reason and "8 of 200 retries" in step.reason
+    floor = tuner.propose("paystack", tunables(breaker_failure_rate=0.28), outage, conservative=False)
+    assert floor is not None and floor.new_value == pytest.approx(0.2)  # never below min_threshold
+    assert tuner.propose("paystack", tunables(breaker_failure_rate=0.2), outage, conservative=False) is None
+    # Retries that still save payments: blips, not an outage; the breaker keeps its threshold.
+    blips = evidence(
+        calls=1000,
+        successes=450,
+        not_processed=550,
+        retries_sent=200,
+        recovered_on_retry=120,
+        long_run_error_rate=0.05,
+    )
+    assert tuner.propose("paystack", tunables(), blips, conservative=False) is None
+
+
+def test_a_threshold_cut_in_an_outage_is_restored_when_calls_stop_failing() -> None:
+    tuner = BreakerThresholdTuner()
+    assert isinstance(tuner, RestoringTuner)
+    quiet = evidence(calls=150, successes=140, not_processed=6, rate_limited=4)
+    restored = tuner.restore("paystack", tunables(breaker_failure_rate=0.35), quiet)
+    assert restored is not None and restored.new_value == pytest.approx(0.5)
+    assert "4.0% of 150 calls in the last 300 s failed, under 25%" in restored.reason
+    still_down = evidence(calls=150, successes=90, not_processed=60)
+    assert tuner.restore("paystack", tunables(breaker_failure_rate=0.35), still_down) is None
+    few = evidence(calls=10, successes=10)
+    assert tuner.restore("paystack", tunables(breaker_failure_rate=0.35), few) is None
+    assert tuner.restore("paystack", tunables(), quiet) is None
+    # The noise floor still lifts a cut threshold that real noise would trip.
+    noisy = evidence(calls=1000, successes=920, not_processed=80, long_run_error_rate=0.08)
+    lifted = tuner.propose("paystack", tunables(breaker_failure_rate=0.2), noisy, conservative=False)
+    assert lifted is not None and lifted.new_value == pytest.approx(0.26)
 
 
 def test_conservative_breaker_trips_earlier() -> None:
-    ev = evidence(calls=1000, successes=800, not_processed=200, long_run_error_rate=0.2)
+    ev = evidence(calls=1000, successes=700, not_processed=300, long_run_error_rate=0.3)
     normal = BreakerThresholdTuner().propose("paystack", tunables(), ev, conservative=False)
     careful = BreakerThresholdTuner().propose("paystack", tunables(), ev, conservative=True)
-    assert normal is None  # 20 % x 2 + 10 points = 50 %: the threshold is already right
-    assert careful is not None and careful.new_value == pytest.approx(0.35)  # 20 % x 1.5 + 5 points
+    assert normal is not None and normal.new_value == pytest.approx(0.6)  # 30 % x 2 + 10 points, capped
+    assert careful is None  # 30 % x 1.5 + 5 points = 50 %: the default is already right
 
 
 def test_breaker_needs_the_long_run_error_rate() -> None:
