@@ -1013,11 +1013,13 @@ class BreakerThresholdTuner:
       threshold: the threshold is kept at or above long-run error rate x `multiplier` + `margin`
       (x `conservative_multiplier` + `conservative_margin` in conservative mode), and otherwise at
       the provider's default, clamped to [min_threshold, max_threshold]. Never raised while the
-      window's error rate is above `incident_multiplier` x normal + `incident_slack` (an incident).
+      window's failure rate is above the long-run rate: errors that are rising (an incident, or a
+      slow degradation that drags the long-run rate up behind it) are not the provider's noise.
       It is not lowered below the default on a clean provider: measured in
       `benchmarks/optimizer_effect.py`, a tight threshold turns the first blips of a transient
       regime into 30-second open periods that fail every payment of a lane without a backup.
-    - **Outage.** In an incident where retries stopped saving payments (fewer than
+    - **Outage.** In an incident (the window's failure rate above `incident_multiplier` x normal
+      + `incident_slack`) where retries stopped saving payments (fewer than
       `outage_recovery_rate` of `outage_min_retries`+ retries recover), the threshold steps down
       by `outage_factor` (never below `min_threshold`): the breaker then opens sooner in each bad
       stretch, sheds the calls that would fail anyway, and its half-open trial finds the provider
@@ -1081,8 +1083,8 @@ class BreakerThresholdTuner:
             target = _clamp(round(target, 2), low, high)
             if target <= now and now < default:
                 return None
-            if in_incident and target > now:
-                return None
+            if target > now and window_rate > normal:
+                return None  # rising errors (an incident, or a slow degradation) never raise it
             figures.update({"multiplier": multiplier, "margin": margin})
             reason = (
                 f"normal error rate {normal:.1%} x {multiplier:g} + {margin:.0%} = {floor:.1%}, the "
