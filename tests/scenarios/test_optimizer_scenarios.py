@@ -162,3 +162,66 @@ async def test_a_change_that_makes_things_worse_is_reverted(
                     record = system.router.get_payment(f"opt-{i:06d}")
                     assert record is not None and record.status.value != "unknown"
                 tasks.cancel_scope.cancel()
+
+
+async def test_an_outage_lowers_the_breaker_threshold_and_its_end_restores_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock()
+    settings = load_settings(
+        state_dir=tmp_path / "state",
+        optimization_interval_ms=60_000,
+        predictive_maintenance_enabled=False,
+        auto_scaling_enabled=False,
+    )
+    with anyio.fail_after(WALL_CLOCK_BOUND_S):
+        async with embedded_sandbox(clock) as sandbox:
+            system = AutonomousSystem(settings, clock=clock)
+            for adapter in sandbox.adapters.values():
+                system.register_provider(adapter)
+            optimizer = system.auto_optimizer
+            lane = system.router.lane("paystack")
+            async with system.running(), anyio.create_task_group() as tasks:
+                traffic = Traffic(system, clock, tasks, ghs_payment, per_step=PER_STEP, step_s=STEP_S)
+                await traffic.run(10 * 60.0)  # a healthy baseline: the provider's normal error level
+                assert lane.tunables.breaker_failure_rate == 0.5  # a clean provider keeps the default
+                # Down 30 s of every minute: retries 1-3 s later meet the same down phase.
+                outage = sandbox.state.faults.add(
+                    "paystack", FlappingSpec(period_s=60.0, down_fraction=0.5, mode="refused")
+                )
+
+                def breaker_cut() -> bool:
+                    return any(
+                        o.parameter == "breaker_failure_rate" and o.new_value < o.old_value
+                        for o in optimizer.optimizations(provider="paystack")
+                    )
+
+                assert await traffic.run(30 * 60.0, until=breaker_cut)
+                cut = next(
+                    o
+                    for o in optimizer.optimizations(provider="paystack")
+                    if o.parameter == "breaker_failure_rate"
+                )
+                assert (cut.old_value, cut.new_value, cut.mode) == (0.5, 0.35, "switchback")
+                assert cut.reason.startswith("outage:") and cut.evidence["recovery_on_retry_rate"] < 0.1
+                sandbox.state.faults.remove(outage.id)
+
+                def restored() -> bool:
+                    config = optimizer.provider_config("paystack")
+                    running = (
+                        config.experiment is not None
+                        and config.experiment.parameter == "breaker_failure_rate"
+                    )
+                    return not running and lane.tunables.breaker_failure_rate == 0.5
+
+                assert await traffic.run(10 * 60.0, until=restored)
+                assert lane.breaker.config.failure_rate_threshold == 0.5
+                records = optimizer.optimizations(provider="paystack")
+                ended = [
+                    o for o in records if o.parameter == "breaker_failure_rate" and o.decided_at is not None
+                ]
+                assert ended and "the outage that justified the cut is over" in (
+                    ended[0].verdict or ended[0].reason
+                )
+                tasks.cancel_scope.cancel()

@@ -116,10 +116,9 @@ DEFAULT_CONSERVATIVE_BREAKER_MARGIN: Final = 0.05
 DEFAULT_MIN_BREAKER_THRESHOLD: Final = 0.2  # 2 failures in the breaker's minimum 10 calls
 DEFAULT_MAX_BREAKER_THRESHOLD: Final = 0.6  # a provider failing more than this is down, not noisy
 DEFAULT_BREAKER_MIN_CALLS: Final = 200
-DEFAULT_INCIDENT_MULTIPLIER: Final = 2.0  # now > normal x 2 + 5 points: an incident, never raise
-DEFAULT_INCIDENT_SLACK: Final = 0.05
 DEFAULT_BREAKER_OUTAGE_RECOVERY_RATE: Final = 0.1  # retries saving fewer payments than this: an outage ...
 DEFAULT_BREAKER_OUTAGE_MIN_RETRIES: Final = 50  # ... over at least this many retries ...
+DEFAULT_BREAKER_OUTAGE_MIN_TRIALS: Final = 2  # ... while the breaker is opening (half-open trials) ...
 DEFAULT_BREAKER_OUTAGE_FACTOR: Final = 0.7  # ... so the threshold steps down by this factor (opens sooner)
 DEFAULT_BREAKER_RESTORE_MIN_CALLS: Final = 30  # a threshold cut in an outage comes back once this many ...
 DEFAULT_BREAKER_RESTORE_SHARE: Final = 0.5  # ... recent calls fail under half the default threshold
@@ -935,11 +934,10 @@ class BreakerThresholdTunerConfig:
     min_threshold: float = DEFAULT_MIN_BREAKER_THRESHOLD
     max_threshold: float = DEFAULT_MAX_BREAKER_THRESHOLD
     min_calls: int = DEFAULT_BREAKER_MIN_CALLS
-    incident_multiplier: float = DEFAULT_INCIDENT_MULTIPLIER
-    incident_slack: float = DEFAULT_INCIDENT_SLACK
     outage_recovery_rate: float = DEFAULT_BREAKER_OUTAGE_RECOVERY_RATE
     outage_min_retries: int = DEFAULT_BREAKER_OUTAGE_MIN_RETRIES
     outage_factor: float = DEFAULT_BREAKER_OUTAGE_FACTOR
+    outage_min_trials: int = DEFAULT_BREAKER_OUTAGE_MIN_TRIALS
     restore_min_calls: int = DEFAULT_BREAKER_RESTORE_MIN_CALLS
     restore_share: float = DEFAULT_BREAKER_RESTORE_SHARE
     min_absolute_change: float = DEFAULT_BREAKER_MIN_ABSOLUTE_CHANGE
@@ -978,16 +976,9 @@ class BreakerThresholdTunerConfig:
             BREAKER_FAILURE_RATE_BOUNDS,
         )
         _require_count(owner, "min_calls", self.min_calls)
-        _require(
-            _is_number(self.incident_multiplier) and self.incident_multiplier >= 1,
-            owner,
-            "incident_multiplier",
-            "a number >= 1",
-            self.incident_multiplier,
-        )
-        _require_fraction(owner, "incident_slack", self.incident_slack)
         _require_fraction(owner, "outage_recovery_rate", self.outage_recovery_rate)
         _require_count(owner, "outage_min_retries", self.outage_min_retries)
+        _require_count(owner, "outage_min_trials", self.outage_min_trials)
         _require(
             _is_number(self.outage_factor) and 0 < self.outage_factor < 1,
             owner,
@@ -1018,13 +1009,15 @@ class BreakerThresholdTuner:
       It is not lowered below the default on a clean provider: measured in
       `benchmarks/optimizer_effect.py`, a tight threshold turns the first blips of a transient
       regime into 30-second open periods that fail every payment of a lane without a backup.
-    - **Outage.** In an incident (the window's failure rate above `incident_multiplier` x normal
-      + `incident_slack`) where retries stopped saving payments (fewer than
-      `outage_recovery_rate` of `outage_min_retries`+ retries recover), the threshold steps down
-      by `outage_factor` (never below `min_threshold`): the breaker then opens sooner in each bad
-      stretch, sheds the calls that would fail anyway, and its half-open trial finds the provider
-      back sooner. Measured on a provider down 30 s of every minute: 39.7 % of payments through at
-      0.35 against 36.3 % at 0.5, with 104 retries against 169.
+    - **Outage.** While the breaker keeps opening (at least `outage_min_trials` half-open trials
+      in the window) and retries stopped saving payments (fewer than `outage_recovery_rate` of
+      `outage_min_retries`+ retries recover), the threshold steps down by `outage_factor` (never
+      below `min_threshold`): the breaker then opens sooner in each bad stretch, sheds the calls
+      that would fail anyway, and its half-open trial finds the provider back sooner. Measured on
+      a provider down 30 s of every minute: 39.7 % of payments through at 0.35 against 36.3 % at
+      0.5, with 104 retries against 169. A breaker that is not opening is left alone: lowering
+      its threshold would turn a steady partial failure (say 25 % of calls) into a full outage.
+      The long-run error rate is not the yardstick here: an outage drags it up within the hour.
     - **Restore** (`restore`). A threshold below the default comes back to it as soon as
       `restore_min_calls` recent calls fail at under `restore_share` of the default: the outage
       that justified it is over, and the same threshold would now trip on blips.
@@ -1049,25 +1042,27 @@ class BreakerThresholdTuner:
         low, high = parameter_bounds(self.parameter)
         low, high = max(low, cfg.min_threshold), min(high, cfg.max_threshold)
         window_rate = _breaker_failures(evidence) / evidence.calls
-        incident_level = normal * cfg.incident_multiplier + cfg.incident_slack
-        in_incident = window_rate > incident_level
         recovery = evidence.recovery_on_retry_rate
-        figures = {
-            "long_run_error_rate": normal,
-            "window_failure_rate": window_rate,
-            "incident_level": incident_level,
-        }
+        figures = {"long_run_error_rate": normal, "window_failure_rate": window_rate}
+        trials = evidence.breaker_trials_passed + evidence.breaker_trials_failed
         if (
-            in_incident
+            trials >= cfg.outage_min_trials
             and recovery is not None
             and evidence.retries_sent >= cfg.outage_min_retries
             and recovery < cfg.outage_recovery_rate
         ):
             target = _clamp(round(now * cfg.outage_factor, 2), low, high)
-            figures.update({"retries_sent": float(evidence.retries_sent), "recovery_on_retry_rate": recovery})
+            figures.update(
+                {
+                    "retries_sent": float(evidence.retries_sent),
+                    "recovery_on_retry_rate": recovery,
+                    "breaker_trials": float(trials),
+                }
+            )
             reason = (
-                f"outage: {window_rate:.1%} of {evidence.calls} calls failed (incident level "
-                f"{incident_level:.1%}) and {evidence.recovered_on_retry} of {evidence.retries_sent} retries "
+                f"outage: the breaker opened and tried the provider {trials} times, {window_rate:.1%} of "
+                f"{evidence.calls} calls failed, and {evidence.recovered_on_retry} of {evidence.retries_sent} "
+                f"retries "
                 f"saved a payment ({recovery:.0%}, under {cfg.outage_recovery_rate:.0%}): the breaker should "
                 f"open sooner in each bad stretch; threshold {now:.0%} -> {target:.0%} (x {cfg.outage_factor:g})"
             )
