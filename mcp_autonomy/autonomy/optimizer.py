@@ -562,6 +562,8 @@ class AutoOptimizer(Component):
         experiment in flight is ended first: its arms would no longer compare like with like, and
         if it was trying a cut of this very parameter, ending it is the restore. The lane's value,
         if still off the default, is then set to the default, with a kept record that says why.
+        The same direction of change rests for `EVIDENCE_WINDOW_S`: the tuners' window still holds
+        the minutes that justified the cut, and would propose it again at once.
         """
         assert self.router is not None
         default = float(getattr(default_tunables(provider), parameter))
@@ -582,6 +584,15 @@ class AutoOptimizer(Component):
             self._end_experiment(provider, experiment, f"ended: {why}")
         current = self.router.lane(provider).tunables
         old = float(getattr(current, parameter))
+        cut = old
+        if old == default and experiment is not None and experiment.record.parameter == parameter:
+            cut = experiment.record.new_value  # the experiment was the cut; ending it restored the default
+        if cut != default:
+            # The evidence window still holds the minutes that justified the cut: the same cut is
+            # not proposed again until they have left it.
+            self._cooldown_until[(provider, parameter, cut > default)] = (
+                self.clock.monotonic() + EVIDENCE_WINDOW_S
+            )
         if old == default:
             return
         self._seq += 1

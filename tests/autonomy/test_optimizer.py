@@ -235,6 +235,25 @@ async def test_calls_answering_close_to_a_cut_timeout_trigger_the_guard_before_a
     assert "timed out (0)" in record.reason and f"of the timeout ({GUARD_TIMEOUTS})" in record.reason
 
 
+async def test_a_restored_cut_is_not_proposed_again_while_the_window_holds_its_reason(
+    clock: ManualClock, parts: Parts
+) -> None:
+    router = parts[0]
+    lane = router.lane(PROVIDER)
+    timeout = ScriptedTuner("timeout_s")
+    opt = optimizer(clock, parts, timeout)
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"timeout_s": 2.0}))
+    for _ in range(GUARD_TIMEOUTS):
+        opt.on_timeout(PROVIDER)
+    assert lane.tunables.timeout_s == 10.0
+    timeout.proposal = cut_timeout()  # the 15-minute window still shows the fast night
+    await opt.tick()
+    assert running(opt) is None
+    await clock.advance(INEFFECTIVE_COOLDOWN_S)
+    await opt.tick()
+    assert running(opt) == "timeout_s"
+
+
 async def test_the_guard_leaves_default_pinned_and_sparse_timeouts_alone(
     clock: ManualClock, parts: Parts
 ) -> None:
