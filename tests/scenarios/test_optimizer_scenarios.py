@@ -3,6 +3,8 @@ router's canary split and the optimizer on the manual clock."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -17,7 +19,7 @@ from mcp_autonomy.config import load_settings
 from mcp_autonomy.providers.base import Money, Operation, PaymentRequest
 from mcp_autonomy.resilience.tunables import ProviderTunables
 from mcp_autonomy.sandbox import FlappingSpec, LatencySpec
-from mcp_autonomy.sandbox.embedded import embedded_sandbox
+from mcp_autonomy.sandbox.embedded import EmbeddedSandbox, embedded_sandbox
 from tests.scenarios.traffic import Traffic
 
 pytestmark = pytest.mark.anyio
@@ -36,10 +38,11 @@ def ghs_payment(i: int) -> PaymentRequest:
     )
 
 
-async def test_timeout_follows_a_latency_shift_and_overrides_are_never_touched(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
+@asynccontextmanager
+async def optimizing_system(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[AutonomousSystem, EmbeddedSandbox, ManualClock]]:
+    """Every sandbox provider registered, the optimizer ticking every minute, nothing else but healing."""
     clock = ManualClock()
     settings = load_settings(
         state_dir=tmp_path / "state",
@@ -47,11 +50,19 @@ async def test_timeout_follows_a_latency_shift_and_overrides_are_never_touched(
         predictive_maintenance_enabled=False,
         auto_scaling_enabled=False,
     )
+    async with embedded_sandbox(clock) as sandbox:
+        system = AutonomousSystem(settings, clock=clock)
+        for adapter in sandbox.adapters.values():
+            system.register_provider(adapter)
+        yield system, sandbox, clock
+
+
+async def test_timeout_follows_a_latency_shift_and_overrides_are_never_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     with anyio.fail_after(WALL_CLOCK_BOUND_S):
-        async with embedded_sandbox(clock) as sandbox:
-            system = AutonomousSystem(settings, clock=clock)
-            for adapter in sandbox.adapters.values():
-                system.register_provider(adapter)
+        async with optimizing_system(tmp_path) as (system, sandbox, clock):
             faults = sandbox.state.faults
             async with system.running(), anyio.create_task_group() as tasks:
                 # An operator pins M-Pesa's timeout: whatever happens, the optimizer leaves it.
@@ -118,18 +129,8 @@ async def test_a_change_that_makes_things_worse_is_reverted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    clock = ManualClock()
-    settings = load_settings(
-        state_dir=tmp_path / "state",
-        optimization_interval_ms=60_000,
-        predictive_maintenance_enabled=False,
-        auto_scaling_enabled=False,
-    )
     with anyio.fail_after(WALL_CLOCK_BOUND_S):
-        async with embedded_sandbox(clock) as sandbox:
-            system = AutonomousSystem(settings, clock=clock)
-            for adapter in sandbox.adapters.values():
-                system.register_provider(adapter)
+        async with optimizing_system(tmp_path) as (system, sandbox, clock):
             system.auto_optimizer.tuners = (NoRetriesTuner(),)
             async with system.running(), anyio.create_task_group() as tasks:
                 # The port refuses connections 2 s in every 10 ("certainly not processed"): a retry
@@ -168,18 +169,8 @@ async def test_an_outage_lowers_the_breaker_threshold_and_its_end_restores_the_d
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    clock = ManualClock()
-    settings = load_settings(
-        state_dir=tmp_path / "state",
-        optimization_interval_ms=60_000,
-        predictive_maintenance_enabled=False,
-        auto_scaling_enabled=False,
-    )
     with anyio.fail_after(WALL_CLOCK_BOUND_S):
-        async with embedded_sandbox(clock) as sandbox:
-            system = AutonomousSystem(settings, clock=clock)
-            for adapter in sandbox.adapters.values():
-                system.register_provider(adapter)
+        async with optimizing_system(tmp_path) as (system, sandbox, clock):
             optimizer = system.auto_optimizer
             lane = system.router.lane("paystack")
             async with system.running(), anyio.create_task_group() as tasks:

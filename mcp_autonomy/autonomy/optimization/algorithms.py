@@ -301,6 +301,11 @@ def _require_fraction(owner: str, name: str, value: object, *, allow_zero: bool 
     _require(ok, owner, name, "in [0, 1]" if allow_zero else "in (0, 1]", value)
 
 
+def _require_factor(owner: str, name: str, value: object) -> None:
+    """A multiplicative decrease: strictly between 0 and 1."""
+    _require(_is_number(value) and 0 < value < 1, owner, name, "in (0, 1)", value)
+
+
 def _require_count(owner: str, name: str, value: object, minimum: int = 1) -> None:
     _require(_is_count(value) and value >= minimum, owner, name, f"an integer >= {minimum}", value)
 
@@ -639,13 +644,7 @@ class RateLimitTunerConfig:
         owner = "RateLimitTunerConfig"
         _require_count(owner, "min_calls", self.min_calls)
         _require_fraction(owner, "rate_limited_share", self.rate_limited_share, allow_zero=False)
-        _require(
-            _is_number(self.decrease_factor) and 0 < self.decrease_factor < 1,
-            owner,
-            "decrease_factor",
-            "in (0, 1)",
-            self.decrease_factor,
-        )
+        _require_factor(owner, "decrease_factor", self.decrease_factor)
         _require(
             _is_number(self.conservative_decrease_factor)
             and 0 < self.conservative_decrease_factor <= self.decrease_factor,
@@ -807,13 +806,7 @@ class CacheTtlTunerConfig:
         _require_count(owner, "min_queries", self.min_queries)
         _require_count(owner, "min_hits", self.min_hits)
         _require_fraction(owner, "stale_share_threshold", self.stale_share_threshold, allow_zero=False)
-        _require(
-            _is_number(self.decrease_factor) and 0 < self.decrease_factor < 1,
-            owner,
-            "decrease_factor",
-            "in (0, 1)",
-            self.decrease_factor,
-        )
+        _require_factor(owner, "decrease_factor", self.decrease_factor)
         _require(
             _is_number(self.conservative_decrease_factor)
             and 0 < self.conservative_decrease_factor <= self.decrease_factor,
@@ -979,13 +972,7 @@ class BreakerThresholdTunerConfig:
         _require_fraction(owner, "outage_recovery_rate", self.outage_recovery_rate)
         _require_count(owner, "outage_min_retries", self.outage_min_retries)
         _require_count(owner, "outage_min_trials", self.outage_min_trials)
-        _require(
-            _is_number(self.outage_factor) and 0 < self.outage_factor < 1,
-            owner,
-            "outage_factor",
-            "in (0, 1)",
-            self.outage_factor,
-        )
+        _require_factor(owner, "outage_factor", self.outage_factor)
         _require_count(owner, "restore_min_calls", self.restore_min_calls)
         _require_fraction(owner, "restore_share", self.restore_share, allow_zero=False)
         _require_fraction(owner, "min_absolute_change", self.min_absolute_change)
@@ -1129,13 +1116,7 @@ class BreakerWaitTunerConfig:
         for name in ("passed_share", "failed_share"):
             value = getattr(self, name)
             _require(_is_number(value) and 0.5 < value <= 1, owner, name, "in (0.5, 1]", value)
-        _require(
-            _is_number(self.decrease_factor) and 0 < self.decrease_factor < 1,
-            owner,
-            "decrease_factor",
-            "in (0, 1)",
-            self.decrease_factor,
-        )
+        _require_factor(owner, "decrease_factor", self.decrease_factor)
         _require(
             _is_number(self.increase_factor) and self.increase_factor > 1,
             owner,
