@@ -549,7 +549,7 @@ class AutoOptimizer(Component):
                 evidence=proposal.evidence,
                 verdict="restored without an experiment: back to the provider's documented default",
             )
-            return True
+            return not self.dry_run  # a dry run changed nothing: the tick goes on as usual
         return False
 
     def _restore_default(

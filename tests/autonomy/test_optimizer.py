@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from mcp_autonomy.autonomy.component import Mode
 from mcp_autonomy.autonomy.optimization import CanaryConfig, LaneEvidence, Proposal, RetryTuner
 from mcp_autonomy.autonomy.optimizer import (
     GUARD_TIMEOUTS,
@@ -351,6 +352,13 @@ async def test_a_retry_cut_comes_back_as_soon_as_retries_save_payments_again(
     assert (record.parameter, record.old_value, record.new_value) == ("max_attempts", 2.0, 3.0)
     assert record.status is OptimizationStatus.KEPT and record.mode == "before_after"
     assert "10 of 14 retries in the last 300 s saved a payment" in record.reason
+    # In a dry run the restore is only announced.
+    router.set_tunables(PROVIDER, lane.tunables.model_copy(update={"max_attempts": 2}))
+    opt.set_mode(Mode.DRY_RUN, reason="test")
+    await opt.tick()
+    assert lane.tunables.max_attempts == 2 and len(opt.optimizations(provider=PROVIDER)) == 1
+    assert any("would restore the default max_attempts 3" in e.message for e in parts[1].history())
+    opt.set_mode(Mode.ON, reason="test")
     # An operator's pin is never touched.
     opt.set_provider_config(PROVIDER, {"max_attempts": 2}, pin=True, reason="test: operator's choice")
     for i in range(10):
