@@ -411,7 +411,7 @@
           el("td", { text: o.provider }),
           el("td", { text: o.parameter }),
           el("td", { class: "num", text: `${o.old_value} → ${o.new_value}` }),
-          el("td", {}, badge(o.status)),
+          el("td", {}, badge(o.status), el("span", { class: "muted", text: ` ${o.mode}` })),
           el("td", { class: "evidence", text: [o.verdict, ...figures, ...pValues].filter(Boolean).join("; ") || dash }),
         ),
       );
