@@ -1,23 +1,26 @@
 """Payment records: one per idempotency key, with every provider attempt it took.
 
-A record is written *before* the first provider call and updated after each attempt, so a
-crash can never leave a payment the engine does not know about: on restart, a record whose
-outcome is still `unknown` is resolved by the provider's status query, never by a resend.
+A record is written *before* the first provider call, and each attempt is written *before* its
+request leaves (outcome `sending`), so a crash can never leave a payment the engine does not
+know about: on restart, every non-final payment is resolved by the provider's status query,
+never by a resend. Provider callbacks land in a durable inbox and change a payment only once a
+fresh status pull confirms them.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from mcp_autonomy.providers.base import Money, Operation, TransactionStatus
+from mcp_autonomy.providers.base import CallbackHint, Money, Operation, PaymentContext, TransactionStatus
 
 
 class AttemptOutcome(StrEnum):
     """How one attempt at one provider ended."""
 
+    SENDING = "sending"  # durable before the request leaves; found after a crash it means ambiguous
     ACCEPTED = "accepted"  # the provider took it (pending or final)
     REJECTED_LOCALLY = "rejected_locally"  # breaker open / rate limit: never sent
     NOT_PROCESSED = "not_processed"
@@ -29,13 +32,14 @@ class AttemptOutcome(StrEnum):
 
 
 class PaymentAttempt(BaseModel):
-    """One try at one provider."""
+    """One try at one provider: what was sent (reference, amount, payer) and how it ended."""
 
+    seq: int = Field(0, description="order within the payment, from 1 (0 until stored)")
     provider: str
     started_at: float
     latency_ms: float
     outcome: AttemptOutcome
-    reference: str | None = None
+    reference: str | None = Field(None, description="our reference / idempotency header as sent")
     provider_reference: str | None = None
     provider_code: str | None = None
     detail: str = ""
@@ -51,6 +55,9 @@ class PaymentRecord(BaseModel):
     country: str
     description: str = ""
     status: TransactionStatus
+    status_reason: str | None = Field(
+        None, description="why it is unknown or needs reconciliation, or how an operator resolved it"
+    )
     provider: str | None = Field(None, description="The provider that holds the payment, if any took it")
     reference: str | None = None
     provider_reference: str | None = None
@@ -60,6 +67,9 @@ class PaymentRecord(BaseModel):
     failed_over: bool = False
     created_at: float
     updated_at: float
+    accepted_at: float | None = Field(None, description="when its provider accepted it (epoch s)")
+    next_check_at: float | None = Field(None, description="when the reconciler pulls it next")
+    checks: int = Field(0, description="status pulls the reconciler made for it")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def same_request(self, other: PaymentRecord) -> bool:
@@ -70,3 +80,141 @@ class PaymentRecord(BaseModel):
             and self.phone == other.phone
             and self.country == other.country
         )
+
+    def context(self, identifiers: dict[str, str] | None = None) -> PaymentContext | None:
+        """What its provider's adapter needs to pull its status with no memory (None: not sent)."""
+        if self.provider is None or self.reference is None:
+            return None
+        return PaymentContext(
+            reference=self.reference,
+            operation=self.operation,
+            money=self.money,
+            phone=self.phone,
+            country=self.country,
+            provider_reference=self.provider_reference,
+            identifiers=dict(identifiers or {}),
+            accepted_at=self.accepted_at,
+        )
+
+
+class ProviderIdentifier(BaseModel):
+    """One provider id learnt for a payment (CheckoutRequestID, invoice id, X-Reference-Id, ...)."""
+
+    provider: str
+    kind: str
+    value: str
+    reference: str
+    idempotency_key: str | None
+    recorded_at: float
+
+
+class CallbackState(StrEnum):
+    """Where one received callback stands."""
+
+    PENDING = "pending"  # kept: its pull said pending / not found yet; re-checked with backoff
+    CONFIRMED = "confirmed"  # a fresh pull agreed; the payment took the pull's answer
+    REFUSED = "refused"  # contradicted by the stored request or by the pull (audited, evented)
+    UNMATCHED = "unmatched"  # no payment known for it yet: kept, matched again later
+    DUPLICATE = "duplicate"  # the same body as one already received
+
+
+class InboxCallback(BaseModel):
+    """A received callback, durable before it is acknowledged."""
+
+    id: int = Field(0, description="0 until stored")
+    provider: str
+    path_kind: str
+    received_at: float
+    hint: CallbackHint
+    body_sha256: str
+    body: str = Field(description="the raw body as received (cut to 16 KiB)")
+    idempotency_key: str | None = None
+    state: CallbackState = CallbackState.PENDING
+    detail: str = ""
+    checks: int = 0
+    next_check_at: float | None = None
+    resolved_at: float | None = None
+
+
+class PaymentStore(Protocol):
+    """Where payments, their attempts, provider ids and the callback inbox live durably.
+
+    SQLite (`SqlitePaymentStore`) is the embedded default; a PostgreSQL backend implements the
+    same protocol for several replicas. Methods are async so either can be awaited the same way.
+    Every write is committed before the method returns.
+    """
+
+    async def create_payment(self, record: PaymentRecord) -> PaymentRecord | None:
+        """Insert a new payment; returns the existing record instead when the key is taken."""
+        ...
+
+    async def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
+        """A payment (with its attempts) by idempotency key, our reference or the provider's."""
+        ...
+
+    async def find_payment(self, provider: str, *ids: str) -> PaymentRecord | None:
+        """The payment at `provider` that any of `ids` names (reference, provider reference or a
+        learnt identifier value)."""
+        ...
+
+    async def begin_attempt(self, key: str, attempt: PaymentAttempt) -> int:
+        """Append an attempt (outcome `sending` for one about to leave); returns its seq."""
+        ...
+
+    async def finish_attempt(self, key: str, attempt: PaymentAttempt) -> None:
+        """Write the outcome of the attempt `attempt.seq`."""
+        ...
+
+    async def save_payment(self, record: PaymentRecord) -> None:
+        """Write the payment's own fields (status, provider, references, schedule); not attempts."""
+        ...
+
+    async def record_identifier(self, identifier: ProviderIdentifier) -> None:
+        """Store a provider id (idempotent; the key is filled from the reference when known)."""
+        ...
+
+    async def identifiers(self, provider: str, reference: str) -> dict[str, str]:
+        """Every id learnt for `reference` at `provider`, kind -> value."""
+        ...
+
+    async def due_for_check(self, now: float, limit: int) -> list[PaymentRecord]:
+        """Non-final payments whose `next_check_at` is due (or unset), oldest first."""
+        ...
+
+    async def list_payments(
+        self, *, statuses: tuple[TransactionStatus, ...] = (), provider: str | None = None, limit: int = 100
+    ) -> list[PaymentRecord]:
+        """Payments by status and provider, newest first."""
+        ...
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many payments are in each status."""
+        ...
+
+    async def oldest_open(self) -> dict[str, float]:
+        """Per provider, the `created_at` of its oldest payment that is not final."""
+        ...
+
+    async def add_callback(self, callback: InboxCallback) -> InboxCallback:
+        """Store a received callback; returns it with its id (state `duplicate` when the same
+        provider already delivered the same body)."""
+        ...
+
+    async def update_callback(self, callback: InboxCallback) -> None:
+        """Write a callback's state, match, detail and schedule."""
+        ...
+
+    async def callbacks_due(self, now: float, limit: int) -> list[InboxCallback]:
+        """Pending and unmatched callbacks whose `next_check_at` is due, oldest first."""
+        ...
+
+    async def list_callbacks(
+        self,
+        *,
+        provider: str | None = None,
+        states: tuple[CallbackState, ...] = (),
+        idempotency_key: str | None = None,
+        limit: int = 100,
+    ) -> list[InboxCallback]:
+        """Received callbacks, newest first."""
+        ...

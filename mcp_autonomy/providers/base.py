@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,6 +59,9 @@ class TransactionStatus(StrEnum):
     FAILED = "failed"
     REVERSED = "reversed"
     UNKNOWN = "unknown"
+    NEEDS_RECONCILIATION = "needs_reconciliation"
+    """Engine-only: its outcome stayed unknown past the provider's bound; an operator resolves it
+    (the reconciler keeps pulling meanwhile). Never re-sent elsewhere under the same key."""
 
     @property
     def is_final(self) -> bool:
@@ -139,6 +143,82 @@ class ProviderTransaction(BaseModel):
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
+class PaymentContext(BaseModel):
+    """What the engine stored about one payment at one provider, handed to `status()`.
+
+    It lets an adapter answer a status pull with no memory of its own (after a restart, or on
+    another replica): the operation says which endpoint to ask, `identifiers` holds every id the
+    adapter reported through its identifier sink (CheckoutRequestID, invoice id, ...).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    reference: str
+    operation: Operation
+    money: Money
+    phone: str
+    country: str
+    provider_reference: str | None = None
+    identifiers: dict[str, str] = Field(default_factory=dict, description="kind -> value")
+    accepted_at: float | None = Field(None, description="epoch s the provider accepted it, if it did")
+
+
+CallbackAuth = Literal["none", "hmac_sha512", "shared_secret"]
+"""How a provider proves a callback is its own: nothing (M-Pesa, MoMo, Airtel), a signature of
+the body (Paystack), or a shared secret that proves the sender knows it (Flutterwave, IntaSend)."""
+
+
+class CallbackHint(BaseModel):
+    """What one provider callback *claims*. Never trusted as such: the engine confirms it with a
+    fresh status pull and compares amount, currency and payer before anything changes."""
+
+    provider: str
+    reference: str | None = Field(None, description="our reference, when the callback carries it")
+    provider_reference: str | None = None
+    operation: Operation | None = None
+    status: TransactionStatus
+    money: Money | None = Field(None, description="amount and currency the callback claims, if any")
+    payer: str | None = Field(None, description="E.164 phone the callback names, if any")
+    provider_code: str | None = None
+    provider_message: str | None = None
+    extras: dict[str, str] = Field(
+        default_factory=dict, description="facts kept once confirmed (e.g. the M-Pesa receipt)"
+    )
+    authenticated: bool = Field(False, description="the provider's signature or shared secret verified")
+
+
+class CallbackAuthError(ValueError):
+    """A callback whose signature or shared secret does not verify (answered 401, audited)."""
+
+
+class MalformedCallback(ValueError):
+    """A callback body that is not the provider's shape (answered 400)."""
+
+
+class MoneyTruth(BaseModel):
+    """One provider's facts that bound how long a payment may stay non-final, and what ends it.
+
+    Every figure cites its source in `sources`; the README's table is built from these.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    not_found_grace_s: float = Field(
+        ge=0, description="a lookup's 'not found' this soon after acceptance is ambiguous, not absent"
+    )
+    not_found_is_final_after_grace: bool = Field(
+        description="after the grace, 'not found' means never processed (else it stays ambiguous)"
+    )
+    pending_bound_s: float = Field(
+        gt=0, description="longest a payment may stay pending or unknown before needs_reconciliation"
+    )
+    pull_carries: frozenset[str] = Field(description="what a status pull returns: status, amount, ...")
+    callback_carries: frozenset[str] = Field(description="what a callback carries")
+    callback_auth: CallbackAuth = "none"
+    pull_path: str = Field(description="how a payment is pulled, and when it cannot be")
+    sources: tuple[str, ...] = ()
+
+
 class ProbeResult(BaseModel):
     """The outcome of one cheap, side-effect-free health probe."""
 
@@ -215,8 +295,15 @@ class ProviderAdapter(Protocol):
         """Send money to the customer (B2C, disbursement, transfer)."""
         ...
 
-    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
-        """Query a transaction's state; idempotent, used to resolve ambiguous outcomes."""
+    async def status(
+        self, reference: str, provider_reference: str | None = None, *, context: PaymentContext | None = None
+    ) -> ProviderTransaction:
+        """Query a transaction's state; idempotent, used to resolve ambiguous outcomes.
+
+        With `context` the adapter needs no memory of the payment (after a restart, on another
+        replica). Raises `ProviderError(code="not_found")` when the provider has no such
+        transaction; the engine decides what that means (see `MoneyTruth.not_found_grace_s`).
+        """
         ...
 
     async def refund(
@@ -227,4 +314,27 @@ class ProviderAdapter(Protocol):
 
     async def close(self) -> None:
         """Release the HTTP client."""
+        ...
+
+
+@runtime_checkable
+class CallbackSource(Protocol):
+    """An adapter whose provider posts results to us (every mobile-money API does)."""
+
+    name: str
+    money_truth: MoneyTruth
+
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str], *, path_kind: str, path_reference: str | None
+    ) -> CallbackHint | None:
+        """What one callback claims; None for an event that says nothing about a payment.
+
+        Pure: changes no state. `path_kind` and `path_reference` are the last two segments of the
+        callback URL this adapter chose (`.../<provider>/<kind>/<reference>`; reference "-" when
+        the URL carried none).
+
+        Raises:
+            CallbackAuthError: the provider's signature or shared secret does not verify.
+            MalformedCallback: the body is not this provider's callback shape.
+        """
         ...

@@ -14,7 +14,9 @@ Control API (JSON; errors are 400 `{"error": "invalid_request", "detail": [{fiel
 | `DELETE /_control/faults/{id}` | remove one |
 | `GET /_control/ledger?provider=&msisdn=&reference=&operation=&status=` | accepted transactions |
 | `GET/POST/DELETE /_control/customers` | how test numbers behave (`CustomerBehavior`) |
-| `GET /_control/callbacks?provider=` | callbacks sent to merchant URLs |
+| `GET /_control/callbacks?provider=` | callbacks sent to merchant URLs (with `lost`, `copies`, `delay_s`) |
+| `GET /_control/realism` | lookup lag and callback loss / duplication / delay, default and per provider |
+| `PUT /_control/realism` | set `{provider?, lookup_lag_s, callback_loss, callback_duplicate, callback_delay_min_s, callback_delay_max_s}` (no provider: the default for all) |
 | `GET /_control/clock` | the sandbox clock |
 
 Times in the control API are `clock.monotonic()` seconds; with `relative` (the default)
@@ -43,6 +45,8 @@ from mcp_autonomy.sandbox.core import (
     CustomerBehavior,
     CustomerBook,
     ProviderEmulator,
+    Realism,
+    RealismBook,
     SandboxContext,
     SandboxCredentials,
     Scheduler,
@@ -162,11 +166,13 @@ def create_sandbox_app(
     seed: int = 0,
     credentials: SandboxCredentials | None = None,
     providers: Iterable[str] | None = None,
+    realism: Realism | None = None,
 ) -> Starlette:
     """A Starlette app emulating the providers (all of `PROVIDERS` unless `providers` names some).
 
-    Randomness (fault draws, generated ids and tokens) comes from `seed`, time from `clock`:
-    the same scenario on a `ManualClock` replays identically.
+    Randomness (fault draws, generated ids and tokens, callback loss) comes from `seed`, time
+    from `clock`: the same scenario on a `ManualClock` replays identically. `realism` is every
+    provider's default (`Realism()`, an ideal provider, unless given; see `REALISTIC`).
     """
     names = list(PROVIDERS) if providers is None else list(providers)
     unknown = [n for n in names if n not in PROVIDERS]
@@ -178,7 +184,7 @@ def create_sandbox_app(
         ledger=Ledger(clock),
         customers=CustomerBook(),
         scheduler=Scheduler(clock),
-        outbox=CallbackOutbox(clock),
+        outbox=CallbackOutbox(clock, RealismBook(realism), seed=seed),
         credentials=credentials or SandboxCredentials(),
         seed=seed,
     )
@@ -282,6 +288,23 @@ def create_sandbox_app(
         records = sandbox.outbox.records(request.query_params.get("provider"))
         return JSONResponse({"count": len(records), "callbacks": [r.to_json() for r in records]})
 
+    async def get_realism(request: Request) -> Response:
+        return JSONResponse(sandbox.outbox.realism.to_json())
+
+    async def set_realism(request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return _invalid(("body", "expected a JSON object"))
+        provider = body.pop("provider", None)
+        if provider is not None and (not isinstance(provider, str) or known_provider(provider) is not None):
+            return _invalid(("provider", f"one of {', '.join(emulators)}"))
+        try:
+            realism = Realism.model_validate(body)
+        except ValidationError as exc:
+            return _from_validation(exc)
+        sandbox.outbox.realism.set(realism, provider)
+        return JSONResponse(sandbox.outbox.realism.to_json())
+
     async def clock_state(request: Request) -> Response:
         return JSONResponse({"now": clock.now(), "monotonic_s": clock.monotonic()})
 
@@ -295,6 +318,8 @@ def create_sandbox_app(
         Route("/customers", set_customer, methods=["POST"]),
         Route("/customers", clear_customers, methods=["DELETE"]),
         Route("/callbacks", callbacks, methods=["GET"]),
+        Route("/realism", get_realism, methods=["GET"]),
+        Route("/realism", set_realism, methods=["PUT"]),
         Route("/clock", clock_state, methods=["GET"]),
     ]
 

@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -172,6 +173,78 @@ async def _sleep_until_changed(clock: Clock, changed: anyio.Event, delay_s: floa
             tg.cancel_scope.cancel()
 
 
+# --- realism: what makes real providers hard ----------------------------------------------
+
+
+class Realism(BaseModel):
+    """How one emulated provider departs from an ideal one, the way real providers do.
+
+    Real lookups are eventually consistent (MoMo answers 404 shortly after a 202, M-Pesa
+    `400.002.02` for a CheckoutRequestID it just issued, Flutterwave "No transaction was found"),
+    and real callbacks are lost, late, repeated and out of order. `Realism()` is the ideal
+    provider unit tests start from; `REALISTIC` is what `serve --sandbox` and the standalone
+    sandbox run by default.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lookup_lag_s: float = Field(
+        0.0, ge=0.0, le=3600.0, description="status lookups say 'not found' this long after acceptance"
+    )
+    callback_loss: float = Field(0.0, ge=0.0, le=1.0, description="share of callbacks never delivered")
+    callback_duplicate: float = Field(0.0, ge=0.0, le=1.0, description="share of callbacks delivered twice")
+    callback_delay_min_s: float = Field(0.0, ge=0.0, le=3600.0)
+    callback_delay_max_s: float = Field(
+        0.0, ge=0.0, le=3600.0, description="uniform delay: a spread reorders callbacks"
+    )
+
+    @field_validator("callback_delay_max_s")
+    @classmethod
+    def _ordered(cls, value: float, info: Any) -> float:
+        low = info.data.get("callback_delay_min_s", 0.0)
+        if value < low:
+            raise ValueError(f"callback_delay_max_s must be >= callback_delay_min_s ({low})")
+        return value
+
+
+REALISTIC = Realism(
+    lookup_lag_s=2.0,
+    callback_loss=0.02,
+    callback_duplicate=0.02,
+    callback_delay_min_s=0.2,
+    callback_delay_max_s=5.0,
+)
+"""The default of the sandbox people run: a few lost, repeated and late callbacks, and lookups
+that lag acceptance by two seconds."""
+
+
+class RealismBook:
+    """Realism per provider (one default for providers not set)."""
+
+    def __init__(self, default: Realism | None = None) -> None:
+        self.default = default or Realism()
+        self._by_provider: dict[str, Realism] = {}
+
+    def get(self, provider: str) -> Realism:
+        """The realism in force for `provider`."""
+        return self._by_provider.get(provider, self.default)
+
+    def set(self, realism: Realism, provider: str | None = None) -> None:
+        """Set one provider's realism, or (no provider) the default and clear every override."""
+        if provider is None:
+            self.default = realism
+            self._by_provider.clear()
+        else:
+            self._by_provider[provider] = realism
+
+    def to_json(self) -> dict[str, Any]:
+        """The default and the per-provider overrides."""
+        return {
+            "default": self.default.model_dump(),
+            "providers": {name: r.model_dump() for name, r in sorted(self._by_provider.items())},
+        }
+
+
 # --- callbacks ----------------------------------------------------------------------------
 
 
@@ -187,6 +260,11 @@ class CallbackRecord:
     delivered: bool | None = None  # None: not attempted (non-loopback URL or no runner)
     http_status: int | None = None
     error: str | None = None
+    lost: bool = False  # dropped by the provider's realism: never sent
+    copies: int = 1  # 2 when the realism duplicated it
+    delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly view for the control API."""
@@ -199,6 +277,9 @@ class CallbackRecord:
             "delivered": self.delivered,
             "http_status": self.http_status,
             "error": self.error,
+            "lost": self.lost,
+            "copies": self.copies,
+            "delay_s": round(self.delay_s, 3),
         }
 
 
@@ -226,8 +307,10 @@ class CallbackOutbox:
     (see `GET /_control/callbacks`) but not sent.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, realism: RealismBook | None = None, *, seed: int = 0) -> None:
         self._clock = clock
+        self.realism = realism or RealismBook()
+        self._rng = random.Random(f"callbacks:{seed}")
         self._records: list[CallbackRecord] = []
         self._ids = itertools.count(1)
         self._task_group: TaskGroup | None = None
@@ -241,23 +324,57 @@ class CallbackOutbox:
         """Stop delivering."""
         self._task_group = self._client = None
 
-    def send(self, provider: str, url: str, body: dict[str, Any]) -> CallbackRecord:
-        """Record a callback and, if possible, deliver it in the background."""
-        record = CallbackRecord(next(self._ids), provider, url, body, self._clock.now())
+    def send(
+        self,
+        provider: str,
+        url: str,
+        body: dict[str, Any],
+        *,
+        headers_for: Callable[[bytes], dict[str, str]] | None = None,
+    ) -> CallbackRecord:
+        """Record a callback and, if possible, deliver it in the background.
+
+        The body is serialised once; `headers_for(raw)` adds headers computed from those exact
+        bytes (Paystack's HMAC signature). The provider's `Realism` decides loss, duplication
+        and delay (a spread of delays delivers callbacks out of order).
+        """
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        realism = self.realism.get(provider)
+        record = CallbackRecord(
+            next(self._ids),
+            provider,
+            url,
+            body,
+            self._clock.now(),
+            headers={"Content-Type": "application/json", **(headers_for(raw) if headers_for else {})},
+            raw=raw,
+        )
+        record.lost = self._rng.random() < realism.callback_loss
+        record.copies = 2 if self._rng.random() < realism.callback_duplicate else 1
+        record.delay_s = self._rng.uniform(realism.callback_delay_min_s, realism.callback_delay_max_s)
         self._records.append(record)
         del self._records[:-MAX_CALLBACK_RECORDS]
-        if self._task_group is not None and self._client is not None and is_loopback_url(url):
+        if record.lost:
+            record.delivered, record.error = False, "lost (sandbox realism)"
+        elif self._task_group is not None and self._client is not None and is_loopback_url(url):
             self._task_group.start_soon(self._deliver, self._client, record)
         return record
 
     async def _deliver(self, client: httpx.AsyncClient, record: CallbackRecord) -> None:
-        try:
-            response = await client.post(record.url, json=record.body, timeout=CALLBACK_TIMEOUT_S)
-        except httpx.HTTPError as exc:
-            record.delivered, record.error = False, f"{type(exc).__name__}: {exc}"
-            return
-        record.http_status = response.status_code
-        record.delivered = response.status_code < 400
+        if record.delay_s > 0:
+            await self._clock.sleep(record.delay_s)
+        for copy in range(record.copies):
+            if copy:  # a repeat arrives a little later, as a provider's retry would
+                await self._clock.sleep(self._rng.uniform(0.05, 1.0))
+            try:
+                response = await client.post(
+                    record.url, content=record.raw, headers=record.headers, timeout=CALLBACK_TIMEOUT_S
+                )
+            except httpx.HTTPError as exc:
+                record.delivered, record.error = False, f"{type(exc).__name__}: {exc}"
+                continue
+            record.http_status = response.status_code
+            record.delivered = response.status_code < 400
 
     def records(self, provider: str | None = None) -> list[CallbackRecord]:
         """Callbacks so far, oldest first."""
@@ -308,6 +425,12 @@ class SandboxContext:
     outbox: CallbackOutbox
     credentials: SandboxCredentials
     seed: int = 0
+
+    def visible(self, provider: str, accepted_at_s: float) -> bool:
+        """Whether a status lookup can see a transaction accepted at `accepted_at_s`
+        (`clock.monotonic()`): not before the provider's `Realism.lookup_lag_s` has passed."""
+        lag_s = self.outbox.realism.get(provider).lookup_lag_s
+        return self.clock.monotonic() - accepted_at_s >= lag_s
 
     async def guarded(
         self,
