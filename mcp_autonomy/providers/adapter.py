@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import httpx
@@ -53,7 +53,21 @@ MAX_REMEMBERED = 100_000
 IdentifierSink = Callable[[str, str, str], None]
 """Called with (reference, kind, value) the moment an adapter learns a provider id."""
 
-SettingsT = TypeVar("SettingsT")
+
+class AdapterSettings(Protocol):
+    """What `AdapterBase` reads from an adapter's settings."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def probe_min_interval_s(self) -> float: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=AdapterSettings)
 
 
 class RecentMap(OrderedDict[str, Any]):
@@ -129,7 +143,7 @@ class AdapterBase(HttpClientOwner, Generic[SettingsT]):
 
     A subclass sets `name` and `capabilities`, implements `_base_url()`, `_probe_once()` and
     its money calls, and (if it uses tokens) overrides `_reset_credentials()` / `_warm_credentials()`.
-    Its settings object needs `timeout_s` and `probe_min_interval_s`.
+    Its settings object is an `AdapterSettings` (base_url, timeout_s, probe_min_interval_s).
     """
 
     name: str
@@ -146,7 +160,7 @@ class AdapterBase(HttpClientOwner, Generic[SettingsT]):
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._timeout_s = timeout_s if timeout_s is not None else float(getattr(settings, "timeout_s"))
+        self._timeout_s = timeout_s if timeout_s is not None else float(settings.timeout_s)
         make_timeout(self._timeout_s)  # validate now, not on the first payment
         self._settings_loader = settings_loader
         self._transport = transport
@@ -183,7 +197,7 @@ class AdapterBase(HttpClientOwner, Generic[SettingsT]):
         """Hook: fetch the tokens a payment will need (a bad key shows at initialise, not at pay)."""
 
     def _base_url(self) -> str:
-        return str(getattr(self._settings, "base_url"))
+        return str(self._settings.base_url)
 
     def _new_client(self) -> httpx.AsyncClient:
         return build_client(self._base_url(), self._timeout_s, transport=self._transport)
@@ -193,7 +207,7 @@ class AdapterBase(HttpClientOwner, Generic[SettingsT]):
     async def probe(self) -> ProbeResult:
         """The provider's cheap read-only call, at most once per `probe_min_interval_s`."""
         now = self._clock.monotonic()
-        interval_s = float(getattr(self._settings, "probe_min_interval_s", 0.0))
+        interval_s = float(self._settings.probe_min_interval_s)
         if self._last_probe is not None and now - self._last_probe[0] < interval_s:
             cached = self._last_probe[1]
             return cached.model_copy(update={"detail": f"{cached.detail} (cached)"})

@@ -10,8 +10,8 @@ been processed: resolve with a status query before anything else), `invalid_requ
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
