@@ -15,6 +15,7 @@ Control API (JSON; errors are 400 `{"error": "invalid_request", "detail": [{fiel
 | `GET /_control/ledger?provider=&msisdn=&reference=&operation=&status=` | accepted transactions |
 | `GET/POST/DELETE /_control/customers` | how test numbers behave (`CustomerBehavior`) |
 | `GET /_control/callbacks?provider=` | callbacks sent to merchant URLs (with `lost`, `copies`, `delay_s`) |
+| `GET /_control/webhooks`, `PUT /_control/webhooks` `{provider, url}` | merchant webhook URLs (a dashboard setting at the real providers); `url: null` removes |
 | `GET /_control/realism` | lookup lag and callback loss / duplication / delay, default and per provider |
 | `PUT /_control/realism` | set `{provider?, lookup_lag_s, callback_loss, callback_duplicate, callback_delay_min_s, callback_delay_max_s}` (no provider: the default for all) |
 | `GET /_control/clock` | the sandbox clock |
@@ -288,6 +289,24 @@ def create_sandbox_app(
         records = sandbox.outbox.records(request.query_params.get("provider"))
         return JSONResponse({"count": len(records), "callbacks": [r.to_json() for r in records]})
 
+    async def get_webhooks(request: Request) -> Response:
+        return JSONResponse({"webhooks": dict(sandbox.context.webhooks)})
+
+    async def set_webhook(request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return _invalid(("body", "expected a JSON object"))
+        provider, url = body.get("provider"), body.get("url")
+        if not isinstance(provider, str) or known_provider(provider) is not None:
+            return _invalid(("provider", f"one of {', '.join(emulators)}"))
+        if url is None:
+            sandbox.context.webhooks.pop(provider, None)
+        elif isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= 2000:
+            sandbox.context.webhooks[provider] = url
+        else:
+            return _invalid(("url", "an http(s) URL of at most 2000 characters, or null to remove"))
+        return JSONResponse({"webhooks": dict(sandbox.context.webhooks)})
+
     async def get_realism(request: Request) -> Response:
         return JSONResponse(sandbox.outbox.realism.to_json())
 
@@ -318,6 +337,8 @@ def create_sandbox_app(
         Route("/customers", set_customer, methods=["POST"]),
         Route("/customers", clear_customers, methods=["DELETE"]),
         Route("/callbacks", callbacks, methods=["GET"]),
+        Route("/webhooks", get_webhooks, methods=["GET"]),
+        Route("/webhooks", set_webhook, methods=["PUT"]),
         Route("/realism", get_realism, methods=["GET"]),
         Route("/realism", set_realism, methods=["PUT"]),
         Route("/clock", clock_state, methods=["GET"]),

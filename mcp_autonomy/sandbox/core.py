@@ -425,6 +425,9 @@ class SandboxContext:
     outbox: CallbackOutbox
     credentials: SandboxCredentials
     seed: int = 0
+    webhooks: dict[str, str] = field(default_factory=dict)
+    """Merchant webhook URL per provider, as set on the provider's dashboard (Paystack,
+    Flutterwave, IntaSend, Airtel); M-Pesa and MoMo take a callback URL per request instead."""
 
     def visible(self, provider: str, accepted_at_s: float) -> bool:
         """Whether a status lookup can see a transaction accepted at `accepted_at_s`
