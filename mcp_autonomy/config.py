@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         10_000, ge=100, le=1_000_000, validation_alias=_env("MCP_AUTONOMY_EVENT_HISTORY")
     )
     sandbox: bool = Field(False, validation_alias=_env("MCP_AUTONOMY_SANDBOX"))
+    sandbox_realism: Literal["realistic", "ideal"] = Field(
+        "realistic",
+        validation_alias=_env("MCP_AUTONOMY_SANDBOX_REALISM"),
+        description="realistic: lookups lag and some callbacks are lost, repeated or late, as at the real "
+        "providers; ideal: none of that (for unit tests)",
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("MCP_AUTONOMY_PROVIDERS")
     )

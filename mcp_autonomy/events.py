@@ -48,6 +48,12 @@ class EventType(StrEnum):
     MAINTENANCE_STARTED = "maintenance_started"
     MAINTENANCE_COMPLETED = "maintenance_completed"
     MAINTENANCE_CANCELLED = "maintenance_cancelled"
+    PAYMENT_RECONCILED = "payment_reconciled"
+    PAYMENT_NEEDS_RECONCILIATION = "payment_needs_reconciliation"
+    PAYMENT_RESOLVED = "payment_resolved"
+    CALLBACK_CONFIRMED = "callback_confirmed"
+    CALLBACK_REFUSED = "callback_refused"
+    UNMATCHED_CHARGE = "unmatched_charge"
 
 
 class Severity(StrEnum):

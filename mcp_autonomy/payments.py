@@ -127,7 +127,10 @@ class InboxCallback(BaseModel):
     received_at: float
     hint: CallbackHint
     body_sha256: str
-    body: str = Field(description="the raw body as received (cut to 16 KiB)")
+    body: str = Field(
+        exclude=True,
+        description="the raw body as received (cut to 16 KiB); never shown: it can hold a shared secret",
+    )
     idempotency_key: str | None = None
     state: CallbackState = CallbackState.PENDING
     detail: str = ""
@@ -171,6 +174,17 @@ class PaymentStore(Protocol):
 
     async def record_identifier(self, identifier: ProviderIdentifier) -> None:
         """Store a provider id (idempotent; the key is filled from the reference when known)."""
+        ...
+
+    def record_identifier_soon(self, identifier: ProviderIdentifier) -> None:
+        """Store a provider id from synchronous code (an adapter's identifier sink, called the
+        moment the adapter learns the id). A local backend writes it before returning; a networked
+        one may queue it, and `flush()` returns once every queued write is durable."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every `record_identifier_soon` write is durable (the router awaits this
+        after each provider call, before it acts on the answer)."""
         ...
 
     async def identifiers(self, provider: str, reference: str) -> dict[str, str]:

@@ -3,8 +3,10 @@
 What lives here: events (every decision, written in batches by the `EventRecorder`), the audit
 log (every manual action: tool, arguments, client, reason, result), component state (small JSON
 values per component and key, e.g. an operator's kill switch or the local backend's desired
-replica count), payments, and the records the loops keep score with (incidents, predictions,
-maintenance windows: JSON documents indexed by provider, status and time). WAL mode lets readers (tools, the dashboard) run
+replica count), the payment tables (payments, their attempts, provider ids and the callback
+inbox, in narrow columns; `SqlitePaymentStore` in `payment_store.py` reads and writes them), and
+the records the loops keep score with (incidents, predictions, maintenance windows: JSON
+documents indexed by provider, status and time). WAL mode lets readers (tools, the dashboard) run
 beside the writer. Calls are short and synchronous by design: each is one indexed statement on
 a local file, well under a millisecond, so they run on the event loop's thread; a lock makes the
 connection safe when a helper thread (e.g. the CLI) uses it too.
@@ -15,16 +17,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from mcp_autonomy.events import Event, EventType
-from mcp_autonomy.payments import PaymentRecord
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -123,9 +125,187 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS optimizations_by_time ON optimizations(at);
     CREATE INDEX IF NOT EXISTS optimizations_by_status ON optimizations(status);
     """,
+    6: """
+    -- Payments move from one JSON document per row to one column per field, with their attempts,
+    -- the provider ids learnt for them and the callback inbox beside them.
+    -- A renamed table keeps its indexes under their old names: drop the v2 ones first, so the
+    -- new table gets its own (and a leftover name can never make a CREATE INDEX a no-op).
+    DROP INDEX IF EXISTS payments_by_reference;
+    DROP INDEX IF EXISTS payments_by_provider_reference;
+    DROP INDEX IF EXISTS payments_by_status;
+    ALTER TABLE payments RENAME TO payments_v2_legacy;
+    CREATE TABLE payments (
+        idempotency_key TEXT PRIMARY KEY,
+        operation TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+        currency TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        country TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        status_reason TEXT,
+        provider TEXT,
+        reference TEXT,
+        provider_reference TEXT,
+        provider_code TEXT,
+        provider_message TEXT,
+        failed_over INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        accepted_at REAL,
+        next_check_at REAL,
+        checks INTEGER NOT NULL DEFAULT 0,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX payments_by_reference ON payments(reference);
+    CREATE INDEX payments_by_provider_reference ON payments(provider_reference);
+    CREATE INDEX payments_by_status_check ON payments(status, next_check_at);
+    CREATE INDEX payments_by_provider_status_time ON payments(provider, status, created_at);
+    -- Listing every payment newest first must not sort the whole table.
+    CREATE INDEX payments_by_time ON payments(created_at);
+    CREATE TABLE payment_attempts (
+        idempotency_key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        reference TEXT,
+        provider_reference TEXT,
+        provider_code TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (idempotency_key, seq)
+    );
+    CREATE TABLE provider_identifiers (
+        provider TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        idempotency_key TEXT,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (provider, kind, value)
+    );
+    CREATE INDEX provider_identifiers_by_reference ON provider_identifiers(provider, reference);
+    CREATE INDEX provider_identifiers_by_value ON provider_identifiers(value);
+    CREATE TABLE callback_inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        provider TEXT NOT NULL,
+        path_kind TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        body TEXT NOT NULL,
+        reference TEXT,
+        provider_reference TEXT,
+        operation TEXT,
+        claimed_status TEXT NOT NULL,
+        claimed_amount_minor INTEGER,
+        claimed_currency TEXT,
+        claimed_payer TEXT,
+        provider_code TEXT,
+        provider_message TEXT,
+        extras TEXT NOT NULL DEFAULT '{}',
+        authenticated INTEGER NOT NULL DEFAULT 0,
+        idempotency_key TEXT,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        checks INTEGER NOT NULL DEFAULT 0,
+        next_check_at REAL,
+        resolved_at REAL
+    );
+    CREATE INDEX callback_inbox_by_state_check ON callback_inbox(state, next_check_at);
+    CREATE INDEX callback_inbox_by_body ON callback_inbox(provider, body_sha256);
+    CREATE INDEX callback_inbox_by_key ON callback_inbox(idempotency_key);
+    -- Every legacy payment is copied field by field from its JSON document (the key, times and
+    -- status columns were kept equal to it; they stand in for fields an old document lacks).
+    INSERT INTO payments (
+        idempotency_key, operation, amount_minor, currency, phone, country, description, status,
+        status_reason, provider, reference, provider_reference, provider_code, provider_message,
+        failed_over, created_at, updated_at, accepted_at, next_check_at, checks, metadata
+    )
+    SELECT
+        l.idempotency_key,
+        json_extract(l.record, '$.operation'),
+        json_extract(l.record, '$.money.amount_minor'),
+        json_extract(l.record, '$.money.currency'),
+        json_extract(l.record, '$.phone'),
+        json_extract(l.record, '$.country'),
+        COALESCE(json_extract(l.record, '$.description'), ''),
+        COALESCE(json_extract(l.record, '$.status'), l.status),
+        json_extract(l.record, '$.status_reason'),
+        json_extract(l.record, '$.provider'),
+        json_extract(l.record, '$.reference'),
+        json_extract(l.record, '$.provider_reference'),
+        json_extract(l.record, '$.provider_code'),
+        json_extract(l.record, '$.provider_message'),
+        COALESCE(json_extract(l.record, '$.failed_over'), 0),
+        COALESCE(json_extract(l.record, '$.created_at'), l.created_at),
+        COALESCE(json_extract(l.record, '$.updated_at'), l.updated_at),
+        json_extract(l.record, '$.accepted_at'),
+        -- NULL: due at once, so the reconciler pulls every migrated open payment on start.
+        json_extract(l.record, '$.next_check_at'),
+        COALESCE(json_extract(l.record, '$.checks'), 0),
+        COALESCE(json_extract(l.record, '$.metadata'), '{}')
+    FROM payments_v2_legacy AS l;
+    -- The attempts list keeps its order: its array index + 1 is the attempt's seq.
+    INSERT INTO payment_attempts (
+        idempotency_key, seq, provider, started_at, latency_ms, outcome, reference,
+        provider_reference, provider_code, detail
+    )
+    SELECT
+        l.idempotency_key,
+        a.key + 1,
+        json_extract(a.value, '$.provider'),
+        json_extract(a.value, '$.started_at'),
+        COALESCE(json_extract(a.value, '$.latency_ms'), 0),
+        json_extract(a.value, '$.outcome'),
+        json_extract(a.value, '$.reference'),
+        json_extract(a.value, '$.provider_reference'),
+        json_extract(a.value, '$.provider_code'),
+        COALESCE(json_extract(a.value, '$.detail'), '')
+    FROM payments_v2_legacy AS l, json_each(l.record, '$.attempts') AS a;
+    DROP TABLE payments_v2_legacy;
+    """,
 }
 RECORD_TABLES = ("incidents", "predictions", "maintenance_windows", "optimizations")
 """Tables of JSON records with an id, a provider, a status and a time (see `Store.put_record`)."""
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, one at a time (`sqlite3.complete_statement` knows
+    a `;` inside a string, a comment or a trigger body from one that ends a statement)."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete statement at the end of a migration: {pending!r}")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to `SCHEMA_VERSION` in one transaction.
+
+    The version is read again under `BEGIN IMMEDIATE` (the write lock): when two processes open
+    the same old file at once, the second waits for the first and then finds nothing to do,
+    instead of running a migration that is not repeatable (v6 renames a table) a second time.
+    Statements run one by one because `executescript` would commit the open transaction first.
+    """
+    if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for target in sorted(v for v in _MIGRATIONS if v > version):
+            for statement in _statements(_MIGRATIONS[target]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={target}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class AuditRecord(BaseModel):
@@ -157,13 +337,16 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable against process crashes in WAL mode; only an OS crash can lose the
-        # last transactions, an accepted trade for an operational log.
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: payments and their attempts live here, and an attempt must survive power loss,
+        # not only a process crash (NORMAL in WAL mode loses the last commits to an OS crash).
+        # Events are written in batches, so the fsync per commit costs little.
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        for target in sorted(v for v in _MIGRATIONS if v > version):
-            conn.executescript("BEGIN;" + _MIGRATIONS[target] + f"PRAGMA user_version={target};COMMIT;")
+        try:
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
         return self
 
@@ -181,6 +364,16 @@ class Store:
         if self._conn is None:
             raise RuntimeError(f"store {self.path} is not open")
         return self._conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """The open connection, held under the store's lock until the block ends.
+
+        For the other stores that share this file and connection (`SqlitePaymentStore`): the
+        lock keeps a helper thread's statements out of a transaction the block has open.
+        """
+        with self._lock:
+            yield self._db()
 
     # --- events -------------------------------------------------------------------------
 
@@ -326,82 +519,6 @@ class Store:
         ]
         records.reverse()
         return records
-
-    # --- payments -----------------------------------------------------------------------
-
-    def insert_payment(self, record: PaymentRecord) -> PaymentRecord | None:
-        """Insert a new payment; returns the existing record instead if the key is taken."""
-        with self._lock:
-            db = self._db()
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO payments VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    record.idempotency_key,
-                    record.status.value,
-                    record.provider,
-                    record.reference,
-                    record.provider_reference,
-                    record.created_at,
-                    record.updated_at,
-                    record.model_dump_json(),
-                ),
-            )
-            if cursor.rowcount == 1:
-                return None
-            row = db.execute(
-                "SELECT record FROM payments WHERE idempotency_key = ?", (record.idempotency_key,)
-            ).fetchone()
-        return PaymentRecord.model_validate_json(row[0])
-
-    def update_payment(self, record: PaymentRecord) -> None:
-        """Write the record's current state (it must exist)."""
-        with self._lock:
-            self._db().execute(
-                "UPDATE payments SET status = ?, provider = ?, reference = ?, provider_reference = ?,"
-                " updated_at = ?, record = ? WHERE idempotency_key = ?",
-                (
-                    record.status.value,
-                    record.provider,
-                    record.reference,
-                    record.provider_reference,
-                    record.updated_at,
-                    record.model_dump_json(),
-                    record.idempotency_key,
-                ),
-            )
-
-    def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
-        """A payment by idempotency key, our reference or the provider's reference."""
-        with self._lock:
-            row = (
-                self._db()
-                .execute(
-                    "SELECT record FROM payments WHERE idempotency_key = ? OR reference = ?"
-                    " OR provider_reference = ? LIMIT 1",
-                    (key_or_reference, key_or_reference, key_or_reference),
-                )
-                .fetchone()
-            )
-        return None if row is None else PaymentRecord.model_validate_json(row[0])
-
-    def payments_with_status(self, *statuses: str, limit: int = 1000) -> list[PaymentRecord]:
-        """Payments whose status is one of `statuses`, oldest first."""
-        marks = ",".join("?" * len(statuses))
-        with self._lock:
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT record FROM payments WHERE status IN ({marks}) ORDER BY created_at LIMIT ?",
-                    (*statuses, limit),
-                )
-                .fetchall()
-            )
-        return [PaymentRecord.model_validate_json(r[0]) for r in rows]
-
-    def count_payments_by_status(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db().execute("SELECT status, COUNT(*) FROM payments GROUP BY status").fetchall()
-        return {str(r[0]): int(r[1]) for r in rows}
 
     # --- records: incidents, predictions, maintenance windows ---------------------------
 

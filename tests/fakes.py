@@ -6,12 +6,20 @@ sandbox over HTTP; this one exists so the engine's own state machines can be dri
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
+
 import anyio
 
 from mcp_autonomy.providers.base import (
+    CallbackAuthError,
+    CallbackHint,
     ErrorClass,
+    MalformedCallback,
     Money,
+    MoneyTruth,
     Operation,
+    PaymentContext,
     PaymentRequest,
     ProbeResult,
     ProviderCapabilities,
@@ -19,6 +27,18 @@ from mcp_autonomy.providers.base import (
     ProviderTransaction,
     TransactionStatus,
 )
+
+
+SCRIPTED_TRUTH = MoneyTruth(
+    not_found_grace_s=0.0,
+    not_found_is_final_after_grace=True,
+    pending_bound_s=3600.0,
+    pull_carries=frozenset({"status"}),
+    callback_carries=frozenset(),
+    pull_path="the script's ledger",
+    sources=("a test double: its ledger is exact, so 'not found' is final at once",),
+)
+"""The scripted provider's money truth (replace `adapter.money_truth` to test grace periods)."""
 
 
 class ScriptedAdapter:
@@ -48,6 +68,13 @@ class ScriptedAdapter:
         self.status_fails = False
         self.charges: dict[str, int] = {}
         self.calls = 0
+        self.status_calls = 0
+        self.money_truth = SCRIPTED_TRUTH
+        self.status_answers: dict[str, TransactionStatus] = {}
+        """What a status pull says per reference (default: succeeded once charged)."""
+        self.status_money: dict[str, Money] = {}
+        """The amount a status pull reports per reference (default: none carried)."""
+        self.identifier_sink: Callable[[str, str, str], None] | None = None
 
     async def initialize(self) -> None:
         self.initialize_calls += 1
@@ -81,6 +108,8 @@ class ScriptedAdapter:
                 self.name, ErrorClass.RATE_LIMITED, "too many requests", code="429", retry_after_s=1.0
             )
         self.charges[reference] = self.charges.get(reference, 0) + 1
+        if self.identifier_sink is not None:
+            self.identifier_sink(reference, "scripted_id", f"S-{reference}")
         if behaviour == "hang_after_accept":
             await anyio.sleep_forever()
         if behaviour == "ambiguous":
@@ -90,12 +119,16 @@ class ScriptedAdapter:
     async def payout(self, request: PaymentRequest) -> ProviderTransaction:
         return await self.collect(request)
 
-    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
+    async def status(
+        self, reference: str, provider_reference: str | None = None, *, context: PaymentContext | None = None
+    ) -> ProviderTransaction:
+        self.status_calls += 1
         if self.status_fails:
             raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "status endpoint down")
         if reference not in self.charges:
             raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "no such transaction", code="not_found")
-        return self._txn(reference, None, TransactionStatus.SUCCEEDED)
+        answer = self.status_answers.get(reference, TransactionStatus.SUCCEEDED)
+        return self._txn(reference, self.status_money.get(reference), answer)
 
     def _txn(
         self, reference: str, money: Money | None, status: TransactionStatus = TransactionStatus.PENDING
@@ -115,3 +148,36 @@ class ScriptedAdapter:
 
     async def close(self) -> None:
         self.closed = True
+
+
+class CallbackScriptedAdapter(ScriptedAdapter):
+    """A scripted provider that also posts callbacks: JSON `{reference, status, amount_minor?,
+    currency?, payer?, channel?}`; header `x-sig: bad` fails the signature check."""
+
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str], *, path_kind: str, path_reference: str | None
+    ) -> CallbackHint | None:
+        if headers.get("x-sig") == "bad":
+            raise CallbackAuthError("x-sig does not verify")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise MalformedCallback("not JSON") from None
+        if not isinstance(data, dict) or "status" not in data:
+            raise MalformedCallback("status is missing")
+        if data.get("event") == "ping":
+            return None
+        money = (
+            Money(amount_minor=data["amount_minor"], currency=data.get("currency", "KES"))
+            if "amount_minor" in data
+            else None
+        )
+        return CallbackHint(
+            provider=self.name,
+            reference=data.get("reference") or path_reference,
+            status=TransactionStatus(data["status"]),
+            money=money,
+            payer=data.get("payer"),
+            extras={"channel": data["channel"]} if "channel" in data else {},
+            authenticated=headers.get("x-sig") == "good",
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -18,12 +18,14 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, Field
 
 from mcp_autonomy import __version__
+from mcp_autonomy.autonomy.callback_inbox import CallbackInbox, CallbackReceipt
 from mcp_autonomy.autonomy.component import Component, ComponentStatus, Mode
 from mcp_autonomy.autonomy.healer import HealResult, SelfHealer
 from mcp_autonomy.autonomy.incidents import Incident, IncidentStatus, IncidentTracker
 from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWindow
 from mcp_autonomy.autonomy.optimizer import AutoOptimizer, Optimization, ProviderConfig
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus, PredictiveMaintenance
+from mcp_autonomy.autonomy.reconciler import PaymentLocks, PaymentReconciler
 from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
 from mcp_autonomy.autonomy.scaling import (
     ClusterLoad,
@@ -53,8 +55,9 @@ from mcp_autonomy.autonomy.scaling.policy import (
 from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
-from mcp_autonomy.payments import PaymentRecord
-from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, ProviderTransaction
+from mcp_autonomy.payment_store import SqlitePaymentStore
+from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord
+from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
@@ -72,8 +75,6 @@ COMPONENT_NAMES: tuple[ComponentName, ...] = (
     "auto_optimizer",
 )
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
-RECONCILE_INTERVAL_S = 15.0
-"""How often pending and unknown payments are re-queried at their provider."""
 
 
 class ProviderStatus(BaseModel):
@@ -91,6 +92,9 @@ class ProviderStatus(BaseModel):
     refunds: bool
     lane: LaneStatus = Field(description="Breaker, rate limit and tunables of the provider's router lane")
     telemetry: TelemetrySnapshot = Field(description="Measured over the last 5 minutes")
+    oldest_open_payment_age_s: float | None = Field(
+        None, description="Age of its oldest payment not yet final (pending, unknown, needs_reconciliation)"
+    )
 
 
 class EventBusStatus(BaseModel):
@@ -229,7 +233,26 @@ class AutonomousSystem:
         self.providers = ProviderRegistry()
         self._adapter_factory = adapter_factory
         self.telemetry = Telemetry(self.clock)
-        self.router = PaymentRouter(self.providers, self.store, self.telemetry, self.events, self.clock)
+        self.payments = SqlitePaymentStore(self.store)
+        self.router = PaymentRouter(self.providers, self.payments, self.telemetry, self.events, self.clock)
+        self.payment_locks = PaymentLocks()
+        self.reconciler = PaymentReconciler(
+            router=self.router,
+            payments=self.payments,
+            providers=self.providers,
+            bus=self.events,
+            clock=self.clock,
+            locks=self.payment_locks,
+        )
+        self.callbacks = CallbackInbox(
+            payments=self.payments,
+            providers=self.providers,
+            reconciler=self.reconciler,
+            locks=self.payment_locks,
+            bus=self.events,
+            clock=self.clock,
+            audit=self.store.record_audit,
+        )
         self.incidents = IncidentTracker(
             clock=self.clock,
             bus=self.events,
@@ -374,8 +397,9 @@ class AutonomousSystem:
                 logger.info("scaling forecaster warmed up from %d recorded load samples", replayed)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.recorder.run)
-                tg.start_soon(self._reconcile_forever)
                 await self._initialize_providers()
+                # Every payment a crash left non-final is due at once: pulled, never re-sent.
+                await tg.start(self.reconciler.run)
                 await self._start_scaling_coordination(tg)
                 self._started_at = self.clock.now()
                 self._started_mono = self.clock.monotonic()
@@ -451,14 +475,6 @@ class AutonomousSystem:
                 entry.last_init_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("initialising %s failed: %s", entry.name, entry.last_init_error)
 
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await self.clock.sleep(RECONCILE_INTERVAL_S)
-            try:
-                await self.router.reconcile_once()
-            except Exception:  # a failing reconciliation pass must not stop the next one
-                logger.exception("payment reconciliation failed")
-
     # --- measurements -------------------------------------------------------------------
 
     def measured_load_tpm(self) -> float | None:
@@ -479,33 +495,65 @@ class AutonomousSystem:
 
     async def submit_payment(self, request: PaymentRequest) -> PaymentRecord:
         """Route a payment (idempotent by its key); see `PaymentRouter.submit`."""
-        return await self.router.submit(request)
+        async with self.payment_locks.hold(request.idempotency_key):
+            return await self.router.submit(request)
 
-    async def apply_provider_result(self, provider: str, txn: ProviderTransaction) -> PaymentRecord | None:
-        """Fold a result the provider pushed (a callback) into the payment it belongs to."""
-        record = self.router.get_payment(txn.provider_reference or txn.reference) or self.router.get_payment(
-            txn.reference
-        )
-        if record is None or record.provider != provider or record.status.is_final:
-            return record
-        record.status = txn.status
-        record.provider_reference = txn.provider_reference or record.provider_reference
-        record.provider_code = txn.provider_code
-        record.provider_message = txn.provider_message
-        record.updated_at = self.clock.now()
-        self.store.update_payment(record)
-        return record
+    async def receive_callback(
+        self,
+        provider: str,
+        path_kind: str,
+        path_reference: str | None,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> CallbackReceipt:
+        """A provider's callback as received over HTTP: stored, then confirmed by a status pull
+        before it changes anything (see `CallbackInbox`)."""
+        return await self.callbacks.receive(provider, path_kind, path_reference, body, headers)
 
     async def get_payment(self, key_or_reference: str, *, refresh: bool = True) -> PaymentRecord | None:
-        """A payment by idempotency key or reference; pending ones are re-queried first."""
-        record = self.router.get_payment(key_or_reference)
+        """A payment by idempotency key or reference; a non-final one is pulled at its provider
+        first (through the status cache)."""
+        record = await self.router.get_payment(key_or_reference)
         if record is not None and refresh and not record.status.is_final:
-            record = await self.router.refresh(record)
+            pulled = await self.reconciler.pull(record.idempotency_key)
+            record = pulled or record
         return record
+
+    async def list_payments(
+        self, *, status: TransactionStatus | None = None, provider: str | None = None, limit: int = 50
+    ) -> list[PaymentRecord]:
+        """Payments, newest first, optionally of one status and provider."""
+        if provider is not None:
+            self.providers.get(provider)
+        statuses = (status,) if status is not None else ()
+        return await self.payments.list_payments(statuses=statuses, provider=provider, limit=limit)
+
+    async def resolve_payment(
+        self, key: str, outcome: TransactionStatus, *, reason: str, provider_reference: str | None = None
+    ) -> PaymentRecord:
+        """An operator's verdict on a payment left `needs_reconciliation` (or `unknown`): never a
+        resend. KeyError: unknown key; ValueError: the payment is not open, or a bad outcome."""
+        return await self.reconciler.resolve(
+            key, outcome, reason=reason, provider_reference=provider_reference
+        )
+
+    async def list_callbacks(
+        self,
+        *,
+        provider: str | None = None,
+        state: CallbackState | None = None,
+        idempotency_key: str | None = None,
+        limit: int = 50,
+    ) -> list[InboxCallback]:
+        """Received provider callbacks, newest first."""
+        states = (state,) if state is not None else ()
+        return await self.payments.list_callbacks(
+            provider=provider, states=states, idempotency_key=idempotency_key, limit=limit
+        )
 
     # --- status -------------------------------------------------------------------------
 
-    def provider_status(self, name: str) -> ProviderStatus:
+    def provider_status(self, name: str, oldest_open_s: dict[str, float] | None = None) -> ProviderStatus:
         entry = self.providers.get(name)
         caps = entry.adapter.capabilities
         return ProviderStatus(
@@ -521,6 +569,7 @@ class AutonomousSystem:
             refunds=caps.refunds,
             lane=self.router.lane_status(name),
             telemetry=self.telemetry.provider(name).snapshot(),
+            oldest_open_payment_age_s=(oldest_open_s or {}).get(name),
         )
 
     def _overall(
@@ -546,7 +595,8 @@ class AutonomousSystem:
 
     async def get_status(self) -> SystemStatus:
         """Everything an operator needs at a glance."""
-        providers = [self.provider_status(n) for n in self.providers.names()]
+        oldest = await self.reconciler.oldest_open_age_s() if self.store.is_open else {}
+        providers = [self.provider_status(n, oldest) for n in self.providers.names()]
         overall, reason = self._overall(providers)
         scaling: ReplicaState | None
         try:
@@ -623,7 +673,7 @@ class AutonomousSystem:
     def uptime_s(self) -> float | None:
         return None if self._started_mono is None else round(self.clock.monotonic() - self._started_mono, 3)
 
-    def get_stats(self) -> SystemStats:
+    async def get_stats(self) -> SystemStats:
         """Counters and scores (events counted from the store, so they span restarts)."""
         self.recorder.flush()
         return SystemStats(
@@ -637,7 +687,13 @@ class AutonomousSystem:
             scaling=self.auto_scaler.details(),
             predictions=self.predictive_maintenance.scores(),
             optimizations=self.auto_optimizer.details(),
-            payments=self.router.stats() if self.store.is_open else {},
+            payments={
+                **(await self.router.stats()),
+                "callbacks": dict(self.callbacks.counters),
+                "oldest_open_payment_age_s": await self.reconciler.oldest_open_age_s(),
+            }
+            if self.store.is_open
+            else {},
         )
 
     # --- operator actions ---------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 For each payment, in order:
 
-1. **Idempotency.** The record is written under its idempotency key *before* any provider call;
-   a replay of the key returns the first result (a different request under the same key is an
-   `IdempotencyConflict`).
+1. **Idempotency and durability.** The record is written under its idempotency key *before* any
+   provider call, and each attempt (provider, the reference sent, outcome `sending`) is written
+   before its request leaves; provider ids the adapter learns go to the store at once through
+   its identifier sink. A replay of the key returns the first result (a different request under
+   the same key is an `IdempotencyConflict`).
 2. **Route.** The eligible providers (operation, currency, country) form a chain: the first
    registered eligible provider, then its configured backups. Providers the healer has failed
    over from, or that it measures as unhealthy, move to the end of the chain.
@@ -15,10 +17,12 @@ For each payment, in order:
    429's retry waits for its Retry-After, and the first `THROTTLE_FREE_RETRIES` of them do not
    use up one of the lane's `max_attempts` (the provider declined to look at the payment).
 4. **Ambiguous outcomes** (timeout after sending, reset mid-response, 5xx after acceptance) are
-   resolved with the provider's idempotent status query *before* anything else. Found ->
-   that is the payment's result. Certainly absent -> safe to fail over. Still unknown -> the
-   payment is recorded `unknown` with that provider and is never sent anywhere else; the
-   reconciler keeps querying until the provider answers.
+   resolved with the provider's idempotent status query (bypassing the status cache) *before*
+   anything else. Found -> that is the payment's result. "Not found" counts as absent only past
+   the provider's lookup grace period and where its docs say so (`MoneyTruth`): then it is safe
+   to fail over. Otherwise the payment is recorded `unknown` with that provider and is never sent
+   anywhere else; the reconciler (`autonomy/reconciler.py`) pulls it until it is final, or marks
+   it `needs_reconciliation` once the provider's bound has passed.
 5. An invalid request is the caller's fault: it fails at once, without failover.
 
 Every call's outcome and latency goes to `Telemetry`; breaker transitions become events.
@@ -37,11 +41,19 @@ from pydantic import BaseModel
 
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
-from mcp_autonomy.payments import AttemptOutcome, PaymentAttempt, PaymentRecord
+from mcp_autonomy.payments import (
+    AttemptOutcome,
+    PaymentAttempt,
+    PaymentRecord,
+    PaymentStore,
+    ProviderIdentifier,
+)
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
     ErrorClass,
+    MoneyTruth,
     Operation,
+    PaymentContext,
     PaymentRequest,
     ProviderError,
     ProviderTransaction,
@@ -53,8 +65,8 @@ from mcp_autonomy.resilience.canary import ArmTally, CanarySplit
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.rate_limiter import TokenBucket
 from mcp_autonomy.resilience.retry import Backoff, RetryBudget
+from mcp_autonomy.resilience.status_cache import StatusCache
 from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
-from mcp_autonomy.store import Store
 from mcp_autonomy.telemetry import Outcome, Telemetry
 
 logger = logging.getLogger(__name__)
@@ -66,6 +78,18 @@ NEAR_TIMEOUT_SHARE = 0.8
 provider is slowing down towards the timeout before any call times out."""
 THROTTLE_FREE_RETRIES = 2
 """Retries after a 429 (at its Retry-After) per payment and provider that do not use up an attempt."""
+RECONCILE_FIRST_CHECK_S = 5.0
+"""When the reconciler first pulls a payment left unknown (then with backoff, see `reconciler`)."""
+DEFAULT_MONEY_TRUTH = MoneyTruth(
+    not_found_grace_s=60.0,
+    not_found_is_final_after_grace=False,
+    pending_bound_s=3600.0,
+    pull_carries=frozenset({"status"}),
+    callback_carries=frozenset(),
+    pull_path="the adapter's status query",
+    sources=("no provider table: conservative defaults (not found never means not processed)",),
+)
+"""For adapters that publish no `money_truth` (test doubles, third-party adapters)."""
 
 
 class IdempotencyConflict(ValueError):
@@ -93,6 +117,7 @@ class ProviderLane:
     tunables: ProviderTunables
     tally: ArmTally = field(default_factory=ArmTally)
     canary: CanarySplit | None = None
+    status_cache: StatusCache = field(default_factory=StatusCache)
 
     @property
     def name(self) -> str:
@@ -120,7 +145,7 @@ class PaymentRouter:
     def __init__(
         self,
         registry: ProviderRegistry,
-        store: Store,
+        payments: PaymentStore,
         telemetry: Telemetry,
         bus: EventBus,
         clock: Clock,
@@ -132,7 +157,7 @@ class PaymentRouter:
         self.timeout_listeners: list[Callable[[str, bool], None]] = []
         """Called with (provider, timed_out) after each call that timed out (True) or answered
         after `NEAR_TIMEOUT_SHARE` of its timeout (False): the optimizer's timeout guard."""
-        self.store = store
+        self.payments = payments
         self.telemetry = telemetry
         self.bus = bus
         self.clock = clock
@@ -140,6 +165,7 @@ class PaymentRouter:
         self._rng = rng if rng is not None else random.Random()
         self._lanes: dict[str, ProviderLane] = {}
         self._failed_over: dict[str, str] = {}
+        self._in_flight: dict[tuple[str, str], str] = {}  # (provider, reference) -> idempotency key
         self.counters: dict[str, int] = {
             "payments": 0,
             "replays": 0,
@@ -176,6 +202,9 @@ class PaymentRouter:
                 ),
                 tunables=tunables,
             )
+            if hasattr(entry.adapter, "identifier_sink"):
+                # Ids the adapter learns (CheckoutRequestID, invoice id, ...) are durable at once.
+                entry.adapter.identifier_sink = self._identifier_sink(provider)
             self._lanes[provider] = lane
         return lane
 
@@ -356,15 +385,17 @@ class PaymentRouter:
             status=TransactionStatus.PENDING,
             created_at=now,
             updated_at=now,
+            # If this process stops mid-route, the reconciler takes the payment up from here.
+            next_check_at=now + RECONCILE_FIRST_CHECK_S,
             metadata=dict(request.metadata),
         )
-        existing = self.store.insert_payment(record)
+        existing = await self.payments.create_payment(record)
         if existing is not None:
             if not existing.same_request(record):
+                # Never echo the other payment's details: the key's owner may be someone else.
                 raise IdempotencyConflict(
                     f"idempotency_key {request.idempotency_key!r} was already used for a different payment "
-                    f"({existing.operation.value} {existing.money.amount_minor} {existing.money.currency} "
-                    f"to {existing.phone}); use a new key"
+                    "(another operation, amount, currency, phone or country); use a new key"
                 )
             self.counters["replays"] += 1
             return existing
@@ -375,12 +406,12 @@ class PaymentRouter:
         except NoRouteError as exc:
             record.status = TransactionStatus.FAILED
             record.provider_message = str(exc)
-            return self._save(record, started)
+            return await self._save(record, started)
         for index, provider in enumerate(chain):
             is_last = index == len(chain) - 1
             outcome = await self._try_provider(self.lane(provider), request, record, is_last)
             if outcome == "done":
-                return self._save(record, started)
+                return await self._save(record, started)
             if index + 1 < len(chain):
                 record.failed_over = True
                 self.counters["failovers"] += 1
@@ -389,11 +420,15 @@ class PaymentRouter:
         record.provider_message = (
             "no provider accepted the payment; none processed it, so nothing was charged"
         )
-        return self._save(record, started)
+        return await self._save(record, started)
 
-    def _save(self, record: PaymentRecord, started: float) -> PaymentRecord:
+    async def _save(self, record: PaymentRecord, started: float) -> PaymentRecord:
         record.updated_at = self.clock.now()
-        self.store.update_payment(record)
+        if record.status.is_final:
+            record.next_check_at = None
+        elif record.status is TransactionStatus.PENDING:
+            record.next_check_at = record.updated_at + RECONCILE_FIRST_CHECK_S
+        await self.payments.save_payment(record)
         ok = record.status in (TransactionStatus.SUCCEEDED, TransactionStatus.PENDING)
         self.telemetry.record_payment(
             Outcome.SUCCESS if ok else Outcome.NOT_PROCESSED, (self.clock.monotonic() - started) * 1000
@@ -465,19 +500,20 @@ class PaymentRouter:
         retrying = False  # the next call is a retry (tallied once it reaches the provider)
         throttled_free = 0  # 429s answered with a retry that did not use up an attempt
         attempt = 0
+        reference = self._reference_for(lane, request)
         while True:
             attempt += 1
             attempt_started = self.clock.now()
             permit = lane.breaker.try_acquire()
             if permit is None:
-                self._attempt(
+                await self._attempt(
                     record, lane, attempt_started, 0.0, AttemptOutcome.REJECTED_LOCALLY, "breaker open"
                 )
                 self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
                 return "next"
             if not lane.limiter.try_acquire():
                 permit.release()
-                self._attempt(
+                await self._attempt(
                     record,
                     lane,
                     attempt_started,
@@ -494,7 +530,12 @@ class PaymentRouter:
                 retrying = False
                 for tally in tallies:
                     tally.retries_sent += 1
+            # Durable before the request leaves: a crash from here on leaves an attempt that says
+            # where the payment may be, and the restart resolves it by status, never by a resend.
+            sending = await self._begin_send(record, lane, attempt_started, reference)
             call_started = self.clock.monotonic()
+            key = (lane.name, reference)
+            self._in_flight[key] = request.idempotency_key
             try:
                 txn = await self._call(lane, request, tunables.timeout_s)
             except TimeoutError:
@@ -505,10 +546,9 @@ class PaymentRouter:
                     tally.timeouts += 1
                     tally.add_latency(latency_ms)
                 self._near_timeout(lane.name, timed_out=True)
-                self._attempt(
+                await self._finish_send(
                     record,
-                    lane,
-                    attempt_started,
+                    sending,
                     latency_ms,
                     AttemptOutcome.AMBIGUOUS,
                     f"no answer within {tunables.timeout_s} s",
@@ -522,10 +562,9 @@ class PaymentRouter:
                     tally.add_latency(latency_ms)
                     if exc.error_class in (ErrorClass.NOT_PROCESSED, ErrorClass.RATE_LIMITED):
                         tally.transient_errors += 1
-                self._attempt(
+                await self._finish_send(
                     record,
-                    lane,
-                    attempt_started,
+                    sending,
                     latency_ms,
                     AttemptOutcome(exc.error_class.value),
                     exc.provider_message,
@@ -567,6 +606,9 @@ class PaymentRouter:
                     delay = max(delay, exc.retry_after_s)
                 await self.clock.sleep(delay)
                 continue
+            finally:
+                self._in_flight.pop(key, None)
+                await self.payments.flush()
             latency_ms = (self.clock.monotonic() - call_started) * 1000
             permit.record(True, latency_ms / 1000)
             self.telemetry.record_call(lane.name, Outcome.SUCCESS, latency_ms)
@@ -574,10 +616,11 @@ class PaymentRouter:
                 tally.add_latency(latency_ms)
             if latency_ms >= NEAR_TIMEOUT_SHARE * 1000 * tunables.timeout_s:
                 self._near_timeout(lane.name, timed_out=False)
-            self._attempt(
-                record, lane, attempt_started, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn
+            await self._finish_send(
+                record, sending, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn
             )
             self._adopt(record, lane.name, txn)
+            record.accepted_at = attempt_started
             return "done"
 
     def _near_timeout(self, provider: str, *, timed_out: bool) -> None:
@@ -590,11 +633,33 @@ class PaymentRouter:
     async def _resolve_ambiguous(
         self, lane: ProviderLane, request: PaymentRequest, record: PaymentRecord
     ) -> str:
-        reference = record.attempts[-1].reference or self._reference_for(lane, request)
-        resolution = await self.query_status(lane.name, reference, record.attempts[-1].provider_reference)
-        if isinstance(resolution, ProviderTransaction):
+        """Ask the provider about an outcome that may have been processed (never re-send first).
+
+        Found: that is the payment's result. Not found after the provider's grace period, where
+        its docs say that means never processed: safe to fail over. Anything else (no answer, or
+        "not found" while lookups may still lag acceptance): the payment is `unknown` at this
+        provider, never sent anywhere else, and the reconciler pulls it until it is final or its
+        bound passes (then `needs_reconciliation`).
+        """
+        sent = record.attempts[-1]
+        reference = sent.reference or self._reference_for(lane, request)
+        truth = self.money_truth(lane.name)
+        context = PaymentContext(
+            reference=reference,
+            operation=request.operation,
+            money=request.money,
+            phone=request.phone,
+            country=request.country,
+            provider_reference=sent.provider_reference,
+            identifiers=await self.payments.identifiers(lane.name, reference),
+            accepted_at=sent.started_at,
+        )
+        resolution = await self.query_status(
+            lane.name, reference, sent.provider_reference, context=context, fresh=True
+        )
+        if isinstance(resolution, ProviderTransaction) and resolution.status is not TransactionStatus.UNKNOWN:
             self.counters["ambiguous_resolved"] += 1
-            self._attempt(
+            await self._attempt(
                 record,
                 lane,
                 self.clock.now(),
@@ -604,25 +669,44 @@ class PaymentRouter:
                 txn=resolution,
             )
             self._adopt(record, lane.name, resolution)
+            record.accepted_at = sent.started_at
             return "done"
-        if resolution is _Resolution.NOT_FOUND:
+        age_s = self.clock.now() - sent.started_at
+        if (
+            resolution is _Resolution.NOT_FOUND
+            and truth.not_found_is_final_after_grace
+            and age_s >= truth.not_found_grace_s
+        ):
             self.counters["ambiguous_resolved"] += 1
-            self._attempt(
+            await self._attempt(
                 record,
                 lane,
                 self.clock.now(),
                 0.0,
                 AttemptOutcome.NOT_PROCESSED,
-                "status query: the provider has no such transaction, safe to fail over",
+                "status query: the provider has no such transaction, past its lookup grace period; "
+                "safe to fail over",
             )
             return "next"
+        if resolution is _Resolution.NOT_FOUND:
+            why = (
+                f"the provider does not show it yet ({age_s:.1f} s after sending; its lookups may lag "
+                f"acceptance by up to {truth.not_found_grace_s:g} s)"
+            )
+        elif isinstance(resolution, ProviderTransaction):
+            why = resolution.provider_message or "the provider cannot say yet"
+        else:
+            why = "its status query did not answer"
         record.status = TransactionStatus.UNKNOWN
         record.provider = lane.name
         record.reference = reference
+        record.provider_reference = sent.provider_reference or record.provider_reference
+        record.status_reason = f"outcome unknown: {why}"
         record.provider_message = (
-            "outcome unknown: the provider may have processed it and its status query did not answer; "
-            "not sent anywhere else, the reconciler keeps querying"
+            "outcome unknown: the provider may have processed it; not sent anywhere else, "
+            "the reconciler keeps asking the provider"
         )
+        record.next_check_at = self.clock.now() + RECONCILE_FIRST_CHECK_S
         return "done"
 
     @staticmethod
@@ -630,26 +714,87 @@ class PaymentRouter:
         reference_for = getattr(lane.entry.adapter, "reference_for", None)
         return reference_for(request.idempotency_key) if callable(reference_for) else request.idempotency_key
 
+    def money_truth(self, provider: str) -> MoneyTruth:
+        """`provider`'s money-truth table (a conservative default for adapters without one)."""
+        truth = getattr(self.registry.get(provider).adapter, "money_truth", None)
+        return truth if isinstance(truth, MoneyTruth) else DEFAULT_MONEY_TRUTH
+
     async def query_status(
-        self, provider: str, reference: str, provider_reference: str | None = None
+        self,
+        provider: str,
+        reference: str,
+        provider_reference: str | None = None,
+        *,
+        context: PaymentContext | None = None,
+        fresh: bool = False,
     ) -> ProviderTransaction | _Resolution:
-        """Ask the provider where a transaction stands, a few times; never raises."""
+        """Ask the provider where a transaction stands, a few times; never raises.
+
+        Goes through the lane's status cache (final answers kept for good, pending ones for the
+        tunable `status_cache_ttl_s`) unless `fresh`: confirming a callback or resolving an
+        ambiguous outcome must see the provider's present answer.
+        """
         lane = self.lane(provider)
+        if not fresh:
+            cached = lane.status_cache.get(
+                reference, self.clock.monotonic(), lane.tunables.status_cache_ttl_s
+            )
+            if cached is not None:
+                return cached
         for attempt in range(1, RESOLVE_ATTEMPTS + 1):
             try:
                 with self.clock.fail_after(lane.tunables.timeout_s):
-                    return await lane.entry.adapter.status(reference, provider_reference)
+                    txn = await lane.entry.adapter.status(reference, provider_reference, context=context)
+                lane.status_cache.put(reference, txn, self.clock.monotonic())
+                return txn
             except ProviderError as exc:
                 if exc.code == NOT_FOUND_CODE:
                     return _Resolution.NOT_FOUND
                 logger.info("%s: status query %d for %s failed: %s", provider, attempt, reference, exc)
             except TimeoutError:
                 logger.info("%s: status query %d for %s timed out", provider, attempt, reference)
+            finally:
+                await self.payments.flush()
             if attempt < RESOLVE_ATTEMPTS:
                 await self.clock.sleep(lane.backoff.delay_s(attempt))
         return _Resolution.UNRESOLVED
 
-    def _attempt(
+    async def _begin_send(
+        self, record: PaymentRecord, lane: ProviderLane, started_at: float, reference: str
+    ) -> PaymentAttempt:
+        attempt = PaymentAttempt(
+            provider=lane.name,
+            started_at=started_at,
+            latency_ms=0.0,
+            outcome=AttemptOutcome.SENDING,
+            reference=reference,
+            detail="sending",
+        )
+        attempt.seq = await self.payments.begin_attempt(record.idempotency_key, attempt)
+        record.attempts.append(attempt)
+        return attempt
+
+    async def _finish_send(
+        self,
+        record: PaymentRecord,
+        attempt: PaymentAttempt,
+        latency_ms: float,
+        outcome: AttemptOutcome,
+        detail: str,
+        *,
+        code: str | None = None,
+        txn: ProviderTransaction | None = None,
+    ) -> None:
+        attempt.latency_ms = round(latency_ms, 3)
+        attempt.outcome = outcome
+        attempt.detail = detail
+        if txn is not None:
+            attempt.reference = txn.reference or attempt.reference
+            attempt.provider_reference = txn.provider_reference
+        attempt.provider_code = code if code is not None else (txn.provider_code if txn is not None else None)
+        await self.payments.finish_attempt(record.idempotency_key, attempt)
+
+    async def _attempt(
         self,
         record: PaymentRecord,
         lane: ProviderLane,
@@ -661,67 +806,54 @@ class PaymentRouter:
         code: str | None = None,
         txn: ProviderTransaction | None = None,
     ) -> None:
-        record.attempts.append(
-            PaymentAttempt(
-                provider=lane.name,
-                started_at=started_at,
-                latency_ms=round(latency_ms, 3),
-                outcome=outcome,
-                reference=txn.reference if txn is not None else None,
-                provider_reference=txn.provider_reference if txn is not None else None,
-                provider_code=code if code is not None else (txn.provider_code if txn is not None else None),
-                detail=detail,
-            )
+        """Append an attempt that sent nothing (a local rejection) or a status resolution."""
+        attempt = PaymentAttempt(
+            provider=lane.name,
+            started_at=started_at,
+            latency_ms=round(latency_ms, 3),
+            outcome=outcome,
+            reference=txn.reference if txn is not None else None,
+            provider_reference=txn.provider_reference if txn is not None else None,
+            provider_code=code if code is not None else (txn.provider_code if txn is not None else None),
+            detail=detail,
         )
-        # Persist after every attempt: a crash mid-payment leaves a record that says where it went.
-        record.updated_at = self.clock.now()
-        self.store.update_payment(record)
+        attempt.seq = await self.payments.begin_attempt(record.idempotency_key, attempt)
+        record.attempts.append(attempt)
 
     @staticmethod
     def _adopt(record: PaymentRecord, provider: str, txn: ProviderTransaction) -> None:
         record.provider = provider
         record.status = txn.status
         record.reference = txn.reference
-        record.provider_reference = txn.provider_reference
+        record.provider_reference = txn.provider_reference or record.provider_reference
         record.provider_code = txn.provider_code
         record.provider_message = txn.provider_message
+        if txn.status is TransactionStatus.UNKNOWN:
+            record.status_reason = txn.provider_message
+
+    def _identifier_sink(self, provider: str) -> Callable[[str, str, str], None]:
+        def sink(reference: str, kind: str, value: str) -> None:
+            self.payments.record_identifier_soon(
+                ProviderIdentifier(
+                    provider=provider,
+                    kind=kind,
+                    value=value,
+                    reference=reference,
+                    idempotency_key=self._in_flight.get((provider, reference)),
+                    recorded_at=self.clock.now(),
+                )
+            )
+
+        return sink
 
     # --- after the fact -----------------------------------------------------------------
 
-    def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
-        return self.store.get_payment(key_or_reference)
+    async def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
+        return await self.payments.get_payment(key_or_reference)
 
-    async def refresh(self, record: PaymentRecord) -> PaymentRecord:
-        """Query the provider for a pending or unknown payment and store what it says."""
-        if record.provider is None or record.reference is None or record.status.is_final:
-            return record
-        resolution = await self.query_status(record.provider, record.reference, record.provider_reference)
-        if isinstance(resolution, ProviderTransaction):
-            record.status = resolution.status
-            record.provider_reference = resolution.provider_reference or record.provider_reference
-            record.provider_code = resolution.provider_code
-            record.provider_message = resolution.provider_message
-        elif resolution is _Resolution.NOT_FOUND and record.status is TransactionStatus.UNKNOWN:
-            record.status = TransactionStatus.FAILED
-            record.provider_message = "the provider has no such transaction: it was never processed"
-        record.updated_at = self.clock.now()
-        self.store.update_payment(record)
-        return record
-
-    async def reconcile_once(self, limit: int = 200) -> int:
-        """Refresh pending and unknown payments; returns how many reached a final state."""
-        finished = 0
-        pending = self.store.payments_with_status(
-            TransactionStatus.PENDING.value, TransactionStatus.UNKNOWN.value, limit=limit
-        )
-        for record in pending:
-            if (await self.refresh(record)).status.is_final:
-                finished += 1
-        return finished
-
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
-            "by_status": self.store.count_payments_by_status(),
+            "by_status": await self.payments.count_by_status(),
             "failed_over": self.failed_over,
         }

@@ -35,6 +35,13 @@ def add_sandbox_parsers(subparsers: Any) -> None:
     sandbox.add_argument(
         "--seed", type=int, default=0, help="seed of every random draw (replays are identical)"
     )
+    sandbox.add_argument(
+        "--realism",
+        choices=("realistic", "ideal"),
+        default="realistic",
+        help="realistic (default): lookups lag acceptance and some callbacks are lost, repeated or late, "
+        "as at the real providers (tune with PUT /_control/realism); ideal: none of that",
+    )
 
     chaos = subparsers.add_parser(
         "chaos",
@@ -98,7 +105,10 @@ def run_sandbox(args: argparse.Namespace) -> int:
     from mcp_autonomy.sandbox.server import running_sandbox
 
     async def serve() -> None:
-        app = create_sandbox_app(SystemClock(), seed=args.seed)
+        from mcp_autonomy.sandbox.core import REALISTIC
+
+        realism = REALISTIC if args.realism == "realistic" else None
+        app = create_sandbox_app(SystemClock(), seed=args.seed, realism=realism)
         async with running_sandbox(app, args.host, args.port) as address:
             print(f"sandbox control API: {address.base_url}/_control", file=sys.stderr, flush=True)
             for provider in address.provider_ports:

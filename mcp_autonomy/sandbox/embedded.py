@@ -25,7 +25,7 @@ from mcp_autonomy.providers.mtn_momo import MtnMomoAdapter, MtnMomoSettings
 from mcp_autonomy.providers.paystack import PaystackAdapter, PaystackSettings
 from mcp_autonomy.sandbox.airtel_money import AirtelMoneySandboxConfig, sandbox_pin_public_key
 from mcp_autonomy.sandbox.app import PROVIDERS, Sandbox, create_sandbox_app, sandbox_of
-from mcp_autonomy.sandbox.core import SandboxCredentials
+from mcp_autonomy.sandbox.core import REALISTIC, Realism, SandboxCredentials
 from mcp_autonomy.sandbox.flutterwave import FlutterwaveSandboxConfig
 from mcp_autonomy.sandbox.intasend import IntaSendSandboxConfig
 from mcp_autonomy.sandbox.mpesa import MpesaSandboxConfig
@@ -51,10 +51,13 @@ class EmbeddedSandbox:
         return sandbox_of(self.app)
 
 
-AdapterBuilder = Callable[[Clock, SandboxAddress, "str | None"], ProviderAdapter]
+AdapterBuilder = Callable[[Clock, SandboxAddress, str], ProviderAdapter]
+"""Builds one adapter aimed at the sandbox; the string is where its provider's callbacks go."""
+WEBHOOK_PROVIDERS = ("paystack", "flutterwave", "intasend", "airtel_money")
+"""Providers whose callback URL is a dashboard setting (the sandbox's `webhooks`), not per request."""
 
 
-def _mpesa(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+def _mpesa(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = MpesaSandboxConfig()
     settings = MpesaSettings(
         consumer_key=SecretStr(cfg.consumer_key),
@@ -65,14 +68,14 @@ def _mpesa(clock: Clock, address: SandboxAddress, callback_base: str | None) -> 
         b2c_shortcode=cfg.b2c_shortcode,
         initiator_name=cfg.initiator_name,
         security_credential=SecretStr(cfg.security_credential),
-        callback_url=f"{callback_base}/stk" if callback_base else None,
-        result_url=f"{callback_base}/result" if callback_base else None,
-        queue_timeout_url=f"{callback_base}/timeout" if callback_base else None,
+        callback_url=f"{callback_base}/stk",
+        result_url=f"{callback_base}/result",
+        queue_timeout_url=f"{callback_base}/timeout",
     )
     return MpesaAdapter(settings, clock)
 
 
-def _paystack(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+def _paystack(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = PaystackSandboxConfig()
     settings = PaystackSettings(
         secret_key=SecretStr(cfg.secret_keys[0]),
@@ -82,7 +85,7 @@ def _paystack(clock: Clock, address: SandboxAddress, callback_base: str | None) 
     return PaystackAdapter(settings, clock)
 
 
-def _mtn_momo(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+def _mtn_momo(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = MtnMomoSandboxConfig()
     settings = MtnMomoSettings(
         api_user=cfg.api_user,
@@ -91,11 +94,12 @@ def _mtn_momo(clock: Clock, address: SandboxAddress, callback_base: str | None) 
         disbursement_subscription_key=SecretStr(cfg.disbursement_subscription_key),
         base_url=address.url("mtn_momo"),
         target_environment=cfg.target_environment,
+        callback_url=f"{callback_base}/callback",
     )
     return MtnMomoAdapter(settings, clock)
 
 
-def _airtel_money(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+def _airtel_money(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = AirtelMoneySandboxConfig()
     settings = AirtelMoneySettings(
         client_id=cfg.client_id,
@@ -108,7 +112,7 @@ def _airtel_money(clock: Clock, address: SandboxAddress, callback_base: str | No
     return AirtelMoneyAdapter(settings, clock)
 
 
-def _intasend(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+def _intasend(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = IntaSendSandboxConfig()
     settings = IntaSendSettings(
         secret_key=SecretStr(cfg.secret_keys[0]), public_key=cfg.public_key, base_url=address.url("intasend")
@@ -116,7 +120,7 @@ def _intasend(clock: Clock, address: SandboxAddress, callback_base: str | None) 
     return IntaSendAdapter(settings, clock)
 
 
-def _flutterwave(clock: Clock, address: SandboxAddress, callback_base: str | None) -> ProviderAdapter:
+def _flutterwave(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = FlutterwaveSandboxConfig()
     settings = FlutterwaveSettings(
         secret_key=SecretStr(cfg.secret_keys[0]),
@@ -139,19 +143,29 @@ ADAPTER_BUILDERS: dict[str, AdapterBuilder] = {
 
 @asynccontextmanager
 async def embedded_sandbox(
-    clock: Clock, *, seed: int = 0, mpesa_callback_base: str | None = None
+    clock: Clock, *, seed: int = 0, callback_base: str | None = None, realism: Realism | None = REALISTIC
 ) -> AsyncIterator[EmbeddedSandbox]:
-    """Serve every emulator on loopback for the duration of the block, with adapters for each."""
+    """Serve every emulator on loopback for the duration of the block, with adapters for each.
+
+    `callback_base` is where this server's callback routes are (`.../callbacks/<token>`); each
+    provider's callbacks and webhooks go to `<callback_base>/<provider>/...`. `realism` is every
+    emulator's default (`REALISTIC` unless told otherwise: lookups lag, some callbacks are lost,
+    repeated or late, as at the real providers).
+    """
     names = [n for n in PROVIDERS if n in ADAPTER_BUILDERS]
-    app = create_sandbox_app(clock, seed=seed, credentials=SandboxCredentials(), providers=names)
+    app = create_sandbox_app(
+        clock, seed=seed, credentials=SandboxCredentials(), providers=names, realism=realism
+    )
     async with anyio.create_task_group() as tg:
         address: SandboxAddress = await tg.start(serve_sandbox, app)
-        # Daraja requires callback URLs. Without an HTTP server of ours (stdio mode, tests) they
-        # point at the sandbox's own callback log, and results are fetched by status query.
-        callback_base = mpesa_callback_base or f"{address.base_url}/_control/callbacks/mpesa"
-        adapters = {
-            n: ADAPTER_BUILDERS[n](clock, address, callback_base if n == "mpesa" else None) for n in names
-        }
+        # Without an HTTP server of ours (stdio mode, tests) callbacks go to the sandbox's own
+        # callback log, and results are learnt by status pulls alone.
+        base = callback_base or f"{address.base_url}/_control/callbacks"
+        adapters = {n: ADAPTER_BUILDERS[n](clock, address, f"{base}/{n}") for n in names}
+        if callback_base:
+            for name in WEBHOOK_PROVIDERS:
+                if name in names:
+                    sandbox_of(app).context.webhooks[name] = f"{callback_base}/{name}/webhook"
         try:
             yield EmbeddedSandbox(app, address, adapters)
         finally:

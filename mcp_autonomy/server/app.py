@@ -33,6 +33,19 @@ def callback_path_prefix(token: str) -> str:
     return f"/callbacks/{token}"
 
 
+def callback_token(settings: Settings, system: AutonomousSystem) -> str:
+    """MCP_AUTONOMY_CALLBACK_TOKEN, or the one generated on first start and kept in the state
+    directory: callback URLs sent to providers before a restart must still reach us after it."""
+    if settings.callback_token:
+        return settings.callback_token.get_secret_value()
+    store = system.store.open()
+    token = store.get_state("server", "callback_token")
+    if not isinstance(token, str) or len(token) < 16:
+        token = secrets.token_urlsafe(16)
+        store.set_state("server", "callback_token", token, timestamp=system.clock.now())
+    return token
+
+
 @asynccontextmanager
 async def assemble(settings: Settings, *, public_base_url: str | None = None) -> AsyncIterator[Assembly]:
     """The system with its providers registered, the MCP app, and its callback routes.
@@ -41,19 +54,20 @@ async def assemble(settings: Settings, *, public_base_url: str | None = None) ->
     None in stdio mode, where results are fetched with status queries instead.
     """
     system = AutonomousSystem(settings)
-    token = (
-        settings.callback_token.get_secret_value() if settings.callback_token else secrets.token_urlsafe(16)
-    )
+    token = callback_token(settings, system)
     prefix = callback_path_prefix(token)
     callback_base = f"{public_base_url}{prefix}" if public_base_url else None
     async with AsyncExitStack() as stack:
         sandbox = None
         if settings.sandbox:
+            from mcp_autonomy.sandbox.core import REALISTIC
             from mcp_autonomy.sandbox.embedded import DEFAULT_BACKUPS, embedded_sandbox
 
             sandbox = await stack.enter_async_context(
                 embedded_sandbox(
-                    system.clock, mpesa_callback_base=f"{callback_base}/mpesa" if callback_base else None
+                    system.clock,
+                    callback_base=callback_base,
+                    realism=REALISTIC if settings.sandbox_realism == "realistic" else None,
                 )
             )
             for adapter in sandbox.adapters.values():

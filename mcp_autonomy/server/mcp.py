@@ -49,7 +49,7 @@ from mcp_autonomy.autonomy.scaling import ScaleBackendError
 from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, StatusSummary, SystemStats
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import Event, EventType
-from mcp_autonomy.payments import PaymentRecord
+from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord
 from mcp_autonomy.providers.base import (
     COUNTRY_RE,
     CURRENCY_RE,
@@ -58,6 +58,7 @@ from mcp_autonomy.providers.base import (
     Money,
     Operation,
     PaymentRequest,
+    TransactionStatus,
     normalize_msisdn,
 )
 from mcp_autonomy.providers.registry import BackupMapError, UnknownProviderError
@@ -103,6 +104,21 @@ ProviderName = Annotated[
     Field(min_length=1, max_length=64, description="A registered provider name, e.g. mpesa (see get_status)"),
 ]
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class PaymentList(BaseModel):
+    """Payments, newest first."""
+
+    payments: list[PaymentRecord]
+    oldest_open_age_s: dict[str, float] = Field(
+        description="Per provider, the age of its oldest payment not yet final (seconds)"
+    )
+
+
+class CallbackList(BaseModel):
+    """Provider callbacks as received, newest first, with what became of each."""
+
+    callbacks: list[InboxCallback]
 
 
 class PredictionList(BaseModel):
@@ -451,7 +467,7 @@ class McpApp:
             annotations=READ_ONLY,
         )
         async def get_stats() -> SystemStats:
-            return system.get_stats()
+            return await system.get_stats()
 
         @mcp.tool(
             title="Heal a provider now",
@@ -916,6 +932,99 @@ class McpApp:
             return record
 
         @mcp.tool(
+            title="List payments",
+            description=(
+                "Payments newest first, optionally only one status and provider. `needs_reconciliation` lists "
+                "the payments whose outcome the engine could not establish within their provider's bound "
+                "(status_reason says why): resolve each with resolve_payment after checking the provider's "
+                "portal. Also returns, per provider, the age of its oldest payment not yet final."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def list_payments(
+            status: Annotated[TransactionStatus | None, Field(description="Only this status")] = None,
+            provider: Annotated[str | None, Field(description="Only this provider")] = None,
+            limit: Annotated[int, Field(ge=1, le=500, description="At most this many")] = 50,
+        ) -> PaymentList:
+            self._check_provider(provider)
+            return PaymentList(
+                payments=await system.list_payments(status=status, provider=provider, limit=limit),
+                oldest_open_age_s=await system.reconciler.oldest_open_age_s(),
+            )
+
+        @mcp.tool(
+            title="Resolve a payment by hand",
+            description=(
+                "Record an operator's verdict on a payment left `needs_reconciliation` (or `unknown`) after "
+                "checking the provider's own records: `succeeded` (the customer was charged / paid) or "
+                "`failed` (nothing moved). Never sends anything to a provider. Give the provider's reference "
+                "(receipt) you found when there is one. Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+            ),
+        )
+        async def resolve_payment(
+            idempotency_key: Annotated[
+                str, Field(min_length=1, max_length=100, description="The payment's key")
+            ],
+            outcome: Annotated[
+                Literal["succeeded", "failed"], Field(description="What the provider's records show")
+            ],
+            reason: Reason,
+            ctx: Context,
+            provider_reference: Annotated[
+                str | None, Field(max_length=100, description="The provider's id or receipt, if found")
+            ] = None,
+        ) -> PaymentRecord:
+            arguments = {
+                "idempotency_key": idempotency_key,
+                "outcome": outcome,
+                "reason": reason,
+                "provider_reference": provider_reference,
+            }
+            try:
+                record = await system.resolve_payment(
+                    idempotency_key,
+                    TransactionStatus(outcome),
+                    reason=reason,
+                    provider_reference=provider_reference,
+                )
+            except KeyError:
+                self._audit(ctx, "resolve_payment", arguments, False, {"error": "unknown key"})
+                raise ToolError(f"idempotency_key: no payment {idempotency_key!r}") from None
+            except ValueError as exc:
+                self._audit(ctx, "resolve_payment", arguments, False, {"error": str(exc)})
+                raise ToolError(f"idempotency_key: {exc}") from None
+            self._audit(ctx, "resolve_payment", arguments, True, {"status": record.status.value})
+            return record
+
+        @mcp.tool(
+            title="Get provider callbacks",
+            description=(
+                "Callbacks the providers posted, newest first: what each claimed (status, amount, payer), whether "
+                "its signature verified, and what became of it: confirmed by a status pull, pending (the pull "
+                "said pending or not found yet; re-checked), refused (it contradicted the payment or the "
+                "provider: audited), unmatched (no payment yet), or duplicate."
+            ),
+            annotations=READ_ONLY,
+        )
+        async def get_callbacks(
+            provider: Annotated[str | None, Field(description="Only this provider")] = None,
+            state: Annotated[CallbackState | None, Field(description="Only this state")] = None,
+            idempotency_key: Annotated[
+                str | None, Field(max_length=100, description="Only this payment's callbacks")
+            ] = None,
+            limit: Annotated[int, Field(ge=1, le=500, description="At most this many")] = 50,
+        ) -> CallbackList:
+            self._check_provider(provider)
+            return CallbackList(
+                callbacks=await system.list_callbacks(
+                    provider=provider, state=state, idempotency_key=idempotency_key, limit=limit
+                )
+            )
+
+        @mcp.tool(
             title="List providers",
             description=(
                 "Every registered provider: operations, currencies and countries it supports, measured health, "
@@ -1061,7 +1170,7 @@ class McpApp:
 
         @mcp.resource(uris.STATS, name="stats", description="Statistics (as get_stats)", mime_type=json_type)
         async def stats_resource() -> str:
-            return dump(system.get_stats())
+            return dump(await system.get_stats())
 
         @mcp.resource(
             uris.PROVIDERS,

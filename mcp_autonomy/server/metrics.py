@@ -40,6 +40,7 @@ from mcp_autonomy.autonomy.predictor import PredictionStatus, PredictionType
 from mcp_autonomy.autonomy.scaling import ReplicaState
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.events import Event, EventBus, EventType
+from mcp_autonomy.providers.base import TransactionStatus
 from mcp_autonomy.resilience.breaker import BreakerState
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.telemetry import LATENCY_BUCKETS_MS, Outcome
@@ -144,6 +145,9 @@ class EngineCollector:
         self.events = events
         self.replicas: ReplicaState | None = None
         """Set by the scrape handler just before collecting (reading it is async, `collect` is not)."""
+        self.oldest_open_s: dict[str, float] = {}
+        self.payments_by_status: dict[str, int] = {}
+        """Read from the payment store by the scrape handler, like `replicas`."""
 
     def collect(self) -> Iterable[Metric]:
         sections: tuple[Callable[[], Iterable[Metric]], ...] = (
@@ -315,6 +319,24 @@ class EngineCollector:
                 modes.add_metric([name, mode.value], 1.0 if component.mode is mode else 0.0)
         yield modes
 
+        oldest = GaugeMetricFamily(
+            f"{NAMESPACE}_oldest_open_payment_age_seconds",
+            "Age of each provider's oldest payment not yet final (pending, unknown, needs_reconciliation); "
+            "0 when it has none",
+            labels=["provider"],
+        )
+        for name in system.providers.names():
+            oldest.add_metric([name], self.oldest_open_s.get(name, 0.0))
+        yield oldest
+        payments = GaugeMetricFamily(
+            f"{NAMESPACE}_payments",
+            "Payments in the store by status (needs_reconciliation: an operator must resolve them)",
+            labels=["status"],
+        )
+        for status in TransactionStatus:
+            payments.add_metric([status.value], float(self.payments_by_status.get(status.value, 0)))
+        yield payments
+
         tpm = system.telemetry.transactions_per_minute()
         if tpm is not None:
             load = GaugeMetricFamily(
@@ -370,9 +392,16 @@ class MetricsExporter:
     async def scrape(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition body and its content type (OpenMetrics when `accept` asks for it)."""
         replicas = await self.read_replicas()
+        oldest: dict[str, float] = {}
+        by_status: dict[str, int] = {}
+        if self.system.store.is_open:
+            oldest = await self.system.reconciler.oldest_open_age_s()
+            by_status = await self.system.payments.count_by_status()
         encoder, content_type = choose_encoder(accept)
         # No await between setting the state and collecting: concurrent scrapes cannot mix.
         self.collector.replicas = replicas
+        self.collector.oldest_open_s = oldest
+        self.collector.payments_by_status = by_status
         return encoder(self.registry), content_type
 
     async def endpoint(self, request: Request) -> Response:

@@ -43,13 +43,17 @@ from mcp_autonomy.autonomy.scaling import ScaleBackendError
 from mcp_autonomy.autonomy.system import AutonomousSystem, StatusSummary, SystemStats
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventType
+from mcp_autonomy.payments import CallbackState, PaymentRecord
+from mcp_autonomy.providers.base import TransactionStatus
 from mcp_autonomy.providers.registry import UnknownProviderError
 from mcp_autonomy.server.dashboard import DashboardSnapshot, dashboard_snapshot
 from mcp_autonomy.server.mcp import (
+    CallbackList,
     EventList,
     IncidentList,
     MaintenanceWindowList,
     OptimizationList,
+    PaymentList,
     PredictionList,
     Reason,
 )
@@ -190,6 +194,23 @@ class MaintenanceQuery(_Query):
     limit: int = Field(50, ge=1, le=LIST_LIMIT_MAX, description="At most this many, latest start first")
 
 
+class PaymentsQuery(_Query):
+    """Filters of `GET /autonomous/payments` (as `list_payments`)."""
+
+    status: TransactionStatus | None = Field(None, description="Only this status, e.g. needs_reconciliation")
+    provider: ProviderFilter | None = None
+    limit: int = Field(50, ge=1, le=LIST_LIMIT_MAX, description="At most this many, newest first")
+
+
+class CallbacksQuery(_Query):
+    """Filters of `GET /autonomous/callbacks` (as `get_callbacks`)."""
+
+    provider: ProviderFilter | None = None
+    state: CallbackState | None = Field(None, description="Only this state")
+    idempotency_key: str | None = Field(None, max_length=100, description="Only this payment's callbacks")
+    limit: int = Field(50, ge=1, le=LIST_LIMIT_MAX, description="At most this many, newest first")
+
+
 class _Body(BaseModel):
     # Strict: `"replicas": "5"` or `"force": "yes"` is refused, not coerced, on a destructive action.
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -199,6 +220,14 @@ class HealRequest(_Body):
     """Body of `POST /autonomous/heal/{provider}` (as `heal_provider`)."""
 
     reason: Reason
+
+
+class ResolvePaymentRequest(_Body):
+    """Body of `POST /autonomous/payments/{key}/resolve` (as `resolve_payment`)."""
+
+    outcome: Literal["succeeded", "failed"] = Field(description="What the provider's own records show")
+    reason: Reason
+    provider_reference: str | None = Field(None, max_length=100, description="The provider's id or receipt")
 
 
 class ScaleRequest(_Body):
@@ -319,6 +348,7 @@ ERROR_DESCRIPTIONS = {
     400: "Malformed request: a query parameter is invalid or unknown, or the body is not JSON",
     403: "Foreign Origin header (DNS-rebinding protection)",
     404: "Unknown provider (the error lists the registered ones)",
+    409: "The payment is not open: only needs_reconciliation or unknown payments are resolved by hand",
     413: f"Body larger than {MAX_BODY_BYTES} bytes",
     415: "Body not sent as application/json",
     421: "Foreign Host header (DNS-rebinding protection; MCP_AUTONOMY_ALLOWED_HOSTS adds names)",
@@ -503,7 +533,7 @@ class RestApi:
             return await system.get_status_summary()
 
         async def get_stats(request: Request, query: NoQuery, body: None) -> SystemStats:
-            return system.get_stats()
+            return await system.get_stats()
 
         async def heal_provider(request: Request, query: NoQuery, body: HealRequest) -> HealResult:
             provider = str(request.path_params["provider"])
@@ -610,6 +640,55 @@ class RestApi:
         async def get_dashboard(request: Request, query: NoQuery, body: None) -> DashboardSnapshot:
             return await dashboard_snapshot(system)
 
+        async def list_payments(request: Request, query: PaymentsQuery, body: None) -> PaymentList:
+            self._check_provider(query.provider)
+            return PaymentList(
+                payments=await system.list_payments(
+                    status=query.status, provider=query.provider, limit=query.limit
+                ),
+                oldest_open_age_s=await system.reconciler.oldest_open_age_s(),
+            )
+
+        async def resolve_payment(
+            request: Request, query: NoQuery, body: ResolvePaymentRequest
+        ) -> PaymentRecord:
+            key = str(request.path_params["key"])[:100]
+            arguments = {
+                "idempotency_key": key,
+                "outcome": body.outcome,
+                "reason": body.reason,
+                "provider_reference": body.provider_reference,
+            }
+            try:
+                record = await system.resolve_payment(
+                    key,
+                    TransactionStatus(body.outcome),
+                    reason=body.reason,
+                    provider_reference=body.provider_reference,
+                )
+            except KeyError:
+                self._audit(request, "resolve_payment", arguments, False, {"error": "unknown key"})
+                raise ApiError(404, ErrorDetail(field="key", message=f"no payment {key!r}")) from None
+            except ValueError as exc:
+                self._audit(request, "resolve_payment", arguments, False, {"error": str(exc)})
+                raise ApiError(
+                    409,
+                    ErrorDetail(field="key", message=str(exc), allowed=["needs_reconciliation", "unknown"]),
+                ) from None
+            self._audit(request, "resolve_payment", arguments, True, {"status": record.status.value})
+            return record
+
+        async def get_callbacks(request: Request, query: CallbacksQuery, body: None) -> CallbackList:
+            self._check_provider(query.provider)
+            return CallbackList(
+                callbacks=await system.list_callbacks(
+                    provider=query.provider,
+                    state=query.state,
+                    idempotency_key=query.idempotency_key,
+                    limit=query.limit,
+                )
+            )
+
         return (
             Endpoint(
                 "GET",
@@ -712,6 +791,42 @@ class RestApi:
                 MaintenanceWindowList,
                 get_maintenance,
                 query=MaintenanceQuery,
+                errors=(404,),
+            ),
+            Endpoint(
+                "GET",
+                "/payments",
+                "listPayments",
+                "Payments",
+                "Payments newest first, optionally of one status (e.g. needs_reconciliation) and provider, with each "
+                "provider's oldest payment not yet final (as list_payments).",
+                PaymentList,
+                list_payments,
+                query=PaymentsQuery,
+                errors=(404,),
+            ),
+            Endpoint(
+                "POST",
+                "/payments/{key}/resolve",
+                "resolvePayment",
+                "Resolve a payment by hand",
+                "An operator's verdict (succeeded or failed, from the provider's own records) on a payment left "
+                "needs_reconciliation or unknown. Sends nothing to any provider. Audited (as resolve_payment).",
+                PaymentRecord,
+                resolve_payment,
+                body=ResolvePaymentRequest,
+                errors=(404, 409, 413, 415, 422),
+            ),
+            Endpoint(
+                "GET",
+                "/callbacks",
+                "getCallbacks",
+                "Provider callbacks received",
+                "Callbacks newest first with what each claimed and what became of it: confirmed by a status pull, "
+                "pending, refused (audited), unmatched or duplicate (as get_callbacks).",
+                CallbackList,
+                get_callbacks,
+                query=CallbacksQuery,
                 errors=(404,),
             ),
             Endpoint(

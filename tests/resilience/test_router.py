@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from mcp_autonomy.autonomy.reconciler import PaymentLocks, PaymentReconciler
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.events import EventBus
 from mcp_autonomy.payments import AttemptOutcome
@@ -16,6 +17,7 @@ from mcp_autonomy.providers.base import Money, Operation, PaymentRequest, Transa
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerConfig, BreakerState
 from mcp_autonomy.resilience.router import IdempotencyConflict, NoRouteError, PaymentRouter
+from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.store import Store
 from mcp_autonomy.telemetry import Telemetry
 from tests.fakes import ScriptedAdapter
@@ -36,7 +38,7 @@ def world(tmp_path: Path, clock: ManualClock) -> Iterator[World]:
     bus = EventBus(clock)
     router = PaymentRouter(
         registry,
-        store,
+        SqlitePaymentStore(store),
         Telemetry(clock),
         bus,
         clock,
@@ -61,8 +63,8 @@ async def test_success_goes_to_the_primary(world: World) -> None:
     record = await router.submit(payment("key-00001"))
     assert (record.status, record.provider, record.failed_over) == (TransactionStatus.PENDING, "mpesa", False)
     assert mpesa.charges == {"mpesa-key-00001": 1} and intasend.charges == {}
-    assert router.get_payment("key-00001") == record
-    assert router.get_payment("P-mpesa-key-00001") == record
+    assert await router.get_payment("key-00001") == record
+    assert await router.get_payment("P-mpesa-key-00001") == record
 
 
 async def test_replay_returns_the_first_result_and_never_charges_again(world: World) -> None:
@@ -140,8 +142,18 @@ async def test_ambiguous_with_status_down_is_unknown_and_never_sent_elsewhere(
     assert (record.status, record.provider) == (TransactionStatus.UNKNOWN, "mpesa")
     assert intasend.calls == 0
     mpesa.status_fails = False
-    assert await router.reconcile_once() == 1
-    assert router.get_payment("key-00006").status is TransactionStatus.SUCCEEDED  # type: ignore[union-attr]
+    reconciler = PaymentReconciler(
+        router=router,
+        payments=router.payments,
+        providers=router.registry,
+        bus=router.bus,
+        clock=clock,
+        locks=PaymentLocks(),
+    )
+    await clock.advance_to(max(clock.now(), record.next_check_at or 0.0))
+    assert (await reconciler.tick()).finished == 1
+    stored = await router.get_payment("key-00006")
+    assert stored is not None and stored.status is TransactionStatus.SUCCEEDED
 
 
 async def test_ambiguous_but_absent_at_provider_fails_over(world: World) -> None:
@@ -176,7 +188,7 @@ async def test_a_retry_the_breaker_rejects_is_not_tallied_as_sent(tmp_path: Path
     store = Store(tmp_path / "alone.sqlite3").open()
     router = PaymentRouter(
         registry,
-        store,
+        SqlitePaymentStore(store),
         Telemetry(clock),
         EventBus(clock),
         clock,
@@ -189,7 +201,7 @@ async def test_a_retry_the_breaker_rejects_is_not_tallied_as_sent(tmp_path: Path
                 await clock.advance(20)
         assert mpesa.calls == 5
         assert router.lane("mpesa").breaker.state is BreakerState.OPEN
-        last = router.get_payment("key-50002")
+        last = await router.get_payment("key-50002")
         assert last is not None and last.attempts[-1].outcome is AttemptOutcome.REJECTED_LOCALLY
         assert router.lane("mpesa").tally.retries_sent == 3  # 2 + 1 reached the provider
     finally:
@@ -217,7 +229,7 @@ async def test_retries_after_429_do_not_use_up_the_attempts(tmp_path: Path, cloc
     mpesa = ScriptedAdapter("mpesa")
     registry.register(mpesa)
     store = Store(tmp_path / "throttled.sqlite3").open()
-    router = PaymentRouter(registry, store, Telemetry(clock), EventBus(clock), clock)
+    router = PaymentRouter(registry, SqlitePaymentStore(store), Telemetry(clock), EventBus(clock), clock)
     router.set_tunables("mpesa", router.lane("mpesa").tunables.model_copy(update={"max_attempts": 2}))
     results = []
 
