@@ -219,7 +219,7 @@ async def run_ours() -> RunResult:
 
             async def submit(i: int, request: PaymentRequest) -> None:
                 record = await system.submit_payment(request)
-                stored = system.router.get_payment(request.idempotency_key)
+                stored = await system.router.get_payment(request.idempotency_key)
                 outcomes.append(
                     PaymentOutcome(
                         i,

@@ -297,7 +297,7 @@ class RunResult:
         return points[regime + 1].timeouts - points[regime].timeouts
 
 
-def audit(sandbox: EmbeddedSandbox, system: AutonomousSystem, times: Sequence[float]) -> Audit:
+async def audit(sandbox: EmbeddedSandbox, system: AutonomousSystem, times: Sequence[float]) -> Audit:
     """Every payment's record against the sandbox ledger (the ground truth)."""
     charged = {
         e.msisdn
@@ -309,7 +309,7 @@ def audit(sandbox: EmbeddedSandbox, system: AutonomousSystem, times: Sequence[fl
     for i, at_s in enumerate(times):
         regime = regime_of(at_s, starts)
         request = ghs_payment(i)
-        record = system.router.get_payment(request.idempotency_key)
+        record = await system.router.get_payment(request.idempotency_key)
         was_charged = request.phone in charged
         if record is None:
             result.charged_but_failed += was_charged
@@ -381,7 +381,7 @@ async def run_day(*, optimizer_on: bool, seed: int = SEED) -> RunResult:
             async with system.running(), anyio.create_task_group() as tasks:
                 await traffic(tasks)
                 tasks.cancel_scope.cancel()  # nothing should be left in flight after the drain
-                checked = audit(sandbox, system, times)
+                checked = await audit(sandbox, system, times)
                 records = system.auto_optimizer.optimizations(limit=100_000)
     statuses = Counter(o.status for o in records)
     return RunResult(

@@ -116,6 +116,7 @@ class CallbackState(StrEnum):
     REFUSED = "refused"  # contradicted by the stored request or by the pull (audited, evented)
     UNMATCHED = "unmatched"  # no payment known for it yet: kept, matched again later
     DUPLICATE = "duplicate"  # the same body as one already received
+    RECORDED = "recorded"  # a refund's or reversal's result: kept; it does not change the payment
 
 
 class InboxCallback(BaseModel):

@@ -191,6 +191,15 @@ class CallbackInbox:
 
     async def _confirm(self, callback: InboxCallback, record: PaymentRecord) -> None:
         hint = callback.hint
+        if hint.operation is Operation.REFUND and record.operation is not Operation.REFUND:
+            # A refund's or reversal's own result: refunds are not payments here, so it is kept
+            # for the record and changes nothing.
+            callback.state = CallbackState.RECORDED
+            callback.detail = f"a refund result ({hint.status.value}); the payment itself is unchanged"
+            callback.next_check_at = None
+            callback.resolved_at = self.clock.now()
+            await self._store(callback)
+            return
         contradiction = self._against_request(hint, record)
         if contradiction is not None:
             await self._refuse(callback, record, contradiction)

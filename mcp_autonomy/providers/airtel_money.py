@@ -12,24 +12,44 @@ UNICEF/510 "121 platform" Airtel integration and its mock, and the published cod
 - Every call carries `X-Country` and `X-Currency`; msisdns go *without* the country code.
 - Collection: `POST /merchant/v2/payments/` `{reference, subscriber: {country, currency, msisdn},
   transaction: {amount, country, currency, id}}` where `transaction.id` is the partner's own id
-  (alphanumeric: a hyphen breaks the later enquiry). Answers arrive inside HTTP 200 bodies:
-  `status: {code, message, result_code, response_code, success}`; `DP00800001006` "in process"
-  means the push reached the customer. Result codes: ESB000010 ok, ESB000008 field validation,
-  ESB000033/35/36 bad msisdn/currency, ESB000039 vendor not configured for the country,
-  ESB000041 "External Transaction ID already exists", ESB000045 no transaction with that id.
-- Enquiry: `GET /standard/v1/payments/{id}` -> `data.transaction.status` TS (success), TF
-  (failed), TIP (in progress) and **TA: ambiguous** - Airtel itself does not know yet; it is
+  (alphanumeric: a hyphen breaks the later enquiry), derived here from the idempotency key.
+  Answers arrive inside HTTP 200 bodies: `status: {code, message, result_code, response_code,
+  success}`; `DP00800001006` "in process" means the push reached the customer. Result codes:
+  ESB000010 ok, ESB000008 field validation, ESB000033/35/36 bad msisdn/currency, ESB000039
+  vendor not configured for the country, ESB000041 "External Transaction ID already exists",
+  ESB000045 "No Transaction Found With Provided Transaction Id".
+- Enquiry: `GET /standard/v1/payments/{id}` -> `data.transaction {id, status, airtel_money_id,
+  message}` and nothing else: no amount, no payer. Status TS (success), TF (failed), TE
+  (expired), TIP (in progress) and **TA: ambiguous** - Airtel itself does not know yet; it is
   *not* pending and *not* failed, so it maps to `unknown` and must be re-queried, never retried.
   Response codes DP00800001000 ambiguous, ...001 success, ...002 wrong PIN, ...003 limit,
   ...004 invalid amount, ...005 no PIN entered, ...006 in process, ...007 no balance,
-  ...008 refused, ...010 payee barred, ...024 timed out, ...025 not found (also "too early").
-- Refund: `POST /standard/v1/payments/refund` `{transaction: {airtel_money_id}}` (full amount).
+  ...008 refused, ...010 payee barred, ...024 timed out, ...025 not found, ...029 expired. An id
+  Airtel does not know is answered `success: false`, ESB000045 / DP00800001025: `status()`
+  raises `not_found` (right after a push it may only be "too early": the engine's grace).
+- Refund: `POST /standard/v1/payments/refund` `{transaction: {airtel_money_id}}` (full amount,
+  answered at once). Airtel offers no refund enquiry.
 - Disbursement: `POST /standard/v2/disbursements/` `{payee: {msisdn, wallet_type}, reference,
   pin, transaction: {amount, id, type: "B2C"}}` where `pin` is the disbursement PIN
-  RSA-encrypted (PKCS#1 v1.5) with Airtel's public key, base64. Enquiry
+  RSA-encrypted (PKCS#1 v1.5) with Airtel's public key, base64. Enquiry (the v2 one that
+  matches a v2 disbursement, as the 121 platform uses it)
   `GET /standard/v2/disbursements/{id}?transactionType=B2C`; codes DP00900001001 success,
-  ...000 ambiguous, ...006 in process, ...011 duplicate, ...015 not found.
+  ...000 ambiguous, ...006 in process, ...011 "transaction with similar information already
+  exists" and ...017 duplicate id, ...014 timed out ("may be processed"), ...015 not found.
+- Callback ("collection callback", a URL set on the Airtel developer dashboard): a POST of
+  `{"transaction": {"id", "message", "status_code": "TS"|"TF", "airtel_money_id"}}`. Unsigned
+  by default; with "callback authentication" enabled for the app, Airtel adds `"hash"`: the
+  HMAC-SHA256, base64, of the payload (`{"transaction": {...}}` as compact JSON) keyed with the
+  private key shown in the app's settings. Set `AIRTEL_MONEY_CALLBACK_PRIVATE_KEY` to require
+  and verify it. The callback carries no amount and no payer (only the message text).
 - Probe: `GET /standard/v1/users/balance` (read-only).
+
+Identifiers reported to the engine (`identifier_sink`), by kind:
+
+- `airtel_money_id`: Airtel's id of a collection or disbursement (from an answer, a pull);
+- `airtel_reference_id`: the `reference_id` a disbursement answer may carry;
+- `refund_airtel_money_id`: the id of a succeeded refund (a collection with one is `reversed`);
+  `pending_refund_airtel_money_id` if a refund answer was not final.
 
 Not implemented: v2 message signing (`x-signature`/`x-key`, only for merchants who enabled it).
 """
@@ -38,41 +58,36 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
-from collections import OrderedDict
+import hmac
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-import anyio
 import httpx
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.adapter import AccessToken, AdapterBase, RecentMap, TokenCache
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackAuthError,
+    CallbackHint,
     ErrorClass,
+    MalformedCallback,
     Money,
+    MoneyTruth,
     Operation,
+    PaymentContext,
     PaymentRequest,
-    ProbeResult,
     ProviderCapabilities,
     ProviderError,
     ProviderTransaction,
     TransactionStatus,
 )
-from mcp_autonomy.providers.http import (
-    HttpClientOwner,
-    build_client,
-    classify_http_status,
-    json_object,
-    make_timeout,
-    parse_retry_after,
-    send,
-    short,
-)
+from mcp_autonomy.providers.http import json_object, send, short
 
 PROVIDER = "airtel_money"
 Kind = Literal["collection", "disbursement"]
@@ -96,7 +111,6 @@ MARKETS: dict[str, tuple[str, str]] = {
 """Airtel Money markets: country -> (currency, dial code)."""
 MINOR_UNIT_EXPONENTS = {"UGX": 0, "RWF": 0, "XAF": 0, "XOF": 0}
 REFERENCE_LENGTH = 20
-MAX_REMEMBERED = 100_000
 
 TRANSACTION_STATUS = {
     "TS": TransactionStatus.SUCCEEDED,
@@ -112,14 +126,66 @@ COLLECTION_NOT_FOUND = "DP00800001025"
 DISBURSEMENT_SUCCESS = "DP00900001001"
 DISBURSEMENT_AMBIGUOUS = "DP00900001000"
 DISBURSEMENT_IN_PROCESS = "DP00900001006"
-DISBURSEMENT_DUPLICATE = "DP00900001011"
+DISBURSEMENT_DUPLICATES = frozenset({"DP00900001011", "DP00900001017"})
+""""Transaction with similar information already exists" and "Duplicate transaction Id"."""
+DISBURSEMENT_TIMED_OUT = "DP00900001014"
+""""The transaction may be processed or failed due to time out": ambiguous, never a refusal."""
 DISBURSEMENT_NOT_FOUND = "DP00900001015"
 ESB_OK = "ESB000010"
 ESB_DUPLICATE = "ESB000041"
 ESB_NOT_FOUND = "ESB000045"
+NOT_FOUND_CODES = frozenset({COLLECTION_NOT_FOUND, DISBURSEMENT_NOT_FOUND, ESB_NOT_FOUND})
 NOT_PROCESSED_CODES = frozenset({"ESB000039", "ROUTER001", "ROUTER005", "ROUTER007"})
 """Refused for the route (vendor or country not configured): another provider may carry it."""
 INVALID_DISBURSEMENT_CODES = frozenset({"DP00900001004", "DP00900001013"})
+
+MONEY_ID = "airtel_money_id"
+REFERENCE_ID = "airtel_reference_id"
+REFUND_ID = "refund_airtel_money_id"
+PENDING_REFUND_ID = "pending_refund_airtel_money_id"
+CALLBACK_KINDS: dict[str, Operation] = {
+    "collect": Operation.COLLECT,
+    "collection": Operation.COLLECT,
+    "payout": Operation.PAYOUT,
+    "disbursement": Operation.PAYOUT,
+    "refund": Operation.REFUND,
+}
+"""The `<kind>` segment of the dashboard's callback URL, when it names one."""
+_NO_REFERENCE = frozenset({"", "-"})
+
+MONEY_TRUTH = MoneyTruth(
+    not_found_grace_s=120.0,
+    not_found_is_final_after_grace=False,
+    pending_bound_s=3600.0,
+    pull_carries=frozenset({"status", "provider_reference", "reason"}),
+    callback_carries=frozenset({"status", "provider_reference", "reason"}),
+    callback_auth="none",
+    pull_path=(
+        "GET /standard/v1/payments/{id} (collections) or /standard/v2/disbursements/{id}"
+        "?transactionType=B2C (payouts), id being our transaction.id derived from the idempotency "
+        "key; they return only a status, airtel_money_id and a message (no amount, no payer). A "
+        "refund has no enquiry: its answer is final, and one whose answer was lost cannot be pulled"
+    ),
+    sources=(
+        "developers.airtel.africa, Collection 'Transaction Enquiry': data.transaction {id, status "
+        "TS/TF/TA/TIP, airtel_money_id, message}; TA = ambiguous, enquire again",
+        "developers.airtel.africa, response codes: DP00800001025 / DP00900001015 'Transaction Not "
+        "Found', ESB000045 'No Transaction Found With Provided Transaction Id' (not documented as "
+        "'never processed', so a not-found stays ambiguous)",
+        "not_found_grace_s: Airtel documents no lookup lag; integrators see 'not found' right after "
+        "a push; 120 s (twice the push timeout) is a conservative choice",
+        "pending_bound_s: a USSD push times out after about a minute (DP00800001024) but a TA "
+        "transaction stays ambiguous until Airtel resolves it; 3600 s is a conservative choice",
+        "developers.airtel.africa, Collection 'Callback' (status_code TS/TF, airtel_money_id) and "
+        "'Callback with authentication' (hash = base64 HmacSHA256 with the app's private key)",
+        "global-121/121-platform services/121-service/src/fsp-integrations/integrations/airtel/"
+        "services/airtel.api.service.ts (v2 disbursement and enquiry ?transactionType=B2C)",
+    ),
+)
+"""What Airtel's pulls and callbacks carry, and how long a payment may stay open there.
+
+`callback_auth` is "none": Airtel's optional callback hash (HMAC-SHA256) has no name among
+`CallbackAuth`'s values; `parse_callback` verifies it when the private key is configured."""
 
 
 class AirtelMoneySettings(BaseSettings):
@@ -146,11 +212,15 @@ class AirtelMoneySettings(BaseSettings):
     pin_public_key: SecretStr | None = Field(
         None, description="Airtel's RSA public key for PIN encryption (base64 DER or PEM)"
     )
+    callback_private_key: SecretStr | None = Field(
+        None,
+        description=(
+            "the private key of the app's 'callback authentication' (Airtel dashboard); with it, a "
+            "callback must carry a `hash` that verifies, without it callbacks are unauthenticated"
+        ),
+    )
     timeout_s: float = Field(15.0, ge=0.5, le=120.0)
     token_refresh_margin_s: float = Field(30.0, ge=0.0, le=600.0)
-    not_found_grace_s: float = Field(
-        120.0, ge=0.0, le=3600.0, description="a 'not found' this soon after our own send means 'too early'"
-    )
     probe_min_interval_s: float = Field(30.0, ge=0.0, le=3600.0)
 
     @field_validator("countries")
@@ -163,29 +233,11 @@ class AirtelMoneySettings(BaseSettings):
 
 
 @dataclass(frozen=True)
-class _Token:
-    value: str
-    expires_at_s: float
-
-
-@dataclass
 class _Sent:
-    """What this process sent under one reference."""
+    """Where this process sent one reference (a cache: `status(context=...)` does not need it)."""
 
     kind: Kind
     country: str
-    money: Money
-    sent_at_s: float
-
-
-class _Recent(OrderedDict[str, Any]):
-    """A dict that forgets its oldest entries beyond `MAX_REMEMBERED`."""
-
-    def remember(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > MAX_REMEMBERED:
-            self.popitem(last=False)
 
 
 def _base36(value: int, width: int) -> str:
@@ -229,6 +281,17 @@ def encrypt_pin(pin: str, public_key: str) -> str:
     return base64.b64encode(key.encrypt(pin.encode(), padding.PKCS1v15())).decode()
 
 
+def callback_hash(transaction: Mapping[str, Any], private_key: str) -> str:
+    """Airtel's callback `hash`: base64 HMAC-SHA256 of `{"transaction": {...}}` as compact JSON.
+
+    Airtel's example signs the payload without the hash, serialised compactly in its own key
+    order (id, message, status_code, airtel_money_id); `parse_callback` keeps the received order.
+    """
+    message = json.dumps({"transaction": transaction}, separators=(",", ":"), ensure_ascii=False)
+    digest = hmac.new(private_key.encode(), message.encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
 def _transaction_data(body: Mapping[str, Any]) -> dict[str, Any]:
     data = body.get("data")
     txn = data.get("transaction") if isinstance(data, Mapping) else None
@@ -240,7 +303,11 @@ def _status_block(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(status) if isinstance(status, Mapping) else {}
 
 
-class AirtelMoneyAdapter(HttpClientOwner):
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
+
+
+class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
     """Speaks the Airtel Africa Open API: token cache, USSD push, enquiry, refund, disbursement."""
 
     name = PROVIDER
@@ -251,6 +318,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
         refunds=True,
     )
     """Every Airtel Money market; each instance narrows it to its configured countries."""
+    money_truth = MONEY_TRUTH
 
     def __init__(
         self,
@@ -261,19 +329,11 @@ class AirtelMoneyAdapter(HttpClientOwner):
         settings_loader: Callable[[], AirtelMoneySettings] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._timeout_s = timeout_s if timeout_s is not None else settings.timeout_s
-        make_timeout(self._timeout_s)
-        self._settings_loader = settings_loader
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._token: _Token | None = None
-        self._token_lock = anyio.Lock()
-        self._last_probe: tuple[float, ProbeResult] | None = None
-        self._sent = _Recent()  # reference -> _Sent
-        self._money_ids = _Recent()  # reference -> airtel_money_id (needed for refunds)
-        self._refunded = _Recent()  # reference -> True once a refund succeeded
+        super().__init__(
+            settings, clock, timeout_s=timeout_s, settings_loader=settings_loader, transport=transport
+        )
+        self._token = TokenCache(clock, self._fetch_token)
+        self._sent = RecentMap()  # reference -> _Sent (a cache of where it went)
         self.capabilities = self._capabilities()
 
     def _capabilities(self) -> ProviderCapabilities:
@@ -288,7 +348,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
             refunds=True,
         )
 
-    # --- identity and tuning -------------------------------------------------------------
+    # --- identity ------------------------------------------------------------------------
 
     @staticmethod
     def reference_for(idempotency_key: str) -> str:
@@ -300,40 +360,20 @@ class AirtelMoneyAdapter(HttpClientOwner):
         digest = int.from_bytes(hashlib.sha256(idempotency_key.encode()).digest()[:16], "big")
         return "AM" + _base36(digest, REFERENCE_LENGTH - 2)
 
-    # --- lifecycle -----------------------------------------------------------------------
+    # --- lifecycle hooks -----------------------------------------------------------------
 
-    async def initialize(self) -> None:
-        """A fresh HTTP client and a fresh token."""
-        self._last_probe = None  # a re-initialised adapter is probed afresh, never from the cache
-        await self.close()
-        self._client = self._new_client()
-        await self.refresh_credentials()
+    def _settings_reloaded(self) -> None:
+        self.capabilities = self._capabilities()
 
-    async def refresh_credentials(self) -> None:
-        """Reload settings (when a loader was given), drop the token, fetch a new one."""
-        if self._settings_loader is not None:
-            self._settings = self._settings_loader()
-            self.capabilities = self._capabilities()
-        self._token = None
-        await self._access_token()
+    def _reset_credentials(self) -> None:
+        self._token.drop()
 
-    def _new_client(self) -> httpx.AsyncClient:
-        return build_client(self._settings.base_url, self._timeout_s, transport=self._transport)
+    async def _warm_credentials(self) -> None:
+        await self._token.get()
 
     # --- auth ----------------------------------------------------------------------------
 
-    async def _access_token(self) -> str:
-        token = self._token
-        if token is not None and self._clock.monotonic() < token.expires_at_s:
-            return token.value
-        async with self._token_lock:
-            token = self._token
-            if token is not None and self._clock.monotonic() < token.expires_at_s:
-                return token.value
-            self._token = await self._fetch_token()
-            return self._token.value
-
-    async def _fetch_token(self) -> _Token:
+    async def _fetch_token(self) -> AccessToken:
         response = await send(
             self._http(),
             PROVIDER,
@@ -357,8 +397,10 @@ class AirtelMoneyAdapter(HttpClientOwner):
             lifetime_s = -1.0
         if not isinstance(value, str) or not value or lifetime_s <= 0:
             raise ProviderError(PROVIDER, ErrorClass.NOT_PROCESSED, "token: malformed answer")
+        # Early enough that a token never expires in flight, never so early (a sixth of its
+        # three-minute life at most) that one is minted per call.
         margin_s = min(self._settings.token_refresh_margin_s, lifetime_s / 6)
-        return _Token(value, self._clock.monotonic() + lifetime_s - margin_s)
+        return AccessToken(value, self._clock.monotonic() + lifetime_s - margin_s)
 
     async def _call(
         self,
@@ -376,7 +418,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
         Resending is safe: `invalid_token` comes from the gateway, before Airtel saw the request.
         """
         for attempt in (1, 2):
-            token = await self._access_token()
+            token = await self._token.get()
             response = await send(
                 self._http(),
                 PROVIDER,
@@ -394,8 +436,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
             )
             body = json_object(response)
             if attempt == 1 and (response.status_code == 401 or body.get("error") == "invalid_token"):
-                if self._token is not None and self._token.value == token:
-                    self._token = None
+                self._token.drop(token)
                 continue
             return response, body
         raise AssertionError("unreachable")  # pragma: no cover
@@ -428,7 +469,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
             or f"HTTP {response.status_code}"
         )
         result_code = str(status.get("result_code") or "")
-        error_class: ErrorClass | None
+        error_class: ErrorClass | None = None
         if body.get("error") in ("invalid_client", "invalid_token", "unauthorized_client"):
             error_class = ErrorClass.AUTH  # refused at the gate, whatever the HTTP status says
         elif code in NOT_PROCESSED_CODES or result_code in NOT_PROCESSED_CODES:
@@ -436,27 +477,14 @@ class AirtelMoneyAdapter(HttpClientOwner):
         elif response.status_code < 400:
             # HTTP 200 with `success: false`: Airtel validated the request and refused it.
             error_class = default or ErrorClass.INVALID_REQUEST
-        else:
-            error_class = classify_http_status(response.status_code, mutating=mutating)
-        assert error_class is not None
-        return ProviderError(
-            PROVIDER,
-            error_class,
-            f"{what}: {short(message)}",
-            code=str(code) if code else None,
-            http_status=response.status_code,
-            retry_after_s=parse_retry_after(response.headers.get("Retry-After"), self._clock.now()),
+        return self._provider_error(
+            response, error_class, f"{what}: {message}", code=str(code) if code else None, mutating=mutating
         )
 
     # --- probe ---------------------------------------------------------------------------
 
-    async def probe(self) -> ProbeResult:
-        """`GET /standard/v1/users/balance` for the primary country (read-only), rate-capped."""
-        now = self._clock.monotonic()
-        if self._last_probe is not None and now - self._last_probe[0] < self._settings.probe_min_interval_s:
-            cached = self._last_probe[1]
-            return cached.model_copy(update={"detail": f"{cached.detail} (cached)"})
-        started = time.perf_counter()
+    async def _probe_once(self) -> str:
+        """`GET /standard/v1/users/balance` for the primary country (read-only)."""
         country = self._settings.countries[0]
         response, body = await self._call(
             "GET", "/standard/v1/users/balance", country, mutating=False, what="balance"
@@ -465,11 +493,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
             raise self._error(
                 response, body, mutating=False, what="balance", default=ErrorClass.NOT_PROCESSED
             )
-        result = ProbeResult(
-            ok=True, latency_ms=(time.perf_counter() - started) * 1000, detail=f"{country} balance retrieved"
-        )
-        self._last_probe = (now, result)
-        return result
+        return f"{country} balance retrieved"
 
     # --- collect -------------------------------------------------------------------------
 
@@ -505,7 +529,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
                 "id": reference,
             },
         }
-        self._sent.remember(reference, _Sent("collection", country, request.money, self._clock.monotonic()))
+        self._sent.remember(reference, _Sent("collection", country))
         response, body = await self._call(
             "POST", "/merchant/v2/payments/", country, mutating=True, what="payment", payload=payload
         )
@@ -513,9 +537,11 @@ class AirtelMoneyAdapter(HttpClientOwner):
         codes = {str(status.get("response_code") or ""), str(status.get("result_code") or "")}
         if ESB_DUPLICATE in codes:
             # Airtel already holds a payment under this id: an earlier attempt got through.
-            return await self._replay(reference, request.money)
+            return await self._replay(reference, Operation.COLLECT, country, "payment")
         if response.status_code >= 400 or status.get("success") is not True:
             raise self._error(response, body, mutating=True, what="payment")
+        data = _transaction_data(body)
+        self._learn(reference, MONEY_ID, _text(data.get("airtel_money_id")))
         if COLLECTION_AMBIGUOUS in codes:
             raise ProviderError(
                 PROVIDER,
@@ -538,50 +564,77 @@ class AirtelMoneyAdapter(HttpClientOwner):
             raw=body,
         )
 
-    async def _replay(self, reference: str, money: Money) -> ProviderTransaction:
-        existing = await self.status(reference)
-        if existing.money is not None and existing.money != money:
-            raise ProviderError(
-                PROVIDER,
-                ErrorClass.INVALID_REQUEST,
-                f"id {reference} already holds a different payment",
-                code=ESB_DUPLICATE,
-            )
-        return existing
+    async def _replay(
+        self, reference: str, operation: Operation, country: str, what: str
+    ) -> ProviderTransaction:
+        """A resend Airtel refused as a duplicate: the first one's state (never a second payment).
+
+        Airtel's enquiry carries no amount, so the first payment's amount cannot be compared here.
+        """
+        kind: Kind = "collection" if operation is Operation.COLLECT else "disbursement"
+        try:
+            return await self._enquire(kind, reference, country)
+        except ProviderError as exc:
+            if exc.code != NOT_FOUND_CODE:
+                raise
+        # The duplicate refusal proves Airtel holds it; its enquiry just does not show it yet.
+        return ProviderTransaction(
+            provider=PROVIDER,
+            reference=reference,
+            provider_reference=reference,
+            status=TransactionStatus.UNKNOWN,
+            provider_message=f"{what}: Airtel already holds this id but its enquiry does not show it yet",
+            raw_status="duplicate",
+        )
 
     # --- status --------------------------------------------------------------------------
 
-    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
-        """Enquire about a collection, else a disbursement, under our id.
+    async def status(
+        self, reference: str, provider_reference: str | None = None, *, context: PaymentContext | None = None
+    ) -> ProviderTransaction:
+        """Enquire about a payment under our id, from Airtel every time.
 
-        `TA` (ambiguous) is reported `unknown`, never pending or failed. A "not found" within
-        `not_found_grace_s` of our own send is also `unknown` (Airtel may simply not have
-        registered it yet); otherwise it raises `ProviderError(code="not_found")`.
+        With `context`, its operation picks the enquiry (collection or disbursement) and its
+        country the `X-Country`. Without it, a reference this instance sent goes to its enquiry;
+        an unknown one is tried as a collection, then as a disbursement, in the first configured
+        country. `TA` (ambiguous) is `unknown`, never pending or failed. A refund has no enquiry:
+        `unknown`. A succeeded collection with a learnt `refund_airtel_money_id` is `reversed`.
+        Raises `ProviderError(code="not_found")` when Airtel does not know the id.
         """
         sent: _Sent | None = self._sent.get(reference)
-        country = sent.country if sent else self._settings.countries[0]
-        kinds: list[Kind] = [sent.kind] if sent else ["collection", "disbursement"]
+        if context is not None:
+            if context.operation is Operation.REFUND:
+                return ProviderTransaction(
+                    provider=PROVIDER,
+                    reference=reference,
+                    provider_reference=provider_reference or context.provider_reference,
+                    status=TransactionStatus.UNKNOWN,
+                    provider_message="Airtel offers no refund enquiry: a refund's answer is final when "
+                    "it comes, and one whose answer was lost cannot be pulled",
+                    raw_status="no enquiry",
+                )
+            country = context.country if context.country in MARKETS else self._settings.countries[0]
+            kinds: list[Kind] = ["collection" if context.operation is Operation.COLLECT else "disbursement"]
+        else:
+            country = sent.country if sent else self._settings.countries[0]
+            kinds = [sent.kind] if sent else ["collection", "disbursement"]
         for kind in kinds:
-            txn = await self._enquire(kind, reference, country, sent)
-            if txn is not None:
-                return txn
-        if sent is not None and self._clock.monotonic() - sent.sent_at_s < self._settings.not_found_grace_s:
-            return ProviderTransaction(
-                provider=PROVIDER,
-                reference=reference,
-                provider_reference=reference,
-                status=TransactionStatus.UNKNOWN,
-                money=sent.money,
-                provider_message="not found yet; Airtel may still be registering it",
-                raw_status="not found (too early)",
-            )
-        raise ProviderError(
-            PROVIDER, ErrorClass.NOT_PROCESSED, f"no payment or disbursement {reference}", code=NOT_FOUND_CODE
-        )
+            try:
+                txn = await self._enquire(kind, reference, country)
+            except ProviderError as exc:
+                if exc.code == NOT_FOUND_CODE and kind != kinds[-1]:
+                    continue
+                raise
+            if (
+                kind == "collection"
+                and txn.status is TransactionStatus.SUCCEEDED
+                and self._identifier(reference, REFUND_ID, context)
+            ):
+                txn = txn.model_copy(update={"status": TransactionStatus.REVERSED})
+            return txn
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _enquire(
-        self, kind: Kind, reference: str, country: str, sent: _Sent | None
-    ) -> ProviderTransaction | None:
+    async def _enquire(self, kind: Kind, reference: str, country: str) -> ProviderTransaction:
         if kind == "collection":
             path, params = f"/standard/v1/payments/{reference}", None
         else:
@@ -591,31 +644,36 @@ class AirtelMoneyAdapter(HttpClientOwner):
         )
         status = _status_block(body)
         codes = {str(status.get("response_code") or ""), str(status.get("result_code") or "")}
-        if (
-            codes & {COLLECTION_NOT_FOUND, DISBURSEMENT_NOT_FOUND, ESB_NOT_FOUND}
-            or response.status_code == 404
-        ):
-            return None
+        if codes & NOT_FOUND_CODES or response.status_code == 404:
+            # Right after a push this may only mean "too early": the engine decides.
+            raise ProviderError(
+                PROVIDER,
+                ErrorClass.NOT_PROCESSED,
+                f"{kind} enquiry: {short(status.get('message') or 'not found')}",
+                code=NOT_FOUND_CODE,
+                http_status=response.status_code,
+            )
         data = _transaction_data(body)
-        raw_status = str(data.get("status") or "")
+        raw_status = str(data.get("status") or "").upper()
         if response.status_code >= 400 or status.get("success") is not True or not raw_status:
             raise self._error(
                 response, body, mutating=False, what=f"{kind} enquiry", default=ErrorClass.NOT_PROCESSED
             )
-        money_id = data.get("airtel_money_id")
-        if isinstance(money_id, str) and money_id:
-            self._money_ids.remember(reference, money_id)
-        txn_status = TRANSACTION_STATUS.get(raw_status.upper(), TransactionStatus.UNKNOWN)
-        if txn_status is TransactionStatus.SUCCEEDED and self._refunded.get(reference):
-            txn_status = TransactionStatus.REVERSED
+        money_id = _text(data.get("airtel_money_id"))
+        self._learn(reference, MONEY_ID, money_id)
+        self._sent.remember(reference, _Sent(kind, country))
+        txn_status = TRANSACTION_STATUS.get(raw_status, TransactionStatus.UNKNOWN)
+        message = data.get("message") or status.get("message") or ""
+        if raw_status == "TA" and not message:
+            message = "TA: ambiguous; Airtel does not know the outcome yet, enquire again"
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
-            provider_reference=str(money_id) if money_id else reference,
+            provider_reference=money_id or reference,
             status=txn_status,
-            money=sent.money if sent else None,
+            money=None,  # Airtel's enquiry carries no amount
             provider_code=str(status.get("response_code") or raw_status),
-            provider_message=short(data.get("message") or status.get("message") or ""),
+            provider_message=short(message),
             raw_status=raw_status,
             raw=data,
         )
@@ -628,12 +686,19 @@ class AirtelMoneyAdapter(HttpClientOwner):
         """Refund a succeeded collection in full (Airtel refunds by `airtel_money_id`)."""
         if transaction.status is not TransactionStatus.SUCCEEDED:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: only a succeeded collection")
-        if money is not None and transaction.money is not None and money != transaction.money:
+        if money is not None and money != transaction.money:
+            # Airtel refunds the whole payment. An amount that cannot be checked against the
+            # payment's (Airtel's enquiry carries none) could be a partial refund made full.
             raise ProviderError(
-                PROVIDER, ErrorClass.INVALID_REQUEST, "refund: Airtel refunds the full amount only"
+                PROVIDER,
+                ErrorClass.INVALID_REQUEST,
+                "refund: Airtel refunds the full amount only (refund without an amount, or pass the "
+                "payment's amount on the transaction)",
             )
-        money_id = self._money_ids.get(transaction.reference) or transaction.raw.get("airtel_money_id")
-        if not isinstance(money_id, str) or not money_id:
+        money_id = self._identifier(transaction.reference, MONEY_ID) or _text(
+            transaction.raw.get("airtel_money_id")
+        )
+        if not money_id:
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.INVALID_REQUEST,
@@ -655,12 +720,12 @@ class AirtelMoneyAdapter(HttpClientOwner):
         data = _transaction_data(body)
         raw_status = str(data.get("status") or "SUCCESS")
         succeeded = raw_status.upper() in ("SUCCESS", "TS")
-        if succeeded:
-            self._refunded.remember(transaction.reference, True)
+        refund_id = _text(data.get("airtel_money_id")) or money_id
+        self._learn(transaction.reference, REFUND_ID if succeeded else PENDING_REFUND_ID, refund_id)
         return ProviderTransaction(
             provider=PROVIDER,
             reference=transaction.reference,
-            provider_reference=money_id,
+            provider_reference=refund_id,
             status=TransactionStatus.SUCCEEDED if succeeded else TransactionStatus.PENDING,
             money=transaction.money,
             provider_code=str(status.get("result_code") or "") or None,
@@ -700,7 +765,7 @@ class AirtelMoneyAdapter(HttpClientOwner):
             "pin": encrypted_pin,
             "transaction": {"amount": amount_value(request.money), "id": reference, "type": "B2C"},
         }
-        self._sent.remember(reference, _Sent("disbursement", country, request.money, self._clock.monotonic()))
+        self._sent.remember(reference, _Sent("disbursement", country))
         response, body = await self._call(
             "POST",
             "/standard/v2/disbursements/",
@@ -711,13 +776,16 @@ class AirtelMoneyAdapter(HttpClientOwner):
         )
         status = _status_block(body)
         code = str(status.get("response_code") or "")
-        if code == DISBURSEMENT_DUPLICATE or status.get("result_code") == ESB_DUPLICATE:
-            return await self._replay(reference, request.money)  # paid once already: never twice
-        if code == DISBURSEMENT_AMBIGUOUS:
+        data = _transaction_data(body)
+        self._learn(reference, MONEY_ID, _text(data.get("airtel_money_id")))
+        self._learn(reference, REFERENCE_ID, _text(data.get("reference_id")))
+        if code in DISBURSEMENT_DUPLICATES or status.get("result_code") == ESB_DUPLICATE:
+            return await self._replay(reference, Operation.PAYOUT, country, "disbursement")  # never twice
+        if code in (DISBURSEMENT_AMBIGUOUS, DISBURSEMENT_TIMED_OUT):
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.AMBIGUOUS,
-                "disbursement: ambiguous",
+                f"disbursement: {short(status.get('message') or 'ambiguous')}",
                 code=code,
                 http_status=response.status_code,
             )
@@ -728,16 +796,15 @@ class AirtelMoneyAdapter(HttpClientOwner):
                 ErrorClass.INVALID_REQUEST if code in INVALID_DISBURSEMENT_CODES else ErrorClass.NOT_PROCESSED
             )
             raise self._error(response, body, mutating=True, what="disbursement", default=default)
-        data = _transaction_data(body)
         raw_status = str(data.get("status") or "")
         txn_status = TRANSACTION_STATUS.get(raw_status.upper(), TransactionStatus.PENDING)
         if code == DISBURSEMENT_SUCCESS:
             txn_status = TransactionStatus.SUCCEEDED
-        money_id = data.get("airtel_money_id")
+        money_id = _text(data.get("airtel_money_id"))
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
-            provider_reference=str(money_id) if money_id else reference,
+            provider_reference=money_id or reference,
             status=txn_status,
             money=request.money,
             provider_code=code or None,
@@ -745,3 +812,77 @@ class AirtelMoneyAdapter(HttpClientOwner):
             raw_status=raw_status or None,
             raw=data,
         )
+
+    # --- callbacks -----------------------------------------------------------------------
+
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str], *, path_kind: str, path_reference: str | None
+    ) -> CallbackHint | None:
+        """What one Airtel callback claims.
+
+        `{"transaction": {id, message, status_code, airtel_money_id}}` (+ `hash` when the app has
+        callback authentication). With `callback_private_key` configured the hash is required and
+        verified (`authenticated=True`); without it nothing can be verified (`authenticated=False`).
+        The callback carries no amount and no payer. Airtel sends no other callback type, so a
+        body without a `transaction` is malformed, never "unrelated".
+        """
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedCallback(f"Airtel callback: not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise MalformedCallback("Airtel callback: not a JSON object")
+        transaction = data.get("transaction")
+        if not isinstance(transaction, dict):
+            raise MalformedCallback("Airtel callback: missing transaction")
+        txn_id = _text(transaction.get("id"))
+        if txn_id is None:
+            raise MalformedCallback("Airtel callback: missing transaction.id")
+        status_code = _text(transaction.get("status_code"))
+        if status_code is None:
+            raise MalformedCallback("Airtel callback: missing transaction.status_code")
+        authenticated = self._verify_hash(data, transaction)
+        if path_reference not in _NO_REFERENCE and path_reference is not None and path_reference != txn_id:
+            raise MalformedCallback("Airtel callback: transaction.id does not match the callback URL")
+        money_id = _text(transaction.get("airtel_money_id"))
+        message = _text(transaction.get("message"))
+        upper = status_code.upper()
+        return CallbackHint(
+            provider=PROVIDER,
+            reference=txn_id,  # transaction.id is ours (see `reference_for`)
+            provider_reference=money_id,
+            operation=CALLBACK_KINDS.get(path_kind),
+            status=TRANSACTION_STATUS.get(upper, TransactionStatus.UNKNOWN),
+            money=None,  # only the free-text message names an amount; it is not parsed as a claim
+            payer=None,
+            provider_code=short(upper),
+            provider_message=short(message) if message else None,
+            extras={MONEY_ID: short(money_id)} if money_id else {},
+            authenticated=authenticated,
+        )
+
+    def _verify_hash(self, data: Mapping[str, Any], transaction: Mapping[str, Any]) -> bool:
+        """True when the configured private key verifies the callback's `hash`; False when no
+        key is configured. Raises `CallbackAuthError` when a key is configured and it does not."""
+        key = self._settings.callback_private_key
+        if key is None:
+            return False
+        given = data.get("hash")
+        if not isinstance(given, str) or not given:
+            raise CallbackAuthError("Airtel callback: the hash field is missing")
+        secret = key.get_secret_value()
+        # Airtel's docs show the signed payload as {"transaction": {...}}; some integrators sign the
+        # transaction object alone. Either proves the sender holds the key.
+        candidates = (
+            callback_hash(transaction, secret),
+            base64.b64encode(
+                hmac.new(
+                    secret.encode(),
+                    json.dumps(transaction, separators=(",", ":"), ensure_ascii=False).encode(),
+                    hashlib.sha256,
+                ).digest()
+            ).decode(),
+        )
+        if not any(hmac.compare_digest(given.encode(), expected.encode()) for expected in candidates):
+            raise CallbackAuthError("Airtel callback: the hash field does not verify")
+        return True

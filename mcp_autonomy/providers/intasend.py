@@ -9,38 +9,47 @@ IntaSend/intasend-python and intasend-node, and the community Rust SDK):
   `INTASEND_PUBLIC_API_KEY` header the Python SDK sends).
 - Collect: `POST /api/v1/payment/mpesa-stk-push/` `{public_key, currency: "KES", method:
   "M-PESA", amount, phone_number: "2547...", api_ref, narrative}` -> `{id, invoice: {invoice_id,
-  state, api_ref, value, currency, failed_reason, failed_code, ...}, ...}`.
-- Status: `POST /api/v1/payment/status/` `{invoice_id, public_key}` -> `{invoice: {state, ...},
-  meta}` with `state` PENDING / PROCESSING / RETRY (not final), COMPLETE, FAILED
-  (`failed_reason`, `failed_code`). Webhooks carry the same invoice plus our `api_ref`, and
-  report COMPLETED (see `ingest_webhook`).
+  state, api_ref, value, currency, account, failed_reason, failed_code, ...}, ...}`.
+- Status: `POST /api/v1/payment/status/` `{invoice_id, public_key}` -> `{invoice: {invoice_id,
+  state, value, currency, account, api_ref, mpesa_reference, failed_reason, failed_code, ...},
+  meta: {customer: {phone_number, ...}, ...}}` with `state` PENDING / PROCESSING / RETRY (not
+  final), COMPLETE, FAILED. So the pull carries status, amount, currency, payer (`account`),
+  receipt (`mpesa_reference`) and the failure reason. IntaSend cannot be asked by `api_ref`:
+  a push whose answer (and so its invoice id) was lost has no pull path.
 - Payout: `POST /api/v1/send-money/initiate/` `{provider: "MPESA-B2C", currency,
   transactions: [{name, account, amount, narrative}], requires_approval}` returns a batch
   `{tracking_id, status, status_code, nonce, transactions}`; nothing moves until the batch is
   sent back to `POST /api/v1/send-money/approve/`. `POST /api/v1/send-money/status/`
   `{tracking_id}`: batch codes BP1xx in progress, BF102/BF105/BF107 failed, BC100 complete,
   BE111 cancelled; item codes TS100 success, TF103/TF106 failed, TC108 cancelled, TF105
-  undetermined, TP101/TP102/TH107/TR109 in progress.
+  undetermined, TP101/TP102/TH107/TR109 in progress. Its items carry an amount but no currency.
 - Refund: `POST /api/v1/chargebacks/` `{invoice, amount, reason, reason_details}` -> a
-  chargeback `{id or chargeback_id, status: PENDING, ...}`; `GET /api/v1/chargebacks/{id}/`.
+  chargeback `{chargeback_id, status: PENDING, ...}`; `GET /api/v1/chargebacks/{id}/`.
+- Webhooks (one URL set on the dashboard) post the invoice on every collection state change
+  (final state COMPLETED), the batch on every send-money status change, and the chargeback on
+  every chargeback status change, each with the account's `challenge`: a shared secret that
+  proves the sender knows it (nothing signs the body). `parse_callback` checks it against
+  `INTASEND_WEBHOOK_CHALLENGE` when that is set.
 - Errors: `{detail}` in older answers, `{type, errors: [{code, detail, attr}]}` in current ones;
   401 bad key, 403 forbidden, 404 unknown, 429 throttled (with `Retry-After`), 5xx.
 - Probe: `GET /api/v1/wallets/` (read-only).
 
-IntaSend documents no idempotency key and no lookup by `api_ref`. So the adapter guards on its
-own side: it remembers the invoice (or tracking id) of every reference it sent, answers a repeat
-with the existing transaction instead of pushing again, and refuses to resend a push whose first
-attempt has an unknown outcome. Such an outcome resolves through the status query once the
-invoice id is known, or through the webhook (which carries `api_ref`).
+IntaSend documents no idempotency key. So the adapter guards on its own side: a repeat of a
+reference whose invoice is known is answered with that invoice, and a push whose first attempt
+has an unknown outcome is never resent from this process.
+
+Identifier kinds reported through `identifier_sink`: `invoice_id` and `push_id` (the STK push's
+own id), `tracking_id` (send-money batch, reported right after initiate, before approval),
+`chargeback_id` (refund).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import re
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -50,44 +59,46 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.adapter import AdapterBase, RecentMap
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackAuthError,
+    CallbackHint,
     ErrorClass,
+    MalformedCallback,
     Money,
+    MoneyTruth,
     Operation,
+    PaymentContext,
     PaymentRequest,
-    ProbeResult,
     ProviderCapabilities,
     ProviderError,
     ProviderTransaction,
     TransactionStatus,
+    normalize_msisdn,
 )
-from mcp_autonomy.providers.http import (
-    HttpClientOwner,
-    build_client,
-    classify_http_status,
-    json_object,
-    make_timeout,
-    parse_retry_after,
-    send,
-    short,
-)
+from mcp_autonomy.providers.http import json_object, send, short
 
 PROVIDER = "intasend"
 API = "/api/v1"
 KENYAN_MSISDN_RE = re.compile(r"^\+254(7|1)\d{8}$")
-MAX_REMEMBERED = 100_000
+ACCOUNT_PHONE_RE = re.compile(r"^\+?\d{9,15}$")
 
 INVOICE_PENDING = frozenset({"PENDING", "PROCESSING", "RETRY"})
 INVOICE_DONE = frozenset({"COMPLETE", "COMPLETED"})
 BATCH_FAILED = frozenset({"BF102", "BF105", "BF107", "BE111"})
+BATCH_FAILED_TEXT = frozenset({"failed processing", "failed", "cancelled", "canceled"})
 BATCH_AWAITING_APPROVAL = "BP103"
 ITEM_SUCCEEDED = "TS100"
 ITEM_FAILED = frozenset({"TF103", "TF106", "TC108"})
 ITEM_UNDETERMINED = "TF105"
+ITEM_SUCCEEDED_TEXT = frozenset({"successful", "success", "completed", "complete"})
+ITEM_FAILED_TEXT = frozenset({"unsuccessful", "failed", "cancelled", "canceled"})
 CHARGEBACK_DONE = frozenset({"COMPLETED", "COMPLETE", "APPROVED", "REFUNDED", "PROCESSED"})
 CHARGEBACK_FAILED = frozenset({"REJECTED", "DECLINED", "CANCELLED", "FAILED"})
+CHARGEBACK_PENDING = frozenset({"PENDING", "IN-REVIEW", "DISPUTED", "OVERDUE", ""})
 UNRESOLVED_CODE = "unresolved_previous_attempt"
+ZERO_DECIMAL_CURRENCIES = frozenset({"UGX", "RWF", "XOF", "XAF", "JPY", "KRW", "BIF", "GNF"})
 
 
 class IntaSendSettings(BaseSettings):
@@ -108,18 +119,11 @@ class IntaSendSettings(BaseSettings):
     wallet_id: str | None = Field(
         None, description="settle into / pay from this wallet (default: the main one)"
     )
+    webhook_challenge: SecretStr | None = Field(
+        None, description="the dashboard's webhook challenge; when set, webhooks must carry it"
+    )
     timeout_s: float = Field(15.0, ge=0.5, le=120.0)
     probe_min_interval_s: float = Field(0.0, ge=0.0, le=3600.0)
-
-
-class _Recent(OrderedDict[str, Any]):
-    """A dict that forgets its oldest entries beyond `MAX_REMEMBERED`."""
-
-    def remember(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > MAX_REMEMBERED:
-            self.popitem(last=False)
 
 
 def _whole_shillings(money: Money) -> int:
@@ -133,14 +137,46 @@ def _whole_shillings(money: Money) -> int:
     return shillings
 
 
-def _kes(value: Any) -> Money | None:
+def _money(value: Any, currency: Any) -> Money | None:
+    """A major-unit amount (`"150.00"`) and its currency as Money; None unless both are carried."""
+    if value is None or isinstance(value, bool) or not isinstance(currency, str) or len(currency) != 3:
+        return None
+    currency = currency.upper()
+    factor = 1 if currency in ZERO_DECIMAL_CURRENCIES else 100
     try:
-        minor = Decimal(str(value)) * 100
+        minor = Decimal(str(value).strip()) * factor
     except (InvalidOperation, ValueError):
         return None
-    if minor <= 0 or minor != minor.to_integral_value():
+    if not minor.is_finite() or minor <= 0 or minor != minor.to_integral_value():
         return None
-    return Money(amount_minor=int(minor), currency="KES")
+    try:
+        return Money(amount_minor=int(minor), currency=currency)
+    except ValueError:
+        return None
+
+
+def _claimed_money(value: Any, currency: Any, what: str) -> Money | None:
+    """Like `_money`, but a carried amount that is not one is a malformed webhook."""
+    if value is None or currency is None:
+        return None
+    money = _money(value, currency)
+    if money is None:
+        raise MalformedCallback(f"IntaSend webhook: {what} is not an amount in {currency!r}")
+    return money
+
+
+def _payer(*candidates: Any) -> str | None:
+    """The first candidate that is a phone number, as E.164 (IntaSend's `account` may be an email)."""
+    for candidate in candidates:
+        if candidate is None or isinstance(candidate, bool):
+            continue
+        text = str(candidate).strip()
+        if ACCOUNT_PHONE_RE.match(text):
+            try:
+                return normalize_msisdn(text, "254")
+            except ValueError:
+                continue
+    return None
 
 
 def _is_tracking_id(value: str) -> bool:
@@ -149,6 +185,13 @@ def _is_tracking_id(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    rendered = str(value).strip()
+    return rendered or None
 
 
 def _details(body: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -166,7 +209,50 @@ def _details(body: Mapping[str, Any]) -> tuple[str | None, str]:
     return None, str(plain or "")
 
 
-class IntaSendAdapter(HttpClientOwner):
+def _invoice_status(state: str) -> TransactionStatus:
+    if state in INVOICE_DONE:
+        return TransactionStatus.SUCCEEDED
+    if state in INVOICE_PENDING:
+        return TransactionStatus.PENDING
+    if state == "FAILED":
+        return TransactionStatus.FAILED
+    return TransactionStatus.UNKNOWN
+
+
+def _batch_status(batch: Mapping[str, Any]) -> tuple[TransactionStatus, Mapping[str, Any], str, str]:
+    """(status, first item, batch code, item code) of a one-item send-money batch."""
+    batch_code = str(batch.get("status_code") or "")
+    items = batch.get("transactions")
+    item = items[0] if isinstance(items, list) and items and isinstance(items[0], Mapping) else {}
+    item_code = str(item.get("status_code") or "")
+    item_text = str(item.get("status") or "").strip().lower()
+    batch_text = str(batch.get("status") or "").strip().lower()
+    if batch_code in BATCH_FAILED or item_code in ITEM_FAILED or batch_text in BATCH_FAILED_TEXT:
+        status = TransactionStatus.FAILED
+    elif item_code == ITEM_SUCCEEDED:
+        status = TransactionStatus.SUCCEEDED
+    elif item_code == ITEM_UNDETERMINED:
+        status = TransactionStatus.UNKNOWN  # "cannot be determined": never a retry, ask again
+    elif not item_code and item_text in ITEM_SUCCEEDED_TEXT:
+        status = TransactionStatus.SUCCEEDED  # webhooks may name the item's state in words only
+    elif not item_code and item_text in ITEM_FAILED_TEXT:
+        status = TransactionStatus.FAILED
+    else:
+        status = TransactionStatus.PENDING
+    return status, item, batch_code, item_code
+
+
+def _chargeback_status(raw_status: str) -> TransactionStatus:
+    if raw_status in CHARGEBACK_DONE:
+        return TransactionStatus.SUCCEEDED
+    if raw_status in CHARGEBACK_FAILED:
+        return TransactionStatus.FAILED
+    if raw_status in CHARGEBACK_PENDING:
+        return TransactionStatus.PENDING
+    return TransactionStatus.UNKNOWN
+
+
+class IntaSendAdapter(AdapterBase[IntaSendSettings]):
     """Speaks IntaSend's REST API for M-Pesa (KES): STK push, send money, chargebacks."""
 
     name = PROVIDER
@@ -175,6 +261,33 @@ class IntaSendAdapter(HttpClientOwner):
         currencies=frozenset({"KES"}),
         countries=frozenset({"KE"}),
         refunds=True,
+    )
+    money_truth = MoneyTruth(
+        not_found_grace_s=120.0,
+        not_found_is_final_after_grace=False,
+        pending_bound_s=1800.0,
+        pull_carries=frozenset(
+            {"status", "amount", "currency", "payer", "provider_reference", "receipt", "reason"}
+        ),
+        callback_carries=frozenset(
+            {"status", "amount", "currency", "payer", "provider_reference", "receipt", "reason"}
+        ),
+        callback_auth="shared_secret",
+        pull_path=(
+            "collection: POST payment/status/ by invoice_id (none without one: IntaSend cannot be "
+            "asked by api_ref); payout: POST send-money/status/ by tracking_id (its items name an "
+            "amount but no currency); refund: GET chargebacks/<id>/"
+        ),
+        sources=(
+            "IntaSend docs: payment collection (M-Pesa STK push), payment status, send money, "
+            "send money status, chargebacks; webhooks (collection, send money, chargeback events)",
+            "IntaSend/intasend-python and intasend-node SDKs; MikeTeddyOmondi/intasend-rs models",
+            "grace: IntaSend documents no lookup lag; 120 s is a conservative choice",
+            "not found stays ambiguous: IntaSend documents no 'never processed' meaning for it",
+            "pending bound: the M-Pesa prompt behind an invoice expires in about a minute, IntaSend "
+            "retries webhooks after 5 and 20 minutes, send-money batches queue; 1800 s is a "
+            "conservative choice",
+        ),
     )
 
     def __init__(
@@ -186,61 +299,41 @@ class IntaSendAdapter(HttpClientOwner):
         settings_loader: Callable[[], IntaSendSettings] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._timeout_s = timeout_s if timeout_s is not None else settings.timeout_s
-        make_timeout(self._timeout_s)
-        self._settings_loader = settings_loader
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._last_probe: tuple[float, ProbeResult] | None = None
-        self._invoices = _Recent()  # reference -> invoice_id
-        self._invoice_refs = _Recent()  # invoice_id -> reference
-        self._batches = _Recent()  # reference -> the send-money batch as IntaSend returned it
-        self._unresolved = _Recent()  # reference -> True: sent, outcome unknown, no id came back
-        self._money = _Recent()  # reference -> Money
-        self._results = _Recent()  # reference -> final ProviderTransaction from a webhook
-        self._chargebacks = _Recent()  # reference -> list of (chargeback id, Money)
+        super().__init__(
+            settings, clock, timeout_s=timeout_s, settings_loader=settings_loader, transport=transport
+        )
+        # A local guard, not the truth: sent from this process with an unknown outcome and no
+        # invoice id, so pushing again could charge twice (IntaSend does not deduplicate).
+        self._unresolved = RecentMap()
+        self._batches = RecentMap()  # reference -> the send-money batch (approval needs its nonce)
+        self._chargebacks = RecentMap()  # reference -> list of (chargeback id, Money)
 
-    # --- identity and tuning -------------------------------------------------------------
+    # --- identity ------------------------------------------------------------------------
 
     @staticmethod
     def reference_for(idempotency_key: str) -> str:
         """`IS-` + 29 hex characters of the key's SHA-256: the `api_ref` and batch reference."""
         return "IS-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:29]
 
-    # --- lifecycle -----------------------------------------------------------------------
-
-    async def initialize(self) -> None:
-        """A fresh HTTP client with the current keys (static keys: nothing to fetch)."""
-        self._last_probe = None  # a re-initialised adapter is probed afresh, never from the cache
-        await self.close()
-        if self._settings_loader is not None:
-            self._settings = self._settings_loader()
-        self._client = self._new_client()
-
-    async def refresh_credentials(self) -> None:
-        """Re-read the keys (a rotated `INTASEND_SECRET_KEY`) and rebuild the client with them."""
-        await self.initialize()
-
-    def _new_client(self) -> httpx.AsyncClient:
-        return build_client(
-            self._settings.base_url,
-            self._timeout_s,
-            headers={
-                "Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}",
-                "INTASEND_PUBLIC_API_KEY": self._settings.public_key,
-            },
-            transport=self._transport,
-        )
-
     # --- plumbing ------------------------------------------------------------------------
 
     async def _call(
         self, method: str, path: str, *, mutating: bool, what: str, payload: dict[str, Any] | None = None
     ) -> tuple[httpx.Response, dict[str, Any]]:
+        # The keys are read per call, so a reloaded (rotated) key applies at once.
+        headers = {
+            "Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}",
+            "INTASEND_PUBLIC_API_KEY": self._settings.public_key,
+        }
         response = await send(
-            self._http(), PROVIDER, method, f"{API}{path}", mutating=mutating, what=what, json_body=payload
+            self._http(),
+            PROVIDER,
+            method,
+            f"{API}{path}",
+            mutating=mutating,
+            what=what,
+            json_body=payload,
+            headers=headers,
         )
         return response, json_object(response)
 
@@ -248,16 +341,17 @@ class IntaSendAdapter(HttpClientOwner):
         self, response: httpx.Response, body: dict[str, Any], *, mutating: bool, what: str
     ) -> ProviderError:
         code, message = _details(body)
-        error_class = classify_http_status(response.status_code, mutating=mutating)
-        if error_class is None:  # a 2xx without what was asked for
-            error_class = ErrorClass.AMBIGUOUS if mutating else ErrorClass.NOT_PROCESSED
-        return ProviderError(
-            PROVIDER,
-            error_class,
+        return self._provider_error(
+            response,
+            None,
             f"{what}: {short(message or f'HTTP {response.status_code}')}",
             code=code,
-            http_status=response.status_code,
-            retry_after_s=parse_retry_after(response.headers.get("Retry-After"), self._clock.now()),
+            mutating=mutating,
+        )
+
+    def _not_found(self, response: httpx.Response, body: dict[str, Any]) -> bool:
+        return response.status_code == 404 or (
+            response.status_code == 400 and "not found" in _details(body)[1].lower()
         )
 
     @staticmethod
@@ -275,24 +369,15 @@ class IntaSendAdapter(HttpClientOwner):
 
     # --- probe ---------------------------------------------------------------------------
 
-    async def probe(self) -> ProbeResult:
+    async def _probe_once(self) -> str:
         """`GET /api/v1/wallets/`: authenticated, read-only."""
-        now = self._clock.monotonic()
-        if self._last_probe is not None and now - self._last_probe[0] < self._settings.probe_min_interval_s:
-            cached = self._last_probe[1]
-            return cached.model_copy(update={"detail": f"{cached.detail} (cached)"})
-        started = time.perf_counter()
         response, body = await self._call("GET", "/wallets/", mutating=False, what="wallets")
         if response.status_code != 200:
             raise self._error(response, body, mutating=False, what="wallets")
         # Answered as a bare list or a page `{count, results}`; json_object() keeps only objects.
         results = body.get("results")
         count = body.get("count", len(results) if isinstance(results, list) else 0)
-        result = ProbeResult(
-            ok=True, latency_ms=(time.perf_counter() - started) * 1000, detail=f"{count} wallet(s)"
-        )
-        self._last_probe = (now, result)
-        return result
+        return f"{count} wallet(s)"
 
     # --- collect -------------------------------------------------------------------------
 
@@ -305,7 +390,7 @@ class IntaSendAdapter(HttpClientOwner):
         """
         shillings, msisdn = self._check(request)
         reference = self.reference_for(request.idempotency_key)
-        if reference in self._invoices:
+        if self._identifier(reference, "invoice_id"):
             return await self.status(reference)
         if reference in self._unresolved:
             raise ProviderError(
@@ -327,7 +412,6 @@ class IntaSendAdapter(HttpClientOwner):
             payload["email"] = request.metadata["email"]
         if self._settings.wallet_id:
             payload["wallet_id"] = self._settings.wallet_id
-        self._money.remember(reference, request.money)
         try:
             response, body = await self._call(
                 "POST", "/payment/mpesa-stk-push/", mutating=True, what="stk push", payload=payload
@@ -342,94 +426,90 @@ class IntaSendAdapter(HttpClientOwner):
             if error.error_class is ErrorClass.AMBIGUOUS:
                 self._unresolved.remember(reference, True)
             raise error
-        invoice_id = str(invoice.get("invoice_id") or invoice.get("id") or "")
+        self._learn(reference, "push_id", _text(body.get("id")))
+        invoice_id = _text(invoice.get("invoice_id") or invoice.get("id"))
         if not invoice_id:
             self._unresolved.remember(reference, True)
             raise ProviderError(PROVIDER, ErrorClass.AMBIGUOUS, "stk push: accepted without an invoice id")
-        self._learn_invoice(reference, invoice_id)
-        return self._invoice_transaction(reference, dict(invoice))
-
-    def _learn_invoice(self, reference: str, invoice_id: str) -> None:
-        self._invoices.remember(reference, invoice_id)
-        self._invoice_refs.remember(invoice_id, reference)
+        self._learn(reference, "invoice_id", invoice_id)
         self._unresolved.pop(reference, None)
+        return self._invoice_transaction(reference, dict(invoice), None)
 
-    def _invoice_transaction(self, reference: str, invoice: dict[str, Any]) -> ProviderTransaction:
+    def _invoice_transaction(
+        self, reference: str, invoice: dict[str, Any], meta: Mapping[str, Any] | None
+    ) -> ProviderTransaction:
         state = str(invoice.get("state") or "").upper()
-        if state in INVOICE_DONE:
-            status = TransactionStatus.SUCCEEDED
-        elif state in INVOICE_PENDING:
-            status = TransactionStatus.PENDING
-        elif state == "FAILED":
-            status = TransactionStatus.FAILED
-        else:
-            status = TransactionStatus.UNKNOWN
-        money = _kes(invoice.get("value")) if invoice.get("currency", "KES") == "KES" else None
         failed_code = invoice.get("failed_code")
+        raw = dict(invoice)
+        customer = meta.get("customer") if isinstance(meta, Mapping) else None
+        payer = _payer(
+            invoice.get("account"), customer.get("phone_number") if isinstance(customer, Mapping) else None
+        )
+        if payer:
+            raw["payer"] = payer
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
-            provider_reference=str(invoice.get("invoice_id") or self._invoices.get(reference) or "") or None,
-            status=status,
-            money=money or self._money.get(reference),
+            provider_reference=_text(invoice.get("invoice_id")) or self._identifier(reference, "invoice_id"),
+            status=_invoice_status(state),
+            money=_money(invoice.get("value"), invoice.get("currency")),
             provider_code=str(failed_code) if failed_code else state or None,
             provider_message=short(invoice.get("failed_reason") or state),
             raw_status=state or None,
-            raw=invoice,
+            raw=raw,
         )
-
-    # --- webhook -------------------------------------------------------------------------
-
-    def ingest_webhook(self, body: Mapping[str, Any]) -> ProviderTransaction:
-        """Fold one collection webhook in (IntaSend posts the invoice with our `api_ref`).
-
-        This is how a push whose answer never arrived gets its invoice id, and so its status.
-
-        Raises:
-            ValueError: not a collection event (no `invoice_id` and `state`).
-        """
-        invoice_id, state = body.get("invoice_id"), body.get("state")
-        if not isinstance(invoice_id, str) or not invoice_id or not isinstance(state, str):
-            raise ValueError("not an IntaSend collection event: expected invoice_id and state")
-        api_ref = body.get("api_ref")
-        reference = (
-            api_ref
-            if isinstance(api_ref, str) and api_ref
-            else self._invoice_refs.get(invoice_id, invoice_id)
-        )
-        self._learn_invoice(reference, invoice_id)
-        txn = self._invoice_transaction(reference, dict(body))
-        if txn.status.is_final:
-            self._results.remember(reference, txn)
-        return txn
 
     # --- status --------------------------------------------------------------------------
 
-    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
-        """Where a payment stands: its invoice, else its send-money batch.
-
-        Raises `ProviderError(code="not_found")` when IntaSend does not know the invoice or
-        tracking id. A reference with no id known (the push's answer was lost) is `unknown`:
-        IntaSend cannot be asked by `api_ref`, only its webhook can tell.
-        """
-        if reference in self._batches:
-            return await self._payout_status(reference)
-        if provider_reference and _is_tracking_id(provider_reference):
+    def _operation_of(
+        self, reference: str, provider_reference: str | None, context: PaymentContext | None
+    ) -> Operation:
+        if context is not None:
+            return context.operation
+        if self._identifier(reference, "tracking_id") or (
+            provider_reference is not None and _is_tracking_id(provider_reference)
+        ):
             # Batches are tracked by UUID, invoices by short codes: a fresh process can tell them apart.
-            return await self._payout_status(reference, provider_reference)
-        invoice_id = provider_reference or self._invoices.get(reference)
-        if not invoice_id:
-            known = self._results.get(reference)
-            if isinstance(known, ProviderTransaction):
-                return known
-            return ProviderTransaction(
-                provider=PROVIDER,
-                reference=reference,
-                status=TransactionStatus.UNKNOWN,
-                money=self._money.get(reference),
-                provider_message="no invoice id known: IntaSend reports this push only by webhook",
-                raw_status="awaiting_webhook" if reference in self._unresolved else "unknown_reference",
+            return Operation.PAYOUT
+        return Operation.COLLECT
+
+    async def status(
+        self, reference: str, provider_reference: str | None = None, *, context: PaymentContext | None = None
+    ) -> ProviderTransaction:
+        """Where a payment stands, asked of IntaSend every time (never from a webhook).
+
+        A collection is pulled by its invoice id, a payout by its tracking id, a refund by its
+        chargeback id. Raises `ProviderError(code="not_found")` when IntaSend does not know the
+        id. A collection with no invoice id known (the push's answer was lost) is `unknown`:
+        IntaSend cannot be asked by `api_ref`; only its webhook can tell.
+        """
+        operation = self._operation_of(reference, provider_reference, context)
+        stored = context.provider_reference if context is not None else None
+        if operation is Operation.PAYOUT:
+            tracking_id = self._identifier(reference, "tracking_id", context) or next(
+                (ref for ref in (provider_reference, stored) if ref and _is_tracking_id(ref)), None
             )
+            if not tracking_id:
+                return self._unknown(reference, "no tracking id known: IntaSend finds a batch only by it")
+            return await self._payout_status(reference, tracking_id)
+        if operation is Operation.REFUND:
+            chargeback_id = (
+                self._identifier(reference, "chargeback_id", context) or provider_reference or stored
+            )
+            if not chargeback_id:
+                return self._unknown(reference, "no chargeback id known: IntaSend finds a refund only by it")
+            return await self.refund_status(chargeback_id, reference)
+        invoice_id = self._identifier(reference, "invoice_id", context) or next(
+            (ref for ref in (provider_reference, stored) if ref and not _is_tracking_id(ref)), None
+        )
+        if not invoice_id:
+            unknown = self._unknown(
+                reference,
+                "no invoice id known: IntaSend cannot be asked about a push by api_ref; "
+                "only its webhook (which carries api_ref) can tell",
+            )
+            raw_status = "awaiting_webhook" if reference in self._unresolved else "no_invoice_id"
+            return unknown.model_copy(update={"raw_status": raw_status})
         response, body = await self._call(
             "POST",
             "/payment/status/",
@@ -438,9 +518,7 @@ class IntaSendAdapter(HttpClientOwner):
             payload={"invoice_id": invoice_id, "public_key": self._settings.public_key},
         )
         invoice = body.get("invoice")
-        if response.status_code == 404 or (
-            response.status_code == 400 and "not found" in _details(body)[1].lower()
-        ):
+        if self._not_found(response, body):
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.NOT_PROCESSED,
@@ -450,10 +528,21 @@ class IntaSendAdapter(HttpClientOwner):
             )
         if response.status_code != 200 or not isinstance(invoice, Mapping):
             raise self._error(response, body, mutating=False, what="payment status")
-        txn = self._invoice_transaction(reference, dict(invoice))
+        meta = body.get("meta")
+        txn = self._invoice_transaction(reference, dict(invoice), meta if isinstance(meta, Mapping) else None)
         if txn.status is TransactionStatus.SUCCEEDED and self._chargebacks.get(reference):
             return await self._with_chargebacks(txn)
         return txn
+
+    @staticmethod
+    def _unknown(reference: str, why: str) -> ProviderTransaction:
+        return ProviderTransaction(
+            provider=PROVIDER,
+            reference=reference,
+            status=TransactionStatus.UNKNOWN,
+            provider_message=why,
+            raw_status="no_pull_path",
+        )
 
     # --- payout --------------------------------------------------------------------------
 
@@ -461,8 +550,9 @@ class IntaSendAdapter(HttpClientOwner):
         """M-Pesa B2C via send money: initiate a one-item batch, then approve it.
 
         Initiating moves no money (a batch waits for approval), so only the approval is a
-        mutating call. A repeat of a known reference re-approves the same batch if it still
-        waits for approval (one batch is paid at most once), else reports its status.
+        mutating call; the tracking id is reported the moment initiate answers, before the
+        approval that may fail. A repeat of a known reference re-approves the same batch if it
+        still waits for approval (one batch is paid at most once), else reports its status.
         """
         shillings, msisdn = self._check(request)
         reference = self.reference_for(request.idempotency_key)
@@ -487,26 +577,26 @@ class IntaSendAdapter(HttpClientOwner):
             response, body = await self._call(
                 "POST", "/send-money/initiate/", mutating=False, what="send money initiate", payload=payload
             )
-            if response.status_code >= 400 or not body.get("tracking_id"):
+            tracking_id = _text(body.get("tracking_id"))
+            if response.status_code >= 400 or not tracking_id:
                 raise self._error(response, body, mutating=False, what="send money initiate")
+            self._learn(reference, "tracking_id", tracking_id)
             batch = body
             self._batches.remember(reference, batch)
-            self._money.remember(reference, request.money)
         elif str(batch.get("status_code") or "") != BATCH_AWAITING_APPROVAL:
-            return await self._payout_status(reference)
+            return await self._payout_status(reference, str(batch.get("tracking_id")))
         response, body = await self._call(
             "POST", "/send-money/approve/", mutating=True, what="send money approve", payload=dict(batch)
         )
         if response.status_code >= 400:
             if "already" in _details(body)[1].lower():  # approved by an earlier attempt
-                return await self._payout_status(reference)
+                return await self._payout_status(reference, str(batch.get("tracking_id")))
             raise self._error(response, body, mutating=True, what="send money approve")
-        self._batches.remember(reference, {**batch, **body})
-        return self._batch_transaction(reference, {**batch, **body})
+        approved = {**batch, **body}
+        self._batches.remember(reference, approved)
+        return self._batch_transaction(reference, approved)
 
-    async def _payout_status(self, reference: str, tracking_id: str | None = None) -> ProviderTransaction:
-        batch = self._batches.get(reference) or {}
-        tracking_id = tracking_id or str(batch.get("tracking_id") or reference)
+    async def _payout_status(self, reference: str, tracking_id: str) -> ProviderTransaction:
         response, body = await self._call(
             "POST",
             "/send-money/status/",
@@ -514,44 +604,40 @@ class IntaSendAdapter(HttpClientOwner):
             what="send money status",
             payload={"tracking_id": tracking_id},
         )
-        if response.status_code == 404:
+        if self._not_found(response, body):
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.NOT_PROCESSED,
-                f"no send-money batch {tracking_id}",
+                f"send money status: no batch {tracking_id}",
                 code=NOT_FOUND_CODE,
-                http_status=404,
+                http_status=response.status_code,
             )
         if response.status_code != 200 or not body.get("tracking_id"):
             raise self._error(response, body, mutating=False, what="send money status")
-        self._batches.remember(reference, {**batch, **body})
+        known = self._batches.get(reference)
+        if known is not None:
+            self._batches.remember(reference, {**known, **body})
         return self._batch_transaction(reference, body)
 
     def _batch_transaction(self, reference: str, batch: Mapping[str, Any]) -> ProviderTransaction:
-        batch_code = str(batch.get("status_code") or "")
-        items = batch.get("transactions")
-        item = items[0] if isinstance(items, list) and items and isinstance(items[0], Mapping) else {}
-        item_code = str(item.get("status_code") or "")
-        if batch_code in BATCH_FAILED or item_code in ITEM_FAILED:
-            status = TransactionStatus.FAILED
-        elif item_code == ITEM_SUCCEEDED:
-            status = TransactionStatus.SUCCEEDED
-        elif item_code == ITEM_UNDETERMINED:
-            status = TransactionStatus.UNKNOWN  # "cannot be determined": never a retry, ask again
-        else:
-            status = TransactionStatus.PENDING
+        status, item, batch_code, item_code = _batch_status(batch)
+        raw = dict(batch)
+        payer = _payer(item.get("account"), item.get("phone_number"))
+        if payer:
+            raw["payer"] = payer
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
-            provider_reference=str(batch.get("tracking_id") or "") or None,
+            provider_reference=_text(batch.get("tracking_id")),
             status=status,
-            money=_kes(item.get("amount")) or self._money.get(reference),
+            # Batch items carry an amount, and a currency only if the answer names one.
+            money=_money(item.get("amount"), item.get("currency") or batch.get("currency")),
             provider_code=item_code or batch_code or None,
             provider_message=short(
                 item.get("failed_reason") or item.get("status") or batch.get("status") or ""
             ),
             raw_status=f"{batch_code}/{item_code}" if item_code else batch_code or None,
-            raw=dict(batch),
+            raw=raw,
         )
 
     # --- refund --------------------------------------------------------------------------
@@ -562,20 +648,20 @@ class IntaSendAdapter(HttpClientOwner):
         """Refund (IntaSend chargeback) of a completed collection, fully or partly.
 
         The answer describes the chargeback (pending until IntaSend processes it); a repeat of
-        the same refund is answered with the existing chargeback, never a second one.
+        the same refund from this process is answered with the existing chargeback.
         """
         if transaction.status is not TransactionStatus.SUCCEEDED:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: only a completed collection")
-        invoice_id = self._invoices.get(transaction.reference) or transaction.provider_reference
-        if not invoice_id or transaction.reference in self._batches:
+        invoice_id = self._identifier(transaction.reference, "invoice_id") or transaction.provider_reference
+        if not invoice_id or _is_tracking_id(invoice_id):
             raise ProviderError(
                 PROVIDER, ErrorClass.INVALID_REQUEST, "refund: only collections with an invoice"
             )
-        original = transaction.money or self._money.get(transaction.reference)
+        original = transaction.money
         amount = money or original
-        if not isinstance(amount, Money):
+        if amount is None:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: the amount is unknown")
-        if isinstance(original, Money) and amount.amount_minor > original.amount_minor:
+        if original is not None and amount.amount_minor > original.amount_minor:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: more than the payment")
         shillings = _whole_shillings(amount)
         known: list[tuple[str, Money]] = list(self._chargebacks.get(transaction.reference, []))
@@ -594,10 +680,11 @@ class IntaSendAdapter(HttpClientOwner):
                 "reason_details": "refund",
             },
         )
-        chargeback_id = str(body.get("chargeback_id") or body.get("id") or "")
-        if response.status_code >= 400 or not chargeback_id:
+        new_id = _text(body.get("chargeback_id") or body.get("id"))
+        if response.status_code >= 400 or not new_id:
             raise self._error(response, body, mutating=True, what="chargeback")
-        known.append((chargeback_id, amount))
+        self._learn(transaction.reference, "chargeback_id", new_id)
+        known.append((new_id, amount))
         self._chargebacks.remember(transaction.reference, known)
         return self._chargeback_transaction(transaction.reference, body, amount)
 
@@ -606,30 +693,29 @@ class IntaSendAdapter(HttpClientOwner):
         response, body = await self._call(
             "GET", f"/chargebacks/{chargeback_id}/", mutating=False, what="chargeback"
         )
+        if response.status_code == 404:
+            raise ProviderError(
+                PROVIDER,
+                ErrorClass.NOT_PROCESSED,
+                f"chargeback: no chargeback {chargeback_id}",
+                code=NOT_FOUND_CODE,
+                http_status=404,
+            )
         if response.status_code != 200:
             raise self._error(response, body, mutating=False, what="chargeback")
         return self._chargeback_transaction(reference or chargeback_id, body, None)
 
+    @staticmethod
     def _chargeback_transaction(
-        self, reference: str, body: Mapping[str, Any], amount: Money | None
+        reference: str, body: Mapping[str, Any], amount: Money | None
     ) -> ProviderTransaction:
         raw_status = str(body.get("status") or "").upper()
-        if raw_status in CHARGEBACK_DONE:
-            status = TransactionStatus.SUCCEEDED
-        elif raw_status in CHARGEBACK_FAILED:
-            status = TransactionStatus.FAILED
-        else:
-            status = (
-                TransactionStatus.PENDING
-                if raw_status in ("PENDING", "IN-REVIEW", "")
-                else TransactionStatus.UNKNOWN
-            )
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
-            provider_reference=str(body.get("chargeback_id") or body.get("id") or "") or None,
-            status=status,
-            money=amount or _kes(body.get("amount")),
+            provider_reference=_text(body.get("chargeback_id") or body.get("id")),
+            status=_chargeback_status(raw_status),
+            money=amount or _money(body.get("amount"), "KES"),
             provider_code=raw_status or None,
             provider_message=short(body.get("resolution") or raw_status),
             raw_status=raw_status or None,
@@ -647,3 +733,135 @@ class IntaSendAdapter(HttpClientOwner):
                 update={"status": TransactionStatus.REVERSED, "raw_status": "COMPLETE (refunded)"}
             )
         return txn
+
+    # --- webhooks ------------------------------------------------------------------------
+
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str], *, path_kind: str, path_reference: str | None
+    ) -> CallbackHint | None:
+        """What one IntaSend webhook claims: a collection (invoice), send-money or chargeback event.
+
+        With `INTASEND_WEBHOOK_CHALLENGE` set, the body's `challenge` must equal it
+        (`authenticated=True`); without it nothing is verified (`authenticated=False`). An event
+        carrying none of an invoice, a batch or a chargeback says nothing about a payment: None.
+
+        Raises:
+            CallbackAuthError: the `challenge` field is missing or wrong.
+            MalformedCallback: not JSON, not an object, or an event missing its fields.
+        """
+        try:
+            event = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedCallback("IntaSend webhook: the body is not JSON") from exc
+        if not isinstance(event, dict):
+            raise MalformedCallback("IntaSend webhook: the body is not a JSON object")
+        authenticated = self._verify_challenge(event)
+        reference = None if path_reference in (None, "", "-") else path_reference
+        if "chargeback_id" in event:
+            return self._chargeback_hint(event, reference, authenticated)
+        if "tracking_id" in event:
+            return self._send_money_hint(event, reference, authenticated)
+        if "invoice_id" in event or "state" in event:
+            return self._collection_hint(event, reference, authenticated)
+        if "challenge" in event:
+            return None  # an IntaSend event about something else (e.g. the dashboard's test ping)
+        raise MalformedCallback("IntaSend webhook: expected an invoice, a send-money batch or a chargeback")
+
+    def _verify_challenge(self, event: Mapping[str, Any]) -> bool:
+        expected = self._settings.webhook_challenge
+        if expected is None:
+            return False
+        given = event.get("challenge")
+        if not isinstance(given, str) or not hmac.compare_digest(
+            given.encode(), expected.get_secret_value().encode()
+        ):
+            raise CallbackAuthError("IntaSend webhook: the `challenge` field is missing or does not match")
+        return True
+
+    @staticmethod
+    def _collection_hint(
+        event: Mapping[str, Any], reference: str | None, authenticated: bool
+    ) -> CallbackHint:
+        invoice_id, state = _text(event.get("invoice_id")), _text(event.get("state"))
+        if invoice_id is None:
+            raise MalformedCallback("IntaSend collection event: invoice_id is missing")
+        if state is None:
+            raise MalformedCallback("IntaSend collection event: state is missing")
+        state = state.upper()
+        extras = {"channel": "webhook", "event": "collection", "state": state}
+        receipt = _text(event.get("mpesa_reference"))
+        if receipt:
+            extras["receipt"] = receipt
+        failed_code = _text(event.get("failed_code"))
+        return CallbackHint(
+            provider=PROVIDER,
+            reference=_text(event.get("api_ref")) or reference,
+            provider_reference=invoice_id,
+            operation=Operation.COLLECT,
+            status=_invoice_status(state),
+            money=_claimed_money(event.get("value"), event.get("currency"), "value"),
+            payer=_payer(event.get("account")),
+            provider_code=failed_code or state,
+            provider_message=short(event.get("failed_reason") or state),
+            extras=extras,
+            authenticated=authenticated,
+        )
+
+    @staticmethod
+    def _send_money_hint(
+        event: Mapping[str, Any], reference: str | None, authenticated: bool
+    ) -> CallbackHint:
+        tracking_id = _text(event.get("tracking_id"))
+        if tracking_id is None:
+            raise MalformedCallback("IntaSend send-money event: tracking_id is missing")
+        if _text(event.get("status")) is None:
+            raise MalformedCallback("IntaSend send-money event: status is missing")
+        status, item, batch_code, item_code = _batch_status(event)
+        extras = {"channel": "webhook", "event": "send_money", "batch_status": short(event.get("status"))}
+        if batch_code:
+            extras["batch_code"] = batch_code
+        receipt = _text(item.get("mno_reference"))
+        if receipt:
+            extras["receipt"] = receipt
+        return CallbackHint(
+            provider=PROVIDER,
+            reference=_text(event.get("batch_reference")) or reference,
+            provider_reference=tracking_id,
+            operation=Operation.PAYOUT,
+            status=status,
+            money=_claimed_money(item.get("amount"), item.get("currency") or event.get("currency"), "amount"),
+            payer=_payer(item.get("account"), item.get("phone_number")),
+            provider_code=item_code or batch_code or _text(item.get("status")),
+            provider_message=short(item.get("failed_reason") or item.get("status") or event.get("status")),
+            extras=extras,
+            authenticated=authenticated,
+        )
+
+    @staticmethod
+    def _chargeback_hint(
+        event: Mapping[str, Any], reference: str | None, authenticated: bool
+    ) -> CallbackHint:
+        chargeback_id = _text(event.get("chargeback_id"))
+        raw_status = _text(event.get("status"))
+        if chargeback_id is None:
+            raise MalformedCallback("IntaSend chargeback event: chargeback_id is missing")
+        if raw_status is None:
+            raise MalformedCallback("IntaSend chargeback event: status is missing")
+        invoice = event.get("invoice")
+        invoice = invoice if isinstance(invoice, Mapping) else {}
+        extras = {"channel": "webhook", "event": "chargeback", "state": raw_status.upper()}
+        invoice_id = _text(invoice.get("invoice_id"))
+        if invoice_id:
+            extras["invoice_id"] = invoice_id
+        return CallbackHint(
+            provider=PROVIDER,
+            reference=_text(invoice.get("api_ref")) or reference,
+            provider_reference=chargeback_id,
+            operation=Operation.REFUND,
+            status=_chargeback_status(raw_status.upper()),
+            money=_claimed_money(event.get("amount"), invoice.get("currency"), "amount"),
+            provider_code=raw_status.upper(),
+            provider_message=short(event.get("resolution") or raw_status),
+            extras=extras,
+            authenticated=authenticated,
+        )

@@ -4,9 +4,8 @@ Daraja facts this module is built on (Daraja 3.0 portal documentation and its er
 
 - Auth: `GET /oauth/v1/generate?grant_type=client_credentials` with `Basic key:secret` answers
   `{access_token, expires_in}` (about an hour; `expires_in` arrives as a string or a number).
-  The token is cached and refreshed `token_refresh_margin_s` before it expires, through the
-  injected clock, under a lock: the portal warns that minting a token can invalidate the
-  previous one, so concurrent callers must never mint in parallel.
+  The token is cached and refreshed `token_refresh_margin_s` before it expires (`TokenCache`:
+  minted under a lock, since the portal warns that minting can invalidate the previous token).
 - Errors come as `{requestId, errorCode, errorMessage}`, and the code, not the HTTP status,
   says what happened: `404.001.03` invalid token (HTTP 404 per the docs), `400.002.02` bad
   field, `500.003.02` spike arrest and `500.003.03` quota (HTTP 500), `500.001.1001` is
@@ -15,62 +14,75 @@ Daraja facts this module is built on (Daraja 3.0 portal documentation and its er
   (`ResponseCode`, `ResultCode`).
 - STK push `POST /mpesa/stkpush/v1/processrequest` (Password = base64(shortcode + passkey +
   timestamp), timestamp `YYYYMMDDHHmmss`, AccountReference <= 12 chars) answers a
-  `CheckoutRequestID`; the result comes by callback (`Body.stkCallback`, numeric ResultCode,
-  receipt only on success) or by polling `POST /mpesa/stkpushquery/v1/query` (string ResultCode).
-  Daraja has no idempotency key for STK: a push that timed out has no CheckoutRequestID to query,
-  so its outcome is known only from the callback. The callback URL therefore carries our
-  reference as its last path segment (`MPESA_CALLBACK_URL/<reference>`).
-- B2C `POST /mpesa/b2c/v3/paymentrequest` dedupes on `OriginatorConversationID` (a repeat is
-  refused with `500.002.1001` "Duplicate OriginatorConversationID."), so a payout retried with
-  the same reference can never pay twice; the result arrives only at `ResultURL`.
+  `CheckoutRequestID`; the result comes by callback (`Body.stkCallback`, numeric ResultCode;
+  `CallbackMetadata` with Amount, MpesaReceiptNumber, TransactionDate, PhoneNumber on success
+  only) or by polling `POST /mpesa/stkpushquery/v1/query`, which carries ResultCode/ResultDesc
+  only: no amount, no payer, no receipt. Right after a push the query may answer `400.002.02`
+  "Invalid CheckoutRequestID" for the id it just issued (eventual consistency): `status()`
+  raises not-found and the engine applies `money_truth.not_found_grace_s`. Daraja has no
+  idempotency key for STK: a push that got no CheckoutRequestID has no pull path at all.
+- B2C `POST /mpesa/b2c/v3/paymentrequest` dedupes on `OriginatorConversationID` (our
+  reference; a repeat is refused with `500.002.1001` "Duplicate OriginatorConversationID."), so
+  a payout retried with the same reference can never pay twice; the result arrives only at
+  `ResultURL` (`Result`, with TransactionAmount, TransactionReceipt, ReceiverPartyPublicName).
+- Transaction Status `POST /mpesa/transactionstatus/v1/query` (CommandID TransactionStatusQuery,
+  the transaction's receipt as TransactionID or its `OriginalConversationID`, PartyA,
+  IdentifierType 4) is the only pull for a payout or a reversal. Its HTTP answer is acceptance
+  only (`{OriginatorConversationID, ConversationID, ResponseCode "0", ResponseDescription}`);
+  the status itself arrives asynchronously at ResultURL as a second, unsigned `Result`
+  (ResultParameters ReceiptNo, TransactionStatus "Completed" / "Declined" / ..., Amount,
+  DebitPartyName, CreditPartyName, FinalisedTime, ReasonType, OriginatorConversationID). So
+  `status()` of a payout sends the query and answers `pending` (`status_query_sent`).
 - Reversal `POST /mpesa/reversal/v1/request` (CommandID TransactionReversal, receiver identifier
   type 11, the receipt as TransactionID) reverses an STK collection; result at `ResultURL`.
 
-Callbacks reach this adapter through `ingest_callback()`, which the server's callback routes call.
-Result codes: 0 success; 1 insufficient funds, 17 rule limited, 1032 cancelled by the user,
-1037 no answer from the handset, 2001 wrong PIN or initiator ... are failures with that code.
+Callback URLs carry our reference as their last path segment: STK `MPESA_CALLBACK_URL/<ref>`,
+B2C, reversal and status-query results `MPESA_RESULT_URL/<ref>`, queue timeouts
+`MPESA_QUEUE_TIMEOUT_URL/<ref>` (a timeout's outcome is unknown). Nothing Daraja posts is
+signed, so `parse_callback` returns hints with `authenticated=False` and the engine confirms
+each by a pull. Result codes: 0 success; 1 insufficient funds, 17 rule limited, 1032 cancelled
+by the user, 1037 no answer from the handset, 2001 wrong PIN or initiator ... are failures.
+
+Identifier kinds reported through `identifier_sink`: `checkout_request_id` and
+`merchant_request_id` (STK push), `conversation_id` (B2C), `reversal_conversation_id` and
+`reversal_originator_id` (reversal), `status_query` (a Transaction Status query's
+ConversationID; its result's outer ConversationID).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-import anyio
 import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.adapter import AccessToken, AdapterBase, TokenCache
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackHint,
     ErrorClass,
+    MalformedCallback,
     Money,
+    MoneyTruth,
     Operation,
+    PaymentContext,
     PaymentRequest,
-    ProbeResult,
     ProviderCapabilities,
     ProviderError,
     ProviderTransaction,
     TransactionStatus,
+    normalize_msisdn,
 )
-from mcp_autonomy.providers.http import (
-    HttpClientOwner,
-    build_client,
-    classify_http_status,
-    json_object,
-    make_timeout,
-    parse_retry_after,
-    send,
-    short,
-)
+from mcp_autonomy.providers.http import json_object, send, short
 
 PROVIDER = "mpesa"
 EAT = timezone(timedelta(hours=3), "EAT")
@@ -83,8 +95,9 @@ B2C_MAX_KES = 250_000
 KENYAN_MSISDN_RE = re.compile(r"^\+254(7|1)\d{8}$")
 REFERENCE_LENGTH = 12
 """AccountReference is at most 12 characters; 12 base-36 characters carry 62 bits of the key's hash."""
-MAX_REMEMBERED = 100_000
-"""Per-map cap on remembered references and callback results (oldest forgotten first)."""
+REFERENCE_RE = re.compile(r"^[0-9A-Z]{12}$")
+PARTY_PHONE_RE = re.compile(r"^\s*\+?(\d{9,15})\b")
+"""The MSISDN that leads a Daraja party name such as `254708374149 - John Doe`."""
 
 TOKEN_REJECTED_CODES = frozenset({"404.001.03", "401.003.01", "401.002.01"})
 """Token invalid or expired: refused at the gateway, so one retry with a fresh token is safe."""
@@ -98,6 +111,23 @@ DUPLICATE_ERROR = "500.002.1001"
 STK_PENDING_RESULT_CODES = frozenset({"4999"})
 """Integrators report ResultCode 4999 "still under processing" on STK queries: not final yet."""
 SUCCESS_CODE = "0"
+STATUS_QUERY_OCCASION = "status_query"
+"""The Occasion of our Transaction Status queries; Daraja echoes it in the result's ReferenceData."""
+REVERSAL_RESULT_CODES = frozenset({"R000001", "R000002"})
+
+TS_COMPLETED = frozenset({"completed"})
+TS_FAILED = frozenset({"declined", "cancelled", "canceled", "expired", "failed"})
+TS_PENDING = frozenset({"initiated", "authorized", "pending authorized", "pending", "authorised"})
+TS_MARKERS = frozenset(
+    {"TransactionStatus", "ReceiptNo", "FinalisedTime", "DebitPartyName", "CreditPartyName", "ReasonType"}
+)
+"""ResultParameters only a Transaction Status result carries."""
+B2C_MARKERS = frozenset(
+    {"TransactionAmount", "TransactionReceipt", "ReceiverPartyPublicName", "B2CRecipientIsRegisteredCustomer"}
+)
+UNRELATED_RESULT_MARKERS = frozenset({"AccountBalance", "BOCompletedTime"})
+"""An Account Balance result: says nothing about a payment."""
+NOT_FOUND_WORDS = ("not found", "could not be found", "does not exist", "invalid transaction")
 
 
 class MpesaSettings(BaseSettings):
@@ -118,28 +148,16 @@ class MpesaSettings(BaseSettings):
     b2c_shortcode: str | None = Field(None, pattern=r"^\d{5,7}$", description="B2C PartyA; default shortcode")
     initiator_name: str | None = None
     security_credential: SecretStr | None = Field(None, description="Initiator password, RSA-encrypted")
-    result_url: str | None = Field(None, description="B2C and reversal results: <result_url>/<reference>")
-    queue_timeout_url: str | None = None
+    result_url: str | None = Field(
+        None, description="B2C, reversal and Transaction Status results: <result_url>/<reference>"
+    )
+    queue_timeout_url: str | None = Field(
+        None, description="queue timeouts: <queue_timeout_url>/<reference> (default: the result URL)"
+    )
     b2c_command_id: Literal["BusinessPayment", "SalaryPayment", "PromotionPayment"] = "BusinessPayment"
     timeout_s: float = Field(15.0, ge=0.5, le=120.0)
     token_refresh_margin_s: float = Field(60.0, ge=0.0, le=1800.0)
     probe_min_interval_s: float = Field(30.0, ge=0.0, le=3600.0)
-
-
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    expires_at_s: float  # clock.monotonic() time after which Daraja refuses it
-
-
-class _Recent(OrderedDict[str, Any]):
-    """A dict that forgets its oldest entries beyond `MAX_REMEMBERED` (bounded memory for long runs)."""
-
-    def remember(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > MAX_REMEMBERED:
-            self.popitem(last=False)
 
 
 def _base36(value: int, width: int) -> str:
@@ -179,7 +197,11 @@ def _msisdn(phone: str) -> str:
 
 
 def _items(container: Any, key: str) -> dict[str, Any]:
-    """Daraja's `{Item: [{Name, Value}]}` / `{ResultParameter: [{Key, Value}]}` lists as a dict."""
+    """Daraja's `{Item: [{Name, Value}]}` / `{ResultParameter: [{Key, Value}]}` lists as a dict.
+
+    Keys are normalised without spaces: real results spell some keys both ways
+    ("Originator Conversation ID" and "OriginatorConversationID").
+    """
     if not isinstance(container, Mapping):
         return {}
     raw = container.get(key)
@@ -189,12 +211,70 @@ def _items(container: Any, key: str) -> dict[str, Any]:
         if isinstance(row, Mapping):
             name = row.get("Name", row.get("Key"))
             if isinstance(name, str):
-                out[name] = row.get("Value")
+                out[name.replace(" ", "")] = row.get("Value")
     return out
 
 
-class MpesaAdapter(HttpClientOwner):
-    """Speaks Daraja: OAuth token cache, STK push and query, B2C, reversal, callbacks."""
+def _text(value: Any) -> str | None:
+    """A scalar as a non-empty string (Daraja sends numbers and strings interchangeably)."""
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    rendered = str(value).strip()
+    return rendered or None
+
+
+def _kes(value: Any, what: str) -> Money | None:
+    """An amount in whole or decimal shillings as KES minor units; None when not carried.
+
+    Daraja moves KES only and never names the currency in a callback: KES is the provider's,
+    the amount is the callback's claim.
+
+    Raises:
+        MalformedCallback: an amount is there but is not a positive number of cents.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise MalformedCallback(f"{what} is not an amount")
+    try:
+        minor = Decimal(str(value).strip()) * 100
+    except (InvalidOperation, ValueError) as exc:
+        raise MalformedCallback(f"{what} is not an amount") from exc
+    if not minor.is_finite() or minor <= 0 or minor != minor.to_integral_value():
+        raise MalformedCallback(f"{what} is not a positive amount in whole cents")
+    try:
+        return Money(amount_minor=int(minor), currency="KES")
+    except ValueError as exc:
+        raise MalformedCallback(f"{what} is out of range") from exc
+
+
+def _phone(value: Any) -> str | None:
+    """An MSISDN (`254708374149`, `0790422909`, or a party name led by one) as E.164."""
+    text = _text(value)
+    if text is None:
+        return None
+    match = PARTY_PHONE_RE.match(text)
+    if match is None:
+        return None
+    try:
+        return normalize_msisdn(match.group(1), "254")
+    except ValueError:
+        return None
+
+
+def _path_reference(path_reference: str | None) -> str | None:
+    return None if path_reference in (None, "", "-") else path_reference
+
+
+def _result_code(container: Mapping[str, Any], where: str) -> str:
+    code = _text(container.get("ResultCode"))
+    if code is None:
+        raise MalformedCallback(f"{where}.ResultCode is missing")
+    return code
+
+
+class MpesaAdapter(AdapterBase[MpesaSettings]):
+    """Speaks Daraja: OAuth token cache, STK push and query, B2C, Transaction Status, reversal."""
 
     name = PROVIDER
     capabilities = ProviderCapabilities(
@@ -202,6 +282,29 @@ class MpesaAdapter(HttpClientOwner):
         currencies=frozenset({"KES"}),
         countries=frozenset({"KE"}),
         refunds=True,
+    )
+    money_truth = MoneyTruth(
+        not_found_grace_s=120.0,
+        not_found_is_final_after_grace=False,
+        pending_bound_s=1800.0,
+        pull_carries=frozenset({"status", "reason"}),
+        callback_carries=frozenset({"status", "amount", "payer", "provider_reference", "receipt", "reason"}),
+        callback_auth="none",
+        pull_path=(
+            "STK push: STK query by CheckoutRequestID (ResultCode only; none without a CheckoutRequestID); "
+            "payout and reversal: Transaction Status query by OriginalConversationID, answered only by "
+            "an unsigned callback to the ResultURL"
+        ),
+        sources=(
+            "Daraja 3.0 docs: M-Pesa Express (STK push, STK query: ResultCode/ResultDesc only)",
+            "Daraja 3.0 docs: B2C v3 (OriginatorConversationID dedupe), Reversal",
+            "Daraja 3.0 docs: Transaction Status (asynchronous; receipt or OriginatorConversationID)",
+            "grace: Daraja documents no lookup lag; 400.002.02 for a just-issued CheckoutRequestID is "
+            "integrators' experience (DESIGN.md section 10); 120 s is a conservative choice",
+            "not found stays ambiguous: Daraja documents no 'never processed' meaning for it",
+            "pending bound: STK prompts expire in about a minute (ResultCode 1037/1019); B2C results "
+            "may wait in M-Pesa's queue (QueueTimeOutURL); 1800 s is a conservative choice",
+        ),
     )
 
     def __init__(
@@ -213,72 +316,33 @@ class MpesaAdapter(HttpClientOwner):
         settings_loader: Callable[[], MpesaSettings] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._timeout_s = timeout_s if timeout_s is not None else settings.timeout_s
-        make_timeout(self._timeout_s)  # validate now, not on the first payment
-        self._settings_loader = settings_loader
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._token: _Token | None = None
-        self._token_lock = anyio.Lock()
-        self._last_probe: tuple[float, ProbeResult] | None = None
-        # What this process learned about its own payments; callbacks are the source of truth
-        # for outcomes Daraja reports only asynchronously.
-        self._checkouts = _Recent()  # reference -> CheckoutRequestID
-        self._checkout_refs = _Recent()  # CheckoutRequestID -> reference
-        self._money = _Recent()  # reference -> Money
-        self._payouts = _Recent()  # reference (OriginatorConversationID) -> ConversationID | None
-        self._conversations = _Recent()  # ConversationID -> ("payout" | "reversal", reference)
-        self._receipts = _Recent()  # reference -> MpesaReceiptNumber
-        self._results = _Recent()  # reference -> final ProviderTransaction from a callback
+        super().__init__(
+            settings, clock, timeout_s=timeout_s, settings_loader=settings_loader, transport=transport
+        )
+        self._tokens = TokenCache(clock, self._fetch_token)
 
-    # --- identity and tuning -------------------------------------------------------------
+    # --- identity ------------------------------------------------------------------------
 
     @staticmethod
     def reference_for(idempotency_key: str) -> str:
         """Our reference for a payment: 12 base-36 characters of the key's SHA-256.
 
-        Deterministic, so a retry of the same key reuses the same B2C OriginatorConversationID
-        (which Daraja dedupes) and the same callback path. It doubles as the STK AccountReference.
+        Deterministic (the engine stores it before sending), so a retry of the same key reuses
+        the same B2C OriginatorConversationID (which Daraja dedupes) and the same callback path.
+        It doubles as the STK AccountReference.
         """
         digest = int.from_bytes(hashlib.sha256(idempotency_key.encode()).digest()[:16], "big")
         return _base36(digest, REFERENCE_LENGTH)
 
-    # --- lifecycle -----------------------------------------------------------------------
-
-    async def initialize(self) -> None:
-        """A fresh HTTP client and a fresh token."""
-        self._last_probe = None  # a re-initialised adapter is probed afresh, never from the cache
-        await self.close()
-        self._client = self._new_client()
-        await self.refresh_credentials()
-
-    async def refresh_credentials(self) -> None:
-        """Reload settings (when a loader was given), drop the token, fetch a new one."""
-        if self._settings_loader is not None:
-            self._settings = self._settings_loader()
-        self._token = None
-        await self._access_token()
-
-    def _new_client(self) -> httpx.AsyncClient:
-        return build_client(self._settings.base_url, self._timeout_s, transport=self._transport)
-
     # --- auth ----------------------------------------------------------------------------
 
-    async def _access_token(self) -> str:
-        token = self._token
-        if token is not None and self._clock.monotonic() < token.expires_at_s:
-            return token.value
-        async with self._token_lock:
-            # Another caller may have refreshed while this one waited for the lock.
-            token = self._token
-            if token is not None and self._clock.monotonic() < token.expires_at_s:
-                return token.value
-            self._token = await self._fetch_token()
-            return self._token.value
+    def _reset_credentials(self) -> None:
+        self._tokens.drop()
 
-    async def _fetch_token(self) -> _Token:
+    async def _warm_credentials(self) -> None:
+        await self._tokens.get()
+
+    async def _fetch_token(self) -> AccessToken:
         pair = f"{self._settings.consumer_key.get_secret_value()}:{self._settings.consumer_secret.get_secret_value()}"
         basic = base64.b64encode(pair.encode()).decode()
         response = await send(
@@ -301,13 +365,7 @@ class MpesaAdapter(HttpClientOwner):
             lifetime_s = -1.0
         if not isinstance(value, str) or not value or lifetime_s <= 0:
             raise ProviderError(PROVIDER, ErrorClass.NOT_PROCESSED, "token: malformed OAuth answer")
-        # Refresh early, but never so early that a short-lived token is refreshed on every call.
-        margin_s = min(self._settings.token_refresh_margin_s, lifetime_s / 10)
-        return _Token(value, self._clock.monotonic() + lifetime_s - margin_s)
-
-    def _drop_token(self, rejected: str) -> None:
-        if self._token is not None and self._token.value == rejected:
-            self._token = None
+        return AccessToken(value, self._tokens.expiring_at(lifetime_s, self._settings.token_refresh_margin_s))
 
     async def _post(
         self, path: str, payload: dict[str, Any], *, mutating: bool, what: str
@@ -317,7 +375,7 @@ class MpesaAdapter(HttpClientOwner):
         Resending is safe: an invalid-token answer comes from the gateway, before M-Pesa saw it.
         """
         for attempt in (1, 2):
-            token = await self._access_token()
+            token = await self._tokens.get()
             response = await send(
                 self._http(),
                 PROVIDER,
@@ -332,7 +390,7 @@ class MpesaAdapter(HttpClientOwner):
             if attempt == 1 and (
                 str(body.get("errorCode", "")) in TOKEN_REJECTED_CODES or response.status_code == 401
             ):
-                self._drop_token(token)
+                self._tokens.drop(token)
                 continue
             return response, body
         raise AssertionError("unreachable")  # pragma: no cover
@@ -352,7 +410,6 @@ class MpesaAdapter(HttpClientOwner):
             if isinstance(detail, Mapping) and not code:
                 code = str(detail.get("errorcode", "")) or None
         lowered = message.lower()
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.now())
         error_class: ErrorClass | None
         if code in AUTH_ERROR_CODES:
             error_class = ErrorClass.AUTH
@@ -372,38 +429,25 @@ class MpesaAdapter(HttpClientOwner):
             # HTTP 200 with a non-zero ResponseCode: refused at submission, nothing was started.
             error_class = ErrorClass.NOT_PROCESSED
         else:
-            error_class = classify_http_status(response.status_code, mutating=mutating)
-        if error_class is None:  # pragma: no cover - < 400 is handled above
-            error_class = ErrorClass.AMBIGUOUS if mutating else ErrorClass.NOT_PROCESSED
-        return ProviderError(
-            PROVIDER,
+            error_class = None  # the HTTP status decides
+        return self._provider_error(
+            response,
             error_class,
             f"{what}: {short(message) if message else f'HTTP {response.status_code}'}",
             code=code,
-            http_status=response.status_code,
-            retry_after_s=retry_after,
+            mutating=mutating,
         )
 
     # --- probe ---------------------------------------------------------------------------
 
-    async def probe(self) -> ProbeResult:
-        """A token fetch, at most once per `probe_min_interval_s` (Daraja meters token calls).
+    async def _probe_once(self) -> str:
+        """A fresh token (Daraja meters token calls; `probe()` caps how often this runs).
 
-        Within the interval the last successful probe is returned, marked cached. The fetched
-        token becomes the adapter's token, so probing never leaves a stale one behind.
+        The minted token becomes the adapter's token, so probing never leaves a stale one behind.
         """
-        now = self._clock.monotonic()
-        if self._last_probe is not None and now - self._last_probe[0] < self._settings.probe_min_interval_s:
-            cached = self._last_probe[1]
-            return cached.model_copy(update={"detail": f"{cached.detail} (cached)"})
-        started = time.perf_counter()
-        async with self._token_lock:
-            self._token = await self._fetch_token()
-        result = ProbeResult(
-            ok=True, latency_ms=(time.perf_counter() - started) * 1000, detail="oauth token issued"
-        )
-        self._last_probe = (now, result)
-        return result
+        self._tokens.drop()
+        await self._tokens.get()
+        return "oauth token issued"
 
     # --- collect -------------------------------------------------------------------------
 
@@ -438,20 +482,19 @@ class MpesaAdapter(HttpClientOwner):
             # TransactionDesc is at most 13 characters.
             "TransactionDesc": (request.description or "payment")[:13],
         }
-        self._money.remember(reference, request.money)
         response, body = await self._post(
             "/mpesa/stkpush/v1/processrequest", payload, mutating=True, what="stk push"
         )
         if response.status_code >= 400 or str(body.get("ResponseCode", "")) != SUCCESS_CODE:
             raise self._error(response, body, mutating=True, what="stk push")
         checkout_id = body.get("CheckoutRequestID")
+        self._learn(reference, "merchant_request_id", _text(body.get("MerchantRequestID")))
         if not isinstance(checkout_id, str) or not checkout_id:
             # Accepted (ResponseCode 0) but unusable: the push may be on the customer's phone.
             raise ProviderError(
                 PROVIDER, ErrorClass.AMBIGUOUS, "stk push: accepted without a CheckoutRequestID"
             )
-        self._checkouts.remember(reference, checkout_id)
-        self._checkout_refs.remember(checkout_id, reference)
+        self._learn(reference, "checkout_request_id", checkout_id)
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
@@ -476,6 +519,14 @@ class MpesaAdapter(HttpClientOwner):
             )
         return settings.initiator_name, settings.security_credential.get_secret_value(), settings.result_url
 
+    def _timeout_target(self, reference: str, result_target: str) -> str:
+        """Where Daraja reports a request that timed out in its queue: `.../timeout/<reference>`."""
+        base = self._settings.queue_timeout_url
+        return f"{base.rstrip('/')}/{reference}" if base else result_target
+
+    def _b2c_party(self) -> str:
+        return self._settings.b2c_shortcode or self._settings.shortcode
+
     async def payout(self, request: PaymentRequest) -> ProviderTransaction:
         """B2C payment. Idempotent per key: a repeat is refused by Daraja as a duplicate."""
         shillings = _whole_shillings(request.money, B2C_MIN_KES, B2C_MAX_KES)
@@ -489,26 +540,22 @@ class MpesaAdapter(HttpClientOwner):
             "SecurityCredential": credential,
             "CommandID": self._settings.b2c_command_id,
             "Amount": shillings,
-            "PartyA": self._settings.b2c_shortcode or self._settings.shortcode,
+            "PartyA": self._b2c_party(),
             "PartyB": phone,
             "Remarks": (request.description or "payout")[:100].ljust(2, "."),
-            "QueueTimeOutURL": self._settings.queue_timeout_url or result_target,
+            "QueueTimeOutURL": self._timeout_target(reference, result_target),
             "ResultURL": result_target,
             "Occassion": reference,  # sic: Daraja's field name
         }
-        self._money.remember(reference, request.money)
         response, body = await self._post("/mpesa/b2c/v3/paymentrequest", payload, mutating=True, what="b2c")
         code = str(body.get("errorCode", ""))
         if code == DUPLICATE_ERROR and "duplicate" in str(body.get("errorMessage", "")).lower():
             # Daraja already holds a request under this OriginatorConversationID: an earlier
             # attempt got through. Report it as the accepted payout it is; never pay twice.
-            known = self._results.get(reference)
-            if isinstance(known, ProviderTransaction):
-                return known
             return ProviderTransaction(
                 provider=PROVIDER,
                 reference=reference,
-                provider_reference=self._payouts.get(reference),
+                provider_reference=self._identifier(reference, "conversation_id"),
                 status=TransactionStatus.PENDING,
                 money=request.money,
                 provider_code=DUPLICATE_ERROR,
@@ -518,11 +565,8 @@ class MpesaAdapter(HttpClientOwner):
             )
         if response.status_code >= 400 or str(body.get("ResponseCode", "")) != SUCCESS_CODE:
             raise self._error(response, body, mutating=True, what="b2c")
-        conversation_id = body.get("ConversationID")
-        conversation = conversation_id if isinstance(conversation_id, str) and conversation_id else None
-        self._payouts.remember(reference, conversation)
-        if conversation:
-            self._conversations.remember(conversation, ("payout", reference))
+        conversation = _text(body.get("ConversationID"))
+        self._learn(reference, "conversation_id", conversation)
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
@@ -537,38 +581,76 @@ class MpesaAdapter(HttpClientOwner):
 
     # --- status --------------------------------------------------------------------------
 
-    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
-        """Where a payment stands.
+    def _operation_of(
+        self, reference: str, provider_reference: str | None, context: PaymentContext | None
+    ) -> Operation | None:
+        if context is not None:
+            return context.operation
+        if self._identifier(reference, "conversation_id") or (provider_reference or "").startswith("AG_"):
+            return Operation.PAYOUT
+        if self._identifier(reference, "checkout_request_id") or provider_reference:
+            return Operation.COLLECT
+        return None
 
-        A final outcome from a callback wins. An STK push with a known CheckoutRequestID is
-        queried (`500.001.1001` "being processed" means pending). A payout, or a push whose answer
-        never arrived, can only be learnt from its callback: until then the answer is `pending`
-        (accepted) or `unknown` (we cannot tell whether Daraja got it) - never a guess.
-        Raises `ProviderError(code="not_found")` when Daraja does not know the CheckoutRequestID.
+    async def status(
+        self, reference: str, provider_reference: str | None = None, *, context: PaymentContext | None = None
+    ) -> ProviderTransaction:
+        """Where a payment stands, asked of Daraja every time (never from a callback).
+
+        A collection is pulled with the STK query by its CheckoutRequestID (`500.001.1001`
+        "being processed" means pending; `400.002.02` "Invalid CheckoutRequestID" raises
+        not-found). A push that never got a CheckoutRequestID has no pull path: `unknown`.
+        A payout (or a reversal) is pulled with a Transaction Status query, whose answer Daraja
+        posts to the ResultURL: the answer here is `pending` with raw_status `status_query_sent`.
         """
-        known = self._results.get(reference)
-        if known is None and provider_reference is not None:
-            ref_of_checkout = self._checkout_refs.get(provider_reference)
-            known = self._results.get(ref_of_checkout) if ref_of_checkout else None
-        if isinstance(known, ProviderTransaction):
-            return known
-        is_payout = reference in self._payouts or (provider_reference or "").startswith("AG_")
-        checkout_id = None if is_payout else provider_reference or self._checkouts.get(reference)
-        if checkout_id:
-            return await self._query_stk(reference, checkout_id)
-        accepted = reference in self._payouts
+        operation = self._operation_of(reference, provider_reference, context)
+        if operation is Operation.PAYOUT:
+            return await self._query_transaction_status(
+                reference,
+                self._identifier(reference, "conversation_id", context)
+                or (context.provider_reference if context else None)
+                or provider_reference,
+                original_id=reference,  # B2C's OriginatorConversationID is our reference
+                party=self._b2c_party(),
+            )
+        if operation is Operation.REFUND:
+            original_id = self._identifier(reference, "reversal_originator_id", context)
+            if not original_id:
+                return self._unknown(
+                    reference,
+                    provider_reference,
+                    "no reversal OriginatorConversationID known: Daraja can be asked about a reversal "
+                    "only by it (or by a receipt only its result carries)",
+                )
+            return await self._query_transaction_status(
+                reference,
+                self._identifier(reference, "reversal_conversation_id", context) or provider_reference,
+                original_id=original_id,
+                party=self._settings.shortcode,
+            )
+        checkout_id = self._identifier(reference, "checkout_request_id", context) or (
+            provider_reference if provider_reference and not provider_reference.startswith("AG_") else None
+        )
+        if checkout_id is None and context is not None:
+            checkout_id = context.provider_reference
+        if not checkout_id:
+            return self._unknown(
+                reference,
+                provider_reference,
+                "no CheckoutRequestID known: the STK push got no answer, and Daraja can be asked "
+                "about a push only by its CheckoutRequestID (its callback is the only other source)",
+            )
+        return await self._query_stk(reference, checkout_id)
+
+    @staticmethod
+    def _unknown(reference: str, provider_reference: str | None, why: str) -> ProviderTransaction:
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
-            provider_reference=provider_reference or self._payouts.get(reference),
-            status=TransactionStatus.PENDING if accepted else TransactionStatus.UNKNOWN,
-            money=self._money.get(reference),
-            provider_message=(
-                "accepted; Daraja reports the result only to the ResultURL"
-                if accepted
-                else "no CheckoutRequestID known: the outcome arrives only by callback"
-            ),
-            raw_status="awaiting_callback",
+            provider_reference=provider_reference,
+            status=TransactionStatus.UNKNOWN,
+            provider_message=why,
+            raw_status="no_pull_path",
         )
 
     async def _query_stk(self, reference: str, checkout_id: str) -> ProviderTransaction:
@@ -589,14 +671,17 @@ class MpesaAdapter(HttpClientOwner):
             return ProviderTransaction(
                 **base,
                 status=TransactionStatus.PENDING,
-                money=self._money.get(reference),
                 provider_code=code,
                 provider_message=short(message),
                 raw_status="processing",
             )
         if code == "400.002.02" and "checkoutrequestid" in message.lower():
             raise ProviderError(
-                PROVIDER, ErrorClass.NOT_PROCESSED, f"stk query: {short(message)}", code=NOT_FOUND_CODE
+                PROVIDER,
+                ErrorClass.NOT_PROCESSED,
+                f"stk query: {short(message)}",
+                code=NOT_FOUND_CODE,
+                http_status=response.status_code,
             )
         if response.status_code >= 400 or "ResultCode" not in body:
             raise self._error(response, body, mutating=False, what="stk query")
@@ -607,13 +692,48 @@ class MpesaAdapter(HttpClientOwner):
             status = TransactionStatus.PENDING
         else:
             status = TransactionStatus.FAILED
+        # The STK query carries no amount, payer or receipt: money stays None.
         return ProviderTransaction(
             **base,
             status=status,
-            money=self._money.get(reference),
             provider_code=result_code,
             provider_message=short(body.get("ResultDesc", "")),
             raw_status=f"ResultCode {result_code}",
+        )
+
+    async def _query_transaction_status(
+        self, reference: str, provider_reference: str | None, *, original_id: str, party: str
+    ) -> ProviderTransaction:
+        """Send a Transaction Status query; its answer arrives later at `<result_url>/<reference>`."""
+        initiator, credential, result_url = self._require_initiator("status")
+        result_target = f"{result_url.rstrip('/')}/{reference}"
+        payload = {
+            "Initiator": initiator,
+            "SecurityCredential": credential,
+            "CommandID": "TransactionStatusQuery",
+            "OriginalConversationID": original_id,
+            "PartyA": party,
+            "IdentifierType": "4",  # organisation shortcode
+            "ResultURL": result_target,
+            "QueueTimeOutURL": self._timeout_target(reference, result_target),
+            "Remarks": "status query",
+            "Occasion": STATUS_QUERY_OCCASION,
+        }
+        response, body = await self._post(
+            "/mpesa/transactionstatus/v1/query", payload, mutating=False, what="transaction status"
+        )
+        if response.status_code >= 400 or str(body.get("ResponseCode", "")) != SUCCESS_CODE:
+            raise self._error(response, body, mutating=False, what="transaction status")
+        self._learn(reference, "status_query", _text(body.get("ConversationID")))
+        return ProviderTransaction(
+            provider=PROVIDER,
+            reference=reference,
+            provider_reference=provider_reference,
+            status=TransactionStatus.PENDING,
+            provider_code=SUCCESS_CODE,
+            provider_message="Transaction Status query accepted; Daraja posts its answer to the ResultURL",
+            raw_status="status_query_sent",
+            raw=body,
         )
 
     # --- refund --------------------------------------------------------------------------
@@ -623,13 +743,14 @@ class MpesaAdapter(HttpClientOwner):
     ) -> ProviderTransaction:
         """Reverse a succeeded STK collection (Daraja Reversal API; full amount only).
 
-        Needs the M-Pesa receipt, which Daraja sends only in the success callback. The answer is
-        `pending`; the reversal's result arrives at `ResultURL` (see `ingest_callback`).
+        Needs the M-Pesa receipt, which Daraja sends only in the success callback: pass it in
+        `transaction.raw["receipt"]` (or `MpesaReceiptNumber`), as the confirmed callback's
+        extras carry it. The answer is `pending`; the reversal's result arrives at `ResultURL`.
         """
         if transaction.status is not TransactionStatus.SUCCEEDED:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: only a succeeded collection")
-        original = transaction.money or self._money.get(transaction.reference)
-        if not isinstance(original, Money):
+        original = transaction.money or money
+        if original is None:
             raise ProviderError(
                 PROVIDER, ErrorClass.INVALID_REQUEST, "refund: the original amount is unknown"
             )
@@ -637,8 +758,8 @@ class MpesaAdapter(HttpClientOwner):
             raise ProviderError(
                 PROVIDER, ErrorClass.INVALID_REQUEST, "refund: M-Pesa reversals are for the full amount only"
             )
-        receipt = self._receipts.get(transaction.reference) or transaction.raw.get("MpesaReceiptNumber")
-        if not isinstance(receipt, str) or not receipt:
+        receipt = _text(transaction.raw.get("receipt")) or _text(transaction.raw.get("MpesaReceiptNumber"))
+        if not receipt:
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.INVALID_REQUEST,
@@ -655,7 +776,7 @@ class MpesaAdapter(HttpClientOwner):
             "ReceiverParty": self._settings.shortcode,
             "RecieverIdentifierType": "11",  # sic: Daraja's field name; 11 = organisation
             "ResultURL": result_target,
-            "QueueTimeOutURL": self._settings.queue_timeout_url or result_target,
+            "QueueTimeOutURL": self._timeout_target(transaction.reference, result_target),
             "Remarks": "refund",
             "Occasion": transaction.reference,
         }
@@ -664,9 +785,11 @@ class MpesaAdapter(HttpClientOwner):
         )
         if response.status_code >= 400 or str(body.get("ResponseCode", "")) != SUCCESS_CODE:
             raise self._error(response, body, mutating=True, what="reversal")
-        conversation_id = str(body.get("ConversationID") or "") or None
-        if conversation_id:
-            self._conversations.remember(conversation_id, ("reversal", transaction.reference))
+        conversation_id = _text(body.get("ConversationID"))
+        self._learn(transaction.reference, "reversal_conversation_id", conversation_id)
+        self._learn(
+            transaction.reference, "reversal_originator_id", _text(body.get("OriginatorConversationID"))
+        )
         return ProviderTransaction(
             provider=PROVIDER,
             reference=transaction.reference,
@@ -681,91 +804,231 @@ class MpesaAdapter(HttpClientOwner):
 
     # --- callbacks -----------------------------------------------------------------------
 
-    def ingest_callback(
-        self, body: Mapping[str, Any], *, reference: str | None = None
-    ) -> ProviderTransaction:
-        """Fold one Daraja callback in and return what it says.
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str], *, path_kind: str, path_reference: str | None
+    ) -> CallbackHint | None:
+        """What one Daraja callback claims (Daraja signs nothing: `authenticated` is False).
 
-        Accepts the STK shape (`Body.stkCallback`) and the result shape of B2C and reversals
-        (`Result`). `reference` is the last path segment of the callback URL this adapter chose.
+        Shapes: the STK callback (`Body.stkCallback`), and `Result` for B2C, reversals and
+        Transaction Status queries (told apart by their ResultParameters, the echoed Occasion,
+        and whose OriginatorConversationID they carry). Account Balance results and C2B
+        confirmations say nothing about our payments: None.
 
         Raises:
-            ValueError: the body is neither shape.
+            MalformedCallback: not JSON, not an object, or neither Daraja shape.
         """
-        stk = body.get("Body", {}).get("stkCallback") if isinstance(body.get("Body"), Mapping) else None
-        if isinstance(stk, Mapping):
-            return self._ingest_stk(stk, reference)
-        result = body.get("Result")
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedCallback("M-Pesa callback: the body is not JSON") from exc
+        if not isinstance(document, dict):
+            raise MalformedCallback("M-Pesa callback: the body is not a JSON object")
+        reference = _path_reference(path_reference)
+        envelope = document.get("Body")
+        if envelope is not None:
+            stk = envelope.get("stkCallback") if isinstance(envelope, Mapping) else None
+            if not isinstance(stk, Mapping):
+                raise MalformedCallback("M-Pesa callback: Body.stkCallback is missing")
+            return self._stk_hint(stk, reference)
+        result = document.get("Result")
         if isinstance(result, Mapping):
-            return self._ingest_result(result, reference)
-        raise ValueError("not a Daraja callback: expected Body.stkCallback or Result")
+            return self._result_hint(result, reference, path_kind)
+        if "TransID" in document and "TransactionType" in document:
+            return None  # a C2B confirmation or validation: not one of our payments
+        raise MalformedCallback("M-Pesa callback: expected Body.stkCallback or Result")
 
-    def _ingest_stk(self, stk: Mapping[str, Any], reference: str | None) -> ProviderTransaction:
-        checkout_id = str(stk.get("CheckoutRequestID", ""))
-        ref = reference or self._checkout_refs.get(checkout_id) or checkout_id
-        result_code = str(stk.get("ResultCode", ""))
+    @staticmethod
+    def _stk_hint(stk: Mapping[str, Any], reference: str | None) -> CallbackHint:
+        checkout_id = _text(stk.get("CheckoutRequestID"))
+        if checkout_id is None:
+            raise MalformedCallback("M-Pesa STK callback: CheckoutRequestID is missing")
+        code = _result_code(stk, "stkCallback")
         metadata = _items(stk.get("CallbackMetadata"), "Item")
-        receipt = metadata.get("MpesaReceiptNumber")
-        if isinstance(receipt, str) and receipt:
-            self._receipts.remember(ref, receipt)
-        if checkout_id:
-            self._checkouts.remember(ref, checkout_id)
-            self._checkout_refs.remember(checkout_id, ref)
-        money = self._money.get(ref)
-        amount = metadata.get("Amount")
-        if money is None and isinstance(amount, int | float) and amount > 0:
-            money = Money(amount_minor=round(amount * 100), currency="KES")
-        txn = ProviderTransaction(
+        extras = {"channel": "stk"}
+        merchant_request_id = _text(stk.get("MerchantRequestID"))
+        if merchant_request_id:
+            extras["merchant_request_id"] = merchant_request_id
+        receipt = _text(metadata.get("MpesaReceiptNumber"))
+        if receipt:
+            extras["receipt"] = receipt
+        transaction_date = _text(metadata.get("TransactionDate"))
+        if transaction_date:
+            extras["transaction_date"] = transaction_date
+        if code == SUCCESS_CODE:
+            status = TransactionStatus.SUCCEEDED
+        elif code in STK_PENDING_RESULT_CODES:
+            status = TransactionStatus.PENDING
+        else:
+            status = TransactionStatus.FAILED
+        return CallbackHint(
             provider=PROVIDER,
-            reference=ref,
-            provider_reference=checkout_id or None,
-            status=TransactionStatus.SUCCEEDED if result_code == SUCCESS_CODE else TransactionStatus.FAILED,
-            money=money,
-            provider_code=result_code,
-            provider_message=short(stk.get("ResultDesc", "")),
-            raw_status=f"ResultCode {result_code}",
-            raw={"MpesaReceiptNumber": receipt} if receipt else {},
+            reference=reference,
+            provider_reference=checkout_id,
+            operation=Operation.COLLECT,
+            status=status,
+            money=_kes(metadata.get("Amount"), "CallbackMetadata Amount"),
+            payer=_phone(metadata.get("PhoneNumber")),
+            provider_code=code,
+            provider_message=short(stk.get("ResultDesc") or ""),
+            extras=extras,
+            authenticated=False,
         )
-        self._results.remember(ref, txn)
-        return txn
 
-    def _ingest_result(self, result: Mapping[str, Any], reference: str | None) -> ProviderTransaction:
-        conversation_id = str(result.get("ConversationID", ""))
-        originator_id = str(result.get("OriginatorConversationID", ""))
-        result_code = str(result.get("ResultCode", ""))
+    def _result_hint(
+        self, result: Mapping[str, Any], reference: str | None, path_kind: str
+    ) -> CallbackHint | None:
+        code = _result_code(result, "Result")
+        conversation_id = _text(result.get("ConversationID"))
+        originator_id = _text(result.get("OriginatorConversationID"))
+        if conversation_id is None and originator_id is None:
+            raise MalformedCallback("M-Pesa Result: ConversationID and OriginatorConversationID are missing")
         parameters = _items(result.get("ResultParameters"), "ResultParameter")
-        kind, ref = self._conversations.get(conversation_id, (None, None))
-        if kind is None:
-            is_reversal = "OriginalTransactionID" in parameters
-            kind = "reversal" if is_reversal else "payout"
-            ref = reference or (originator_id if kind == "payout" else None) or conversation_id
-        assert isinstance(ref, str)
-        ok = result_code == SUCCESS_CODE
-        if kind == "reversal":
-            txn = ProviderTransaction(
-                provider=PROVIDER,
-                reference=ref,
-                provider_reference=conversation_id or None,
-                status=TransactionStatus.REVERSED if ok else TransactionStatus.FAILED,
-                money=self._money.get(ref),
-                provider_code=result_code,
-                provider_message=short(result.get("ResultDesc", "")),
-                raw_status=f"reversal ResultCode {result_code}",
+        if UNRELATED_RESULT_MARKERS & parameters.keys():
+            return None  # an Account Balance result
+        reference_data = _items(result.get("ReferenceData"), "ReferenceItem")
+        occasion = _text(reference_data.get("Occasion"))
+        description = str(result.get("ResultDesc") or "")
+        says_not_found = any(word in description.lower() for word in NOT_FOUND_WORDS)
+        channel = "timeout" if path_kind == "timeout" else "result"
+        if TS_MARKERS & parameters.keys() or occasion == STATUS_QUERY_OCCASION:
+            kind = "status_query"
+        elif "OriginalTransactionID" in parameters:
+            kind = "reversal"
+        elif B2C_MARKERS & parameters.keys():
+            kind = "b2c"
+        elif originator_id and (originator_id == reference or REFERENCE_RE.match(originator_id)):
+            kind = "b2c"  # a failed B2C result: its OriginatorConversationID is our reference
+        elif code in REVERSAL_RESULT_CODES:
+            kind = "reversal"
+        elif says_not_found:
+            kind = "status_query"
+        else:
+            kind = "unknown"
+        if kind == "status_query":
+            return self._status_query_hint(result, parameters, reference, code, description, says_not_found)
+        ok = code == SUCCESS_CODE
+        extras = {"channel": channel, "result_kind": kind}
+        if conversation_id:
+            extras["conversation_id"] = conversation_id
+        if channel == "timeout":
+            # Daraja documents no body for a queue timeout: the request's fate is not known.
+            status = TransactionStatus.UNKNOWN
+        elif kind == "unknown":
+            status = TransactionStatus.UNKNOWN
+        else:
+            status = TransactionStatus.SUCCEEDED if ok else TransactionStatus.FAILED
+        money: Money | None = None
+        payer: str | None = None
+        operation: Operation | None = None
+        if kind == "b2c":
+            operation = Operation.PAYOUT
+            reference = reference or originator_id
+            money = _kes(parameters.get("TransactionAmount"), "TransactionAmount")
+            payer = _phone(parameters.get("ReceiverPartyPublicName"))
+            receipt = _text(parameters.get("TransactionReceipt")) or (
+                _text(result.get("TransactionID")) if ok else None
             )
-            if ok:  # the collection itself is now reversed; a failed reversal leaves it as it was
-                self._results.remember(ref, txn)
-            return txn
-        receipt = parameters.get("TransactionReceipt") or result.get("TransactionID")
-        txn = ProviderTransaction(
+            if ok and receipt:
+                extras["receipt"] = receipt
+        elif kind == "reversal":
+            operation = Operation.REFUND
+            money = _kes(parameters.get("Amount"), "Amount")
+            original_receipt = _text(parameters.get("OriginalTransactionID"))
+            if original_receipt:
+                extras["original_receipt"] = original_receipt
+            if originator_id:
+                extras["originator_conversation_id"] = originator_id
+            receipt = _text(result.get("TransactionID"))
+            if ok and receipt:
+                extras["receipt"] = receipt
+        return CallbackHint(
             provider=PROVIDER,
-            reference=ref,
-            provider_reference=conversation_id or self._payouts.get(ref),
-            status=TransactionStatus.SUCCEEDED if ok else TransactionStatus.FAILED,
-            money=self._money.get(ref),
-            provider_code=result_code,
-            provider_message=short(result.get("ResultDesc", "")),
-            raw_status=f"b2c ResultCode {result_code}",
-            raw={"TransactionReceipt": receipt} if ok and receipt else {},
+            reference=reference,
+            provider_reference=conversation_id,
+            operation=operation,
+            status=status,
+            money=money,
+            payer=payer,
+            provider_code=code,
+            provider_message=short(description),
+            extras=extras,
+            authenticated=False,
         )
-        self._results.remember(ref, txn)
-        return txn
+
+    @staticmethod
+    def _status_query_hint(
+        result: Mapping[str, Any],
+        parameters: Mapping[str, Any],
+        reference: str | None,
+        code: str,
+        description: str,
+        says_not_found: bool,
+    ) -> CallbackHint:
+        """A Transaction Status result: the outer ids are the query's, the parameters the payment's."""
+        extras = {"channel": "status_query"}
+        query_conversation = _text(result.get("ConversationID"))
+        if query_conversation:
+            extras["status_query"] = query_conversation
+        original_originator = _text(parameters.get("OriginatorConversationID"))
+        reason_type = _text(parameters.get("ReasonType")) or ""
+        operation: Operation | None = None
+        lowered_reason = reason_type.lower()
+        if "reversal" in lowered_reason:
+            operation = Operation.REFUND
+        elif any(word in lowered_reason for word in ("business payment", "salary", "promotion", "b2c")):
+            operation = Operation.PAYOUT
+        elif any(word in lowered_reason for word in ("pay bill", "buy goods", "paybill")):
+            operation = Operation.COLLECT
+        if reason_type:
+            extras["reason_type"] = short(reason_type)
+        if code != SUCCESS_CODE:
+            # The query itself failed: it says nothing about the payment's outcome.
+            extras["query_result"] = "not_found" if says_not_found else "error"
+            return CallbackHint(
+                provider=PROVIDER,
+                reference=reference,
+                provider_reference=None,
+                operation=operation,
+                status=TransactionStatus.UNKNOWN,
+                provider_code=code,
+                provider_message=short(description),
+                extras=extras,
+                authenticated=False,
+            )
+        transaction_status = _text(parameters.get("TransactionStatus")) or ""
+        lowered = transaction_status.lower()
+        if lowered in TS_COMPLETED:
+            status = TransactionStatus.SUCCEEDED
+        elif lowered in TS_FAILED:
+            status = TransactionStatus.FAILED
+        elif lowered == "reversed":
+            status = TransactionStatus.REVERSED
+        elif lowered in TS_PENDING:
+            status = TransactionStatus.PENDING
+        else:
+            status = TransactionStatus.UNKNOWN
+        extras["query_result"] = "found"
+        if transaction_status:
+            extras["transaction_status"] = short(transaction_status)
+        receipt = _text(parameters.get("ReceiptNo"))
+        if receipt:
+            extras["receipt"] = receipt
+        finalised = _text(parameters.get("FinalisedTime"))
+        if finalised:
+            extras["finalised_time"] = finalised
+        payer = _phone(parameters.get("CreditPartyName")) or _phone(parameters.get("DebitPartyName"))
+        if reference is None and original_originator and REFERENCE_RE.match(original_originator):
+            reference = original_originator  # a B2C's OriginatorConversationID is our reference
+        return CallbackHint(
+            provider=PROVIDER,
+            reference=reference,
+            provider_reference=_text(parameters.get("ConversationID")),
+            operation=operation,
+            status=status,
+            money=_kes(parameters.get("Amount"), "Amount"),
+            payer=payer,
+            provider_code=transaction_status or code,
+            provider_message=short(description),
+            extras=extras,
+            authenticated=False,
+        )

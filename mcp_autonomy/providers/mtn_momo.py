@@ -1,77 +1,89 @@
 """MTN MoMo Open API adapter: request-to-pay collections, disbursement transfers, refunds.
 
-Facts this module is built on (momodeveloper.mtn.com operation pages and "Common Error Codes",
-the official SDKs in MTN-Group/MoMoAPIs_*, and the MoMo developer community's best practices):
+Facts this module is built on (momodeveloper.mtn.com operation pages, its "Callback" page and
+"Common Error Codes", the official SDKs in MTN-Group/MoMoAPIs_*, and the MoMo developer
+community's best practices):
 
 - Products are separate APIs with separate credentials: each has its own
   `Ocp-Apim-Subscription-Key`, and each needs its own token from `POST /{product}/token/`
   (Basic apiUser:apiKey plus *that product's* subscription key, and no body: a body on the
   token call is a 400). The answer is `{access_token, token_type, expires_in}` (3600 s); MTN
   advises refreshing ten minutes before expiry and never minting a token per payment. A
-  collection token is never sent to disbursement (the TypeScript original did exactly that).
+  collection token is never sent to disbursement (the TypeScript original did exactly that):
+  one `TokenCache` per product.
 - Every call carries `X-Target-Environment` (`sandbox`, or the market such as `mtnuganda`) and
   the product's subscription key. The market fixes the currency: the sandbox takes EUR only.
 - `POST /collection/v1_0/requesttopay` with `X-Reference-Id` (a UUID *version 4*; anything else
   is a 400) answers 202 with an empty body. The id is then the resource id:
-  `GET /collection/v1_0/requesttopay/{id}` -> `status` PENDING / SUCCESSFUL / FAILED, with
-  `reason` on failure (APPROVAL_REJECTED, EXPIRED, NOT_ENOUGH_FUNDS, PAYER_NOT_FOUND,
-  COULD_NOT_PERFORM_TRANSACTION, INTERNAL_PROCESSING_ERROR, ...; a string, or `{code, message}`
-  in older answers) and `financialTransactionId` on success.
+  `GET /collection/v1_0/requesttopay/{id}` -> `{amount, currency, externalId, payer: {partyIdType,
+  partyId}, payerMessage, payeeNote, status, reason?, financialTransactionId?}`, status PENDING /
+  SUCCESSFUL / FAILED, `reason` on failure (APPROVAL_REJECTED, EXPIRED, NOT_ENOUGH_FUNDS,
+  PAYER_NOT_FOUND, COULD_NOT_PERFORM_TRANSACTION, ...; a string, or `{code, message}` in older
+  answers) and `financialTransactionId` on success. Our `X-Reference-Id` is derived from the
+  idempotency key, so every payment that was ever sent can be pulled, by any replica.
+- Lookups are eventually consistent: a `GET` shortly after the 202 may answer 404
+  `RESOURCE_NOT_FOUND`. `status()` reports it as `not_found`; the engine applies the grace
+  period of `money_truth`.
 - A reused `X-Reference-Id` is refused with 409 `RESOURCE_ALREADY_EXIST`: the first request
   exists, so this adapter answers it by querying that request's status (never by paying again).
 - Disbursement: `POST /disbursement/v1_0/transfer` (payee instead of payer) and
   `GET /disbursement/v1_0/transfer/{id}`; refunds `POST /disbursement/v1_0/refund` with
   `referenceIdToRefund` = the collection's X-Reference-Id, status `GET .../refund/{id}`.
-- Errors are `{code, message}`; 404 `RESOURCE_NOT_FOUND` on a status query means the id was never
-  accepted; the API gateway (Azure APIM) answers 401 `{statusCode, message}` for a wrong
-  subscription key and 429 with `Retry-After` when rate limited (status queries are capped at
-  10 per second). The token endpoint answers 401 `{error}` for a wrong apiUser/apiKey.
+- Callbacks: MoMo sends the final state once to the request's `X-Callback-Url` with the same
+  body as the `GET` (and without the X-Reference-Id: it goes in our URL, see
+  `MtnMomoSettings.callback_url`), by PUT or POST ("Allow PUT & POST on your callback listener
+  host"). Nothing is signed: a callback is a hint the engine confirms with a pull.
+- Errors are `{code, message}`; the API gateway (Azure APIM) answers 401 `{statusCode,
+  message}` for a wrong subscription key and 429 with `Retry-After` when rate limited (status
+  queries are capped at 10 per second). The token endpoint answers 401 `{error}` for a wrong
+  apiUser/apiKey.
 - Probe: `GET /collection/v1_0/account/balance` (read-only; it also proves the token works).
+
+Identifiers reported to the engine (`identifier_sink`), by kind:
+
+- `financial_transaction_id`: MoMo's own ledger id of a collection or transfer, from a pull;
+- `refund_ids`: the X-Reference-Ids of the refunds sent for a collection, comma-separated,
+  reported *before* each refund request leaves (a refund whose answer is lost stays findable).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import time
+import json
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, Literal
 
-import anyio
 import httpx
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.providers.adapter import AccessToken, AdapterBase, RecentMap, TokenCache
 from mcp_autonomy.providers.base import (
+    E164_RE,
     NOT_FOUND_CODE,
+    CallbackHint,
     ErrorClass,
+    MalformedCallback,
     Money,
+    MoneyTruth,
     Operation,
+    PaymentContext,
     PaymentRequest,
-    ProbeResult,
     ProviderCapabilities,
     ProviderError,
     ProviderTransaction,
     TransactionStatus,
 )
-from mcp_autonomy.providers.http import (
-    HttpClientOwner,
-    build_client,
-    classify_http_status,
-    json_object,
-    make_timeout,
-    parse_retry_after,
-    send,
-    short,
-)
+from mcp_autonomy.providers.http import json_object, send, short
 
 PROVIDER = "mtn_momo"
 Product = Literal["collection", "disbursement"]
+ResourceKind = Literal["requesttopay", "transfer", "refund"]
 
 MARKETS: dict[str, tuple[str, frozenset[str]]] = {
     "mtnuganda": ("UGX", frozenset({"UG"})),
@@ -97,12 +109,53 @@ MINOR_UNIT_EXPONENTS = {"UGX": 0, "XOF": 0, "XAF": 0, "GNF": 0, "RWF": 0}
 """ISO 4217 exponents that are not 2 (UGX, RWF, XOF, XAF and GNF have no minor unit)."""
 MAX_NOTE_CHARS = 160
 """payerMessage and payeeNote are refused beyond 160 characters."""
-MAX_REMEMBERED = 100_000
 
 PENDING_STATUSES = frozenset({"PENDING", "CREATED", "ONGOING", "DELAYED"})
 FAILED_STATUSES = frozenset({"FAILED", "REJECTED", "TIMEOUT", "EXPIRED", "CANCELLED"})
 DUPLICATE_CODE = "RESOURCE_ALREADY_EXIST"
 NOT_FOUND_CODES = frozenset({"RESOURCE_NOT_FOUND", "TRANSACTION_NOT_FOUND"})
+REFUND_EXTERNAL_PREFIX = "refund-"
+"""A refund's `externalId` is this prefix + the collection's X-Reference-Id (see `refund`)."""
+
+RESOURCE_KINDS: dict[Operation, ResourceKind] = {
+    Operation.COLLECT: "requesttopay",
+    Operation.PAYOUT: "transfer",
+    Operation.REFUND: "refund",
+}
+FINANCIAL_ID = "financial_transaction_id"
+REFUND_IDS = "refund_ids"
+CALLBACK_KINDS: dict[str, Operation] = {op.value: op for op in Operation}
+"""A `<kind>` URL segment that names the operation (when `callback_url` ends with one)."""
+_NO_REFERENCE = frozenset({"", "-"})
+
+MONEY_TRUTH = MoneyTruth(
+    not_found_grace_s=300.0,
+    not_found_is_final_after_grace=True,
+    pending_bound_s=3600.0,
+    pull_carries=frozenset({"status", "amount", "currency", "payer", "receipt", "reason"}),
+    callback_carries=frozenset({"status", "amount", "currency", "payer", "receipt", "reason"}),
+    callback_auth="none",
+    pull_path=(
+        "GET /collection/v1_0/requesttopay/{id}, /disbursement/v1_0/transfer/{id} or "
+        "/disbursement/v1_0/refund/{id}, where id is the X-Reference-Id derived from the "
+        "idempotency key: every payment that was sent can be pulled"
+    ),
+    sources=(
+        "momodeveloper.mtn.com, Collection 'RequesttoPay' POST (202 Accepted, the request is queued) "
+        "and GET (404 'Resource not found' for an id it does not hold): a 404 after the grace means "
+        "the request was never created, so nothing was charged",
+        "not_found_grace_s: MTN documents no lookup lag; integrators report 404 RESOURCE_NOT_FOUND for "
+        "a few seconds after a 202, so 300 s is a conservative choice",
+        "pending_bound_s: a request to pay fails EXPIRED when the payer does not approve within "
+        "minutes (sandbox: 5 min); transfers settle in seconds to minutes; 3600 s covers both with "
+        "room for MoMo's own delays (conservative choice)",
+        "momodeveloper.mtn.com, API documentation 'Callback': callbacks by PUT or POST, payload like "
+        "the GET status, no signature; retried (20 x 1 s, then every 2 min, then hourly) when the "
+        "listener does not answer",
+        "momodeveloper.mtn.com, 'Common Error Codes' (RESOURCE_NOT_FOUND, RESOURCE_ALREADY_EXIST)",
+    ),
+)
+"""What MoMo's pulls and callbacks carry, and how long a payment may stay open there."""
 
 
 class MtnMomoSettings(BaseSettings):
@@ -130,7 +183,14 @@ class MtnMomoSettings(BaseSettings):
     disbursement_api_key: SecretStr | None = None
     base_url: str = "https://sandbox.momodeveloper.mtn.com"
     target_environment: str = Field(SANDBOX_ENVIRONMENT, description="sandbox, or a market like mtnuganda")
-    callback_url: str | None = Field(None, description="sent as X-Callback-Url (polling works without it)")
+    callback_url: str | None = Field(
+        None,
+        description=(
+            "where MoMo calls back (its host must be the registered providerCallbackHost); each request "
+            "sends X-Callback-Url <callback_url>/<X-Reference-Id>, since MoMo's callback body does not "
+            "name the request. Polling works without it"
+        ),
+    )
     timeout_s: float = Field(15.0, ge=0.5, le=120.0)
     token_refresh_margin_s: float = Field(600.0, ge=0.0, le=3000.0)
     probe_min_interval_s: float = Field(30.0, ge=0.0, le=3600.0)
@@ -163,22 +223,6 @@ def capabilities_for(target_environment: str, *, disbursement: bool) -> Provider
     )
 
 
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    expires_at_s: float  # clock.monotonic() time after which it is not used any more
-
-
-class _Recent(OrderedDict[str, Any]):
-    """A dict that forgets its oldest entries beyond `MAX_REMEMBERED`."""
-
-    def remember(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > MAX_REMEMBERED:
-            self.popitem(last=False)
-
-
 def _uuid4_from(text: str) -> str:
     # uuid5 would stamp version 5, and MoMo refuses any X-Reference-Id that is not version 4.
     # A SHA-256 prefix with the v4 version and RFC 4122 variant bits set is deterministic and
@@ -197,16 +241,30 @@ def amount_text(money: Money) -> str:
 
 def money_of(amount: Any, currency: Any) -> Money | None:
     """A MoMo `amount`/`currency` pair as `Money`, or None when it is not one."""
-    if not isinstance(currency, str) or len(currency) != 3:
+    if not isinstance(currency, str) or len(currency) != 3 or isinstance(amount, bool):
         return None
     try:
         value = Decimal(str(amount))
     except (InvalidOperation, ValueError):
         return None
+    if not value.is_finite():
+        return None
     minor = value * (10 ** MINOR_UNIT_EXPONENTS.get(currency.upper(), 2))
     if minor <= 0 or minor != minor.to_integral_value():
         return None
-    return Money(amount_minor=int(minor), currency=currency.upper())
+    try:
+        return Money(amount_minor=int(minor), currency=currency.upper())
+    except ValueError:  # beyond MAX_AMOUNT_MINOR, or not an ISO code
+        return None
+
+
+def party_phone(party: Any) -> str | None:
+    """The E.164 number of a MoMo party (`{partyIdType: MSISDN, partyId: "2567..."}`), if it is one."""
+    if not isinstance(party, Mapping) or str(party.get("partyIdType", "")).upper() != "MSISDN":
+        return None
+    digits = str(party.get("partyId") or "").strip().lstrip("+")
+    phone = f"+{digits}"
+    return phone if E164_RE.match(phone) else None
 
 
 def _reason(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -221,12 +279,45 @@ def _reason(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-class MtnMomoAdapter(HttpClientOwner):
+def _status_of(raw_status: str) -> TransactionStatus:
+    if raw_status == "SUCCESSFUL":
+        return TransactionStatus.SUCCEEDED
+    if raw_status in PENDING_STATUSES:
+        return TransactionStatus.PENDING
+    if raw_status in FAILED_STATUSES:
+        return TransactionStatus.FAILED
+    return TransactionStatus.UNKNOWN
+
+
+def _refunded_reference(body: Mapping[str, Any]) -> str | None:
+    """The collection a refund body names: `referenceIdToRefund`, else our own `externalId`
+    (`refund-<X-Reference-Id>`, a UUIDv4: no idempotency key of a payment is mistaken for it)."""
+    named = body.get("referenceIdToRefund")
+    if isinstance(named, str) and named:
+        return named
+    external_id = body.get("externalId")
+    if isinstance(external_id, str) and external_id.startswith(REFUND_EXTERNAL_PREFIX):
+        candidate = external_id[len(REFUND_EXTERNAL_PREFIX) :]
+        try:
+            parsed = uuid.UUID(candidate)
+        except ValueError:
+            return None
+        if parsed.version == 4 and str(parsed) == candidate:
+            return candidate
+    return None
+
+
+def _split_ids(value: str | None) -> list[str]:
+    return [part for part in (value or "").split(",") if part]
+
+
+class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
     """Speaks the MoMo Open API: per-product tokens, request-to-pay, transfers, refunds."""
 
     name = PROVIDER
     capabilities = capabilities_for(SANDBOX_ENVIRONMENT, disbursement=True)
     """Class default (the sandbox); each instance narrows it to its configured market."""
+    money_truth = MONEY_TRUTH
 
     def __init__(
         self,
@@ -237,22 +328,15 @@ class MtnMomoAdapter(HttpClientOwner):
         settings_loader: Callable[[], MtnMomoSettings] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._timeout_s = timeout_s if timeout_s is not None else settings.timeout_s
-        make_timeout(self._timeout_s)
-        self._settings_loader = settings_loader
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._tokens: dict[Product, _Token] = {}
-        self._token_locks: dict[Product, anyio.Lock] = {
-            "collection": anyio.Lock(),
-            "disbursement": anyio.Lock(),
+        super().__init__(
+            settings, clock, timeout_s=timeout_s, settings_loader=settings_loader, transport=transport
+        )
+        self._tokens: dict[Product, TokenCache] = {
+            product: TokenCache(clock, partial(self._fetch_token, product))
+            for product in ("collection", "disbursement")
         }
-        self._last_probe: tuple[float, ProbeResult] | None = None
-        self._products = _Recent()  # reference -> product it was sent to
-        self._money = _Recent()  # reference -> Money
-        self._refunds = _Recent()  # collection reference -> list of (refund reference, Money)
+        # A cache of which product a reference went to; `status(context=...)` never needs it.
+        self._products = RecentMap()
         self.capabilities = self._capabilities()
 
     def _capabilities(self) -> ProviderCapabilities:
@@ -261,7 +345,7 @@ class MtnMomoAdapter(HttpClientOwner):
             disbursement=self._settings.disbursement_subscription_key is not None,
         )
 
-    # --- identity and tuning -------------------------------------------------------------
+    # --- identity ------------------------------------------------------------------------
 
     @staticmethod
     def reference_for(idempotency_key: str) -> str:
@@ -279,26 +363,19 @@ class MtnMomoAdapter(HttpClientOwner):
         """
         return _uuid4_from(f"{PROVIDER}:refund:{reference}:{money.amount_minor}:{money.currency}")
 
-    # --- lifecycle -----------------------------------------------------------------------
+    # --- lifecycle hooks -----------------------------------------------------------------
 
-    async def initialize(self) -> None:
-        """A fresh HTTP client and fresh tokens for every configured product."""
-        await self.close()
-        self._client = self._new_client()
-        await self.refresh_credentials()
+    def _settings_reloaded(self) -> None:
+        self.capabilities = self._capabilities()
 
-    async def refresh_credentials(self) -> None:
-        """Reload settings (when a loader was given), drop every token, fetch new ones."""
-        if self._settings_loader is not None:
-            self._settings = self._settings_loader()
-            self.capabilities = self._capabilities()
-        self._tokens.clear()
-        await self._access_token("collection")
+    def _reset_credentials(self) -> None:
+        for cache in self._tokens.values():
+            cache.drop()
+
+    async def _warm_credentials(self) -> None:
+        await self._tokens["collection"].get()
         if self._settings.disbursement_subscription_key is not None:
-            await self._access_token("disbursement")
-
-    def _new_client(self) -> httpx.AsyncClient:
-        return build_client(self._settings.base_url, self._timeout_s, transport=self._transport)
+            await self._tokens["disbursement"].get()
 
     # --- auth ----------------------------------------------------------------------------
 
@@ -318,19 +395,7 @@ class MtnMomoAdapter(HttpClientOwner):
             settings.disbursement_subscription_key,
         )
 
-    async def _access_token(self, product: Product) -> str:
-        token = self._tokens.get(product)
-        if token is not None and self._clock.monotonic() < token.expires_at_s:
-            return token.value
-        async with self._token_locks[product]:
-            token = self._tokens.get(product)  # another caller may have refreshed meanwhile
-            if token is not None and self._clock.monotonic() < token.expires_at_s:
-                return token.value
-            fresh = await self._fetch_token(product)
-            self._tokens[product] = fresh
-            return fresh.value
-
-    async def _fetch_token(self, product: Product) -> _Token:
+    async def _fetch_token(self, product: Product) -> AccessToken:
         user, key, subscription = self._credentials(product)
         basic = base64.b64encode(f"{user}:{key.get_secret_value()}".encode()).decode()
         response = await send(
@@ -355,8 +420,10 @@ class MtnMomoAdapter(HttpClientOwner):
             lifetime_s = -1.0
         if not isinstance(value, str) or not value or lifetime_s <= 0:
             raise ProviderError(PROVIDER, ErrorClass.NOT_PROCESSED, f"{product} token: malformed answer")
+        # MTN's advice (refresh ten minutes early), but never more than a quarter of a token's
+        # life, so a short-lived token is not re-minted on every call.
         margin_s = min(self._settings.token_refresh_margin_s, lifetime_s / 4)
-        return _Token(value, self._clock.monotonic() + lifetime_s - margin_s)
+        return AccessToken(value, self._clock.monotonic() + lifetime_s - margin_s)
 
     async def _call(
         self,
@@ -374,8 +441,9 @@ class MtnMomoAdapter(HttpClientOwner):
         Resending after a 401 is safe: the gateway refused the request before MoMo processed it.
         """
         _, _, subscription = self._credentials(product)
+        cache = self._tokens[product]
         for attempt in (1, 2):
-            token = await self._access_token(product)
+            token = await cache.get()
             response = await send(
                 self._http(),
                 PROVIDER,
@@ -392,9 +460,7 @@ class MtnMomoAdapter(HttpClientOwner):
                 },
             )
             if response.status_code == 401 and attempt == 1:
-                current = self._tokens.get(product)
-                if current is not None and current.value == token:
-                    del self._tokens[product]
+                cache.drop(token)
                 continue
             return response, json_object(response)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -409,16 +475,8 @@ class MtnMomoAdapter(HttpClientOwner):
         message = (
             body.get("message") or body.get("error_description") or code or f"HTTP {response.status_code}"
         )
-        error_class = classify_http_status(response.status_code, mutating=mutating)
-        if error_class is None:  # a 2xx that is still not what was asked for
-            error_class = ErrorClass.AMBIGUOUS if mutating else ErrorClass.NOT_PROCESSED
-        return ProviderError(
-            PROVIDER,
-            error_class,
-            f"{what}: {short(message)}",
-            code=str(code) if code else None,
-            http_status=response.status_code,
-            retry_after_s=parse_retry_after(response.headers.get("Retry-After"), self._clock.now()),
+        return self._provider_error(
+            response, None, f"{what}: {message}", code=str(code) if code else None, mutating=mutating
         )
 
     @staticmethod
@@ -427,25 +485,14 @@ class MtnMomoAdapter(HttpClientOwner):
 
     # --- probe ---------------------------------------------------------------------------
 
-    async def probe(self) -> ProbeResult:
-        """`GET /collection/v1_0/account/balance` (read-only), at most once per interval."""
-        now = self._clock.monotonic()
-        if self._last_probe is not None and now - self._last_probe[0] < self._settings.probe_min_interval_s:
-            cached = self._last_probe[1]
-            return cached.model_copy(update={"detail": f"{cached.detail} (cached)"})
-        started = time.perf_counter()
+    async def _probe_once(self) -> str:
+        """`GET /collection/v1_0/account/balance` (read-only)."""
         response, body = await self._call(
             "collection", "GET", "/collection/v1_0/account/balance", mutating=False, what="balance"
         )
         if response.status_code != 200:
             raise self._error(response, body, mutating=False, what="balance")
-        result = ProbeResult(
-            ok=True,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            detail=f"collection balance in {body.get('currency', '?')} retrieved",
-        )
-        self._last_probe = (now, result)
-        return result
+        return f"collection balance in {body.get('currency', '?')} retrieved"
 
     # --- payments ------------------------------------------------------------------------
 
@@ -465,10 +512,11 @@ class MtnMomoAdapter(HttpClientOwner):
                 f"MoMo target environment {self._settings.target_environment} does not serve {request.country}",
             )
 
-    def _headers(self, reference: str) -> dict[str, str]:
-        headers = {"X-Reference-Id": reference}
+    def _headers(self, resource_id: str) -> dict[str, str]:
+        headers = {"X-Reference-Id": resource_id}
         if self._settings.callback_url:
-            headers["X-Callback-Url"] = self._settings.callback_url
+            # MoMo's callback body does not name the request: the URL does.
+            headers["X-Callback-Url"] = f"{self._settings.callback_url.rstrip('/')}/{resource_id}"
         return headers
 
     async def collect(self, request: PaymentRequest) -> ProviderTransaction:
@@ -485,7 +533,7 @@ class MtnMomoAdapter(HttpClientOwner):
             "payeeNote": note,
         }
         return await self._submit(
-            "collection", "/collection/v1_0/requesttopay", reference, payload, request.money
+            Operation.COLLECT, "/collection/v1_0/requesttopay", reference, payload, request.money
         )
 
     async def payout(self, request: PaymentRequest) -> ProviderTransaction:
@@ -506,17 +554,23 @@ class MtnMomoAdapter(HttpClientOwner):
             "payeeNote": note,
         }
         return await self._submit(
-            "disbursement", "/disbursement/v1_0/transfer", reference, payload, request.money
+            Operation.PAYOUT, "/disbursement/v1_0/transfer", reference, payload, request.money
         )
 
     async def _submit(
-        self, product: Product, path: str, reference: str, payload: dict[str, Any], money: Money
+        self, operation: Operation, path: str, reference: str, payload: dict[str, Any], money: Money
     ) -> ProviderTransaction:
+        product: Product = "collection" if operation is Operation.COLLECT else "disbursement"
         what = "request to pay" if product == "collection" else "transfer"
         self._products.remember(reference, product)
-        self._money.remember(reference, money)
         response, body = await self._call(
-            product, "POST", path, mutating=True, what=what, payload=payload, headers=self._headers(reference)
+            product,
+            "POST",
+            path,
+            mutating=True,
+            what=what,
+            payload=payload,
+            headers=self._headers(reference),
         )
         if response.status_code == 202:
             return ProviderTransaction(
@@ -533,7 +587,22 @@ class MtnMomoAdapter(HttpClientOwner):
         if response.status_code == 409 and self._code(body) == DUPLICATE_CODE:
             # MoMo already holds a request under this X-Reference-Id: an earlier attempt got
             # through. Answer with that request; never create a second one.
-            existing = await self._query(product, reference)
+            try:
+                existing = await self._pull(operation, reference)
+            except ProviderError as exc:
+                if exc.code != NOT_FOUND_CODE:
+                    raise
+                # The 409 proves MoMo holds it; its lookup just does not show it yet.
+                return ProviderTransaction(
+                    provider=PROVIDER,
+                    reference=reference,
+                    provider_reference=reference,
+                    status=TransactionStatus.UNKNOWN,
+                    provider_code=DUPLICATE_CODE,
+                    provider_message=f"{what}: MoMo already holds this X-Reference-Id (409) but its "
+                    "lookup does not show it yet",
+                    raw_status=DUPLICATE_CODE,
+                )
             if existing.money is not None and existing.money != money:
                 raise ProviderError(
                     PROVIDER,
@@ -547,41 +616,65 @@ class MtnMomoAdapter(HttpClientOwner):
 
     # --- status --------------------------------------------------------------------------
 
-    async def status(self, reference: str, provider_reference: str | None = None) -> ProviderTransaction:
-        """Where a payment stands: the request-to-pay, else the transfer, under this id.
+    async def status(
+        self, reference: str, provider_reference: str | None = None, *, context: PaymentContext | None = None
+    ) -> ProviderTransaction:
+        """Where a payment stands, pulled from MoMo every time.
 
-        A collection with a succeeded full refund is reported `reversed`. Raises
-        `ProviderError(code="not_found")` when MoMo has neither (404 RESOURCE_NOT_FOUND): the
-        request was never accepted, so nothing was processed.
+        With `context`, its operation picks the resource (request to pay, transfer, refund) and
+        nothing from this instance's memory is needed. Without it, a reference this instance sent
+        goes to its product; an unknown one is looked up as a request to pay, then as a transfer.
+        A collection whose refunds (learnt under `refund_ids`) add up to its amount is reported
+        `reversed`. Raises `ProviderError(code="not_found")` when MoMo answers 404 for it.
         """
-        resource = provider_reference or reference
-        known = self._products.get(resource)
-        order: list[Product] = [known] if known else ["collection"]
+        if context is not None:
+            if context.operation is Operation.REFUND:
+                refund_id = (
+                    provider_reference
+                    or context.provider_reference
+                    or self.refund_reference_for(context.reference, context.money)
+                )
+                txn = await self._pull(Operation.REFUND, refund_id)
+                return txn.model_copy(update={"reference": context.reference})
+            txn = await self._pull(context.operation, reference)
+            if context.operation is Operation.COLLECT and txn.status is TransactionStatus.SUCCEEDED:
+                return await self._with_refunds(txn, context)
+            return txn
+        known = self._products.get(reference)
+        operations = (
+            [Operation.COLLECT if known == "collection" else Operation.PAYOUT]
+            if known
+            else [Operation.COLLECT]
+        )
         if known is None and self._settings.disbursement_subscription_key is not None:
-            order.append("disbursement")
-        for product in order:
+            operations.append(Operation.PAYOUT)
+        for operation in operations:
             try:
-                txn = await self._query(product, resource)
+                txn = await self._pull(operation, reference)
             except ProviderError as exc:
                 if exc.code == NOT_FOUND_CODE:
                     continue
                 raise
-            if product == "collection" and txn.status is TransactionStatus.SUCCEEDED:
-                return await self._with_refunds(txn)
+            if operation is Operation.COLLECT and txn.status is TransactionStatus.SUCCEEDED:
+                return await self._with_refunds(txn, None)
             return txn
         raise ProviderError(
             PROVIDER,
             ErrorClass.NOT_PROCESSED,
-            f"no request to pay or transfer {resource}",
+            f"no request to pay or transfer {reference}",
             code=NOT_FOUND_CODE,
+            http_status=404,
         )
 
-    async def _query(self, product: Product, resource: str, kind: str | None = None) -> ProviderTransaction:
-        kind = kind or ("requesttopay" if product == "collection" else "transfer")
+    async def _pull(self, operation: Operation, resource: str) -> ProviderTransaction:
+        """`GET` one resource: a request to pay, a transfer or a refund, by its X-Reference-Id."""
+        product: Product = "collection" if operation is Operation.COLLECT else "disbursement"
+        kind = RESOURCE_KINDS[operation]
         response, body = await self._call(
             product, "GET", f"/{product}/v1_0/{kind}/{resource}", mutating=False, what=f"{kind} status"
         )
         if response.status_code == 404 or self._code(body) in NOT_FOUND_CODES:
+            # Right after a 202 this may only mean "not visible yet": the engine decides.
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.NOT_PROCESSED,
@@ -591,41 +684,52 @@ class MtnMomoAdapter(HttpClientOwner):
             )
         if response.status_code != 200 or "status" not in body:
             raise self._error(response, body, mutating=False, what=f"{kind} status")
-        self._products.remember(resource, product)
-        return self._transaction(resource, body)
+        if kind != "refund":
+            self._products.remember(resource, product)
+        txn = self._transaction(resource, body, operation)
+        self._learn(resource, FINANCIAL_ID, txn.raw.get("financialTransactionId"))
+        return txn
 
-    def _transaction(self, reference: str, body: dict[str, Any]) -> ProviderTransaction:
+    @staticmethod
+    def _transaction(resource: str, body: dict[str, Any], operation: Operation) -> ProviderTransaction:
         raw_status = str(body.get("status", "")).upper()
-        if raw_status == "SUCCESSFUL":
-            status = TransactionStatus.SUCCEEDED
-        elif raw_status in PENDING_STATUSES:
-            status = TransactionStatus.PENDING
-        elif raw_status in FAILED_STATUSES:
-            status = TransactionStatus.FAILED
-        else:
-            status = TransactionStatus.UNKNOWN
         reason_code, reason_message = _reason(body)
+        raw: dict[str, Any] = {}
         financial_id = body.get("financialTransactionId")
+        if financial_id:
+            raw["financialTransactionId"] = str(financial_id)
+        # "payer" is the customer's wallet the pull names: the payer of a request to pay, the
+        # payee of a transfer (what the engine compares with the payment's phone).
+        customer = party_phone(body.get("payee") if operation is Operation.PAYOUT else body.get("payer"))
+        if customer is not None:
+            raw["payer"] = customer
+        if isinstance(body.get("externalId"), str):
+            raw["externalId"] = body["externalId"]
         return ProviderTransaction(
             provider=PROVIDER,
-            reference=reference,
-            provider_reference=reference,
-            status=status,
-            money=money_of(body.get("amount"), body.get("currency")) or self._money.get(reference),
+            reference=resource,
+            provider_reference=resource,
+            status=_status_of(raw_status),
+            money=money_of(body.get("amount"), body.get("currency")),  # only what the pull carries
             provider_code=reason_code or raw_status or None,
             provider_message=short(reason_message or reason_code or raw_status),
             raw_status=raw_status or None,
-            raw={"financialTransactionId": financial_id} if financial_id else {},
+            raw=raw,
         )
 
-    async def _with_refunds(self, txn: ProviderTransaction) -> ProviderTransaction:
-        refunds: list[tuple[str, Money]] = self._refunds.get(txn.reference, [])
+    async def _with_refunds(
+        self, txn: ProviderTransaction, context: PaymentContext | None
+    ) -> ProviderTransaction:
+        """A succeeded collection whose succeeded refunds cover its amount is `reversed`."""
+        refund_ids = _split_ids(self._identifier(txn.reference, REFUND_IDS, context))
+        if context is not None:  # memory may hold fewer than the store after a restart
+            refund_ids += [i for i in _split_ids(context.identifiers.get(REFUND_IDS)) if i not in refund_ids]
         refunded_minor = 0
-        for refund_reference, _ in refunds:
+        for refund_id in refund_ids:
             try:
-                refund = await self.refund_status(refund_reference)
+                refund = await self._pull(Operation.REFUND, refund_id)
             except ProviderError as exc:
-                if exc.code == NOT_FOUND_CODE:  # that refund's POST never got through
+                if exc.code == NOT_FOUND_CODE:  # that refund's POST never got through (yet)
                     continue
                 raise
             if refund.status is TransactionStatus.SUCCEEDED and refund.money is not None:
@@ -644,17 +748,18 @@ class MtnMomoAdapter(HttpClientOwner):
         """Refund a succeeded collection, fully or partly, from the disbursement account.
 
         The answer describes the refund (reference = the collection, provider_reference = the
-        refund's own id): pending until MoMo settles it; see `refund_status`.
+        refund's own id): pending until MoMo settles it; see `refund_status`. The refund's id is
+        reported under `refund_ids` before the request leaves.
         """
         if transaction.status is not TransactionStatus.SUCCEEDED:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: only a succeeded collection")
         if self._products.get(transaction.reference, "collection") != "collection":
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: only collections are refunded")
-        original = transaction.money or self._money.get(transaction.reference)
+        original = transaction.money
         amount = money or original
-        if not isinstance(amount, Money):
+        if amount is None:
             raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "refund: the amount is unknown")
-        if isinstance(original, Money) and (
+        if original is not None and (
             amount.currency != original.currency or amount.amount_minor > original.amount_minor
         ):
             raise ProviderError(
@@ -663,18 +768,17 @@ class MtnMomoAdapter(HttpClientOwner):
                 "refund: more than, or another currency than, the payment",
             )
         refund_reference = self.refund_reference_for(transaction.reference, amount)
+        known = _split_ids(self._identifier(transaction.reference, REFUND_IDS))
+        if refund_reference not in known:
+            self._learn(transaction.reference, REFUND_IDS, ",".join([*known, refund_reference]))
         payload = {
             "amount": amount_text(amount),
             "currency": amount.currency,
-            "externalId": f"refund-{transaction.reference}",
+            "externalId": f"{REFUND_EXTERNAL_PREFIX}{transaction.reference}",
             "payerMessage": "refund",
             "payeeNote": "refund",
             "referenceIdToRefund": transaction.reference,
         }
-        known: list[tuple[str, Money]] = list(self._refunds.get(transaction.reference, []))
-        if all(ref != refund_reference for ref, _ in known):
-            known.append((refund_reference, amount))
-        self._refunds.remember(transaction.reference, known)
         response, body = await self._call(
             "disbursement",
             "POST",
@@ -701,6 +805,77 @@ class MtnMomoAdapter(HttpClientOwner):
 
     async def refund_status(self, refund_reference: str) -> ProviderTransaction:
         """Where one refund stands (`GET /disbursement/v1_0/refund/{id}`)."""
-        txn = await self._query("disbursement", refund_reference, kind="refund")
-        self._products.pop(refund_reference, None)  # a refund id is not a payment reference
-        return txn
+        return await self._pull(Operation.REFUND, refund_reference)
+
+    # --- callbacks -----------------------------------------------------------------------
+
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str], *, path_kind: str, path_reference: str | None
+    ) -> CallbackHint | None:
+        """What one MoMo callback claims (unsigned: `authenticated` is always False).
+
+        The body is the `GET` status body of the request to pay, transfer or refund; its
+        X-Reference-Id comes from our URL (`<callback_url>/<X-Reference-Id>`), else from
+        `referenceId` when MoMo adds it, else (collections, transfers) from `externalId`, which is
+        our idempotency key. The operation is the URL's `<kind>` when that names one, else the
+        body's: a refund's `externalId` is ours (`refund-<collection X-Reference-Id>`), a transfer
+        has a payee, a request to pay a payer. A pre-approval result says nothing about a
+        payment: None.
+        """
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedCallback(f"MoMo callback: not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise MalformedCallback("MoMo callback: not a JSON object")
+        if "amount" not in data and any(
+            k in data for k in ("payerCurrency", "validityTime", "expirationDateTime")
+        ):
+            return None  # a pre-approval's result: no payment
+        raw_status = data.get("status")
+        if not isinstance(raw_status, str) or not raw_status:
+            raise MalformedCallback("MoMo callback: missing status")
+        if "amount" not in data or "currency" not in data:
+            raise MalformedCallback("MoMo callback: missing amount or currency")
+        money = money_of(data.get("amount"), data.get("currency"))
+        if money is None:
+            raise MalformedCallback("MoMo callback: amount/currency is not an amount")
+        external_id = data.get("externalId")
+        refunded = _refunded_reference(data)
+        operation = CALLBACK_KINDS.get(path_kind)
+        if operation is None:
+            operation = (
+                Operation.REFUND
+                if refunded is not None
+                else Operation.PAYOUT
+                if "payee" in data
+                else Operation.COLLECT
+                if "payer" in data
+                else None
+            )
+        resource = path_reference if path_reference not in _NO_REFERENCE else None
+        if resource is None and isinstance(data.get("referenceId"), str) and data["referenceId"]:
+            resource = data["referenceId"]
+        reference = resource
+        if operation is Operation.REFUND:
+            reference = refunded  # our reference for a refund is the collection's (see `refund`)
+        elif reference is None and isinstance(external_id, str) and external_id:
+            reference = self.reference_for(external_id)
+            resource = reference
+        upper = raw_status.upper()
+        reason_code, reason_message = _reason(data)
+        party = data.get("payee") if operation is Operation.PAYOUT else data.get("payer")
+        financial_id = data.get("financialTransactionId")
+        return CallbackHint(
+            provider=PROVIDER,
+            reference=reference,
+            provider_reference=resource,
+            operation=operation,
+            status=_status_of(upper),
+            money=money,
+            payer=party_phone(party),
+            provider_code=short(reason_code or upper),
+            provider_message=short(reason_message or reason_code or upper),
+            extras={FINANCIAL_ID: short(financial_id)} if financial_id else {},
+            authenticated=False,  # MoMo signs nothing
+        )

@@ -17,20 +17,31 @@ portal examples as quoted by integrators and the 121 platform's Airtel mock:
   (TF with their decline code, default DP00800001008 refused), or ignores the push (TF,
   DP00800001024 timed out, after `push_timeout_s`). A decline code `DP00800001000` leaves the
   transaction ambiguous (TA) - as Airtel sometimes does.
-- `GET /standard/v1/payments/{id}` -> `data.transaction {airtel_money_id, id, message, status}`;
-  unknown id -> `success: false`, `ESB000045` / `DP00800001025`.
+- `GET /standard/v1/payments/{id}` -> `data.transaction {airtel_money_id, id, message, status}`
+  (no amount, no payer: neither does Airtel's); unknown id -> `success: false`, `ESB000045` /
+  `DP00800001025`, and so is a known one asked with another `X-Country`, or for
+  `Realism.lookup_lag_s` after its push.
+- Collection callback: when the merchant's callback URL is set (`ctx.webhooks["airtel_money"]`,
+  a dashboard setting at Airtel), a TS or TF result is POSTed there through the outbox (loss,
+  duplication, delay) as `{"transaction": {id, message, status_code, airtel_money_id}}`, plus
+  `hash` (base64 HMAC-SHA256 of `{"transaction": {...}}` with `callback_private_key`) when
+  callback authentication is configured. A TA result sends nothing (Airtel does not know yet).
 - `POST /standard/v1/payments/refund` `{transaction: {airtel_money_id}}`: full refund of a TS
   collection; a second refund is refused.
 - `POST /standard/v2/disbursements/` with the PIN RSA-encrypted (PKCS#1 v1.5) under the key in
   `sandbox_pin_public_key()`; wrong PIN -> `DP00900001013` "Incorrect Encrypted Pin"; reused id ->
   `DP00900001011`; accepted -> TIP `DP00900001006`, final after `disbursement_delay_s`.
-  `GET /standard/v2/disbursements/{id}` -> TS `DP00900001001` / TF; unknown -> `DP00900001015`.
+  `GET /standard/v2/disbursements/{id}` (and the v1 `GET /standard/v1/disbursements/{id}`) -> TS
+  `DP00900001001` / TF; unknown (or not visible yet) -> `DP00900001015`.
 - `GET /standard/v1/users/balance`; the gateway's 429 `{message: "API rate limit exceeded"}`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -101,6 +112,10 @@ class AirtelMoneySandboxConfig(BaseModel):
         description="configured countries -> (currency, national msisdn length)",
     )
     disbursement_pin: str = "1234"
+    callback_private_key: str | None = Field(
+        None, description="set: callbacks carry Airtel's `hash` (the app's callback authentication)"
+    )
+    merchant_name: str = "SANDBOX MERCHANT"
     token_ttl_s: int = Field(180, ge=1)
     push_timeout_s: float = Field(60.0, gt=0, description="an ignored push times out after this")
     disbursement_delay_s: float = Field(3.0, ge=0)
@@ -117,6 +132,7 @@ class _Token:
 class _Txn:
     kind: Literal["collection", "disbursement"]
     entry: LedgerEntry
+    accepted_at_s: float  # clock.monotonic() of acceptance: enquiries lag it (see `Realism`)
     status: str = "TIP"
     code: str = "DP00800001006"
     airtel_money_id: str = ""
@@ -169,6 +185,11 @@ class AirtelMoneyEmulator:
             ),
             Route(
                 "/standard/v2/disbursements/{txn_id}",
+                self._route(EndpointKind.STATUS, self._enquiry("disbursement")),
+                methods=["GET"],
+            ),
+            Route(
+                "/standard/v1/disbursements/{txn_id}",
                 self._route(EndpointKind.STATUS, self._enquiry("disbursement")),
                 methods=["GET"],
             ),
@@ -342,7 +363,7 @@ class AirtelMoneyEmulator:
             currency=currency,
             extra={"country": country},
         )
-        txn = _Txn("collection", entry)
+        txn = _Txn("collection", entry, self.ctx.clock.monotonic())
         self._txns[("collection", txn_id)] = txn
         behavior = self.ctx.customers.get(NAME, entry.msisdn)
         if behavior.action == "accept":
@@ -377,12 +398,49 @@ class AirtelMoneyEmulator:
             if txn.kind == "disbursement":
                 self._balance_minor += txn.entry.amount_minor
         # TA stays pending in the ledger: nobody knows yet, Airtel included.
+        if txn.kind == "collection" and final in ("TS", "TF"):
+            self._callback(txn, final, code)
+
+    def _callback(self, txn: _Txn, final: str, code: str) -> None:
+        """The collection callback to the dashboard's URL, hashed when authentication is on."""
+        url = self.ctx.webhooks.get(NAME)
+        if not url:
+            return
+        entry = txn.entry
+        if final == "TS":
+            exponent = MINOR_UNIT_EXPONENTS.get(entry.currency, 2)
+            amount = Decimal(entry.amount_minor) / (10**exponent)
+            message = (
+                f"Paid {entry.currency} {amount:,f} to {self.config.merchant_name}, "
+                f"Trans ID {txn.airtel_money_id}."
+            )
+        else:
+            message = DESCRIPTIONS.get(code, code)
+        transaction = {
+            "id": entry.reference,
+            "message": message,
+            "status_code": final,
+            "airtel_money_id": txn.airtel_money_id or None,
+        }
+        body: dict[str, Any] = {"transaction": transaction}
+        if self.config.callback_private_key:
+            # Airtel's documented recipe, written here independently of the adapter's check:
+            # HmacSHA256 over the payload without the hash, compact JSON, base64.
+            signed = json.dumps({"transaction": transaction}, separators=(",", ":"), ensure_ascii=False)
+            key = self.config.callback_private_key.encode()
+            digest = hmac.new(key, signed.encode(), hashlib.sha256).digest()
+            body["hash"] = base64.b64encode(digest).decode()
+        self.ctx.outbox.send(NAME, url, body)
 
     def _enquiry(self, kind: Literal["collection", "disbursement"]) -> Any:
         async def handler(request: Request, country: str, currency: str) -> Response:
             txn_id = request.path_params["txn_id"]
             txn = self._txns.get((kind, txn_id))
-            if txn is None:
+            if (
+                txn is None
+                or txn.entry.extra.get("country") != country  # each country is its own Airtel
+                or not self.ctx.visible(NAME, txn.accepted_at_s)  # not registered yet: "unknown"
+            ):
                 not_found = "DP00800001025" if kind == "collection" else "DP00900001015"
                 return self._refuse(
                     "No Transaction Found With Provided Transaction Id.",
@@ -484,7 +542,7 @@ class AirtelMoneyEmulator:
             currency=currency,
             extra={"country": country},
         )
-        txn = _Txn("disbursement", entry)
+        txn = _Txn("disbursement", entry, self.ctx.clock.monotonic())
         self._txns[("disbursement", txn_id)] = txn
         result = self.ctx.customers.get(NAME, entry.msisdn).payout_result_code
         if result in (None, "0", "TS"):

@@ -115,7 +115,10 @@ def _airtel_money(clock: Clock, address: SandboxAddress, callback_base: str) -> 
 def _intasend(clock: Clock, address: SandboxAddress, callback_base: str) -> ProviderAdapter:
     cfg = IntaSendSandboxConfig()
     settings = IntaSendSettings(
-        secret_key=SecretStr(cfg.secret_keys[0]), public_key=cfg.public_key, base_url=address.url("intasend")
+        secret_key=SecretStr(cfg.secret_keys[0]),
+        public_key=cfg.public_key,
+        base_url=address.url("intasend"),
+        webhook_challenge=SecretStr(cfg.webhook_challenge),
     )
     return IntaSendAdapter(settings, clock)
 

@@ -15,17 +15,24 @@ documentation repository and SDKs (intasend-python, the Rust SDK's models):
   the same `api_ref` twice is two pushes. The customer (see `CustomerBehavior`) makes the invoice
   PROCESSING, then COMPLETE after their delay, or FAILED (their decline code as `failed_code`,
   default 1032 "Request cancelled by user"; 1037 after `stk_timeout_s` when ignored). Each state
-  change is posted to `webhook_url` (if set) with the `challenge`, state COMPLETED on success.
-- `POST /api/v1/payment/status/` `{invoice_id}` -> `{invoice, meta}`; unknown -> 404.
+  change is posted as a webhook, state COMPLETED on success.
+- `POST /api/v1/payment/status/` `{invoice_id}` -> `{invoice, meta}`; unknown -> 404, and so is
+  an invoice within the provider's `Realism.lookup_lag_s` of its push (lookups lag writes).
 - `POST /api/v1/send-money/initiate/` -> a batch `{tracking_id, status: "Preview and approve",
   status_code: "BP103", nonce, transactions: [{status: "Pending", status_code: "TP101", ...}]}`;
   nothing moves until `POST /api/v1/send-money/approve/` returns it with the same nonce; then
   BP109 and, after `payout_delay_s`, BC100 with items TS100 (or TF106 with the customer's
   `payout_result_code`). A second approval is refused ("already approved").
-  `POST /api/v1/send-money/status/` `{tracking_id}`; unknown -> 404.
+  `POST /api/v1/send-money/status/` `{tracking_id}`; unknown (or within the lookup lag) -> 404.
+  Each batch status change is posted as a send-money webhook.
 - `POST /api/v1/chargebacks/` `{invoice, amount, reason}` -> PENDING, COMPLETED after
-  `refund_delay_s`; `GET /api/v1/chargebacks/{id}/`.
+  `refund_delay_s`; `GET /api/v1/chargebacks/{id}/`. Each status change is a chargeback webhook.
 - `GET /api/v1/wallets/` -> `{count, next, previous, results: [...]}`.
+
+Webhooks go to the account's webhook URL (`PUT /_control/webhooks` for `intasend`, else the
+config's `webhook_url`) through the outbox (loss, duplication, delay), in the documented event
+shapes, each carrying the account's `challenge` (`webhook_challenge`): IntaSend's only proof of
+origin, a shared secret that does not sign the body.
 """
 
 from __future__ import annotations
@@ -68,8 +75,10 @@ class IntaSendSandboxConfig(BaseModel):
 
     secret_keys: tuple[str, ...] = ("ISSecretKey_test_sandbox00000000000000000000",)
     public_key: str = "ISPubKey_test_sandbox0000000000000000000000"
-    webhook_url: str | None = Field(None, description="the account's webhook (a dashboard setting)")
-    challenge: str = "sandbox-challenge"
+    webhook_url: str | None = Field(
+        None, description="the account's webhook when `PUT /_control/webhooks` set none (a dashboard setting)"
+    )
+    webhook_challenge: str = Field("sandbox-challenge", description="sent as `challenge` in every webhook")
     stk_timeout_s: float = Field(60.0, gt=0)
     payout_delay_s: float = Field(3.0, ge=0)
     refund_delay_s: float = Field(5.0, ge=0)
@@ -81,6 +90,7 @@ class _Invoice:
     entry: LedgerEntry
     invoice_id: str
     api_ref: str | None
+    accepted_at_s: float  # clock.monotonic() of the push: lookups lag it (Realism.lookup_lag_s)
     state: str = "PENDING"
     failed_reason: str | None = None
     failed_code: str | None = None
@@ -93,6 +103,8 @@ class _Batch:
     nonce: str
     reference: str | None
     items: list[dict[str, Any]]
+    accepted_at_s: float
+    created_at: float
     status: str = "Preview and approve"
     status_code: str = "BP103"
     entries: list[LedgerEntry] = field(default_factory=list)
@@ -289,7 +301,7 @@ class IntaSendEmulator:
             amount_minor=int(shillings) * 100,
             currency="KES",
         )
-        invoice = _Invoice(entry, invoice_id, api_ref)
+        invoice = _Invoice(entry, invoice_id, api_ref, self.ctx.clock.monotonic())
         self._invoices[invoice_id] = invoice
         behavior = self.ctx.customers.get(NAME, entry.msisdn)
         if behavior.action == "ignore":
@@ -343,19 +355,24 @@ class IntaSendEmulator:
             )
         self._webhook(invoice)
 
-    def _webhook(self, invoice: _Invoice) -> None:
-        if not self.config.webhook_url:
+    def _post_webhook(self, event: dict[str, Any]) -> None:
+        """Post one event to the account's webhook URL, with its challenge (if a URL is set)."""
+        url = self.ctx.webhooks.get(NAME) or self.config.webhook_url
+        if not url:
             return
+        self.ctx.outbox.send(NAME, url, {**event, "challenge": self.config.webhook_challenge})
+
+    def _webhook(self, invoice: _Invoice) -> None:
         event = self._invoice_view(invoice)
         if event["state"] == "COMPLETE":
             event["state"] = "COMPLETED"  # the collection events name the final state this way
         event["failed_code_link"] = "https://intasend.com/troubleshooting"
-        event["challenge"] = self.config.challenge
-        self.ctx.outbox.send(NAME, self.config.webhook_url, event)
+        self._post_webhook(event)
 
     async def _payment_status(self, request: Request, body: dict[str, Any]) -> Response:
         invoice = self._invoices.get(str(body.get("invoice_id", "")))
-        if invoice is None:
+        if invoice is None or not self.ctx.visible(NAME, invoice.accepted_at_s):
+            # Within the lookup lag IntaSend answers exactly as for an invoice it never issued.
             return self._fail(404, "not_found", "Invoice not found.", attr="invoice_id")
         return json_response(
             {
@@ -422,8 +439,11 @@ class IntaSendEmulator:
             f"{self._rng.getrandbits(24):06x}",
             reference,
             items,
+            self.ctx.clock.monotonic(),
+            self.ctx.clock.now(),
         )
         self._batches[batch.tracking_id] = batch
+        self._batch_webhook(batch)
         if body.get("requires_approval", "YES") == "NO":
             self._start_batch(batch)
         return json_response(self._batch_view(batch))
@@ -439,6 +459,7 @@ class IntaSendEmulator:
         total_minor = sum(int(Decimal(str(i["amount"])) * 100) for i in batch.items)
         if total_minor > self._balance_minor:
             batch.status, batch.status_code = "Failed checking float balance", "BF105"
+            self._batch_webhook(batch)
             return json_response(self._batch_view(batch))
         self._start_batch(batch)
         return json_response(self._batch_view(batch))
@@ -461,6 +482,7 @@ class IntaSendEmulator:
                     extra={"tracking_id": batch.tracking_id},
                 )
             )
+        self._batch_webhook(batch)
         self.ctx.scheduler.after(self.config.payout_delay_s, lambda: self._finish_batch(batch))
 
     def _finish_batch(self, batch: _Batch) -> None:
@@ -476,10 +498,47 @@ class IntaSendEmulator:
                 self._balance_minor += entry.amount_minor
                 self.ctx.ledger.settle(entry, LedgerStatus.FAILED, result_code="TF106", result_desc=result)
         batch.status, batch.status_code = "Completed", "BC100"
+        self._batch_webhook(batch)
+
+    def _batch_webhook(self, batch: _Batch) -> None:
+        """The documented send-money event: the batch and its items (never its nonce)."""
+        paid = sum(Decimal(str(i["amount"])) for i in batch.items if i["status_code"] == "TS100")
+        failed = sum(Decimal(str(i["amount"])) for i in batch.items if i["status_code"] == "TF106")
+        self._post_webhook(
+            {
+                "tracking_id": batch.tracking_id,
+                "status": batch.status,
+                "status_code": batch.status_code,
+                "transactions": [
+                    {
+                        key: item.get(key)
+                        for key in (
+                            "status",
+                            "status_code",
+                            "request_reference_id",
+                            "name",
+                            "account",
+                            "amount",
+                            "narrative",
+                            "mno_reference",
+                            "failed_reason",
+                        )
+                        if key in item
+                    }
+                    | {"provider": "MPESA-B2C"}
+                    for item in batch.items
+                ],
+                "actual_charges": 0,
+                "paid_amount": float(paid),
+                "failed_amount": float(failed),
+                "created_at": datetime.fromtimestamp(batch.created_at, tz=UTC).isoformat(),
+                "updated_at": self._now(),
+            }
+        )
 
     async def _batch_status(self, request: Request, body: dict[str, Any]) -> Response:
         batch = self._batches.get(str(body.get("tracking_id", "")))
-        if batch is None:
+        if batch is None or not self.ctx.visible(NAME, batch.accepted_at_s):
             return self._fail(404, "not_found", "Not found.", attr="tracking_id")
         return json_response(self._batch_view(batch))
 
@@ -517,7 +576,23 @@ class IntaSendEmulator:
         chargeback = _Chargeback(f"CB{next(self._ids):06d}", invoice, minor, str(reason))
         self._chargebacks[chargeback.id] = chargeback
         self.ctx.scheduler.after(self.config.refund_delay_s, lambda: self._finish_chargeback(chargeback))
+        self._chargeback_webhook(chargeback)
         return json_response(self._chargeback_view(chargeback), 201)
+
+    def _chargeback_webhook(self, chargeback: _Chargeback) -> None:
+        """The documented chargeback event: the chargeback with its invoice."""
+        invoice = self._invoice_view(chargeback.invoice)
+        invoice["failed_code_link"] = "https://intasend.com/troubleshooting"
+        event = self._chargeback_view(chargeback)
+        event["invoice"] = invoice
+        event["transaction"] = {
+            "invoice": invoice,
+            "value": invoice["value"],
+            "narrative": chargeback.invoice.api_ref,
+            "created_at": invoice["created_at"],
+            "updated_at": invoice["updated_at"],
+        }
+        self._post_webhook(event)
 
     def _finish_chargeback(self, chargeback: _Chargeback) -> None:
         chargeback.status = "COMPLETED"
@@ -534,6 +609,7 @@ class IntaSendEmulator:
         self.ctx.ledger.settle(refund, LedgerStatus.SUCCEEDED, result_code="COMPLETED")
         if chargeback.invoice.refunded_minor >= original.amount_minor:
             self.ctx.ledger.settle(original, LedgerStatus.REVERSED)
+        self._chargeback_webhook(chargeback)
 
     async def _chargeback_detail(self, request: Request, body: dict[str, Any]) -> Response:
         chargeback = self._chargebacks.get(request.path_params["chargeback_id"])

@@ -16,12 +16,25 @@ match the real host's. Shapes follow the Daraja 3.0 documentation:
   decline code (1032 cancelled, 1 insufficient funds, 2001 wrong PIN, ...), or 1037 when they
   ignore the prompt for `stk_timeout_s`. The result is POSTed to CallBackURL (`Body.stkCallback`).
 - `POST /mpesa/stkpushquery/v1/query`: HTTP 500 `500.001.1001` "The transaction is being
-  processed" while pending, then `{ResponseCode "0", ResultCode "<code>", ResultDesc}`.
+  processed" while pending, then `{ResponseCode "0", ResultCode "<code>", ResultDesc}` (no
+  amount, payer or receipt, as on Daraja). While the provider's `Realism.lookup_lag_s` holds
+  after the push it answers `400.002.02` "Bad Request - Invalid CheckoutRequestID", as Daraja
+  does for an id it has just issued.
 - `POST /mpesa/b2c/v3/paymentrequest`: a reused OriginatorConversationID is refused
   (`500.002.1001` "Duplicate OriginatorConversationID."); initiator problems surface in the
   asynchronous Result (2001), as on the real platform; the Result goes to ResultURL.
 - `POST /mpesa/reversal/v1/request`: reverses an STK receipt; Result R000001 already reversed,
   R000002 unknown receipt.
+- `POST /mpesa/transactionstatus/v1/query` (CommandID TransactionStatusQuery, TransactionID (a
+  receipt) or OriginalConversationID, PartyA, IdentifierType, ResultURL, QueueTimeOutURL,
+  Remarks, Occasion): answers acceptance only (`{OriginatorConversationID, ConversationID,
+  ResponseCode "0", ResponseDescription}`) and posts the Result to ResultURL, answered from the
+  ledger: ResultCode 0 with ResultParameters (ReceiptNo, TransactionStatus Completed / Declined /
+  Authorized, Amount, DebitPartyName, CreditPartyName, FinalisedTime, ReasonType, the original
+  OriginatorConversationID and ConversationID), and ReferenceData echoing the Occasion. An id
+  it does not know (or not yet, within the lookup lag) gets ResultCode 1 "The transaction could
+  not be found." (Daraja documents only 0 and SFC_IC0003 for this API; 1 with that text is what
+  integrators report), a wrong initiator 2001.
 """
 
 from __future__ import annotations
@@ -68,6 +81,16 @@ RESULT_DESCRIPTIONS = {
     "R000001": "The transaction has already been reversed",
     "R000002": "The OriginalTransactionID is invalid.",
 }
+TS_NOT_FOUND_CODE = "1"
+TS_NOT_FOUND_DESC = "The transaction could not be found."
+TS_IDENTIFIER_TYPES = frozenset({"1", "2", "4"})
+REASON_TYPES = {
+    "BusinessPayment": "Business Payment to Customer via API",
+    "SalaryPayment": "Salary Payment via API",
+    "PromotionPayment": "Promotion Payment via API",
+}
+NEVER_A_TRANSACTION_CODES = frozenset({"2001", "2028"})
+"""B2C refused in its Result for the initiator or the product: M-Pesa never made a transaction."""
 DEFAULT_DECLINE_CODE = "1032"
 TIMEOUT_CODE = "1037"
 
@@ -91,6 +114,9 @@ class MpesaSandboxConfig(BaseModel):
     stk_timeout_s: float = Field(60.0, gt=0, description="an ignored prompt fails with 1037 after this")
     b2c_delay_s: float = Field(3.0, ge=0)
     reversal_delay_s: float = Field(3.0, ge=0)
+    status_query_delay_s: float = Field(
+        0.0, ge=0, description="how long M-Pesa takes to answer a Transaction Status query"
+    )
 
 
 @dataclass
@@ -105,6 +131,24 @@ class _Stk:
     merchant_request_id: str
     callback_url: str
     result_code: str
+    accepted_at_s: float  # clock.monotonic() of the push: lookups lag it (Realism.lookup_lag_s)
+
+
+@dataclass
+class _Reversal:
+    """A reversal request as M-Pesa holds it (its ledger refund exists only once it succeeded)."""
+
+    originator_id: str
+    conversation_id: str
+    receipt: str
+    amount_kes: int
+    accepted_at_s: float
+    created_at: float  # clock.now() of the request
+    msisdn: str | None = None
+    status: LedgerStatus = LedgerStatus.PENDING
+    result_code: str | None = None
+    reversal_receipt: str | None = None
+    finished_at: float | None = None
 
 
 class MpesaEmulator:
@@ -122,6 +166,9 @@ class MpesaEmulator:
         self._locked_phones: dict[str, str] = {}  # msisdn -> CheckoutRequestID in flight
         self._b2c: dict[str, LedgerEntry] = {}  # OriginatorConversationID -> entry
         self._receipts: dict[str, LedgerEntry] = {}  # MpesaReceiptNumber -> collection
+        self._b2c_receipts: dict[str, LedgerEntry] = {}  # B2C TransactionReceipt -> payout
+        self._reversals: dict[str, _Reversal] = {}  # reversal OriginatorConversationID -> request
+        self._accepted_at: dict[int, float] = {}  # ledger entry id -> clock.monotonic() accepted
         self.tokens_issued = 0
         """OAuth tokens minted so far (tests check refresh behaviour with it)."""
 
@@ -133,6 +180,7 @@ class MpesaEmulator:
             Route("/mpesa/stkpushquery/v1/query", self._stk_query, methods=["POST"]),
             Route("/mpesa/b2c/v3/paymentrequest", self._b2c_request, methods=["POST"]),
             Route("/mpesa/reversal/v1/request", self._reversal, methods=["POST"]),
+            Route("/mpesa/transactionstatus/v1/query", self._transaction_status, methods=["POST"]),
         ]
 
     # --- shapes --------------------------------------------------------------------------
@@ -307,7 +355,11 @@ class MpesaEmulator:
             result_code, delay_s = behavior.decline_code or DEFAULT_DECLINE_CODE, behavior.delay_s
         else:
             result_code, delay_s = TIMEOUT_CODE, self.config.stk_timeout_s
-        self._stk[checkout_id] = _Stk(entry, merchant_request_id, str(body["CallBackURL"]), result_code)
+        accepted_at = self.ctx.clock.monotonic()
+        self._accepted_at[entry.entry_id] = accepted_at
+        self._stk[checkout_id] = _Stk(
+            entry, merchant_request_id, str(body["CallBackURL"]), result_code, accepted_at
+        )
         self._locked_phones[msisdn] = checkout_id
         self.ctx.scheduler.after(delay_s, lambda: self._complete_stk(checkout_id))
         message = "Success. Request accepted for processing"
@@ -385,6 +437,9 @@ class MpesaEmulator:
             return self._bad("Timestamp")
         if not isinstance(checkout_id, str) or checkout_id not in self._stk:
             return self._bad("CheckoutRequestID")
+        if not self.ctx.visible(NAME, self._stk[checkout_id].accepted_at_s):
+            # Daraja's lookups lag its pushes: a just-issued id is "invalid" for a while.
+            return self._bad("CheckoutRequestID")
         if shortcode != self.config.shortcode or not self._password_ok(
             shortcode, timestamp, body.get("Password")
         ):
@@ -451,6 +506,8 @@ class MpesaEmulator:
             extra={"result_url": body["ResultURL"]},
         )
         self._b2c[originator_id] = entry
+        self._accepted_at[entry.entry_id] = self.ctx.clock.monotonic()
+        entry.extra["command_id"] = body["CommandID"]
         if (body.get("InitiatorName"), body.get("SecurityCredential")) != (
             self.config.initiator_name,
             self.config.security_credential,
@@ -489,6 +546,7 @@ class MpesaEmulator:
                 result_desc=desc,
                 receipt=result["TransactionID"],
             )
+            self._b2c_receipts[result["TransactionID"]] = entry
             result["ResultParameters"] = {
                 "ResultParameter": [
                     {"Key": "TransactionAmount", "Value": entry.amount_minor // 100},
@@ -541,16 +599,18 @@ class MpesaEmulator:
             self.config.initiator_name,
             self.config.security_credential,
         )
+        reversal = _Reversal(
+            originator_id,
+            conversation_id,
+            str(body["TransactionID"]),
+            amount or 0,
+            self.ctx.clock.monotonic(),
+            self.ctx.clock.now(),
+        )
+        self._reversals[originator_id] = reversal
         self.ctx.scheduler.after(
             self.config.reversal_delay_s,
-            lambda: self._complete_reversal(
-                str(body["TransactionID"]),
-                amount or 0,
-                str(body["ResultURL"]),
-                conversation_id,
-                originator_id,
-                initiator_ok,
-            ),
+            lambda: self._complete_reversal(reversal, str(body["ResultURL"]), initiator_ok),
         )
         return json_response(
             {
@@ -561,15 +621,9 @@ class MpesaEmulator:
             }
         )
 
-    def _complete_reversal(
-        self,
-        receipt: str,
-        amount_kes: int,
-        result_url: str,
-        conversation_id: str,
-        originator_id: str,
-        initiator_ok: bool,
-    ) -> None:
+    def _complete_reversal(self, reversal: _Reversal, result_url: str, initiator_ok: bool) -> None:
+        receipt, amount_kes = reversal.receipt, reversal.amount_kes
+        conversation_id, originator_id = reversal.conversation_id, reversal.originator_id
         original = self._receipts.get(receipt)
         if not initiator_ok:
             code = "2001"
@@ -590,7 +644,13 @@ class MpesaEmulator:
                 "ReferenceItem": {"Key": "QueueTimeoutURL", "Value": "sandbox/reversalresults"}
             },
         }
+        reversal.result_code = code
+        reversal.finished_at = self.ctx.clock.now()
+        reversal.status = LedgerStatus.SUCCEEDED if code == "0" else LedgerStatus.FAILED
+        if original is not None:
+            reversal.msisdn = original.msisdn
         if code == "0" and original is not None:
+            reversal.reversal_receipt = str(result["TransactionID"])
             self.ctx.ledger.settle(original, LedgerStatus.REVERSED)
             refund = self.ctx.ledger.record(
                 provider=NAME,
@@ -614,3 +674,195 @@ class MpesaEmulator:
                 ]
             }
         self.ctx.outbox.send(NAME, result_url, {"Result": result})
+
+    # --- transaction status ------------------------------------------------------------------
+
+    async def _transaction_status(self, request: Request) -> Response:
+        return await self.ctx.guarded(
+            self, request, EndpointKind.STATUS, lambda: self._accept_status_query(request)
+        )
+
+    async def _accept_status_query(self, request: Request) -> Response:
+        body, refused = await self._authorized_json(request, EndpointKind.STATUS)
+        if refused is not None or body is None:
+            return refused or self._bad("JSON")
+        transaction_id = self._text(body.get("TransactionID"))
+        original_id = self._text(body.get("OriginalConversationID"))
+        party_a = self._text(body.get("PartyA"))
+        remarks, occasion = body.get("Remarks"), body.get("Occasion")
+        checks = [
+            ("Initiator", isinstance(body.get("Initiator"), str) and bool(body.get("Initiator"))),
+            ("SecurityCredential", isinstance(body.get("SecurityCredential"), str)),
+            ("CommandID", body.get("CommandID") == "TransactionStatusQuery"),
+            ("TransactionID", bool(transaction_id) or bool(original_id)),
+            (
+                "PartyA",
+                party_a is not None and (SHORTCODE_RE.match(party_a) or PHONE_RE.match(party_a)) is not None,
+            ),
+            ("IdentifierType", self._text(body.get("IdentifierType")) in TS_IDENTIFIER_TYPES),
+            ("ResultURL", self._url(body.get("ResultURL"))),
+            ("QueueTimeOutURL", self._url(body.get("QueueTimeOutURL"))),
+            ("Remarks", isinstance(remarks, str) and 1 <= len(remarks) <= 100),
+            ("Occasion", occasion is None or (isinstance(occasion, str) and len(occasion) <= 100)),
+        ]
+        for field_name, ok in checks:
+            if not ok:
+                return self._bad(field_name)
+        query_conversation = self._conversation_id()
+        query_originator = (
+            f"{self._rng.getrandbits(16):04x}-{self._rng.getrandbits(16):04x}-{self._rng.getrandbits(32)}"
+        )
+        initiator_ok = (body.get("Initiator"), body.get("SecurityCredential")) == (
+            self.config.initiator_name,
+            self.config.security_credential,
+        )
+        result_url = str(body["ResultURL"])
+        # Daraja answers the query later, by callback: the lookup runs when the job does.
+        occasion_text = occasion if isinstance(occasion, str) else None
+
+        def answer() -> None:
+            # Daraja answers the query later, by callback: the lookup runs when this job does.
+            result = self._status_result(
+                transaction_id, original_id, query_originator, query_conversation, occasion_text, initiator_ok
+            )
+            self.ctx.outbox.send(NAME, result_url, {"Result": result})
+
+        self.ctx.scheduler.after(self.config.status_query_delay_s, answer)
+        return json_response(
+            {
+                "OriginatorConversationID": query_originator,
+                "ConversationID": query_conversation,
+                "ResponseCode": "0",
+                "ResponseDescription": "Accept the service request successfully.",
+            }
+        )
+
+    def _status_result(
+        self,
+        transaction_id: str | None,
+        original_id: str | None,
+        query_originator: str,
+        query_conversation: str,
+        occasion: str | None,
+        initiator_ok: bool,
+    ) -> dict[str, Any]:
+        """The Transaction Status Result for one query, answered from the ledger."""
+        reference_item: dict[str, Any] = {"Key": "Occasion"}
+        if occasion:
+            reference_item["Value"] = occasion
+        result: dict[str, Any] = {
+            "ResultType": 0,
+            "OriginatorConversationID": query_originator,
+            "ConversationID": query_conversation,
+            "TransactionID": transaction_id or "",
+            "ReferenceData": {"ReferenceItem": reference_item},
+        }
+        view = self._lookup(transaction_id, original_id) if initiator_ok else None
+        if not initiator_ok:
+            code, desc = "2001", RESULT_DESCRIPTIONS["2001"]
+        elif view is None:
+            code, desc = TS_NOT_FOUND_CODE, TS_NOT_FOUND_DESC
+        else:
+            code, desc = "0", RESULT_DESCRIPTIONS["0"]
+        result.update(ResultCode=int(code), ResultDesc=desc)
+        if view is None:
+            return result
+        if view.get("receipt"):
+            result["TransactionID"] = view["receipt"]
+        parameters: list[dict[str, Any]] = [
+            {"Key": "DebitPartyName", "Value": view["debit"]},
+            {"Key": "CreditPartyName", "Value": view["credit"]},
+            {"Key": "OriginatorConversationID", "Value": view["originator"]},
+            {"Key": "InitiatedTime", "Value": view["initiated"]},
+            {"Key": "DebitAccountType", "Value": view["account_type"]},
+            {"Key": "ReasonType", "Value": view["reason_type"]},
+            {"Key": "TransactionStatus", "Value": view["status"]},
+            {"Key": "Amount", "Value": view["amount"]},
+            {"Key": "ConversationID", "Value": view["conversation"]},
+        ]
+        if view.get("finalised") is not None:
+            parameters.append({"Key": "FinalisedTime", "Value": view["finalised"]})
+        if view.get("receipt"):
+            parameters.append({"Key": "ReceiptNo", "Value": view["receipt"]})
+        result["ResultParameters"] = {"ResultParameter": parameters}
+        return result
+
+    def _stamp(self, epoch_s: float) -> int:
+        return int(datetime.fromtimestamp(epoch_s, tz=UTC).astimezone(EAT).strftime("%Y%m%d%H%M%S"))
+
+    @staticmethod
+    def _ts_status(status: LedgerStatus) -> str:
+        if status is LedgerStatus.PENDING:
+            return "Authorized"
+        if status in (LedgerStatus.SUCCEEDED, LedgerStatus.REVERSED):
+            return "Completed"  # a reversal is its own transaction; the original stays completed
+        return "Declined"
+
+    def _lookup(self, transaction_id: str | None, original_id: str | None) -> dict[str, Any] | None:
+        """What M-Pesa knows about a transaction by receipt or OriginatorConversationID, as the
+        Transaction Status result reports it; None when unknown or not yet visible."""
+        entry: LedgerEntry | None = None
+        if original_id:
+            entry = self._b2c.get(original_id)
+            reversal = self._reversals.get(original_id)
+            if entry is None and reversal is not None:
+                return self._reversal_view(reversal)
+        if entry is None and transaction_id:
+            entry = self._receipts.get(transaction_id) or self._b2c_receipts.get(transaction_id)
+            if entry is None:
+                for reversal in self._reversals.values():
+                    if reversal.reversal_receipt == transaction_id:
+                        return self._reversal_view(reversal)
+        if entry is None:
+            return None
+        accepted_at = self._accepted_at.get(entry.entry_id, self.ctx.clock.monotonic())
+        if not self.ctx.visible(NAME, accepted_at):
+            return None
+        if entry.status is LedgerStatus.FAILED and entry.result_code in NEVER_A_TRANSACTION_CODES:
+            return None
+        final = entry.status is not LedgerStatus.PENDING
+        customer = f"{entry.msisdn[1:]} - SANDBOX CUSTOMER"
+        if entry.operation is LedgerOperation.PAYOUT:
+            debit = f"{self.config.b2c_shortcode} - Sandbox Organisation"
+            credit, account = customer, "Utility Account"
+            reason = REASON_TYPES.get(str(entry.extra.get("command_id")), REASON_TYPES["BusinessPayment"])
+            originator, conversation = entry.reference, entry.provider_reference
+        else:
+            debit = customer
+            credit = f"{self.config.shortcode} - Sandbox Organisation"
+            account, reason = "MMF Account For Customer", "Pay Bill Online"
+            originator = str(entry.extra.get("merchant_request_id", ""))
+            conversation = entry.provider_reference
+        return {
+            "debit": debit,
+            "credit": credit,
+            "originator": originator,
+            "conversation": conversation,
+            "account_type": account,
+            "reason_type": reason,
+            "status": self._ts_status(entry.status),
+            "amount": entry.amount_minor // 100,
+            "receipt": entry.receipt if entry.moved_money else None,
+            "initiated": self._stamp(entry.created_at),
+            "finalised": self._stamp(entry.updated_at) if final else None,
+        }
+
+    def _reversal_view(self, reversal: _Reversal) -> dict[str, Any] | None:
+        if not self.ctx.visible(NAME, reversal.accepted_at_s):
+            return None
+        if reversal.status is LedgerStatus.FAILED and reversal.result_code in NEVER_A_TRANSACTION_CODES:
+            return None
+        customer = f"{reversal.msisdn[1:]} - SANDBOX CUSTOMER" if reversal.msisdn else "unknown"
+        return {
+            "debit": f"{self.config.shortcode} - Sandbox Organisation",
+            "credit": customer,
+            "originator": reversal.originator_id,
+            "conversation": reversal.conversation_id,
+            "account_type": "Utility Account",
+            "reason_type": "Reversal",
+            "status": self._ts_status(reversal.status),
+            "amount": reversal.amount_kes,
+            "receipt": reversal.reversal_receipt,
+            "initiated": self._stamp(reversal.created_at),
+            "finalised": None if reversal.finished_at is None else self._stamp(reversal.finished_at),
+        }

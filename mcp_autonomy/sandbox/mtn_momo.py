@@ -19,13 +19,18 @@ MoMo operation pages, the "Common Error Codes" table and the official SDKs (MTN-
   declines (FAILED, reason `APPROVAL_REJECTED` or their decline code) or lets it expire (FAILED,
   `EXPIRED`, after `approval_timeout_s`). `X-Callback-Url`, when given, receives the final state.
 - `GET /collection/v1_0/requesttopay/{id}`: the request's state; unknown -> 404
-  `RESOURCE_NOT_FOUND`.
+  `RESOURCE_NOT_FOUND`, and so is a known one for `Realism.lookup_lag_s` after its 202 (MoMo's
+  lookups are eventually consistent).
 - `POST /disbursement/v1_0/transfer` and `GET .../transfer/{id}`: as above with a payee; the
   result comes after `transfer_delay_s` (FAILED `NOT_ENOUGH_FUNDS` when the disbursement
   balance is short, or the customer's `payout_result_code`).
 - `POST /disbursement/v1_0/refund` (`referenceIdToRefund` = a collection's X-Reference-Id) and
   `GET .../refund/{id}`: SUCCESSFUL after `refund_delay_s` when the collection succeeded and
   the refunds stay within its amount, else FAILED.
+- Callbacks: the final state of a request to pay, transfer or refund goes once to its
+  `X-Callback-Url`, with the same body as the `GET`, unsigned, through the outbox (which applies
+  the realism's loss, duplication and delay). MoMo may use PUT or POST ("Allow PUT & POST on
+  your callback listener host"); the outbox delivers by POST.
 - `GET /{product}/v1_0/account/balance` -> `{availableBalance, currency}`.
 - Rate limiting is the gateway's 429 `{statusCode, message}` with `Retry-After`.
 Where MoMo documents no exact body (a malformed request), the `{code, message}` shape is kept
@@ -96,6 +101,7 @@ class _Resource:
     entry: LedgerEntry | None
     body: dict[str, Any]
     callback_url: str | None
+    accepted_at_s: float  # clock.monotonic() of the 202: lookups lag it (see `Realism`)
     status: str = "PENDING"
     reason: str | None = None
     financial_id: str | None = None
@@ -325,7 +331,7 @@ class MtnMomoEmulator:
                 currency=currency,
                 extra={"external_id": body.get("externalId")},
             )
-            resource = _Resource(kind, entry, body, callback)
+            resource = _Resource(kind, entry, body, callback, self.ctx.clock.monotonic())
             self._resources[(kind, reference_id)] = resource
             if kind == "requesttopay":
                 self._prompt(resource)
@@ -379,13 +385,16 @@ class MtnMomoEmulator:
                 if resource.kind == "transfer" and reason != "NOT_ENOUGH_FUNDS":
                     self._disbursement_balance_minor += entry.amount_minor
         if resource.callback_url:
+            # The same body as the GET, unsigned: MoMo signs nothing.
             self.ctx.outbox.send(NAME, resource.callback_url, self._view(resource))
 
     def _accept_refund(
         self, reference_id: str, body: dict[str, Any], minor: int, callback: str | None
     ) -> Response:
         target = body.get("referenceIdToRefund")
-        resource = _Resource("refund", None, body, callback, extra={"amount_minor": minor})
+        resource = _Resource(
+            "refund", None, body, callback, self.ctx.clock.monotonic(), extra={"amount_minor": minor}
+        )
         self._resources[("refund", reference_id)] = resource
         original = self._resources.get(("requesttopay", str(target))) if isinstance(target, str) else None
         if original is None or original.entry is None:
@@ -442,7 +451,8 @@ class MtnMomoEmulator:
     def _get(self, kind: Literal["requesttopay", "transfer", "refund"]) -> Any:
         async def handler(request: Request, product: Product) -> Response:
             resource = self._resources.get((kind, request.path_params["reference_id"]))
-            if resource is None:
+            if resource is None or not self.ctx.visible(NAME, resource.accepted_at_s):
+                # Not visible yet looks exactly like unknown: that is what makes it hard.
                 return self._error(404, "RESOURCE_NOT_FOUND", "Requested resource was not found.")
             return json_response(self._view(resource))
 

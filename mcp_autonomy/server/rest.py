@@ -916,6 +916,16 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
                     "schema": {"type": "string", "minLength": 1, "maxLength": PROVIDER_NAME_MAX},
                 }
             )
+        if "{key}" in endpoint.path:
+            parameters.append(
+                {
+                    "name": "key",
+                    "in": "path",
+                    "required": True,
+                    "description": "The payment's idempotency key",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                }
+            )
         query_schema = query_schemas[endpoint.query]
         required = set(query_schema.get("required", []))
         for name, prop in query_schema.get("properties", {}).items():

@@ -60,7 +60,7 @@ async def test_outage_opens_an_incident_with_measured_times_and_actions(
         closed = system.events.history(types=[EventType.INCIDENT_RESOLVED])
         assert len(opened) == 1 and len(closed) == 1
 
-        stats = system.get_stats().incidents
+        stats = (await system.get_stats()).incidents
         assert stats["incidents_total"] == 1 and stats["open"] == 0
         assert stats["mean_time_to_detect_s"] == 10.0
         assert stats["mean_time_to_recover_s"] == 20.0

@@ -113,7 +113,7 @@ async def test_confident_critical_prediction_runs_a_window_at_the_quiet_hour(set
         await clock.advance(foreseen.window_end - clock.now() + 120)
         judged = pm.get_prediction(foreseen.id)
         assert judged is not None and judged.status is PredictionStatus.RESOLVED
-        assert system.get_stats().predictions["resolved"] == 1
+        assert (await system.get_stats()).predictions["resolved"] == 1
 
 
 async def test_cancel_gives_traffic_back_and_refuses_twice(settings: Settings) -> None:

@@ -59,7 +59,7 @@ async def test_incident_inside_the_window_confirms_with_lead_time(
         assert judged.lead_time_s == 610.0 and judged.outcome_by == "engine"
         (incident,) = system.incidents.open_incidents()
         assert judged.incident_id == incident.id and incident.predicted_by == [foreseen.id]
-        scores = system.get_stats().predictions
+        scores = (await system.get_stats()).predictions
         assert scores["precision"] == 1.0 and scores["recall"] == 1.0
         assert scores["mean_lead_time_s"] == 610.0
         outcome = system.events.history(types=[EventType.PREDICTION_OUTCOME])[-1]
@@ -78,7 +78,7 @@ async def test_window_passing_without_incident_is_a_false_positive(
         await clock.advance(120.0)
         judged = system.predictive_maintenance.get_prediction(wrong.id)
         assert judged is not None and judged.status is PredictionStatus.FALSE_POSITIVE
-        scores = system.get_stats().predictions
+        scores = (await system.get_stats()).predictions
         assert scores["precision"] == 0.0 and scores["recall"] is None  # no incident to recall
 
 
@@ -94,7 +94,7 @@ async def test_prediction_raised_during_an_incident_has_no_lead_time(
         judged = system.predictive_maintenance.get_prediction(late.id)
         assert judged is not None and judged.status is PredictionStatus.CONFIRMED
         assert judged.lead_time_s == 0.0
-        scores = system.get_stats().predictions
+        scores = (await system.get_stats()).predictions
         assert scores["precision"] == 1.0
         assert scores["recall"] == 0.0  # it saw the outage; it did not foresee it
 
@@ -120,5 +120,5 @@ async def test_operator_verdict_overrides_and_survives_a_restart(
         again = restarted.predictive_maintenance.get_prediction(p.id)
         assert again is not None and again.status is PredictionStatus.FALSE_POSITIVE
         assert again.outcome_reason == "provider confirmed no issue"
-        assert restarted.get_stats().predictions["false_positive"] == 1
+        assert (await restarted.get_stats()).predictions["false_positive"] == 1
         assert [x.id for x in restarted.predictive_maintenance.predictions()] == [p.id]

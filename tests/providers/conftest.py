@@ -2,12 +2,13 @@
 
 `mpesa_env()` / `paystack_env()` (fixtures returning async context managers) start the sandbox
 with `serve_sandbox` inside the test's task group, plus - for M-Pesa, whose results arrive only
-by callback - a small receiver that feeds Daraja's callbacks to `MpesaAdapter.ingest_callback`.
+by callback - a small receiver that parses Daraja's callbacks with `MpesaAdapter.parse_callback`.
 Every environment bounds the whole test body with a wall-clock deadline.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_autonomy.clock import ManualClock
-from mcp_autonomy.providers.base import Money, Operation, PaymentRequest, ProviderTransaction
+from mcp_autonomy.providers.base import CallbackHint, Money, Operation, PaymentRequest
 from mcp_autonomy.providers.mpesa import MpesaAdapter, MpesaSettings
 from mcp_autonomy.providers.paystack import PaystackAdapter, PaystackSettings
 from mcp_autonomy.sandbox import (
@@ -70,28 +71,34 @@ def payment(
 
 @dataclass
 class CallbackReceiver:
-    """The merchant side of Daraja callbacks: POST <base>/cb/<reference> -> ingest_callback."""
+    """The merchant side of Daraja callbacks: POST <base>/mpesa/<kind>/<reference> -> parse_callback.
+
+    Keeps every raw body and what the adapter parsed from it (None for an unrelated callback).
+    """
 
     adapter: MpesaAdapter | None = None
-    received: list[ProviderTransaction] = field(default_factory=list)
+    received: list[CallbackHint | None] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[tuple[str, str, bytes]] = field(default_factory=list)
     _arrived: anyio.Event | None = None
 
     def app(self) -> Starlette:
         async def callback(request: Request) -> Response:
-            body = await request.json()
-            self.bodies.append(body)
+            raw = await request.body()
+            kind, reference = request.path_params["kind"], request.path_params["reference"]
+            self.raw.append((kind, reference, raw))
+            self.bodies.append(json.loads(raw))
             assert self.adapter is not None
             self.received.append(
-                self.adapter.ingest_callback(body, reference=request.path_params["reference"])
+                self.adapter.parse_callback(raw, request.headers, path_kind=kind, path_reference=reference)
             )
             if self._arrived is not None:
                 self._arrived.set()
             return JSONResponse({"ResultCode": 0, "ResultDesc": "Accepted"})
 
-        return Starlette(routes=[Route("/cb/{reference}", callback, methods=["POST"])])
+        return Starlette(routes=[Route("/mpesa/{kind}/{reference}", callback, methods=["POST"])])
 
-    async def wait_for(self, count: int, timeout_s: float = 5.0) -> list[ProviderTransaction]:
+    async def wait_for(self, count: int, timeout_s: float = 5.0) -> list[CallbackHint | None]:
         """Wait (wall clock) until `count` callbacks arrived."""
         with anyio.fail_after(timeout_s):
             while len(self.received) < count:
@@ -125,11 +132,11 @@ def mpesa_settings(base_url: str, receiver_url: str, **overrides: Any) -> MpesaS
         "shortcode": config.shortcode,
         "passkey": SecretStr(config.passkey),
         "base_url": base_url,
-        "callback_url": f"{receiver_url}/cb",
+        "callback_url": f"{receiver_url}/mpesa/stk",
         "b2c_shortcode": config.b2c_shortcode,
         "initiator_name": config.initiator_name,
         "security_credential": SecretStr(config.security_credential),
-        "result_url": f"{receiver_url}/cb",
+        "result_url": f"{receiver_url}/mpesa/result",
     }
     values.update(overrides)
     return MpesaSettings(**values)
@@ -178,6 +185,17 @@ class PaystackEnv:
     address: SandboxAddress
     adapter: PaystackAdapter
     settings: PaystackSettings
+    learnt: list[tuple[str, str, str]] = field(default_factory=list)
+    """Every (reference, kind, value) the adapter reported to its identifier sink, in order."""
+
+    def new_adapter(self, **overrides: Any) -> PaystackAdapter:
+        """A fresh adapter (no memory at all) on the same sandbox, with some settings changed."""
+        settings = paystack_settings(self.settings.base_url, **overrides)
+        return PaystackAdapter(settings, self.clock, timeout_s=2.0)
+
+    def identifiers(self, reference: str) -> dict[str, str]:
+        """What the engine's durable store would hold for `reference` (the latest per kind)."""
+        return {kind: value for ref, kind, value in self.learnt if ref == reference}
 
 
 def paystack_settings(base_url: str, **overrides: Any) -> PaystackSettings:
@@ -207,8 +225,10 @@ async def _paystack_env(
             address: SandboxAddress = await tg.start(serve_sandbox, app)
             settings = paystack_settings(address.url("paystack"), **overrides)
             adapter = PaystackAdapter(settings, clock, timeout_s=timeout_s, settings_loader=settings_loader)
+            env = PaystackEnv(clock, sandbox_of(app), address, adapter, settings)
+            adapter.identifier_sink = lambda ref, kind, value: env.learnt.append((ref, kind, value))
             try:
-                yield PaystackEnv(clock, sandbox_of(app), address, adapter, settings)
+                yield env
             finally:
                 await adapter.close()
                 tg.cancel_scope.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -14,12 +15,21 @@ import pytest
 from pydantic import SecretStr
 
 from mcp_autonomy.clock import ManualClock
-from mcp_autonomy.providers.airtel_money import AirtelMoneyAdapter, AirtelMoneySettings, amount_value
+from mcp_autonomy.providers.airtel_money import (
+    AirtelMoneyAdapter,
+    AirtelMoneySettings,
+    amount_value,
+    callback_hash,
+)
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackAuthError,
+    CallbackSource,
     ErrorClass,
+    MalformedCallback,
     Money,
     Operation,
+    PaymentContext,
     PaymentRequest,
     ProviderAdapter,
     ProviderError,
@@ -41,6 +51,7 @@ from mcp_autonomy.sandbox import (
 )
 from mcp_autonomy.sandbox import app as sandbox_app
 from mcp_autonomy.sandbox.airtel_money import AirtelMoneyEmulator, AirtelMoneySandboxConfig
+from mcp_autonomy.sandbox.core import Realism
 
 pytestmark = pytest.mark.anyio
 
@@ -225,7 +236,7 @@ async def test_throttle_is_rate_limited(airtel_env: Env) -> None:
         )
 
 
-async def test_refused_outage_is_not_processed_and_not_found_is_trusted_only_after_a_grace(
+async def test_refused_outage_is_not_processed_and_not_found_is_reported_as_such(
     airtel_env: Env,
 ) -> None:
     async with airtel_env() as env:
@@ -238,9 +249,8 @@ async def test_refused_outage_is_not_processed_and_not_found_is_trusted_only_aft
         assert (refused.value.error_class, refused.value.code) == (ErrorClass.NOT_PROCESSED, "ConnectError")
         await env.clock.advance(10)
         reference = AirtelMoneyAdapter.reference_for(request.idempotency_key)
-        early = await env.adapter.status(reference)  # Airtel's "not found" may mean "too early"
-        assert early.status is TransactionStatus.UNKNOWN
-        await env.clock.advance(120)
+        # "Not found" is reported at once: whether it is "too early" is the engine's call
+        # (`money_truth.not_found_grace_s`), never the adapter's.
         with pytest.raises(ProviderError) as missing:
             await env.adapter.status(reference)
         assert (missing.value.error_class, missing.value.code) == (ErrorClass.NOT_PROCESSED, NOT_FOUND_CODE)
@@ -383,3 +393,318 @@ def test_settings_amounts_and_capabilities(
     monkeypatch.setenv("AIRTEL_MONEY_COUNTRIES", '["XX"]')
     with pytest.raises(ValueError):
         AirtelMoneySettings()
+
+
+# --- money truth: status with no memory, lookup lag, identifiers, callbacks ----------------------
+
+KE_PHONE = "+254732000001"
+CALLBACK_KEY = "zITVAAGYSlzl1WkUQJn81kbpT5drH3koffT8jCkcJJA="  # the docs' example key: fake
+
+
+def context_for(request: PaymentRequest, **kw: Any) -> PaymentContext:
+    """What the engine would hand `status()` for `request` (no adapter memory needed)."""
+    return PaymentContext(
+        reference=AirtelMoneyAdapter.reference_for(request.idempotency_key),
+        operation=request.operation,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        **kw,
+    )
+
+
+class Sink:
+    """An identifier sink that records what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def __call__(self, reference: str, kind: str, value: str) -> None:
+        self.seen.append((reference, kind, value))
+
+    def identifiers(self, reference: str) -> dict[str, str]:
+        return {kind: value for ref, kind, value in self.seen if ref == reference}
+
+
+async def test_initialize_drops_the_probe_cache(airtel_env: Env) -> None:
+    async with airtel_env() as env:
+        assert (await env.adapter.probe()).ok
+        env.sandbox.faults.add("airtel_money", OutageSpec(mode="503"), endpoints=[EndpointKind.PROBE])
+        assert (await env.adapter.probe()).detail.endswith("(cached)")  # within the interval
+        await env.adapter.initialize()  # a heal: the next probe must ask Airtel again
+        with pytest.raises(ProviderError) as down:
+            await env.adapter.probe()
+        assert down.value.http_status == 503
+
+
+async def test_status_with_context_from_a_fresh_adapter(airtel_env: Env) -> None:
+    async with airtel_env(payouts=True, countries=["UG", "KE"]) as env:
+        collect = ugx("airtel-ctx-collect", 2_000, KE_PHONE, currency="KES", country="KE")
+        payout = ugx("airtel-ctx-payout", 7_000, OTHER_PHONE, operation=Operation.PAYOUT)
+        await env.adapter.collect(collect)
+        await env.adapter.payout(payout)
+        reference = context_for(collect).reference
+        fresh = env.new_adapter()  # a restart, or another replica: knows neither payment
+        with pytest.raises(ProviderError) as elsewhere:
+            await fresh.status(reference)  # without a context it can only guess the country (UG)
+        assert elsewhere.value.code == NOT_FOUND_CODE
+        pending = await fresh.status(reference, context=context_for(collect))
+        assert (pending.status, pending.raw_status, pending.money) == (
+            TransactionStatus.PENDING,
+            "TIP",
+            None,  # Airtel's enquiry carries no amount: none is invented
+        )
+        assert "payer" not in pending.raw
+        sending = await env.new_adapter().status(context_for(payout).reference, context=context_for(payout))
+        assert (sending.status, sending.provider_code) == (TransactionStatus.PENDING, "DP00900001006")
+        await env.clock.advance(5)
+        paid = await env.new_adapter().status(reference, context=context_for(collect))
+        assert (paid.status, paid.raw_status) == (TransactionStatus.SUCCEEDED, "TS")
+        assert paid.provider_reference == env.sandbox.ledger.charges_for(KE_PHONE)[0].receipt
+        sent = await env.new_adapter().status(context_for(payout).reference, context=context_for(payout))
+        assert (sent.status, sent.provider_code) == (TransactionStatus.SUCCEEDED, "DP00900001001")
+        refund = await env.new_adapter().status(
+            reference, context=context_for(collect).model_copy(update={"operation": Operation.REFUND})
+        )
+        assert refund.status is TransactionStatus.UNKNOWN  # no refund enquiry exists: never a guess
+        assert "no refund enquiry" in (refund.provider_message or "")
+        await fresh.close()
+
+
+async def test_ta_from_context_is_unknown_with_airtels_message(airtel_env: Env) -> None:
+    async with airtel_env() as env:
+        env.sandbox.customers.set(
+            CustomerBehavior(msisdn=PHONE, action="decline", decline_code="DP00800001000", delay_s=1)
+        )
+        request = ugx("airtel-ctx-ta")
+        await env.adapter.collect(request)
+        await env.clock.advance(1)
+        ta = await env.new_adapter().status(context_for(request).reference, context=context_for(request))
+        assert (ta.status, ta.raw_status) == (TransactionStatus.UNKNOWN, "TA")
+        assert ta.provider_message == "The transaction is still processing and is in ambiguous state."
+
+
+async def test_not_found_while_lookups_lag_then_found(airtel_env: Env) -> None:
+    async with airtel_env() as env:
+        env.sandbox.outbox.realism.set(Realism(lookup_lag_s=5.0), "airtel_money")
+        request = ugx("airtel-lag-0001")
+        reference = (await env.adapter.collect(request)).reference
+        with pytest.raises(ProviderError) as early:
+            await env.adapter.status(reference, context=context_for(request))
+        assert early.value.code == NOT_FOUND_CODE
+        # A resend meets the duplicate id while the enquiry still lags: Airtel holds it.
+        replay = await env.adapter.collect(request)
+        assert (replay.reference, replay.status) == (reference, TransactionStatus.UNKNOWN)
+        await env.clock.advance(5)
+        found = await env.adapter.status(reference, context=context_for(request))
+        assert found.status is TransactionStatus.SUCCEEDED
+        assert env.sandbox.ledger.count_by_reference(reference) == 1
+
+
+async def test_identifiers_reach_the_sink_before_the_call_returns(airtel_env: Env) -> None:
+    async with airtel_env() as env:
+        sink = Sink()
+        env.adapter.identifier_sink = sink
+        request = ugx("airtel-ids-0001", 20_000)
+        txn = await env.adapter.collect(request)
+        await env.clock.advance(5)
+        paid = await env.adapter.status(txn.reference)
+        money_id = env.sandbox.ledger.charges_for(PHONE)[0].receipt
+        assert sink.identifiers(txn.reference) == {"airtel_money_id": money_id}
+        env.sandbox.faults.add("airtel_money", OutageSpec(mode="503"), endpoints=[EndpointKind.REFUND])
+        with pytest.raises(ProviderError):
+            await env.adapter.refund(paid)
+        assert sink.identifiers(txn.reference) == {"airtel_money_id": money_id}  # no refund id invented
+        env.sandbox.faults.clear()
+        # A fresh adapter refunds with the id the engine stored (the pull showed it first).
+        fresh = env.new_adapter()
+        fresh.identifier_sink = sink
+        refund = await fresh.refund(paid)
+        assert refund.status is TransactionStatus.SUCCEEDED
+        assert sink.identifiers(txn.reference)["refund_airtel_money_id"] == refund.provider_reference
+        context = context_for(request, identifiers=sink.identifiers(txn.reference))
+        assert (await env.new_adapter().status(txn.reference, context=context)).status is (
+            TransactionStatus.REVERSED
+        )
+        await fresh.close()
+
+
+@pytest.mark.parametrize("code", ["DP00900001014", "DP00900001000"])
+async def test_an_ambiguous_disbursement_answer_is_never_a_refusal(clock: ManualClock, code: str) -> None:
+    # "Transaction Timed Out: may be processed or failed" inside an HTTP 200 with success false:
+    # treating it as a refusal would let the router pay the customer a second time elsewhere.
+    def airtel(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/oauth2/token":
+            return httpx.Response(
+                200, json={"access_token": "t", "expires_in": "180", "token_type": "bearer"}
+            )
+        status = {"code": "200", "message": "Transaction Timed Out", "response_code": code, "success": False}
+        return httpx.Response(
+            200, json={"data": {"transaction": {"id": "x", "status": "TIP"}}, "status": status}
+        )
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    settings = AirtelMoneySettings(
+        client_id="id",
+        client_secret=SecretStr("secret"),
+        base_url="http://airtel.invalid",
+        disbursement_pin=SecretStr("1234"),
+        pin_public_key=SecretStr(
+            public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+        ),
+    )
+    adapter = AirtelMoneyAdapter(settings, clock, transport=httpx.MockTransport(airtel))
+    with pytest.raises(ProviderError) as maybe:
+        await adapter.payout(ugx("airtel-payout-slow", 1_000, operation=Operation.PAYOUT))
+    assert (maybe.value.error_class, maybe.value.code) == (ErrorClass.AMBIGUOUS, code)
+    assert not maybe.value.safe_to_fail_over
+    await adapter.close()
+
+
+# --- parse_callback (pure) -------------------------------------------------------------------------
+
+
+def parser(clock: ManualClock, **overrides: Any) -> AirtelMoneyAdapter:
+    values: dict[str, Any] = {
+        "client_id": "id",
+        "client_secret": SecretStr("secret"),
+        "base_url": "http://127.0.0.1:9",
+        **overrides,
+    }
+    return AirtelMoneyAdapter(AirtelMoneySettings(**values), clock)
+
+
+REFERENCE = AirtelMoneyAdapter.reference_for("airtel-order-cb")
+
+
+def airtel_callback(**overrides: Any) -> dict[str, Any]:
+    """A collection callback as Airtel sends it (the docs' example, with our id)."""
+    transaction = {
+        "id": REFERENCE,
+        "message": "Paid UGX 5,000 to TECHNOLOGIES LIMITED Charge UGX 140, Trans ID MP210603.1234.L06941.",
+        "status_code": "TS",
+        "airtel_money_id": "MP210603.1234.L06941",
+    }
+    transaction.update(overrides)
+    return {"transaction": transaction}
+
+
+def signed(body: dict[str, Any], key: str = CALLBACK_KEY) -> dict[str, Any]:
+    return {**body, "hash": callback_hash(body["transaction"], key)}
+
+
+def raw(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_parse_a_genuine_callback_unsigned_by_default(clock: ManualClock) -> None:
+    adapter = parser(clock)
+    assert isinstance(adapter, CallbackSource)
+    hint = adapter.parse_callback(raw(airtel_callback()), {}, path_kind="collect", path_reference="-")
+    assert hint is not None
+    assert (hint.reference, hint.provider_reference, hint.operation, hint.status) == (
+        REFERENCE,
+        "MP210603.1234.L06941",
+        Operation.COLLECT,
+        TransactionStatus.SUCCEEDED,
+    )
+    assert (hint.money, hint.payer) == (None, None)  # the callback carries neither (only a text)
+    assert hint.authenticated is False  # no private key configured: nothing can be verified
+    assert hint.extras == {"airtel_money_id": "MP210603.1234.L06941"}
+    failed = adapter.parse_callback(
+        raw(airtel_callback(status_code="TF", airtel_money_id=None, message="The transaction was refused.")),
+        {},
+        path_kind="callback",
+        path_reference=None,
+    )
+    assert failed is not None
+    assert (failed.status, failed.provider_reference, failed.operation, failed.provider_code) == (
+        TransactionStatus.FAILED,
+        None,
+        None,  # the dashboard URL did not say which product
+        "TF",
+    )
+
+
+def test_callback_authentication_verifies_the_hash(clock: ManualClock) -> None:
+    adapter = parser(clock, callback_private_key=SecretStr(CALLBACK_KEY))
+    hint = adapter.parse_callback(raw(signed(airtel_callback())), {}, path_kind="collect", path_reference="-")
+    assert hint is not None and hint.authenticated is True
+    # Some integrators sign the transaction object alone: the same key proves the same sender.
+    import base64
+    import hashlib
+    import hmac
+
+    alone = json.dumps(airtel_callback()["transaction"], separators=(",", ":")).encode()
+    digest = base64.b64encode(hmac.new(CALLBACK_KEY.encode(), alone, hashlib.sha256).digest()).decode()
+    other = adapter.parse_callback(
+        raw({**airtel_callback(), "hash": digest}), {}, path_kind="collect", path_reference="-"
+    )
+    assert other is not None and other.authenticated
+    with pytest.raises(CallbackAuthError) as missing:
+        adapter.parse_callback(raw(airtel_callback()), {}, path_kind="collect", path_reference="-")
+    assert "hash" in str(missing.value)
+    with pytest.raises(CallbackAuthError) as wrong_key:
+        adapter.parse_callback(
+            raw(signed(airtel_callback(), "not-the-key")), {}, path_kind="collect", path_reference="-"
+        )
+    assert CALLBACK_KEY not in str(wrong_key.value)
+    tampered = signed(airtel_callback(status_code="TF"))
+    tampered["transaction"]["status_code"] = "TS"  # signed as failed, claims success
+    with pytest.raises(CallbackAuthError):
+        adapter.parse_callback(raw(tampered), {}, path_kind="collect", path_reference="-")
+
+
+def test_a_forged_unsigned_callback_parses_unauthenticated(clock: ManualClock) -> None:
+    # Without callback authentication anyone who learns the URL can post this: it parses, and
+    # only the engine's pull can refuse it.
+    forged = airtel_callback(message="Paid UGX 9,999,999 to THIEF", airtel_money_id="MP000000.0000.X00000")
+    hint = parser(clock).parse_callback(raw(forged), {}, path_kind="collect", path_reference="-")
+    assert hint is not None
+    assert (hint.authenticated, hint.status, hint.money) == (False, TransactionStatus.SUCCEEDED, None)
+    assert hint.provider_message == "Paid UGX 9,999,999 to THIEF"  # the claim, carried as is
+
+
+def test_parse_is_pure_and_a_duplicate_parses_the_same(clock: ManualClock) -> None:
+    adapter = parser(clock, callback_private_key=SecretStr(CALLBACK_KEY))
+    body = raw(signed(airtel_callback()))
+    first = adapter.parse_callback(body, {}, path_kind="collect", path_reference="-")
+    assert first == adapter.parse_callback(body, {}, path_kind="collect", path_reference="-")
+    assert adapter._identifiers == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "missing"),
+    [
+        (b"not json at all", "not JSON"),
+        (b"\xff", "not JSON"),
+        (b'[{"transaction": {}}]', "not a JSON object"),
+        (raw({"status": {"code": "200"}}), "missing transaction"),
+        (raw({"transaction": "TS"}), "missing transaction"),
+        (raw({"transaction": {"status_code": "TS"}}), "transaction.id"),
+        (raw({"transaction": {"id": REFERENCE}}), "transaction.status_code"),
+    ],
+)
+def test_malformed_callbacks_are_refused(clock: ManualClock, body: bytes, missing: str) -> None:
+    # Airtel sends one callback shape: a body without a transaction is malformed, never "unrelated".
+    with pytest.raises(MalformedCallback) as refused:
+        parser(clock).parse_callback(body, {}, path_kind="collect", path_reference="-")
+    assert missing in str(refused.value)
+
+
+def test_a_callback_for_another_reference_than_its_url_is_refused(clock: ManualClock) -> None:
+    with pytest.raises(MalformedCallback):
+        parser(clock).parse_callback(
+            raw(airtel_callback()), {}, path_kind="collect", path_reference="AMSOMEONEELSE0000000"
+        )
+
+
+def test_money_truth() -> None:
+    truth = AirtelMoneyAdapter.money_truth
+    assert truth.pull_carries.isdisjoint({"amount", "currency", "payer"})  # say so, never invent
+    assert truth.callback_carries.isdisjoint({"amount", "currency", "payer"})
+    assert not truth.not_found_is_final_after_grace
+    assert truth.callback_auth == "none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -16,9 +17,14 @@ from pydantic import SecretStr
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackAuthError,
+    CallbackHint,
+    CallbackSource,
     ErrorClass,
+    MalformedCallback,
     Money,
     Operation,
+    PaymentContext,
     PaymentRequest,
     ProviderAdapter,
     ProviderError,
@@ -41,6 +47,7 @@ from mcp_autonomy.sandbox import (
     serve_sandbox,
 )
 from mcp_autonomy.sandbox import app as sandbox_app
+from mcp_autonomy.sandbox.core import Realism
 from mcp_autonomy.sandbox.intasend import IntaSendEmulator, IntaSendSandboxConfig
 
 pytestmark = pytest.mark.anyio
@@ -113,6 +120,37 @@ Env = Callable[..., AbstractAsyncContextManager[IntaSendEnv]]
 def intasend_env(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Env:
     """`async with intasend_env(**setting_overrides) as env:`."""
     return partial(_intasend_env, clock, monkeypatch)
+
+
+def context_for(
+    request: PaymentRequest,
+    *,
+    identifiers: dict[str, str] | None = None,
+    provider_reference: str | None = None,
+) -> PaymentContext:
+    """What the engine would hand `status()` after a restart: the stored request and learnt ids."""
+    return PaymentContext(
+        reference=IntaSendAdapter.reference_for(request.idempotency_key),
+        operation=request.operation,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        provider_reference=provider_reference,
+        identifiers=identifiers or {},
+    )
+
+
+class Sink:
+    """The engine's durable identifier store, as the adapter sees it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def __call__(self, reference: str, kind: str, value: str) -> None:
+        self.calls.append((reference, kind, value))
+
+    def of(self, reference: str) -> dict[str, str]:
+        return {kind: value for ref, kind, value in self.calls if ref == reference}
 
 
 def kes(key: str, shillings: int = 150, phone: str = PHONE, **kw: Any) -> PaymentRequest:
@@ -246,6 +284,7 @@ async def test_accept_then_hang_is_never_pushed_twice_and_resolved_by_the_webhoo
         reference = IntaSendAdapter.reference_for(request.idempotency_key)
         unknown = await env.adapter.status(reference)  # no invoice id: IntaSend cannot be asked by api_ref
         assert (unknown.status, unknown.raw_status) == (TransactionStatus.UNKNOWN, "awaiting_webhook")
+        assert "api_ref" in (unknown.provider_message or "")
 
         env.sandbox.faults.clear()
         with pytest.raises(ProviderError) as guarded:
@@ -255,12 +294,23 @@ async def test_accept_then_hang_is_never_pushed_twice_and_resolved_by_the_webhoo
             "unresolved_previous_attempt",
         )
         await env.clock.advance(5)
-        events = [record.body for record in env.sandbox.outbox.records("intasend")]
+        records = env.sandbox.outbox.records("intasend")
+        events = [record.body for record in records]
         assert [event["state"] for event in events] == ["PROCESSING", "COMPLETED"]
         assert events[-1]["api_ref"] == reference and events[-1]["challenge"] == "sandbox-challenge"
-        assert env.adapter.ingest_webhook(events[-1]).status is TransactionStatus.SUCCEEDED
-        resolved = await env.adapter.status(reference)  # the invoice id is known now: a real query
+        checking = env.new_adapter(webhook_challenge=SecretStr("sandbox-challenge"))
+        claim = checking.parse_callback(
+            records[-1].raw, records[-1].headers, path_kind="webhook", path_reference="-"
+        )
+        assert claim is not None and claim.authenticated
+        assert (claim.status, claim.reference) == (TransactionStatus.SUCCEEDED, reference)
+        # The webhook names the invoice: with it stored, IntaSend can be asked (a real pull).
+        resolved = await checking.status(
+            reference, context=context_for(request, provider_reference=claim.provider_reference)
+        )
         assert (resolved.status, resolved.raw_status) == (TransactionStatus.SUCCEEDED, "COMPLETE")
+        assert resolved.money == Money(amount_minor=15_000, currency="KES") and resolved.raw["payer"] == PHONE
+        await checking.close()
         assert env.sandbox.ledger.count_by_reference(reference) == 1
 
 
@@ -298,11 +348,10 @@ async def test_payout_initiates_approves_once_and_completes(intasend_env: Env) -
         await env.clock.advance(3)
         fresh = env.new_adapter()  # knows only what the router stored: reference and tracking id
         done = await fresh.status(txn.reference, txn.provider_reference)
-        assert (done.status, done.provider_code, done.money) == (
-            TransactionStatus.SUCCEEDED,
-            "TS100",
-            Money(amount_minor=50_000, currency="KES"),
-        )
+        assert (done.status, done.provider_code) == (TransactionStatus.SUCCEEDED, "TS100")
+        # The send-money status names the item's amount but no currency: no Money is claimed.
+        assert done.money is None and done.raw["transactions"][0]["amount"] == 500
+        assert done.raw["payer"] == PHONE
         failed = await env.adapter.status(failing.reference)
         assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "TF106")
         await fresh.close()
@@ -390,3 +439,295 @@ async def test_intasend_protocol_shapes(intasend_env: Env) -> None:
         ).status_code == 200
         twice = await client.post("/api/v1/send-money/approve/", json=batch.json(), headers=auth)
         assert (twice.status_code, twice.json()["errors"][0]["detail"]) == (400, "Request already approved.")
+
+
+# --- lifecycle, identifiers, status with no memory --------------------------------------------
+
+
+async def test_initialize_drops_the_probe_cache(intasend_env: Env) -> None:
+    async with intasend_env(probe_min_interval_s=3600) as env:
+        await env.adapter.probe()
+        assert (await env.adapter.probe()).detail.endswith("(cached)")
+        env.sandbox.faults.add("intasend", OutageSpec(mode="503"), endpoints=[EndpointKind.PROBE])
+        assert (await env.adapter.probe()).detail.endswith("(cached)")  # the cache hides the outage
+        await env.adapter.initialize()  # a heal: the next probe must reach IntaSend
+        with pytest.raises(ProviderError) as down:
+            await env.adapter.probe()
+        assert down.value.http_status == 503
+
+
+async def test_ids_reach_the_sink_before_the_call_returns(intasend_env: Env) -> None:
+    async with intasend_env() as env:
+        sink = Sink()
+        env.adapter.identifier_sink = sink
+        assert isinstance(env.adapter, CallbackSource)
+        txn = await env.adapter.collect(kes("is-order-sink"))
+        assert sink.of(txn.reference)["invoice_id"] == txn.provider_reference
+        assert "push_id" in sink.of(txn.reference)
+        payout = await env.adapter.payout(kes("is-payout-sink", 100, OTHER_PHONE, operation=Operation.PAYOUT))
+        assert sink.of(payout.reference) == {"tracking_id": payout.provider_reference}
+
+
+async def test_the_tracking_id_is_reported_even_when_the_approval_fails(intasend_env: Env) -> None:
+    async with intasend_env() as env:
+        sink = Sink()
+        env.adapter.identifier_sink = sink
+        # One payout call per second: initiate goes through, the approval right after is throttled.
+        env.sandbox.faults.add(
+            "intasend", ThrottleSpec(max_per_s=1, retry_after_s=1), endpoints=[EndpointKind.PAYOUT]
+        )
+        request = kes("is-payout-midway", 100, operation=Operation.PAYOUT)
+        with pytest.raises(ProviderError) as throttled:
+            await env.adapter.payout(request)
+        assert throttled.value.error_class is ErrorClass.RATE_LIMITED
+        reference = IntaSendAdapter.reference_for(request.idempotency_key)
+        tracking_id = sink.of(reference)["tracking_id"]
+        assert env.sandbox.ledger.entries(operation="payout") == []  # initiated, not approved: no money
+        fresh = env.new_adapter()
+        waiting = await fresh.status(reference, context=context_for(request, identifiers=sink.of(reference)))
+        assert (waiting.status, waiting.provider_reference, waiting.raw_status) == (
+            TransactionStatus.PENDING,
+            tracking_id,
+            "BP103/TP101",
+        )
+        await fresh.close()
+
+
+async def test_status_from_a_fresh_adapter_for_collect_and_payout(intasend_env: Env) -> None:
+    async with intasend_env() as env:
+        sink = Sink()
+        env.adapter.identifier_sink = sink
+        collect = kes("is-order-fresh")
+        payout = kes("is-payout-fresh", 300, OTHER_PHONE, operation=Operation.PAYOUT)
+        collected = await env.adapter.collect(collect)
+        paid_out = await env.adapter.payout(payout)
+        await env.adapter.close()
+
+        fresh = env.new_adapter()  # knows only what the engine stored
+        collect_context = context_for(collect, identifiers=sink.of(collected.reference))
+        payout_context = context_for(payout, identifiers=sink.of(paid_out.reference))
+        pending = await fresh.status(collected.reference, context=collect_context)
+        assert (pending.status, pending.provider_reference) == (
+            TransactionStatus.PENDING,
+            collected.provider_reference,
+        )
+        assert pending.money == Money(
+            amount_minor=15_000, currency="KES"
+        )  # the status carries value + currency
+        assert pending.raw["payer"] == PHONE
+        sending = await fresh.status(paid_out.reference, context=payout_context)
+        assert (sending.status, sending.raw_status) == (TransactionStatus.PENDING, "BP109/TP102")
+
+        await env.clock.advance(5)
+        done = await env.new_adapter().status(collected.reference, context=collect_context)
+        assert (done.status, done.raw["mpesa_reference"]) == (
+            TransactionStatus.SUCCEEDED,
+            env.sandbox.ledger.charges_for(PHONE)[0].receipt,
+        )
+        sent = await env.new_adapter().status(paid_out.reference, context=payout_context)
+        assert (sent.status, sent.provider_code, sent.raw["payer"]) == (
+            TransactionStatus.SUCCEEDED,
+            "TS100",
+            OTHER_PHONE,
+        )
+        await fresh.close()
+
+
+async def test_a_push_without_an_invoice_id_has_no_pull_path(intasend_env: Env) -> None:
+    async with intasend_env() as env:
+        request = kes("is-order-never-answered")
+        unknown = await env.adapter.status(
+            IntaSendAdapter.reference_for(request.idempotency_key), context=context_for(request)
+        )
+        assert (unknown.status, unknown.raw_status) == (TransactionStatus.UNKNOWN, "no_invoice_id")
+        assert "api_ref" in (unknown.provider_message or "")
+
+
+async def test_lookups_lag_acceptance_then_find_it(intasend_env: Env) -> None:
+    async with intasend_env() as env:
+        env.sandbox.outbox.realism.set(Realism(lookup_lag_s=2), "intasend")
+        txn = await env.adapter.collect(kes("is-order-lag"))
+        payout = await env.adapter.payout(kes("is-payout-lag", 100, OTHER_PHONE, operation=Operation.PAYOUT))
+        for reference in (txn.reference, payout.reference):
+            with pytest.raises(ProviderError) as lagging:
+                await env.adapter.status(reference)
+            assert (lagging.value.code, lagging.value.error_class) == (
+                NOT_FOUND_CODE,
+                ErrorClass.NOT_PROCESSED,
+            )
+        await env.clock.advance(2)
+        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.PENDING
+        assert (await env.adapter.status(payout.reference)).status is TransactionStatus.PENDING
+
+
+# --- parse_callback ---------------------------------------------------------------------------
+
+
+def parsing_adapter(challenge: str | None = "testnet") -> IntaSendAdapter:
+    settings = intasend_settings(
+        "http://127.0.0.1:9", webhook_challenge=SecretStr(challenge) if challenge is not None else None
+    )
+    return IntaSendAdapter(settings, ManualClock())
+
+
+COLLECTION_EVENT = {  # IntaSend's documented collection event, for an M-Pesa payment
+    "invoice_id": "BRZKGPR",
+    "state": "COMPLETED",
+    "provider": "M-PESA",
+    "charges": "0.00",
+    "net_amount": "10.36",
+    "currency": "KES",
+    "value": "10.36",
+    "account": "254708374149",
+    "api_ref": "IS-0123456789abcdef0123456789abc",
+    "mpesa_reference": "QHJ3K4L5M6",
+    "host": "https://sandbox.intasend.com",
+    "failed_reason": None,
+    "failed_code": None,
+    "failed_code_link": "https://intasend.com/troubleshooting",
+    "created_at": "2021-08-18T12:33:50.425886+03:00",
+    "updated_at": "2021-08-18T12:33:51.304105+03:00",
+    "challenge": "testnet",
+}
+
+
+def webhook(adapter: IntaSendAdapter, body: Any) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return adapter.parse_callback(raw, {}, path_kind="webhook", path_reference="-")
+
+
+def test_parse_a_genuine_collection_webhook() -> None:
+    adapter = parsing_adapter()
+    parsed = webhook(adapter, COLLECTION_EVENT)
+    assert parsed == CallbackHint(
+        provider="intasend",
+        reference="IS-0123456789abcdef0123456789abc",
+        provider_reference="BRZKGPR",
+        operation=Operation.COLLECT,
+        status=TransactionStatus.SUCCEEDED,
+        money=Money(amount_minor=1_036, currency="KES"),
+        payer="+254708374149",
+        provider_code="COMPLETED",
+        provider_message="COMPLETED",
+        extras={"channel": "webhook", "event": "collection", "state": "COMPLETED", "receipt": "QHJ3K4L5M6"},
+        authenticated=True,
+    )
+    assert webhook(adapter, COLLECTION_EVENT) == parsed  # pure: a duplicate parses the same
+    unchecked = webhook(parsing_adapter(challenge=None), COLLECTION_EVENT)
+    assert unchecked.authenticated is False and unchecked.status is TransactionStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("challenge", ["guessed", None, 12345])
+def test_a_forged_webhook_is_refused(challenge: Any) -> None:
+    forged = {k: v for k, v in COLLECTION_EVENT.items() if k != "challenge"}
+    if challenge is not None:
+        forged["challenge"] = challenge
+    with pytest.raises(CallbackAuthError, match="challenge") as refused:
+        webhook(parsing_adapter(), forged)
+    assert "testnet" not in str(refused.value)  # the secret never appears in the error
+
+
+def test_a_mismatched_amount_is_carried_faithfully() -> None:
+    parsed = webhook(parsing_adapter(), {**COLLECTION_EVENT, "value": "99999.00"})
+    assert parsed.money == Money(amount_minor=9_999_900, currency="KES")
+
+
+def test_a_failed_collection_webhook() -> None:
+    failed = {
+        **COLLECTION_EVENT,
+        "state": "FAILED",
+        "failed_code": "1032",
+        "failed_reason": "Request cancelled by user",
+    }
+    parsed = webhook(parsing_adapter(), failed)
+    assert (parsed.status, parsed.provider_code, parsed.provider_message) == (
+        TransactionStatus.FAILED,
+        "1032",
+        "Request cancelled by user",
+    )
+
+
+def test_parse_send_money_and_chargeback_webhooks() -> None:
+    send_money = {  # IntaSend's documented send-money event
+        "tracking_id": "7e96bc5c-191c-40bd-94f2-be4a0226c69c",
+        "status": "Completed",
+        "transactions": [
+            {
+                "status": "Successful",
+                "request_reference_id": "66aa1c24-a698-409f-9372-3ea55dc32af8",
+                "provider": "MPESA-B2C",
+                "name": "John Doe",
+                "account": 254708374149,
+                "amount": "100.00",
+                "narrative": "Webhook test",
+            }
+        ],
+        "actual_charges": 0,
+        "paid_amount": 100,
+        "failed_amount": 0,
+        "challenge": "testnet",
+    }
+    payout = webhook(parsing_adapter(), send_money)
+    assert (payout.operation, payout.status, payout.provider_reference) == (
+        Operation.PAYOUT,
+        TransactionStatus.SUCCEEDED,
+        "7e96bc5c-191c-40bd-94f2-be4a0226c69c",
+    )
+    assert (payout.payer, payout.money, payout.reference) == (
+        "+254708374149",
+        None,
+        None,
+    )  # no currency named
+    chargeback = {  # IntaSend's documented chargeback event (trimmed)
+        "chargeback_id": "VYBBVY4",
+        "invoice": {
+            "invoice_id": "VQ3X4OY",
+            "state": "COMPLETE",
+            "currency": "KES",
+            "value": "103.63",
+            "api_ref": "IS-x",
+        },
+        "amount": "103.63",
+        "reason": "Unavailable service",
+        "status": "COMPLETED",
+        "resolution": None,
+        "challenge": "testnet",
+    }
+    refund = webhook(parsing_adapter(), chargeback)
+    assert (refund.operation, refund.status, refund.reference, refund.money) == (
+        Operation.REFUND,
+        TransactionStatus.SUCCEEDED,
+        "IS-x",
+        Money(amount_minor=10_363, currency="KES"),
+    )
+    assert refund.extras["invoice_id"] == "VQ3X4OY"
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"\xff\xfe not json", "not JSON"),
+        (b'["invoice_id"]', "not a JSON object"),
+        ({"invoice_id": "BRZKGPR", "challenge": "testnet"}, "state is missing"),
+        ({"state": "COMPLETED", "challenge": "testnet"}, "invoice_id is missing"),
+        ({"tracking_id": "x", "challenge": "testnet"}, "status is missing"),
+        ({"chargeback_id": "x", "challenge": "testnet"}, "status is missing"),
+        ({**COLLECTION_EVENT, "value": "ten"}, "not an amount"),
+    ],
+)
+def test_malformed_webhooks(body: Any, complaint: str) -> None:
+    with pytest.raises(MalformedCallback, match=complaint):
+        webhook(parsing_adapter(), body)
+
+
+def test_unrelated_and_shapeless_webhooks() -> None:
+    assert webhook(parsing_adapter(), {"event": "wallet.updated", "challenge": "testnet"}) is None
+    with pytest.raises(MalformedCallback, match="expected an invoice"):
+        webhook(parsing_adapter(challenge=None), {"hello": "world"})
+
+
+def test_money_truth_is_declared() -> None:
+    truth = IntaSendAdapter.money_truth
+    assert truth.callback_auth == "shared_secret"
+    assert {"status", "amount", "currency", "payer"} <= truth.pull_carries
+    assert not truth.not_found_is_final_after_grace and truth.sources

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -18,15 +19,24 @@ from pydantic import SecretStr
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackSource,
     ErrorClass,
+    MalformedCallback,
     Money,
     Operation,
+    PaymentContext,
     PaymentRequest,
     ProviderAdapter,
     ProviderError,
     TransactionStatus,
 )
-from mcp_autonomy.providers.mtn_momo import MtnMomoAdapter, MtnMomoSettings, amount_text, capabilities_for
+from mcp_autonomy.providers.mtn_momo import (
+    MtnMomoAdapter,
+    MtnMomoSettings,
+    amount_text,
+    capabilities_for,
+    money_of,
+)
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -43,6 +53,7 @@ from mcp_autonomy.sandbox import (
     serve_sandbox,
 )
 from mcp_autonomy.sandbox import app as sandbox_app
+from mcp_autonomy.sandbox.core import Realism
 from mcp_autonomy.sandbox.mtn_momo import MtnMomoEmulator, MtnMomoSandboxConfig
 
 pytestmark = pytest.mark.anyio
@@ -489,3 +500,295 @@ def test_settings_from_the_environment_and_market_capabilities(
     monkeypatch.setenv("MTN_MOMO_TARGET_ENVIRONMENT", "mtnatlantis")
     with pytest.raises(ValueError):
         MtnMomoSettings()
+
+
+# --- money truth: status with no memory, lookup lag, identifiers, callbacks ----------------------
+
+
+def context_for(request: PaymentRequest, **kw: Any) -> PaymentContext:
+    """What the engine would hand `status()` for `request` (no adapter memory needed)."""
+    return PaymentContext(
+        reference=kw.pop("reference", MtnMomoAdapter.reference_for(request.idempotency_key)),
+        operation=request.operation,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        **kw,
+    )
+
+
+class Sink:
+    """An identifier sink that records what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def __call__(self, reference: str, kind: str, value: str) -> None:
+        self.seen.append((reference, kind, value))
+
+    def identifiers(self, reference: str) -> dict[str, str]:
+        return {kind: value for ref, kind, value in self.seen if ref == reference}
+
+
+async def test_initialize_drops_the_probe_cache(momo_env: Env) -> None:
+    async with momo_env() as env:
+        assert (await env.adapter.probe()).ok
+        env.sandbox.faults.add("mtn_momo", OutageSpec(mode="503"), endpoints=[EndpointKind.PROBE])
+        assert (await env.adapter.probe()).detail.endswith("(cached)")  # within the interval
+        await env.adapter.initialize()  # a heal: the next probe must ask MoMo again
+        with pytest.raises(ProviderError) as down:
+            await env.adapter.probe()
+        assert down.value.http_status == 503
+
+
+async def test_status_with_context_from_a_fresh_adapter(momo_env: Env) -> None:
+    async with momo_env() as env:
+        collect = eur("momo-ctx-collect", 2_500)
+        payout = eur("momo-ctx-payout", 700, OTHER_PHONE, operation=Operation.PAYOUT)
+        await env.adapter.collect(collect)
+        await env.adapter.payout(payout)
+        fresh = env.new_adapter()  # a restart, or another replica: no memory of either payment
+        pending = await fresh.status(context_for(collect).reference, context=context_for(collect))
+        assert (pending.status, pending.money) == (
+            TransactionStatus.PENDING,
+            Money(amount_minor=2_500, currency="EUR"),  # MoMo's pull carries the amount
+        )
+        assert pending.raw["payer"] == PHONE  # and the payer, in E.164
+        sending = await fresh.status(context_for(payout).reference, context=context_for(payout))
+        assert sending.status is TransactionStatus.PENDING
+        await env.clock.advance(5)
+        paid = await env.new_adapter().status(context_for(collect).reference, context=context_for(collect))
+        assert (paid.status, paid.raw_status) == (TransactionStatus.SUCCEEDED, "SUCCESSFUL")
+        assert paid.raw["financialTransactionId"] == env.sandbox.ledger.charges_for(PHONE)[0].receipt
+        sent = await env.new_adapter().status(context_for(payout).reference, context=context_for(payout))
+        assert (sent.status, sent.money, sent.raw["payer"]) == (
+            TransactionStatus.SUCCEEDED,
+            Money(amount_minor=700, currency="EUR"),
+            OTHER_PHONE,  # the payee of a transfer: the customer's wallet
+        )
+        # The context's operation picks the resource: a payout is never looked up as a collection.
+        with pytest.raises(ProviderError) as wrong:
+            await env.new_adapter().status(
+                context_for(payout).reference,
+                context=context_for(payout).model_copy(update={"operation": Operation.COLLECT}),
+            )
+        assert wrong.value.code == NOT_FOUND_CODE
+        await fresh.close()
+
+
+async def test_not_found_while_lookups_lag_then_found(momo_env: Env) -> None:
+    async with momo_env() as env:
+        env.sandbox.outbox.realism.set(Realism(lookup_lag_s=5.0), "mtn_momo")
+        request = eur("momo-lag-0001")
+        accepted = await env.adapter.collect(request)
+        assert accepted.status is TransactionStatus.PENDING
+        with pytest.raises(ProviderError) as early:
+            await env.adapter.status(accepted.reference, context=context_for(request))
+        assert (early.value.code, early.value.http_status) == (NOT_FOUND_CODE, 404)  # the engine's grace
+        # A resend meets the 409 while the lookup still lags: MoMo holds it, so never "not found".
+        replay = await env.adapter.collect(request)
+        assert (replay.status, replay.provider_code) == (TransactionStatus.UNKNOWN, "RESOURCE_ALREADY_EXIST")
+        await env.clock.advance(4)  # the customer approves before the lookup catches up
+        with pytest.raises(ProviderError):
+            await env.adapter.status(accepted.reference, context=context_for(request))
+        await env.clock.advance(1)
+        found = await env.adapter.status(accepted.reference, context=context_for(request))
+        assert found.status is TransactionStatus.SUCCEEDED
+        assert env.sandbox.ledger.count_by_reference(accepted.reference) == 1
+
+
+async def test_identifiers_reach_the_sink_before_the_call_returns(momo_env: Env) -> None:
+    async with momo_env() as env:
+        sink = Sink()
+        env.adapter.identifier_sink = sink
+        request = eur("momo-ids-0001", 2_000)
+        txn = await env.adapter.collect(request)
+        await env.clock.advance(5)
+        paid = await env.adapter.status(txn.reference)
+        assert sink.identifiers(txn.reference) == {
+            "financial_transaction_id": paid.raw["financialTransactionId"]
+        }
+        # The refund's id is durable before its request leaves: a refund whose answer is lost
+        # (here a 503, maybe processed) stays findable.
+        env.sandbox.faults.add("mtn_momo", OutageSpec(mode="503"), endpoints=[EndpointKind.REFUND])
+        with pytest.raises(ProviderError) as lost:
+            await env.adapter.refund(paid)
+        assert lost.value.error_class is ErrorClass.AMBIGUOUS
+        refund_id = MtnMomoAdapter.refund_reference_for(txn.reference, paid.money or request.money)
+        assert sink.identifiers(txn.reference)["refund_ids"] == refund_id
+        env.sandbox.faults.clear()
+        refund = await env.adapter.refund(paid)
+        assert refund.provider_reference == refund_id
+        await env.clock.advance(3)
+        # A fresh adapter sees the reversal through the identifiers the engine stored.
+        context = context_for(request, identifiers=sink.identifiers(txn.reference))
+        reversed_ = await env.new_adapter().status(txn.reference, context=context)
+        assert reversed_.status is TransactionStatus.REVERSED
+        refund_context = context_for(request).model_copy(
+            update={"operation": Operation.REFUND, "provider_reference": refund_id}
+        )
+        refunded = await env.new_adapter().status(txn.reference, context=refund_context)
+        assert (refunded.status, refunded.reference, refunded.provider_reference, refunded.money) == (
+            TransactionStatus.SUCCEEDED,
+            txn.reference,
+            refund_id,
+            Money(amount_minor=2_000, currency="EUR"),
+        )
+
+
+# --- parse_callback (pure) -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def momo_parser(clock: ManualClock) -> MtnMomoAdapter:
+    return MtnMomoAdapter(momo_settings("http://127.0.0.1:9"), clock)
+
+
+def momo_callback(**overrides: Any) -> dict[str, Any]:
+    """A request-to-pay callback as MoMo sends it: the GET body, no X-Reference-Id."""
+    body: dict[str, Any] = {
+        "financialTransactionId": "1927264368",
+        "externalId": "momo-order-cb",
+        "amount": "10.50",
+        "currency": "EUR",
+        "payer": {"partyIdType": "MSISDN", "partyId": "256772000001"},
+        "payerMessage": "order 42",
+        "payeeNote": "order 42",
+        "status": "SUCCESSFUL",
+    }
+    body.update(overrides)
+    return body
+
+
+def raw(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_parse_a_genuine_collection_callback(momo_parser: MtnMomoAdapter) -> None:
+    assert isinstance(momo_parser, CallbackSource)
+    reference = MtnMomoAdapter.reference_for("momo-order-cb")
+    hint = momo_parser.parse_callback(raw(momo_callback()), {}, path_kind="collect", path_reference=reference)
+    assert hint is not None
+    assert (hint.reference, hint.provider_reference, hint.operation, hint.status) == (
+        reference,
+        reference,
+        Operation.COLLECT,
+        TransactionStatus.SUCCEEDED,
+    )
+    assert hint.money == Money(amount_minor=1_050, currency="EUR")  # "10.50" EUR -> 1050 cents
+    assert (hint.payer, hint.extras) == ("+256772000001", {"financial_transaction_id": "1927264368"})
+    assert hint.authenticated is False  # MoMo signs nothing
+    # Without a reference in the URL, the externalId (our idempotency key) names it.
+    bare = momo_parser.parse_callback(raw(momo_callback()), {}, path_kind="callback", path_reference="-")
+    assert bare is not None and (bare.reference, bare.operation) == (reference, Operation.COLLECT)
+    ugx = momo_parser.parse_callback(
+        raw(momo_callback(amount="1500", currency="UGX")), {}, path_kind="collect", path_reference=reference
+    )
+    assert ugx is not None and ugx.money == Money(amount_minor=1_500, currency="UGX")  # no minor unit
+
+
+def test_parse_failed_payout_and_refund_callbacks(momo_parser: MtnMomoAdapter) -> None:
+    failed = momo_callback(status="FAILED", reason="NOT_ENOUGH_FUNDS", externalId="momo-payout-cb")
+    del failed["financialTransactionId"]
+    failed["payee"] = failed.pop("payer")
+    hint = momo_parser.parse_callback(raw(failed), {}, path_kind="callback", path_reference="-")
+    assert hint is not None
+    assert (hint.operation, hint.status, hint.provider_code, hint.payer, hint.extras) == (
+        Operation.PAYOUT,
+        TransactionStatus.FAILED,
+        "NOT_ENOUGH_FUNDS",
+        "+256772000001",
+        {},
+    )
+    assert hint.reference == MtnMomoAdapter.reference_for("momo-payout-cb")
+    collection = MtnMomoAdapter.reference_for("momo-order-cb")
+    refund_id = MtnMomoAdapter.refund_reference_for(collection, Money(amount_minor=500, currency="EUR"))
+    refund = {
+        "amount": "5.00",
+        "currency": "EUR",
+        "externalId": f"refund-{collection}",
+        "status": "SUCCESSFUL",
+    }
+    hint = momo_parser.parse_callback(raw(refund), {}, path_kind="callback", path_reference=refund_id)
+    assert hint is not None
+    assert (hint.operation, hint.reference, hint.provider_reference, hint.money) == (
+        Operation.REFUND,
+        collection,
+        refund_id,
+        Money(amount_minor=500, currency="EUR"),
+    )
+
+
+def test_a_payment_key_that_looks_like_a_refund_is_not_one(momo_parser: MtnMomoAdapter) -> None:
+    body = raw(momo_callback(externalId="refund-order-7"))  # a customer's key, not our refund's
+    hint = momo_parser.parse_callback(body, {}, path_kind="callback", path_reference="-")
+    assert hint is not None
+    assert (hint.operation, hint.reference) == (
+        Operation.COLLECT,
+        MtnMomoAdapter.reference_for("refund-order-7"),
+    )
+
+
+def test_a_forged_or_mismatched_callback_is_parsed_faithfully(momo_parser: MtnMomoAdapter) -> None:
+    # Anyone who learns the URL can post this: it parses, unauthenticated, claim carried as is
+    # so the engine's pull can refuse it.
+    forged = momo_callback(amount="99999", payer={"partyIdType": "MSISDN", "partyId": "256700000666"})
+    hint = momo_parser.parse_callback(
+        raw(forged), {"X-Signature": "made-up"}, path_kind="collect", path_reference="-"
+    )
+    assert hint is not None
+    assert (hint.authenticated, hint.money, hint.payer) == (
+        False,
+        Money(amount_minor=9_999_900, currency="EUR"),
+        "+256700000666",
+    )
+
+
+def test_parse_is_pure_and_a_duplicate_parses_the_same(momo_parser: MtnMomoAdapter) -> None:
+    body = raw(momo_callback())
+    first = momo_parser.parse_callback(body, {}, path_kind="collect", path_reference="-")
+    second = momo_parser.parse_callback(body, {}, path_kind="collect", path_reference="-")
+    assert first == second
+    assert momo_parser._identifiers == {}  # nothing learnt, nothing remembered
+
+
+@pytest.mark.parametrize(
+    ("body", "missing"),
+    [
+        (b"<html>not json</html>", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (raw({k: v for k, v in momo_callback().items() if k != "status"}), "status"),
+        (raw({k: v for k, v in momo_callback().items() if k != "amount"}), "amount"),
+        (raw(momo_callback(amount="ten")), "amount"),
+        (raw(momo_callback(amount="-1")), "amount"),
+    ],
+)
+def test_malformed_callbacks_are_refused(momo_parser: MtnMomoAdapter, body: bytes, missing: str) -> None:
+    with pytest.raises(MalformedCallback) as refused:
+        momo_parser.parse_callback(body, {}, path_kind="collect", path_reference="-")
+    assert missing in str(refused.value)
+
+
+def test_a_preapproval_callback_says_nothing_about_a_payment(momo_parser: MtnMomoAdapter) -> None:
+    preapproval = {
+        "payer": {"partyIdType": "MSISDN", "partyId": "256772000001"},
+        "payerCurrency": "EUR",
+        "payerMessage": "subscription",
+        "validityTime": 3600,
+        "status": "SUCCESSFUL",
+    }
+    assert (
+        momo_parser.parse_callback(raw(preapproval), {}, path_kind="preapproval", path_reference="-") is None
+    )
+
+
+def test_money_truth_and_amount_parsing() -> None:
+    truth = MtnMomoAdapter.money_truth
+    assert truth.callback_auth == "none" and truth.not_found_is_final_after_grace
+    assert {"amount", "currency", "payer", "status"} <= truth.pull_carries
+    assert truth.not_found_grace_s >= 60 and truth.pending_bound_s >= 300
+    assert money_of("10.5", "EUR") == Money(amount_minor=1_050, currency="EUR")
+    assert money_of("10.505", "EUR") is None  # not a whole number of cents
+    assert money_of("1500.5", "UGX") is None
+    assert money_of(True, "EUR") is None

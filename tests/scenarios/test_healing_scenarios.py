@@ -97,12 +97,12 @@ def fail_backs(system: AutonomousSystem) -> list[Event]:
     ]
 
 
-def assert_nothing_lost_or_charged_twice(
+async def assert_nothing_lost_or_charged_twice(
     system: AutonomousSystem, sandbox: EmbeddedSandbox, sent: Sequence[Sent]
 ) -> None:
     """Every payment has a record; every accepted one was charged exactly once, at the provider
     its record names; one whose outcome is unknown was charged at most once; nobody twice."""
-    assert all(system.router.get_payment(s.record.idempotency_key) is not None for s in sent)
+    assert all([await system.router.get_payment(s.record.idempotency_key) is not None for s in sent])
     charges = sandbox.state.ledger.entries(operation=LedgerOperation.COLLECT)
     per_customer = Counter(e.msisdn for e in charges)
     charged_at = {e.msisdn: e.provider for e in charges}
@@ -237,7 +237,7 @@ async def test_hard_outage_is_detected_and_failed_over_within_bounds(
                 after = [s.record for s in sent if s.at >= fail_back_s]
                 assert after and all([a.provider for a in r.attempts] == ["mpesa"] for r in after)
 
-                assert_nothing_lost_or_charged_twice(system, sandbox, sent)
+                await assert_nothing_lost_or_charged_twice(system, sandbox, sent)
                 assert route_switches(sent) == 2
 
                 # ... and soon after the outage ends: two good probes and the hold.
@@ -309,4 +309,4 @@ async def test_flapping_provider_causes_bounded_route_switches(
                 assert 1 <= healer_fail_overs <= healer_fail_backs + 1
                 assert healer_fail_backs <= fail_back_bound
                 assert route_switches(sent) <= switch_bound
-                assert_nothing_lost_or_charged_twice(system, sandbox, sent)
+                await assert_nothing_lost_or_charged_twice(system, sandbox, sent)

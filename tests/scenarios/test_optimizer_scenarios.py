@@ -160,7 +160,7 @@ async def test_a_change_that_makes_things_worse_is_reverted(
                 # Every payment has its outcome: none left unknown, none lost.
                 await traffic.drain()
                 for i in range(traffic.sent - PER_STEP * 4):
-                    record = system.router.get_payment(f"opt-{i:06d}")
+                    record = await system.router.get_payment(f"opt-{i:06d}")
                     assert record is not None and record.status.value != "unknown"
                 tasks.cancel_scope.cancel()
 

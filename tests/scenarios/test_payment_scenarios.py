@@ -57,7 +57,7 @@ async def test_thousand_payments_through_an_mpesa_outage(
                     records.append(await system.submit_payment(kes_payment(i)))
 
                 # No payment lost: every one has a record, held by exactly one provider that took it.
-                stored = [system.router.get_payment(f"scenario-{i:05d}") for i in range(1000)]
+                stored = [await system.router.get_payment(f"scenario-{i:05d}") for i in range(1000)]
                 assert all(r is not None for r in stored)
                 assert Counter(r.status for r in records) == {TransactionStatus.PENDING: 1000}
                 assert all(r.provider in ("mpesa", "paystack") for r in records)

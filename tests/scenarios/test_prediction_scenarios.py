@@ -108,7 +108,7 @@ async def test_slow_latency_ramp_is_predicted_before_the_outage(
                     lead_time_s
                 )
                 assert incident.predicted_by and first.id in incident.predicted_by
-                stats = system.get_stats()
+                stats = await system.get_stats()
                 assert stats.predictions["recall"] == 1.0
                 assert stats.predictions["mean_lead_time_s"] >= lead_time_s
                 baseline_alarms = [

@@ -33,6 +33,9 @@ EXPECTED_TOOLS = {
     "request_payment",
     "send_payment",
     "get_payment",
+    "list_payments",
+    "resolve_payment",
+    "get_callbacks",
     "list_providers",
     "get_incidents",
     "mark_prediction",
@@ -86,6 +89,8 @@ VALID_CALLS: dict[str, dict[str, Any]] = {
         "phone": "+254712345678",
         "country": "KE",
     },
+    "list_payments": {"provider": "mpesa", "limit": 5},
+    "get_callbacks": {"state": "refused", "limit": 5},
     "show_dashboard": {},
     "inject_fault": {
         "provider": "paystack",
@@ -172,6 +177,12 @@ async def test_every_tool_resource_and_prompt(
         ).structured_content
         assert payment is not None and payment["phone"] == "+254712345678"
         assert payment["money"] == {"amount_minor": 15000, "currency": "KES"}
+        # Only a payment whose outcome could not be established is resolved by hand, and never resent.
+        refused = await client.call_tool(
+            "resolve_payment",
+            {"idempotency_key": "e2e-collect-0001", "outcome": "failed", "reason": "end-to-end test"},
+        )
+        assert refused.is_error and "only needs_reconciliation" in str(refused.content)
 
 
 @pytest.mark.parametrize("mode", MODES)

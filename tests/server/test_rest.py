@@ -28,6 +28,9 @@ EXPECTED_OPERATIONS = {
     ("get", "/autonomous/incidents"),
     ("get", "/autonomous/maintenance"),
     ("get", "/autonomous/dashboard"),
+    ("get", "/autonomous/payments"),
+    ("post", "/autonomous/payments/{key}/resolve"),
+    ("get", "/autonomous/callbacks"),
     ("get", "/autonomous/openapi.json"),
 }
 
@@ -427,6 +430,8 @@ def test_bearer_token_guards_every_rest_route(tmp_path: Path) -> None:
             ("GET", "/autonomous/events", {"params": {"limit": 1}}),
             ("GET", "/autonomous/openapi.json", {}),
             ("GET", "/autonomous/dashboard", {}),
+            ("GET", "/autonomous/payments", {"params": {"status": "needs_reconciliation"}}),
+            ("GET", "/autonomous/callbacks", {}),
             ("POST", "/autonomous/heal/mpesa", {"json": {"reason": "token test"}}),
             ("POST", "/autonomous/scale", {"json": {"replicas": 3, "reason": "token test"}}),
             ("GET", "/metrics", {}),  # behind the token too unless MCP_AUTONOMY_METRICS_PUBLIC=true
@@ -455,3 +460,25 @@ def test_bearer_token_guards_every_rest_route(tmp_path: Path) -> None:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
         assert TOKEN not in server.log()
+
+
+def test_payments_and_callbacks_are_listed_and_resolving_names_what_is_wrong(
+    api: httpx.Client, openapi: dict[str, Any]
+) -> None:
+    listed = api.get("/autonomous/payments", params={"status": "needs_reconciliation", "limit": 5})
+    assert listed.status_code == 200, listed.text
+    conforms_to_response(openapi, "get", "/autonomous/payments", listed)
+    bad_status = api.get("/autonomous/payments", params={"status": "maybe"})
+    assert bad_status.status_code == 400 and bad_status.json()["error"]["field"] == "status"
+    callbacks = api.get("/autonomous/callbacks", params={"state": "refused"})
+    assert callbacks.status_code == 200, callbacks.text
+    conforms_to_response(openapi, "get", "/autonomous/callbacks", callbacks)
+    unknown = api.post(
+        "/autonomous/payments/no-such-key-1/resolve", json={"outcome": "failed", "reason": "portal shows none"}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "key"
+    conforms_to_response(openapi, "post", "/autonomous/payments/{key}/resolve", unknown)
+    wrong = api.post(
+        "/autonomous/payments/no-such-key-1/resolve", json={"outcome": "pending", "reason": "portal shows none"}
+    )
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "outcome"
