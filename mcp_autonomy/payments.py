@@ -127,7 +127,7 @@ class InboxCallback(BaseModel):
     path_kind: str
     received_at: float
     hint: CallbackHint
-    body_sha256: str
+    body_sha256: str = Field(description="SHA-256 of what was delivered: path kind, path reference, body")
     body: str = Field(
         exclude=True,
         description="the raw body as received (cut to 16 KiB); never shown: it can hold a shared secret",

@@ -150,7 +150,9 @@ class CallbackInbox:
                 path_kind=path_kind,
                 received_at=self.clock.now(),
                 hint=hint,
-                body_sha256=hashlib.sha256(body).hexdigest(),
+                # The path is part of what was delivered: MoMo and M-Pesa name the payment there,
+                # so the same body at another path is another callback, not a repeat.
+                body_sha256=hashlib.sha256(f"{path_kind}/{reference or '-'}\n".encode() + body).hexdigest(),
                 body=body[:STORED_BODY_CHARS].decode("utf-8", errors="replace"),
             )
         )
