@@ -28,7 +28,6 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 
-
 SCRIPTED_TRUTH = MoneyTruth(
     not_found_grace_s=0.0,
     not_found_is_final_after_grace=True,

@@ -37,7 +37,13 @@ from pydantic import BaseModel
 from mcp_autonomy.autonomy.reconciler import PaymentLocks, PaymentReconciler
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
-from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord, PaymentStore
+from mcp_autonomy.payments import (
+    CallbackState,
+    InboxCallback,
+    PaymentRecord,
+    PaymentStore,
+    ProviderIdentifier,
+)
 from mcp_autonomy.providers.base import (
     CallbackAuthError,
     CallbackHint,
@@ -48,6 +54,7 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.registry import ProviderRegistry
+from mcp_autonomy.resilience.router import NoAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +223,7 @@ class CallbackInbox:
         if hint.extras.get("channel") == ASYNC_PULL_CHANNEL:
             await self._async_pull_answer(callback, record)
             return
-        context = record.context(await self.payments.identifiers(record.provider, record.reference))
-        resolution = await self.router.query_status(
-            record.provider, record.reference, record.provider_reference, context=context, fresh=True
-        )
+        resolution = await self._pull(record, hint)
         if isinstance(resolution, ProviderTransaction) and resolution.status.is_final:
             claimed_final = hint.status.is_final
             await self.reconciler.apply(record, resolution)
@@ -245,6 +249,49 @@ class CallbackInbox:
         self._keep(callback, f"not confirmed yet: {why}")
         await self._store(callback)
 
+    async def _pull(self, record: PaymentRecord, hint: CallbackHint) -> ProviderTransaction | NoAnswer:
+        """A fresh pull of `record`; through the provider id the callback names when the payment has
+        none yet (an M-Pesa push whose answer was lost carries its CheckoutRequestID only in the
+        callback). That id is adopted only if a pull with it finds the payment: a forged id finds
+        nothing and is never stored."""
+        assert record.provider is not None and record.reference is not None
+        identifiers = await self.payments.identifiers(record.provider, record.reference)
+        candidate = hint.provider_reference
+        if record.provider_reference is None and candidate:
+            owner = await self.payments.find_payment(record.provider, candidate)
+            if owner is None or owner.idempotency_key == record.idempotency_key:
+                trial = record.context(identifiers)
+                assert trial is not None
+                trial = trial.model_copy(update={"provider_reference": candidate})
+                found = await self.router.query_status(
+                    record.provider, record.reference, candidate, context=trial, fresh=True
+                )
+                if (
+                    isinstance(found, ProviderTransaction)
+                    and not found.answer_by_callback
+                    and found.status is not TransactionStatus.UNKNOWN
+                ):
+                    record.provider_reference = candidate
+                    await self.payments.record_identifier(
+                        ProviderIdentifier(
+                            provider=record.provider,
+                            kind="provider_reference",
+                            value=candidate,
+                            reference=record.reference,
+                            idempotency_key=record.idempotency_key,
+                            recorded_at=self.clock.now(),
+                        )
+                    )
+                    await self.payments.save_payment(record)
+                    return found
+        return await self.router.query_status(
+            record.provider,
+            record.reference,
+            record.provider_reference,
+            context=record.context(identifiers),
+            fresh=True,
+        )
+
     async def _async_pull_answer(self, callback: InboxCallback, record: PaymentRecord) -> None:
         assert record.provider is not None and record.reference is not None
         asked = await self.payments.identifiers(record.provider, record.reference)
@@ -254,6 +301,15 @@ class CallbackInbox:
             )
             return
         hint = callback.hint
+        if hint.extras.get("query_result") in ("not_found", "error"):
+            # The provider answered our query without an outcome: "not found" follows the
+            # provider's grace rules, an error changes nothing.
+            if hint.extras["query_result"] == "not_found":
+                await self.reconciler.apply(record, NoAnswer.NOT_FOUND)
+            await self._accept(
+                callback, record, f"the status query this engine sent answered {hint.extras['query_result']}"
+            )
+            return
         txn = ProviderTransaction(
             provider=record.provider,
             reference=record.reference,

@@ -36,7 +36,7 @@ from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.payments import AttemptOutcome, PaymentRecord, PaymentStore
 from mcp_autonomy.providers.base import ProviderTransaction, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderRegistry
-from mcp_autonomy.resilience.router import PaymentRouter, _Resolution
+from mcp_autonomy.resilience.router import PaymentRouter, NoAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class PaymentReconciler:
             await self.apply(record, resolution)
             return record
 
-    async def apply(self, record: PaymentRecord, resolution: ProviderTransaction | _Resolution) -> None:
+    async def apply(self, record: PaymentRecord, resolution: ProviderTransaction | NoAnswer) -> None:
         """Fold one pull's answer into `record` and store it (the caller holds its lock)."""
         assert record.provider is not None
         truth = self.router.money_truth(record.provider)
@@ -248,7 +248,10 @@ class PaymentReconciler:
         age_s = now - since
         record.checks += 1
         previous = record.status
-        if isinstance(resolution, ProviderTransaction):
+        if isinstance(resolution, ProviderTransaction) and resolution.answer_by_callback:
+            # Only asked: the provider posts its answer to the callback inbox.
+            record.status_reason = record.status_reason or resolution.provider_message
+        elif isinstance(resolution, ProviderTransaction):
             if resolution.money is not None and resolution.money != record.money:
                 self._flag(
                     record,
@@ -266,9 +269,9 @@ class PaymentReconciler:
                     else TransactionStatus.PENDING
                 )
                 record.provider_reference = resolution.provider_reference or record.provider_reference
-            else:  # UNKNOWN: the provider cannot be asked about it (no pull path)
-                record.status_reason = record.status_reason or resolution.provider_message
-        elif resolution is _Resolution.NOT_FOUND:
+            else:  # UNKNOWN: the provider cannot say, or cannot be asked about it (no pull path)
+                record.status_reason = resolution.provider_message or record.status_reason
+        elif resolution is NoAnswer.NOT_FOUND:
             if truth.not_found_is_final_after_grace and age_s >= truth.not_found_grace_s:
                 record.status = TransactionStatus.FAILED
                 record.status_reason = (

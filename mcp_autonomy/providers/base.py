@@ -140,6 +140,11 @@ class ProviderTransaction(BaseModel):
     provider_code: str | None = None
     provider_message: str | None = None
     raw_status: str | None = None
+    answer_by_callback: bool = Field(
+        False,
+        description="the pull was only sent: the provider posts its answer later (M-Pesa's Transaction "
+        "Status API), so this says nothing about the payment yet",
+    )
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 

@@ -733,6 +733,7 @@ class MpesaAdapter(AdapterBase[MpesaSettings]):
             provider_code=SUCCESS_CODE,
             provider_message="Transaction Status query accepted; Daraja posts its answer to the ResultURL",
             raw_status="status_query_sent",
+            answer_by_callback=True,
             raw=body,
         )
 

@@ -100,7 +100,11 @@ class NoRouteError(ValueError):
     """No registered provider supports this operation, currency and country."""
 
 
-class _Resolution(Enum):
+class NoAnswer(Enum):
+    """A status pull that returned no transaction: the provider has none (`NOT_FOUND`, which the
+    provider's `MoneyTruth` grace turns into "ambiguous" or "never processed"), or it did not
+    answer (`UNRESOLVED`)."""
+
     NOT_FOUND = "not_found"
     UNRESOLVED = "unresolved"
 
@@ -673,7 +677,7 @@ class PaymentRouter:
             return "done"
         age_s = self.clock.now() - sent.started_at
         if (
-            resolution is _Resolution.NOT_FOUND
+            resolution is NoAnswer.NOT_FOUND
             and truth.not_found_is_final_after_grace
             and age_s >= truth.not_found_grace_s
         ):
@@ -688,7 +692,7 @@ class PaymentRouter:
                 "safe to fail over",
             )
             return "next"
-        if resolution is _Resolution.NOT_FOUND:
+        if resolution is NoAnswer.NOT_FOUND:
             why = (
                 f"the provider does not show it yet ({age_s:.1f} s after sending; its lookups may lag "
                 f"acceptance by up to {truth.not_found_grace_s:g} s)"
@@ -727,7 +731,7 @@ class PaymentRouter:
         *,
         context: PaymentContext | None = None,
         fresh: bool = False,
-    ) -> ProviderTransaction | _Resolution:
+    ) -> ProviderTransaction | NoAnswer:
         """Ask the provider where a transaction stands, a few times; never raises.
 
         Goes through the lane's status cache (final answers kept for good, pending ones for the
@@ -749,7 +753,7 @@ class PaymentRouter:
                 return txn
             except ProviderError as exc:
                 if exc.code == NOT_FOUND_CODE:
-                    return _Resolution.NOT_FOUND
+                    return NoAnswer.NOT_FOUND
                 logger.info("%s: status query %d for %s failed: %s", provider, attempt, reference, exc)
             except TimeoutError:
                 logger.info("%s: status query %d for %s timed out", provider, attempt, reference)
@@ -757,7 +761,7 @@ class PaymentRouter:
                 await self.payments.flush()
             if attempt < RESOLVE_ATTEMPTS:
                 await self.clock.sleep(lane.backoff.delay_s(attempt))
-        return _Resolution.UNRESOLVED
+        return NoAnswer.UNRESOLVED
 
     async def _begin_send(
         self, record: PaymentRecord, lane: ProviderLane, started_at: float, reference: str

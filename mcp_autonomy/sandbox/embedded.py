@@ -129,6 +129,7 @@ def _flutterwave(clock: Clock, address: SandboxAddress, callback_base: str) -> P
         secret_key=SecretStr(cfg.secret_keys[0]),
         base_url=address.url("flutterwave"),
         customer_email_domain=SANDBOX_EMAIL_DOMAIN,
+        webhook_hash=SecretStr(cfg.webhook_hash) if cfg.webhook_hash else None,
     )
     return FlutterwaveAdapter(settings, clock)
 

@@ -15,13 +15,24 @@ documentation and the official Node-v3 SDK (its samples and request schemas):
   `charge_timeout_s`. v3 does not refuse a reused `tx_ref`: it is another charge.
 - `GET /v3/transactions/verify_by_reference?tx_ref=` (the latest charge under it) and
   `GET /v3/transactions/{id}/verify`; unknown -> 400 "No transaction was found for this id".
+- `GET /v3/transactions?from=YYYY-MM-DD&to=YYYY-MM-DD&page=N` (10 a page, newest first,
+  `meta.page_info {total, current_page, total_pages}`; rows carry `customer_name` and
+  `customer_email`, no phone), built from the ledger.
+- Lookups lag acceptance by the realism's `lookup_lag_s` (`SandboxContext.visible`): until then
+  verify, transfer and refund lookups answer "No transaction was found for this id", as
+  Flutterwave does for payments it created moments ago, and lists leave them out.
 - `POST /v3/transfers` (account_bank MPS / the Ghana network / FMM, account_number = the
   wallet's number, a unique `reference`) -> "Transfer Queued Successfully", status NEW, then
   PENDING and, after `transfer_delay_s`, SUCCESSFUL or FAILED (`complete_message` = the
-  customer's `payout_result_code`). `GET /v3/transfers/{id}`, `GET /v3/transfers?reference=`.
+  customer's `payout_result_code`). `GET /v3/transfers/{id}` (unknown: "No transaction was found
+  for this id"), `GET /v3/transfers?reference=`.
 - `POST /v3/transactions/{id}/refund` `{amount}` -> "Transaction refund initiated", status
   "completed" (after `refund_delay_s`, "pending" until then); `GET /v3/refunds/{id}`.
 - `GET /v3/balances` -> "Wallet balances fetched".
+- Webhooks go to the dashboard URL (`ctx.webhooks["flutterwave"]`) through the outbox (loss,
+  duplication, delay) with the `verif-hash` header set to the dashboard's secret hash
+  (`FlutterwaveSandboxConfig.webhook_hash`): `charge.completed` when a charge succeeds or fails,
+  `transfer.completed` when a transfer does (v3 documents no refund webhook).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import itertools
 import random
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -68,6 +79,20 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PHONE_RE = re.compile(r"^\+?\d{8,15}$")
 NATIONAL_DIAL = {"GHS": "233"}
 """Ghanaian numbers arrive in national form (054...): the ledger records them as E.164."""
+NOT_FOUND = "No transaction was found for this id"
+LIST_PAGE_SIZE = 10
+HASH_HEADER = "verif-hash"
+DEFAULT_WEBHOOK_HASH = "sandbox-flutterwave-secret-hash-0000"
+"""The secret hash the emulated dashboard has set: its webhooks carry it as `verif-hash`."""
+EVENT_TYPES = {
+    "mpesa": "MPESA_TRANSACTION",
+    "mobile_money_ghana": "MOBILEMONEYGH_TRANSACTION",
+    "mobile_money_uganda": "MOBILEMONEYUG_TRANSACTION",
+    "mobile_money_rwanda": "MOBILEMONEYRW_TRANSACTION",
+    "mobile_money_zambia": "MOBILEMONEYZM_TRANSACTION",
+    "mobile_money_tanzania": "MOBILEMONEYTZ_TRANSACTION",
+}
+"""The informational `event.type` of a charge webhook, per charge type (where documented)."""
 
 
 class FlutterwaveSandboxConfig(BaseModel):
@@ -80,6 +105,10 @@ class FlutterwaveSandboxConfig(BaseModel):
     charge_timeout_s: float = Field(180.0, gt=0)
     transfer_delay_s: float = Field(3.0, ge=0)
     refund_delay_s: float = Field(0.0, ge=0)
+    webhook_hash: str | None = Field(
+        DEFAULT_WEBHOOK_HASH,
+        description="the dashboard's secret hash, sent as verif-hash; None: none set, no header",
+    )
 
 
 @dataclass
@@ -90,6 +119,7 @@ class _Charge:
     flw_ref: str
     charge_type: str
     email: str
+    accepted_s: float  # clock.monotonic() at acceptance: lookups lag it
     status: str = "pending"
     processor_response: str = "Transaction in progress"
     refunded_minor: int = 0
@@ -100,6 +130,7 @@ class _Transfer:
     entry: LedgerEntry
     id: int
     body: dict[str, Any]
+    accepted_s: float
     status: str = "NEW"
     complete_message: str = ""
 
@@ -111,6 +142,7 @@ class _Refund:
     amount_minor: int
     status: str
     created_at: str
+    accepted_s: float
 
 
 class FlutterwaveEmulator:
@@ -124,6 +156,8 @@ class FlutterwaveEmulator:
         self.config = given if isinstance(given, FlutterwaveSandboxConfig) else FlutterwaveSandboxConfig()
         self._rng = random.Random(f"{ctx.seed}:{NAME}")
         self._ids = itertools.count(4_193_428)
+        # Customers are Flutterwave's own records, one per email, numbered apart from transactions.
+        self._customer_ids: dict[str, int] = {}
         self._balances = dict(self.config.balances_minor)
         self._charges: dict[int, _Charge] = {}
         self._by_tx_ref: dict[str, _Charge] = {}  # the latest charge under each tx_ref
@@ -139,6 +173,9 @@ class FlutterwaveEmulator:
                 "/v3/transactions/verify_by_reference",
                 self._route(EndpointKind.STATUS, self._verify_by_reference),
                 methods=["GET"],
+            ),
+            Route(
+                "/v3/transactions", self._route(EndpointKind.STATUS, self._list_transactions), methods=["GET"]
             ),
             Route(
                 "/v3/transactions/{tx_id}/verify",
@@ -186,6 +223,21 @@ class FlutterwaveEmulator:
 
     def _iso(self) -> str:
         return datetime.fromtimestamp(self.ctx.clock.now(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def _visible(self, accepted_s: float) -> bool:
+        return self.ctx.visible(NAME, accepted_s)
+
+    def _webhook(self, body: dict[str, Any]) -> None:
+        """Post one event to the dashboard's webhook URL (if set) with the secret hash."""
+        url = self.ctx.webhooks.get(NAME)
+        if not url:
+            return  # no URL on the dashboard: Flutterwave sends nothing
+        secret = self.config.webhook_hash
+
+        def headers_for(raw: bytes) -> dict[str, str]:
+            return {HASH_HEADER: secret} if secret else {}
+
+        self.ctx.outbox.send(NAME, url, body, headers_for=headers_for)
 
     # --- auth ----------------------------------------------------------------------------
 
@@ -257,7 +309,11 @@ class FlutterwaveEmulator:
             "status": charge.status,
             "payment_type": charge.charge_type,
             "created_at": datetime.fromtimestamp(entry.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            "customer": {"id": charge.id + 1, "phone_number": entry.msisdn[1:], "email": charge.email},
+            "customer": {
+                "id": self._customer_ids.setdefault(charge.email, 215_604_089 + len(self._customer_ids)),
+                "phone_number": entry.msisdn[1:],
+                "email": charge.email,
+            },
         }
 
     async def _charge(self, request: Request) -> Response:
@@ -297,7 +353,15 @@ class FlutterwaveEmulator:
             currency=currency,
             extra={"charge_type": charge_type},
         )
-        charge = _Charge(entry, charge_id, tx_ref, f"FLW{self._rng.getrandbits(48):012d}", charge_type, email)
+        charge = _Charge(
+            entry,
+            charge_id,
+            tx_ref,
+            f"FLW{self._rng.getrandbits(48):012d}",
+            charge_type,
+            email,
+            accepted_s=self.ctx.clock.monotonic(),
+        )
         self._charges[charge_id] = charge
         self._by_tx_ref[tx_ref] = charge
         behavior = self.ctx.customers.get(NAME, entry.msisdn)
@@ -329,19 +393,77 @@ class FlutterwaveEmulator:
             self.ctx.ledger.settle(
                 charge.entry, LedgerStatus.FAILED, result_code=status, result_desc=processor_response
             )
+        data = self._charge_data(charge)
+        data.update(ip="127.0.0.1", narration="Mobile money charge", account_id=73362)
+        data["customer"] = {**data["customer"], "name": data["customer"]["email"].split("@")[0]}
+        data["customer"]["created_at"] = data["created_at"]
+        event: dict[str, Any] = {"event": "charge.completed", "data": data}
+        if charge.charge_type in EVENT_TYPES:
+            event["event.type"] = EVENT_TYPES[charge.charge_type]
+        self._webhook(event)
 
     async def _verify_by_reference(self, request: Request) -> Response:
         charge = self._by_tx_ref.get(request.query_params.get("tx_ref", ""))
-        if charge is None:
-            return self._fail(400, "No transaction was found for this id")
+        if charge is None or not self._visible(charge.accepted_s):
+            return self._fail(400, NOT_FOUND)
         return self._ok("Transaction fetched successfully", self._charge_data(charge))
 
     async def _verify(self, request: Request) -> Response:
         raw = request.path_params["tx_id"]
         charge = self._charges.get(int(raw)) if str(raw).isdigit() else None
-        if charge is None:
-            return self._fail(400, "No transaction was found for this id")
+        if charge is None or not self._visible(charge.accepted_s):
+            return self._fail(400, NOT_FOUND)
         return self._ok("Transaction fetched successfully", self._charge_data(charge))
+
+    def _list_row(self, charge: _Charge) -> dict[str, Any]:
+        """One row of `GET /v3/transactions` (Node-v3 documentation/transactions.md sample)."""
+        data = self._charge_data(charge)
+        customer = data.pop("customer")
+        settled = data["amount"] if charge.status == "successful" else None
+        return {
+            **data,
+            "id": str(charge.id),
+            "ip": "127.0.0.1",
+            "narration": "Mobile money charge",
+            "amount_settled": settled,
+            "customer_name": customer["email"].split("@")[0],
+            "customer_email": customer["email"],
+            "account_id": "73362",
+        }
+
+    async def _list_transactions(self, request: Request) -> Response:
+        params = request.query_params
+        try:
+            start = date.fromisoformat(params["from"]) if params.get("from") else None
+            end = date.fromisoformat(params["to"]) if params.get("to") else None
+        except ValueError:
+            return self._fail(400, "from and to must be dates (YYYY-MM-DD)")
+        raw_page = params.get("page") or "1"
+        if not raw_page.isdigit() or int(raw_page) < 1:
+            return self._fail(400, "page must be a positive integer")
+        page = int(raw_page)
+        wanted_status, wanted_ref = params.get("status"), params.get("tx_ref")
+        charges: list[_Charge] = []
+        # The ledger is the truth of what was charged; newest first, as Flutterwave lists them.
+        for entry in reversed(self.ctx.ledger.entries(provider=NAME, operation=LedgerOperation.COLLECT)):
+            charge = self._charges.get(int(entry.provider_reference))
+            if charge is None or not self._visible(charge.accepted_s):
+                continue
+            day = datetime.fromtimestamp(entry.created_at, tz=UTC).date()
+            if (start is not None and day < start) or (end is not None and day > end):
+                continue
+            if (wanted_status and charge.status != wanted_status) or (
+                wanted_ref and charge.tx_ref != wanted_ref
+            ):
+                continue
+            charges.append(charge)
+        rows = [self._list_row(c) for c in charges[(page - 1) * LIST_PAGE_SIZE : page * LIST_PAGE_SIZE]]
+        page_info = {
+            "total": len(charges),
+            "current_page": page,
+            "total_pages": -(-len(charges) // LIST_PAGE_SIZE),
+        }
+        return self._ok("Transactions fetched", rows, meta={"page_info": page_info})
 
     # --- refunds -------------------------------------------------------------------------
 
@@ -377,7 +499,14 @@ class FlutterwaveEmulator:
             return self._fail(400, "Refund amount exceeds the amount left to refund")
         charge.refunded_minor += minor  # reserved now: two refunds cannot exceed the charge
         delayed = self.config.refund_delay_s > 0
-        refund = _Refund(next(self._ids), charge, minor, "pending" if delayed else "completed", self._iso())
+        refund = _Refund(
+            next(self._ids),
+            charge,
+            minor,
+            "pending" if delayed else "completed",
+            self._iso(),
+            accepted_s=self.ctx.clock.monotonic(),
+        )
         self._refunds[refund.id] = refund
         if delayed:
             self.ctx.scheduler.after(self.config.refund_delay_s, lambda: self._complete_refund(refund))
@@ -404,7 +533,7 @@ class FlutterwaveEmulator:
     async def _get_refund(self, request: Request) -> Response:
         raw = request.path_params["refund_id"]
         refund = self._refunds.get(int(raw)) if str(raw).isdigit() else None
-        if refund is None:
+        if refund is None or not self._visible(refund.accepted_s):
             return self._fail(404, "Refund not found")
         return self._ok("Refund fetched", self._refund_data(refund))
 
@@ -465,7 +594,7 @@ class FlutterwaveEmulator:
             amount_minor=minor,
             currency=currency,
         )
-        transfer = _Transfer(entry, transfer_id, dict(body))
+        transfer = _Transfer(entry, transfer_id, dict(body), accepted_s=self.ctx.clock.monotonic())
         self._transfers[transfer_id] = transfer
         self._transfer_refs[reference] = transfer
         result = self.ctx.customers.get(NAME, entry.msisdn).payout_result_code
@@ -492,12 +621,17 @@ class FlutterwaveEmulator:
             self.ctx.ledger.settle(
                 transfer.entry, LedgerStatus.FAILED, result_code="FAILED", result_desc=result
             )
+        data = self._transfer_data(transfer)
+        # The webhook names the beneficiary `fullname` (the fetch calls it `full_name`).
+        data["fullname"] = data.pop("full_name")
+        data.update(approver=None)
+        self._webhook({"event": "transfer.completed", "event.type": "Transfer", "data": data})
 
     async def _get_transfer(self, request: Request) -> Response:
         raw = request.path_params["transfer_id"]
         transfer = self._transfers.get(int(raw)) if str(raw).isdigit() else None
-        if transfer is None:
-            return self._fail(404, "Transfer not found")
+        if transfer is None or not self._visible(transfer.accepted_s):
+            return self._fail(400, NOT_FOUND)
         return self._ok("Transfer fetched", self._transfer_data(transfer))
 
     async def _list_transfers(self, request: Request) -> Response:
@@ -506,7 +640,8 @@ class FlutterwaveEmulator:
         rows = [
             self._transfer_data(t)
             for t in self._transfers.values()
-            if (reference is None or t.body.get("reference") == reference)
+            if self._visible(t.accepted_s)
+            and (reference is None or t.body.get("reference") == reference)
             and (status is None or t.status.lower() == status.lower())
         ]
         page_info = {"total": len(rows), "current_page": 1, "total_pages": 1 if rows else 0}

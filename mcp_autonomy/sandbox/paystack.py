@@ -1,39 +1,52 @@
-"""Paystack, emulated: mobile-money charges, verification, transfers, refunds, balance.
+"""Paystack, emulated: mobile-money charges, verification, transfers, refunds, balance, webhooks.
 
 Mounted at `/paystack`. Shapes follow Paystack's OpenAPI description and error list
-(`shared/specs/paystack/`) and its documentation snippets:
+(`shared/specs/paystack/`, the referee, with its known errata) and its documentation snippets:
 
 - Auth: `Authorization: Bearer sk_...`; 401 `{"status": false, "message": "Invalid key"}`
   ("No Authorization Header was found", "Format is Authorization Bearer [secret key]").
   A `credential_expiry` fault revokes the configured keys while it lasts; its
   `replacement_secret` (a rotated key) is accepted from the fault's start on.
 - Envelope `{status, message, data}`; errors `{status: false, message, meta: {nextStep},
-  type: validation_error|processor_error|api_error, code}`.
+  type: validation_error|processor_error|api_error, code}`; POST validation errors are 400.
 - `POST /charge` (email, amount in subunits, currency, reference, `mobile_money: {phone,
   provider}`) -> "Charge attempted", `data.status` `pay_offline` ("Please complete
   authorization process on your mobile phone"), or `send_otp` for Vodafone Cash until
-  `POST /charge/submit_otp` (OTP `123456`). A reused reference -> 400 `duplicate_reference`.
-  The customer then approves (`success`), declines (`failed`) or ignores it (`abandoned`).
-- `GET /transaction/verify/{reference}` -> `ongoing` while the customer has to act, then the
-  final status; unknown reference -> 400 "Transaction reference not found".
+  `POST /charge/submit_otp` (OTP `123456`); a pending charge's data is only `{reference,
+  status, display_text}`. A reused reference -> 400 `duplicate_reference`. The customer then
+  approves (`success`), declines (`failed`) or ignores it (`abandoned`).
+- `GET /transaction/verify/{reference}` (`VerifyResponse`) -> `ongoing` while the customer has to
+  act, then the final status; unknown reference -> 404 "Transaction reference not found".
   `GET /charge/{reference}` answers the charge status itself.
+- `GET /transaction?from=&to=&perPage=&page=&status=` (`TransactionListResponse`, newest first,
+  `meta {total, total_volume, skipped, perPage, page, pageCount}`), built from the ledger.
 - `POST /transferrecipient` (an existing account returns the same recipient), `POST /transfer`
   ("Transfer has been queued", `pending`, later `success`/`failed`; reused reference refused),
-  `GET /transfer/verify/{reference}` ("Transfer not found" 404).
+  `GET /transfer/verify/{reference}` (`TransferVerifyResponse`; "Transfer not found" 404).
 - `POST /refund` ("Refund has been queued for processing", `pending` then `processed`; a fully
   refunded charge verifies as `reversed`), `GET /refund/{id}`.
 - `GET /balance`, `GET /bank` (mobile-money wallets) for probes.
+- Lookups lag acceptance by the realism's `lookup_lag_s`: until then they answer the not-found of
+  an unknown reference (`SandboxContext.visible`).
+- Webhooks go to the dashboard URL (`ctx.webhooks["paystack"]`) through the outbox (loss,
+  duplication, delay): `charge.success` (Paystack sends none for failed or abandoned charges),
+  `transfer.success` / `transfer.failed`, `refund.pending` / `refund.processed` (amount as a
+  string, as in Paystack's samples); each signed `x-paystack-signature` = hex HMAC-SHA512 of the
+  raw body with the secret key in force (a rotated key once its fault starts).
 Where Paystack's documents give no exact text (throttling, 5xx, some validation messages) the
 envelope is kept and the message is plain.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
+import math
 import random
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +65,7 @@ MOBILE_MONEY: dict[str, tuple[str, frozenset[str]]] = {
     "KES": ("254", frozenset({"mpesa", "mpesa_offline"})),
 }
 """Currency -> (dial code, mobile_money.provider values)."""
+COUNTRY_CODES = {"GHS": "GH", "KES": "KE"}
 OTP_PROVIDERS = frozenset({"vod"})
 WALLET_BANK_CODES: dict[str, frozenset[str]] = {
     "GHS": frozenset({"MTN", "ATL", "VOD"}),
@@ -63,10 +77,14 @@ RECIPIENT_TYPES = frozenset(
     {"nuban", "ghipss", "mobile_money", "basa", "authorization", "mobile_money_business"}
 )
 DISPLAY_TEXT = "Please complete authorization process on your mobile phone"
+INTEGRATION_ID = 100001
+DEFAULT_PER_PAGE = 50
+MAX_PER_PAGE = 100
+SIGNATURE_HEADER = "x-paystack-signature"
 
 
 class PaystackSandboxConfig(BaseModel):
-    """The keys the emulated Paystack accepts, balances, and timing knobs (all fake)."""
+    """The keys the emulated Paystack accepts (and signs webhooks with), balances, timing knobs."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -87,6 +105,7 @@ class _Charge:
     email: str
     wallet: str
     status: str
+    accepted_s: float  # clock.monotonic() at acceptance: lookups lag it
     gateway_response: str = "Awaiting customer"
     paid_at: str | None = None
     refunded_minor: int = 0
@@ -99,8 +118,10 @@ class _Transfer:
     transfer_code: str
     recipient: dict[str, Any]
     reason: str
+    accepted_s: float
     status: str = "pending"
     failure: str | None = None
+    transferred_at: str | None = None
 
 
 @dataclass
@@ -108,9 +129,27 @@ class _Refund:
     id: int
     charge: _Charge
     amount_minor: int
+    accepted_s: float
     status: str = "pending"
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _iso_of(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _parse_bound(value: str | None, *, end: bool) -> float | None:
+    """A `from`/`to` query value (date-time, or a date meaning the whole day) as epoch seconds."""
+    if not value:
+        return None
+    text = value.strip().replace(" ", "+")  # a raw "+" in a query string decodes to a space
+    if len(text) == 10:
+        day = date.fromisoformat(text)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        return start + 86_400 - 0.001 if end else start
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 class PaystackEmulator:
@@ -131,6 +170,8 @@ class PaystackEmulator:
         self._recipient_of_account: dict[tuple[str, str, str], str] = {}
         self._transfers: dict[str, _Transfer] = {}
         self._refunds: dict[int, _Refund] = {}
+        # Customers are Paystack's own records, one per email, numbered apart from transactions.
+        self._customer_ids: dict[str, int] = {}
 
     def routes(self) -> list[BaseRoute]:
         """Paystack's paths, relative to the `/paystack` mount."""
@@ -147,6 +188,7 @@ class PaystackEmulator:
                 self._route(EndpointKind.STATUS, self._verify),
                 methods=["GET"],
             ),
+            Route("/transaction", self._route(EndpointKind.STATUS, self._list_transactions), methods=["GET"]),
             Route("/transferrecipient", self._route(EndpointKind.PAYOUT, self._recipient), methods=["POST"]),
             Route("/transfer", self._route(EndpointKind.PAYOUT, self._transfer), methods=["POST"]),
             Route(
@@ -173,8 +215,8 @@ class PaystackEmulator:
     # --- shapes --------------------------------------------------------------------------
 
     @staticmethod
-    def _ok(message: str, data: Any, http_status: int = 200) -> Response:
-        return json_response({"status": True, "message": message, "data": data}, http_status)
+    def _ok(message: str, data: Any, http_status: int = 200, **extra: Any) -> Response:
+        return json_response({"status": True, "message": message, "data": data, **extra}, http_status)
 
     @staticmethod
     def _fail(
@@ -212,7 +254,20 @@ class PaystackEmulator:
         )
 
     def _iso(self) -> str:
-        return datetime.fromtimestamp(self.ctx.clock.now(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return _iso_of(self.ctx.clock.now())
+
+    def _visible(self, accepted_s: float) -> bool:
+        return self.ctx.visible(NAME, accepted_s)
+
+    def _reference_not_found(self) -> Response:
+        # The OpenAPI description answers an unknown verify reference with 404; the message,
+        # code and next step are those of Paystack's error list.
+        return self._fail(
+            404,
+            "Transaction reference not found",
+            code="transaction_not_found",
+            next_step="Ensure that you're passing the reference of a transaction that exists on this integration",
+        )
 
     # --- auth ----------------------------------------------------------------------------
 
@@ -227,6 +282,16 @@ class PaystackEmulator:
                 keys.add(spec.replacement_secret)
         return keys
 
+    def _signing_key(self) -> str:
+        """The secret key webhooks are signed with: a rotated key once its fault started."""
+        now = self.ctx.clock.monotonic()
+        key = self.config.secret_keys[0]
+        for fault in self.ctx.faults.faults(NAME):
+            spec = fault.spec
+            if isinstance(spec, CredentialExpirySpec) and spec.replacement_secret and fault.start_s <= now:
+                key = spec.replacement_secret
+        return key
+
     def _check_key(self, request: Request, endpoint: EndpointKind) -> Response | None:
         header = request.headers.get("authorization")
         if not header:
@@ -237,6 +302,20 @@ class PaystackEmulator:
         if key not in self._valid_keys(endpoint):
             return self._fail(401, "Invalid key", error_type=None)
         return None
+
+    # --- webhooks ------------------------------------------------------------------------
+
+    def _webhook(self, event: str, data: dict[str, Any]) -> None:
+        """Post one event to the dashboard's webhook URL (if set), signed over the exact bytes sent."""
+        url = self.ctx.webhooks.get(NAME)
+        if not url:
+            return  # no URL on the dashboard: Paystack sends nothing
+        key = self._signing_key().encode()
+
+        def sign(raw: bytes) -> dict[str, str]:
+            return {SIGNATURE_HEADER: hmac.new(key, raw, hashlib.sha512).hexdigest()}
+
+        self.ctx.outbox.send(NAME, url, {"event": event, "data": data}, headers_for=sign)
 
     # --- charge --------------------------------------------------------------------------
 
@@ -277,7 +356,7 @@ class PaystackEmulator:
         reference = body.get("reference") or f"T{self._rng.getrandbits(48):012x}"
         if not isinstance(reference, str) or not CHARGE_REFERENCE_RE.match(reference):
             return self._fail(400, "Invalid character in transaction reference", code="invalid_params")
-        if reference in self._charges:
+        if reference in self._charges:  # the write path sees every charge at once: no lag here
             return self._fail(
                 400,
                 "Duplicate Transaction Reference",
@@ -295,7 +374,14 @@ class PaystackEmulator:
             currency=currency,
         )
         needs_otp = wallet in OTP_PROVIDERS
-        charge = _Charge(entry, charge_id, email, wallet, "send_otp" if needs_otp else "pay_offline")
+        charge = _Charge(
+            entry,
+            charge_id,
+            email,
+            wallet,
+            "send_otp" if needs_otp else "pay_offline",
+            accepted_s=self.ctx.clock.monotonic(),
+        )
         self._charges[reference] = charge
         self._charges_by_id[charge_id] = charge
         if not needs_otp:
@@ -339,6 +425,7 @@ class PaystackEmulator:
             self.ctx.ledger.settle(
                 charge.entry, LedgerStatus.SUCCEEDED, result_code="success", result_desc="Approved"
             )
+            self._webhook("charge.success", self._transaction_data(charge))
         else:
             charge.gateway_response = (
                 (decline or "Declined") if outcome == "failed" else "The transaction was not completed"
@@ -361,34 +448,124 @@ class PaystackEmulator:
         self._prompt_customer(charge)
         return self._ok("Charge attempted", self._charge_step(charge))
 
-    def _transaction_data(self, charge: _Charge) -> dict[str, Any]:
-        entry = charge.entry
+    def _customer(self, charge: _Charge) -> dict[str, Any]:
+        msisdn = charge.entry.msisdn
+        customer_id = self._customer_ids.setdefault(charge.email, 25_000_001 + len(self._customer_ids))
+        return {
+            "id": customer_id,
+            "first_name": None,
+            "last_name": None,
+            "email": charge.email,
+            "customer_code": f"CUS_{customer_id:x}sandbox",
+            "phone": msisdn,
+            "metadata": None,
+            "risk_action": "default",
+            "international_format_phone": msisdn,
+        }
+
+    def _authorization(self, charge: _Charge) -> dict[str, Any]:
+        return {
+            "authorization_code": f"AUTH_{charge.id:x}",
+            "bin": None,
+            "last4": charge.entry.msisdn[-4:],
+            "exp_month": "12",
+            "exp_year": "9999",
+            "channel": "mobile_money",
+            "card_type": "",
+            "bank": charge.wallet.upper(),
+            "country_code": COUNTRY_CODES.get(charge.entry.currency, ""),
+            "brand": charge.wallet,
+            "reusable": False,
+            "signature": None,
+            "account_name": None,
+        }
+
+    def _shown_status(self, charge: _Charge) -> str:
         # While the customer still has to act, verify reports the transaction as ongoing.
-        status = "ongoing" if charge.status in ("pay_offline", "send_otp") else charge.status
+        return "ongoing" if charge.status in ("pay_offline", "send_otp") else charge.status
+
+    def _transaction_data(self, charge: _Charge) -> dict[str, Any]:
+        """`VerifyResponse.data` (also the `charge.success` webhook's data)."""
+        entry = charge.entry
+        created = _iso_of(entry.created_at)
+        authorization = self._authorization(charge)
+        authorization["signature"] = ""  # verify types it as a string
+        authorization.update(receiver_bank_account_number=None, receiver_bank=None)
         return {
             "id": charge.id,
             "domain": "test",
-            "status": status,
+            "status": self._shown_status(charge),
             "reference": entry.reference,
             "receipt_number": None,
             "amount": entry.amount_minor,
             "message": None,
             "gateway_response": charge.gateway_response,
             "paid_at": charge.paid_at,
-            "created_at": datetime.fromtimestamp(entry.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "created_at": created,
+            "channel": "mobile_money",
+            "currency": entry.currency,
+            "ip_address": "",
+            "metadata": "",
+            "log": None,
+            "fees": None,
+            "fees_split": None,
+            "authorization": authorization,
+            "customer": self._customer(charge),
+            "plan": None,
+            "split": {},
+            "order_id": None,
+            "paidAt": charge.paid_at,
+            "createdAt": created,
+            "requested_amount": entry.amount_minor,
+            "pos_transaction_data": None,
+            "source": None,
+            "fees_breakdown": None,
+            "connect": None,
+            "transaction_date": created,
+            "plan_object": {},
+            "subaccount": {},
+        }
+
+    def _list_row(self, charge: _Charge) -> dict[str, Any]:
+        """One `TransactionListResponseArray` item."""
+        entry = charge.entry
+        created = _iso_of(entry.created_at)
+        customer = self._customer(charge)
+        del customer["international_format_phone"]  # the list's customer has no such field
+        return {
+            "id": charge.id,
+            "domain": "test",
+            "status": self._shown_status(charge),
+            "reference": entry.reference,
+            "amount": entry.amount_minor,
+            "message": None,
+            "gateway_response": charge.gateway_response,
+            "paid_at": charge.paid_at,
+            "created_at": created,
             "channel": "mobile_money",
             "currency": entry.currency,
             "ip_address": None,
-            "metadata": "",
+            "metadata": None,
+            "log": None,
             "fees": None,
-            "authorization": {"channel": "mobile_money", "bank": charge.wallet.upper(), "reusable": False},
-            "customer": {"email": charge.email, "phone": entry.msisdn, "customer_code": f"CUS_{charge.id}"},
+            "fees_split": None,
+            "customer": customer,
+            "authorization": self._authorization(charge),
+            "plan": {},
+            "split": {},
+            "subaccount": {},
+            "order_id": None,
+            "paidAt": charge.paid_at,
+            "createdAt": created,
             "requested_amount": entry.amount_minor,
+            "source": None,
+            "connect": None,
+            "pos_transaction_data": None,
         }
 
     async def _check_charge(self, request: Request) -> Response:
         charge = self._charges.get(request.path_params["reference"])
-        if charge is None:
+        if charge is None or not self._visible(charge.accepted_s):
             return self._fail(404, "Entity not found", error_type=None)
         data = self._transaction_data(charge)
         data["status"] = charge.status
@@ -396,14 +573,47 @@ class PaystackEmulator:
 
     async def _verify(self, request: Request) -> Response:
         charge = self._charges.get(request.path_params["reference"])
-        if charge is None:
-            return self._fail(
-                400,
-                "Transaction reference not found",
-                code="transaction_not_found",
-                next_step="Ensure that you're passing the reference of a transaction that exists on this integration",
-            )
+        if charge is None or not self._visible(charge.accepted_s):
+            return self._reference_not_found()
         return self._ok("Verification successful", self._transaction_data(charge))
+
+    async def _list_transactions(self, request: Request) -> Response:
+        params = request.query_params
+        try:
+            since = _parse_bound(params.get("from"), end=False)
+            until = _parse_bound(params.get("to"), end=True)
+        except ValueError:
+            return self._fail(400, "Invalid date supplied for from or to", code="invalid_params")
+        raw_per_page = params.get("perPage") or params.get("per_page") or str(DEFAULT_PER_PAGE)
+        raw_page = params.get("page") or "1"
+        if not raw_per_page.isdigit() or not raw_page.isdigit() or int(raw_page) < 1:
+            return self._fail(400, "perPage and page must be positive integers", code="invalid_params")
+        per_page = min(max(int(raw_per_page), 1), MAX_PER_PAGE)
+        page = int(raw_page)
+        wanted_status = params.get("status")
+        charges = []
+        # The ledger is the truth of what was charged; newest first, as Paystack lists them.
+        for entry in reversed(self.ctx.ledger.entries(provider=NAME, operation=LedgerOperation.COLLECT)):
+            charge = self._charges.get(entry.reference or "")
+            if charge is None or charge.entry is not entry or not self._visible(charge.accepted_s):
+                continue
+            if (since is not None and entry.created_at < since) or (
+                until is not None and entry.created_at > until
+            ):
+                continue
+            if wanted_status and self._shown_status(charge) != wanted_status:
+                continue
+            charges.append(charge)
+        rows = [self._list_row(c) for c in charges[(page - 1) * per_page : page * per_page]]
+        meta = {
+            "total": len(charges),
+            "total_volume": sum(c.entry.amount_minor for c in charges),
+            "skipped": (page - 1) * per_page,
+            "perPage": per_page,
+            "page": page,
+            "pageCount": math.ceil(len(charges) / per_page),
+        }
+        return self._ok("Transactions retrieved", rows, meta=meta)
 
     # --- transfers -----------------------------------------------------------------------
 
@@ -439,14 +649,19 @@ class PaystackEmulator:
             "active": True,
             "createdAt": now,
             "currency": currency,
+            "description": "",
             "domain": "test",
+            "email": None,  # nullable in practice (an erratum of the description)
             "id": next(self._ids),
+            "integration": INTEGRATION_ID,
+            "metadata": None,
             "name": name,
             "recipient_code": code,
             "type": kind,
             "updatedAt": now,
             "is_deleted": False,
             "details": {
+                "authorization_code": None,
                 "account_number": account,
                 "account_name": None,
                 "bank_code": bank_code,
@@ -511,6 +726,7 @@ class PaystackEmulator:
             f"TRF_{self._rng.getrandbits(60):015x}",
             recipient,
             str(body.get("reason") or ""),
+            accepted_s=self.ctx.clock.monotonic(),
         )
         self._transfers[reference] = transfer
         result = self.ctx.customers.get(NAME, msisdn).payout_result_code
@@ -523,7 +739,7 @@ class PaystackEmulator:
         if transfer.status != "pending":
             return
         if result in (None, "0", "success"):
-            transfer.status = "success"
+            transfer.status, transfer.transferred_at = "success", self._iso()
             self.ctx.ledger.settle(transfer.entry, LedgerStatus.SUCCEEDED, result_code="success")
         else:
             transfer.status, transfer.failure = "failed", result
@@ -531,32 +747,40 @@ class PaystackEmulator:
             self.ctx.ledger.settle(
                 transfer.entry, LedgerStatus.FAILED, result_code="failed", result_desc=result
             )
+        data = self._transfer_data(transfer)
+        # The webhook's transfer names its integration in full and carries snake-case times.
+        data["integration"] = {"id": INTEGRATION_ID, "is_live": False, "business_name": "Sandbox"}
+        data["created_at"], data["updated_at"] = data["createdAt"], data["updatedAt"]
+        self._webhook(f"transfer.{transfer.status}", data)
 
     def _transfer_data(self, transfer: _Transfer) -> dict[str, Any]:
+        """`TransferVerifyResponse.data`."""
         entry = transfer.entry
         return {
-            "domain": "test",
             "amount": entry.amount_minor,
+            "createdAt": _iso_of(entry.created_at),
             "currency": entry.currency,
+            "domain": "test",
+            "failures": None,
+            "id": transfer.id,
+            "integration": INTEGRATION_ID,
+            "reason": transfer.reason,
             "reference": entry.reference,
             "source": "balance",
             "source_details": None,
-            "reason": transfer.reason,
             "status": transfer.status,
-            "failures": transfer.failure,
-            "transfer_code": transfer.transfer_code,
             "titan_code": None,
-            "transferred_at": None,
-            "id": transfer.id,
-            "integration": 100001,
+            "transfer_code": transfer.transfer_code,
+            "transferred_at": transfer.transferred_at,
+            "updatedAt": _iso_of(entry.updated_at),
             "recipient": transfer.recipient,
-            "createdAt": datetime.fromtimestamp(entry.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            "updatedAt": datetime.fromtimestamp(entry.updated_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "session": {"provider": None, "id": None},
+            "gateway_response": transfer.failure,
         }
 
     async def _verify_transfer(self, request: Request) -> Response:
         transfer = self._transfers.get(request.path_params["reference"])
-        if transfer is None:
+        if transfer is None or not self._visible(transfer.accepted_s):
             return self._fail(404, "Transfer not found", error_type=None)
         return self._ok("Transfer retrieved", self._transfer_data(transfer))
 
@@ -591,9 +815,12 @@ class PaystackEmulator:
         if body.get("currency", charge.entry.currency) != charge.entry.currency:
             return self._fail(400, "Currency does not match the transaction's", code="invalid_params")
         charge.refunded_minor += amount  # reserved now, so two refunds cannot exceed the charge
-        refund = _Refund(next(self._ids), charge, amount, created_at=self._iso())
+        refund = _Refund(
+            next(self._ids), charge, amount, accepted_s=self.ctx.clock.monotonic(), created_at=self._iso()
+        )
         self._refunds[refund.id] = refund
         self.ctx.scheduler.after(self.config.refund_delay_s, lambda: self._finish_refund(refund))
+        self._webhook("refund.pending", self._refund_event(refund))
         return self._ok("Refund has been queued for processing", self._refund_data(refund))
 
     def _finish_refund(self, refund: _Refund) -> None:
@@ -612,12 +839,28 @@ class PaystackEmulator:
         if charge.refunded_minor >= charge.entry.amount_minor:
             charge.status = "reversed"
             self.ctx.ledger.settle(charge.entry, LedgerStatus.REVERSED)
+        self._webhook("refund.processed", self._refund_event(refund))
+
+    def _refund_event(self, refund: _Refund) -> dict[str, Any]:
+        """A `refund.*` webhook's data, as in Paystack's samples (the amount is a string)."""
+        charge = refund.charge
+        return {
+            "status": refund.status,
+            "transaction_reference": charge.entry.reference,
+            "refund_reference": f"RFD{refund.id}" if refund.status == "processed" else None,
+            "amount": str(refund.amount_minor),
+            "currency": charge.entry.currency,
+            "processor": "mobile_money",
+            "customer": {"first_name": None, "last_name": None, "email": charge.email},
+            "integration": INTEGRATION_ID,
+            "domain": "test",
+        }
 
     def _refund_data(self, refund: _Refund) -> dict[str, Any]:
         charge = refund.charge
         return {
             "transaction": self._transaction_data(charge),
-            "integration": 100001,
+            "integration": INTEGRATION_ID,
             "deducted_amount": 0,
             "channel": None,
             "merchant_note": f"Refund for transaction {charge.entry.reference}",
@@ -637,7 +880,7 @@ class PaystackEmulator:
     async def _fetch_refund(self, request: Request) -> Response:
         raw = request.path_params["id"]
         refund = self._refunds.get(int(raw)) if str(raw).isdigit() else None
-        if refund is None:
+        if refund is None or not self._visible(refund.accepted_s):
             return self._fail(404, "Refund not found", error_type=None)
         data = self._refund_data(refund)
         data["transaction_reference"] = refund.charge.entry.reference

@@ -130,7 +130,10 @@ async def test_provider_ids_are_stored_the_moment_the_adapter_learns_them(world:
     world.mpesa.default_behaviour = "hang_after_accept"
     record = await submit_with_clock(world, payment("ids-00001"))
     # The call hung after the provider took it: the id it learnt was stored before the timeout.
-    assert record.status is TransactionStatus.SUCCEEDED and record.attempts[0].outcome is AttemptOutcome.AMBIGUOUS
+    assert (
+        record.status is TransactionStatus.SUCCEEDED
+        and record.attempts[0].outcome is AttemptOutcome.AMBIGUOUS
+    )
     ids = await world.payments.identifiers("mpesa", "mpesa-ids-00001")
     assert ids == {"scripted_id": "S-mpesa-ids-00001"}
     found = await world.payments.find_payment("mpesa", "S-mpesa-ids-00001")
@@ -201,7 +204,11 @@ async def test_recover_after_a_crash_resolves_by_status_never_by_resend(world: W
     await world.payments.begin_attempt(
         "crash-0001",
         PaymentAttempt(
-            provider="mpesa", started_at=now, latency_ms=0, outcome=AttemptOutcome.SENDING, reference="mpesa-crash-0001"
+            provider="mpesa",
+            started_at=now,
+            latency_ms=0,
+            outcome=AttemptOutcome.SENDING,
+            reference="mpesa-crash-0001",
         ),
     )
     world.mpesa.charges["mpesa-crash-0001"] = 1  # the request did reach the provider
@@ -216,7 +223,9 @@ async def test_recover_after_a_crash_resolves_by_status_never_by_resend(world: W
     assert world.mpesa.calls == 0 and world.backup.calls == 0, "recovery never re-sends"
 
 
-async def test_a_payment_past_its_bound_needs_reconciliation_and_an_operator_resolves_it(world: World) -> None:
+async def test_a_payment_past_its_bound_needs_reconciliation_and_an_operator_resolves_it(
+    world: World,
+) -> None:
     world.mpesa.money_truth = LAGGING_TRUTH
     world.mpesa.status_answers["mpesa-bound-0001"] = TransactionStatus.PENDING
     record = await world.router.submit(payment("bound-0001"))
@@ -320,7 +329,9 @@ async def test_a_callback_is_confirmed_only_by_a_pull_and_kept_while_the_pull_sa
     )
     assert receipt.state == "pending"
     stored = await world.payments.get_payment("confirm-01")
-    assert stored is not None and stored.status is TransactionStatus.PENDING, "a callback alone changes nothing"
+    assert stored is not None and stored.status is TransactionStatus.PENDING, (
+        "a callback alone changes nothing"
+    )
     world.mpesa.status_answers["mpesa-confirm-01"] = TransactionStatus.SUCCEEDED
     await world.clock.advance(15)
     await world.reconciler.tick()
@@ -349,7 +360,9 @@ async def test_duplicates_unknown_payments_bad_signatures_and_malformed_bodies(w
     again = await world.inbox.receive("mpesa", "stk", None, payload, {})
     assert (first.state, again.state) == ("confirmed", "duplicate")
 
-    unknown = await world.inbox.receive("mpesa", "stk", None, body(reference="nobody", status="succeeded"), {})
+    unknown = await world.inbox.receive(
+        "mpesa", "stk", None, body(reference="nobody", status="succeeded"), {}
+    )
     assert (unknown.http_status, unknown.state) == (200, "unmatched")
     (kept,) = await world.payments.list_callbacks(states=(CallbackState.UNMATCHED,))
     assert kept.hint.reference == "nobody" and kept.next_check_at is not None
@@ -358,7 +371,9 @@ async def test_duplicates_unknown_payments_bad_signatures_and_malformed_bodies(w
     assert forged.http_status == 401
     for bad in (b"not json", b"[1, 2]", body(reference="x")):
         assert (await world.inbox.receive("mpesa", "stk", None, bad, {})).http_status == 400
-    assert (await world.inbox.receive("mpesa", "stk", None, body(event="ping", status="x"), {})).state == "ignored"
+    assert (
+        await world.inbox.receive("mpesa", "stk", None, body(event="ping", status="x"), {})
+    ).state == "ignored"
     assert (await world.inbox.receive("nobody", "stk", None, payload, {})).http_status == 404
     assert (await world.inbox.receive("intasend", "stk", None, payload, {})).http_status == 404
     assert (await world.inbox.receive("mpesa", "stk", None, b"x" * 70_000, {})).http_status == 413
@@ -395,7 +410,9 @@ async def test_an_asynchronous_pull_answer_counts_only_when_this_engine_asked(wo
         "mpesa",
         "result",
         None,
-        body(reference="mpesa-async-0001", status="succeeded", amount_minor=15_000, channel="status_query", n=2),
+        body(
+            reference="mpesa-async-0001", status="succeeded", amount_minor=15_000, channel="status_query", n=2
+        ),
         {},
     )
     assert solicited.state == "confirmed"

@@ -22,12 +22,12 @@ from mcp_autonomy.autonomy.optimizer import (
 )
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.events import EventBus
+from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.providers.base import Money, Operation, PaymentRequest
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.canary import ArmTally
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.resilience.tunables import ProviderTunables
-from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.store import Store
 from mcp_autonomy.telemetry import Telemetry
 from tests.fakes import ScriptedAdapter
@@ -69,7 +69,13 @@ def parts(tmp_path: Path, clock: ManualClock) -> Iterator[Parts]:
     store = Store(tmp_path / "db.sqlite3").open()
     bus = EventBus(clock)
     telemetry = Telemetry(clock)
-    yield PaymentRouter(registry, SqlitePaymentStore(store), telemetry, bus, clock), bus, store, telemetry, registry
+    yield (
+        PaymentRouter(registry, SqlitePaymentStore(store), telemetry, bus, clock),
+        bus,
+        store,
+        telemetry,
+        registry,
+    )
     store.close()
 
 

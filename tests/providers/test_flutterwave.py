@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -16,9 +17,13 @@ from pydantic import SecretStr, ValidationError
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackAuthError,
+    CallbackSource,
     ErrorClass,
+    MalformedCallback,
     Money,
     Operation,
+    PaymentContext,
     PaymentRequest,
     ProviderAdapter,
     ProviderError,
@@ -40,6 +45,8 @@ from mcp_autonomy.sandbox import (
     serve_sandbox,
 )
 from mcp_autonomy.sandbox import app as sandbox_app
+from mcp_autonomy.sandbox import flutterwave as flutterwave_emulator
+from mcp_autonomy.sandbox.core import Realism
 from mcp_autonomy.sandbox.flutterwave import FlutterwaveEmulator, FlutterwaveSandboxConfig
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +57,7 @@ KE_PHONE = "+254709000001"
 UG_PHONE = "+256772000021"
 GH_PHONE = "+233550000031"
 SECRET = FlutterwaveSandboxConfig().secret_keys[0]
+HASH = "flw-dashboard-secret-hash-7d1e"
 
 
 @dataclass
@@ -61,6 +69,12 @@ class FlutterwaveEnv:
     address: SandboxAddress
     adapter: FlutterwaveAdapter
     settings: FlutterwaveSettings
+    learnt: list[tuple[str, str, str]] = field(default_factory=list)
+    """Every (reference, kind, value) the adapter reported to its identifier sink, in order."""
+
+    def identifiers(self, reference: str) -> dict[str, str]:
+        """What the engine's durable store would hold for `reference` (the latest per kind)."""
+        return {kind: value for ref, kind, value in self.learnt if ref == reference}
 
     def new_adapter(self, **overrides: Any) -> FlutterwaveAdapter:
         """Another adapter on the same sandbox, with some settings changed."""
@@ -98,8 +112,10 @@ async def _flw_env(
             adapter = FlutterwaveAdapter(
                 settings, clock, timeout_s=timeout_s, settings_loader=settings_loader
             )
+            env = FlutterwaveEnv(clock, sandbox_of(app), address, adapter, settings)
+            adapter.identifier_sink = lambda ref, kind, value: env.learnt.append((ref, kind, value))
             try:
-                yield FlutterwaveEnv(clock, sandbox_of(app), address, adapter, settings)
+                yield env
             finally:
                 await adapter.close()
                 tg.cancel_scope.cancel()
@@ -410,3 +426,354 @@ def test_settings_capabilities_and_amounts(monkeypatch: pytest.MonkeyPatch, tmp_
     assert {"KE", "GH", "UG", "CM", "CI", "SN"} <= caps.countries
     assert amount_value(Money(amount_minor=1_500, currency="UGX")) == 1_500
     assert amount_value(Money(amount_minor=2_550, currency="GHS")) == 25.5
+
+
+# --- money truth: contexts, identifiers, lookup lag -----------------------------------------------
+
+
+def context_of(
+    env: FlutterwaveEnv, request: PaymentRequest, operation: Operation | None = None
+) -> PaymentContext:
+    """What the engine stored for `request`: its facts and every id the sink received."""
+    reference = FlutterwaveAdapter.reference_for(request.idempotency_key)
+    return PaymentContext(
+        reference=reference,
+        operation=operation or request.operation,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        identifiers=env.identifiers(reference),
+    )
+
+
+def adapter_alone(clock: ManualClock, **overrides: Any) -> FlutterwaveAdapter:
+    """An adapter that never calls out: parse_callback and money_truth need no provider."""
+    return FlutterwaveAdapter(flw_settings("http://127.0.0.1:9", **overrides), clock)
+
+
+def test_the_adapter_is_a_callback_source_with_its_money_truth(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    assert isinstance(adapter, CallbackSource) and isinstance(adapter, ProviderAdapter)
+    truth = FlutterwaveAdapter.money_truth
+    assert truth.callback_auth == "shared_secret"
+    # Flutterwave answers "No transaction was found" for payments it holds: never proof of absence.
+    assert truth.not_found_is_final_after_grace is False and truth.not_found_grace_s > 0
+    assert {"status", "amount", "currency", "payer"} <= truth.pull_carries and truth.sources
+
+
+async def test_initialize_drops_the_probe_cache(flw_env: Env) -> None:
+    async with flw_env(probe_min_interval_s=600) as env:
+        assert not (await env.adapter.probe()).detail.endswith("(cached)")
+        env.sandbox.faults.add("flutterwave", OutageSpec(mode="503"), endpoints=[EndpointKind.PROBE])
+        assert (await env.adapter.probe()).detail.endswith("(cached)")  # Flutterwave not asked
+        await env.adapter.initialize()
+        with pytest.raises(ProviderError) as down:
+            await env.adapter.probe()  # a re-initialised adapter reaches the provider again
+        assert down.value.http_status == 503
+
+
+async def test_ids_reach_the_identifier_sink_as_they_are_learnt(flw_env: Env) -> None:
+    async with flw_env() as env:
+        charge = await env.adapter.collect(kes("flw-ids-charge"))
+        ids = env.identifiers(charge.reference)
+        assert ids["transaction_id"] == charge.provider_reference and ids["flw_ref"].startswith("FLW")
+        payout = await env.adapter.payout(kes("flw-ids-payout", 2_000, operation=Operation.PAYOUT))
+        assert env.identifiers(payout.reference) == {"transfer_id": payout.provider_reference}
+        redirect = await env.adapter.collect(payment("flw-ids-ug", 1_500, "UGX", UG_PHONE, "UG"))
+        assert env.identifiers(redirect.reference) == {}  # redirect mode: no id until authorised
+        await env.clock.advance(5)
+        verified = await env.adapter.status(redirect.reference)
+        assert env.identifiers(redirect.reference)["transaction_id"] == verified.provider_reference
+        paid = await env.adapter.status(charge.reference)
+        first = await env.adapter.refund(paid, Money(amount_minor=5_000, currency="KES"))
+        second = await env.adapter.refund(paid, Money(amount_minor=10_000, currency="KES"))
+        assert env.identifiers(charge.reference)["refund_ids"] == (
+            f"{first.provider_reference},{second.provider_reference}"
+        )
+
+
+async def test_status_from_a_fresh_adapter_with_only_the_context(flw_env: Env) -> None:
+    async with flw_env() as env:
+        charge_request = kes("flw-ctx-charge")
+        payout_request = kes("flw-ctx-payout", 3_000, phone="+254709000011", operation=Operation.PAYOUT)
+        ghana_request = payment("flw-ctx-gh", 2_550, "GHS", GH_PHONE, "GH")
+        charge = await env.adapter.collect(charge_request)
+        payout = await env.adapter.payout(payout_request)
+        ghana = await env.adapter.collect(ghana_request)  # redirect mode: pulled by tx_ref only
+        for when in ("pending", "final"):
+            fresh = env.new_adapter()  # a restart, or another replica: no memory at all
+            try:
+                got_charge = await fresh.status(charge.reference, context=context_of(env, charge_request))
+                got_payout = await fresh.status(payout.reference, context=context_of(env, payout_request))
+                got_ghana = await fresh.status(ghana.reference, context=context_of(env, ghana_request))
+            finally:
+                await fresh.close()
+            assert got_charge.money == charge_request.money and got_charge.raw["payer"] == KE_PHONE
+            assert got_payout.money == payout_request.money and got_payout.raw["payer"] == "+254709000011"
+            assert got_ghana.money == Money(amount_minor=2_550, currency="GHS")
+            assert got_charge.provider_reference == charge.provider_reference
+            assert got_payout.provider_reference == payout.provider_reference
+            if when == "pending":
+                assert got_charge.status is TransactionStatus.PENDING
+                assert (got_payout.status, got_payout.raw_status) == (TransactionStatus.PENDING, "NEW")
+                await env.clock.advance(5)
+            else:
+                assert got_charge.status is TransactionStatus.SUCCEEDED
+                assert got_payout.status is TransactionStatus.SUCCEEDED
+                assert got_ghana.status is TransactionStatus.SUCCEEDED
+
+
+async def test_refunds_are_seen_from_the_context(flw_env: Env) -> None:
+    async with flw_env() as env:
+        request = kes("flw-ctx-refund", 20_000)
+        charge = await env.adapter.collect(request)
+        await env.clock.advance(5)
+        paid = await env.adapter.status(charge.reference)
+        refund = await env.adapter.refund(paid)
+        fresh = env.new_adapter()
+        try:
+            reversed_ = await fresh.status(charge.reference, context=context_of(env, request))
+            assert reversed_.status is TransactionStatus.REVERSED  # the learnt refunds cover it
+            one = await fresh.status(charge.reference, context=context_of(env, request, Operation.REFUND))
+            assert (one.status, one.provider_reference, one.money) == (
+                TransactionStatus.SUCCEEDED,
+                refund.provider_reference,
+                Money(amount_minor=20_000, currency="KES"),
+            )
+            blind = context_of(env, request, Operation.REFUND).model_copy(update={"identifiers": {}})
+            unknown = await fresh.status(charge.reference, context=blind)
+            assert unknown.status is TransactionStatus.UNKNOWN  # no refund id: no pull path, no guess
+        finally:
+            await fresh.close()
+
+
+async def test_not_found_while_lookups_lag_then_found(flw_env: Env) -> None:
+    async with flw_env() as env:
+        env.sandbox.outbox.realism.set(Realism(lookup_lag_s=4), "flutterwave")
+        charge_request = kes("flw-lag-charge")
+        payout_request = kes("flw-lag-payout", 2_000, operation=Operation.PAYOUT)
+        charge = await env.adapter.collect(charge_request)
+        payout = await env.adapter.payout(payout_request)
+        blind_adapter = env.new_adapter()  # no ids at all: by tx_ref and by the transfer list
+        try:
+            for adapter, with_ids in ((env.adapter, True), (blind_adapter, False)):
+                for request, reference in (
+                    (charge_request, charge.reference),
+                    (payout_request, payout.reference),
+                ):
+                    context = context_of(env, request)
+                    if not with_ids:
+                        context = context.model_copy(update={"identifiers": {}})
+                    with pytest.raises(ProviderError) as lagging:
+                        await adapter.status(reference, context=context)
+                    assert (lagging.value.error_class, lagging.value.code) == (
+                        ErrorClass.NOT_PROCESSED,
+                        NOT_FOUND_CODE,
+                    )
+            # A resend of the transfer meets Flutterwave's duplicate check: it exists even though
+            # no lookup sees it yet, so the answer is ambiguous, never "not processed".
+            with pytest.raises(ProviderError) as duplicate:
+                await blind_adapter.payout(payout_request)
+            assert duplicate.value.error_class is ErrorClass.AMBIGUOUS
+            assert env.sandbox.ledger.count_by_reference(payout.reference) == 1
+
+            await env.clock.advance(4)
+            for adapter in (env.adapter, blind_adapter):
+                found = await adapter.status(charge.reference, context=context_of(env, charge_request))
+                assert (found.status, found.money) == (TransactionStatus.PENDING, charge_request.money)
+                sent = await adapter.status(payout.reference, context=context_of(env, payout_request))
+                assert sent.money == payout_request.money
+        finally:
+            await blind_adapter.close()
+
+
+# --- webhooks: parse_callback is pure and trusts only the secret hash ------------------------------
+
+
+CHARGE_COMPLETED = {
+    "event": "charge.completed",
+    "data": {
+        "id": 4193499,
+        "tx_ref": "FLW-0123456789abcdef0123456789ab",
+        "flw_ref": "FLW123456789012",
+        "amount": 25.5,
+        "currency": "GHS",
+        "charged_amount": 25.5,
+        "processor_response": "Approved",
+        "status": "successful",
+        "payment_type": "mobilemoneygh",
+        "created_at": "2026-01-01T00:00:05.000Z",
+        "customer": {"id": 1, "name": "Ama", "phone_number": "0550000031", "email": "a@example.com"},
+    },
+    "event.type": "MOBILEMONEYGH_TRANSACTION",
+}
+TRANSFER_COMPLETED = {
+    "event": "transfer.completed",
+    "event.type": "Transfer",
+    "data": {
+        "id": 33286,
+        "account_number": "256772000021",
+        "bank_name": "MOBILE MONEY",
+        "bank_code": "MPS",
+        "fullname": "Bale Gary",
+        "currency": "UGX",
+        "amount": 1500,
+        "fee": 0,
+        "status": "FAILED",
+        "reference": "FLW-abcdefabcdefabcdefabcdefabcd",
+        "narration": "order 42",
+        "complete_message": "DISBURSE FAILED: Insufficient funds in customer wallet",
+    },
+}
+
+
+def hooked(event: Any, secret: str | None = HASH) -> tuple[bytes, dict[str, str]]:
+    raw = event if isinstance(event, bytes) else json.dumps(event).encode()
+    return raw, ({"verif-hash": secret} if secret is not None else {})
+
+
+def parse(adapter: FlutterwaveAdapter, raw: bytes, headers: dict[str, str]) -> Any:
+    return adapter.parse_callback(raw, headers, path_kind="webhook", path_reference="-")
+
+
+def test_a_genuine_charge_webhook_is_authenticated_and_converted_to_minor_units(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock, webhook_hash=SecretStr(HASH))
+    hint = parse(adapter, *hooked(CHARGE_COMPLETED))
+    assert hint is not None and hint.authenticated
+    assert (hint.reference, hint.provider_reference, hint.operation, hint.status) == (
+        "FLW-0123456789abcdef0123456789ab",
+        "4193499",
+        Operation.COLLECT,
+        TransactionStatus.SUCCEEDED,
+    )
+    assert hint.money == Money(amount_minor=2_550, currency="GHS")  # 25.5 cedis in pesewas
+    assert (hint.payer, hint.provider_message, hint.extras) == (
+        "+233550000031",  # Ghana's national form, read with the currency's country
+        "Approved",
+        {"flw_ref": "FLW123456789012"},
+    )
+    failed = parse(adapter, *hooked(TRANSFER_COMPLETED))
+    assert failed is not None
+    assert (failed.operation, failed.status, failed.reference, failed.provider_reference) == (
+        Operation.PAYOUT,
+        TransactionStatus.FAILED,
+        "FLW-abcdefabcdefabcdefabcdefabcd",
+        "33286",
+    )
+    assert failed.money == Money(amount_minor=1_500, currency="UGX")  # no minor unit in UGX
+    assert failed.payer == UG_PHONE and failed.provider_message.startswith("DISBURSE FAILED")
+    shouted = parse(adapter, hooked(CHARGE_COMPLETED)[0], {"Verif-Hash": HASH})
+    assert shouted == hint  # header names are case-insensitive
+
+
+def test_a_wrong_or_missing_hash_is_refused_and_never_shown(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock, webhook_hash=SecretStr(HASH))
+    for forged in (
+        hooked(CHARGE_COMPLETED, None),
+        hooked(CHARGE_COMPLETED, "guess"),
+        hooked(CHARGE_COMPLETED, ""),
+    ):
+        with pytest.raises(CallbackAuthError) as refused:
+            parse(adapter, *forged)
+        assert "verif-hash" in str(refused.value) and HASH not in str(refused.value)
+
+
+def test_without_a_configured_hash_webhooks_parse_unauthenticated(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    for headers in ({}, {"verif-hash": "anything"}):
+        hint = parse(adapter, hooked(CHARGE_COMPLETED)[0], headers)
+        assert hint is not None and hint.authenticated is False
+        assert hint.money == Money(amount_minor=2_550, currency="GHS")
+
+
+def test_a_mismatched_amount_is_carried_faithfully_and_parsing_is_pure(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock, webhook_hash=SecretStr(HASH))
+    cheap = {**CHARGE_COMPLETED, "data": {**CHARGE_COMPLETED["data"], "amount": 1, "currency": "KES"}}
+    raw, headers = hooked(cheap)
+    first, again = parse(adapter, raw, headers), parse(adapter, raw, headers)
+    assert first == again and first.money == Money(amount_minor=100, currency="KES")
+    assert adapter._identifiers == {}  # nothing learnt from a claim
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        (b"<html>not json</html>", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (json.dumps({"data": {}}).encode(), "missing event"),
+        (json.dumps({"event": "charge.completed", "data": []}).encode(), "missing data"),
+        (json.dumps({"event": "charge.completed", "data": {"status": "successful"}}).encode(), "data.tx_ref"),
+        (
+            json.dumps({"event": "charge.completed", "data": {"tx_ref": "FLW-x", "amount": 10}}).encode(),
+            "data.status",
+        ),
+        (
+            json.dumps(
+                {"event": "charge.completed", "data": {**CHARGE_COMPLETED["data"], "amount": "lots"}}
+            ).encode(),
+            "data.amount",
+        ),
+        (
+            json.dumps(
+                {"event": "charge.completed", "data": {**CHARGE_COMPLETED["data"], "amount": 10.001}}
+            ).encode(),
+            "data.amount",
+        ),
+        (
+            json.dumps({"event": "transfer.completed", "data": {"status": "FAILED"}}).encode(),
+            "data.reference",
+        ),
+    ],
+)
+def test_malformed_webhooks(clock: ManualClock, body: bytes, names: str) -> None:
+    with pytest.raises(MalformedCallback) as malformed:
+        parse(adapter_alone(clock, webhook_hash=SecretStr(HASH)), *hooked(body))
+    assert names in str(malformed.value)
+
+
+def test_events_about_no_payment_are_none(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock, webhook_hash=SecretStr(HASH))
+    for event in ("subscription.cancelled", "chargeback.created"):
+        assert parse(adapter, *hooked({"event": event, "data": {"id": 1}})) is None
+
+
+def test_the_webhook_hash_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    monkeypatch.setenv("FLUTTERWAVE_SECRET_KEY", "FLWSECK-live-0000-X")
+    monkeypatch.setenv("FLUTTERWAVE_WEBHOOK_HASH", "from-the-dashboard")
+    settings = FlutterwaveSettings()
+    assert (
+        settings.webhook_hash is not None and settings.webhook_hash.get_secret_value() == "from-the-dashboard"
+    )
+    assert "from-the-dashboard" not in repr(settings)
+    monkeypatch.setenv("FLUTTERWAVE_WEBHOOK_HASH", "")
+    assert FlutterwaveSettings().webhook_hash is None  # empty is "not set", never "accept empty"
+
+
+# --- reconciliation by list ------------------------------------------------------------------------
+
+
+async def test_list_transactions_walks_pages_and_keeps_the_exact_window(
+    flw_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flutterwave_emulator, "LIST_PAGE_SIZE", 2)  # 5 charges: three pages
+    async with flw_env() as env:
+        start = env.clock.now()
+        references = []
+        for n in range(5):
+            request = kes(f"flw-list-{n}", 1_000 + n, phone=f"+25470900004{n}")
+            references.append((await env.adapter.collect(request)).reference)
+            await env.clock.advance(10)
+        learnt_before = list(env.learnt)
+        listed = await env.adapter.list_transactions(start, start + 30)  # the day, cut to 30 s
+        assert [t.reference for t in listed] == references[2::-1]  # newest first
+        first = {t.reference: t for t in listed}[references[0]]
+        assert (first.status, first.money) == (
+            TransactionStatus.SUCCEEDED,
+            Money(amount_minor=1_000, currency="KES"),
+        )
+        assert "payer" not in first.raw  # list rows carry no phone
+        everything = await env.adapter.list_transactions(start, env.clock.now())
+        assert sorted(t.reference for t in everything) == sorted(references)
+        assert env.learnt == learnt_before  # listing learns nothing: rows need not be ours

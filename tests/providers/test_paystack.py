@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -10,16 +13,23 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.providers import paystack as paystack_module
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
+    CallbackAuthError,
+    CallbackSource,
     ErrorClass,
+    MalformedCallback,
     Money,
     Operation,
+    PaymentContext,
     PaymentRequest,
+    ProviderAdapter,
     ProviderError,
     TransactionStatus,
 )
-from mcp_autonomy.providers.paystack import PaystackAdapter, PaystackSettings
+from mcp_autonomy.providers.paystack import ABANDONED_FINAL_AFTER_S, PaystackAdapter, PaystackSettings
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -28,8 +38,10 @@ from mcp_autonomy.sandbox import (
     ErrorRateSpec,
     LedgerStatus,
     OutageSpec,
+    PaystackSandboxConfig,
     ThrottleSpec,
 )
+from mcp_autonomy.sandbox.core import Realism
 
 if TYPE_CHECKING:
     from tests.providers.conftest import PaystackEnv
@@ -38,6 +50,7 @@ pytestmark = pytest.mark.anyio
 
 KE_PHONE = "+254700000011"
 GH_PHONE = "+233550000012"
+SECRET = PaystackSandboxConfig().secret_keys[0]
 Env = Callable[..., AbstractAsyncContextManager["PaystackEnv"]]
 MakePayment = Callable[..., PaymentRequest]
 
@@ -88,22 +101,33 @@ async def test_vodafone_charge_needs_the_otp(paystack_env: Env, make_payment: Ma
         assert env.sandbox.ledger.charges_for(GH_PHONE)[0].amount_minor == 2_500
 
 
-@pytest.mark.parametrize(
-    ("behavior", "raw", "after_s"), [("decline", "failed", 5), ("ignore", "abandoned", 180)]
-)
-async def test_declined_and_abandoned_charges_fail(
-    paystack_env: Env, make_payment: MakePayment, behavior: str, raw: str, after_s: float
-) -> None:
+async def test_declined_charge_fails(paystack_env: Env, make_payment: MakePayment) -> None:
     async with paystack_env() as env:
         env.sandbox.customers.set(
-            CustomerBehavior(msisdn=KE_PHONE, action=behavior, decline_code="Insufficient Funds")
+            CustomerBehavior(msisdn=KE_PHONE, action="decline", decline_code="Insufficient Funds")
         )
-        txn = await env.adapter.collect(kes(make_payment, f"ps-order-{behavior}"))
-        await env.clock.advance(after_s)
+        txn = await env.adapter.collect(kes(make_payment, "ps-order-decline"))
+        await env.clock.advance(5)
         polled = await env.adapter.status(txn.reference)
-        assert (polled.status, polled.raw_status) == (TransactionStatus.FAILED, raw)
-        if behavior == "decline":
-            assert polled.provider_message == "Insufficient Funds"
+        assert (polled.status, polled.raw_status) == (TransactionStatus.FAILED, "failed")
+        assert polled.provider_message == "Insufficient Funds"
+
+
+async def test_abandoned_is_pending_while_the_customer_may_still_complete(
+    paystack_env: Env, make_payment: MakePayment
+) -> None:
+    """Abandoned is not final at first (failing over then could charge twice), then it fails."""
+    async with paystack_env() as env:
+        env.sandbox.customers.set(CustomerBehavior(msisdn=KE_PHONE, action="ignore"))
+        txn = await env.adapter.collect(kes(make_payment, "ps-order-ignore"))
+        await env.clock.advance(180)
+        polled = await env.adapter.status(txn.reference)
+        assert (polled.status, polled.raw_status) == (TransactionStatus.PENDING, "abandoned")
+        assert polled.provider_message is not None and "may still complete" in polled.provider_message
+        await env.clock.advance(ABANDONED_FINAL_AFTER_S - 180)
+        polled = await env.adapter.status(txn.reference)
+        assert (polled.status, polled.raw_status) == (TransactionStatus.FAILED, "abandoned")
+        assert not env.sandbox.ledger.successful_charges_for(KE_PHONE)
 
 
 async def test_invalid_requests(paystack_env: Env, make_payment: MakePayment) -> None:
@@ -348,6 +372,399 @@ async def test_build_adapter_reads_the_environment(
     assert "KES" in adapter.capabilities.currencies
     with pytest.raises(KeyError):
         build_adapter("orange", clock)
+
+
+# --- money truth: contexts, identifiers, lookup lag -----------------------------------------------
+
+
+def context_of(
+    env: PaystackEnv, request: PaymentRequest, operation: Operation | None = None
+) -> PaymentContext:
+    """What the engine stored for `request`: its facts and every id the sink received."""
+    reference = PaystackAdapter.reference_for(request.idempotency_key)
+    return PaymentContext(
+        reference=reference,
+        operation=operation or request.operation,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        identifiers=env.identifiers(reference),
+    )
+
+
+def adapter_alone(clock: ManualClock) -> PaystackAdapter:
+    """An adapter that never calls out: parse_callback and money_truth need no provider."""
+    return PaystackAdapter(
+        PaystackSettings(secret_key=SecretStr(SECRET), base_url="http://127.0.0.1:9"), clock
+    )
+
+
+async def test_the_adapter_is_a_callback_source_with_its_money_truth(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    assert isinstance(adapter, CallbackSource) and isinstance(adapter, ProviderAdapter)
+    truth = PaystackAdapter.money_truth
+    assert truth.callback_auth == "hmac_sha512"
+    assert {"status", "amount", "currency", "payer"} <= truth.pull_carries
+    assert truth.not_found_grace_s > 0 and truth.sources
+
+
+async def test_initialize_drops_the_probe_cache(paystack_env: Env) -> None:
+    async with paystack_env(probe_min_interval_s=600) as env:
+        first = await env.adapter.probe()
+        assert first.ok and not first.detail.endswith("(cached)")
+        env.sandbox.faults.add("paystack", OutageSpec(mode="503"), endpoints=[EndpointKind.PROBE])
+        cached = await env.adapter.probe()  # within the interval: Paystack is not asked
+        assert cached.ok and cached.detail.endswith("(cached)")
+        await env.adapter.initialize()
+        with pytest.raises(ProviderError) as down:
+            await env.adapter.probe()  # a re-initialised adapter reaches the provider again
+        assert down.value.http_status == 503
+
+
+async def test_ids_reach_the_identifier_sink_as_they_are_learnt(
+    paystack_env: Env, make_payment: MakePayment
+) -> None:
+    async with paystack_env() as env:
+        request = ghs(make_payment, "ps-payout-ids", 5_000, operation=Operation.PAYOUT)
+        txn = await env.adapter.payout(request)
+        seen_at_return = [kind for ref, kind, _ in env.learnt if ref == txn.reference]
+        assert seen_at_return == ["recipient_code", "transfer_code", "transfer_id"]
+        ids = env.identifiers(txn.reference)
+        assert ids["recipient_code"].startswith("RCP_") and ids["transfer_code"].startswith("TRF_")
+        assert ids["transfer_id"] == txn.provider_reference
+
+        charge = await env.adapter.collect(kes(make_payment, "ps-order-ids"))
+        assert env.identifiers(charge.reference) == {}  # a pending charge's answer carries no id
+        await env.clock.advance(5)
+        done = await env.adapter.status(charge.reference)
+        assert env.identifiers(charge.reference) == {"transaction_id": done.provider_reference}
+        refund = await env.adapter.refund(done)
+        assert env.identifiers(charge.reference)["refund_id"] == refund.provider_reference
+
+
+async def test_the_recipient_is_reported_even_when_the_transfer_then_fails(
+    paystack_env: Env, make_payment: MakePayment
+) -> None:
+    async with paystack_env(config=PaystackSandboxConfig(balances_minor={"GHS": 1_000})) as env:
+        request = ghs(make_payment, "ps-payout-broke", 5_000, operation=Operation.PAYOUT)
+        with pytest.raises(ProviderError) as refused:
+            await env.adapter.payout(request)
+        assert refused.value.code == "insufficient_balance"
+        reference = PaystackAdapter.reference_for(request.idempotency_key)
+        assert env.identifiers(reference)["recipient_code"].startswith("RCP_")
+        assert env.sandbox.ledger.entries(operation="payout") == []
+
+
+async def test_status_from_a_fresh_adapter_with_only_the_context(
+    paystack_env: Env, make_payment: MakePayment
+) -> None:
+    async with paystack_env() as env:
+        charge_request = kes(make_payment, "ps-order-ctx")
+        payout_request = kes(
+            make_payment, "ps-payout-ctx", 4_000, phone="+254700000021", operation=Operation.PAYOUT
+        )
+        charge = await env.adapter.collect(charge_request)
+        payout = await env.adapter.payout(payout_request)
+        for when in ("pending", "final"):
+            fresh = env.new_adapter()  # a restart, or another replica: no memory at all
+            try:
+                got_charge = await fresh.status(charge.reference, context=context_of(env, charge_request))
+                got_payout = await fresh.status(payout.reference, context=context_of(env, payout_request))
+            finally:
+                await fresh.close()
+            # The pull carries amount, currency and the phone: all three come from Paystack.
+            assert got_charge.money == charge_request.money and got_charge.raw["payer"] == KE_PHONE
+            assert got_payout.money == payout_request.money and got_payout.raw["payer"] == "+254700000021"
+            if when == "pending":
+                assert (got_charge.status, got_charge.raw_status) == (TransactionStatus.PENDING, "ongoing")
+                assert (got_payout.status, got_payout.raw_status) == (TransactionStatus.PENDING, "pending")
+                await env.clock.advance(5)
+            else:
+                assert got_charge.status is TransactionStatus.SUCCEEDED
+                assert got_payout.status is TransactionStatus.SUCCEEDED
+                assert got_payout.provider_reference == env.identifiers(payout.reference)["transfer_id"]
+
+
+async def test_refund_status_from_the_context(paystack_env: Env, make_payment: MakePayment) -> None:
+    async with paystack_env() as env:
+        request = kes(make_payment, "ps-order-refund-ctx")
+        txn = await env.adapter.collect(request)
+        await env.clock.advance(5)
+        refund = await env.adapter.refund(await env.adapter.status(txn.reference))
+        context = context_of(env, request, Operation.REFUND)
+        fresh = env.new_adapter()
+        try:
+            queued = await fresh.status(txn.reference, context=context)
+            assert (queued.status, queued.provider_reference) == (
+                TransactionStatus.PENDING,
+                refund.provider_reference,
+            )
+            await env.clock.advance(5)
+            done = await fresh.status(txn.reference, context=context)
+            assert (done.status, done.money) == (TransactionStatus.SUCCEEDED, request.money)
+            blind = await fresh.status(txn.reference, context=context.model_copy(update={"identifiers": {}}))
+            assert blind.status is TransactionStatus.UNKNOWN  # no refund id: no pull path, no guess
+            assert blind.provider_message is not None and "refund id" in blind.provider_message
+        finally:
+            await fresh.close()
+
+
+async def test_not_found_while_lookups_lag_then_found(paystack_env: Env, make_payment: MakePayment) -> None:
+    async with paystack_env() as env:
+        env.sandbox.outbox.realism.set(Realism(lookup_lag_s=4), "paystack")
+        charge_request = kes(make_payment, "ps-order-lag")
+        payout_request = kes(make_payment, "ps-payout-lag", 2_000, operation=Operation.PAYOUT)
+        charge = await env.adapter.collect(charge_request)
+        payout = await env.adapter.payout(payout_request)
+        for request, reference in ((charge_request, charge.reference), (payout_request, payout.reference)):
+            with pytest.raises(ProviderError) as lagging:
+                await env.adapter.status(reference, context=context_of(env, request))
+            assert (lagging.value.error_class, lagging.value.code) == (
+                ErrorClass.NOT_PROCESSED,
+                NOT_FOUND_CODE,
+            )
+        # A resend meets duplicate_reference: the charge exists even though verify cannot see it,
+        # so the answer is ambiguous, never "not found".
+        with pytest.raises(ProviderError) as duplicate:
+            await env.adapter.collect(charge_request)
+        assert duplicate.value.error_class is ErrorClass.AMBIGUOUS
+        assert env.sandbox.ledger.count_by_reference(charge.reference) == 1
+
+        await env.clock.advance(4)
+        found = await env.adapter.status(charge.reference, context=context_of(env, charge_request))
+        assert (found.status, found.money) == (TransactionStatus.PENDING, charge_request.money)
+        sent = await env.adapter.status(payout.reference, context=context_of(env, payout_request))
+        assert (sent.status, sent.money) == (
+            TransactionStatus.SUCCEEDED,
+            payout_request.money,
+        )  # 3 s transfer
+
+
+# --- webhooks: parse_callback is pure and trusts only the signature ------------------------------
+
+
+def signed(event: Any, key: str = SECRET) -> tuple[bytes, dict[str, str]]:
+    """A webhook body (an object, or raw bytes as sent) and its x-paystack-signature header."""
+    raw = event if isinstance(event, bytes) else json.dumps(event).encode()
+    return raw, {"x-paystack-signature": hmac.new(key.encode(), raw, hashlib.sha512).hexdigest()}
+
+
+CHARGE_SUCCESS = {
+    "event": "charge.success",
+    "data": {
+        "id": 4099260516,
+        "domain": "test",
+        "status": "success",
+        "reference": "ps-0123456789abcdef0123456789a",
+        "amount": 15_050,
+        "gateway_response": "Approved",
+        "currency": "KES",
+        "channel": "mobile_money",
+        "customer": {"email": "a@example.com", "phone": "0700000011", "international_format_phone": None},
+    },
+}
+TRANSFER_FAILED = {
+    "event": "transfer.failed",
+    "data": {
+        "amount": 7_500,
+        "currency": "GHS",
+        "id": 37272792,
+        "reference": "ps-abcdefabcdefabcdefabcdefabcde",
+        "status": "failed",
+        "transfer_code": "TRF_wpl1dem4967avzm",
+        "gateway_response": "Account closed",
+        "recipient": {
+            "recipient_code": "RCP_x",
+            "details": {"account_number": "0550000012", "bank_code": "MTN"},
+        },
+    },
+}
+REFUND_PROCESSED = {
+    "event": "refund.processed",
+    "data": {
+        "status": "processed",
+        "transaction_reference": "ps-0123456789abcdef0123456789a",
+        "refund_reference": "132013318360",
+        "amount": "5000",
+        "currency": "KES",
+        "processor": "mpesa",
+        "customer": {"first_name": "Ada", "last_name": "L", "email": "a@example.com"},
+        "integration": 412829,
+        "domain": "live",
+    },
+}
+
+
+def parse(adapter: PaystackAdapter, raw: bytes, headers: dict[str, str]) -> Any:
+    return adapter.parse_callback(raw, headers, path_kind="webhook", path_reference="-")
+
+
+def test_a_genuine_charge_success_is_authenticated_and_read_in_subunits(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    hint = parse(adapter, *signed(CHARGE_SUCCESS))
+    assert hint is not None and hint.authenticated
+    assert (hint.reference, hint.provider_reference, hint.operation, hint.status) == (
+        "ps-0123456789abcdef0123456789a",
+        "4099260516",
+        Operation.COLLECT,
+        TransactionStatus.SUCCEEDED,
+    )
+    assert hint.money == Money(amount_minor=15_050, currency="KES")  # subunits as sent, not 15050 KES x 100
+    assert hint.payer == "+254700000011"  # a national number, read with the currency's country
+    assert hint.provider_message == "Approved"
+    # Header names are case-insensitive, whatever mapping carries them.
+    raw, headers = signed(CHARGE_SUCCESS)
+    shouted = parse(adapter, raw, {"X-Paystack-Signature": headers["x-paystack-signature"]})
+    assert shouted == hint
+
+
+def test_transfer_and_refund_events(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    failed = parse(adapter, *signed(TRANSFER_FAILED))
+    assert failed is not None
+    assert (failed.operation, failed.status, failed.provider_reference, failed.payer) == (
+        Operation.PAYOUT,
+        TransactionStatus.FAILED,
+        "37272792",
+        "+233550000012",
+    )
+    assert (failed.money, failed.provider_message, failed.extras) == (
+        Money(amount_minor=7_500, currency="GHS"),
+        "Account closed",
+        {"transfer_code": "TRF_wpl1dem4967avzm"},
+    )
+    reversed_ = {"event": "transfer.reversed", "data": {**TRANSFER_FAILED["data"], "status": "reversed"}}
+    assert parse(adapter, *signed(reversed_)).status is TransactionStatus.REVERSED
+    refund = parse(adapter, *signed(REFUND_PROCESSED))
+    assert refund is not None
+    assert (refund.operation, refund.status, refund.reference, refund.money, refund.payer) == (
+        Operation.REFUND,
+        TransactionStatus.SUCCEEDED,
+        "ps-0123456789abcdef0123456789a",
+        Money(amount_minor=5_000, currency="KES"),  # Paystack sends this amount as a string
+        None,
+    )
+    pending = {"event": "refund.pending", "data": {**REFUND_PROCESSED["data"], "status": "pending"}}
+    assert parse(adapter, *signed(pending)).status is TransactionStatus.PENDING
+
+
+def test_forged_webhooks_are_refused_and_never_show_the_secret(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    raw, headers = signed(CHARGE_SUCCESS)
+    forgeries: list[tuple[bytes, dict[str, str]]] = [
+        (raw, {}),  # no signature
+        signed(CHARGE_SUCCESS, key="sk_test_someone_else_000000000000000"),  # another key
+        (raw.replace(b"15050", b"15"), headers),  # a body changed after signing
+        (raw, {"x-paystack-signature": ""}),
+    ]
+    for body, forged in forgeries:
+        with pytest.raises(CallbackAuthError) as refused:
+            parse(adapter, body, forged)
+        assert "x-paystack-signature" in str(refused.value)
+        assert SECRET not in str(refused.value)
+
+
+def test_a_mismatched_amount_is_carried_faithfully(clock: ManualClock) -> None:
+    """The hint claims what the body says; the engine compares it with the pull and refuses."""
+    adapter = adapter_alone(clock)
+    cheap = {"event": "charge.success", "data": {**CHARGE_SUCCESS["data"], "amount": 100, "currency": "GHS"}}
+    hint = parse(adapter, *signed(cheap))
+    assert hint.money == Money(amount_minor=100, currency="GHS") and hint.authenticated
+
+
+def test_parsing_is_pure_a_duplicate_parses_the_same(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    raw, headers = signed(CHARGE_SUCCESS)
+    assert parse(adapter, raw, headers) == parse(adapter, raw, headers)
+    assert adapter._identifiers == {}  # nothing learnt from a claim
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        (b"not json at all", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"{}", "missing event"),
+        (json.dumps({"event": "charge.success"}).encode(), "missing data"),
+        (json.dumps({"event": "charge.success", "data": {"status": "success"}}).encode(), "data.reference"),
+        (
+            json.dumps(
+                {"event": "charge.success", "data": {**CHARGE_SUCCESS["data"], "amount": 10.5}}
+            ).encode(),
+            "data.amount",
+        ),
+        (
+            json.dumps(
+                {"event": "charge.success", "data": {**CHARGE_SUCCESS["data"], "amount": -5}}
+            ).encode(),
+            "data.amount",
+        ),
+        (
+            json.dumps({"event": "refund.processed", "data": {"status": "processed"}}).encode(),
+            "data.transaction_reference",
+        ),
+    ],
+)
+def test_malformed_webhooks(clock: ManualClock, body: bytes, names: str) -> None:
+    with pytest.raises(MalformedCallback) as malformed:
+        parse(adapter_alone(clock), *signed(body))
+    assert names in str(malformed.value)
+
+
+def test_events_about_no_payment_are_none(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    for event in ("subscription.create", "charge.dispute.create", "customeridentification.success"):
+        assert parse(adapter, *signed({"event": event, "data": {"id": 1}})) is None
+
+
+def test_the_url_reference_fills_in_and_must_agree(clock: ManualClock) -> None:
+    adapter = adapter_alone(clock)
+    no_reference = {
+        "event": "charge.success",
+        "data": {k: v for k, v in CHARGE_SUCCESS["data"].items() if k != "reference"},
+    }
+    hint = adapter.parse_callback(*signed(no_reference), path_kind="webhook", path_reference="ps-from-url")
+    assert hint is not None and hint.reference == "ps-from-url"
+    with pytest.raises(MalformedCallback):
+        adapter.parse_callback(*signed(CHARGE_SUCCESS), path_kind="webhook", path_reference="ps-other")
+
+
+# --- reconciliation by list ------------------------------------------------------------------------
+
+
+async def test_list_transactions_walks_pages_and_keeps_the_exact_window(
+    paystack_env: Env, make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paystack_module, "LIST_PAGE_SIZE", 2)  # 5 charges: three pages
+    async with paystack_env() as env:
+        start = env.clock.now()
+        references = []
+        for n in range(5):
+            phone = f"+25470000004{n}"
+            references.append(
+                (
+                    await env.adapter.collect(kes(make_payment, f"ps-list-{n}", 1_000 + n, phone=phone))
+                ).reference
+            )
+            await env.clock.advance(10)
+        await env.clock.advance(5)  # the first charges are approved by now
+        listed = await env.adapter.list_transactions(start, start + 30)  # the first three only
+        assert [t.reference for t in listed] == references[2::-1]  # newest first, as Paystack lists
+        by_reference = {t.reference: t for t in listed}
+        first = by_reference[references[0]]
+        assert (first.status, first.money, first.raw["payer"]) == (
+            TransactionStatus.SUCCEEDED,
+            Money(amount_minor=1_000, currency="KES"),
+            "+254700000040",
+        )
+        assert (
+            first.provider_reference
+            == env.sandbox.ledger.entries(reference=references[0])[0].provider_reference
+        )
+        everything = await env.adapter.list_transactions(start, env.clock.now())
+        assert sorted(t.reference for t in everything) == sorted(references)
+        assert env.learnt == []  # listing learns nothing: rows need not be ours
 
 
 # --- the shared classification (providers.http) -------------------------------------------------

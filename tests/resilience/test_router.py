@@ -12,12 +12,12 @@ import pytest
 from mcp_autonomy.autonomy.reconciler import PaymentLocks, PaymentReconciler
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.events import EventBus
+from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.payments import AttemptOutcome
 from mcp_autonomy.providers.base import Money, Operation, PaymentRequest, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerConfig, BreakerState
 from mcp_autonomy.resilience.router import IdempotencyConflict, NoRouteError, PaymentRouter
-from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.store import Store
 from mcp_autonomy.telemetry import Telemetry
 from tests.fakes import ScriptedAdapter

@@ -278,7 +278,7 @@ class PaymentClient:
         error: str | None = None
         try:
             with anyio.fail_after(CALL_TIMEOUT_S):
-                async with Client(self.url, mode="legacy", read_timeout_seconds=CALL_TIMEOUT_S) as client:  # type: ignore[arg-type]
+                async with Client(self.url, mode="legacy", read_timeout_seconds=CALL_TIMEOUT_S) as client:
                     sent = True  # the session is open: from here on the call may reach the tool
                     answer = await client.call_tool(tool, arguments)
         except BaseException as exc:  # connection errors arrive wrapped in exception groups

@@ -144,7 +144,8 @@ async def test_callbacks_never_change_a_payment_wrongly(
 
                 paid_cb = records_for(sent, *await ids(paid.idempotency_key))
                 declined_cb = records_for(sent, *await ids(declined.idempotency_key))
-                assert paid_cb and declined_cb, [r.url for r in sent]
+                # Paystack has no webhook for a failed charge (there is no charge.failed event).
+                assert paid_cb and (declined_cb or provider == "paystack"), [r.url for r in sent]
                 poster = Poster(client, provider)
 
                 # Genuine: confirmed by a pull, and the payment takes the pull's answer.
@@ -153,7 +154,10 @@ async def test_callbacks_never_change_a_payment_wrongly(
                 assert (
                     await system.payments.get_payment(paid.idempotency_key)
                 ).status is TransactionStatus.SUCCEEDED  # type: ignore[union-attr]
-                assert (await poster.post(declined_cb[0])).json()["state"] == "confirmed"
+                if declined_cb:
+                    assert (await poster.post(declined_cb[0])).json()["state"] == "confirmed"
+                else:
+                    await system.get_payment(declined.idempotency_key)  # learnt by a pull instead
                 assert (
                     await system.payments.get_payment(declined.idempotency_key)
                 ).status is TransactionStatus.FAILED  # type: ignore[union-attr]
@@ -198,8 +202,10 @@ async def test_callbacks_never_change_a_payment_wrongly(
                 unknown_url = paid_cb[0].url
                 for old in paid_ids:
                     if old:
-                        unknown_text = unknown_text.replace(old, f"ZZ{old[2:]}" if len(old) > 4 else old)
-                        unknown_url = unknown_url.replace(old, f"ZZ{old[2:]}" if len(old) > 4 else old)
+                        # Another id of the same kind (a number stays a number in JSON).
+                        new = f"9{old}" if old.isdigit() else (f"ZZ{old[2:]}" if len(old) > 4 else old)
+                        unknown_text = unknown_text.replace(old, new)
+                        unknown_url = unknown_url.replace(old, new)
                 unknown_raw = unknown_text.encode()
                 unknown_record = CallbackRecord(0, provider, unknown_url, {}, 0.0, headers=paid_cb[0].headers)
                 unknown = await poster.post(

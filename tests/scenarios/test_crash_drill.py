@@ -11,7 +11,8 @@ their callbacks to the server's callback routes, and the sandbox's ledgers are t
 
 1. The sandbox loses 20 % of M-Pesa callbacks, repeats 10 %, delays them 0.2-8 s (out of order,
    some land while the server is dead or after its restart); lookups lag acceptance by 2 s;
-   STK pushes and B2C requests take 0.2-1 s at M-Pesa. Customers accept after 1-4 s or decline.
+   M-Pesa waits 0.1-0.6 s before it processes a push or a B2C request. Customers accept after
+   1-4 s, or decline (cancelled by the user, insufficient funds); one payout fails.
 2. Two payments every 1.2 s (about 100 a minute; every sixth a payout) for 16 s. Then a burst
    of five while M-Pesa processes what reaches it but withholds its answers (`accept_then_hang`):
    the first three are processed at M-Pesa, the last two are held at its door (3 s latency); then
@@ -22,11 +23,16 @@ their callbacks to the server's callback routes, and the sandbox's ledgers are t
    the kill cut, resends of calls that never reached the server, and replays of answered ones.
 3. Once the engine has reconciled (bounded wait), the engine and the ledgers must agree.
 
-An STK push whose answer the kill cut has no CheckoutRequestID, and Daraja can be asked about a
-push only by it: such a payment stays `unknown` (then `needs_reconciliation` after M-Pesa's
-documented `pending_bound_s`) even when the customer paid. It is the only case where a charge
-may show as anything but `succeeded`; the drill checks it is flagged so, with a check scheduled,
-and counts it.
+Two kinds of payment may stay open after reconciliation, by design, until their provider's
+documented bound (`MoneyTruth.pending_bound_s`, then `needs_reconciliation`), and the drill does
+not wait that long: it checks they are `unknown` with a check scheduled and inside the bound.
+
+- An STK push whose answer the kill cut has no CheckoutRequestID, and Daraja can be asked about
+  a push only by it: it stays open even when the customer paid. It is the only case where a
+  charge may show as anything but `succeeded`; its status_reason must say there is no pull path.
+- A payment the kill cut before its provider processed it: the provider has no record of it,
+  and its "not found" does not prove the payment was never processed (M-Pesa documents no such
+  meaning), so the engine keeps asking. It must not show `pending` (held by the provider).
 """
 
 from __future__ import annotations
@@ -450,14 +456,14 @@ def check(
             if now - since >= bound_s and status != "needs_reconciliation":
                 problems.append(f"{key}: {status} past {record['provider']}'s bound of {bound_s:g} s")
     for key, entries in entries_by_key.items():
-        record = engine.get(key)
-        if record is None:
+        held = engine.get(key)
+        if held is None:
             continue
         for entry in entries:
-            if entry["status"] in MOVED and record["status"] != "succeeded" and not unpullable_push(record):
+            if entry["status"] in MOVED and held["status"] != "succeeded" and not unpullable_push(held):
                 problems.append(
                     f"{key}: charged at {entry['provider']} ({entry['provider_reference']}), the engine shows "
-                    f"{record['status']} ({record['status_reason']})"
+                    f"{held['status']} ({held['status_reason']})"
                 )
 
     statuses = Counter(p["status"] for p in payments)

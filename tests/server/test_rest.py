@@ -474,11 +474,13 @@ def test_payments_and_callbacks_are_listed_and_resolving_names_what_is_wrong(
     assert callbacks.status_code == 200, callbacks.text
     conforms_to_response(openapi, "get", "/autonomous/callbacks", callbacks)
     unknown = api.post(
-        "/autonomous/payments/no-such-key-1/resolve", json={"outcome": "failed", "reason": "portal shows none"}
+        "/autonomous/payments/no-such-key-1/resolve",
+        json={"outcome": "failed", "reason": "portal shows none"},
     )
     assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "key"
     conforms_to_response(openapi, "post", "/autonomous/payments/{key}/resolve", unknown)
     wrong = api.post(
-        "/autonomous/payments/no-such-key-1/resolve", json={"outcome": "pending", "reason": "portal shows none"}
+        "/autonomous/payments/no-such-key-1/resolve",
+        json={"outcome": "pending", "reason": "portal shows none"},
     )
     assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "outcome"
