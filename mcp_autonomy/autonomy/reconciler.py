@@ -36,7 +36,7 @@ from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.payments import AttemptOutcome, PaymentRecord, PaymentStore
 from mcp_autonomy.providers.base import ProviderTransaction, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderRegistry
-from mcp_autonomy.resilience.router import PaymentRouter, NoAnswer
+from mcp_autonomy.resilience.router import NoAnswer, PaymentRouter
 
 logger = logging.getLogger(__name__)
 
