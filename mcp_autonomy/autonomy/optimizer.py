@@ -39,8 +39,9 @@ regime). A timeout raise while timeouts pile up is applied to all traffic at onc
 (or a switchback) would keep failing slow payments for as long as it runs; it is judged by the
 calls it rescued. The breaker's failure-rate threshold is tuned live (`BreakerThresholdTuner`:
 never under the provider's normal error level, lower during an outage, back to the default when
-the outage ends). The status-cache TTL has a tuner but no live path (there is no status cache
-yet). The breaker's open period (`breaker_wait_s`) has a live path (operators set it with
+the outage ends). The status-cache TTL has a live path (the router's per-lane `StatusCache`,
+whose queries, hits and stale hits reach the evidence) and a tuner, not yet live: its effect on
+payments has not been measured in a benchmark. The breaker's open period (`breaker_wait_s`) has a live path (operators set it with
 `set_provider_config`) and a tuner (`BreakerWaitTuner`, from the half-open trials), but the
 tuner is not live: measured in `benchmarks/optimizer_effect.py`, halving the period when trials
 found the provider back made a periodic outage worse (33.4 % vs 36.1 % success: the breaker's
@@ -193,6 +194,9 @@ class _TallyPoint:
     retries_exhausted: int
     trials_passed: int = 0  # the lane breaker's half-open trials, cumulative
     trials_failed: int = 0
+    status_queries: int = 0  # the lane's status cache, cumulative
+    status_cache_hits: int = 0
+    stale_cache_hits: int = 0
 
 
 @dataclass
@@ -219,6 +223,9 @@ def _slot_delta(newest: _TallyPoint, start: _TallyPoint) -> _TallyPoint:
         newest.retries_exhausted - start.retries_exhausted,
         newest.trials_passed - start.trials_passed,
         newest.trials_failed - start.trials_failed,
+        newest.status_queries - start.status_queries,
+        newest.status_cache_hits - start.status_cache_hits,
+        newest.stale_cache_hits - start.stale_cache_hits,
     )
 
 
@@ -400,6 +407,9 @@ class AutoOptimizer(Component):
                 tally.retries_exhausted,
                 lane.breaker.trials_passed,
                 lane.breaker.trials_failed,
+                lane.status_cache.queries,
+                lane.status_cache.hits,
+                lane.status_cache.stale_hits,
             )
         )
         while len(history) > 2 and now - history[1].at >= LONG_RUN_WINDOW_S:
@@ -438,6 +448,9 @@ class AutoOptimizer(Component):
             retries_exhausted=counts.retries_exhausted,
             breaker_trials_passed=counts.trials_passed,
             breaker_trials_failed=counts.trials_failed,
+            status_queries=counts.status_queries,
+            status_cache_hits=counts.status_cache_hits,
+            stale_cache_hits=counts.stale_cache_hits,
             long_run_error_rate=long_run.error_rate,
             long_run_latency_p50_ms=long_run.latency_p50_ms,
         )

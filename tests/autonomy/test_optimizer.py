@@ -23,7 +23,7 @@ from mcp_autonomy.autonomy.optimizer import (
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.events import EventBus
 from mcp_autonomy.payment_store import SqlitePaymentStore
-from mcp_autonomy.providers.base import Money, Operation, PaymentRequest
+from mcp_autonomy.providers.base import Money, Operation, PaymentRequest, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.canary import ArmTally
 from mcp_autonomy.resilience.router import PaymentRouter
@@ -422,3 +422,20 @@ async def test_ending_a_switchback_restores_only_its_parameter(clock: ManualCloc
     assert experiment is not None
     opt.revert_optimization(experiment.id, reason="test: operator")
     assert lane.tunables.rate_limit_per_s == 100.0 and lane.tunables.max_attempts == 4
+
+
+async def test_the_status_cache_counts_reach_the_evidence(clock: ManualClock, parts: Parts) -> None:
+    router = parts[0]
+    auto = optimizer(clock, parts)
+    adapter = router.registry.get(PROVIDER).adapter
+    adapter.charges["ref-1"] = 1  # type: ignore[attr-defined]
+    adapter.status_answers["ref-1"] = TransactionStatus.PENDING  # type: ignore[attr-defined]
+    await auto.tick()
+    for _ in range(3):  # one pull, then two answers from the cache
+        await router.query_status(PROVIDER, "ref-1")
+    adapter.status_answers["ref-1"] = TransactionStatus.SUCCEEDED  # type: ignore[attr-defined]
+    await clock.advance(6.0)  # past the 5 s TTL of a pending answer
+    await router.query_status(PROVIDER, "ref-1")
+    await auto.tick()
+    evidence = auto.evidence(PROVIDER)
+    assert (evidence.status_queries, evidence.status_cache_hits, evidence.stale_cache_hits) == (4, 2, 2)

@@ -157,8 +157,13 @@ async def test_a_change_that_makes_things_worse_is_reverted(
                 assert reverted.verdict and "significantly worse on success_rate" in reverted.verdict
                 lane = system.router.lane("paystack")
                 assert lane.tunables.max_attempts == 3 and lane.canary is None
-                # Every payment has its outcome: none left unknown, none lost.
+                # Every payment has its outcome: none left unknown, none lost. A 503 from the
+                # flapping port is ambiguous and Paystack's lookup may lag acceptance, so its
+                # "not found" settles the payment only past the lookup grace: let the reconciler run.
                 await traffic.drain()
+                grace_s = system.router.money_truth("paystack").not_found_grace_s
+                for _ in range(int(grace_s // 10) + 3):
+                    await clock.advance(10.0)
                 for i in range(traffic.sent - PER_STEP * 4):
                     record = await system.router.get_payment(f"opt-{i:06d}")
                     assert record is not None and record.status.value != "unknown"
