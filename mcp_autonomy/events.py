@@ -54,6 +54,8 @@ class EventType(StrEnum):
     CALLBACK_CONFIRMED = "callback_confirmed"
     CALLBACK_REFUSED = "callback_refused"
     UNMATCHED_CHARGE = "unmatched_charge"
+    CUSTOMER_ERROR_STORM = "customer_error_storm"
+    PAYMENT_NEEDS_OTP = "payment_needs_otp"
 
 
 class Severity(StrEnum):

@@ -35,6 +35,7 @@ hostile one must not grow the file)."""
 OPEN_STATUSES: tuple[TransactionStatus, ...] = (
     TransactionStatus.PENDING,
     TransactionStatus.UNKNOWN,
+    TransactionStatus.NEEDS_OPERATOR_OTP,
     TransactionStatus.NEEDS_RECONCILIATION,
 )
 """Statuses the reconciler keeps pulling (not final)."""

@@ -29,6 +29,7 @@ class AttemptOutcome(StrEnum):
     INVALID_REQUEST = "invalid_request"
     AUTH = "auth"
     RATE_LIMITED = "rate_limited"
+    CUSTOMER = "customer"  # the customer's side refused it: this payment fails, nothing else
 
 
 class PaymentAttempt(BaseModel):

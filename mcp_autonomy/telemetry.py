@@ -38,6 +38,7 @@ class Outcome(IntEnum):
     RATE_LIMITED = 5
     TIMEOUT = 6
     REJECTED = 7  # refused locally (breaker open, rate limit): never reached the provider
+    CUSTOMER = 8  # the customer's side refused it (busy, no funds, ...): not the provider's error
 
     @classmethod
     def from_error_class(cls, error_class: ErrorClass) -> Outcome:
@@ -50,6 +51,7 @@ _BY_ERROR_CLASS = {
     ErrorClass.INVALID_REQUEST: Outcome.INVALID_REQUEST,
     ErrorClass.AUTH: Outcome.AUTH,
     ErrorClass.RATE_LIMITED: Outcome.RATE_LIMITED,
+    ErrorClass.CUSTOMER: Outcome.CUSTOMER,
 }
 _REJECTED = int(Outcome.REJECTED)  # a plain int: an enum member lookup costs ~150 ns on the hot path
 # Errors that say something about the provider's health; invalid requests are the caller's fault

@@ -46,8 +46,9 @@ class ScriptedAdapter:
     Behaviours (consumed in order, then `default_behaviour`): "ok" (accepted, pending), "refuse"
     (connection refused: not processed), "invalid" (validation error), "hang_after_accept" (the
     charge is taken, then no answer), "ambiguous" (charge taken, reset mid-response), "auth"
-    (token expired), "throttle" (HTTP 429: not processed, retry after 1 s). `charges` is the
-    provider-side ledger: reference -> times charged.
+    (token expired), "throttle" (HTTP 429: not processed, retry after 1 s), "customer" (a busy
+    subscriber: the customer's error), "otp" (a transfer held for the merchant's OTP). `charges`
+    is the provider-side ledger: reference -> times charged.
     """
 
     def __init__(self, name: str, currencies: frozenset[str] = frozenset({"KES"})) -> None:
@@ -74,6 +75,8 @@ class ScriptedAdapter:
         self.status_money: dict[str, Money] = {}
         """The amount a status pull reports per reference (default: none carried)."""
         self.identifier_sink: Callable[[str, str, str], None] | None = None
+        self.customer_codes = frozenset({"1037", "1032"})
+        self.expected_otp = "123456"
 
     async def initialize(self) -> None:
         self.initialize_calls += 1
@@ -98,6 +101,8 @@ class ScriptedAdapter:
         reference = self.reference_for(request.idempotency_key)
         if behaviour == "refuse":
             raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "connection refused")
+        if behaviour == "customer":
+            raise ProviderError(self.name, ErrorClass.CUSTOMER, "unable to lock subscriber", code="busy")
         if behaviour == "invalid":
             raise ProviderError(self.name, ErrorClass.INVALID_REQUEST, "bad phone", code="400.002.02")
         if behaviour == "auth":
@@ -113,7 +118,17 @@ class ScriptedAdapter:
             await anyio.sleep_forever()
         if behaviour == "ambiguous":
             raise ProviderError(self.name, ErrorClass.AMBIGUOUS, "connection reset mid-response")
+        if behaviour == "otp":
+            self.status_answers[reference] = TransactionStatus.NEEDS_OPERATOR_OTP
+            return self._txn(reference, request.money, TransactionStatus.NEEDS_OPERATOR_OTP)
         return self._txn(reference, request.money)
+
+    async def finalize_transfer(self, context: PaymentContext, otp: str) -> ProviderTransaction:
+        """Paystack-like: the right OTP releases the transfer; a wrong one is refused."""
+        if otp != self.expected_otp:
+            raise ProviderError(self.name, ErrorClass.INVALID_REQUEST, "the OTP is not valid")
+        self.status_answers[context.reference] = TransactionStatus.SUCCEEDED
+        return self._txn(context.reference, None, TransactionStatus.PENDING)
 
     async def payout(self, request: PaymentRequest) -> ProviderTransaction:
         return await self.collect(request)

@@ -432,7 +432,9 @@ class AutoOptimizer(Component):
         long_run = series.snapshot(LONG_RUN_WINDOW_S)
         errors = snapshot.errors_by_class
         counts = self._tally_since(provider, window_s)
-        failures = sum(v for k, v in errors.items() if k != Outcome.REJECTED.name.lower())
+        # Local rejections never reached the provider; customer refusals are not its doing.
+        not_failures = (Outcome.REJECTED.name.lower(), Outcome.CUSTOMER.name.lower())
+        failures = sum(v for k, v in errors.items() if k not in not_failures)
         return LaneEvidence(
             window_s=window_s,
             latencies_ms=series.latencies_ms(window_s),

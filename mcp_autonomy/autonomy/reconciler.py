@@ -53,7 +53,12 @@ LIST_INTERVAL_S = 300.0
 LIST_OVERLAP_S = 600.0
 """Transaction lists are read every 5 minutes over the window since the last read, with 10
 minutes of overlap (lists are eventually consistent too)."""
-OPEN_STATUSES = (TransactionStatus.PENDING, TransactionStatus.UNKNOWN, TransactionStatus.NEEDS_RECONCILIATION)
+OPEN_STATUSES = (
+    TransactionStatus.PENDING,
+    TransactionStatus.UNKNOWN,
+    TransactionStatus.NEEDS_OPERATOR_OTP,
+    TransactionStatus.NEEDS_RECONCILIATION,
+)
 MAY_HOLD = (
     AttemptOutcome.SENDING,
     AttemptOutcome.ACCEPTED,
@@ -260,6 +265,8 @@ class PaymentReconciler:
                 )
             elif resolution.status.is_final:
                 self._finish(record, resolution, via="status pull")
+            elif resolution.status is TransactionStatus.NEEDS_OPERATOR_OTP:
+                self.await_otp(record, resolution)
             elif resolution.status is TransactionStatus.PENDING:
                 if record.status is TransactionStatus.UNKNOWN:
                     record.accepted_at = record.accepted_at or since
@@ -287,7 +294,11 @@ class PaymentReconciler:
         else:
             record.status_reason = record.status_reason or "the provider's status query did not answer"
         if not record.status.is_final:
-            if record.status is not TransactionStatus.NEEDS_RECONCILIATION and age_s > truth.pending_bound_s:
+            if (
+                record.status
+                not in (TransactionStatus.NEEDS_RECONCILIATION, TransactionStatus.NEEDS_OPERATOR_OTP)
+                and age_s > truth.pending_bound_s
+            ):
                 self._flag(
                     record,
                     f"still {record.status.value} {age_s:.0f} s after it was sent, past {record.provider}'s "
@@ -323,6 +334,72 @@ class PaymentReconciler:
         record.provider_code = txn.provider_code
         record.provider_message = txn.provider_message
         record.status_reason = f"final by {via}"
+        self.observe_customer_outcome(record)
+
+    def observe_customer_outcome(self, record: PaymentRecord) -> None:
+        """Feed a payment's final outcome to the customer-error storm signal."""
+        if record.provider is None or record.status not in (
+            TransactionStatus.SUCCEEDED,
+            TransactionStatus.FAILED,
+        ):
+            return
+        codes: frozenset[str] = getattr(
+            self.providers.get(record.provider).adapter, "customer_codes", frozenset()
+        )
+        customer = record.status is TransactionStatus.FAILED and record.provider_code in codes
+        self.router.customer_errors.observe(
+            record.provider, customer_failure=customer, payer=record.phone, code=record.provider_code
+        )
+
+    def await_otp(self, record: PaymentRecord, txn: ProviderTransaction) -> None:
+        """The provider holds the transfer for the merchant's OTP: an operator submits it
+        (`submit_transfer_otp`); it is never finalised automatically."""
+        record.provider_reference = txn.provider_reference or record.provider_reference
+        record.provider_message = txn.provider_message
+        if record.status is TransactionStatus.NEEDS_OPERATOR_OTP:
+            return
+        record.status = TransactionStatus.NEEDS_OPERATOR_OTP
+        record.status_reason = (
+            f"{record.provider} holds this transfer until the merchant confirms it with the OTP it sent "
+            "the merchant: submit it with submit_transfer_otp"
+        )
+        self.bus.emit(
+            EventType.PAYMENT_NEEDS_OTP,
+            component="reconciler",
+            provider=record.provider,
+            severity=Severity.WARNING,
+            message=f"payment {record.idempotency_key} waits for the merchant's OTP at {record.provider}",
+            data={"idempotency_key": record.idempotency_key, "provider_reference": record.provider_reference},
+        )
+
+    async def submit_otp(self, key: str, otp: str) -> PaymentRecord:
+        """Finalise a transfer held for the merchant's OTP (the OTP never leaves this call).
+
+        Raises:
+            KeyError: no such payment.
+            ValueError: the payment is not waiting for an OTP, or its provider cannot take one.
+            ProviderError: the provider refused (a wrong OTP is `invalid_request`).
+        """
+        async with self.locks.hold(key):
+            record = await self.payments.get_payment(key)
+            if record is None:
+                raise KeyError(key)
+            if record.status is not TransactionStatus.NEEDS_OPERATOR_OTP:
+                raise ValueError(f"payment {key} is {record.status.value}, not waiting for an OTP")
+            assert record.provider is not None and record.reference is not None
+            finalize = getattr(self.providers.get(record.provider).adapter, "finalize_transfer", None)
+            if finalize is None:
+                raise ValueError(f"{record.provider} takes no OTP")
+            context = record.context(await self.payments.identifiers(record.provider, record.reference))
+            txn: ProviderTransaction = await finalize(context, otp)
+            await self.payments.flush()
+            if txn.status is not TransactionStatus.NEEDS_OPERATOR_OTP:
+                # Released by the merchant now: its bound counts from here, and it is pulled.
+                record.status = TransactionStatus.PENDING
+                record.accepted_at = self.clock.now()
+                record.checks = 0
+            await self.apply(record, txn)
+            return record
 
     def _flag(self, record: PaymentRecord, reason: str) -> None:
         record.status = TransactionStatus.NEEDS_RECONCILIATION

@@ -60,6 +60,7 @@ from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord
 from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
+from mcp_autonomy.resilience.customer_errors import CustomerErrorStorm
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
 from mcp_autonomy.resilience.router import LaneStatus, PaymentRouter
 from mcp_autonomy.store import AuditRecord, Store
@@ -94,6 +95,11 @@ class ProviderStatus(BaseModel):
     telemetry: TelemetrySnapshot = Field(description="Measured over the last 5 minutes")
     oldest_open_payment_age_s: float | None = Field(
         None, description="Age of its oldest payment not yet final (pending, unknown, needs_reconciliation)"
+    )
+    customer_error_storm: CustomerErrorStorm | None = Field(
+        None,
+        description="Most of its payers failing on their side at once (a degradation signal, never a "
+        "breaker trip or a failover)",
     )
 
 
@@ -537,6 +543,11 @@ class AutonomousSystem:
             key, outcome, reason=reason, provider_reference=provider_reference
         )
 
+    async def submit_transfer_otp(self, key: str, otp: str) -> PaymentRecord:
+        """Finalise a transfer its provider holds for the merchant's OTP (Paystack `otp`).
+        KeyError: unknown key; ValueError: not waiting for an OTP; ProviderError: refused."""
+        return await self.reconciler.submit_otp(key, otp)
+
     async def list_callbacks(
         self,
         *,
@@ -570,6 +581,7 @@ class AutonomousSystem:
             lane=self.router.lane_status(name),
             telemetry=self.telemetry.provider(name).snapshot(),
             oldest_open_payment_age_s=(oldest_open_s or {}).get(name),
+            customer_error_storm=self.router.customer_errors.storm(name),
         )
 
     def _overall(
@@ -591,6 +603,12 @@ class AutonomousSystem:
         not_ok = [p.name for p in providers if p.health.status is not HealthStatus.HEALTHY]
         if not_ok:
             return "degraded", f"not healthy: {', '.join(not_ok)}"
+        storms = [p.name for p in providers if p.customer_error_storm is not None]
+        if storms:
+            return (
+                "degraded",
+                f"most payers failing on their side at {', '.join(storms)} (not a provider fault)",
+            )
         return "healthy", "every provider healthy"
 
     async def get_status(self) -> SystemStatus:

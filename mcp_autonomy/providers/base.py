@@ -59,6 +59,9 @@ class TransactionStatus(StrEnum):
     FAILED = "failed"
     REVERSED = "reversed"
     UNKNOWN = "unknown"
+    NEEDS_OPERATOR_OTP = "needs_operator_otp"
+    """A transfer the provider holds until the merchant confirms it with the OTP the provider sent
+    the merchant (Paystack `otp`): never finalised automatically; `submit_transfer_otp` does it."""
     NEEDS_RECONCILIATION = "needs_reconciliation"
     """Engine-only: its outcome stayed unknown past the provider's bound; an operator resolves it
     (the reconciler keeps pulling meanwhile). Never re-sent elsewhere under the same key."""
@@ -76,6 +79,24 @@ class ErrorClass(StrEnum):
     INVALID_REQUEST = "invalid_request"
     AUTH = "auth"
     RATE_LIMITED = "rate_limited"
+    CUSTOMER = "customer"
+    """The customer's own state refused this payment (subscriber busy or locked, insufficient
+    funds, wrong PIN, cancelled, no answer from the handset, invalid account, limits): it fails
+    this one payment, is never retried or failed over (another provider meets the same customer)
+    and never counts toward a breaker, health or an incident."""
+
+
+class ErrorRule(BaseModel):
+    """One row of a provider's classification table: an answer, what it means for the money, and
+    where that is written. `match` is the provider's code (or a short description of the answer:
+    an HTTP status, a message)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    match: str
+    error_class: ErrorClass
+    meaning: str
+    source: str = Field(description="doc page, SDK file or 'no source: ambiguous by default'")
 
 
 class Money(BaseModel):

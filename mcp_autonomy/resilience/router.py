@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from mcp_autonomy.clock import Clock
@@ -62,6 +63,7 @@ from mcp_autonomy.providers.base import (
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
 from mcp_autonomy.resilience.canary import ArmTally, CanarySplit
+from mcp_autonomy.resilience.customer_errors import CustomerErrorMonitor
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.rate_limiter import TokenBucket
 from mcp_autonomy.resilience.retry import Backoff, RetryBudget
@@ -78,6 +80,18 @@ NEAR_TIMEOUT_SHARE = 0.8
 provider is slowing down towards the timeout before any call times out."""
 THROTTLE_FREE_RETRIES = 2
 """Retries after a 429 (at its Retry-After) per payment and provider that do not use up an attempt."""
+HANG_P99_MULTIPLE = 3.0
+HANG_FLOOR_S = 2.0
+HANG_TIMEOUT_SHARE = 0.5
+"""A call still in flight longer than 3 x the lane's recent p99 (at least 2 s, and without a p99
+half the lane's timeout) is hung: no healthy provider keeps a payment that long."""
+HANG_TRIP_CALLS = 2
+"""Two hung calls at once open the breaker: one could be an outlier, two at the rate payments
+arrive mean the provider has stopped answering. New payments then go to the backup at once; the
+hung ones are resolved by status when their timeout ends, never re-sent."""
+HANG_P99_MIN_SAMPLES = 20
+HANG_P99_REFRESH_S = 5.0
+"""The p99 behind the hang threshold is recomputed at most every 5 s, from 20 or more calls."""
 RECONCILE_FIRST_CHECK_S = 5.0
 """When the reconciler first pulls a payment left unknown (then with backoff, see `reconciler`)."""
 DEFAULT_MONEY_TRUTH = MoneyTruth(
@@ -122,6 +136,10 @@ class ProviderLane:
     tally: ArmTally = field(default_factory=ArmTally)
     canary: CanarySplit | None = None
     status_cache: StatusCache = field(default_factory=StatusCache)
+    in_flight: dict[int, float] = field(default_factory=dict)
+    """Calls at the provider now: a token -> the monotonic time each left."""
+    hang_threshold_s: float | None = None
+    hang_threshold_at: float = -1e18
 
     @property
     def name(self) -> str:
@@ -170,6 +188,9 @@ class PaymentRouter:
         self._lanes: dict[str, ProviderLane] = {}
         self._failed_over: dict[str, str] = {}
         self._in_flight: dict[tuple[str, str], str] = {}  # (provider, reference) -> idempotency key
+        self._call_tokens = iter(range(1, 2**62))
+        self.customer_errors = CustomerErrorMonitor(clock, bus)
+        """Customer failures per provider: a storm is a signal, never a breaker trip."""
         self.counters: dict[str, int] = {
             "payments": 0,
             "replays": 0,
@@ -430,8 +451,24 @@ class PaymentRouter:
         record.updated_at = self.clock.now()
         if record.status.is_final:
             record.next_check_at = None
-        elif record.status is TransactionStatus.PENDING:
+        elif record.status in (TransactionStatus.PENDING, TransactionStatus.NEEDS_OPERATOR_OTP):
             record.next_check_at = record.updated_at + RECONCILE_FIRST_CHECK_S
+        if record.status is TransactionStatus.NEEDS_OPERATOR_OTP:
+            record.status_reason = (
+                f"{record.provider} holds this transfer until the merchant confirms it with the OTP it "
+                "sent the merchant: submit it with submit_transfer_otp"
+            )
+            self.bus.emit(
+                EventType.PAYMENT_NEEDS_OTP,
+                component="router",
+                provider=record.provider,
+                severity=Severity.WARNING,
+                message=f"payment {record.idempotency_key} waits for the merchant's OTP at {record.provider}",
+                data={
+                    "idempotency_key": record.idempotency_key,
+                    "provider_reference": record.provider_reference,
+                },
+            )
         await self.payments.save_payment(record)
         ok = record.status in (TransactionStatus.SUCCEEDED, TransactionStatus.PENDING)
         self.telemetry.record_payment(
@@ -508,6 +545,7 @@ class PaymentRouter:
         while True:
             attempt += 1
             attempt_started = self.clock.now()
+            self._trip_on_hung_calls(lane, tunables.timeout_s)
             permit = lane.breaker.try_acquire()
             if permit is None:
                 await self._attempt(
@@ -540,6 +578,8 @@ class PaymentRouter:
             call_started = self.clock.monotonic()
             key = (lane.name, reference)
             self._in_flight[key] = request.idempotency_key
+            token = next(self._call_tokens)
+            lane.in_flight[token] = call_started
             try:
                 txn = await self._call(lane, request, tunables.timeout_s)
             except TimeoutError:
@@ -574,6 +614,18 @@ class PaymentRouter:
                     exc.provider_message,
                     code=exc.code,
                 )
+                if exc.error_class is ErrorClass.CUSTOMER:
+                    # The customer's own state refused it: another provider meets the same
+                    # customer, so neither a retry nor a failover; and not the provider's fault.
+                    record.status = TransactionStatus.FAILED
+                    record.provider = lane.name
+                    record.provider_code = exc.code
+                    record.provider_message = exc.provider_message
+                    record.status_reason = "refused on the customer's side; nothing was charged"
+                    self.customer_errors.observe(
+                        lane.name, customer_failure=True, payer=request.phone, code=exc.code
+                    )
+                    return "done"
                 if exc.error_class is ErrorClass.INVALID_REQUEST:
                     record.status = TransactionStatus.FAILED
                     record.provider = lane.name
@@ -612,6 +664,7 @@ class PaymentRouter:
                 continue
             finally:
                 self._in_flight.pop(key, None)
+                lane.in_flight.pop(token, None)
                 await self.payments.flush()
             latency_ms = (self.clock.monotonic() - call_started) * 1000
             permit.record(True, latency_ms / 1000)
@@ -626,6 +679,35 @@ class PaymentRouter:
             self._adopt(record, lane.name, txn)
             record.accepted_at = attempt_started
             return "done"
+
+    def _trip_on_hung_calls(self, lane: ProviderLane, timeout_s: float) -> None:
+        """Open the lane's breaker when calls hang in flight (see `HANG_TRIP_CALLS`): hung calls
+        are slow-call evidence while still running, long before their timeouts end."""
+        if len(lane.in_flight) < HANG_TRIP_CALLS or lane.breaker.state is not BreakerState.CLOSED:
+            return
+        now = self.clock.monotonic()
+        threshold_s = self._hang_threshold_s(lane, timeout_s, now)
+        hung = sum(1 for started in lane.in_flight.values() if now - started > threshold_s)
+        if hung >= HANG_TRIP_CALLS:
+            oldest_s = now - min(lane.in_flight.values())
+            lane.breaker.trip(
+                f"{hung} calls in flight longer than {threshold_s:.1f} s (the oldest {oldest_s:.1f} s): "
+                "the provider is hanging; they are resolved by status, never re-sent"
+            )
+
+    def _hang_threshold_s(self, lane: ProviderLane, timeout_s: float, now: float) -> float:
+        if now - lane.hang_threshold_at >= HANG_P99_REFRESH_S:
+            latencies = self.telemetry.provider(lane.name).latencies_ms(300.0)
+            p99_s = (
+                float(np.percentile(latencies, 99)) / 1000 if len(latencies) >= HANG_P99_MIN_SAMPLES else None
+            )
+            lane.hang_threshold_s = (
+                max(HANG_FLOOR_S, HANG_P99_MULTIPLE * p99_s) if p99_s is not None else None
+            )
+            lane.hang_threshold_at = now
+        threshold = lane.hang_threshold_s
+        fallback = max(HANG_FLOOR_S, HANG_TIMEOUT_SHARE * timeout_s)
+        return min(threshold if threshold is not None else fallback, timeout_s)
 
     def _near_timeout(self, provider: str, *, timed_out: bool) -> None:
         for listener in self.timeout_listeners:

@@ -58,6 +58,7 @@ from mcp_autonomy.providers.base import (
     Money,
     Operation,
     PaymentRequest,
+    ProviderError,
     TransactionStatus,
     normalize_msisdn,
 )
@@ -997,6 +998,43 @@ class McpApp:
                 self._audit(ctx, "resolve_payment", arguments, False, {"error": str(exc)})
                 raise ToolError(f"idempotency_key: {exc}") from None
             self._audit(ctx, "resolve_payment", arguments, True, {"status": record.status.value})
+            return record
+
+        @mcp.tool(
+            title="Submit a transfer's OTP",
+            description=(
+                "Finalise a payout its provider holds for the merchant's one-time password (status "
+                "`needs_operator_otp`: Paystack sends the OTP to the merchant's phone or email when OTP is on for "
+                "transfers). The engine never finalises one by itself. The OTP is sent to the provider only and "
+                "never stored, logged or echoed. Audited."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True
+            ),
+        )
+        async def submit_transfer_otp(
+            idempotency_key: Annotated[
+                str, Field(min_length=1, max_length=100, description="The payout's key")
+            ],
+            otp: Annotated[
+                str, Field(min_length=4, max_length=12, pattern=r"^[0-9A-Za-z]+$", description="The OTP")
+            ],
+            reason: Reason,
+            ctx: Context,
+        ) -> PaymentRecord:
+            arguments = {"idempotency_key": idempotency_key, "otp": "(withheld)", "reason": reason}
+            try:
+                record = await system.submit_transfer_otp(idempotency_key, otp)
+            except KeyError:
+                self._audit(ctx, "submit_transfer_otp", arguments, False, {"error": "unknown key"})
+                raise ToolError(f"idempotency_key: no payment {idempotency_key!r}") from None
+            except ValueError as exc:
+                self._audit(ctx, "submit_transfer_otp", arguments, False, {"error": str(exc)})
+                raise ToolError(f"idempotency_key: {exc}") from None
+            except ProviderError as exc:
+                self._audit(ctx, "submit_transfer_otp", arguments, False, {"error": exc.provider_message})
+                raise ToolError(f"otp: the provider refused it: {exc.provider_message}") from None
+            self._audit(ctx, "submit_transfer_otp", arguments, True, {"status": record.status.value})
             return record
 
         @mcp.tool(

@@ -44,7 +44,7 @@ from mcp_autonomy.autonomy.system import AutonomousSystem, StatusSummary, System
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventType
 from mcp_autonomy.payments import CallbackState, PaymentRecord
-from mcp_autonomy.providers.base import TransactionStatus
+from mcp_autonomy.providers.base import ProviderError, TransactionStatus
 from mcp_autonomy.providers.registry import UnknownProviderError
 from mcp_autonomy.server.dashboard import DashboardSnapshot, dashboard_snapshot
 from mcp_autonomy.server.mcp import (
@@ -228,6 +228,13 @@ class ResolvePaymentRequest(_Body):
     outcome: Literal["succeeded", "failed"] = Field(description="What the provider's own records show")
     reason: Reason
     provider_reference: str | None = Field(None, max_length=100, description="The provider's id or receipt")
+
+
+class OtpRequest(_Body):
+    """Body of `POST /autonomous/payments/{key}/otp` (as `submit_transfer_otp`)."""
+
+    otp: str = Field(min_length=4, max_length=12, pattern=r"^[0-9A-Za-z]+$", description="The merchant's OTP")
+    reason: Reason
 
 
 class ScaleRequest(_Body):
@@ -678,6 +685,27 @@ class RestApi:
             self._audit(request, "resolve_payment", arguments, True, {"status": record.status.value})
             return record
 
+        async def submit_transfer_otp(request: Request, query: NoQuery, body: OtpRequest) -> PaymentRecord:
+            key = str(request.path_params["key"])[:100]
+            arguments = {"idempotency_key": key, "otp": "(withheld)", "reason": body.reason}
+            try:
+                record = await system.submit_transfer_otp(key, body.otp)
+            except KeyError:
+                self._audit(request, "submit_transfer_otp", arguments, False, {"error": "unknown key"})
+                raise ApiError(404, ErrorDetail(field="key", message=f"no payment {key!r}")) from None
+            except ValueError as exc:
+                self._audit(request, "submit_transfer_otp", arguments, False, {"error": str(exc)})
+                raise ApiError(
+                    409, ErrorDetail(field="key", message=str(exc), allowed=["needs_operator_otp"])
+                ) from None
+            except ProviderError as exc:
+                self._audit(request, "submit_transfer_otp", arguments, False, {"error": exc.provider_message})
+                raise ApiError(
+                    422, ErrorDetail(field="otp", message=f"the provider refused it: {exc.provider_message}")
+                ) from None
+            self._audit(request, "submit_transfer_otp", arguments, True, {"status": record.status.value})
+            return record
+
         async def get_callbacks(request: Request, query: CallbacksQuery, body: None) -> CallbackList:
             self._check_provider(query.provider)
             return CallbackList(
@@ -815,6 +843,18 @@ class RestApi:
                 PaymentRecord,
                 resolve_payment,
                 body=ResolvePaymentRequest,
+                errors=(404, 409, 413, 415, 422),
+            ),
+            Endpoint(
+                "POST",
+                "/payments/{key}/otp",
+                "submitTransferOtp",
+                "Submit a transfer's OTP",
+                "Finalise a payout its provider holds for the merchant's OTP (status needs_operator_otp). The OTP "
+                "goes to the provider only, never stored or echoed. Audited (as submit_transfer_otp).",
+                PaymentRecord,
+                submit_transfer_otp,
+                body=OtpRequest,
                 errors=(404, 409, 413, 415, 422),
             ),
             Endpoint(

@@ -61,7 +61,9 @@ def state_of(breaker: CircuitBreaker) -> BreakerState:
 
 
 def breaker_with(clock: ManualClock, **overrides: Any) -> tuple[CircuitBreaker, list[BreakerTransition]]:
+    """A breaker judged by its window alone unless the test asks for the fast trip."""
     events: list[BreakerTransition] = []
+    overrides.setdefault("consecutive_failures_to_open", 0)
     breaker = CircuitBreaker("mpesa", clock, BreakerConfig(**overrides))
     breaker.on_transition(events.append)
     return breaker, events
@@ -604,6 +606,7 @@ class Model:
     consecutive_reopens: int = 0
     open_until_s: float = 0.0
     times_opened: int = 0
+    consecutive_failures: int = 0
 
     def bucket(self, now_s: float) -> int:
         return int(now_s // self.config.bucket_s)
@@ -623,6 +626,7 @@ class Model:
     def clear_window(self) -> None:
         self.recorded = []
         self.window_generation += 1
+        self.consecutive_failures = 0
 
     def move(self, to_state: BreakerState, now_s: float) -> tuple[BreakerState, BreakerState]:
         """Apply a transition's side effects; returns the edge."""
@@ -640,6 +644,7 @@ class Model:
             self.clear_window()
         if to_state is S.HALF_OPEN:
             self.episode += 1
+        self.consecutive_failures = 0
         self.trial_in_flight = set()
         self.trial_outcomes = []
         self.state = to_state
@@ -660,6 +665,7 @@ def breaker_configs(draw: st.DrawFn) -> BreakerConfig:
         wait_in_open_s=wait_in_open_s,
         permitted_half_open_calls=draw(st.integers(1, 3)),
         max_wait_in_open_s=wait_in_open_s * draw(st.sampled_from([1, 4])),
+        consecutive_failures_to_open=draw(st.sampled_from([0, 2, 3])),
     )
 
 
@@ -754,8 +760,12 @@ class BreakerMachine(RuleBasedStateMachine):
             and item.window_generation == model.window_generation
         ):
             model.recorded.append((model.bucket(self.now_s), failed, slow))
+            model.consecutive_failures = model.consecutive_failures + 1 if failed else 0
+            run = model.config.consecutive_failures_to_open
             window = [(f, s) for _, f, s in model.in_window(self.now_s)]
-            if (
+            if model.state is S.CLOSED and run and model.consecutive_failures >= run:
+                edges.append(model.move(S.OPEN, self.now_s))
+            elif (
                 model.state is S.CLOSED
                 and len(window) >= model.config.minimum_calls
                 and model.over_threshold(window)
@@ -881,3 +891,27 @@ def test_the_failure_rate_threshold_changes_live_and_keeps_the_window(clock: Man
     assert state_of(breaker) is S.OPEN
     with pytest.raises(ValueError, match="failure_rate_threshold"):
         breaker.set_failure_rate_threshold(1.5)
+
+
+def test_consecutive_failures_open_at_once_and_a_success_resets_the_run(clock: ManualClock) -> None:
+    breaker, events = breaker_with(clock, consecutive_failures_to_open=3)
+    for success in (False, False, True, False, False):  # the success breaks the run
+        call(breaker, success=success)
+    assert breaker.snapshot().state is S.CLOSED
+    call(breaker, success=False)
+    assert breaker.snapshot().state is S.OPEN
+    assert events[-1].reason.startswith("3 provider failures in a row")
+
+
+def test_trip_opens_only_a_closed_breaker(clock: ManualClock) -> None:
+    breaker, events = breaker_with(clock)
+    assert breaker.trip("2 calls in flight past 3 s") is True
+    assert breaker.trip("again") is False
+    assert [e.to_state for e in events] == [S.OPEN]
+    assert "in flight" in events[0].reason
+
+
+@pytest.mark.parametrize("value", [1, -1, 2.5])
+def test_consecutive_failures_to_open_is_validated(value: Any) -> None:
+    with pytest.raises(ValueError, match="consecutive_failures_to_open"):
+        BreakerConfig(consecutive_failures_to_open=value)

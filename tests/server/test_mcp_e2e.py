@@ -35,6 +35,7 @@ EXPECTED_TOOLS = {
     "get_payment",
     "list_payments",
     "resolve_payment",
+    "submit_transfer_otp",
     "get_callbacks",
     "list_providers",
     "get_incidents",

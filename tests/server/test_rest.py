@@ -30,6 +30,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/autonomous/dashboard"),
     ("get", "/autonomous/payments"),
     ("post", "/autonomous/payments/{key}/resolve"),
+    ("post", "/autonomous/payments/{key}/otp"),
     ("get", "/autonomous/callbacks"),
     ("get", "/autonomous/openapi.json"),
 }
