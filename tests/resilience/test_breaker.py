@@ -763,13 +763,9 @@ class BreakerMachine(RuleBasedStateMachine):
             model.consecutive_failures = model.consecutive_failures + 1 if failed else 0
             run = model.config.consecutive_failures_to_open
             window = [(f, s) for _, f, s in model.in_window(self.now_s)]
-            if model.state is S.CLOSED and run and model.consecutive_failures >= run:
-                edges.append(model.move(S.OPEN, self.now_s))
-            elif (
-                model.state is S.CLOSED
-                and len(window) >= model.config.minimum_calls
-                and model.over_threshold(window)
-            ):
+            fast_trip = bool(run) and model.consecutive_failures >= run
+            window_trip = len(window) >= model.config.minimum_calls and model.over_threshold(window)
+            if model.state is S.CLOSED and (fast_trip or window_trip):
                 edges.append(model.move(S.OPEN, self.now_s))
         self.expect(*edges)
 
