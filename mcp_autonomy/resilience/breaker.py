@@ -519,18 +519,18 @@ class CircuitBreaker:
             self._failure_counts[slot] += 1
             self._total_failures += 1
             self._consecutive_failures += 1
-            if (
-                state is _CLOSED
-                and self._consecutive_to_open
-                and self._consecutive_failures >= self._consecutive_to_open
-            ):
-                self._open(f"{self._consecutive_to_open} provider failures in a row")
-                return
         else:
             self._consecutive_failures = 0
         if duration_s > self._slow_call_duration_s:
             self._slow_counts[slot] += 1
             self._total_slow += 1
+        if (
+            state is _CLOSED
+            and self._consecutive_to_open
+            and self._consecutive_failures >= self._consecutive_to_open
+        ):
+            self._open(f"{self._consecutive_to_open} provider failures in a row")
+            return
         # Checked on every outcome, not only failures: a success can lift the window past
         # minimum_calls while the rate is already over the threshold.
         if (
