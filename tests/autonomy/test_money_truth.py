@@ -52,7 +52,7 @@ class World:
     clock: ManualClock
 
     def events(self, kind: EventType) -> list[str]:
-        return [e.message for e in self.bus.history() if e.type is kind]
+        return [e.message for e in self.bus.history(types=[kind], limit=100_000)]
 
 
 @pytest.fixture
