@@ -210,7 +210,7 @@ async def run(scenario: Scenario, *, ours: bool, seed: int) -> RunFigures:
                     if i == fault_first:
                         if scenario.kind == "hang":
                             lane = router.lane(PRIMARY)
-                            hang_threshold = router._hang_threshold_s(  # noqa: SLF001 - what the router uses
+                            hang_threshold = router.hang_threshold_s(
                                 lane, lane.tunables.timeout_s, clock.monotonic()
                             )
                         scenario.start(sandbox)

@@ -43,6 +43,12 @@ UNICEF/510 "121 platform" Airtel integration and its mock, and the published cod
   private key shown in the app's settings. Set `AIRTEL_MONEY_CALLBACK_PRIVATE_KEY` to require
   and verify it. The callback carries no amount and no payer (only the message text).
 - Probe: `GET /standard/v1/users/balance` (read-only).
+- Classification: `ERROR_RULES` (each rule cites Airtel's code tables) is the one table `_error`
+  reads. The customer's codes (wrong PIN, no balance, limit, no answer, barred or unknown number)
+  are `customer`, also as the final codes of a failed enquiry (`customer_codes`); the merchant's
+  disbursement float or limits, and a router that cannot route the request, are `not_processed`;
+  DP...000 / DP00900001014 / ESB000004 are `ambiguous` whatever `success` says; a disbursement
+  refused with a code no table lists stays `ambiguous` (nothing says it was not sent).
 
 Identifiers reported to the engine (`identifier_sink`), by kind:
 
@@ -76,6 +82,7 @@ from mcp_autonomy.providers.base import (
     CallbackAuthError,
     CallbackHint,
     ErrorClass,
+    ErrorRule,
     MalformedCallback,
     Money,
     MoneyTruth,
@@ -87,7 +94,8 @@ from mcp_autonomy.providers.base import (
     ProviderTransaction,
     TransactionStatus,
 )
-from mcp_autonomy.providers.http import json_object, send, short
+from mcp_autonomy.providers.error_table import customer_codes_of, final_result
+from mcp_autonomy.providers.http import NO_SOURCE, json_object, send, short
 
 PROVIDER = "airtel_money"
 Kind = Literal["collection", "disbursement"]
@@ -126,18 +134,249 @@ COLLECTION_NOT_FOUND = "DP00800001025"
 DISBURSEMENT_SUCCESS = "DP00900001001"
 DISBURSEMENT_AMBIGUOUS = "DP00900001000"
 DISBURSEMENT_IN_PROCESS = "DP00900001006"
-DISBURSEMENT_DUPLICATES = frozenset({"DP00900001011", "DP00900001017"})
-""""Transaction with similar information already exists" and "Duplicate transaction Id"."""
 DISBURSEMENT_TIMED_OUT = "DP00900001014"
 """"The transaction may be processed or failed due to time out": ambiguous, never a refusal."""
 DISBURSEMENT_NOT_FOUND = "DP00900001015"
 ESB_OK = "ESB000010"
 ESB_DUPLICATE = "ESB000041"
 ESB_NOT_FOUND = "ESB000045"
-NOT_FOUND_CODES = frozenset({COLLECTION_NOT_FOUND, DISBURSEMENT_NOT_FOUND, ESB_NOT_FOUND})
-NOT_PROCESSED_CODES = frozenset({"ESB000039", "ROUTER001", "ROUTER005", "ROUTER007"})
-"""Refused for the route (vendor or country not configured): another provider may carry it."""
-INVALID_DISBURSEMENT_CODES = frozenset({"DP00900001004", "DP00900001013"})
+AIRTEL_COLLECTION_CODES = "developers.airtel.africa, Collection APIs: response codes (DP008000010xx)"
+AIRTEL_DISBURSEMENT_CODES = "developers.airtel.africa, Disbursement APIs: response codes (DP009000010xx)"
+AIRTEL_RESULT_CODES = "developers.airtel.africa, result codes (ESB0000xx)"
+AIRTEL_ROUTER_CODES = "developers.airtel.africa, router error codes (ROUTERxxx)"
+_DISBURSEMENT_FAILED = (
+    f"{AIRTEL_DISBURSEMENT_CODES}: a failed code, distinct from the ambiguous DP00900001000 and "
+    "DP00900001014 ('may be processed or failed')"
+)
+
+
+def _rules(error_class: ErrorClass, source: str, *rows: tuple[str, str]) -> tuple[ErrorRule, ...]:
+    return tuple(
+        ErrorRule(match=code, error_class=error_class, meaning=meaning, source=source)
+        for code, meaning in rows
+    )
+
+
+_NOT_FOUND_RULES: tuple[ErrorRule, ...] = (
+    *_rules(
+        ErrorClass.NOT_PROCESSED,
+        "a read (enquiry) moves no money; the engine weighs not_found with money_truth's grace",
+        (COLLECTION_NOT_FOUND, "collection enquiry: Transaction Not Found (raised as not_found)"),
+        (DISBURSEMENT_NOT_FOUND, "disbursement enquiry: Transaction Not Found (raised as not_found)"),
+        (ESB_NOT_FOUND, "enquiry: No Transaction Found With Provided Transaction Id (raised as not_found)"),
+    ),
+)
+_DUPLICATE_RULES: tuple[ErrorRule, ...] = _rules(
+    ErrorClass.AMBIGUOUS,
+    f"{AIRTEL_DISBURSEMENT_CODES} / {AIRTEL_RESULT_CODES}",
+    (ESB_DUPLICATE, "External Transaction ID already exists: answered with the first payment's enquiry"),
+    ("DP00900001011", "transaction with similar information already exists: answered with the first one"),
+    ("DP00900001017", "Duplicate Transaction Id: answered with the first one's enquiry"),
+)
+"""A resend meeting the first attempt: answered with it (`unknown` while its enquiry cannot see it)."""
+
+_SYNC_RULES: tuple[ErrorRule, ...] = (
+    *_rules(
+        ErrorClass.AUTH,
+        "Airtel OAuth2 token errors (RFC 6749 section 5.2 error codes)",
+        ("invalid_client", "wrong client id or secret"),
+        ("invalid_token", "the access token is invalid or expired (replaced once, then auth)"),
+        ("unauthorized_client", "the app may not use this grant"),
+    ),
+    *_rules(
+        ErrorClass.AUTH,
+        AIRTEL_ROUTER_CODES,
+        ("ROUTER114", "disbursement: an error while validating the merchant's PIN"),
+        ("ROUTER115", "disbursement: the merchant's PIN is incorrect"),
+        ("ROUTER116", "disbursement: the encrypted PIN is wrong (key or padding)"),
+    ),
+    *_rules(
+        ErrorClass.AUTH,
+        f"{AIRTEL_COLLECTION_CODES} / {AIRTEL_DISBURSEMENT_CODES}",
+        ("DP00800001026", "Forbidden: x-signature and payload did not match"),
+        ("DP00900001016", "Forbidden: x-signature and payload did not match"),
+    ),
+    *_rules(
+        ErrorClass.NOT_PROCESSED,
+        f"{AIRTEL_ROUTER_CODES}: refused by Airtel's API router before it routes the request",
+        ("ROUTER001", "the wallet is not configured: refused before routing (another provider may carry it)"),
+        ("ROUTER005", "the country route is not configured: refused before routing"),
+        ("ROUTER007", "not authorised for this country: refused before routing"),
+    ),
+    ErrorRule(
+        match="ESB000039",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the vendor is not configured for this country: refused before any push",
+        source=f"{AIRTEL_RESULT_CODES}: 'Vendor is not configured to do transaction in the country'",
+    ),
+    *_rules(
+        ErrorClass.NOT_PROCESSED,
+        _DISBURSEMENT_FAILED,
+        ("DP00900001003", "disbursement: the merchant's maximum transaction limit for the day is reached"),
+        ("DP00900001005", "disbursement: Transaction failed (nothing was sent)"),
+        ("DP00900001007", "disbursement: not enough funds in the merchant's disbursement wallet (its float)"),
+        ("DP00900001009", "disbursement: the initiatee (the merchant's wallet) is invalid"),
+        ("DP00900001010", "disbursement: the payer (the merchant's wallet) is not an allowed user"),
+    ),
+    *_rules(
+        ErrorClass.CUSTOMER,
+        AIRTEL_COLLECTION_CODES,
+        ("DP00800001002", "collection: the customer entered an incorrect PIN"),
+        ("DP00800001003", "collection: the customer exceeded their wallet's transaction limit"),
+        ("DP00800001005", "collection: the customer did not enter the PIN"),
+        ("DP00800001007", "collection: the customer's wallet does not have enough money"),
+        ("DP00800001008", "collection: the customer refused the transaction"),
+        ("DP00800001010", "collection: the customer is barred or not registered on Airtel Money"),
+        ("DP00800001024", "collection: the push timed out waiting for the customer"),
+        ("DP00800001029", "collection: the transaction expired before the customer answered"),
+    ),
+    ErrorRule(
+        match="DP00900001012",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="disbursement: the customer's mobile number is not a valid Airtel Money number",
+        source=f"{AIRTEL_DISBURSEMENT_CODES}: 'Mobile number entered is incorrect'",
+    ),
+    *_rules(
+        ErrorClass.INVALID_REQUEST,
+        AIRTEL_RESULT_CODES,
+        ("ESB000008", "field validation"),
+        (
+            "ESB000011",
+            "the request failed (Airtel says no more): the payment fails, never fails over on so little",
+        ),
+        ("ESB000033", "invalid MSISDN length"),
+        ("ESB000034", "invalid country"),
+        ("ESB000035", "invalid currency"),
+        ("ESB000036", "invalid MSISDN length (national form expected)"),
+    ),
+    *_rules(
+        ErrorClass.INVALID_REQUEST,
+        AIRTEL_ROUTER_CODES,
+        ("ROUTER003", "mandatory header or body parameters are missing"),
+        ("ROUTER006", "invalid country code"),
+        ("ROUTER112", "invalid currency"),
+    ),
+    *_rules(
+        ErrorClass.INVALID_REQUEST,
+        f"{AIRTEL_COLLECTION_CODES} / {AIRTEL_DISBURSEMENT_CODES}",
+        ("DP00800001004", "collection: the amount is below the minimum allowed"),
+        ("DP00900001004", "disbursement: the amount is out of the defined limits"),
+        ("DP00900001013", "disbursement: the transaction was refused"),
+    ),
+    ErrorRule(
+        match=COLLECTION_AMBIGUOUS,
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="collection: still processing, ambiguous: enquire, never resend",
+        source=f"{AIRTEL_COLLECTION_CODES}: 'ambiguous state. Please do the transaction enquiry'",
+    ),
+    ErrorRule(
+        match=DISBURSEMENT_AMBIGUOUS,
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="disbursement: still processing, ambiguous: enquire, never resend",
+        source=f"{AIRTEL_DISBURSEMENT_CODES}: 'ambiguous state. Please do the transaction enquiry'",
+    ),
+    ErrorRule(
+        match=DISBURSEMENT_TIMED_OUT,
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="disbursement: timed out, 'may be processed or failed'",
+        source=f"{AIRTEL_DISBURSEMENT_CODES}: 'To know the exact status please do the transaction enquiry'",
+    ),
+    ErrorRule(
+        match="ESB000004",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="an error occurred while initiating the payment: the push may be on the phone",
+        source=f"{AIRTEL_RESULT_CODES}: 'The request can be in ambiguous state please do a transaction enquiry'",
+    ),
+    ErrorRule(
+        match="ESB000014",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="an error while fetching the transaction status (a read: not_processed there)",
+        source=f"{AIRTEL_RESULT_CODES}: 'ambiguous state please do a transaction enquiry after some time'",
+    ),
+    ErrorRule(
+        match="ESB000001",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="'Something went wrong': Airtel failed at an unknown point",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="ROUTER117",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="Request Timeout at the router: the request may have been routed",
+        source=NO_SOURCE,
+    ),
+)
+"""Every code this adapter classifies, looked for in `status.response_code`, `status.result_code`
+and `status.code` (an ambiguous one wins: never less careful than the most careful code)."""
+
+_ANSWER_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="HTTP 200, success false, unlisted code: collection or refund",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Airtel validated and refused the request (no failover on an unknown code)",
+        source="developers.airtel.africa: status.success false = the request was not successful",
+    ),
+    ErrorRule(
+        match="HTTP 200, success false, unlisted code: disbursement",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="an unknown disbursement code: nothing says it was not sent; enquire first",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="HTTP 200, success false, unlisted code: a read (enquiry, balance)",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read refused: it moved no money",
+        source="a read moves no money (http.TRANSPORT_RULES)",
+    ),
+    ErrorRule(
+        match="HTTP 5xx with an unlisted code (or none)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="Airtel or its gateway failed at an unknown point, possibly after accepting",
+        source=NO_SOURCE,
+    ),
+)
+_UNLISTED_REFUSAL, _UNLISTED_DISBURSEMENT, _UNLISTED_READ, _OTHER_5XX = _ANSWER_RULES
+
+_RESULT_RULES: tuple[ErrorRule, ...] = tuple(
+    ErrorRule(
+        match=final_result(rule.match), error_class=rule.error_class, meaning=rule.meaning, source=rule.source
+    )
+    for rule in _SYNC_RULES
+    if rule.error_class is ErrorClass.CUSTOMER
+)
+"""A failed enquiry's `status.response_code` that is the customer's (the callback carries only
+TS/TF: the engine confirms it by an enquiry, which carries the code)."""
+
+ERROR_RULES: tuple[ErrorRule, ...] = (
+    _NOT_FOUND_RULES + _DUPLICATE_RULES + _SYNC_RULES + _ANSWER_RULES + _RESULT_RULES
+)
+CUSTOMER_CODES = customer_codes_of(_RESULT_RULES)
+NOT_FOUND_CODES = frozenset(rule.match for rule in _NOT_FOUND_RULES)
+DUPLICATE_CODES = frozenset(rule.match for rule in _DUPLICATE_RULES)
+_RULE_BY_CODE = {rule.match: rule for rule in _SYNC_RULES}
+TOKEN_REJECTED = "invalid_token"
+OAUTH_REFUSALS = frozenset(("invalid_client", TOKEN_REJECTED, "unauthorized_client"))
+
+
+def _status_codes(body: Mapping[str, Any]) -> list[str]:
+    """The codes an answer carries: OAuth's `error`, then `status.response_code`, `result_code`, `code`."""
+    status = _status_block(body)
+    candidates = (
+        body.get("error"),
+        status.get("response_code"),
+        status.get("result_code"),
+        status.get("code"),
+    )
+    return [str(code) for code in candidates if code not in (None, "")]
+
+
+def _rule_for(body: Mapping[str, Any]) -> ErrorRule | None:
+    """The rule for an answer's codes: an ambiguous one if any, else the first listed one."""
+    rules = [rule for code in _status_codes(body) if (rule := _RULE_BY_CODE.get(code)) is not None]
+    ambiguous = [rule for rule in rules if rule.error_class is ErrorClass.AMBIGUOUS]
+    chosen = ambiguous or rules
+    return chosen[0] if chosen else None
+
 
 MONEY_ID = "airtel_money_id"
 REFERENCE_ID = "airtel_reference_id"
@@ -319,6 +558,10 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
     )
     """Every Airtel Money market; each instance narrows it to its configured countries."""
     money_truth = MONEY_TRUTH
+    error_rules = ERROR_RULES
+    """Every Airtel answer this adapter classifies, with its class and source (README table)."""
+    customer_codes = CUSTOMER_CODES
+    """Response codes of failed enquiries that are the customer's (wrong PIN, no balance, ...)."""
 
     def __init__(
         self,
@@ -435,7 +678,7 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
                 },
             )
             body = json_object(response)
-            if attempt == 1 and (response.status_code == 401 or body.get("error") == "invalid_token"):
+            if attempt == 1 and (response.status_code == 401 or body.get("error") == TOKEN_REJECTED):
                 self._token.drop(token)
                 continue
             return response, body
@@ -450,9 +693,14 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
         *,
         mutating: bool,
         what: str,
-        default: ErrorClass | None = None,
+        unlisted: ErrorRule = _UNLISTED_REFUSAL,
     ) -> ProviderError:
-        """Classify an Airtel failure: OAuth `{error}`, the gateway's `{message}`, or `status{}`."""
+        """Classify an Airtel failure: OAuth `{error}`, the gateway's `{message}`, or `status{}`.
+
+        Its codes decide through `ERROR_RULES`; an answer with no listed code is `unlisted` (the
+        caller's rule for a refusal inside HTTP 200) or, from 5xx, ambiguous; any other status is
+        left to http.py's table.
+        """
         status = _status_block(body)
         code = (
             body.get("error")
@@ -468,15 +716,14 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
             or body.get("message")
             or f"HTTP {response.status_code}"
         )
-        result_code = str(status.get("result_code") or "")
-        error_class: ErrorClass | None = None
-        if body.get("error") in ("invalid_client", "invalid_token", "unauthorized_client"):
-            error_class = ErrorClass.AUTH  # refused at the gate, whatever the HTTP status says
-        elif code in NOT_PROCESSED_CODES or result_code in NOT_PROCESSED_CODES:
-            error_class = ErrorClass.NOT_PROCESSED
-        elif response.status_code < 400:
-            # HTTP 200 with `success: false`: Airtel validated the request and refused it.
-            error_class = default or ErrorClass.INVALID_REQUEST
+        rule = _rule_for(body)
+        if rule is None and response.status_code < 400:
+            rule = unlisted
+        elif rule is None and response.status_code >= 500:
+            rule = _OTHER_5XX
+        error_class = rule.error_class if rule is not None else None
+        if error_class is ErrorClass.AMBIGUOUS and not mutating:
+            error_class = ErrorClass.NOT_PROCESSED  # a read moves no money
         return self._provider_error(
             response, error_class, f"{what}: {message}", code=str(code) if code else None, mutating=mutating
         )
@@ -490,9 +737,7 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
             "GET", "/standard/v1/users/balance", country, mutating=False, what="balance"
         )
         if response.status_code >= 400 or _status_block(body).get("success") is not True:
-            raise self._error(
-                response, body, mutating=False, what="balance", default=ErrorClass.NOT_PROCESSED
-            )
+            raise self._error(response, body, mutating=False, what="balance", unlisted=_UNLISTED_READ)
         return f"{country} balance retrieved"
 
     # --- collect -------------------------------------------------------------------------
@@ -535,19 +780,21 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
         )
         status = _status_block(body)
         codes = {str(status.get("response_code") or ""), str(status.get("result_code") or "")}
-        if ESB_DUPLICATE in codes:
+        if codes & DUPLICATE_CODES:
             # Airtel already holds a payment under this id: an earlier attempt got through.
             return await self._replay(reference, Operation.COLLECT, country, "payment")
         if response.status_code >= 400 or status.get("success") is not True:
             raise self._error(response, body, mutating=True, what="payment")
         data = _transaction_data(body)
         self._learn(reference, MONEY_ID, _text(data.get("airtel_money_id")))
-        if COLLECTION_AMBIGUOUS in codes:
+        rule = _rule_for(body)
+        if rule is not None and rule.error_class is ErrorClass.AMBIGUOUS:
+            # "Success" that says ambiguous (DP00800001000): the push may or may not be out.
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.AMBIGUOUS,
                 f"payment: {short(status.get('message') or 'ambiguous')}",
-                code=COLLECTION_AMBIGUOUS,
+                code=rule.match,
                 http_status=response.status_code,
             )
         return ProviderTransaction(
@@ -656,9 +903,7 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
         data = _transaction_data(body)
         raw_status = str(data.get("status") or "").upper()
         if response.status_code >= 400 or status.get("success") is not True or not raw_status:
-            raise self._error(
-                response, body, mutating=False, what=f"{kind} enquiry", default=ErrorClass.NOT_PROCESSED
-            )
+            raise self._error(response, body, mutating=False, what=f"{kind} enquiry", unlisted=_UNLISTED_READ)
         money_id = _text(data.get("airtel_money_id"))
         self._learn(reference, MONEY_ID, money_id)
         self._sent.remember(reference, _Sent(kind, country))
@@ -779,23 +1024,24 @@ class AirtelMoneyAdapter(AdapterBase[AirtelMoneySettings]):
         data = _transaction_data(body)
         self._learn(reference, MONEY_ID, _text(data.get("airtel_money_id")))
         self._learn(reference, REFERENCE_ID, _text(data.get("reference_id")))
-        if code in DISBURSEMENT_DUPLICATES or status.get("result_code") == ESB_DUPLICATE:
+        if DUPLICATE_CODES.intersection(_status_codes(body)):
             return await self._replay(reference, Operation.PAYOUT, country, "disbursement")  # never twice
-        if code in (DISBURSEMENT_AMBIGUOUS, DISBURSEMENT_TIMED_OUT):
+        rule = _rule_for(body)
+        if rule is not None and rule.error_class is ErrorClass.AMBIGUOUS:
+            # "May be processed or failed" even inside a success: never read as a refusal.
             raise ProviderError(
                 PROVIDER,
                 ErrorClass.AMBIGUOUS,
                 f"disbursement: {short(status.get('message') or 'ambiguous')}",
-                code=code,
+                code=rule.match,
                 http_status=response.status_code,
             )
         if response.status_code >= 400 or status.get("success") is not True:
-            # A refused disbursement moved no money: a bad request is the caller's, the rest
-            # (balance, PIN, barred payee) leave another provider free to pay.
-            default = (
-                ErrorClass.INVALID_REQUEST if code in INVALID_DISBURSEMENT_CODES else ErrorClass.NOT_PROCESSED
+            # The rules tell the merchant's side (float, limits: not processed), the customer's
+            # (a wrong number) and a bad request apart; an unknown code is never a refusal.
+            raise self._error(
+                response, body, mutating=True, what="disbursement", unlisted=_UNLISTED_DISBURSEMENT
             )
-            raise self._error(response, body, mutating=True, what="disbursement", default=default)
         raw_status = str(data.get("status") or "")
         txn_status = TRANSACTION_STATUS.get(raw_status.upper(), TransactionStatus.PENDING)
         if code == DISBURSEMENT_SUCCESS:

@@ -38,6 +38,12 @@ its services, joi schemas and documentation samples):
   secret hash set on the dashboard (`FLUTTERWAVE_WEBHOOK_HASH`): it proves the sender knows the
   secret, it does not sign the body.
 - Probe: `GET /v3/balances` (read-only).
+- Classification: `ERROR_RULES` (citing Flutterwave's error pages) is the table `_error` reads:
+  auth messages are `auth`, a 2xx `status: "error"` is `invalid_request`, a 5xx ("Application
+  error") stays `ambiguous` (nothing says it was not processed). A failed charge whose
+  `processor_response` is the customer's (insufficient funds, aborted, M-Pesa's "Request
+  cancelled by user", ...) carries it as `provider_code`; `customer_codes` lists them. A
+  transfer's "Insufficient funds in customer wallet" is the merchant's balance, not a customer's.
 
 v3 documents `tx_ref` as unique but promises no replay of the first answer (that is v4's
 `X-Idempotency-Key`). So before re-sending a reference it already tried, this adapter asks
@@ -70,6 +76,7 @@ from mcp_autonomy.providers.base import (
     CallbackAuthError,
     CallbackHint,
     ErrorClass,
+    ErrorRule,
     MalformedCallback,
     Money,
     MoneyTruth,
@@ -82,7 +89,8 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
     normalize_msisdn,
 )
-from mcp_autonomy.providers.http import build_client, json_object, send, short
+from mcp_autonomy.providers.error_table import customer_codes_of, final_result
+from mcp_autonomy.providers.http import NO_SOURCE, build_client, json_object, send, short
 
 PROVIDER = "flutterwave"
 
@@ -136,11 +144,113 @@ EXTRA_DIAL_CODES = {"ML": "223", "SN": "221", "CI": "225", "CM": "237"}
 NATIONAL_DIAL_OF_CURRENCY = {"GHS": "233"}
 """Ghana's numbers travel in national form (0550...): a pull or webhook phone is read with this."""
 MINOR_UNIT_EXPONENTS = {"UGX": 0, "RWF": 0, "XAF": 0, "XOF": 0}
-NOT_FOUND_MESSAGES = ("no transaction was found", "transaction not found", "transfer not found")
-DUPLICATE_MESSAGES = ("duplicate", "already exists")
 HASH_HEADER = "verif-hash"
 MAX_LIST_PAGES = 10_000
 """A reconciliation window never walks more pages than this (v3 lists 10 rows a page)."""
+
+FLW_ERRORS = "developer.flutterwave.com, docs/integration-guides/errors"
+FLW_SUPPORT = "flutterwave.com support, 'Common bank transaction errors' / 'Common card transaction errors'"
+DARAJA_RESULTS = "Daraja 3.0 docs, M-Pesa Express result descriptions (a type=mpesa charge relays M-Pesa's)"
+
+
+def _normal(text: str) -> str:
+    """A message as the rules compare it: case, spacing and a final full stop ignored."""
+    return " ".join(text.casefold().split()).rstrip(".").strip()
+
+
+_NOT_FOUND_RULES: tuple[ErrorRule, ...] = tuple(
+    ErrorRule(
+        match=phrase,
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read (verify, transfer): raised as not_found, which the engine weighs with "
+        "money_truth's grace (Flutterwave answers it for payments that exist, so it never proves one absent)",
+        source="a read moves no money (http.TRANSPORT_RULES); Flutterwave/Node-v3 issues #32 and #136",
+    )
+    for phrase in ("No transaction was found", "Transaction not found", "Transfer not found")
+)
+"""Status reads that found nothing (the phrase anywhere in the message, with HTTP 404 or any 4xx)."""
+_DUPLICATE_RULES: tuple[ErrorRule, ...] = tuple(
+    ErrorRule(
+        match=phrase,
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="a transfer refused because its reference exists: answered with that transfer, "
+        "ambiguous while its lookup cannot see it (never paid twice)",
+        source="developer.flutterwave.com, Transfers: the reference must be unique",
+    )
+    for phrase in ("duplicate", "already exists")
+)
+"""A resend meeting the first transfer (the phrase anywhere in the message)."""
+
+_ANSWER_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="Authorization required",
+        error_class=ErrorClass.AUTH,
+        meaning="no secret key was sent (HTTP 401)",
+        source=f"{FLW_ERRORS}: authorization errors, 401",
+    ),
+    ErrorRule(
+        match="Invalid authorization key",
+        error_class=ErrorClass.AUTH,
+        meaning="the secret key is wrong (HTTP 401)",
+        source=f"{FLW_ERRORS}: authorization errors, 401",
+    ),
+    ErrorRule(
+        match="merchant secret key required",
+        error_class=ErrorClass.AUTH,
+        meaning="no secret key was sent (answered HTTP 400)",
+        source=f"{FLW_ERRORS}: 'merchant secret key required'",
+    ),
+    ErrorRule(
+        match="HTTP 2xx with status error (any other message)",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Flutterwave refused the request inside a success status, without processing it",
+        source=f"{FLW_ERRORS}: every error is {{status: 'error', message, data}}",
+    ),
+    ErrorRule(
+        match="HTTP 5xx (e.g. 'Application error. Please contact support', code app_error)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="'something goes wrong on our end': nothing says the request was not processed",
+        source=f"{NO_SOURCE} ({FLW_ERRORS}: server errors, 'retry after a while')",
+    ),
+)
+"""Flutterwave's documented messages (matched whole, case ignored) and envelope answers."""
+_REFUSED_2XX, _HTTP_5XX = _ANSWER_RULES[-2:]
+
+_RESULT_RULES: tuple[ErrorRule, ...] = tuple(
+    ErrorRule(match=final_result(code), error_class=ErrorClass.CUSTOMER, meaning=meaning, source=source)
+    for code, meaning, source in (
+        ("ABORTED", "the customer aborted the payment", FLW_SUPPORT),
+        ("Insufficient funds", "the customer's account does not have enough funds", FLW_SUPPORT),
+        ("No sufficient funds", "the customer's account does not have enough funds", FLW_SUPPORT),
+        ("Daily transaction limit exceeded", "the customer's account hit its daily limit", FLW_SUPPORT),
+        ("Request cancelled by user", "M-Pesa: the customer cancelled the prompt (1032)", DARAJA_RESULTS),
+        (
+            "DS timeout user cannot be reached",
+            "M-Pesa: the customer's handset did not answer (1037)",
+            DARAJA_RESULTS,
+        ),
+        (
+            "The balance is insufficient for the transaction",
+            "M-Pesa: the customer's balance is short (1)",
+            DARAJA_RESULTS,
+        ),
+    )
+)
+"""A failed charge's `processor_response` that is the customer's (reported as its `provider_code`
+in this spelling). A transfer's "DISBURSE FAILED: Insufficient funds in customer wallet" is the
+merchant's Flutterwave balance (Flutterwave's "customer" is the merchant): never listed here."""
+
+ERROR_RULES: tuple[ErrorRule, ...] = _NOT_FOUND_RULES + _DUPLICATE_RULES + _ANSWER_RULES + _RESULT_RULES
+CUSTOMER_CODES = customer_codes_of(_RESULT_RULES)
+NOT_FOUND_MESSAGES = tuple(_normal(rule.match) for rule in _NOT_FOUND_RULES)
+DUPLICATE_MESSAGES = tuple(_normal(rule.match) for rule in _DUPLICATE_RULES)
+_MESSAGE_RULES = {_normal(rule.match): rule for rule in _ANSWER_RULES if not rule.match.startswith("HTTP")}
+_CUSTOMER_CODE_OF = {_normal(code): code for code in CUSTOMER_CODES}
+
+
+def customer_code(text: Any) -> str | None:
+    """A failed result's reason in `customer_codes` spelling, if it is the customer's."""
+    return _CUSTOMER_CODE_OF.get(_normal(text)) if isinstance(text, str) else None
 
 
 class FlutterwaveSettings(BaseSettings):
@@ -255,6 +365,16 @@ def _transfer_status(raw: str) -> TransactionStatus:
     return TransactionStatus.UNKNOWN
 
 
+def _failure_code(status: TransactionStatus, reason: Any, raw_status: str) -> str | None:
+    """A result's `provider_code`: a failed one's customer reason (`customer_codes` spelling) when
+    it is the customer's, so the engine can tell it from the provider's; else the raw status."""
+    if status is TransactionStatus.FAILED:
+        code = customer_code(reason)
+        if code is not None:
+            return code
+    return raw_status or None
+
+
 def _id_of(value: Any) -> str | None:
     """A Flutterwave numeric id (sent as a number or a string) as a string."""
     if isinstance(value, bool) or value is None:
@@ -284,6 +404,10 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
         countries=frozenset(c for market in MARKETS.values() for c in market.countries),
         refunds=True,
     )
+    error_rules = ERROR_RULES
+    """Every Flutterwave answer this adapter classifies, with its class and source (README table)."""
+    customer_codes = CUSTOMER_CODES
+    """A failed charge's `processor_response` that is the customer's (reported as `provider_code`)."""
     money_truth = MoneyTruth(
         not_found_grace_s=900.0,
         not_found_is_final_after_grace=False,
@@ -368,7 +492,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
 
     @staticmethod
     def _says(body: Mapping[str, Any], phrases: tuple[str, ...]) -> bool:
-        message = str(body.get("message") or "").lower()
+        message = _normal(str(body.get("message") or ""))
         return any(phrase in message for phrase in phrases)
 
     def _is_not_found(self, response: httpx.Response, body: Mapping[str, Any]) -> bool:
@@ -380,8 +504,14 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
         self, response: httpx.Response, body: dict[str, Any], *, mutating: bool, what: str
     ) -> ProviderError:
         message = str(body.get("message") or f"HTTP {response.status_code}")
-        # HTTP 2xx with `status: "error"`: Flutterwave refused the request without processing it.
-        error_class = None if response.status_code >= 400 else ErrorClass.INVALID_REQUEST
+        rule = _MESSAGE_RULES.get(_normal(message))
+        if rule is None and response.status_code < 400:
+            rule = _REFUSED_2XX
+        elif rule is None and response.status_code >= 500:
+            rule = _HTTP_5XX
+        error_class = rule.error_class if rule is not None else None  # None: http.py's table
+        if error_class is ErrorClass.AMBIGUOUS and not mutating:
+            error_class = ErrorClass.NOT_PROCESSED  # a read moves no money
         return self._provider_error(
             response,
             error_class,
@@ -545,14 +675,16 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             customer.get("phone_number") if isinstance(customer, Mapping) else None, data.get("currency")
         )
         raw = {**data, "payer": payer} if payer else data
+        status = _charge_status(raw_status)
+        reason = data.get("processor_response")
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
             provider_reference=tx_id,
-            status=_charge_status(raw_status),
+            status=status,
             money=money_of(data.get("amount"), data.get("currency")) or fallback,
-            provider_code=raw_status or None,
-            provider_message=short(data.get("processor_response") or raw_status),
+            provider_code=_failure_code(status, reason, raw_status),
+            provider_message=short(reason or raw_status),
             raw_status=raw_status or None,
             raw=raw,
         )
@@ -678,14 +810,16 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             self._attempted.remember(reference, "transfer")
         payer = payer_of(data.get("account_number"), data.get("currency"))
         raw = {**data, "payer": payer} if payer else data
+        status = _transfer_status(raw_status)
+        reason = data.get("complete_message")
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
             provider_reference=transfer_id,
-            status=_transfer_status(raw_status),
+            status=status,
             money=money_of(data.get("amount"), data.get("currency")) or fallback,
-            provider_code=raw_status or None,
-            provider_message=short(data.get("complete_message") or raw_status),
+            provider_code=_failure_code(status, reason, raw_status),
+            provider_message=short(reason or raw_status),
             raw_status=raw_status or None,
             raw=raw,
         )
@@ -725,14 +859,15 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
                 if created is not None and not since_epoch_s <= created < until_epoch_s:
                     continue
                 raw_status = str(row.get("status") or "").lower()
+                status = _charge_status(raw_status)
                 found.append(
                     ProviderTransaction(
                         provider=PROVIDER,
                         reference=str(row["tx_ref"]),
                         provider_reference=_id_of(row.get("id")),
-                        status=_charge_status(raw_status),
+                        status=status,
                         money=money_of(row.get("amount"), row.get("currency")),
-                        provider_code=raw_status or None,
+                        provider_code=_failure_code(status, row.get("processor_response"), raw_status),
                         provider_message=short(row.get("processor_response") or raw_status),
                         raw_status=raw_status or None,
                         raw=dict(row),
@@ -962,11 +1097,12 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             customer = data.get("customer")
             phone = customer.get("phone_number") if isinstance(customer, Mapping) else None
             status = _charge_status(raw_status.lower())
-            message = data.get("processor_response") or raw_status
+            reason = data.get("processor_response")
         else:
             phone = data.get("account_number")
             status = _transfer_status(raw_status.upper())
-            message = data.get("complete_message") or raw_status
+            reason = data.get("complete_message")
+        message = reason or raw_status
         return CallbackHint(
             provider=PROVIDER,
             reference=reference,
@@ -975,7 +1111,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             status=status,
             money=money,
             payer=payer_of(phone, currency),
-            provider_code=short(raw_status),
+            provider_code=short(_failure_code(status, reason, raw_status) or raw_status),
             provider_message=short(message),
             extras=extras,
             authenticated=authenticated,

@@ -28,6 +28,9 @@ provider's codes first, e.g. Daraja reports rate limits as HTTP 500 + `500.003.0
 
 Read-only calls (status queries, probes, token fetches) move no money: for them every "maybe"
 becomes `not_processed`, so the router may retry or go elsewhere freely. Pass `mutating=False`.
+
+`TRANSPORT_RULES` states these two tables as `ErrorRule`s for the generated README table (see
+`error_table`); the functions below are what the adapters run.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from mcp_autonomy.providers.base import ErrorClass, ProviderError
+from mcp_autonomy.providers.base import ErrorClass, ErrorRule, ProviderError
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 """Connect is capped separately: a slow TCP handshake says nothing good, and it is always safe to fail."""
@@ -49,6 +52,88 @@ MAX_DETAIL_CHARS = 200
 """Provider messages are cut to this length before they travel in errors and events."""
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+NO_SOURCE = "no source: ambiguous by default"
+"""The source of a rule that stays `ambiguous` because nothing written says the request was not
+processed (typically a bare 500 or 503 from a gateway): it is resolved by a status query first."""
+
+_HTTPX_EXCEPTIONS = "httpx docs, Exceptions (www.python-httpx.org/exceptions)"
+TRANSPORT_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="ConnectError, ConnectTimeout (refused, DNS, unreachable)",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="no TCP connection, so no byte of the request reached the provider",
+        source=f"{_HTTPX_EXCEPTIONS}: raised while establishing the connection, before the request is sent",
+    ),
+    ErrorRule(
+        match="PoolTimeout",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the request never left this process",
+        source=f"{_HTTPX_EXCEPTIONS}: timed out waiting to acquire a connection from the pool",
+    ),
+    ErrorRule(
+        match="UnsupportedProtocol, LocalProtocolError",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="rejected by httpx before sending (a bug here, not the provider)",
+        source=f"{_HTTPX_EXCEPTIONS}: protocol violations detected by the client itself",
+    ),
+    ErrorRule(
+        match="WriteTimeout, WriteError",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="the connection broke while sending; the server may already hold the whole request",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="ReadTimeout, ReadError, RemoteProtocolError (reset or closed mid-response)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="the request was sent: the provider may be processing it right now",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="any other TransportError (e.g. ProxyError)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="unknown means maybe",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="HTTP 429",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="refused by the rate limiter before processing; Retry-After is honoured",
+        source="RFC 6585 section 4: the user has sent too many requests (the server refuses them)",
+    ),
+    ErrorRule(
+        match="HTTP 401, 403",
+        error_class=ErrorClass.AUTH,
+        meaning="refused at the gate: credentials or permissions, never processed",
+        source="RFC 9110 sections 15.5.2 and 15.5.4: request lacks valid credentials / refused",
+    ),
+    ErrorRule(
+        match="HTTP 408",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the server gave up waiting for the complete request",
+        source="RFC 9110 section 15.5.9: the server did not receive a complete request; the client may repeat it",
+    ),
+    ErrorRule(
+        match="other HTTP 4xx",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="the provider validated and refused it: the caller's fault, another provider will not help",
+        source="RFC 9110 section 15.5: the client seems to have erred",
+    ),
+    ErrorRule(
+        match="HTTP 5xx",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="the provider (or a proxy in front of it) failed at an unknown point, possibly after accepting",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="any 'maybe' on a read-only call (status query, probe, token)",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read moves no money: retrying it, here or elsewhere, cannot charge anyone",
+        source="RFC 9110 section 9.2.1: safe (read-only) requests change nothing on the server",
+    ),
+)
+"""The two module tables above as rules (classification itself is `classify_transport_error`
+and `classify_http_status`)."""
 
 
 def make_timeout(timeout_s: float, connect_timeout_s: float | None = None) -> httpx.Timeout:

@@ -31,7 +31,12 @@ IntaSend/intasend-python and intasend-node, and the community Rust SDK):
   proves the sender knows it (nothing signs the body). `parse_callback` checks it against
   `INTASEND_WEBHOOK_CHALLENGE` when that is set.
 - Errors: `{detail}` in older answers, `{type, errors: [{code, detail, attr}]}` in current ones;
-  401 bad key, 403 forbidden, 404 unknown, 429 throttled (with `Retry-After`), 5xx.
+  401 bad key, 403 forbidden, 404 unknown, 429 throttled (with `Retry-After`), 5xx. The status
+  decides (`ERROR_RULES`, citing IntaSend's error page): a 500 or a 503 ("offline for
+  maintenance") stays `ambiguous`, since nothing says the request was not processed and IntaSend
+  has no idempotency key that would make a resend safe. A FAILED invoice's `failed_code` is
+  M-Pesa's ResultCode; the customer's ones (1032 cancelled, 1037 no answer, ...) are
+  `customer_codes`.
 - Probe: `GET /api/v1/wallets/` (read-only).
 
 IntaSend documents no idempotency key. So the adapter guards on its own side: a repeat of a
@@ -65,6 +70,7 @@ from mcp_autonomy.providers.base import (
     CallbackAuthError,
     CallbackHint,
     ErrorClass,
+    ErrorRule,
     MalformedCallback,
     Money,
     MoneyTruth,
@@ -77,7 +83,8 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
     normalize_msisdn,
 )
-from mcp_autonomy.providers.http import json_object, send, short
+from mcp_autonomy.providers.error_table import customer_codes_of, final_result
+from mcp_autonomy.providers.http import NO_SOURCE, json_object, send, short
 
 PROVIDER = "intasend"
 API = "/api/v1"
@@ -99,6 +106,101 @@ CHARGEBACK_FAILED = frozenset({"REJECTED", "DECLINED", "CANCELLED", "FAILED"})
 CHARGEBACK_PENDING = frozenset({"PENDING", "IN-REVIEW", "DISPUTED", "OVERDUE", ""})
 UNRESOLVED_CODE = "unresolved_previous_attempt"
 ZERO_DECIMAL_CURRENCIES = frozenset({"UGX", "RWF", "XOF", "XAF", "JPY", "KRW", "BIF", "GNF"})
+
+INTASEND_ERRORS = "IntaSend documentation, resources/errors.md (status codes)"
+INTASEND_PAYMENT_STATUS = (
+    "IntaSend payment status (failed_code / failed_reason carry M-Pesa's STK ResultCode / ResultDesc); "
+    "codes per Daraja 3.0 docs, M-Pesa Express result codes"
+)
+
+_HTTP_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="HTTP 400",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Bad Request: the request is invalid ({detail} or {errors: [{code, detail, attr}]})",
+        source=f"{INTASEND_ERRORS}: 'Your request is invalid'",
+    ),
+    ErrorRule(
+        match="HTTP 401",
+        error_class=ErrorClass.AUTH,
+        meaning="Unauthorized: the API token (secret key) is wrong",
+        source=f"{INTASEND_ERRORS}: 'Your API token is wrong'",
+    ),
+    ErrorRule(
+        match="HTTP 403",
+        error_class=ErrorClass.AUTH,
+        meaning="Forbidden: no access to the resource",
+        source=f"{INTASEND_ERRORS}: 'You do not have access to the resource'",
+    ),
+    ErrorRule(
+        match="HTTP 404",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Not Found on a payment call: no such resource (a status read raises not_found instead)",
+        source=f"{INTASEND_ERRORS}: 'The specified resource could not be found'",
+    ),
+    ErrorRule(
+        match="HTTP 429",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="Too Many Requests: throttled (Retry-After honoured)",
+        source=f"{INTASEND_ERRORS}: 'You're requesting too many requests! Slow down!'",
+    ),
+    ErrorRule(
+        match="HTTP 500",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="'We had a problem with our server': nothing says the push or approval was not processed",
+        source=f"{NO_SOURCE} ({INTASEND_ERRORS}: 'Try again later' says nothing about this request)",
+    ),
+    ErrorRule(
+        match="HTTP 503",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="'temporarily offline for maintenance': a proxy's 503 may follow acceptance, and "
+        "IntaSend has no idempotency key to make a resend safe",
+        source=f"{NO_SOURCE} ({INTASEND_ERRORS} does not say the request was not processed)",
+    ),
+    ErrorRule(
+        match="HTTP 404 or 400 'not found' on a status read (payment, send money, chargeback)",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="payment or send-money status: IntaSend does not know the id; raised as not_found, "
+        "which the engine weighs with money_truth's grace",
+        source="a read moves no money (http.TRANSPORT_RULES)",
+    ),
+    ErrorRule(
+        match=UNRESOLVED_CODE,
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="this process sent a push under this reference whose outcome is unknown: it is never "
+        "pushed again (IntaSend would charge twice)",
+        source="IntaSend documents no idempotency key (this module's docstring)",
+    ),
+)
+"""IntaSend answers by HTTP status (its bodies carry only a detail): the class of each."""
+
+_RESULT_RULES: tuple[ErrorRule, ...] = tuple(
+    ErrorRule(
+        match=final_result(code),
+        error_class=ErrorClass.CUSTOMER,
+        meaning=meaning,
+        source=INTASEND_PAYMENT_STATUS,
+    )
+    for code, meaning in (
+        ("1", "STK push: insufficient funds in the customer's M-Pesa"),
+        ("17", "STK push: rule limited (the same amount from this customer again so soon)"),
+        ("1001", "STK push: unable to lock subscriber (the customer is in another M-Pesa session)"),
+        ("1019", "STK push: expired before the customer answered"),
+        ("1032", "STK push: cancelled by the customer"),
+        ("1037", "STK push: DS timeout, the customer's handset cannot be reached"),
+        ("2001", "STK push: wrong PIN entered by the customer"),
+    )
+)
+"""A FAILED invoice's `failed_code` that is the customer's (send-money items carry IntaSend's own
+TF codes, none of which names the customer)."""
+
+ERROR_RULES: tuple[ErrorRule, ...] = _HTTP_RULES + _RESULT_RULES
+CUSTOMER_CODES = customer_codes_of(_RESULT_RULES)
+_RULE_BY_MATCH = {rule.match: rule for rule in _HTTP_RULES}
+_STATUS_NOT_FOUND = _RULE_BY_MATCH[
+    "HTTP 404 or 400 'not found' on a status read (payment, send money, chargeback)"
+]
+_UNRESOLVED = _RULE_BY_MATCH[UNRESOLVED_CODE]
 
 
 class IntaSendSettings(BaseSettings):
@@ -262,6 +364,10 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
         countries=frozenset({"KE"}),
         refunds=True,
     )
+    error_rules = ERROR_RULES
+    """Every IntaSend answer this adapter classifies, with its class and source (README table)."""
+    customer_codes = CUSTOMER_CODES
+    """A failed invoice's `failed_code` (M-Pesa's ResultCode) that is the customer's."""
     money_truth = MoneyTruth(
         not_found_grace_s=120.0,
         not_found_is_final_after_grace=False,
@@ -340,10 +446,15 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
     def _error(
         self, response: httpx.Response, body: dict[str, Any], *, mutating: bool, what: str
     ) -> ProviderError:
+        """Classify by HTTP status through `ERROR_RULES` (other statuses: http.py's table)."""
         code, message = _details(body)
+        rule = _RULE_BY_MATCH.get(f"HTTP {response.status_code}")
+        error_class = rule.error_class if rule is not None else None
+        if error_class is ErrorClass.AMBIGUOUS and not mutating:
+            error_class = ErrorClass.NOT_PROCESSED  # a read moves no money
         return self._provider_error(
             response,
-            None,
+            error_class,
             f"{what}: {short(message or f'HTTP {response.status_code}')}",
             code=code,
             mutating=mutating,
@@ -395,7 +506,7 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
         if reference in self._unresolved:
             raise ProviderError(
                 PROVIDER,
-                ErrorClass.AMBIGUOUS,
+                _UNRESOLVED.error_class,
                 "collect: an earlier push under this reference has an unknown outcome; not pushing again",
                 code=UNRESOLVED_CODE,
             )
@@ -521,7 +632,7 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
         if self._not_found(response, body):
             raise ProviderError(
                 PROVIDER,
-                ErrorClass.NOT_PROCESSED,
+                _STATUS_NOT_FOUND.error_class,
                 f"payment status: no invoice {invoice_id}",
                 code=NOT_FOUND_CODE,
                 http_status=response.status_code,
@@ -607,7 +718,7 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
         if self._not_found(response, body):
             raise ProviderError(
                 PROVIDER,
-                ErrorClass.NOT_PROCESSED,
+                _STATUS_NOT_FOUND.error_class,
                 f"send money status: no batch {tracking_id}",
                 code=NOT_FOUND_CODE,
                 http_status=response.status_code,
@@ -696,7 +807,7 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
         if response.status_code == 404:
             raise ProviderError(
                 PROVIDER,
-                ErrorClass.NOT_PROCESSED,
+                _STATUS_NOT_FOUND.error_class,
                 f"chargeback: no chargeback {chargeback_id}",
                 code=NOT_FOUND_CODE,
                 http_status=404,

@@ -11,7 +11,10 @@ Daraja facts this module is built on (Daraja 3.0 portal documentation and its er
   field, `500.003.02` spike arrest and `500.003.03` quota (HTTP 500), `500.001.1001` is
   "wrong credentials", "merchant does not exist", "unable to lock subscriber" on a push, and
   "the transaction is being processed" on a query. Outcomes also arrive inside HTTP 200 bodies
-  (`ResponseCode`, `ResultCode`).
+  (`ResponseCode`, `ResultCode`). `ERROR_RULES` is the classification table (each rule cites
+  its source) and the only one `_error` reads: "Unable to lock subscriber" is the customer's
+  (busy in another session: the push was not accepted, and another provider would meet the same
+  busy customer), a bare 5xx is ambiguous (no source says such a push was not sent).
 - STK push `POST /mpesa/stkpush/v1/processrequest` (Password = base64(shortcode + passkey +
   timestamp), timestamp `YYYYMMDDHHmmss`, AccountReference <= 12 chars) answers a
   `CheckoutRequestID`; the result comes by callback (`Body.stkCallback`, numeric ResultCode;
@@ -42,6 +45,9 @@ B2C, reversal and status-query results `MPESA_RESULT_URL/<ref>`, queue timeouts
 signed, so `parse_callback` returns hints with `authenticated=False` and the engine confirms
 each by a pull. Result codes: 0 success; 1 insufficient funds, 17 rule limited, 1032 cancelled
 by the user, 1037 no answer from the handset, 2001 wrong PIN or initiator ... are failures.
+The customer's final codes are `customer_codes`; a failed B2C or reversal result is reported as
+`b2c:<ResultCode>` / `reversal:<ResultCode>`, since there the same numbers are the merchant's
+(B2C 1: the merchant's account is short; 2001: the initiator's credential is wrong).
 
 Identifier kinds reported through `identifier_sink`: `checkout_request_id` and
 `merchant_request_id` (STK push), `conversation_id` (B2C), `reversal_conversation_id` and
@@ -70,6 +76,7 @@ from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
     CallbackHint,
     ErrorClass,
+    ErrorRule,
     MalformedCallback,
     Money,
     MoneyTruth,
@@ -82,7 +89,8 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
     normalize_msisdn,
 )
-from mcp_autonomy.providers.http import json_object, send, short
+from mcp_autonomy.providers.error_table import customer_codes_of, final_result
+from mcp_autonomy.providers.http import NO_SOURCE, json_object, send, short
 
 PROVIDER = "mpesa"
 EAT = timezone(timedelta(hours=3), "EAT")
@@ -99,13 +107,265 @@ REFERENCE_RE = re.compile(r"^[0-9A-Z]{12}$")
 PARTY_PHONE_RE = re.compile(r"^\s*\+?(\d{9,15})\b")
 """The MSISDN that leads a Daraja party name such as `254708374149 - John Doe`."""
 
-TOKEN_REJECTED_CODES = frozenset({"404.001.03", "401.003.01", "401.002.01"})
-"""Token invalid or expired: refused at the gateway, so one retry with a fresh token is safe."""
-AUTH_ERROR_CODES = TOKEN_REJECTED_CODES | {"404.001.04", "400.008.01"}
-RATE_LIMIT_ERROR_CODES = frozenset({"500.003.02", "500.003.03"})
-INVALID_ERROR_CODES = frozenset(
-    {"400.002.02", "400.002.01", "400.002.05", "400.003.02", "400.008.02", "404.001.01", "405.001"}
+DARAJA_ERRORS = "Daraja 3.0 docs (developer.safaricom.co.ke), API error codes"
+DARAJA_RESULTS = "Daraja 3.0 docs, M-Pesa Express (STK push) result codes (DESIGN.md section 7)"
+DARAJA_B2C_RESULTS = "Daraja 3.0 docs, B2C v3 result codes"
+
+_SYNC_RULES: tuple[ErrorRule, ...] = (
+    # --- refused at the gate: credentials ----------------------------------------------------
+    ErrorRule(
+        match="404.001.03",
+        error_class=ErrorClass.AUTH,
+        meaning="Invalid Access Token: refused at the gateway (resent once with a fresh token, then auth)",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="401.003.01",
+        error_class=ErrorClass.AUTH,
+        meaning="access token invalid or expired: refused at the gateway (resent once with a fresh token)",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="401.002.01",
+        error_class=ErrorClass.AUTH,
+        meaning="access token invalid or expired: refused at the gateway (resent once with a fresh token)",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="404.001.04",
+        error_class=ErrorClass.AUTH,
+        meaning="Invalid Authentication Header",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="400.008.01",
+        error_class=ErrorClass.AUTH,
+        meaning="Invalid Authentication passed: wrong consumer key or secret (token call)",
+        source=f"{DARAJA_ERRORS} (Authorization API)",
+    ),
+    ErrorRule(
+        match="500.001.1001: wrong credentials",
+        error_class=ErrorClass.AUTH,
+        meaning="[MerchantValidate] Wrong credentials: the passkey does not match the shortcode; the push "
+        "is refused before it is sent",
+        source=f"{DARAJA_ERRORS} (M-Pesa Express: 500.001.1001 'Wrong credentials')",
+    ),
+    ErrorRule(
+        match="500.001.1001: merchant does not exist",
+        error_class=ErrorClass.AUTH,
+        meaning="the shortcode is unknown: refused at merchant validation, before the push is sent",
+        source=f"{DARAJA_ERRORS} (M-Pesa Express: 500.001.1001 'Merchant does not exist')",
+    ),
+    # --- refused by the rate limiter ---------------------------------------------------------
+    ErrorRule(
+        match="500.003.02",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="Spike Arrest Violation (HTTP 500): refused by the gateway's rate limiter",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="500.003.03",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="Quota Violation (HTTP 500): the app's quota is spent",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="policies.ratelimit.SpikeArrestViolation",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="Apigee's spike arrest fault at the edge (`fault.detail.errorcode`)",
+        source="Apigee docs, SpikeArrest policy runtime errors (Daraja is served by Apigee)",
+    ),
+    ErrorRule(
+        match="policies.ratelimit.QuotaViolation",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="Apigee's quota fault at the edge (`fault.detail.errorcode`)",
+        source="Apigee docs, Quota policy runtime errors (Daraja is served by Apigee)",
+    ),
+    # --- validated and refused ---------------------------------------------------------------
+    ErrorRule(
+        match="400.002.01",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Bad Request: a field is missing or invalid",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="400.002.02",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Bad Request - Invalid <field> (Amount, CallBackURL, PartyA, ...)",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="400.002.05",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Invalid Request Payload",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="400.003.02",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Bad Request (request rejected by validation)",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="400.008.02",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Invalid grant type passed (token call)",
+        source=f"{DARAJA_ERRORS} (Authorization API)",
+    ),
+    ErrorRule(
+        match="404.001.01",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Resource not found: no such API path",
+        source=DARAJA_ERRORS,
+    ),
+    ErrorRule(
+        match="405.001",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Method Not Allowed",
+        source=DARAJA_ERRORS,
+    ),
+    # --- the customer's state ----------------------------------------------------------------
+    ErrorRule(
+        match="500.001.1001: unable to lock subscriber",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="'Unable to lock subscriber, a transaction is already in process for the current "
+        "subscriber': the customer is busy in another M-Pesa session; this push was not accepted "
+        "(no CheckoutRequestID). Another provider would meet the same busy customer",
+        source=f"{DARAJA_ERRORS} (M-Pesa Express: 500.001.1001); ResultCode 1001 in {DARAJA_RESULTS}",
+    ),
+    # --- answers that say nothing was started ------------------------------------------------
+    ErrorRule(
+        match="HTTP 200 with ResponseCode other than 0",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the submission itself failed: no CheckoutRequestID / ConversationID was issued",
+        source="Daraja 3.0 docs, M-Pesa Express and B2C responses: ResponseCode 0 is a successful "
+        "submission, any other code means the submission failed",
+    ),
+    ErrorRule(
+        match="400.002.02: invalid checkoutrequestid",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="STK query (a read): Daraja does not see this CheckoutRequestID (yet); raised as "
+        "not_found, which the engine weighs with money_truth's grace (never as 'never charged')",
+        source="a read moves no money (http.TRANSPORT_RULES); DESIGN.md section 10: a just-issued "
+        "CheckoutRequestID may answer 400.002.02",
+    ),
+    # --- failed at an unknown point -----------------------------------------------------------
+    ErrorRule(
+        match="500.003.1001",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="Internal Server Error: Daraja failed at an unknown point, possibly after accepting",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="messaging.adaptors.http.flow.ServiceUnavailable",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="Apigee's 503 'The Service is temporarily unavailable' at the edge: nothing says the "
+        "push did not reach M-Pesa behind it",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="HTTP 5xx with any other errorCode (or none)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="Daraja reuses 500.001.1001 and 5xx for many answers; an unlisted one may follow acceptance",
+        source=NO_SOURCE,
+    ),
 )
+"""Every synchronous Daraja answer this adapter classifies. `match` is the errorCode, or
+`<errorCode>: <phrase>` when Daraja reuses one code for several answers (the phrase is looked
+for in errorMessage, lower case)."""
+
+_RESULT_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match=final_result("1"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: insufficient funds (the customer's balance and Fuliza cannot cover it)",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("17"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: rule limited (M-Pesa refuses the same amount from this customer again so soon)",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("1001"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: unable to lock subscriber (another M-Pesa session of the customer is open)",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("1019"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: transaction expired before the customer answered",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("1032"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: request cancelled by the customer",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("1037"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: DS timeout, the customer's handset cannot be reached / did not answer",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("2001"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="STK push: wrong PIN entered by the customer (a B2C 2001 is the initiator's: b2c:2001)",
+        source=DARAJA_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("b2c:8"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="B2C: declined, the recipient's wallet would exceed its maximum balance",
+        source=DARAJA_B2C_RESULTS,
+    ),
+    ErrorRule(
+        match=final_result("b2c:2040"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="B2C: the recipient's customer type (unregistered) cannot receive this payment",
+        source=DARAJA_B2C_RESULTS,
+    ),
+)
+"""Final-result codes that are the customer's. STK codes are Daraja's ResultCode as it comes;
+B2C and reversal results name a failed code `b2c:<ResultCode>` / `reversal:<ResultCode>`, because
+the same numbers mean the merchant's side there (B2C 1: the merchant's account is short, B2C 2001:
+the initiator's credential is wrong)."""
+
+ERROR_RULES: tuple[ErrorRule, ...] = _SYNC_RULES + _RESULT_RULES
+CUSTOMER_CODES = customer_codes_of(_RESULT_RULES)
+
+
+def _rule_keys(rule: ErrorRule) -> tuple[str, str]:
+    code, _, phrase = rule.match.partition(": ")
+    return code, phrase
+
+
+_RULE_BY_CODE = {rule.match: rule for rule in _SYNC_RULES if ": " not in rule.match}
+_RULE_BY_PHRASE = {_rule_keys(rule): rule for rule in _SYNC_RULES if ": " in rule.match}
+_REFUSED_AT_SUBMISSION = _RULE_BY_CODE["HTTP 200 with ResponseCode other than 0"]
+_OTHER_5XX = _RULE_BY_CODE["HTTP 5xx with any other errorCode (or none)"]
+_STK_QUERY_NOT_FOUND = _RULE_BY_PHRASE[("400.002.02", "invalid checkoutrequestid")]
+TOKEN_REJECTED_CODES = frozenset(
+    code for code, rule in _RULE_BY_CODE.items() if "resent once with a fresh token" in rule.meaning
+)
+"""Token invalid or expired: refused at the gateway, so one retry with a fresh token is safe."""
+
+
+def _rule_for(code: str | None, message: str) -> ErrorRule | None:
+    """The rule for a Daraja errorCode and its message, or None when no rule names it."""
+    if not code:
+        return None
+    lowered = message.lower()
+    for (rule_code, phrase), rule in _RULE_BY_PHRASE.items():
+        if rule_code == code and phrase in lowered:
+            return rule
+    return _RULE_BY_CODE.get(code)
+
+
 STK_PENDING_ERROR = "500.001.1001"
 DUPLICATE_ERROR = "500.002.1001"
 STK_PENDING_RESULT_CODES = frozenset({"4999"})
@@ -283,6 +543,10 @@ class MpesaAdapter(AdapterBase[MpesaSettings]):
         countries=frozenset({"KE"}),
         refunds=True,
     )
+    error_rules = ERROR_RULES
+    """Every Daraja answer this adapter classifies, with its class and source (README table)."""
+    customer_codes = CUSTOMER_CODES
+    """Final-result codes that are the customer's (STK ResultCodes; `b2c:<code>` for B2C)."""
     money_truth = MoneyTruth(
         not_found_grace_s=120.0,
         not_found_is_final_after_grace=False,
@@ -409,27 +673,18 @@ class MpesaAdapter(AdapterBase[MpesaSettings]):
             detail = fault.get("detail")
             if isinstance(detail, Mapping) and not code:
                 code = str(detail.get("errorcode", "")) or None
-        lowered = message.lower()
+        rule = _rule_for(code, message)
         error_class: ErrorClass | None
-        if code in AUTH_ERROR_CODES:
-            error_class = ErrorClass.AUTH
-        elif code in RATE_LIMIT_ERROR_CODES or (code and ("SpikeArrest" in code or "Quota" in code)):
-            error_class = ErrorClass.RATE_LIMITED
-        elif code in INVALID_ERROR_CODES:
-            error_class = ErrorClass.INVALID_REQUEST
-        elif code == STK_PENDING_ERROR and (
-            "wrong credentials" in lowered or "merchant does not exist" in lowered
-        ):
-            # Passkey or shortcode misconfigured: refused before processing, another provider may work.
-            error_class = ErrorClass.AUTH
-        elif code == STK_PENDING_ERROR and "lock subscriber" in lowered:
-            # The customer has another M-Pesa session in flight: this push was not sent.
-            error_class = ErrorClass.NOT_PROCESSED
+        if rule is not None:
+            error_class = rule.error_class
         elif response.status_code < 400:
-            # HTTP 200 with a non-zero ResponseCode: refused at submission, nothing was started.
-            error_class = ErrorClass.NOT_PROCESSED
+            error_class = _REFUSED_AT_SUBMISSION.error_class
+        elif response.status_code >= 500:
+            error_class = _OTHER_5XX.error_class
         else:
-            error_class = None  # the HTTP status decides
+            error_class = None  # another 4xx: http.py's table decides
+        if error_class is ErrorClass.AMBIGUOUS and not mutating:
+            error_class = ErrorClass.NOT_PROCESSED  # a read moves no money
         return self._provider_error(
             response,
             error_class,
@@ -675,10 +930,10 @@ class MpesaAdapter(AdapterBase[MpesaSettings]):
                 provider_message=short(message),
                 raw_status="processing",
             )
-        if code == "400.002.02" and "checkoutrequestid" in message.lower():
+        if _rule_for(code, message) is _STK_QUERY_NOT_FOUND:
             raise ProviderError(
                 PROVIDER,
-                ErrorClass.NOT_PROCESSED,
+                _STK_QUERY_NOT_FOUND.error_class,
                 f"stk query: {short(message)}",
                 code=NOT_FOUND_CODE,
                 http_status=response.status_code,
@@ -942,6 +1197,9 @@ class MpesaAdapter(AdapterBase[MpesaSettings]):
             receipt = _text(result.get("TransactionID"))
             if ok and receipt:
                 extras["receipt"] = receipt
+        # B2C and reversal results reuse STK's numbers for the merchant's side (1: the merchant's
+        # account is short, 2001: the initiator is wrong): a failed one is named in its own space.
+        provider_code = f"{kind}:{code}" if kind in ("b2c", "reversal") and not ok else code
         return CallbackHint(
             provider=PROVIDER,
             reference=reference,
@@ -950,7 +1208,7 @@ class MpesaAdapter(AdapterBase[MpesaSettings]):
             status=status,
             money=money,
             payer=payer,
-            provider_code=code,
+            provider_code=provider_code,
             provider_message=short(description),
             extras=extras,
             authenticated=False,

@@ -36,7 +36,15 @@ community's best practices):
 - Errors are `{code, message}`; the API gateway (Azure APIM) answers 401 `{statusCode,
   message}` for a wrong subscription key and 429 with `Retry-After` when rate limited (status
   queries are capped at 10 per second). The token endpoint answers 401 `{error}` for a wrong
-  apiUser/apiKey.
+  apiUser/apiKey. `ERROR_RULES` classifies MoMo's codes (each rule cites MoMo's error list):
+  PAYER_NOT_FOUND / PAYEE_NOT_FOUND and a payer's NOT_ENOUGH_FUNDS are the customer's, but on a
+  transfer the payer is the merchant's disbursement account, so a transfer's NOT_ENOUGH_FUNDS is
+  `not_processed` (the merchant's float; another provider may pay); NOT_ALLOWED and
+  NOT_ALLOWED_TARGET_ENVIRONMENT are our configuration (`auth`); INTERNAL_PROCESSING_ERROR and
+  SERVICE_UNAVAILABLE stay `ambiguous` (nothing says the request was not processed).
+- A failed result's `reason` is its `provider_code`: a request to pay's as MoMo sends it, a
+  transfer's or refund's as `transfer:<reason>` / `refund:<reason>` (same codes, the merchant's
+  side). `customer_codes` lists those that are the customer's.
 - Probe: `GET /collection/v1_0/account/balance` (read-only; it also proves the token works).
 
 Identifiers reported to the engine (`identifier_sink`), by kind:
@@ -68,6 +76,7 @@ from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
     CallbackHint,
     ErrorClass,
+    ErrorRule,
     MalformedCallback,
     Money,
     MoneyTruth,
@@ -79,7 +88,8 @@ from mcp_autonomy.providers.base import (
     ProviderTransaction,
     TransactionStatus,
 )
-from mcp_autonomy.providers.http import json_object, send, short
+from mcp_autonomy.providers.error_table import customer_codes_of, final_result
+from mcp_autonomy.providers.http import NO_SOURCE, json_object, send, short
 
 PROVIDER = "mtn_momo"
 Product = Literal["collection", "disbursement"]
@@ -113,7 +123,6 @@ MAX_NOTE_CHARS = 160
 PENDING_STATUSES = frozenset({"PENDING", "CREATED", "ONGOING", "DELAYED"})
 FAILED_STATUSES = frozenset({"FAILED", "REJECTED", "TIMEOUT", "EXPIRED", "CANCELLED"})
 DUPLICATE_CODE = "RESOURCE_ALREADY_EXIST"
-NOT_FOUND_CODES = frozenset({"RESOURCE_NOT_FOUND", "TRANSACTION_NOT_FOUND"})
 REFUND_EXTERNAL_PREFIX = "refund-"
 """A refund's `externalId` is this prefix + the collection's X-Reference-Id (see `refund`)."""
 
@@ -127,6 +136,201 @@ REFUND_IDS = "refund_ids"
 CALLBACK_KINDS: dict[str, Operation] = {op.value: op for op in Operation}
 """A `<kind>` URL segment that names the operation (when `callback_url` ends with one)."""
 _NO_REFERENCE = frozenset({"", "-"})
+
+MOMO_ERRORS = "momodeveloper.mtn.com, API documentation 'Common Error Codes'"
+MOMO_SWAGGER = "MoMo Open API swagger ErrorReason codes (as in sparkplug/mtn-momo-api-documentation)"
+
+_NOT_FOUND_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="RESOURCE_NOT_FOUND",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read (GET status): no request under this X-Reference-Id is visible; raised as "
+        "not_found, which the engine weighs with money_truth's grace",
+        source=f"{MOMO_ERRORS}: 404 'Reference ID not found. Requested resource does not exist'",
+    ),
+    ErrorRule(
+        match="TRANSACTION_NOT_FOUND",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read: no such transaction; raised as not_found (grace applies)",
+        source=f"{MOMO_ERRORS} (a read moves no money)",
+    ),
+)
+_DUPLICATE_RULE = ErrorRule(
+    match=DUPLICATE_CODE,
+    error_class=ErrorClass.AMBIGUOUS,
+    meaning="409: MoMo already holds a request under this X-Reference-Id (an earlier attempt got "
+    "through): answered with that request, `unknown` while its lookup cannot see it yet",
+    source=f"{MOMO_ERRORS}: 409 'Duplicated Reference ID'",
+)
+_SYNC_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="NOT_ALLOWED",
+        error_class=ErrorClass.AUTH,
+        meaning="Authorization failed: the API user has no permission",
+        source=f"{MOMO_SWAGGER}: 'Authorization failed. User does not have permission'",
+    ),
+    ErrorRule(
+        match="NOT_ALLOWED_TARGET_ENVIRONMENT",
+        error_class=ErrorClass.AUTH,
+        meaning="access to this X-Target-Environment is forbidden for the API user (our configuration, "
+        "not the customer)",
+        source=f"{MOMO_SWAGGER}: 'Access to target environment is forbidden'",
+    ),
+    ErrorRule(
+        match="INVALID_CALLBACK_URL_HOST",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="the callback host differs from the API user's providerCallbackHost",
+        source=f"{MOMO_SWAGGER}: 'Callback URL with different host name than configured for API User'",
+    ),
+    ErrorRule(
+        match="INVALID_CURRENCY",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="currency not supported on the requested account",
+        source=f"{MOMO_SWAGGER}: 'Currency not supported on the requested account'",
+    ),
+    ErrorRule(
+        match="PAYER_NOT_FOUND",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="request to pay: the payer's MSISDN is not registered for Mobile Money",
+        source=f"{MOMO_ERRORS}: PAYER_NOT_FOUND 'MSISDN is not registered for Mobile Money Service'",
+    ),
+    ErrorRule(
+        match="PAYEE_NOT_FOUND",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="transfer: the customer's MSISDN is not registered for Mobile Money",
+        source=f"{MOMO_ERRORS}: PAYEE_NOT_FOUND 'MSISDN is not registered for Mobile Money Service'",
+    ),
+    ErrorRule(
+        match="requesttopay:NOT_ENOUGH_FUNDS",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="request to pay: the payer (the customer) does not have enough funds",
+        source=f"{MOMO_ERRORS}: NOT_ENOUGH_FUNDS 'The payer does not have enough funds'",
+    ),
+    ErrorRule(
+        match="requesttopay:PAYER_LIMIT_REACHED",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="request to pay: the payer's (the customer's) limit is reached",
+        source=f"{MOMO_SWAGGER}: PAYER_LIMIT_REACHED",
+    ),
+    ErrorRule(
+        match="requesttopay:PAYEE_NOT_ALLOWED_TO_RECEIVE",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="request to pay: the merchant's collection account cannot receive (e.g. its limit): "
+        "refused, nothing charged; another provider may take it",
+        source=f"{MOMO_SWAGGER}, RequestToPay error codes: 'Payee cannot receive funds due to e.g. transfer limit'",
+    ),
+    ErrorRule(
+        match="transfer:NOT_ENOUGH_FUNDS",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="transfer: the payer is the merchant's disbursement account, and it is short: refused, "
+        "nothing sent (another provider's float may pay)",
+        source=f"{MOMO_SWAGGER}, Transfer error codes: 'Not enough funds on payer account'",
+    ),
+    ErrorRule(
+        match="transfer:PAYER_LIMIT_REACHED",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="transfer: the merchant's disbursement account hit its limit: not allowed to send",
+        source=f"{MOMO_SWAGGER}, Transfer error codes: 'Not allowed to send due to Payer limit reached'",
+    ),
+    ErrorRule(
+        match="transfer:PAYEE_NOT_ALLOWED_TO_RECEIVE",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="transfer: the customer's wallet cannot receive (e.g. its limit)",
+        source=f"{MOMO_SWAGGER}: 'Payee cannot receive funds due to e.g. transfer limit'",
+    ),
+    ErrorRule(
+        match="refund:NOT_ENOUGH_FUNDS",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="refund: the merchant's disbursement account funds refunds and is short: refused",
+        source=f"{MOMO_SWAGGER}, Transfer error codes: 'Not enough funds on payer account' (refunds are "
+        "paid from the disbursement account)",
+    ),
+    ErrorRule(
+        match="INTERNAL_PROCESSING_ERROR",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="MoMo's generic failure (customer funds, service denied, or the wallet platform "
+        "unreachable): nothing says the request was not processed",
+        source=f"{NO_SOURCE} ({MOMO_ERRORS}: 'Default or Generic error code ... when there is no specific "
+        "error mapping')",
+    ),
+    ErrorRule(
+        match="SERVICE_UNAVAILABLE",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="503 'Service unavailable, try again later': nothing says the request was not processed",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="HTTP 5xx with any other code (or none)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="MoMo or APIM failed at an unknown point, possibly after accepting",
+        source=NO_SOURCE,
+    ),
+)
+"""Every synchronous MoMo answer this adapter classifies. `match` is MoMo's `code`, or
+`<resource>:<code>` (requesttopay, transfer, refund) where the same code is the customer's on one
+resource and the merchant's on another: a transfer's *payer* is the merchant's account."""
+
+_RESULT_RULES: tuple[ErrorRule, ...] = (
+    *(
+        ErrorRule(match=final_result(code), error_class=ErrorClass.CUSTOMER, meaning=meaning, source=source)
+        for code, meaning, source in (
+            ("APPROVAL_REJECTED", "request to pay: the payer rejected it", MOMO_SWAGGER),
+            ("EXPIRED", "request to pay: the payer did not answer before it expired", MOMO_SWAGGER),
+            (
+                "COULD_NOT_PERFORM_TRANSACTION",
+                "request to pay: not approved within the time frame (5 minutes)",
+                f"{MOMO_ERRORS}: 'delay to approve a transaction within the given time frame'",
+            ),
+            (
+                "NOT_ENOUGH_FUNDS",
+                "request to pay: the payer does not have enough funds",
+                f"{MOMO_ERRORS}: 'The payer does not have enough funds'",
+            ),
+            ("PAYER_LIMIT_REACHED", "request to pay: the payer's limit is reached", MOMO_SWAGGER),
+            (
+                "PAYER_NOT_FOUND",
+                "request to pay: the payer is not registered for Mobile Money",
+                f"{MOMO_ERRORS}: PAYER_NOT_FOUND",
+            ),
+            ("PAYMENT_NOT_APPROVED", "request to pay: the payer did not approve it", MOMO_SWAGGER),
+            ("TRANSACTION_CANCELED", "request to pay: the payer cancelled it", MOMO_SWAGGER),
+            (
+                "transfer:PAYEE_NOT_FOUND",
+                "transfer: the customer is not registered for Mobile Money",
+                f"{MOMO_ERRORS}: PAYEE_NOT_FOUND",
+            ),
+            (
+                "transfer:PAYEE_NOT_ALLOWED_TO_RECEIVE",
+                "transfer: the customer's wallet cannot receive",
+                MOMO_SWAGGER,
+            ),
+        )
+    ),
+)
+"""Failure reasons of final results that are the customer's. A transfer's or refund's reason is
+reported as `transfer:<reason>` / `refund:<reason>`: there the payer is the merchant's account,
+so `transfer:NOT_ENOUGH_FUNDS` is the merchant's float, never a customer's."""
+
+ERROR_RULES: tuple[ErrorRule, ...] = (*_NOT_FOUND_RULES, _DUPLICATE_RULE, *_SYNC_RULES, *_RESULT_RULES)
+CUSTOMER_CODES = customer_codes_of(_RESULT_RULES)
+NOT_FOUND_CODES = frozenset(rule.match for rule in _NOT_FOUND_RULES)
+_RULE_BY_CODE = {rule.match: rule for rule in _SYNC_RULES}
+_OTHER_5XX = _RULE_BY_CODE["HTTP 5xx with any other code (or none)"]
+
+
+def _rule_for(code: str | None, kind: ResourceKind | None) -> ErrorRule | None:
+    """The rule for MoMo's `code` on `kind` (its resource-specific rule first), or None."""
+    if not code:
+        return None
+    return (_RULE_BY_CODE.get(f"{kind}:{code}") if kind else None) or _RULE_BY_CODE.get(code)
+
+
+def _result_code(reason: str, operation: Operation | None) -> str:
+    """A final result's reason as reported: `transfer:` / `refund:` before a payout's or refund's."""
+    if operation is Operation.PAYOUT or operation is Operation.REFUND:
+        return f"{RESOURCE_KINDS[operation]}:{reason}"
+    return reason
+
 
 MONEY_TRUTH = MoneyTruth(
     not_found_grace_s=300.0,
@@ -318,6 +522,10 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
     capabilities = capabilities_for(SANDBOX_ENVIRONMENT, disbursement=True)
     """Class default (the sandbox); each instance narrows it to its configured market."""
     money_truth = MONEY_TRUTH
+    error_rules = ERROR_RULES
+    """Every MoMo answer this adapter classifies, with its class and source (README table)."""
+    customer_codes = CUSTOMER_CODES
+    """Failure reasons of final results that are the customer's (`transfer:<reason>` for payouts)."""
 
     def __init__(
         self,
@@ -468,15 +676,31 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
     # --- errors --------------------------------------------------------------------------
 
     def _error(
-        self, response: httpx.Response, body: dict[str, Any], *, mutating: bool, what: str
+        self,
+        response: httpx.Response,
+        body: dict[str, Any],
+        *,
+        mutating: bool,
+        what: str,
+        kind: ResourceKind | None = None,
     ) -> ProviderError:
-        """Classify a MoMo failure: `{code, message}`, APIM's `{statusCode, message}`, or `{error}`."""
+        """Classify a MoMo failure: `{code, message}`, APIM's `{statusCode, message}`, or `{error}`.
+
+        MoMo's `code` decides through `ERROR_RULES` (on `kind`, the resource asked for); a 5xx
+        with no listed code is ambiguous; any other status is left to http.py's table.
+        """
         code = body.get("code") or body.get("error")
         message = (
             body.get("message") or body.get("error_description") or code or f"HTTP {response.status_code}"
         )
+        rule = _rule_for(str(code) if code else None, kind)
+        if rule is None and response.status_code >= 500:
+            rule = _OTHER_5XX
+        error_class = rule.error_class if rule is not None else None
+        if error_class is ErrorClass.AMBIGUOUS and not mutating:
+            error_class = ErrorClass.NOT_PROCESSED  # a read moves no money
         return self._provider_error(
-            response, None, f"{what}: {message}", code=str(code) if code else None, mutating=mutating
+            response, error_class, f"{what}: {message}", code=str(code) if code else None, mutating=mutating
         )
 
     @staticmethod
@@ -612,7 +836,7 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
                     http_status=409,
                 )
             return existing
-        raise self._error(response, body, mutating=True, what=what)
+        raise self._error(response, body, mutating=True, what=what, kind=RESOURCE_KINDS[operation])
 
     # --- status --------------------------------------------------------------------------
 
@@ -683,7 +907,7 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
                 http_status=response.status_code,
             )
         if response.status_code != 200 or "status" not in body:
-            raise self._error(response, body, mutating=False, what=f"{kind} status")
+            raise self._error(response, body, mutating=False, what=f"{kind} status", kind=kind)
         if kind != "refund":
             self._products.remember(resource, product)
         txn = self._transaction(resource, body, operation)
@@ -711,7 +935,7 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
             provider_reference=resource,
             status=_status_of(raw_status),
             money=money_of(body.get("amount"), body.get("currency")),  # only what the pull carries
-            provider_code=reason_code or raw_status or None,
+            provider_code=(_result_code(reason_code, operation) if reason_code else raw_status) or None,
             provider_message=short(reason_message or reason_code or raw_status),
             raw_status=raw_status or None,
             raw=raw,
@@ -801,7 +1025,7 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
         if response.status_code == 409 and self._code(body) == DUPLICATE_CODE:
             existing = await self.refund_status(refund_reference)
             return existing.model_copy(update={"reference": transaction.reference})
-        raise self._error(response, body, mutating=True, what="refund")
+        raise self._error(response, body, mutating=True, what="refund", kind="refund")
 
     async def refund_status(self, refund_reference: str) -> ProviderTransaction:
         """Where one refund stands (`GET /disbursement/v1_0/refund/{id}`)."""
@@ -874,7 +1098,7 @@ class MtnMomoAdapter(AdapterBase[MtnMomoSettings]):
             status=_status_of(upper),
             money=money,
             payer=party_phone(party),
-            provider_code=short(reason_code or upper),
+            provider_code=short(_result_code(reason_code, operation) if reason_code else upper),
             provider_message=short(reason_message or reason_code or upper),
             extras={FINANCIAL_ID: short(financial_id)} if financial_id else {},
             authenticated=False,  # MoMo signs nothing

@@ -6,6 +6,12 @@ documentation snippets (PaystackOSS/doc-code-snippets):
 - Every call carries `Authorization: Bearer sk_...`; every answer is the envelope
   `{status, message, data}`; errors are `{status: false, message, meta.nextStep, type, code}`
   (`type` validation_error / processor_error / api_error); a bad key is HTTP 401 "Invalid key".
+  `ERROR_RULES` classifies Paystack's documented messages (api-errors.json; each rule cites its
+  entry): the merchant's balance too low is `not_processed` ("Topup your Paystack Balance and try
+  again"), a customer's decline, shortfall or closed account is `customer`, a 5xx is `ambiguous`
+  (nothing says it was not processed). `customer_codes` are the customer's final results: a
+  failed charge's or transfer's `gateway_response` (reported as its `provider_code`) and
+  `abandoned` once final.
 - Collect: `POST /charge` with `email`, `amount` (subunits), `currency`, our `reference` and
   `mobile_money: {phone, provider}` answers "Charge attempted" with `data.status` `pay_offline`
   (approve on the phone) or `send_otp` (`POST /charge/submit_otp`), later `success` / `failed`.
@@ -24,12 +30,17 @@ documentation snippets (PaystackOSS/doc-code-snippets):
   failed). Unknown references answer "Transaction reference not found" / "Transfer not found"
   (400 or 404): `ProviderError(code="not_found")`, which the engine weighs with `money_truth`.
   `abandoned` is not final while the customer may still complete: it reads as pending until
-  `ABANDONED_FINAL_AFTER_S` after the transaction was created, then as failed.
+  `ABANDONED_FINAL_AFTER_S` after the transaction was created, then as failed (the customer's:
+  `provider_code` "abandoned").
 - Reconciliation: `GET /transaction?from=&to=&perPage=&page=` (pagination in `meta.pageCount`).
 - Payout: `POST /transferrecipient` (type `mobile_money`, an existing account returns the same
   recipient) then `POST /transfer` (`source: balance`, a unique lowercase `reference`, >= 16
-  characters; a reused reference is refused). A transfer may stop at `otp` (the OTP goes to the
-  merchant; `POST /transfer/finalize_transfer`).
+  characters; a reused reference is refused). A transfer may stop at `otp` when the business
+  requires transfer confirmation: the OTP goes to the merchant's phone, and the transfer reads
+  as `needs_operator_otp` (from the `POST /transfer` answer and from verify alike). Nothing here
+  finalises it: an operator's audited tool calls `finalize_transfer(context, otp)`
+  (`POST /transfer/finalize_transfer {transfer_code, otp}`); a wrong OTP is `invalid_request`,
+  and the OTP never appears in an error or a result.
 - Refund: `POST /refund` with the transaction reference, "Refund has been queued for processing".
 - Webhooks (dashboard URL): `charge.success`, `transfer.success` / `transfer.failed` /
   `transfer.reversed`, `refund.pending` / `refund.processing` / `refund.processed` /
@@ -47,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -63,6 +75,7 @@ from mcp_autonomy.providers.base import (
     CallbackAuthError,
     CallbackHint,
     ErrorClass,
+    ErrorRule,
     MalformedCallback,
     Money,
     MoneyTruth,
@@ -75,7 +88,15 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
     normalize_msisdn,
 )
-from mcp_autonomy.providers.http import build_client, json_object, send, short
+from mcp_autonomy.providers.error_table import customer_codes_of, final_result
+from mcp_autonomy.providers.http import (
+    NO_SOURCE,
+    build_client,
+    classify_http_status,
+    json_object,
+    send,
+    short,
+)
 
 PROVIDER = "paystack"
 
@@ -102,20 +123,393 @@ CHARGE_PENDING = frozenset(
     {"pay_offline", "send_otp", "pending", "ongoing", "processing", "queued", "send_pin", "abandoned"}
 )
 CHARGE_FAILED = frozenset({"failed"})
-TRANSFER_PENDING = frozenset({"pending", "otp", "received", "queued", "processing", "abandoned"})
+TRANSFER_PENDING = frozenset({"pending", "received", "queued", "processing", "abandoned"})
 TRANSFER_FAILED = frozenset({"failed", "blocked", "rejected"})
 REFUND_PENDING = frozenset({"pending", "processing", "needs-attention"})
 ABANDONED_FINAL_AFTER_S = 3600.0
 """`abandoned` means the customer has not completed yet, and they still may: it reads as pending
 for this long after the transaction was created (Paystack documents no bound; chosen generously
 against a failover that would charge the customer twice), then as failed."""
+ABANDONED = "abandoned"
 DUPLICATE_CODE = "duplicate_reference"
-NOT_FOUND_MESSAGES = (
-    "transaction reference not found",
-    "transaction not found",
-    "transfer not found",
-    "refund not found",
+NOT_FOUND_ERROR_CODE = "transaction_not_found"
+TRANSFER_OTP = "otp"
+"""A transfer's status while Paystack waits for the OTP it sent the merchant."""
+MAX_OTP_CHARS = 32
+PAYSTACK_ERRORS = "Paystack API errors (shared/specs/paystack/api-errors.json)"
+PAYSTACK_OPENAPI = "Paystack OpenAPI (shared/specs/paystack/openapi.yaml)"
+
+
+def _errors_entry(tag: str, solution: str) -> str:
+    return f"{PAYSTACK_ERRORS}, {tag}: {solution}"
+
+
+def _normal(text: str) -> str:
+    """A message as the rules compare it: case, spacing and a final full stop ignored."""
+    return " ".join(text.casefold().split()).rstrip(".").strip()
+
+
+def _pattern(match: str) -> re.Pattern[str]:
+    """A documented message as a pattern: its `X` placeholder stands for a number."""
+    return re.compile(
+        r"\ ".join(r"\d+" if word == "x" else re.escape(word) for word in _normal(match).split())
+    )
+
+
+_NOT_FOUND_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="Transaction reference not found",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read (verify): no charge with this reference is visible; raised as not_found, which the "
+        "engine weighs with money_truth's grace",
+        source=_errors_entry(
+            "Transaction", "'No transaction could be found with this transaction reference'"
+        ),
+    ),
+    ErrorRule(
+        match="Transaction not found",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read: no such transaction is visible; raised as not_found (grace applies)",
+        source=_errors_entry(
+            "Transaction", "'No transaction could be found with this transaction reference'"
+        ),
+    ),
+    ErrorRule(
+        match="Transfer not found",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read (transfer verify): no such transfer is visible; raised as not_found (grace applies)",
+        source=_errors_entry("Transfer", "'No transfer could be found with this transfer code'"),
+    ),
+    ErrorRule(
+        match="Refund not found",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="a read (GET /refund/{id}): no such refund; raised as not_found",
+        source=f"{PAYSTACK_OPENAPI}: GET /refund/{{id}} answers NotFound for an unknown id (a read moves no money)",
+    ),
 )
+"""Status reads that found nothing (matched anywhere in the message, with HTTP 400 or 404, or
+`code: transaction_not_found`)."""
+
+_DUPLICATE_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="Duplicate Transaction Reference",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="the reference (derived from the idempotency key) exists: answered with that payment "
+        "(verify); ambiguous only while its lookup cannot see it yet",
+        source=_errors_entry(
+            "Transaction", "'This transaction reference has already been used on this integration'"
+        ),
+    ),
+    ErrorRule(
+        match="Duplicate charge request for reference",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="the charge reference exists: answered with that charge (ambiguous while unseen)",
+        source=_errors_entry("Charge", "'a transaction reference that has previously been used'"),
+    ),
+    ErrorRule(
+        match="Please provide a unique reference. Reference already exists on a transfer",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="the transfer reference exists: answered with that transfer, never a second one",
+        source=_errors_entry("Transfer", "'This reference has already been used on a prior transfer'"),
+    ),
+)
+"""A resend meeting the first attempt (or `code: duplicate_reference`): never a second payment."""
+
+_MESSAGE_RULES: tuple[ErrorRule, ...] = (
+    # --- refused at the gate ---------------------------------------------------------------
+    *(
+        ErrorRule(
+            match=text,
+            error_class=ErrorClass.AUTH,
+            meaning=meaning,
+            source=_errors_entry("Authentication", solution),
+        )
+        for text, meaning, solution in (
+            (
+                "Invalid key",
+                "the secret key is wrong (HTTP 401)",
+                "'The API key provided is invalid for this call'",
+            ),
+            (
+                "Format is Authorization Bearer [secret key]",
+                "malformed Authorization header",
+                "'Authorization header is improperly formatted'",
+            ),
+            (
+                "No Authorization Header was found",
+                "no key sent",
+                "'The authorization header ... is not provided'",
+            ),
+            ("Authentication token expired", "the token expired", "'Generate a new token'"),
+            (
+                "Error: You do not have privileges for this action. Kindly contact Admin.",
+                "the key lacks the permission",
+                "'You do not have the permission for the action'",
+            ),
+        )
+    ),
+    ErrorRule(
+        match="Invalid Merchant Selected",
+        error_class=ErrorClass.AUTH,
+        meaning="the business behind the key is disabled: every call is refused",
+        source=_errors_entry("Transaction", "'the API key of a disabled business'"),
+    ),
+    ErrorRule(
+        match="Integration has been deactivated",
+        error_class=ErrorClass.AUTH,
+        meaning="the integration cannot process transactions any more",
+        source=_errors_entry("Transaction", "'deactivated on Paystack and cannot process transactions'"),
+    ),
+    ErrorRule(
+        match="You cannot initiate third party payouts as a starter business",
+        error_class=ErrorClass.AUTH,
+        meaning="transfers are not enabled for this business: refused before any transfer",
+        source=_errors_entry(
+            "Transfer", "'The Transfers product is only available to Registered businesses'"
+        ),
+    ),
+    # --- rate limited ----------------------------------------------------------------------
+    ErrorRule(
+        match="Please wait a few minutes and try again.",
+        error_class=ErrorClass.RATE_LIMITED,
+        meaning="rate limited: too many requests in a short time",
+        source=_errors_entry("Charge", "'You've been rate-limited ... try the API call again'"),
+    ),
+    # --- the merchant's side, certainly not processed --------------------------------------
+    ErrorRule(
+        match="Your balance is not enough to fulfill this request",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the merchant's Paystack balance cannot fund the transfer: nothing was sent (another "
+        "provider's float may)",
+        source=_errors_entry("Transfer", "'Topup your Paystack Balance and try again'"),
+    ),
+    ErrorRule(
+        match="Your balance is not enough to fulfil this request",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the merchant's balance cannot fund the transfer: nothing was sent",
+        source=_errors_entry("Transfer", "'Top Up option on your dashboard to add funds'"),
+    ),
+    ErrorRule(
+        match="Insufficient balance to fulfill this refund. Please top up.",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="the merchant's balance cannot fund the refund: nothing was refunded",
+        source=_errors_entry("Refund", "'You need to top up your Paystack balance'"),
+    ),
+    ErrorRule(
+        match="System Malfunction",
+        error_class=ErrorClass.NOT_PROCESSED,
+        meaning="an unspecified error at the receiving bank or wallet: the transfer did not go through",
+        source=_errors_entry("Transfer", "'The transfer should be retried'"),
+    ),
+    # --- the customer's state --------------------------------------------------------------
+    ErrorRule(
+        match="Declined",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's account or wallet declined the charge",
+        source=_errors_entry("Transaction", "'ask your customer to reach out to their bank'"),
+    ),
+    ErrorRule(
+        match="Insufficient Funds",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's account cannot cover the amount",
+        source=_errors_entry("Transaction", "'ask the customer to ... fund their account'"),
+    ),
+    ErrorRule(
+        match="Denied by fraud system",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="this customer's transaction was flagged: the customer retries after 24 hours",
+        source=_errors_entry("Transaction", "'The customer should retry the transaction after 24 hours'"),
+    ),
+    ErrorRule(
+        match="Unable to process transaction",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's transaction was denied by Paystack's fraud system",
+        source=_errors_entry("Transaction", "'The customer needs to escalate to Paystack'"),
+    ),
+    ErrorRule(
+        match="Provided registration token is invalid",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the OTP the customer gave for a mobile-money charge is wrong",
+        source=_errors_entry("Charge", "'Show the error to the customer and ask for correct OTP'"),
+    ),
+    ErrorRule(
+        match="Too many attempts. You have to wait for X minutes to try again",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer gave a wrong OTP too many times",
+        source=_errors_entry(
+            "Charge", "'Wait the specified amount of time ... try again with the correct OTP'"
+        ),
+    ),
+    ErrorRule(
+        match="Charge attempt cannot be fulfilled until X minutes",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's instrument failed too often and is regulated for a while",
+        source=_errors_entry("Charge", "'Wait for the indicated time period'"),
+    ),
+    ErrorRule(
+        match="Account number is invalid",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's wallet number is not valid at that wallet provider",
+        source=_errors_entry("Transfer", "'Please confirm the length and value of the account number'"),
+    ),
+    ErrorRule(
+        match="Cannot resolve account",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's number is not an account of that wallet provider",
+        source=_errors_entry("Transfer", "'confirm that the account number is correct'"),
+    ),
+    ErrorRule(
+        match="Could not resolve account name. Check parameters or try again.",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's number is not an account of that wallet provider",
+        source=_errors_entry("Verification", "'confirm that the account number is correct'"),
+    ),
+    ErrorRule(
+        match="Account closed",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's account has been closed",
+        source=_errors_entry("Transfer", "'The customer should reach out to the bank'"),
+    ),
+    ErrorRule(
+        match="Sorry, we can't make the transfer to this recipient at the moment",
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer's account is on a watchlist: transfers to it are disabled",
+        source=_errors_entry("Transfer", "'The customer should reach out to the bank'"),
+    ),
+    # --- validated and refused -------------------------------------------------------------
+    *(
+        ErrorRule(
+            match=text,
+            error_class=ErrorClass.INVALID_REQUEST,
+            meaning="validation: our request is wrong, another provider would not change that",
+            source=f"{PAYSTACK_ERRORS}, {tag}",
+        )
+        for tag, text in (
+            ("Charge", "Amount must be an integer"),
+            ("Transaction", "Invalid Amount Sent"),
+            ("Transaction", "Invalid amount passed."),
+            ("Transaction", "You must specify a valid amount"),
+            ("Transaction", "Transaction amount limit exceeded"),
+            ("Charge", "Watch your spending. Amount cannot be processed online... (What did you expect?)."),
+            ("Charge", "Currency not supported by merchant"),
+            ("Charge", "Email address is required to create charge"),
+            ("Transaction", "Email is not allowed to be empty"),
+            ("Transaction", "Invalid Email Address Passed"),
+            ("Transaction", "Invalid character in transaction reference"),
+            ("Transfer", "Your reference contains illegal special characters"),
+            ("Transfer", "Invalid entries found"),
+            ("Transfer", "Bank code is invalid"),
+            ("Transfer Recipient", "Unknown bank code"),
+            ("Transfer", "bank_code is required"),
+            ("Transfer", "Account number is required"),
+            ("Verification", "Account number should be numeric"),
+            ("Transfer", "Recipient specified is invalid"),
+            ("Transfer", "Transfer ID/code specified is invalid."),
+            ("Transfer", "Invalid 'from' date"),
+            ("Transaction", "Transaction ID should be numeric."),
+            ("Refund", "Transaction has been fully reversed"),
+            ("Refund", "Cannot refund less than USD 1"),
+        )
+    ),
+)
+"""Paystack's documented error messages this adapter classifies (matched whole, case and a final
+full stop ignored; `X` stands for a number of minutes)."""
+
+_ANSWER_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        match="HTTP 2xx with status false (any other message)",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="Paystack refused the request inside a success status, without processing it",
+        source=f"{PAYSTACK_OPENAPI}: Error envelope {{status: false, message}}",
+    ),
+    ErrorRule(
+        match="HTTP 5xx (any message)",
+        error_class=ErrorClass.AMBIGUOUS,
+        meaning="Paystack (or its edge) failed at an unknown point: resolve by verify before anything else",
+        source=NO_SOURCE,
+    ),
+    ErrorRule(
+        match="POST /transfer/finalize_transfer refused (wrong or expired OTP, not awaiting one)",
+        error_class=ErrorClass.INVALID_REQUEST,
+        meaning="the OTP the operator typed is the merchant's, not the customer's: a wrong one is the "
+        "request's fault (the transfer stays at otp); auth, rate limits and 5xx keep their class",
+        source=f"{PAYSTACK_OPENAPI}: TransferFinalize {{transfer_code, otp}}, 'OTP sent to business "
+        "phone to verify transfer'",
+    ),
+)
+_REFUSED_2XX, _HTTP_5XX, _FINALIZE_REFUSED = _ANSWER_RULES
+
+_RESULT_RULES: tuple[ErrorRule, ...] = (
+    *(
+        ErrorRule(
+            match=final_result(rule.match),
+            error_class=ErrorClass.CUSTOMER,
+            meaning=f"a failed charge or transfer whose gateway_response says so: {rule.meaning}",
+            source=rule.source,
+        )
+        for rule in _MESSAGE_RULES
+        if rule.error_class is ErrorClass.CUSTOMER and "X minutes" not in rule.match
+    ),
+    ErrorRule(
+        match=final_result("Transaction cannot be completed. Session timeout exceeded."),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer did not complete the payment in the time allowed",
+        source=_errors_entry("Transaction", "'The transaction was not completed in the time allowed'"),
+    ),
+    ErrorRule(
+        match=final_result("Oooops, your payment has exceeded the time to pay."),
+        error_class=ErrorClass.CUSTOMER,
+        meaning="the customer did not pay before the session timeout",
+        source=_errors_entry(
+            "Transaction", "'The transaction was not made before the Payment Session Timeout'"
+        ),
+    ),
+    ErrorRule(
+        match=final_result("abandoned"),
+        error_class=ErrorClass.CUSTOMER,
+        meaning=f"status abandoned past ABANDONED_FINAL_AFTER_S ({ABANDONED_FINAL_AFTER_S:g} s): the customer "
+        "never completed it (inside that window it is pending, never final)",
+        source="Paystack docs, Verify Transaction: abandoned = the customer has not completed the "
+        f"transaction; {PAYSTACK_OPENAPI}: status enum success, failed, abandoned, reversed",
+    ),
+)
+"""Final results that are the customer's: a failed charge's or transfer's `gateway_response`
+(reported as `provider_code` in the canonical spelling below), or `abandoned` once final."""
+
+ERROR_RULES: tuple[ErrorRule, ...] = (
+    _NOT_FOUND_RULES + _DUPLICATE_RULES + _MESSAGE_RULES + _ANSWER_RULES + _RESULT_RULES
+)
+CUSTOMER_CODES = customer_codes_of(_RESULT_RULES)
+_CUSTOMER_CODE_OF = {_normal(code): code for code in CUSTOMER_CODES}
+
+
+_MESSAGE_PATTERNS = tuple((_pattern(rule.match), rule) for rule in _MESSAGE_RULES)
+_NOT_FOUND_PHRASES = tuple(_normal(rule.match) for rule in _NOT_FOUND_RULES)
+_DUPLICATE_PHRASES = tuple(_normal(rule.match) for rule in _DUPLICATE_RULES)
+
+
+def _message_rule(message: str) -> ErrorRule | None:
+    """The rule whose documented message this is, or None."""
+    normal = _normal(message)
+    for pattern, rule in _MESSAGE_PATTERNS:
+        if pattern.fullmatch(normal):
+            return rule
+    return None
+
+
+def customer_code(data: Mapping[str, Any]) -> str | None:
+    """The customer code of a failed charge or transfer (`customer_codes` spelling), if it is one."""
+    if str(data.get("status", "")) == ABANDONED:
+        return ABANDONED
+    for field in ("gateway_response", "failures"):
+        text = data.get(field)
+        if isinstance(text, str):
+            found = _CUSTOMER_CODE_OF.get(_normal(text))
+            if found is not None:
+                return found
+    return None
+
+
 SIGNATURE_HEADER = "x-paystack-signature"
 LIST_PAGE_SIZE = 100
 MAX_LIST_PAGES = 1_000
@@ -169,12 +563,26 @@ def _status_of(raw: str, pending: frozenset[str], failed: frozenset[str]) -> Tra
     return TransactionStatus.UNKNOWN
 
 
+def _transfer_status(raw: str) -> TransactionStatus:
+    """A transfer at `otp` waits for the merchant's OTP: an operator submits it, never this code."""
+    if raw == TRANSFER_OTP:
+        return TransactionStatus.NEEDS_OPERATOR_OTP
+    return _status_of(raw, TRANSFER_PENDING, TRANSFER_FAILED)
+
+
 def _refund_status(raw: str) -> TransactionStatus:
     if raw == "processed":
         return TransactionStatus.SUCCEEDED
     if raw == "failed":
         return TransactionStatus.FAILED
     return TransactionStatus.PENDING if raw in REFUND_PENDING else TransactionStatus.UNKNOWN
+
+
+def _without(text: str | None, secret: str) -> str | None:
+    """`text` with every occurrence of `secret` masked (an OTP must never be stored or shown)."""
+    if text is None or not secret:
+        return text
+    return text.replace(secret, "***")
 
 
 def _epoch_of(value: Any) -> float | None:
@@ -255,6 +663,10 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         countries=frozenset(COUNTRY_OF_CURRENCY.values()),
         refunds=True,
     )
+    error_rules = ERROR_RULES
+    """Every Paystack answer this adapter classifies, with its class and source (README table)."""
+    customer_codes = CUSTOMER_CODES
+    """Final-result codes that are the customer's: a failed result's gateway response, `abandoned`."""
     money_truth = MoneyTruth(
         not_found_grace_s=300.0,
         not_found_is_final_after_grace=True,
@@ -340,15 +752,28 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         )
         return response, json_object(response)
 
+    @staticmethod
+    def _error_class(response: httpx.Response, message: str, *, mutating: bool) -> ErrorClass | None:
+        """What an answer means, from `ERROR_RULES`: its documented message first, then the
+        envelope (2xx with `status: false`), then 5xx; None leaves other 4xx to http.py's table."""
+        rule = _message_rule(message)
+        if rule is None and response.status_code < 400:
+            rule = _REFUSED_2XX
+        elif rule is None and response.status_code >= 500:
+            rule = _HTTP_5XX
+        if rule is None:
+            return None
+        if rule.error_class is ErrorClass.AMBIGUOUS and not mutating:
+            return ErrorClass.NOT_PROCESSED  # a read moves no money
+        return rule.error_class
+
     def _error(
         self, response: httpx.Response, body: dict[str, Any], *, mutating: bool, what: str
     ) -> ProviderError:
         message = str(body.get("message") or f"HTTP {response.status_code}")
-        # HTTP 2xx with `status: false`: Paystack refused the request without processing it.
-        error_class = None if response.status_code >= 400 else ErrorClass.INVALID_REQUEST
         return self._provider_error(
             response,
-            error_class,
+            self._error_class(response, message, mutating=mutating),
             f"{what}: {message}",
             code=str(body.get("code") or "") or None,
             mutating=mutating,
@@ -360,18 +785,15 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
 
     @staticmethod
     def _is_duplicate(body: dict[str, Any]) -> bool:
-        message = str(body.get("message", "")).lower()
-        return (
-            body.get("code") == DUPLICATE_CODE
-            or "duplicate" in message
-            or "reference already exists" in message
-        )
+        message = _normal(str(body.get("message", "")))
+        return body.get("code") == DUPLICATE_CODE or any(phrase in message for phrase in _DUPLICATE_PHRASES)
 
     @staticmethod
     def _is_not_found(response: httpx.Response, body: dict[str, Any]) -> bool:
-        message = str(body.get("message", "")).lower()
+        message = _normal(str(body.get("message", "")))
         return response.status_code in (400, 404) and (
-            any(text in message for text in NOT_FOUND_MESSAGES) or body.get("code") == "transaction_not_found"
+            any(phrase in message for phrase in _NOT_FOUND_PHRASES)
+            or body.get("code") == NOT_FOUND_ERROR_CODE
         )
 
     def _not_found(self, what: str, reference: str) -> ProviderError:
@@ -439,13 +861,16 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
             raw["payer"] = payer
         if provider_reference is None and data.get("id") is not None:
             provider_reference = str(data["id"])
+        # A failed result names the customer's reason in `customer_codes` spelling, so the engine
+        # can tell a customer's failure from the provider's.
+        code = (customer_code(data) if status is TransactionStatus.FAILED else None) or raw_status or None
         return ProviderTransaction(
             provider=PROVIDER,
             reference=reference,
             provider_reference=provider_reference,
             status=status,
             money=money_of(data.get("amount"), data.get("currency")) or fallback_money,
-            provider_code=raw_status or None,
+            provider_code=code,
             provider_message=short(message) if message else None,
             raw_status=raw_status or None,
             raw=raw,
@@ -500,7 +925,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         charge completed at once, the transaction itself."""
         self._learn(reference, "transaction_id", str(data["id"]) if data.get("id") is not None else None)
         raw_status = str(data.get("status", ""))
-        if raw_status == "abandoned":
+        if raw_status == ABANDONED:
             status, note = self._abandoned(data)
         else:
             status, note = _status_of(raw_status, CHARGE_PENDING, CHARGE_FAILED), ""
@@ -600,7 +1025,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
     def _charge_transaction(self, reference: str, data: dict[str, Any], message: str) -> ProviderTransaction:
         self._learn(reference, "transaction_id", str(data["id"]) if data.get("id") is not None else None)
         raw_status = str(data.get("status", ""))
-        if raw_status == "abandoned":
+        if raw_status == ABANDONED:
             status, note = self._abandoned(data)
             message = f"{note} ({data.get('gateway_response') or 'no response'})"
         else:
@@ -627,12 +1052,12 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         self._learn(reference, "transfer_code", data.get("transfer_code") or None)
         self._learn(reference, "transfer_id", transfer_id)
         raw_status = str(data.get("status", ""))
-        if raw_status == "abandoned":
+        if raw_status == ABANDONED:
             status, note = self._abandoned(data)
         else:
-            status, note = _status_of(raw_status, TRANSFER_PENDING, TRANSFER_FAILED), ""
-        if raw_status == "otp":
-            note = "the transfer waits for the OTP sent to the merchant (finalize_transfer)"
+            status, note = _transfer_status(raw_status), ""
+        if status is TransactionStatus.NEEDS_OPERATOR_OTP:
+            note = "the transfer waits for the OTP Paystack sent the merchant (an operator submits it)"
         detail = data.get("gateway_response") or data.get("failures") or note or message
         return self._transaction(
             reference,
@@ -710,7 +1135,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         if created is not None and not since_epoch_s <= created < until_epoch_s:
             return None  # the window is Paystack's; the exact bounds are ours
         raw_status = str(data.get("status", ""))
-        if raw_status == "abandoned":
+        if raw_status == ABANDONED:
             status, message = self._abandoned(data)
         else:
             status = _status_of(raw_status, CHARGE_PENDING, CHARGE_FAILED)
@@ -777,6 +1202,65 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
             raise self._error(response, body, mutating=True, what="transfer")
         return self._transfer_transaction(
             reference, _data(body), str(body.get("message", "")), fallback_money=request.money
+        )
+
+    async def finalize_transfer(self, context: PaymentContext, otp: str) -> ProviderTransaction:
+        """Submit the OTP Paystack sent the merchant for a transfer held at `otp`.
+
+        `POST /transfer/finalize_transfer {transfer_code, otp}`, the transfer code taken from the
+        context's identifiers (learnt when the transfer was created). Only an operator's audited
+        tool calls this: the adapter never finalises on its own. A refusal (a wrong or expired
+        OTP) is `invalid_request` and leaves the transfer at `otp`; a 5xx or a lost answer is
+        `ambiguous` (the transfer may have been released: verify it). The OTP never appears in an
+        error, a message or a result.
+        """
+        if context.operation is not Operation.PAYOUT:
+            raise ProviderError(PROVIDER, ErrorClass.INVALID_REQUEST, "finalize transfer: only a payout")
+        transfer_code = context.identifiers.get("transfer_code") or self._identifier(
+            context.reference, "transfer_code"
+        )
+        if not transfer_code:
+            raise ProviderError(
+                PROVIDER,
+                ErrorClass.INVALID_REQUEST,
+                "finalize transfer: no transfer_code known for this payout (it comes with the transfer)",
+            )
+        if not otp.strip() or len(otp) > MAX_OTP_CHARS:
+            raise ProviderError(
+                PROVIDER, ErrorClass.INVALID_REQUEST, "finalize transfer: the OTP is malformed"
+            )
+        self._operations.remember(context.reference, Operation.PAYOUT)
+        response, body = await self._call(
+            "POST",
+            "/transfer/finalize_transfer",
+            mutating=True,
+            what="finalize transfer",
+            payload={"transfer_code": transfer_code, "otp": otp},
+        )
+        if not self._ok(response, body):
+            raise self._finalize_error(response, body, otp)
+        data = {key: value for key, value in _data(body).items() if key != "otp"}
+        txn = self._transfer_transaction(
+            context.reference, data, str(body.get("message", "")), fallback_money=context.money
+        )
+        # Paystack's own words never carry the OTP; this is belt and braces for what is stored.
+        return txn.model_copy(update={"provider_message": _without(txn.provider_message, otp)})
+
+    def _finalize_error(self, response: httpx.Response, body: dict[str, Any], otp: str) -> ProviderError:
+        """A refused finalize: auth, rate limits and 5xx keep their class, the rest is the
+        request's (`_FINALIZE_REFUSED`). The OTP is cut out of whatever Paystack said."""
+        message = _without(str(body.get("message") or f"HTTP {response.status_code}"), otp) or ""
+        error_class = self._error_class(response, message, mutating=True)
+        if error_class is None:
+            error_class = classify_http_status(response.status_code, mutating=True)
+        if error_class not in (ErrorClass.AUTH, ErrorClass.RATE_LIMITED, ErrorClass.AMBIGUOUS):
+            error_class = _FINALIZE_REFUSED.error_class
+        return self._provider_error(
+            response,
+            error_class,
+            f"finalize transfer: {message}",
+            code=_without(str(body.get("code") or ""), otp) or None,
+            mutating=True,
         )
 
     # --- refund --------------------------------------------------------------------------
@@ -872,7 +1356,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         if operation is Operation.REFUND:
             status = _refund_status(raw_status)
         elif operation is Operation.PAYOUT:
-            status = _status_of(raw_status, TRANSFER_PENDING, TRANSFER_FAILED)
+            status = _transfer_status(raw_status)
         else:
             status = _status_of(raw_status, CHARGE_PENDING, CHARGE_FAILED)
         currency = data.get("currency")
@@ -905,7 +1389,9 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
             status=status,
             money=money,
             payer=payer,
-            provider_code=short(raw_status),
+            provider_code=short(
+                (customer_code(data) if status is TransactionStatus.FAILED else None) or raw_status
+            ),
             provider_message=short(message),
             extras=extras,
             authenticated=True,

@@ -696,7 +696,7 @@ class PaymentRouter:
         ):
             return
         now = self.clock.monotonic()
-        threshold_s = self._hang_threshold_s(lane, timeout_s, now)
+        threshold_s = self.hang_threshold_s(lane, timeout_s, now)
         hung = sum(1 for started in lane.in_flight.values() if now - started > threshold_s)
         if hung >= HANG_TRIP_CALLS:
             oldest_s = now - min(lane.in_flight.values())
@@ -705,7 +705,8 @@ class PaymentRouter:
                 "the provider is hanging; they are resolved by status, never re-sent"
             )
 
-    def _hang_threshold_s(self, lane: ProviderLane, timeout_s: float, now: float) -> float:
+    def hang_threshold_s(self, lane: ProviderLane, timeout_s: float, now: float) -> float:
+        """How long a call at `lane` may stay in flight before it counts as hung (monotonic `now`)."""
         if now - lane.hang_threshold_at >= HANG_P99_REFRESH_S:
             latencies = self.telemetry.provider(lane.name).latencies_ms(300.0)
             p99_s = (

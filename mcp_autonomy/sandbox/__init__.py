@@ -11,6 +11,7 @@ from mcp_autonomy.sandbox.core import CustomerBehavior, SandboxCredentials
 from mcp_autonomy.sandbox.faults import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
+    CustomerErrorsSpec,
     EndpointKind,
     ErrorRateSpec,
     Fault,
@@ -30,6 +31,7 @@ __all__ = [
     "AcceptThenHangSpec",
     "CredentialExpirySpec",
     "CustomerBehavior",
+    "CustomerErrorsSpec",
     "EndpointKind",
     "ErrorRateSpec",
     "Fault",

@@ -16,7 +16,10 @@ portal examples as quoted by integrators and the 121 platform's Airtel mock:
   DP00800001006` "in process". The customer (see `CustomerBehavior`) enters the PIN (TS), declines
   (TF with their decline code, default DP00800001008 refused), or ignores the push (TF,
   DP00800001024 timed out, after `push_timeout_s`). A decline code `DP00800001000` leaves the
-  transaction ambiguous (TA) - as Airtel sometimes does.
+  transaction ambiguous (TA) - as Airtel sometimes does. Airtel documents no synchronous answer
+  for a busy subscriber: a `busy` customer (or a synchronous `customer_errors` victim) gets the
+  usual DP00800001006 and fails TF DP00800001008 (refused) within `BUSY_RESULT_DELAY_S`. A
+  storm's victims fail with its code (`CUSTOMER_CODES`; default DP00800001024, at the timeout).
 - `GET /standard/v1/payments/{id}` -> `data.transaction {airtel_money_id, id, message, status}`
   (no amount, no payer: neither does Airtel's); unknown id -> `success: false`, `ESB000045` /
   `DP00800001025`, and so is a known one asked with another `X-Country`, or for
@@ -54,7 +57,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from mcp_autonomy.sandbox.core import SandboxContext, json_response, read_json_object
+from mcp_autonomy.sandbox.core import (
+    BUSY_RESULT_DELAY_S,
+    SandboxContext,
+    json_response,
+    read_json_object,
+)
 from mcp_autonomy.sandbox.faults import EndpointKind, Rejection
 from mcp_autonomy.sandbox.ledger import LedgerEntry, LedgerOperation, LedgerStatus
 
@@ -72,7 +80,24 @@ DESCRIPTIONS = {
     "DP00800001007": "User wallet does not have enough money to cover the payable amount.",
     "DP00800001008": "The transaction was refused.",
     "DP00800001024": "The transaction was timed out.",
+    "DP00800001029": "The transaction has expired.",
 }
+DECLINE_CODE = "DP00800001008"
+NO_ANSWER_CODE = "DP00800001024"
+CUSTOMER_CODES = {
+    code: DESCRIPTIONS[code]
+    for code in (
+        "DP00800001002",
+        "DP00800001003",
+        "DP00800001005",
+        "DP00800001007",
+        "DP00800001008",
+        "DP00800001024",
+        "DP00800001029",
+    )
+}
+"""Collection result codes that are the customer's: wrong PIN, wallet limit, PIN not entered,
+insufficient funds, refused, timed out, expired."""
 
 
 @cache
@@ -143,6 +168,8 @@ class AirtelMoneyEmulator:
     """The emulated Airtel Africa Open API (see the module docstring for its behaviour)."""
 
     name = NAME
+    customer_codes = CUSTOMER_CODES
+    no_answer_code = NO_ANSWER_CODE
 
     def __init__(self, ctx: SandboxContext) -> None:
         self.ctx = ctx
@@ -365,16 +392,18 @@ class AirtelMoneyEmulator:
         )
         txn = _Txn("collection", entry, self.ctx.clock.monotonic())
         self._txns[("collection", txn_id)] = txn
-        behavior = self.ctx.customers.get(NAME, entry.msisdn)
+        behavior = self.ctx.customer_for(NAME, entry.msisdn, no_answer_code=NO_ANSWER_CODE)
         if behavior.action == "accept":
             self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(txn, "TS", "DP00800001001"))
         elif behavior.action == "decline":
-            code = behavior.decline_code or "DP00800001008"
+            code = behavior.decline_code or DECLINE_CODE
             final = "TA" if code == "DP00800001000" else "TF"
             self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(txn, final, code))
+        elif behavior.action == "busy":
+            self.ctx.scheduler.after(BUSY_RESULT_DELAY_S, lambda: self._finish(txn, "TF", DECLINE_CODE))
         else:
             self.ctx.scheduler.after(
-                self.config.push_timeout_s, lambda: self._finish(txn, "TF", "DP00800001024")
+                self.config.push_timeout_s, lambda: self._finish(txn, "TF", NO_ANSWER_CODE)
             )
         status = self._status(
             "200", "SUCCESS", success=True, result_code="ESB000010", response_code="DP00800001006"

@@ -9,7 +9,7 @@ Control API (JSON; errors are 400 `{"error": "invalid_request", "detail": [{fiel
 | route | does |
 |---|---|
 | `GET /_control/faults?provider=` | scheduled faults, and the clock's `now_s` |
-| `POST /_control/faults` | add `{provider, kind, params, endpoints?, start_s?, end_s?, relative?}` |
+| `POST /_control/faults` | add `{provider, kind, params, endpoints?, start_s?, end_s?, relative?}`; kind `customer_errors` takes `{rate, code?, synchronous?}` with a code from the provider's `customer_codes` |
 | `DELETE /_control/faults?provider=` | clear (all, or one provider's) |
 | `DELETE /_control/faults/{id}` | remove one |
 | `GET /_control/ledger?provider=&msisdn=&reference=&operation=&status=` | accepted transactions |
@@ -53,7 +53,7 @@ from mcp_autonomy.sandbox.core import (
     Scheduler,
     read_json_object,
 )
-from mcp_autonomy.sandbox.faults import EndpointKind, Fault, FaultEngine, FaultSpec
+from mcp_autonomy.sandbox.faults import CustomerErrorsSpec, EndpointKind, Fault, FaultEngine, FaultSpec
 from mcp_autonomy.sandbox.flutterwave import FlutterwaveEmulator
 from mcp_autonomy.sandbox.intasend import IntaSendEmulator
 from mcp_autonomy.sandbox.ledger import Ledger, LedgerOperation, LedgerStatus
@@ -131,7 +131,14 @@ class _FaultRequest(BaseModel):
 
     provider: str
     kind: Literal[
-        "outage", "latency", "error_rate", "accept_then_hang", "throttle", "flapping", "credential_expiry"
+        "outage",
+        "latency",
+        "error_rate",
+        "accept_then_hang",
+        "throttle",
+        "flapping",
+        "credential_expiry",
+        "customer_errors",
     ]
     params: dict[str, Any] = Field(default_factory=dict)
     endpoints: list[EndpointKind] = Field(default_factory=list)
@@ -220,6 +227,13 @@ def create_sandbox_app(
                 loc = [str(p) for p in error["loc"][1:]]  # drop the discriminator tag
                 problems.append((".".join(["params", *loc]), error["msg"]))
             return _invalid(*problems)
+        if isinstance(spec, CustomerErrorsSpec) and spec.code is not None:
+            # A storm of a code the provider never sends would test nothing real.
+            codes = emulators[wanted.provider].customer_codes
+            if spec.code not in codes:
+                return _invalid(
+                    ("params.code", f"not a {wanted.provider} customer code; one of {', '.join(codes)}")
+                )
         try:
             fault: Fault = sandbox.faults.add(
                 wanted.provider,

@@ -22,6 +22,7 @@ FAULT_KINDS = (
     "throttle",
     "flapping",
     "credential_expiry",
+    "customer_errors",
 )
 
 
@@ -48,6 +49,8 @@ def add_sandbox_parsers(subparsers: Any) -> None:
         help="inject, list or clear faults in a running sandbox",
         description="Examples: chaos --provider mpesa --kind outage --param mode=refused --duration-s 60; "
         "chaos --provider paystack --kind latency --param distribution=fixed --param fixed_ms=2500; "
+        "chaos --provider mpesa --kind customer_errors --param rate=0.8 (M-Pesa 1037 for most payers; "
+        "--param code=1032, --param synchronous=true for 'Unable to lock subscriber'); "
         "chaos --list; chaos --clear [--provider mpesa]",
     )
     chaos.add_argument("--url", default="http://127.0.0.1:8766", help="the sandbox's base URL")

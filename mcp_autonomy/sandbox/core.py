@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CUSTOMER_DELAY_S = 5.0
 """How long an unconfigured test customer takes to approve a prompt."""
+BUSY_RESULT_DELAY_S = 1.0
+"""How soon a provider that accepts a prompt for a busy (locked) subscriber reports its failure:
+the network refuses the lock at once, no customer is involved."""
 CALLBACK_TIMEOUT_S = 5.0
 MAX_CALLBACK_RECORDS = 10_000
 
@@ -47,18 +50,26 @@ class SandboxAbort(Exception):
 # --- customers ----------------------------------------------------------------------------
 
 
+CustomerAction = Literal["accept", "decline", "ignore", "busy"]
+
+
 class CustomerBehavior(BaseModel):
     """How a test phone number answers prompts and receives payouts.
 
-    `decline_code` is the provider's own failure code (M-Pesa ResultCode such as "1032",
-    Paystack gateway response such as "Declined"); each emulator has a default.
+    Actions: `accept` after `delay_s`; `decline` after `delay_s` with `decline_code`; `ignore`
+    the prompt (the provider's no-answer result at its own timeout); `busy`: the subscriber is
+    locked in another transaction, so the provider refuses the prompt the way it refuses a busy
+    subscriber (M-Pesa synchronously, the others with their customer-declined result; each
+    module's docstring says which). `decline_code` is the provider's own failure code (M-Pesa
+    ResultCode such as "1032" or 1032, Paystack gateway response such as "Declined"); each
+    emulator has a default and lists its customer codes in `customer_codes`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     msisdn: str
     provider: str | None = Field(None, description="only for this provider; default every provider")
-    action: Literal["accept", "decline", "ignore"] = "accept"
+    action: CustomerAction = "accept"
     decline_code: str | None = Field(None, max_length=40)
     delay_s: float = Field(DEFAULT_CUSTOMER_DELAY_S, ge=0.0, le=86_400.0)
     payout_result_code: str | None = Field(None, max_length=40, description="None: payouts succeed")
@@ -68,6 +79,15 @@ class CustomerBehavior(BaseModel):
     def _e164(cls, value: str) -> str:
         if not E164_RE.match(value):
             raise ValueError("msisdn must be E.164, like +254712345678")
+        return value
+
+    @field_validator("decline_code", "payout_result_code", mode="before")
+    @classmethod
+    def _code_text(cls, value: Any) -> Any:
+        # M-Pesa ResultCodes are integers on the wire (1032, 2001): accept them as they are
+        # written there, and keep every code as the text the emulators compare.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
         return value
 
 
@@ -385,9 +405,20 @@ class CallbackOutbox:
 
 
 class ProviderEmulator(Protocol):
-    """One emulated provider: its routes and how it answers refusals in its own shape."""
+    """One emulated provider: its routes, how it answers refusals in its own shape, and the
+    final-result codes that are the customer's (for `CustomerBehavior` and `customer_errors`)."""
 
     name: str
+
+    @property
+    def customer_codes(self) -> Mapping[str, str]:
+        """The provider's customer failure codes of a prompt's final result -> what each means."""
+        ...
+
+    @property
+    def no_answer_code(self) -> str:
+        """The code of a prompt nobody answered (M-Pesa 1037): the default of a customer storm."""
+        ...
 
     def routes(self) -> list[BaseRoute]:
         """Starlette routes, relative to the provider's mount prefix (`/<name>`)."""
@@ -428,6 +459,27 @@ class SandboxContext:
     webhooks: dict[str, str] = field(default_factory=dict)
     """Merchant webhook URL per provider, as set on the provider's dashboard (Paystack,
     Flutterwave, IntaSend, Airtel); M-Pesa and MoMo take a callback URL per request instead."""
+
+    def customer_for(self, provider: str, msisdn: str, *, no_answer_code: str) -> CustomerBehavior:
+        """How this customer answers the prompt being created now, storms included.
+
+        Call it once per prompt, when the provider accepts it: an active `customer_errors` fault
+        draws here whether this payment is one of its victims. A victim behaves as a busy
+        customer (`synchronous`), as one who never answers (the provider's `no_answer_code`), or
+        as one who declines with the storm's code, after their usual delay. A decline whose code
+        is the no-answer code is an ignored prompt: it ends at the provider's own timeout.
+        """
+        behavior = self.customers.get(provider, msisdn)
+        storm = self.faults.customer_error(provider)
+        if storm is not None:
+            if storm.synchronous:
+                return behavior.model_copy(update={"action": "busy"})
+            behavior = behavior.model_copy(
+                update={"action": "decline", "decline_code": storm.code or no_answer_code}
+            )
+        if behavior.action == "decline" and behavior.decline_code == no_answer_code:
+            return behavior.model_copy(update={"action": "ignore"})
+        return behavior
 
     def visible(self, provider: str, accepted_at_s: float) -> bool:
         """Whether a status lookup can see a transaction accepted at `accepted_at_s`

@@ -20,6 +20,15 @@ on `clock.monotonic()`. Kinds:
 - `flapping`: down for `down_fraction` of every `period_s`, starting down; modes as `outage`.
 - `credential_expiry`: credentials issued before a cutoff stop working (each provider module
   says what that means for it: Daraja tokens, Paystack keys).
+- `customer_errors`: a storm of customer failures (M-Pesa 1037 for most payers): a `rate` share
+  of the prompts created while it lasts fail on the customer's side, with the provider's
+  customer `code` (default: its no-answer code) or, `synchronous`, refused as a busy subscriber.
+  The provider itself answers normally throughout: nothing here is a provider fault, and a
+  breaker that trips on it is wrong (`SandboxContext.customer_for` applies it).
+
+The kinds split in two around the money: `outage` (503 or refused), `throttle` and `error_rate`
+before processing refuse a request that was never processed (the ledger has nothing); the
+`after_processing` 5xx and `accept_then_hang` answer a request that was (the ledger has it).
 
 All randomness comes from one seeded `random.Random` per fault (seeded from the engine seed and
 the fault's id), so a fault's draws do not depend on other providers' traffic.
@@ -37,7 +46,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mcp_autonomy.clock import Clock
 
@@ -148,6 +157,27 @@ class CredentialExpirySpec(_Spec):
     )
 
 
+class CustomerErrorsSpec(_Spec):
+    """A storm of customer failures: `rate` of the prompts fail on the customer's side.
+
+    `code` is the provider's own customer code (M-Pesa "1", "1032", "2001"...; see each
+    emulator's `customer_codes`); None means its no-answer code (M-Pesa 1037). `synchronous`
+    refuses the request as the provider refuses a busy subscriber instead (M-Pesa HTTP 500
+    "Unable to lock subscriber"; providers with no synchronous refusal fail the prompt).
+    """
+
+    kind: Literal["customer_errors"] = "customer_errors"
+    rate: float = Field(ge=0.0, le=1.0)
+    code: str | None = Field(None, min_length=1, max_length=40)
+    synchronous: bool = False
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code_text(cls, value: object) -> object:
+        # M-Pesa ResultCodes travel as integers; the emulators compare text.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 FaultSpec = Annotated[
     OutageSpec
     | LatencySpec
@@ -155,7 +185,8 @@ FaultSpec = Annotated[
     | AcceptThenHangSpec
     | ThrottleSpec
     | FlappingSpec
-    | CredentialExpirySpec,
+    | CredentialExpirySpec
+    | CustomerErrorsSpec,
     Field(discriminator="kind"),
 ]
 
@@ -299,6 +330,10 @@ class FaultEngine:
             raise ValueError(
                 "mode 'refused' closes the provider's whole port and cannot target endpoints; "
                 "omit endpoints or use mode '503' or 'reset'"
+            )
+        if isinstance(spec, CustomerErrorsSpec) and kinds - {EndpointKind.COLLECT}:
+            raise ValueError(
+                "customer_errors hits customer prompts (collect) only; omit endpoints or give ['collect']"
             )
         if (
             isinstance(spec, LatencySpec)
@@ -458,6 +493,20 @@ class FaultEngine:
             elif isinstance(spec, AcceptThenHangSpec) and self._state[fault.id].rng.random() < spec.rate:
                 verdict.hang = spec
         return verdict
+
+    def customer_error(self, provider: str) -> CustomerErrorsSpec | None:
+        """Whether the prompt being created now is a victim of a customer-error storm.
+
+        Each active storm draws once from its own seeded stream (so a storm's victims do not
+        depend on other traffic); the first that hits decides. Called by the emulators when they
+        accept a collection, never by the fault pipeline: the provider answers normally.
+        """
+        now = self._clock.monotonic()
+        for fault in self._matching(provider, (EndpointKind.COLLECT,), now):
+            spec = fault.spec
+            if isinstance(spec, CustomerErrorsSpec) and self._state[fault.id].rng.random() < spec.rate:
+                return spec
+        return None
 
     def credential_cutoff(self, provider: str, *endpoints: EndpointKind) -> CredentialExpiry | None:
         """The active credential expiry for this request, if any."""

@@ -12,7 +12,11 @@ documentation and the official Node-v3 SDK (its samples and request schemas):
   "pending"`); Ghana, Uganda, Rwanda and Zambia answer `meta.authorization {mode: "redirect",
   redirect}` and no data. The customer (see `CustomerBehavior`) then approves ("successful"),
   declines ("failed", `processor_response` = their decline code) or lets it time out after
-  `charge_timeout_s`. v3 does not refuse a reused `tx_ref`: it is another charge.
+  `charge_timeout_s`. v3 does not refuse a reused `tx_ref`: it is another charge. Flutterwave
+  documents no synchronous answer for a busy subscriber nor a list of processor texts: a `busy`
+  customer (or a synchronous `customer_errors` victim) fails "Transaction declined by customer"
+  within `BUSY_RESULT_DELAY_S`; a storm's victims fail with its code (`CUSTOMER_CODES`, the
+  texts this emulator sends; default "Transaction timed out", at the timeout).
 - `GET /v3/transactions/verify_by_reference?tx_ref=` (the latest charge under it) and
   `GET /v3/transactions/{id}/verify`; unknown -> 400 "No transaction was found for this id".
 - `GET /v3/transactions?from=YYYY-MM-DD&to=YYYY-MM-DD&page=N` (10 a page, newest first,
@@ -50,7 +54,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from mcp_autonomy.sandbox.core import SandboxContext, json_response, read_json_object
+from mcp_autonomy.sandbox.core import (
+    BUSY_RESULT_DELAY_S,
+    SandboxContext,
+    json_response,
+    read_json_object,
+)
 from mcp_autonomy.sandbox.faults import CredentialExpirySpec, EndpointKind, Rejection
 from mcp_autonomy.sandbox.ledger import LedgerEntry, LedgerOperation, LedgerStatus
 
@@ -80,6 +89,16 @@ PHONE_RE = re.compile(r"^\+?\d{8,15}$")
 NATIONAL_DIAL = {"GHS": "233"}
 """Ghanaian numbers arrive in national form (054...): the ledger records them as E.164."""
 NOT_FOUND = "No transaction was found for this id"
+DECLINE_TEXT = "Transaction declined by customer"
+NO_ANSWER_TEXT = "Transaction timed out"
+CUSTOMER_CODES = {
+    DECLINE_TEXT: "the customer declined the prompt",
+    "Cancelled": "the customer cancelled",
+    "Insufficient funds": "the customer's wallet is short",
+    NO_ANSWER_TEXT: "the customer never answered the prompt",
+}
+"""`processor_response` texts of a charge the customer failed (Flutterwave publishes no list;
+these are the texts this emulator sends)."""
 LIST_PAGE_SIZE = 10
 HASH_HEADER = "verif-hash"
 DEFAULT_WEBHOOK_HASH = "sandbox-flutterwave-secret-hash-0000"
@@ -149,6 +168,8 @@ class FlutterwaveEmulator:
     """The emulated Flutterwave v3 API (see the module docstring for its behaviour)."""
 
     name = NAME
+    customer_codes = CUSTOMER_CODES
+    no_answer_code = NO_ANSWER_TEXT
 
     def __init__(self, ctx: SandboxContext) -> None:
         self.ctx = ctx
@@ -364,15 +385,19 @@ class FlutterwaveEmulator:
         )
         self._charges[charge_id] = charge
         self._by_tx_ref[tx_ref] = charge
-        behavior = self.ctx.customers.get(NAME, entry.msisdn)
+        behavior = self.ctx.customer_for(NAME, entry.msisdn, no_answer_code=NO_ANSWER_TEXT)
         if behavior.action == "accept":
             self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(charge, "successful", "Approved"))
         elif behavior.action == "decline":
-            reason = behavior.decline_code or "Transaction declined by customer"
+            reason = behavior.decline_code or DECLINE_TEXT
             self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(charge, "failed", reason))
+        elif behavior.action == "busy":
+            self.ctx.scheduler.after(
+                BUSY_RESULT_DELAY_S, lambda: self._finish(charge, "failed", DECLINE_TEXT)
+            )
         else:
             self.ctx.scheduler.after(
-                self.config.charge_timeout_s, lambda: self._finish(charge, "failed", "Transaction timed out")
+                self.config.charge_timeout_s, lambda: self._finish(charge, "failed", NO_ANSWER_TEXT)
             )
         if redirect:
             url = f"https://checkout.flutterwave.com/captcha/verify/{charge_id}:{self._rng.getrandbits(64):016x}"

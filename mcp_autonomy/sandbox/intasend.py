@@ -14,8 +14,12 @@ documentation repository and SDKs (intasend-python, the Rust SDK's models):
   customer, payment_link, refundable, created_at, updated_at}`. IntaSend does not deduplicate:
   the same `api_ref` twice is two pushes. The customer (see `CustomerBehavior`) makes the invoice
   PROCESSING, then COMPLETE after their delay, or FAILED (their decline code as `failed_code`,
-  default 1032 "Request cancelled by user"; 1037 after `stk_timeout_s` when ignored). Each state
-  change is posted as a webhook, state COMPLETED on success.
+  default 1032 "Request cancelled by user"; 1037 after `stk_timeout_s` when ignored). IntaSend
+  relays M-Pesa's ResultCode as `failed_code` and has no synchronous refusal of its own: a
+  `busy` customer (or a synchronous `customer_errors` victim) gets the invoice and sees it FAILED
+  with M-Pesa's 1001 "Unable to lock subscriber..." within `BUSY_RESULT_DELAY_S`. A storm's
+  victims fail with its code (`CUSTOMER_CODES`; default 1037, at the timeout). Each state change
+  is posted as a webhook, state COMPLETED on success.
 - `POST /api/v1/payment/status/` `{invoice_id}` -> `{invoice, meta}`; unknown -> 404, and so is
   an invoice within the provider's `Realism.lookup_lag_s` of its push (lookups lag writes).
 - `POST /api/v1/send-money/initiate/` -> a batch `{tracking_id, status: "Preview and approve",
@@ -51,7 +55,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from mcp_autonomy.sandbox.core import SandboxContext, json_response, read_json_object
+from mcp_autonomy.sandbox.core import (
+    BUSY_RESULT_DELAY_S,
+    SandboxContext,
+    json_response,
+    read_json_object,
+)
 from mcp_autonomy.sandbox.faults import CredentialExpirySpec, EndpointKind, Rejection
 from mcp_autonomy.sandbox.ledger import LedgerEntry, LedgerOperation, LedgerStatus
 
@@ -59,10 +68,19 @@ NAME = "intasend"
 PHONE_RE = re.compile(r"^254(7|1)\d{8}$")
 FAILURE_REASONS = {
     "1": "The balance is insufficient for the transaction.",
+    "17": "Rule limited.",
+    "1001": "Unable to lock subscriber, a transaction is already in process for the current subscriber",
+    "1019": "Transaction has expired",
     "1032": "Request cancelled by user",
     "1037": "DS timeout user cannot be reached",
     "2001": "The initiator information is invalid.",
 }
+"""M-Pesa's STK ResultCodes as IntaSend relays them (`failed_code`, `failed_reason`): all the
+customer's (insufficient funds, same-amount rule, locked subscriber, expired, cancelled, no
+answer, wrong PIN)."""
+DECLINE_CODE = "1032"
+NO_ANSWER_CODE = "1037"
+BUSY_CODE = "1001"
 CHARGEBACK_REASONS = frozenset(
     {"Unavailable service", "Delayed delivery", "Wrong service", "Duplicate payment", "Other"}
 )
@@ -123,6 +141,8 @@ class IntaSendEmulator:
     """The emulated IntaSend API (see the module docstring for its behaviour)."""
 
     name = NAME
+    customer_codes = FAILURE_REASONS
+    no_answer_code = NO_ANSWER_CODE
 
     def __init__(self, ctx: SandboxContext) -> None:
         self.ctx = ctx
@@ -303,17 +323,22 @@ class IntaSendEmulator:
         )
         invoice = _Invoice(entry, invoice_id, api_ref, self.ctx.clock.monotonic())
         self._invoices[invoice_id] = invoice
-        behavior = self.ctx.customers.get(NAME, entry.msisdn)
+        behavior = self.ctx.customer_for(NAME, entry.msisdn, no_answer_code=NO_ANSWER_CODE)
         if behavior.action == "ignore":
             self.ctx.scheduler.after(
-                self.config.stk_timeout_s, lambda: self._finish(invoice, "FAILED", "1037")
+                self.config.stk_timeout_s, lambda: self._finish(invoice, "FAILED", NO_ANSWER_CODE)
+            )
+        elif behavior.action == "busy":
+            # M-Pesa refused the lock: the prompt never reached the phone, no PROCESSING step.
+            self.ctx.scheduler.after(
+                BUSY_RESULT_DELAY_S, lambda: self._finish(invoice, "FAILED", BUSY_CODE)
             )
         else:
             self.ctx.scheduler.after(behavior.delay_s / 2, lambda: self._processing(invoice))
             if behavior.action == "accept":
                 self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(invoice, "COMPLETE", None))
             else:
-                code = behavior.decline_code or "1032"
+                code = behavior.decline_code or DECLINE_CODE
                 self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(invoice, "FAILED", code))
         now = self._now()
         return json_response(

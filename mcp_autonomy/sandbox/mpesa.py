@@ -11,10 +11,14 @@ match the real host's. Shapes follow the Daraja 3.0 documentation:
   A `credential_expiry` fault revokes tokens issued before its cutoff.
 - `POST /mpesa/stkpush/v1/processrequest`: field validation `400.002.02 Bad Request - Invalid X`;
   unknown shortcode or wrong Password (base64(shortcode+passkey+timestamp)) `500.001.1001`;
-  a second push to a number with one in flight `500.001.1001` "Unable to lock subscriber".
+  a second push to a number with one in flight, or to a `busy` customer (or a synchronous
+  `customer_errors` victim), is refused with HTTP 500 `500.001.1001` "Unable to lock subscriber,
+  a transaction is already in process for the current subscriber" and never reaches the ledger.
   The customer (see `CustomerBehavior`) answers after their delay: ResultCode 0, or their
-  decline code (1032 cancelled, 1 insufficient funds, 2001 wrong PIN, ...), or 1037 when they
-  ignore the prompt for `stk_timeout_s`. The result is POSTed to CallBackURL (`Body.stkCallback`).
+  decline code (1032 cancelled, the default; 1 insufficient funds; 2001 wrong PIN; 17, 1019,
+  1001: `CUSTOMER_CODES`), or 1037 when they ignore the prompt (or are declined with 1037) for
+  `stk_timeout_s`. A `customer_errors` storm picks its victims here and fails them the same way.
+  The result is POSTed to CallBackURL (`Body.stkCallback`).
 - `POST /mpesa/stkpushquery/v1/query`: HTTP 500 `500.001.1001` "The transaction is being
   processed" while pending, then `{ResponseCode "0", ResultCode "<code>", ResultDesc}` (no
   amount, payer or receipt, as on Daraja). While the provider's `Realism.lookup_lag_s` holds
@@ -93,6 +97,13 @@ NEVER_A_TRANSACTION_CODES = frozenset({"2001", "2028"})
 """B2C refused in its Result for the initiator or the product: M-Pesa never made a transaction."""
 DEFAULT_DECLINE_CODE = "1032"
 TIMEOUT_CODE = "1037"
+BUSY_CODE = "1001"
+CUSTOMER_CODES = {
+    code: RESULT_DESCRIPTIONS[code] for code in ("1", "17", "1001", "1019", "1032", "1037", "2001")
+}
+"""STK ResultCodes that are the customer's (Daraja's STK result codes): insufficient funds, the
+same-amount rule, a subscriber locked in another transaction, an expired prompt, cancelled, no
+answer from the handset, wrong PIN (Daraja words it as invalid initiator information)."""
 
 
 class MpesaSandboxConfig(BaseModel):
@@ -155,6 +166,8 @@ class MpesaEmulator:
     """The emulated Daraja API (see the module docstring for its behaviour)."""
 
     name = NAME
+    customer_codes = CUSTOMER_CODES
+    no_answer_code = TIMEOUT_CODE
 
     def __init__(self, ctx: SandboxContext) -> None:
         self.ctx = ctx
@@ -334,7 +347,11 @@ class MpesaEmulator:
             return self._error(500, "500.001.1001", "[MerchantValidate] - Wrong credentials")
         msisdn = f"+{phone}"
         if msisdn in self._locked_phones:
-            return self._error(500, "500.001.1001", RESULT_DESCRIPTIONS["1001"])
+            return self._error(500, "500.001.1001", RESULT_DESCRIPTIONS[BUSY_CODE])
+        behavior = self.ctx.customer_for(NAME, msisdn, no_answer_code=TIMEOUT_CODE)
+        if behavior.action == "busy":
+            # Daraja refuses a locked subscriber before creating anything: no CheckoutRequestID.
+            return self._error(500, "500.001.1001", RESULT_DESCRIPTIONS[BUSY_CODE])
         stamp = self._now_eat().strftime("%d%m%Y%H%M%S")
         checkout_id = f"ws_CO_{stamp}{self._rng.randint(10**9, 10**10 - 1)}"
         merchant_request_id = f"{self._rng.randint(1000, 9999)}-{self._rng.randint(10**6, 10**7 - 1)}-1"
@@ -348,7 +365,6 @@ class MpesaEmulator:
             currency="KES",
             extra={"callback_url": body["CallBackURL"], "merchant_request_id": merchant_request_id},
         )
-        behavior = self.ctx.customers.get(NAME, msisdn)
         if behavior.action == "accept":
             result_code, delay_s = "0", behavior.delay_s
         elif behavior.action == "decline":

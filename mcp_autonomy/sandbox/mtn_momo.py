@@ -16,8 +16,12 @@ MoMo operation pages, the "Common Error Codes" table and the official SDKs (MTN-
   reused -> 409 `RESOURCE_ALREADY_EXIST`; currency other than the environment's (EUR in the
   sandbox) -> 400 `INVALID_CURRENCY`; accepted -> 202 with an empty body. The customer (see
   `CustomerBehavior`) approves after their delay (SUCCESSFUL, with a financialTransactionId),
-  declines (FAILED, reason `APPROVAL_REJECTED` or their decline code) or lets it expire (FAILED,
-  `EXPIRED`, after `approval_timeout_s`). `X-Callback-Url`, when given, receives the final state.
+  declines (FAILED, reason `APPROVAL_REJECTED` or their decline code, see `CUSTOMER_CODES`) or
+  lets it expire (FAILED, `EXPIRED`, after `approval_timeout_s`). MoMo has no synchronous answer
+  for a busy payer (a valid request is always a 202): a `busy` customer, or a synchronous
+  `customer_errors` victim, gets the 202 and fails `APPROVAL_REJECTED` within
+  `BUSY_RESULT_DELAY_S`. A storm's victims fail with its code (default `EXPIRED`, at
+  `approval_timeout_s`). `X-Callback-Url`, when given, receives the final state.
 - `GET /collection/v1_0/requesttopay/{id}`: the request's state; unknown -> 404
   `RESOURCE_NOT_FOUND`, and so is a known one for `Realism.lookup_lag_s` after its 202 (MoMo's
   lookups are eventually consistent).
@@ -52,7 +56,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from mcp_autonomy.sandbox.core import SandboxContext, json_response, read_json_object
+from mcp_autonomy.sandbox.core import (
+    BUSY_RESULT_DELAY_S,
+    SandboxContext,
+    json_response,
+    read_json_object,
+)
 from mcp_autonomy.sandbox.faults import EndpointKind, Rejection
 from mcp_autonomy.sandbox.ledger import LedgerEntry, LedgerOperation, LedgerStatus
 
@@ -61,6 +70,18 @@ Product = Literal["collection", "disbursement"]
 MSISDN_RE = re.compile(r"^\d{8,15}$")
 MINOR_UNIT_EXPONENTS = {"UGX": 0, "XOF": 0, "XAF": 0, "GNF": 0, "RWF": 0}
 MAX_NOTE_CHARS = 160
+DECLINE_REASON = "APPROVAL_REJECTED"
+NO_ANSWER_REASON = "EXPIRED"
+CUSTOMER_CODES = {
+    "APPROVAL_REJECTED": "The payer rejected the request.",
+    "EXPIRED": "The payer did not answer before the request expired.",
+    "NOT_ENOUGH_FUNDS": "The payer does not have enough funds.",
+    "PAYER_LIMIT_REACHED": "The payer's limit has been reached.",
+    "PAYER_NOT_FOUND": "The payer does not exist or is not registered.",
+    "PAYMENT_NOT_APPROVED": "The payer did not approve the payment.",
+    "TRANSACTION_CANCELED": "The payer cancelled the transaction.",
+}
+"""Failure reasons of a request to pay that are the payer's (MoMo's ErrorReason codes)."""
 INVALID_KEY = "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."
 MISSING_KEY = (
     "Access denied due to missing subscription key. Make sure to include subscription key when making "
@@ -113,6 +134,8 @@ class MtnMomoEmulator:
     """The emulated MoMo Open API (see the module docstring for its behaviour)."""
 
     name = NAME
+    customer_codes = CUSTOMER_CODES
+    no_answer_code = NO_ANSWER_REASON
 
     def __init__(self, ctx: SandboxContext) -> None:
         self.ctx = ctx
@@ -343,15 +366,20 @@ class MtnMomoEmulator:
 
     def _prompt(self, resource: _Resource) -> None:
         assert resource.entry is not None
-        behavior = self.ctx.customers.get(NAME, resource.entry.msisdn)
+        behavior = self.ctx.customer_for(NAME, resource.entry.msisdn, no_answer_code=NO_ANSWER_REASON)
         if behavior.action == "accept":
             self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(resource, "SUCCESSFUL", None))
         elif behavior.action == "decline":
-            reason = behavior.decline_code or "APPROVAL_REJECTED"
+            reason = behavior.decline_code or DECLINE_REASON
             self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish(resource, "FAILED", reason))
+        elif behavior.action == "busy":
+            self.ctx.scheduler.after(
+                BUSY_RESULT_DELAY_S, lambda: self._finish(resource, "FAILED", DECLINE_REASON)
+            )
         else:
             self.ctx.scheduler.after(
-                self.config.approval_timeout_s, lambda: self._finish(resource, "FAILED", "EXPIRED")
+                self.config.approval_timeout_s,
+                lambda: self._finish(resource, "FAILED", NO_ANSWER_REASON),
             )
 
     def _schedule_transfer(self, resource: _Resource) -> None:

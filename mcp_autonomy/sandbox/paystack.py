@@ -49,13 +49,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mcp_autonomy.providers.base import normalize_msisdn
-from mcp_autonomy.sandbox.core import SandboxContext, json_response, read_json_object
+from mcp_autonomy.sandbox.core import (
+    BUSY_RESULT_DELAY_S,
+    SandboxContext,
+    json_response,
+    read_json_object,
+)
 from mcp_autonomy.sandbox.faults import CredentialExpirySpec, EndpointKind, Rejection
 from mcp_autonomy.sandbox.ledger import LedgerEntry, LedgerOperation, LedgerStatus
 
@@ -81,6 +86,23 @@ INTEGRATION_ID = 100001
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 100
 SIGNATURE_HEADER = "x-paystack-signature"
+BANKS_LISTED_AT = "2020-01-01T00:00:00.000Z"
+"""When the emulated wallets were added to Paystack's bank list (a fixed, plausible time)."""
+AWAITING_CUSTOMER = ("pay_offline", "send_otp")
+"""Charge statuses while the customer still has to act (verify shows them as `ongoing`)."""
+ABANDONED = "abandoned"
+ABANDONED_MESSAGE = "The transaction was not completed"
+DECLINED = "Declined"
+CUSTOMER_CODES = {
+    DECLINED: "the customer declined (Paystack's error list: Declined)",
+    "Insufficient Funds": "the customer's wallet is short (Paystack's error list: Insufficient Funds)",
+    ABANDONED: "the customer never completed the charge: status abandoned, not final at first",
+}
+"""What a charge the customer failed ends with: the `gateway_response` of a `failed` charge, or
+`abandoned` (the status) for one nobody answered."""
+TRANSFER_OTP_REQUIRED = "Transfer requires OTP to continue"
+TRANSFER_QUEUED = "Transfer has been queued"
+TRANSFER_CODE_INVALID = "Transfer ID/code specified is invalid."
 
 
 class PaystackSandboxConfig(BaseModel):
@@ -93,9 +115,28 @@ class PaystackSandboxConfig(BaseModel):
     balances_minor: dict[str, int] = Field(
         default_factory=lambda: {"NGN": 10**12, "GHS": 10**12, "KES": 10**12, "ZAR": 10**12}
     )
-    abandon_after_s: float = Field(180.0, gt=0, description="an ignored prompt is abandoned after this")
+    abandon_after_s: float = Field(180.0, gt=0, description="an unanswered charge shows `abandoned` after this")
+    abandoned_final_after_s: float = Field(
+        3600.0,
+        gt=0,
+        description="until this long after acceptance an abandoned charge can still complete (a late "
+        "approval turns it into success); then it is over. Paystack documents no bound",
+    )
     transfer_delay_s: float = Field(3.0, ge=0)
     refund_delay_s: float = Field(5.0, ge=0)
+    transfer_otp_required: bool = Field(
+        False,
+        description="the integration confirms transfers by OTP (a dashboard setting; also toggled by "
+        "POST /transfer/enable_otp and /transfer/disable_otp + /transfer/disable_otp_finalize)",
+    )
+    transfer_otp: str = Field("123456", description="the OTP Paystack 'sends' the merchant for transfers")
+    business_phone: str = Field("+254700000000", description="where Paystack sends transfer OTPs")
+
+    @model_validator(mode="after")
+    def _windows_ordered(self) -> PaystackSandboxConfig:
+        if self.abandoned_final_after_s < self.abandon_after_s:
+            raise ValueError("abandoned_final_after_s must be >= abandon_after_s")
+        return self
 
 
 @dataclass
@@ -109,6 +150,7 @@ class _Charge:
     gateway_response: str = "Awaiting customer"
     paid_at: str | None = None
     refunded_minor: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)  # the merchant's, echoed back
 
 
 @dataclass
@@ -132,6 +174,7 @@ class _Refund:
     accepted_s: float
     status: str = "pending"
     created_at: str = ""
+    refunded_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,6 +199,8 @@ class PaystackEmulator:
     """The emulated Paystack API (see the module docstring for its behaviour)."""
 
     name = NAME
+    customer_codes = CUSTOMER_CODES
+    no_answer_code = ABANDONED
 
     def __init__(self, ctx: SandboxContext) -> None:
         self.ctx = ctx
@@ -169,6 +214,10 @@ class PaystackEmulator:
         self._recipients: dict[str, dict[str, Any]] = {}
         self._recipient_of_account: dict[tuple[str, str, str], str] = {}
         self._transfers: dict[str, _Transfer] = {}
+        self._transfer_codes: dict[str, _Transfer] = {}
+        self.transfer_otp_required = self.config.transfer_otp_required
+        """Whether `POST /transfer` stops at `otp` (the integration's setting, toggled over the API)."""
+        self._otp_disable_requested = False
         self._refunds: dict[int, _Refund] = {}
         # Customers are Paystack's own records, one per email, numbered apart from transactions.
         self._customer_ids: dict[str, int] = {}
@@ -191,6 +240,25 @@ class PaystackEmulator:
             Route("/transaction", self._route(EndpointKind.STATUS, self._list_transactions), methods=["GET"]),
             Route("/transferrecipient", self._route(EndpointKind.PAYOUT, self._recipient), methods=["POST"]),
             Route("/transfer", self._route(EndpointKind.PAYOUT, self._transfer), methods=["POST"]),
+            Route(
+                "/transfer/finalize_transfer",
+                self._route(EndpointKind.PAYOUT, self._finalize_transfer),
+                methods=["POST"],
+            ),
+            Route(
+                "/transfer/resend_otp", self._route(EndpointKind.PAYOUT, self._resend_otp), methods=["POST"]
+            ),
+            Route(
+                "/transfer/enable_otp", self._route(EndpointKind.PAYOUT, self._enable_otp), methods=["POST"]
+            ),
+            Route(
+                "/transfer/disable_otp", self._route(EndpointKind.PAYOUT, self._disable_otp), methods=["POST"]
+            ),
+            Route(
+                "/transfer/disable_otp_finalize",
+                self._route(EndpointKind.PAYOUT, self._disable_otp_finalize),
+                methods=["POST"],
+            ),
             Route(
                 "/transfer/verify/{reference}",
                 self._route(EndpointKind.STATUS, self._verify_transfer),
@@ -259,11 +327,12 @@ class PaystackEmulator:
     def _visible(self, accepted_s: float) -> bool:
         return self.ctx.visible(NAME, accepted_s)
 
-    def _reference_not_found(self) -> Response:
-        # The OpenAPI description answers an unknown verify reference with 404; the message,
-        # code and next step are those of Paystack's error list.
+    def _reference_not_found(self, http_status: int = 404) -> Response:
+        # The OpenAPI description answers an unknown verify reference with 404 (a POST naming
+        # one is a validation error, 400); the message, code and next step are those of
+        # Paystack's error list.
         return self._fail(
-            404,
+            http_status,
             "Transaction reference not found",
             code="transaction_not_found",
             next_step="Ensure that you're passing the reference of a transaction that exists on this integration",
@@ -381,9 +450,11 @@ class PaystackEmulator:
             wallet,
             "send_otp" if needs_otp else "pay_offline",
             accepted_s=self.ctx.clock.monotonic(),
+            metadata=dict(body["metadata"]) if isinstance(body.get("metadata"), dict) else {},
         )
         self._charges[reference] = charge
         self._charges_by_id[charge_id] = charge
+        self._watch_abandonment(charge)
         if not needs_otp:
             self._prompt_customer(charge)
         return self._ok("Charge attempted", self._charge_step(charge))
@@ -404,19 +475,41 @@ class PaystackEmulator:
         return self._transaction_data(charge)
 
     def _prompt_customer(self, charge: _Charge) -> None:
-        behavior = self.ctx.customers.get(NAME, charge.entry.msisdn)
-        if behavior.action == "ignore":
+        """The customer's answer to the prompt on their phone (storms included), on the clock."""
+        behavior = self.ctx.customer_for(NAME, charge.entry.msisdn, no_answer_code=ABANDONED)
+        if behavior.action == "busy":
             self.ctx.scheduler.after(
-                self.config.abandon_after_s, lambda: self._finish_charge(charge, "abandoned", None)
+                BUSY_RESULT_DELAY_S, lambda: self._finish_charge(charge, "failed", DECLINED)
             )
-        else:
+        elif behavior.action != "ignore":
             outcome = "success" if behavior.action == "accept" else "failed"
-            self.ctx.scheduler.after(
-                behavior.delay_s, lambda: self._finish_charge(charge, outcome, behavior.decline_code)
-            )
+            decline = behavior.decline_code or DECLINED
+            self.ctx.scheduler.after(behavior.delay_s, lambda: self._finish_charge(charge, outcome, decline))
 
-    def _finish_charge(self, charge: _Charge, outcome: str, decline: str | None) -> None:
-        if charge.status not in ("pay_offline", "send_otp"):
+    def _watch_abandonment(self, charge: _Charge) -> None:
+        """A charge nobody completes is `abandoned` after `abandon_after_s`, but the customer may
+        still complete it until `abandoned_final_after_s`; only then is it over (the ledger's
+        failure). Scheduled at acceptance: a Vodafone charge still waiting for its OTP counts."""
+
+        def abandon() -> None:
+            if charge.status in AWAITING_CUSTOMER:
+                charge.status, charge.gateway_response = ABANDONED, ABANDONED_MESSAGE
+                self.ctx.ledger.settle(charge.entry, LedgerStatus.PENDING, result_code=ABANDONED)
+
+        def give_up() -> None:
+            if charge.status in (*AWAITING_CUSTOMER, ABANDONED):
+                charge.status, charge.gateway_response = ABANDONED, ABANDONED_MESSAGE
+                self.ctx.ledger.settle(
+                    charge.entry, LedgerStatus.FAILED, result_code=ABANDONED, result_desc=ABANDONED_MESSAGE
+                )
+
+        self.ctx.scheduler.after(self.config.abandon_after_s, abandon)
+        self.ctx.scheduler.after(self.config.abandoned_final_after_s, give_up)
+
+    def _finish_charge(self, charge: _Charge, outcome: str, decline: str) -> None:
+        # An abandoned charge can still complete while its ledger entry is pending: the customer
+        # approved late. Once `give_up` failed it, a late answer changes nothing.
+        if charge.status not in (*AWAITING_CUSTOMER, ABANDONED) or charge.entry.status is not LedgerStatus.PENDING:
             return
         charge.status = outcome
         if outcome == "success":
@@ -427,23 +520,32 @@ class PaystackEmulator:
             )
             self._webhook("charge.success", self._transaction_data(charge))
         else:
-            charge.gateway_response = (
-                (decline or "Declined") if outcome == "failed" else "The transaction was not completed"
-            )
+            charge.gateway_response = decline
             self.ctx.ledger.settle(
                 charge.entry, LedgerStatus.FAILED, result_code=outcome, result_desc=charge.gateway_response
             )
 
     async def _submit_otp(self, request: Request) -> Response:
-        body = await read_json_object(request) or {}
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
         reference, otp = body.get("reference"), body.get("otp")
-        charge = self._charges.get(reference) if isinstance(reference, str) else None
+        if not isinstance(reference, str) or not isinstance(otp, str):
+            return self._fail(400, "reference and otp are required", code="missing_params")
+        charge = self._charges.get(reference)
         if charge is None:
-            return self._fail(400, "Transaction reference not found", code="transaction_not_found")
+            return self._reference_not_found(400)
         if charge.status != "send_otp":
             return self._fail(400, "Charge is not awaiting an OTP", code="invalid_params")
         if otp != self.config.otp:
-            return self._fail(400, "Invalid OTP", code="invalid_params", error_type="processor_error")
+            # Paystack's error list: the mobile-money OTP is wrong ("registration token").
+            return self._fail(
+                400,
+                "Provided registration token is invalid",
+                code="invalid_params",
+                error_type="processor_error",
+                next_step="Show the error to the customer and ask for correct OTP.",
+            )
         charge.status = "pay_offline"
         self._prompt_customer(charge)
         return self._ok("Charge attempted", self._charge_step(charge))
@@ -464,9 +566,12 @@ class PaystackEmulator:
         }
 
     def _authorization(self, charge: _Charge) -> dict[str, Any]:
+        # Paystack masks a wallet number like a card: the national prefix as the "bin".
+        dial = MOBILE_MONEY.get(charge.entry.currency, ("", frozenset()))[0]
+        national = "0" + charge.entry.msisdn.removeprefix(f"+{dial}")
         return {
             "authorization_code": f"AUTH_{charge.id:x}",
-            "bin": None,
+            "bin": f"{national[:3]}XXX",
             "last4": charge.entry.msisdn[-4:],
             "exp_month": "12",
             "exp_year": "9999",
@@ -482,7 +587,7 @@ class PaystackEmulator:
 
     def _shown_status(self, charge: _Charge) -> str:
         # While the customer still has to act, verify reports the transaction as ongoing.
-        return "ongoing" if charge.status in ("pay_offline", "send_otp") else charge.status
+        return "ongoing" if charge.status in AWAITING_CUSTOMER else charge.status
 
     def _transaction_data(self, charge: _Charge) -> dict[str, Any]:
         """`VerifyResponse.data` (also the `charge.success` webhook's data)."""
@@ -505,7 +610,7 @@ class PaystackEmulator:
             "channel": "mobile_money",
             "currency": entry.currency,
             "ip_address": "",
-            "metadata": "",
+            "metadata": charge.metadata or "",
             "log": None,
             "fees": None,
             "fees_split": None,
@@ -563,13 +668,40 @@ class PaystackEmulator:
             "pos_transaction_data": None,
         }
 
+    def _charge_check_data(self, charge: _Charge) -> dict[str, Any]:
+        """`ChargeCheckPendingResponse.data`: the charge itself, its raw status included."""
+        authorization = {
+            key: value
+            for key, value in self._authorization(charge).items()
+            if key not in ("account_name",)
+        }
+        authorization["signature"] = ""
+        customer = self._customer(charge)
+        return {
+            "status": charge.status,
+            "amount": charge.entry.amount_minor,
+            "currency": charge.entry.currency,
+            "transaction_date": _iso_of(charge.entry.created_at),
+            "reference": charge.entry.reference,
+            "domain": "test",
+            "redirect_url": None,
+            "metadata": charge.metadata,
+            "gateway_response": charge.gateway_response,
+            "message": None,
+            "channel": "mobile_money",
+            "fees": None,
+            "authorization": authorization,
+            "customer": {
+                key: customer[key]
+                for key in ("first_name", "last_name", "email", "customer_code", "phone", "risk_action")
+            },
+        }
+
     async def _check_charge(self, request: Request) -> Response:
         charge = self._charges.get(request.path_params["reference"])
         if charge is None or not self._visible(charge.accepted_s):
             return self._fail(404, "Entity not found", error_type=None)
-        data = self._transaction_data(charge)
-        data["status"] = charge.status
-        return self._ok("Reference check successful", data)
+        return self._ok("Reference check successful", self._charge_check_data(charge))
 
     async def _verify(self, request: Request) -> Response:
         charge = self._charges.get(request.path_params["reference"])
@@ -660,6 +792,7 @@ class PaystackEmulator:
             "type": kind,
             "updatedAt": now,
             "is_deleted": False,
+            "isDeleted": False,
             "details": {
                 "authorization_code": None,
                 "account_number": account,
@@ -701,16 +834,15 @@ class PaystackEmulator:
                 code="duplicate_reference",
             )
         if self._balances.get(str(currency), 0) < amount:
-            return self._fail(
-                400, "Your balance is not enough to fulfil this request", code="insufficient_balance"
-            )
-        self._balances[str(currency)] -= amount
+            return self._insufficient_balance()
         dial = MOBILE_MONEY.get(str(currency), ("", frozenset()))[0]
         try:
             msisdn = normalize_msisdn(str(recipient["details"]["account_number"]), dial or None)
         except ValueError:
             msisdn = str(recipient["details"]["account_number"])
         transfer_id = next(self._ids)
+        # The ledger has the transfer from its acceptance, at `otp` too: Paystack holds it (a
+        # second transfer for the same payout would be a second payment), though no money moved.
         entry = self.ctx.ledger.record(
             provider=NAME,
             operation=LedgerOperation.PAYOUT,
@@ -729,11 +861,28 @@ class PaystackEmulator:
             accepted_s=self.ctx.clock.monotonic(),
         )
         self._transfers[reference] = transfer
-        result = self.ctx.customers.get(NAME, msisdn).payout_result_code
+        self._transfer_codes[transfer.transfer_code] = transfer
+        if self.transfer_otp_required:
+            # The OTP goes to the merchant's business phone, never to the recipient: nothing is
+            # paid until `POST /transfer/finalize_transfer` brings it back.
+            transfer.status = "otp"
+            return self._ok(TRANSFER_OTP_REQUIRED, self._transfer_created(transfer))
+        self._send_transfer(transfer)
+        return self._ok(TRANSFER_QUEUED, self._transfer_created(transfer))
+
+    def _insufficient_balance(self) -> Response:
+        return self._fail(
+            400, "Your balance is not enough to fulfil this request", code="insufficient_balance"
+        )
+
+    def _send_transfer(self, transfer: _Transfer) -> None:
+        """Debit the balance and let the transfer complete after `transfer_delay_s`."""
+        self._balances[transfer.entry.currency] -= transfer.entry.amount_minor
+        transfer.status = "pending"
+        result = self.ctx.customers.get(NAME, transfer.entry.msisdn).payout_result_code
         self.ctx.scheduler.after(
             self.config.transfer_delay_s, lambda: self._finish_transfer(transfer, result)
         )
-        return self._ok("Transfer has been queued", self._transfer_data(transfer))
 
     def _finish_transfer(self, transfer: _Transfer, result: str | None) -> None:
         if transfer.status != "pending":
@@ -752,6 +901,89 @@ class PaystackEmulator:
         data["integration"] = {"id": INTEGRATION_ID, "is_live": False, "business_name": "Sandbox"}
         data["created_at"], data["updated_at"] = data["createdAt"], data["updatedAt"]
         self._webhook(f"transfer.{transfer.status}", data)
+
+    async def _finalize_transfer(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        code, otp = body.get("transfer_code"), body.get("otp")
+        if not isinstance(code, str) or not isinstance(otp, str):
+            return self._fail(400, "transfer_code and otp are required", code="missing_params")
+        transfer = self._transfer_codes.get(code)
+        if transfer is None:
+            return self._fail(400, TRANSFER_CODE_INVALID, code="invalid_params")
+        if transfer.status != "otp":
+            return self._fail(400, "Transfer is not currently awaiting OTP", code="invalid_params")
+        if otp != self.config.transfer_otp:
+            # Paystack publishes no text for a wrong transfer OTP; the envelope is its own.
+            return self._fail(400, "Invalid OTP", code="invalid_params", error_type="processor_error")
+        if self._balances.get(transfer.entry.currency, 0) < transfer.entry.amount_minor:
+            return self._insufficient_balance()
+        self._send_transfer(transfer)
+        return self._ok(TRANSFER_QUEUED, self._transfer_created(transfer))
+
+    async def _resend_otp(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        code, reason = body.get("transfer_code"), body.get("reason", "transfer")
+        if not isinstance(code, str) or reason not in ("resend_otp", "transfer", "disable_otp"):
+            return self._fail(400, "transfer_code and a valid reason are required", code="invalid_params")
+        transfer = self._transfer_codes.get(code)
+        if transfer is None or transfer.status != "otp":
+            return self._fail(400, TRANSFER_CODE_INVALID, code="invalid_params")
+        return json_response({"status": True, "message": "OTP has been resent"})
+
+    async def _enable_otp(self, request: Request) -> Response:
+        self.transfer_otp_required = True
+        return json_response({"status": True, "message": "OTP requirement for transfers has been enabled"})
+
+    async def _disable_otp(self, request: Request) -> Response:
+        # Turning the confirmation off needs the merchant's OTP too (disable_otp_finalize).
+        self._otp_disable_requested = True
+        last4 = self.config.business_phone[-4:]
+        return json_response(
+            {"status": True, "message": f"OTP has been sent to mobile number ending with {last4}"}
+        )
+
+    async def _disable_otp_finalize(self, request: Request) -> Response:
+        body = await read_json_object(request)
+        if body is None:
+            return self._fail(400, "Invalid JSON body", code="invalid_params")
+        otp = body.get("otp")
+        if not isinstance(otp, str):
+            return self._fail(400, "otp is required", code="missing_params")
+        if not self._otp_disable_requested or otp != self.config.transfer_otp:
+            return self._fail(400, "Invalid OTP", code="invalid_params", error_type="processor_error")
+        self._otp_disable_requested = False
+        self.transfer_otp_required = False
+        return json_response({"status": True, "message": "OTP requirement for transfers has been disabled"})
+
+    def _transfer_created(self, transfer: _Transfer) -> dict[str, Any]:
+        """`TransferCreateResponse.data`: the recipient as its id, nothing transferred yet."""
+        entry = transfer.entry
+        return {
+            "transfersessionid": [],
+            "transfertrials": [],
+            "domain": "test",
+            "amount": entry.amount_minor,
+            "currency": entry.currency,
+            "reference": entry.reference,
+            "source": "balance",
+            "source_details": None,
+            "reason": transfer.reason,
+            "status": transfer.status,
+            "failures": None,
+            "transfer_code": transfer.transfer_code,
+            "titan_code": None,
+            "transferred_at": None,
+            "id": transfer.id,
+            "integration": INTEGRATION_ID,
+            "request": transfer.id,
+            "recipient": transfer.recipient["id"],
+            "createdAt": _iso_of(entry.created_at),
+            "updatedAt": _iso_of(entry.updated_at),
+        }
 
     def _transfer_data(self, transfer: _Transfer) -> dict[str, Any]:
         """`TransferVerifyResponse.data`."""
@@ -825,7 +1057,7 @@ class PaystackEmulator:
 
     def _finish_refund(self, refund: _Refund) -> None:
         charge = refund.charge
-        refund.status = "processed"
+        refund.status, refund.refunded_at = "processed", self._iso()
         entry = self.ctx.ledger.record(
             provider=NAME,
             operation=LedgerOperation.REFUND,
@@ -857,18 +1089,38 @@ class PaystackEmulator:
         }
 
     def _refund_data(self, refund: _Refund) -> dict[str, Any]:
+        """`RefundCreateResponse.data`: the transaction in the slim form of Paystack's sample."""
         charge = refund.charge
+        entry = charge.entry
         return {
-            "transaction": self._transaction_data(charge),
+            "transaction": {
+                "id": charge.id,
+                "domain": "test",
+                "reference": entry.reference,
+                "amount": entry.amount_minor,
+                "paid_at": charge.paid_at,
+                "channel": "mobile_money",
+                "currency": entry.currency,
+                "authorization": {"exp_month": None, "exp_year": None, "account_name": None},
+                "customer": {"international_format_phone": entry.msisdn},
+                "plan": {},
+                "subaccount": {"currency": None},
+                "split": {},
+                "order_id": None,
+                "paidAt": charge.paid_at,
+                "pos_transaction_data": None,
+                "source": None,
+                "fees_breakdown": None,
+            },
             "integration": INTEGRATION_ID,
             "deducted_amount": 0,
             "channel": None,
-            "merchant_note": f"Refund for transaction {charge.entry.reference}",
-            "customer_note": f"Refund for transaction {charge.entry.reference}",
+            "merchant_note": f"Refund for transaction {entry.reference}",
+            "customer_note": f"Refund for transaction {entry.reference}",
             "status": refund.status,
             "refunded_by": "sandbox@example.invalid",
             "expected_at": refund.created_at,
-            "currency": charge.entry.currency,
+            "currency": entry.currency,
             "domain": "test",
             "amount": refund.amount_minor,
             "fully_deducted": False,
@@ -877,14 +1129,48 @@ class PaystackEmulator:
             "updatedAt": refund.created_at,
         }
 
+    def _refund_fetched(self, refund: _Refund) -> dict[str, Any]:
+        """`RefundFetchResponse.data`: the transaction by id, the customer in full."""
+        charge = refund.charge
+        entry = charge.entry
+        customer = self._customer(charge)
+        # The fetched refund types every customer field as a string: unknown names are empty.
+        customer.update(first_name="", last_name="", metadata="")
+        return {
+            "integration": INTEGRATION_ID,
+            "transaction": charge.id,
+            "dispute": None,
+            "settlement": None,
+            "id": refund.id,
+            "domain": "test",
+            "currency": entry.currency,
+            "amount": refund.amount_minor,
+            "status": refund.status,
+            "refunded_at": refund.refunded_at,
+            "refunded_by": "sandbox@example.invalid",
+            "customer_note": f"Refund for transaction {entry.reference}",
+            "merchant_note": f"Refund for transaction {entry.reference}",
+            "deducted_amount": refund.amount_minor if refund.status == "processed" else 0,
+            "fully_deducted": 1 if refund.status == "processed" else 0,
+            "createdAt": refund.created_at,
+            "bank_reference": None,
+            "transaction_reference": entry.reference,
+            "reason": f"Refund for transaction {entry.reference}",
+            "customer": customer,
+            "refund_type": "full" if refund.amount_minor >= entry.amount_minor else "partial",
+            "transaction_amount": entry.amount_minor,
+            "initiated_by": "api",
+            "refund_channel": "mobile_money",
+            "session_id": None,
+            "collect_account_number": False,
+        }
+
     async def _fetch_refund(self, request: Request) -> Response:
         raw = request.path_params["id"]
         refund = self._refunds.get(int(raw)) if str(raw).isdigit() else None
         if refund is None or not self._visible(refund.accepted_s):
             return self._fail(404, "Refund not found", error_type=None)
-        data = self._refund_data(refund)
-        data["transaction_reference"] = refund.charge.entry.reference
-        return self._ok("Refund retrieved", data)
+        return self._ok("Refund retrieved", self._refund_fetched(refund))
 
     # --- probes --------------------------------------------------------------------------
 
@@ -907,12 +1193,16 @@ class PaystackEmulator:
                         "longcode": "",
                         "gateway": None,
                         "pay_with_bank": False,
+                        "supports_transfer": True,
+                        "available_for_direct_debit": False,
                         "active": True,
                         "is_deleted": False,
                         "country": "Ghana" if cur == "GHS" else "Kenya",
                         "currency": cur,
                         "type": "mobile_money",
                         "id": len(rows) + 1,
+                        "createdAt": BANKS_LISTED_AT,
+                        "updatedAt": BANKS_LISTED_AT,
                     }
                 )
         return self._ok("Banks retrieved", rows)

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.providers.airtel_money import (
+    ERROR_RULES,
     AirtelMoneyAdapter,
     AirtelMoneySettings,
     amount_value,
@@ -35,6 +36,7 @@ from mcp_autonomy.providers.base import (
     ProviderError,
     TransactionStatus,
 )
+from mcp_autonomy.providers.http import NO_SOURCE
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -178,6 +180,7 @@ async def test_ta_is_ambiguous_not_pending_and_failures_keep_their_codes(airtel_
         await env.clock.advance(60)
         timed_out = await env.adapter.status(ignored.reference)
         assert (timed_out.status, timed_out.provider_code) == (TransactionStatus.FAILED, "DP00800001024")
+        assert timed_out.provider_code in AirtelMoneyAdapter.customer_codes  # no answer from the customer
 
 
 async def test_a_resend_meets_the_duplicate_id_and_returns_the_first(airtel_env: Env) -> None:
@@ -708,3 +711,95 @@ def test_money_truth() -> None:
     assert truth.callback_carries.isdisjoint({"amount", "currency", "payer"})
     assert not truth.not_found_is_final_after_grace
     assert truth.callback_auth == "none"
+
+
+# --- the classification table ------------------------------------------------------------------------
+
+
+async def test_a_customers_failure_is_final_with_its_code(airtel_env: Env) -> None:
+    async with airtel_env() as env:
+        env.sandbox.customers.set(
+            CustomerBehavior(msisdn=PHONE, action="decline", decline_code="DP00800001007", delay_s=2)
+        )
+        txn = await env.adapter.collect(ugx("airtel-order-broke"))
+        await env.clock.advance(2)
+        failed = await env.adapter.status(txn.reference)
+        assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "DP00800001007")
+        assert failed.provider_code in AirtelMoneyAdapter.customer_codes
+
+
+def _pin_settings() -> AirtelMoneySettings:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    return AirtelMoneySettings(
+        client_id="id",
+        client_secret=SecretStr("secret"),
+        base_url="http://airtel.invalid",
+        disbursement_pin=SecretStr("1234"),
+        pin_public_key=SecretStr(
+            public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+        ),
+    )
+
+
+def scripted(clock: ManualClock, settings: AirtelMoneySettings, status: dict[str, Any]) -> AirtelMoneyAdapter:
+    """Airtel that issues tokens and answers every other call HTTP 200 with `status`."""
+
+    def airtel(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/oauth2/token":
+            return httpx.Response(
+                200, json={"access_token": "t", "expires_in": "180", "token_type": "bearer"}
+            )
+        return httpx.Response(
+            200, json={"data": {"transaction": {"id": "x", "status": "TF"}}, "status": status}
+        )
+
+    return AirtelMoneyAdapter(settings, clock, transport=httpx.MockTransport(airtel))
+
+
+CODE_RULES = [
+    rule
+    for rule in ERROR_RULES
+    if rule.match.startswith(("DP", "ESB", "ROUTER"))
+    and rule.match
+    not in ("ESB000041", "DP00900001011", "DP00900001017", "DP00800001025", "DP00900001015", "ESB000045")
+]
+
+
+@pytest.mark.parametrize("rule", CODE_RULES, ids=lambda rule: rule.match)
+async def test_every_code_rule_classifies_a_refusal(clock: ManualClock, rule: Any) -> None:
+    status = {"code": "200", "message": "Airtel said so", "response_code": rule.match, "success": False}
+    if rule.match.startswith("DP009"):
+        adapter = scripted(clock, _pin_settings(), status)
+        call = adapter.payout(ugx("airtel-rule-payout", operation=Operation.PAYOUT))
+    else:
+        adapter = scripted(clock, _pin_settings(), status)
+        call = adapter.collect(ugx("airtel-rule-collect"))
+    with pytest.raises(ProviderError) as refused:
+        await call
+    assert refused.value.error_class is rule.error_class
+    await adapter.close()
+
+
+async def test_an_unlisted_disbursement_refusal_stays_ambiguous(clock: ManualClock) -> None:
+    status = {"code": "200", "message": "Something new", "response_code": "DP00900001099", "success": False}
+    adapter = scripted(clock, _pin_settings(), status)
+    with pytest.raises(ProviderError) as refused:
+        await adapter.payout(ugx("airtel-unlisted", operation=Operation.PAYOUT))
+    assert refused.value.error_class is ErrorClass.AMBIGUOUS  # no source says it was not sent
+    await adapter.close()
+
+
+def test_error_rules_cite_their_sources() -> None:
+    matches = [rule.match for rule in AirtelMoneyAdapter.error_rules]
+    assert len(matches) == len(set(matches))
+    for rule in AirtelMoneyAdapter.error_rules:
+        assert rule.source.strip(), rule.match
+        if rule.error_class is ErrorClass.NOT_PROCESSED:
+            assert not rule.source.startswith(NO_SOURCE), rule.match
+    by_match = {rule.match: rule.error_class for rule in AirtelMoneyAdapter.error_rules}
+    assert by_match["DP00900001007"] is ErrorClass.NOT_PROCESSED  # the merchant's float
+    assert by_match["DP00800001007"] is ErrorClass.CUSTOMER  # the customer's wallet
+    assert "DP00900001007" not in AirtelMoneyAdapter.customer_codes

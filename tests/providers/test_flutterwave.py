@@ -29,7 +29,13 @@ from mcp_autonomy.providers.base import (
     ProviderError,
     TransactionStatus,
 )
-from mcp_autonomy.providers.flutterwave import FlutterwaveAdapter, FlutterwaveSettings, amount_value
+from mcp_autonomy.providers.flutterwave import (
+    ERROR_RULES,
+    FlutterwaveAdapter,
+    FlutterwaveSettings,
+    amount_value,
+)
+from mcp_autonomy.providers.http import NO_SOURCE
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -203,6 +209,9 @@ async def test_declined_and_timed_out_charges_fail(flw_env: Env) -> None:
         await env.clock.advance(5)
         failed = await env.adapter.status(declined.reference)
         assert (failed.status, failed.provider_message) == (TransactionStatus.FAILED, "Insufficient funds")
+        # The customer's reason is the result's code, so the engine can tell it from the provider's.
+        assert failed.provider_code == "Insufficient funds"
+        assert failed.provider_code in FlutterwaveAdapter.customer_codes
         await env.clock.advance(180)
         timed_out = await env.adapter.status(ignored.reference)
         assert (timed_out.status, timed_out.provider_message) == (
@@ -590,7 +599,7 @@ async def test_not_found_while_lookups_lag_then_found(flw_env: Env) -> None:
 # --- webhooks: parse_callback is pure and trusts only the secret hash ------------------------------
 
 
-CHARGE_COMPLETED = {
+CHARGE_COMPLETED: dict[str, Any] = {
     "event": "charge.completed",
     "data": {
         "id": 4193499,
@@ -607,7 +616,7 @@ CHARGE_COMPLETED = {
     },
     "event.type": "MOBILEMONEYGH_TRANSACTION",
 }
-TRANSFER_COMPLETED = {
+TRANSFER_COMPLETED: dict[str, Any] = {
     "event": "transfer.completed",
     "event.type": "Transfer",
     "data": {
@@ -777,3 +786,95 @@ async def test_list_transactions_walks_pages_and_keeps_the_exact_window(
         everything = await env.adapter.list_transactions(start, env.clock.now())
         assert sorted(t.reference for t in everything) == sorted(references)
         assert env.learnt == learnt_before  # listing learns nothing: rows need not be ours
+
+
+# --- the classification table ------------------------------------------------------------------------
+
+
+def scripted(clock: ManualClock, answers: dict[str, httpx.Response]) -> FlutterwaveAdapter:
+    """Flutterwave answering each path as given (404 elsewhere)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.get(request.url.path, httpx.Response(404, json={"status": "error", "message": "nope"}))
+
+    return FlutterwaveAdapter(
+        flw_settings("http://flutterwave.invalid"), clock, transport=httpx.MockTransport(handler)
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (httpx.Response(401, json={"status": "error", "message": "Invalid authorization key"}), "auth"),
+        (httpx.Response(400, json={"status": "error", "message": "merchant secret key required"}), "auth"),
+        (httpx.Response(200, json={"status": "error", "message": "Something refused"}), "invalid_request"),
+        (httpx.Response(400, json={"status": "error", "message": "Cardno is required"}), "invalid_request"),
+        (
+            httpx.Response(
+                500,
+                json={
+                    "error_id": "ERRNO1",
+                    "message": "Application error. Please contact support",
+                    "code": "app_error",
+                },
+            ),
+            "ambiguous",
+        ),
+        (httpx.Response(503, text="Service Unavailable"), "ambiguous"),
+    ],
+    ids=["bad-key", "no-key", "2xx-error", "validation", "app-error", "bare-503"],
+)
+async def test_charge_answers_are_classified_by_the_table(
+    clock: ManualClock, answer: httpx.Response, expected: str
+) -> None:
+    adapter = scripted(clock, {"/v3/charges": answer})
+    with pytest.raises(ProviderError) as refused:
+        await adapter.collect(kes("flw-order-rule"))
+    assert refused.value.error_class.value == expected
+    await adapter.close()
+
+
+async def test_the_merchants_empty_balance_on_a_transfer_is_not_the_customers(clock: ManualClock) -> None:
+    # Flutterwave calls the merchant its customer: "customer wallet" here is the merchant's balance.
+    failed = {
+        "id": 1933,
+        "reference": FlutterwaveAdapter.reference_for("flw-payout-float"),
+        "status": "FAILED",
+        "amount": 1000,
+        "currency": "KES",
+        "account_number": "254709000004",
+        "complete_message": "DISBURSE FAILED: Insufficient funds in customer wallet",
+    }
+    adapter = scripted(
+        clock,
+        {
+            "/v3/transfers/1933": httpx.Response(
+                200, json={"status": "success", "message": "ok", "data": failed}
+            )
+        },
+    )
+    request = kes("flw-payout-float", 100_000, operation=Operation.PAYOUT)
+    context = PaymentContext(
+        reference=str(failed["reference"]),
+        operation=Operation.PAYOUT,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        identifiers={"transfer_id": "1933"},
+    )
+    txn = await adapter.status(context.reference, context=context)
+    assert (txn.status, txn.provider_code) == (TransactionStatus.FAILED, "FAILED")
+    assert txn.provider_code not in FlutterwaveAdapter.customer_codes
+    await adapter.close()
+
+
+def test_error_rules_cite_their_sources() -> None:
+    matches = [rule.match for rule in FlutterwaveAdapter.error_rules]
+    assert len(matches) == len(set(matches))
+    for rule in FlutterwaveAdapter.error_rules:
+        assert rule.source.strip(), rule.match
+        if rule.error_class is ErrorClass.NOT_PROCESSED:
+            assert not rule.source.startswith(NO_SOURCE), rule.match
+    fivexx = [rule for rule in ERROR_RULES if rule.match.startswith("HTTP 5xx")]
+    assert [rule.error_class for rule in fivexx] == [ErrorClass.AMBIGUOUS]
+    assert {"Insufficient funds", "Request cancelled by user"} <= FlutterwaveAdapter.customer_codes

@@ -30,7 +30,8 @@ from mcp_autonomy.providers.base import (
     ProviderError,
     TransactionStatus,
 )
-from mcp_autonomy.providers.intasend import IntaSendAdapter, IntaSendSettings
+from mcp_autonomy.providers.http import NO_SOURCE
+from mcp_autonomy.providers.intasend import ERROR_RULES, IntaSendAdapter, IntaSendSettings
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -208,6 +209,8 @@ async def test_declined_and_ignored_pushes_fail_with_their_codes(intasend_env: E
         await env.clock.advance(60)
         timed_out = await env.adapter.status(ignored.reference)
         assert (timed_out.status, timed_out.provider_code) == (TransactionStatus.FAILED, "1037")
+        # Both are the customer's: the engine counts them toward a storm, never a breaker.
+        assert {failed.provider_code, timed_out.provider_code} <= IntaSendAdapter.customer_codes
 
 
 async def test_invalid_requests_locally_and_at_intasend(intasend_env: Env) -> None:
@@ -731,3 +734,51 @@ def test_money_truth_is_declared() -> None:
     assert truth.callback_auth == "shared_secret"
     assert {"status", "amount", "currency", "payer"} <= truth.pull_carries
     assert not truth.not_found_is_final_after_grace and truth.sources
+
+
+# --- the classification table ------------------------------------------------------------------------
+
+
+def scripted(clock: ManualClock, answer: httpx.Response) -> IntaSendAdapter:
+    return IntaSendAdapter(
+        intasend_settings("http://intasend.invalid"), clock, transport=httpx.MockTransport(lambda _: answer)
+    )
+
+
+STATUS_RULES = [rule for rule in ERROR_RULES if rule.match.startswith("HTTP ") and rule.match[5:].isdigit()]
+
+
+@pytest.mark.parametrize("rule", STATUS_RULES, ids=lambda rule: rule.match)
+async def test_every_status_rule_classifies_a_push(clock: ManualClock, rule: Any) -> None:
+    status = int(rule.match.removeprefix("HTTP "))
+    adapter = scripted(clock, httpx.Response(status, json={"detail": "IntaSend said so"}))
+    with pytest.raises(ProviderError) as refused:
+        await adapter.collect(kes("is-order-rule"))
+    assert refused.value.error_class is rule.error_class
+    await adapter.close()
+
+
+async def test_a_503_on_a_push_stays_ambiguous_and_is_never_pushed_again(clock: ManualClock) -> None:
+    adapter = scripted(clock, httpx.Response(503, json={"detail": "offline for maintenance"}))
+    with pytest.raises(ProviderError) as unavailable:
+        await adapter.collect(kes("is-order-503"))
+    assert unavailable.value.error_class is ErrorClass.AMBIGUOUS
+    with pytest.raises(ProviderError) as again:
+        await adapter.collect(kes("is-order-503"))
+    assert (again.value.error_class, again.value.code) == (
+        ErrorClass.AMBIGUOUS,
+        "unresolved_previous_attempt",
+    )
+    await adapter.close()
+
+
+def test_error_rules_cite_their_sources() -> None:
+    matches = [rule.match for rule in IntaSendAdapter.error_rules]
+    assert len(matches) == len(set(matches))
+    for rule in IntaSendAdapter.error_rules:
+        assert rule.source.strip(), rule.match
+        if rule.error_class is ErrorClass.NOT_PROCESSED:
+            assert not rule.source.startswith(NO_SOURCE), rule.match
+    by_match = {rule.match: rule for rule in IntaSendAdapter.error_rules}
+    assert by_match["HTTP 503"].source.startswith(NO_SOURCE)  # ambiguous for lack of a source
+    assert {"1032", "1037", "1", "2001"} <= IntaSendAdapter.customer_codes

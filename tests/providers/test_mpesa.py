@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.providers.base import (
     NOT_FOUND_CODE,
     CallbackHint,
@@ -24,7 +26,8 @@ from mcp_autonomy.providers.base import (
     ProviderError,
     TransactionStatus,
 )
-from mcp_autonomy.providers.mpesa import MpesaAdapter
+from mcp_autonomy.providers.http import NO_SOURCE
+from mcp_autonomy.providers.mpesa import ERROR_RULES, MpesaAdapter, MpesaSettings
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -137,6 +140,7 @@ async def test_customer_failures_are_final_with_their_result_code(
         await env.clock.advance(2)
         polled = await env.adapter.status(txn.reference, txn.provider_reference)
         assert (polled.status, polled.provider_code) == (TransactionStatus.FAILED, code)
+        assert polled.provider_code in MpesaAdapter.customer_codes  # the engine counts it as the customer's
         assert env.sandbox.ledger.successful_charges_for(PHONE) == []
 
 
@@ -151,6 +155,7 @@ async def test_ignored_prompt_times_out_with_1037(mpesa_env: Env, make_payment: 
         await env.clock.advance(1)
         polled = await env.adapter.status(txn.reference, txn.provider_reference)
         assert (polled.status, polled.provider_code) == (TransactionStatus.FAILED, "1037")
+        assert "1037" in MpesaAdapter.customer_codes
 
 
 async def test_invalid_requests_are_refused_before_and_by_the_provider(
@@ -269,10 +274,12 @@ async def test_accept_then_hang_is_ambiguous_and_resolved_by_the_callback(
         assert (no_pull.status, no_pull.raw_status) == (TransactionStatus.UNKNOWN, "no_pull_path")
 
         env.sandbox.faults.clear()
-        # Resending would be refused by M-Pesa itself while the first prompt is open.
+        # Resending would be refused by M-Pesa itself while the first prompt is open: the
+        # customer is busy, which is the customer's state, never a reason to fail over.
         with pytest.raises(ProviderError) as locked:
             await env.adapter.collect(request)
-        assert locked.value.error_class is ErrorClass.NOT_PROCESSED
+        assert locked.value.error_class is ErrorClass.CUSTOMER
+        assert not locked.value.safe_to_fail_over
         assert "lock subscriber" in locked.value.provider_message
 
         await env.clock.advance(5)
@@ -355,7 +362,9 @@ async def test_b2c_with_a_wrong_initiator_fails_in_the_result(
         await env.clock.advance(3)
         [result] = await env.receiver.wait_for(1)
         result = hint(result)
-        assert (result.status, result.provider_code) == (TransactionStatus.FAILED, "2001")
+        # B2C's 2001 is the initiator's (the merchant's), not a customer's wrong PIN.
+        assert (result.status, result.provider_code) == (TransactionStatus.FAILED, "b2c:2001")
+        assert result.provider_code not in MpesaAdapter.customer_codes
         assert (result.reference, result.operation) == (txn.reference, Operation.PAYOUT)
         assert "receipt" not in result.extras
 
@@ -842,3 +851,109 @@ def test_money_truth_is_declared() -> None:
     assert truth.callback_auth == "none" and truth.pull_carries == {"status", "reason"}
     assert truth.not_found_grace_s >= 60 and not truth.not_found_is_final_after_grace
     assert truth.sources
+
+
+# --- the classification table ---------------------------------------------------------------------
+
+
+async def test_a_busy_subscriber_is_the_customers_error(mpesa_env: Env, make_payment: MakePayment) -> None:
+    async with mpesa_env() as env:
+        env.sandbox.customers.set(CustomerBehavior(msisdn=PHONE, action="accept", delay_s=30))
+        await env.adapter.collect(kes(make_payment, "order-busy-1"))
+        with pytest.raises(ProviderError) as busy:  # a second prompt while the first is open
+            await env.adapter.collect(kes(make_payment, "order-busy-2"))
+        assert (busy.value.error_class, busy.value.code) == (ErrorClass.CUSTOMER, "500.001.1001")
+        assert not busy.value.safe_to_fail_over  # another provider would meet the same busy customer
+        assert len(env.sandbox.ledger.charges_for(PHONE)) == 1
+
+
+def mock_settings() -> MpesaSettings:
+    """Settings for an adapter that talks to a `MockTransport` (fake credentials)."""
+    config = MpesaSandboxConfig()
+    return MpesaSettings(
+        consumer_key=SecretStr(config.consumer_key),
+        consumer_secret=SecretStr(config.consumer_secret),
+        shortcode=config.shortcode,
+        passkey=SecretStr(config.passkey),
+        base_url="http://daraja.invalid",
+        callback_url="http://merchant.invalid/mpesa/stk",
+    )
+
+
+def daraja(answer: httpx.Response) -> httpx.MockTransport:
+    """Daraja that issues tokens and gives every other call `answer`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/v1/generate":
+            return httpx.Response(200, json={"access_token": "token", "expires_in": "3599"})
+        return answer
+
+    return httpx.MockTransport(handler)
+
+
+def _answer_of(match: str) -> tuple[int, dict[str, Any]]:
+    """The Daraja answer a synchronous rule describes (its code, and its phrase as the message)."""
+    code, _, phrase = match.partition(": ")
+    if code.startswith("policies.") or code.startswith("messaging."):
+        return 503 if "ServiceUnavailable" in code else 500, {
+            "fault": {"faultstring": "edge fault", "detail": {"errorcode": code}}
+        }
+    status = int(code[:3])
+    return status, {"requestId": "1-2-3", "errorCode": code, "errorMessage": phrase or "Daraja said so"}
+
+
+SYNC_CODE_RULES = [
+    rule
+    for rule in ERROR_RULES
+    if not rule.match.startswith(("final result", "HTTP", "400.002.02: invalid checkoutrequestid"))
+]
+
+
+@pytest.mark.parametrize("rule", SYNC_CODE_RULES, ids=lambda rule: rule.match)
+async def test_every_synchronous_rule_classifies_a_push(
+    clock: ManualClock, make_payment: MakePayment, rule: Any
+) -> None:
+    status, body = _answer_of(rule.match)
+    adapter = MpesaAdapter(mock_settings(), clock, transport=daraja(httpx.Response(status, json=body)))
+    with pytest.raises(ProviderError) as refused:
+        await adapter.collect(kes(make_payment, "order-rule"))
+    assert refused.value.error_class is rule.error_class
+    await adapter.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            httpx.Response(200, json={"ResponseCode": "1", "ResponseDescription": "Rejected"}),
+            ErrorClass.NOT_PROCESSED,
+        ),
+        (
+            httpx.Response(500, json={"errorCode": "500.001.1001", "errorMessage": "Something"}),
+            ErrorClass.AMBIGUOUS,
+        ),
+        (httpx.Response(502, text="<html>bad gateway</html>"), ErrorClass.AMBIGUOUS),
+    ],
+    ids=["refused-at-submission", "unlisted-500.001.1001", "bare-502"],
+)
+async def test_answers_without_a_listed_code(
+    clock: ManualClock, make_payment: MakePayment, answer: httpx.Response, expected: ErrorClass
+) -> None:
+    adapter = MpesaAdapter(mock_settings(), clock, transport=daraja(answer))
+    with pytest.raises(ProviderError) as refused:
+        await adapter.collect(kes(make_payment, "order-answer"))
+    assert refused.value.error_class is expected
+    await adapter.close()
+
+
+def test_error_rules_cite_their_sources() -> None:
+    matches = [rule.match for rule in MpesaAdapter.error_rules]
+    assert len(matches) == len(set(matches))
+    for rule in MpesaAdapter.error_rules:
+        assert rule.source.strip(), rule.match
+        if rule.error_class is ErrorClass.NOT_PROCESSED:
+            assert not rule.source.startswith(NO_SOURCE), rule.match
+    # Unable to lock subscriber, synchronous or final, is the customer's.
+    assert {"1", "17", "1001", "1019", "1032", "1037", "2001"} <= MpesaAdapter.customer_codes
+    # A B2C result's 1 and 2001 are the merchant's (short account, wrong initiator).
+    assert not {"b2c:1", "b2c:2001"} & MpesaAdapter.customer_codes

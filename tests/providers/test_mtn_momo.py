@@ -28,9 +28,12 @@ from mcp_autonomy.providers.base import (
     PaymentRequest,
     ProviderAdapter,
     ProviderError,
+    ProviderTransaction,
     TransactionStatus,
 )
+from mcp_autonomy.providers.http import NO_SOURCE
 from mcp_autonomy.providers.mtn_momo import (
+    ERROR_RULES,
     MtnMomoAdapter,
     MtnMomoSettings,
     amount_text,
@@ -180,10 +183,12 @@ async def test_declined_and_expired_requests_fail_with_their_reason(momo_env: En
         await env.clock.advance(2)
         failed = await env.adapter.status(declined.reference)
         assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "APPROVAL_REJECTED")
+        assert failed.provider_code in MtnMomoAdapter.customer_codes
         assert (await env.adapter.status(ignored.reference)).status is TransactionStatus.PENDING
         await env.clock.advance(300)
         expired = await env.adapter.status(ignored.reference)
         assert (expired.status, expired.provider_code) == (TransactionStatus.FAILED, "EXPIRED")
+        assert expired.provider_code in MtnMomoAdapter.customer_codes
         assert env.sandbox.ledger.successful_charges_for(PHONE) == []
 
 
@@ -346,7 +351,9 @@ async def test_payout_uses_disbursement_and_is_found_by_a_fresh_adapter(momo_env
             Money(amount_minor=5_000, currency="EUR"),
         )
         failed = await env.adapter.status(failing.reference)
-        assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "PAYEE_NOT_FOUND")
+        # A transfer's reason is named in its own space: there the payer is the merchant.
+        assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "transfer:PAYEE_NOT_FOUND")
+        assert failed.provider_code in MtnMomoAdapter.customer_codes
         await fresh.close()
         [entry, _] = env.sandbox.ledger.entries(operation="payout")
         assert entry.status is LedgerStatus.SUCCEEDED
@@ -696,10 +703,11 @@ def test_parse_failed_payout_and_refund_callbacks(momo_parser: MtnMomoAdapter) -
     assert (hint.operation, hint.status, hint.provider_code, hint.payer, hint.extras) == (
         Operation.PAYOUT,
         TransactionStatus.FAILED,
-        "NOT_ENOUGH_FUNDS",
+        "transfer:NOT_ENOUGH_FUNDS",  # the merchant's float, not the customer's funds
         "+256772000001",
         {},
     )
+    assert hint.provider_code not in MtnMomoAdapter.customer_codes
     assert hint.reference == MtnMomoAdapter.reference_for("momo-payout-cb")
     collection = MtnMomoAdapter.reference_for("momo-order-cb")
     refund_id = MtnMomoAdapter.refund_reference_for(collection, Money(amount_minor=500, currency="EUR"))
@@ -792,3 +800,84 @@ def test_money_truth_and_amount_parsing() -> None:
     assert money_of("10.505", "EUR") is None  # not a whole number of cents
     assert money_of("1500.5", "UGX") is None
     assert money_of(True, "EUR") is None
+
+
+# --- the classification table ------------------------------------------------------------------------
+
+
+async def test_the_merchants_short_float_fails_a_transfer_and_is_not_the_customers(momo_env: Env) -> None:
+    async with momo_env(config=MtnMomoSandboxConfig(disbursement_balance_minor=100)) as env:
+        txn = await env.adapter.payout(eur("momo-payout-float", 5_000, operation=Operation.PAYOUT))
+        await env.clock.advance(5)
+        failed = await env.adapter.status(txn.reference)
+        assert (failed.status, failed.provider_code) == (
+            TransactionStatus.FAILED,
+            "transfer:NOT_ENOUGH_FUNDS",
+        )
+        assert failed.provider_code not in MtnMomoAdapter.customer_codes
+        assert "NOT_ENOUGH_FUNDS" in MtnMomoAdapter.customer_codes  # a payer's, on a request to pay
+
+
+def scripted(clock: ManualClock, answer: httpx.Response) -> MtnMomoAdapter:
+    """An adapter on a MoMo that issues tokens and gives every other call `answer`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token/"):
+            return httpx.Response(
+                200, json={"access_token": "t", "token_type": "access_token", "expires_in": 3600}
+            )
+        return answer
+
+    return MtnMomoAdapter(momo_settings("http://momo.invalid"), clock, transport=httpx.MockTransport(handler))
+
+
+SYNC_RULES = [
+    rule
+    for rule in ERROR_RULES
+    if not rule.match.startswith(("final result", "HTTP", "RESOURCE_", "TRANSACTION_"))
+]
+
+
+@pytest.mark.parametrize("rule", SYNC_RULES, ids=lambda rule: rule.match)
+async def test_every_synchronous_rule_classifies_its_request(clock: ManualClock, rule: Any) -> None:
+    scope, _, code = rule.match.rpartition(":")
+    status = 503 if code == "SERVICE_UNAVAILABLE" else 500
+    adapter = scripted(clock, httpx.Response(status, json={"code": code, "message": "MoMo said so"}))
+    with pytest.raises(ProviderError) as refused:
+        if scope == "refund":
+            paid = ProviderTransaction(
+                provider="mtn_momo",
+                reference=MtnMomoAdapter.reference_for("momo-refund-rule"),
+                status=TransactionStatus.SUCCEEDED,
+                money=Money(amount_minor=1_050, currency="EUR"),
+            )
+            await adapter.refund(paid)
+        elif scope == "transfer":
+            await adapter.payout(eur(f"momo-rule-{code.lower()}", operation=Operation.PAYOUT))
+        else:
+            await adapter.collect(eur(f"momo-rule-{code.lower()}"))
+    assert refused.value.error_class is rule.error_class
+    await adapter.close()
+
+
+async def test_a_busy_or_unknown_payer_refused_at_once_is_the_customers(clock: ManualClock) -> None:
+    adapter = scripted(
+        clock, httpx.Response(500, json={"code": "PAYER_NOT_FOUND", "message": "Payer not found"})
+    )
+    with pytest.raises(ProviderError) as refused:
+        await adapter.collect(eur("momo-unknown-payer"))
+    assert refused.value.error_class is ErrorClass.CUSTOMER and not refused.value.safe_to_fail_over
+    await adapter.close()
+
+
+def test_error_rules_cite_their_sources() -> None:
+    matches = [rule.match for rule in MtnMomoAdapter.error_rules]
+    assert len(matches) == len(set(matches))
+    for rule in MtnMomoAdapter.error_rules:
+        assert rule.source.strip(), rule.match
+        if rule.error_class is ErrorClass.NOT_PROCESSED:
+            assert not rule.source.startswith(NO_SOURCE), rule.match
+    by_match = {rule.match: rule.error_class for rule in MtnMomoAdapter.error_rules}
+    assert by_match["SERVICE_UNAVAILABLE"] is ErrorClass.AMBIGUOUS  # a 503 with no source stays ambiguous
+    assert by_match["transfer:NOT_ENOUGH_FUNDS"] is ErrorClass.NOT_PROCESSED
+    assert by_match["requesttopay:NOT_ENOUGH_FUNDS"] is ErrorClass.CUSTOMER

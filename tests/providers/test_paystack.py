@@ -29,7 +29,13 @@ from mcp_autonomy.providers.base import (
     ProviderError,
     TransactionStatus,
 )
-from mcp_autonomy.providers.paystack import ABANDONED_FINAL_AFTER_S, PaystackAdapter, PaystackSettings
+from mcp_autonomy.providers.http import NO_SOURCE
+from mcp_autonomy.providers.paystack import (
+    ABANDONED_FINAL_AFTER_S,
+    ERROR_RULES,
+    PaystackAdapter,
+    PaystackSettings,
+)
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CredentialExpirySpec,
@@ -92,7 +98,8 @@ async def test_vodafone_charge_needs_the_otp(paystack_env: Env, make_payment: Ma
         ).status is TransactionStatus.PENDING  # waits for the OTP
         with pytest.raises(ProviderError) as wrong:
             await env.adapter.submit_otp(txn.reference, "000000")
-        assert wrong.value.error_class is ErrorClass.INVALID_REQUEST
+        # "Provided registration token is invalid": the customer's OTP is wrong, like a wrong PIN.
+        assert wrong.value.error_class is ErrorClass.CUSTOMER
         offline = await env.adapter.submit_otp(txn.reference, "123456")
         assert offline.raw_status == "pay_offline"
         await env.clock.advance(5)
@@ -111,6 +118,9 @@ async def test_declined_charge_fails(paystack_env: Env, make_payment: MakePaymen
         polled = await env.adapter.status(txn.reference)
         assert (polled.status, polled.raw_status) == (TransactionStatus.FAILED, "failed")
         assert polled.provider_message == "Insufficient Funds"
+        # The customer's reason is the result's code, so the engine can tell it from the provider's.
+        assert polled.provider_code == "Insufficient Funds"
+        assert polled.provider_code in PaystackAdapter.customer_codes
 
 
 async def test_abandoned_is_pending_while_the_customer_may_still_complete(
@@ -127,6 +137,7 @@ async def test_abandoned_is_pending_while_the_customer_may_still_complete(
         await env.clock.advance(ABANDONED_FINAL_AFTER_S - 180)
         polled = await env.adapter.status(txn.reference)
         assert (polled.status, polled.raw_status) == (TransactionStatus.FAILED, "abandoned")
+        assert polled.provider_code == "abandoned" and "abandoned" in PaystackAdapter.customer_codes
         assert not env.sandbox.ledger.successful_charges_for(KE_PHONE)
 
 
@@ -287,7 +298,9 @@ async def test_failed_payout(paystack_env: Env, make_payment: MakePayment) -> No
         env.sandbox.customers.set(CustomerBehavior(msisdn=KE_PHONE, payout_result_code="Account closed"))
         txn = await env.adapter.payout(kes(make_payment, "ps-payout-0002", operation=Operation.PAYOUT))
         await env.clock.advance(3)
-        assert (await env.adapter.status(txn.reference)).status is TransactionStatus.FAILED
+        failed = await env.adapter.status(txn.reference)
+        assert (failed.status, failed.provider_code) == (TransactionStatus.FAILED, "Account closed")
+        assert failed.provider_code in PaystackAdapter.customer_codes
 
 
 async def test_refund_reverses_the_charge(paystack_env: Env, make_payment: MakePayment) -> None:
@@ -549,7 +562,7 @@ def signed(event: Any, key: str = SECRET) -> tuple[bytes, dict[str, str]]:
     return raw, {"x-paystack-signature": hmac.new(key.encode(), raw, hashlib.sha512).hexdigest()}
 
 
-CHARGE_SUCCESS = {
+CHARGE_SUCCESS: dict[str, Any] = {
     "event": "charge.success",
     "data": {
         "id": 4099260516,
@@ -563,7 +576,7 @@ CHARGE_SUCCESS = {
         "customer": {"email": "a@example.com", "phone": "0700000011", "international_format_phone": None},
     },
 }
-TRANSFER_FAILED = {
+TRANSFER_FAILED: dict[str, Any] = {
     "event": "transfer.failed",
     "data": {
         "amount": 7_500,
@@ -579,7 +592,7 @@ TRANSFER_FAILED = {
         },
     },
 }
-REFUND_PROCESSED = {
+REFUND_PROCESSED: dict[str, Any] = {
     "event": "refund.processed",
     "data": {
         "status": "processed",
@@ -806,3 +819,205 @@ async def test_http_statuses_and_retry_after() -> None:
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("999999", now) == 3600
+
+
+# --- the classification table, transfer OTPs ---------------------------------------------------------
+
+OTP = "482913"
+TRANSFER_CODE = "TRF_1ptvuv321ahaa7q"
+
+
+class FakePaystack:
+    """A scripted Paystack: each path answers what the test says; every request is kept."""
+
+    def __init__(self, answers: dict[str, httpx.Response]) -> None:
+        self.answers = answers
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        for path, answer in self.answers.items():
+            if request.url.path == path:
+                return answer
+        return httpx.Response(404, json={"status": False, "message": "Entity not found"})
+
+    def paths(self) -> list[str]:
+        return [request.url.path for request in self.requests]
+
+
+def scripted(clock: ManualClock, fake: FakePaystack) -> PaystackAdapter:
+    settings = PaystackSettings(
+        secret_key=SecretStr(SECRET),
+        base_url="http://paystack.invalid",
+        customer_email_domain="customers.example.com",
+    )
+    return PaystackAdapter(settings, clock, transport=httpx.MockTransport(fake))
+
+
+def transfer_data(status: str, **extra: Any) -> dict[str, Any]:
+    """`data` of a transfer answer (TransferCreateResponse / TransferVerifyResponse)."""
+    reference = PaystackAdapter.reference_for("ps-payout-otp")
+    return {
+        "amount": 7_500,
+        "currency": "GHS",
+        "reference": reference,
+        "status": status,
+        "transfer_code": TRANSFER_CODE,
+        "id": 476948,
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        **extra,
+    }
+
+
+def ok(message: str, data: Any) -> httpx.Response:
+    return httpx.Response(200, json={"status": True, "message": message, "data": data})
+
+
+def otp_context(make_payment: MakePayment, **identifiers: str) -> PaymentContext:
+    request = ghs(make_payment, "ps-payout-otp", 7_500, operation=Operation.PAYOUT)
+    return PaymentContext(
+        reference=PaystackAdapter.reference_for(request.idempotency_key),
+        operation=Operation.PAYOUT,
+        money=request.money,
+        phone=request.phone,
+        country=request.country,
+        identifiers=identifiers,
+    )
+
+
+async def test_a_transfer_at_otp_needs_the_operator_and_is_never_finalised_alone(
+    clock: ManualClock, make_payment: MakePayment
+) -> None:
+    fake = FakePaystack(
+        {
+            "/transferrecipient": ok("Transfer recipient created successfully", {"recipient_code": "RCP_1"}),
+            "/transfer": ok("Transfer requires OTP to continue", transfer_data("otp")),
+            f"/transfer/verify/{PaystackAdapter.reference_for('ps-payout-otp')}": ok(
+                "Transfer retrieved", transfer_data("otp")
+            ),
+        }
+    )
+    adapter = scripted(clock, fake)
+    learnt: list[tuple[str, str, str]] = []
+    adapter.identifier_sink = lambda ref, kind, value: learnt.append((ref, kind, value))
+    request = ghs(make_payment, "ps-payout-otp", 7_500, operation=Operation.PAYOUT)
+    held = await adapter.payout(request)
+    assert held.status is TransactionStatus.NEEDS_OPERATOR_OTP
+    assert not held.status.is_final
+    assert (held.reference, "transfer_code", TRANSFER_CODE) in learnt
+    pulled = await adapter.status(held.reference, context=otp_context(make_payment))
+    assert (pulled.status, pulled.raw_status) == (TransactionStatus.NEEDS_OPERATOR_OTP, "otp")
+    assert "/transfer/finalize_transfer" not in fake.paths()  # only an operator finalises
+    await adapter.close()
+
+
+async def test_finalize_transfer_sends_exactly_the_transfer_code_and_the_otp(
+    clock: ManualClock, make_payment: MakePayment
+) -> None:
+    fake = FakePaystack(
+        {"/transfer/finalize_transfer": ok("Transfer has been queued", transfer_data("pending"))}
+    )
+    adapter = scripted(clock, fake)
+    released = await adapter.finalize_transfer(otp_context(make_payment, transfer_code=TRANSFER_CODE), OTP)
+    [sent] = fake.requests
+    assert (sent.method, sent.url.path) == ("POST", "/transfer/finalize_transfer")
+    assert json.loads(sent.content) == {"transfer_code": TRANSFER_CODE, "otp": OTP}
+    assert released.status is TransactionStatus.PENDING
+    assert OTP not in released.model_dump_json() and OTP not in json.dumps(released.raw)
+    await adapter.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # Paystack publishes no text for a wrong transfer OTP; one that echoes it must not leak it.
+        (
+            httpx.Response(400, json={"status": False, "message": f"Invalid OTP {OTP}", "code": OTP}),
+            "invalid_request",
+        ),
+        (
+            httpx.Response(400, json={"status": False, "message": "Transfer is not currently awaiting OTP"}),
+            "invalid_request",
+        ),
+        (httpx.Response(401, json={"status": False, "message": "Invalid key"}), "auth"),
+        (httpx.Response(503, json={"status": False, "message": "Service Unavailable"}), "ambiguous"),
+    ],
+    ids=["wrong-otp", "not-awaiting", "bad-key", "503"],
+)
+async def test_a_refused_finalize_never_shows_the_otp(
+    clock: ManualClock, make_payment: MakePayment, answer: httpx.Response, expected: str
+) -> None:
+    adapter = scripted(clock, FakePaystack({"/transfer/finalize_transfer": answer}))
+    with pytest.raises(ProviderError) as refused:
+        await adapter.finalize_transfer(otp_context(make_payment, transfer_code=TRANSFER_CODE), OTP)
+    assert refused.value.error_class.value == expected
+    for text in (str(refused.value), repr(refused.value), refused.value.provider_message, refused.value.code):
+        assert OTP not in (text or "")
+    await adapter.close()
+
+
+async def test_finalize_needs_a_known_transfer_code(clock: ManualClock, make_payment: MakePayment) -> None:
+    fake = FakePaystack({})
+    adapter = scripted(clock, fake)
+    with pytest.raises(ProviderError) as unknown:
+        await adapter.finalize_transfer(otp_context(make_payment), OTP)
+    assert unknown.value.error_class is ErrorClass.INVALID_REQUEST
+    assert OTP not in str(unknown.value) and fake.requests == []
+    await adapter.close()
+
+
+async def test_the_merchants_empty_balance_is_not_processed_and_not_the_customers(
+    clock: ManualClock, make_payment: MakePayment
+) -> None:
+    answer = httpx.Response(
+        400,
+        json={
+            "status": False,
+            "message": "Your balance is not enough to fulfil this request",
+            "code": "insufficient_balance",
+        },
+    )
+    fake = FakePaystack(
+        {
+            "/transferrecipient": ok("Transfer recipient created successfully", {"recipient_code": "RCP_1"}),
+            "/transfer": answer,
+        }
+    )
+    adapter = scripted(clock, fake)
+    with pytest.raises(ProviderError) as short_float:
+        await adapter.payout(ghs(make_payment, "ps-payout-float", 7_500, operation=Operation.PAYOUT))
+    assert short_float.value.error_class is ErrorClass.NOT_PROCESSED  # another provider's float may pay
+    await adapter.close()
+
+
+MESSAGE_RULES = [
+    rule
+    for rule in ERROR_RULES
+    if not rule.match.startswith(("final result", "HTTP", "POST "))
+    and rule not in paystack_module._NOT_FOUND_RULES + paystack_module._DUPLICATE_RULES
+]
+
+
+@pytest.mark.parametrize("rule", MESSAGE_RULES, ids=lambda rule: rule.match[:40])
+async def test_every_documented_message_classifies_a_charge(
+    clock: ManualClock, make_payment: MakePayment, rule: Any
+) -> None:
+    message = rule.match.replace(" X ", " 5 ")
+    answer = httpx.Response(400, json={"status": False, "message": message, "type": "validation_error"})
+    adapter = scripted(clock, FakePaystack({"/charge": answer}))
+    with pytest.raises(ProviderError) as refused:
+        await adapter.collect(kes(make_payment, "ps-order-rule"))
+    assert refused.value.error_class is rule.error_class
+    await adapter.close()
+
+
+def test_error_rules_cite_their_sources() -> None:
+    matches = [rule.match for rule in PaystackAdapter.error_rules]
+    assert len(matches) == len(set(matches))
+    for rule in PaystackAdapter.error_rules:
+        assert rule.source.strip(), rule.match
+        if rule.error_class is ErrorClass.NOT_PROCESSED:
+            assert not rule.source.startswith(NO_SOURCE), rule.match
+    assert {"Declined", "Insufficient Funds", "abandoned"} <= PaystackAdapter.customer_codes
+    # The merchant's balance is never the customer's.
+    assert not any("balance" in code.lower() for code in PaystackAdapter.customer_codes)

@@ -40,8 +40,12 @@ def test_sandbox_and_chaos_commands(tmp_path: Path) -> None:
             url, "--provider", "mpesa", "--kind", "outage", "--param", "mode=503", "--duration-s", "60"
         )
         assert code == 0 and added["fault"]["kind"] == "outage"  # type: ignore[index]
+        code, storm = chaos(
+            url, "--provider", "mpesa", "--kind", "customer_errors", "--param", "rate=0.8", "--param", "code=1032"
+        )
+        assert code == 0 and storm["fault"]["params"] == {"rate": 0.8, "code": "1032", "synchronous": False}  # type: ignore[index]
         code, listed = chaos(url, "--list")
-        assert code == 0 and [f["provider"] for f in listed["faults"]] == ["mpesa"]  # type: ignore[union-attr, index]
+        assert code == 0 and [f["provider"] for f in listed["faults"]] == ["mpesa", "mpesa"]  # type: ignore[union-attr, index]
         code, refused = chaos(
             url, "--provider", "mpesa", "--kind", "latency", "--param", "distribution=fixed"
         )
