@@ -330,9 +330,7 @@ class IntaSendEmulator:
             )
         elif behavior.action == "busy":
             # M-Pesa refused the lock: the prompt never reached the phone, no PROCESSING step.
-            self.ctx.scheduler.after(
-                BUSY_RESULT_DELAY_S, lambda: self._finish(invoice, "FAILED", BUSY_CODE)
-            )
+            self.ctx.scheduler.after(BUSY_RESULT_DELAY_S, lambda: self._finish(invoice, "FAILED", BUSY_CODE))
         else:
             self.ctx.scheduler.after(behavior.delay_s / 2, lambda: self._processing(invoice))
             if behavior.action == "accept":

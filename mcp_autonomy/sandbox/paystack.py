@@ -12,17 +12,35 @@ Mounted at `/paystack`. Shapes follow Paystack's OpenAPI description and error l
 - `POST /charge` (email, amount in subunits, currency, reference, `mobile_money: {phone,
   provider}`) -> "Charge attempted", `data.status` `pay_offline` ("Please complete
   authorization process on your mobile phone"), or `send_otp` for Vodafone Cash until
-  `POST /charge/submit_otp` (OTP `123456`); a pending charge's data is only `{reference,
-  status, display_text}`. A reused reference -> 400 `duplicate_reference`. The customer then
-  approves (`success`), declines (`failed`) or ignores it (`abandoned`).
+  `POST /charge/submit_otp` (OTP `config.otp`; a wrong one is "Provided registration token is
+  invalid", Paystack's text); a pending charge's data is only `{reference, status,
+  display_text}`. A reused reference -> 400 `duplicate_reference`. The customer then approves
+  (`success`) or declines (`failed`, `gateway_response` their decline code: "Declined" by
+  default, "Insufficient Funds"; `CUSTOMER_CODES`). Nobody answering makes it `abandoned` after
+  `abandon_after_s`, which is not final: a customer who approves later, until
+  `abandoned_final_after_s`, still turns it into `success` (the ledger keeps it pending until
+  then, and fails it only at the end of that window). Paystack has no synchronous answer for a
+  busy subscriber: a `busy` customer (or a synchronous `customer_errors` victim) fails
+  "Declined" within `BUSY_RESULT_DELAY_S`; a storm's default victims abandon.
 - `GET /transaction/verify/{reference}` (`VerifyResponse`) -> `ongoing` while the customer has to
-  act, then the final status; unknown reference -> 404 "Transaction reference not found".
-  `GET /charge/{reference}` answers the charge status itself.
+  act, then `success` / `failed` / `abandoned` / `reversed`; unknown reference -> 404
+  "Transaction reference not found". `GET /charge/{reference}` (`ChargeCheckPendingResponse`)
+  answers the charge's own status (`pay_offline`, `send_otp`...).
 - `GET /transaction?from=&to=&perPage=&page=&status=` (`TransactionListResponse`, newest first,
   `meta {total, total_volume, skipped, perPage, page, pageCount}`), built from the ledger.
 - `POST /transferrecipient` (an existing account returns the same recipient), `POST /transfer`
-  ("Transfer has been queued", `pending`, later `success`/`failed`; reused reference refused),
-  `GET /transfer/verify/{reference}` (`TransferVerifyResponse`; "Transfer not found" 404).
+  ("Transfer has been queued", `pending`, later `success`/`failed`; reused reference refused;
+  `TransferCreateResponse`: the recipient by id), `GET /transfer/verify/{reference}`
+  (`TransferVerifyResponse`; "Transfer not found" 404).
+- Transfers confirmed by OTP (`transfer_otp_required`, a dashboard setting, also switched by
+  `POST /transfer/enable_otp`, and by `POST /transfer/disable_otp` then
+  `/transfer/disable_otp_finalize {otp}`): `POST /transfer` answers "Transfer requires OTP to
+  continue" with status `otp` and its `transfer_code`; nothing is paid and the balance is
+  untouched (the ledger holds it pending: the transfer exists) until `POST
+  /transfer/finalize_transfer {transfer_code, otp}` with `transfer_otp` ("Transfer has been
+  queued", then as any transfer); a wrong OTP is a 400 and changes nothing; verify shows `otp`
+  meanwhile. `POST /transfer/resend_otp` answers "OTP has been resent". The OTP goes to the
+  merchant (`business_phone`), never to the payee.
 - `POST /refund` ("Refund has been queued for processing", `pending` then `processed`; a fully
   refunded charge verifies as `reversed`), `GET /refund/{id}`.
 - `GET /balance`, `GET /bank` (mobile-money wallets) for probes.
@@ -115,7 +133,9 @@ class PaystackSandboxConfig(BaseModel):
     balances_minor: dict[str, int] = Field(
         default_factory=lambda: {"NGN": 10**12, "GHS": 10**12, "KES": 10**12, "ZAR": 10**12}
     )
-    abandon_after_s: float = Field(180.0, gt=0, description="an unanswered charge shows `abandoned` after this")
+    abandon_after_s: float = Field(
+        180.0, gt=0, description="an unanswered charge shows `abandoned` after this"
+    )
     abandoned_final_after_s: float = Field(
         3600.0,
         gt=0,
@@ -509,7 +529,10 @@ class PaystackEmulator:
     def _finish_charge(self, charge: _Charge, outcome: str, decline: str) -> None:
         # An abandoned charge can still complete while its ledger entry is pending: the customer
         # approved late. Once `give_up` failed it, a late answer changes nothing.
-        if charge.status not in (*AWAITING_CUSTOMER, ABANDONED) or charge.entry.status is not LedgerStatus.PENDING:
+        if (
+            charge.status not in (*AWAITING_CUSTOMER, ABANDONED)
+            or charge.entry.status is not LedgerStatus.PENDING
+        ):
             return
         charge.status = outcome
         if outcome == "success":
@@ -671,9 +694,7 @@ class PaystackEmulator:
     def _charge_check_data(self, charge: _Charge) -> dict[str, Any]:
         """`ChargeCheckPendingResponse.data`: the charge itself, its raw status included."""
         authorization = {
-            key: value
-            for key, value in self._authorization(charge).items()
-            if key not in ("account_name",)
+            key: value for key, value in self._authorization(charge).items() if key not in ("account_name",)
         }
         authorization["signature"] = ""
         customer = self._customer(charge)

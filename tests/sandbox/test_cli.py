@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
-def chaos(url: str, *args: str) -> tuple[int, dict[str, object]]:
+def chaos(url: str, *args: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
         [sys.executable, "-m", "mcp_autonomy", "chaos", "--url", url, *args],
         capture_output=True,
@@ -39,13 +40,21 @@ def test_sandbox_and_chaos_commands(tmp_path: Path) -> None:
         code, added = chaos(
             url, "--provider", "mpesa", "--kind", "outage", "--param", "mode=503", "--duration-s", "60"
         )
-        assert code == 0 and added["fault"]["kind"] == "outage"  # type: ignore[index]
+        assert code == 0 and added["fault"]["kind"] == "outage"
         code, storm = chaos(
-            url, "--provider", "mpesa", "--kind", "customer_errors", "--param", "rate=0.8", "--param", "code=1032"
+            url,
+            "--provider",
+            "mpesa",
+            "--kind",
+            "customer_errors",
+            "--param",
+            "rate=0.8",
+            "--param",
+            "code=1032",
         )
-        assert code == 0 and storm["fault"]["params"] == {"rate": 0.8, "code": "1032", "synchronous": False}  # type: ignore[index]
+        assert code == 0 and storm["fault"]["params"] == {"rate": 0.8, "code": "1032", "synchronous": False}
         code, listed = chaos(url, "--list")
-        assert code == 0 and [f["provider"] for f in listed["faults"]] == ["mpesa", "mpesa"]  # type: ignore[union-attr, index]
+        assert code == 0 and [f["provider"] for f in listed["faults"]] == ["mpesa", "mpesa"]
         code, refused = chaos(
             url, "--provider", "mpesa", "--kind", "latency", "--param", "distribution=fixed"
         )

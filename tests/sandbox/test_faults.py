@@ -213,7 +213,7 @@ async def test_refused_flapping_opens_and_closes_the_gated_port(served: Served, 
         await clock.advance(0)
         url = f"{address.url('mpesa')}/oauth/v1/generate"
         params = {"grant_type": "client_credentials"}
-        seen = []
+        seen: list[int | str] = []
         for _ in range(4):
             async with httpx.AsyncClient() as client:
                 try:

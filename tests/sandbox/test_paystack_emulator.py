@@ -347,13 +347,21 @@ async def test_a_transfer_waits_at_otp_until_the_merchant_finalizes_it(
             assert entry.status is LedgerStatus.PENDING and not entry.moved_money
             assert await _kes_balance(client) == before and e.sandbox.outbox.records("paystack") == []
 
-            wrong = await client.post("/transfer/finalize_transfer", json={"transfer_code": code, "otp": "000000"})
-            assert (wrong.status_code, wrong.json()["status"], wrong.json()["message"]) == (400, False, "Invalid OTP")
+            wrong = await client.post(
+                "/transfer/finalize_transfer", json={"transfer_code": code, "otp": "000000"}
+            )
+            assert (wrong.status_code, wrong.json()["status"], wrong.json()["message"]) == (
+                400,
+                False,
+                "Invalid OTP",
+            )
             stranger = await client.post(
                 "/transfer/finalize_transfer", json={"transfer_code": "TRF_nobody", "otp": "123456"}
             )
             assert stranger.json()["message"] == "Transfer ID/code specified is invalid."
-            assert (await client.get("/transfer/verify/ps-otp-transfer-0001")).json()["data"]["status"] == "otp"
+            assert (await client.get("/transfer/verify/ps-otp-transfer-0001")).json()["data"][
+                "status"
+            ] == "otp"
 
             final = await client.post(
                 "/transfer/finalize_transfer",
@@ -364,11 +372,16 @@ async def test_a_transfer_waits_at_otp_until_the_merchant_finalizes_it(
                 "Transfer has been queued",
                 "pending",
             )
-            again = await client.post("/transfer/finalize_transfer", json={"transfer_code": code, "otp": "123456"})
+            again = await client.post(
+                "/transfer/finalize_transfer", json={"transfer_code": code, "otp": "123456"}
+            )
             assert again.status_code == 400  # not awaiting an OTP any more: one payment, not two
             await e.clock.advance(PaystackSandboxConfig().transfer_delay_s)
-            assert (await client.get("/transfer/verify/ps-otp-transfer-0001")).json()["data"]["status"] == "success"
-            assert entry.status is LedgerStatus.SUCCEEDED
+            assert (await client.get("/transfer/verify/ps-otp-transfer-0001")).json()["data"][
+                "status"
+            ] == "success"
+            settled = e.sandbox.ledger.entries(reference="ps-otp-transfer-0001")
+            assert [x.status for x in settled] == [LedgerStatus.SUCCEEDED]
             assert await _kes_balance(client) == before - 4_000
         [(raw, headers)] = await e.receiver.wait_for(1)
         assert json.loads(raw)["event"] == "transfer.success"
@@ -381,7 +394,9 @@ async def test_the_transfer_otp_setting_follows_paystacks_own_endpoints(
     config = PaystackSandboxConfig(transfer_otp_required=True)
     async with (
         served(credentials=SandboxCredentials(paystack=config)) as (_, address, _),
-        httpx.AsyncClient(base_url=address.url("paystack"), headers={"Authorization": f"Bearer {SECRET}"}) as client,
+        httpx.AsyncClient(
+            base_url=address.url("paystack"), headers={"Authorization": f"Bearer {SECRET}"}
+        ) as client,
     ):
         recipient = await _recipient(client)
 
@@ -392,7 +407,10 @@ async def test_the_transfer_otp_setting_follows_paystacks_own_endpoints(
 
         assert await status_of("ps-otp-setting-0001") == "otp"
         sent = await client.post("/transfer/disable_otp")
-        assert sent.json() == {"status": True, "message": "OTP has been sent to mobile number ending with 0000"}
+        assert sent.json() == {
+            "status": True,
+            "message": "OTP has been sent to mobile number ending with 0000",
+        }
         wrong = await client.post("/transfer/disable_otp_finalize", json={"otp": "000000"})
         assert wrong.status_code == 400
         assert await status_of("ps-otp-setting-0002") == "otp"  # still required
@@ -441,14 +459,22 @@ async def test_an_abandoned_charge_can_still_be_completed_inside_its_window(
                 }
 
             await e.clock.advance(config.abandon_after_s)
-            assert await shown() == {"ps-late": "abandoned", "ps-never": "abandoned", "ps-too-late": "abandoned"}
+            assert await shown() == {
+                "ps-late": "abandoned",
+                "ps-never": "abandoned",
+                "ps-too-late": "abandoned",
+            }
             assert {x.status for x in e.sandbox.ledger.entries(provider="paystack")} == {LedgerStatus.PENDING}
             await e.clock.advance(900 - config.abandon_after_s)  # the late customer approves
             assert (await shown())["ps-late"] == "success"
             [(raw, _)] = await e.receiver.wait_for(1)
             assert json.loads(raw)["event"] == "charge.success"
             await e.clock.advance(config.abandoned_final_after_s)  # past the window: over
-            assert await shown() == {"ps-late": "success", "ps-never": "abandoned", "ps-too-late": "abandoned"}
+            assert await shown() == {
+                "ps-late": "success",
+                "ps-never": "abandoned",
+                "ps-too-late": "abandoned",
+            }
             outcomes = {x.reference: x.status for x in e.sandbox.ledger.entries(provider="paystack")}
             assert outcomes == {
                 "ps-late": LedgerStatus.SUCCEEDED,
