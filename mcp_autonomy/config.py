@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mcp_autonomy.resilience.breaker import DEFAULT_CONSECUTIVE_FAILURES_TO_OPEN
+
 
 class Sensitivity(StrEnum):
     """How eagerly predictive maintenance raises predictions."""
@@ -85,6 +87,21 @@ class Settings(BaseSettings):
         "original", validation_alias=_env("MCP_AUTONOMY_SCALING_PRIOR")
     )
     pod_startup_s: int = Field(60, ge=0, le=3600, validation_alias=_env("MCP_AUTONOMY_POD_STARTUP_S"))
+    breaker_consecutive_failures: int = Field(
+        DEFAULT_CONSECUTIVE_FAILURES_TO_OPEN,
+        ge=0,
+        le=1000,
+        validation_alias=_env("MCP_AUTONOMY_BREAKER_CONSECUTIVE_FAILURES"),
+        description="provider failures in a row that open a lane's breaker at once (0: the window rule alone)",
+    )
+
+    @field_validator("breaker_consecutive_failures")
+    @classmethod
+    def _not_one(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (off) or 2..1000: one failure is not a pattern")
+        return value
+
     scale_backend: ScaleBackendName = Field("local", validation_alias=_env("MCP_AUTONOMY_SCALE_BACKEND"))
     k8s_namespace: str = Field("default", validation_alias=_env("MCP_AUTONOMY_K8S_NAMESPACE"))
     k8s_deployment: str = Field("mcp-autonomy", validation_alias=_env("MCP_AUTONOMY_K8S_DEPLOYMENT"))

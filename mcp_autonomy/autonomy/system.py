@@ -60,6 +60,7 @@ from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord
 from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
+from mcp_autonomy.resilience.breaker import BreakerConfig
 from mcp_autonomy.resilience.customer_errors import CustomerErrorStorm
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
 from mcp_autonomy.resilience.router import LaneStatus, PaymentRouter
@@ -240,7 +241,16 @@ class AutonomousSystem:
         self._adapter_factory = adapter_factory
         self.telemetry = Telemetry(self.clock)
         self.payments = SqlitePaymentStore(self.store)
-        self.router = PaymentRouter(self.providers, self.payments, self.telemetry, self.events, self.clock)
+        self.router = PaymentRouter(
+            self.providers,
+            self.payments,
+            self.telemetry,
+            self.events,
+            self.clock,
+            breaker_config=BreakerConfig(
+                consecutive_failures_to_open=self.settings.breaker_consecutive_failures
+            ),
+        )
         self.payment_locks = PaymentLocks()
         self.reconciler = PaymentReconciler(
             router=self.router,

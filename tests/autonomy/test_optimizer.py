@@ -25,6 +25,7 @@ from mcp_autonomy.events import EventBus
 from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.providers.base import Money, Operation, PaymentRequest, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderRegistry
+from mcp_autonomy.resilience.breaker import BreakerConfig
 from mcp_autonomy.resilience.canary import ArmTally
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.resilience.tunables import ProviderTunables
@@ -69,8 +70,11 @@ def parts(tmp_path: Path, clock: ManualClock) -> Iterator[Parts]:
     store = Store(tmp_path / "db.sqlite3").open()
     bus = EventBus(clock)
     telemetry = Telemetry(clock)
+    # The breaker's window rule alone: these tests count refusals below its minimum (the fast
+    # trip, three failures in a row, is tested in tests/resilience).
+    window_only = BreakerConfig(consecutive_failures_to_open=0)
     yield (
-        PaymentRouter(registry, SqlitePaymentStore(store), telemetry, bus, clock),
+        PaymentRouter(registry, SqlitePaymentStore(store), telemetry, bus, clock, breaker_config=window_only),
         bus,
         store,
         telemetry,

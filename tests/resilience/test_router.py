@@ -192,7 +192,10 @@ async def test_a_retry_the_breaker_rejects_is_not_tallied_as_sent(tmp_path: Path
         Telemetry(clock),
         EventBus(clock),
         clock,
-        breaker_config=BreakerConfig(minimum_calls=5, window_s=30, wait_in_open_s=30),
+        # The window rule alone (the fast trip would open on the 3rd refusal in a row).
+        breaker_config=BreakerConfig(
+            minimum_calls=5, window_s=30, wait_in_open_s=30, consecutive_failures_to_open=0
+        ),
     )
     try:
         async with anyio.create_task_group() as tg:
