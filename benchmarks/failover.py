@@ -24,6 +24,8 @@ Figures per fault kind (median and range over the seeds; simulated seconds from 
 - failed / unknown / needs_reconciliation among the payments that arrived during the fault:
   failed at the end of settling; unknown at the end of the fault (left at M-Pesa while the
   status query could not tell); needs_reconciliation at the end of settling;
+- failed on the customers' side (a customer code or error: not an outage loss), and the
+  customer-error storm signals raised;
 - double charges: customers with more than one charge across all ledgers (must be 0);
 - breaker trips and payments failed over (the customer scenarios must have none).
 
@@ -64,6 +66,7 @@ from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.sandbox import (
     AcceptThenHangSpec,
     CustomerBehavior,
+    CustomerErrorsSpec,
     ErrorRateSpec,
     FlappingSpec,
     LedgerOperation,
@@ -104,12 +107,11 @@ def _fault(spec: object) -> Callable[[EmbeddedSandbox], None]:
 
 
 def _busy_customer(sandbox: EmbeddedSandbox) -> None:
-    sandbox.state.customers.set(CustomerBehavior(msisdn=BUSY_PHONE, action="busy"))  # type: ignore[arg-type]
+    sandbox.state.customers.set(CustomerBehavior(msisdn=BUSY_PHONE, action="busy"))
 
 
 def _storm(sandbox: EmbeddedSandbox) -> None:
-    from mcp_autonomy.sandbox.faults import CustomerErrorsSpec  # type: ignore[attr-defined]
-
+    # Most payers' handsets never answer (M-Pesa 1037), as when a SIM toolkit rollout goes wrong.
     sandbox.state.faults.add(PRIMARY, CustomerErrorsSpec(rate=0.9), relative=True, end_s=FAULT_S)
 
 
@@ -147,6 +149,8 @@ class RunFigures:
     breaker_trips: int
     failed_over: int
     hang_threshold_s: float | None = None
+    customer_failed: int = 0
+    storm_signals: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
@@ -250,13 +254,27 @@ async def run(scenario: Scenario, *, ours: bool, seed: int) -> RunFigures:
                 for e in bus.history(types=[EventType.BREAKER_STATE_CHANGED], provider=PRIMARY, limit=100_000)
                 if e.data.get("to") == "open"
             )
+            storms = sum(
+                1
+                for e in bus.history(types=[EventType.CUSTOMER_ERROR_STORM], provider=PRIMARY, limit=1000)
+                if e.data.get("state") == "started"
+            )
+            codes: frozenset[str] = frozenset().union(
+                *(getattr(registry.get(p).adapter, "customer_codes", frozenset()) for p in (PRIMARY, BACKUP))
+            )
             store.close()
             outcomes = Counter(r.status.value for r in final.values())
             return RunFigures(
                 first_backup_s=backups[0] if backups else None,
                 failed=sum(
-                    1 for r in final.values() if r.status is TransactionStatus.FAILED and not _customer(r)
+                    1
+                    for r in final.values()
+                    if r.status is TransactionStatus.FAILED and not _customer(r, codes)
                 ),
+                customer_failed=sum(
+                    1 for r in final.values() if r.status is TransactionStatus.FAILED and _customer(r, codes)
+                ),
+                storm_signals=storms,
                 unknown=sum(1 for s in end_of_fault.values() if s is TransactionStatus.UNKNOWN),
                 needs_reconciliation=outcomes.get(TransactionStatus.NEEDS_RECONCILIATION.value, 0),
                 double_charges=double,
@@ -267,10 +285,13 @@ async def run(scenario: Scenario, *, ours: bool, seed: int) -> RunFigures:
             )
 
 
-def _customer(record: PaymentRecord) -> bool:
-    """Failed on the customer's side (the busy customer, a storm's declines): not an outage loss."""
-    return any(a.outcome.value == ErrorClass.CUSTOMER.value for a in record.attempts) or (
+def _customer(record: PaymentRecord, codes: frozenset[str]) -> bool:
+    """Failed on the customer's side (the busy customer, a storm's unanswered prompts): not an
+    outage loss."""
+    return (
         record.phone == BUSY_PHONE
+        or record.provider_code in codes
+        or any(a.outcome.value == ErrorClass.CUSTOMER.value for a in record.attempts)
     )
 
 
@@ -288,6 +309,9 @@ def judge(scenario: Scenario, ours: list[RunFigures]) -> tuple[bool, str]:
     no_double = all(r.double_charges == 0 for r in ours)
     if scenario.kind == "customer":
         met = no_double and all(r.breaker_trips == 0 and r.failed_over == 0 for r in ours)
+        if scenario.name == "customer_storm":
+            met = met and all(r.storm_signals >= 1 for r in ours)
+            return met, "no breaker trip, no failover, no double charge, the storm signalled"
         return met, "no breaker trip, no failover, no double charge"
     if scenario.kind == "hang":
         late = [
@@ -321,6 +345,8 @@ async def main() -> None:
             for label, attr in (
                 ("first backup success", "first_backup_s"),
                 ("failed", "failed"),
+                ("failed on the customers' side", "customer_failed"),
+                ("customer-error storm signals", "storm_signals"),
                 ("unknown at the end of the fault", "unknown"),
                 ("needs_reconciliation", "needs_reconciliation"),
                 ("double charges", "double_charges"),

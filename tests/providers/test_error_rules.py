@@ -126,3 +126,14 @@ def _adapter_classes() -> list[type[Any]]:
         IntaSendAdapter,
         FlutterwaveAdapter,
     ]
+
+
+def test_the_docs_embed_the_generated_error_table() -> None:
+    from pathlib import Path
+
+    from mcp_autonomy.providers.error_table import markdown_table
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "provider-errors.md").read_text()
+    start, end = "<!-- error-table:start -->\n", "<!-- error-table:end -->"
+    embedded = text[text.index(start) + len(start) : text.index(end)].strip()
+    assert embedded == markdown_table(), "run: python -m mcp_autonomy.providers.error_table"
