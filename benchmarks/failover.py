@@ -353,7 +353,9 @@ async def main() -> None:
                 ("breaker trips", "breaker_trips"),
                 ("failed over", "failed_over"),
             ):
-                unit = " s" if attr == "first_backup_s" else " payments"
+                unit = {"first_backup_s": " s", "breaker_trips": " trips", "storm_signals": " events"}.get(
+                    attr, " payments"
+                )
                 print(
                     f"{scenario.name} {label}: {spread([getattr(r, attr) for r in ours])}{unit} "
                     f"(baseline: {spread([getattr(r, attr) for r in base])}{unit})"

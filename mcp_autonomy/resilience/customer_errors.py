@@ -19,7 +19,10 @@ from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
 
 STORM_WINDOW_S = 300.0
-"""Outcomes over the last 5 minutes are judged, like the healer's passive window."""
+STORM_RECENT_OUTCOMES = 50
+"""The newest 50 outcomes of the last 5 minutes are judged: at 100 payments a minute that is the
+last half minute, so a storm shows within seconds of its start instead of being diluted by the
+healthy minutes before it; at low traffic the 5 minutes bound how stale the evidence may be."""
 STORM_MIN_OUTCOMES = 20
 STORM_MIN_PAYERS = 10
 """A storm needs at least 20 outcomes from at least 10 different payers: one customer retrying
@@ -75,8 +78,9 @@ class CustomerErrorMonitor:
         return self._storms.get(provider)
 
     def _judge(self, provider: str, outcomes: deque[_Outcome], now: float) -> None:
-        total = len(outcomes)
-        failures = [o for o in outcomes if o.customer_failure]
+        recent = list(outcomes)[-STORM_RECENT_OUTCOMES:]
+        total = len(recent)
+        failures = [o for o in recent if o.customer_failure]
         share = len(failures) / total if total else 0.0
         current = self._storms.get(provider)
         if current is None:
