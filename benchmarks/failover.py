@@ -304,7 +304,8 @@ def spread(values: list[float | None]) -> str:
     return f"{statistics.median(known):g} ({min(known):g}..{max(known):g})"
 
 
-def judge(scenario: Scenario, ours: list[RunFigures]) -> tuple[bool, str]:
+def judge(scenario: Scenario, ours: list[RunFigures]) -> tuple[bool | None, str]:
+    """(met, what was judged); met is None where the issue's target does not apply."""
     worst = max(ours, key=lambda r: (r.failed + r.unknown, r.first_backup_s or 1e9))
     no_double = all(r.double_charges == 0 for r in ours)
     if scenario.kind == "customer":
@@ -326,9 +327,17 @@ def judge(scenario: Scenario, ours: list[RunFigures]) -> tuple[bool, str]:
             f"on the backup {spread(late)} s after the first call passed the slow threshold (target <= 1 s)",
         )
     first = [r.first_backup_s for r in ours]
-    met = no_double and all(v is not None and v <= 1.0 for v in first) and worst.failed + worst.unknown <= 5
-    note = "" if scenario.documented_not_processed else " (no source says it was not processed: ambiguous)"
-    return met, f"first backup success <= 1 s and <= 5 failed or unknown{note}"
+    bounded = no_double and worst.failed + worst.unknown <= 5
+    if not scenario.documented_not_processed:
+        # The 1 s target is for a 503 a provider documents as "not processed"; this one has no
+        # such source, so it is ambiguous by design and only the bound on failed or unknown applies.
+        return None if bounded else False, (
+            f"no source says it was not processed, so it stays ambiguous: first backup success "
+            f"{spread(first)} s (the 1 s target is for a documented 503); <= 5 failed or unknown: "
+            f"{'met' if bounded else 'not met'}"
+        )
+    met = bounded and all(v is not None and v <= 1.0 for v in first)
+    return met, "first backup success <= 1 s and <= 5 failed or unknown"
 
 
 async def main() -> None:
@@ -361,9 +370,10 @@ async def main() -> None:
                     f"(baseline: {spread([getattr(r, attr) for r in base])}{unit})"
                 )
             met, target = judge(scenario, ours)
-            all_met &= met
-            print(f"{scenario.name}: {'met' if met else 'not met'}: {target}")
-    print(f"failover: {'met' if all_met else 'not met'} over {args.seeds} seeds")
+            all_met &= met is not False
+            verdict = "n/a" if met is None else "met" if met else "not met"
+            print(f"{scenario.name}: {verdict}: {target}")
+    print(f"failover: {'met' if all_met else 'not met'} (every target that applies) over {args.seeds} seeds")
 
 
 if __name__ == "__main__":
