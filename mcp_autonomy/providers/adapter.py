@@ -42,8 +42,10 @@ from mcp_autonomy.providers.http import (
     HttpClientOwner,
     build_client,
     classify_http_status,
+    json_object,
     make_timeout,
     parse_retry_after,
+    send,
     short,
 )
 
@@ -245,6 +247,37 @@ class AdapterBase(HttpClientOwner, Generic[SettingsT]):
         if context is not None:
             return context.identifiers.get(kind)
         return None
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a call (static-key providers); read per call, so a reloaded
+        (rotated) key applies at once. Token providers send theirs through their own flow."""
+        return {}
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        mutating: bool,
+        what: str,
+        payload: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        """One call with `_auth_headers()`; the answer and its JSON object ({} when it is none)."""
+        response = await send(
+            self._http(),
+            self.name,
+            method,
+            path,
+            mutating=mutating,
+            what=what,
+            json_body=payload,
+            params=params,
+            headers=self._auth_headers(),
+        )
+        return response, json_object(response)
 
     # --- errors --------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ from mcp_autonomy.providers.base import (
     normalize_msisdn,
 )
 from mcp_autonomy.providers.error_table import customer_codes_of, final_result
-from mcp_autonomy.providers.http import NO_SOURCE, build_client, json_object, send, short
+from mcp_autonomy.providers.http import NO_SOURCE, build_client, short
 
 PROVIDER = "flutterwave"
 
@@ -463,28 +463,8 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
         # The key travels per request (see `_call`), so a reloaded key applies without a new client.
         return build_client(self._base_url(), self._timeout_s, transport=self._transport)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        mutating: bool,
-        what: str,
-        payload: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> tuple[httpx.Response, dict[str, Any]]:
-        response = await send(
-            self._http(),
-            PROVIDER,
-            method,
-            path,
-            mutating=mutating,
-            what=what,
-            json_body=payload,
-            params=params,
-            headers={"Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}"},
-        )
-        return response, json_object(response)
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}"}
 
     @staticmethod
     def _ok(response: httpx.Response, body: Mapping[str, Any]) -> bool:
@@ -572,7 +552,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
 
     async def _probe_once(self) -> str:
         """`GET /v3/balances`: authenticated, read-only, cheap."""
-        response, body = await self._call("GET", "/v3/balances", mutating=False, what="balances")
+        response, body = await self._request("GET", "/v3/balances", mutating=False, what="balances")
         if not self._ok(response, body):
             raise self._error(response, body, mutating=False, what="balances")
         balances = body.get("data")
@@ -614,7 +594,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
         if self._settings.redirect_url:
             payload["redirect_url"] = self._settings.redirect_url
         self._attempted.remember(reference, "charge")
-        response, body = await self._call(
+        response, body = await self._request(
             "POST",
             "/v3/charges",
             mutating=True,
@@ -737,11 +717,11 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
     ) -> ProviderTransaction:
         tx_id = self._identifier(reference, "transaction_id", context) or _id_of(provider_reference)
         if tx_id:
-            response, body = await self._call(
+            response, body = await self._request(
                 "GET", f"/v3/transactions/{tx_id}/verify", mutating=False, what="verify"
             )
         else:
-            response, body = await self._call(
+            response, body = await self._request(
                 "GET",
                 "/v3/transactions/verify_by_reference",
                 mutating=False,
@@ -771,7 +751,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
     ) -> ProviderTransaction:
         transfer_id = self._identifier(reference, "transfer_id", context) or _id_of(provider_reference)
         if transfer_id:
-            response, body = await self._call(
+            response, body = await self._request(
                 "GET", f"/v3/transfers/{transfer_id}", mutating=False, what="transfer"
             )
             if not self._ok(response, body):
@@ -781,7 +761,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             data = _data(body)
         else:
             # No id learnt (the create call's answer was lost): the list by reference still finds it.
-            response, body = await self._call(
+            response, body = await self._request(
                 "GET", "/v3/transfers", mutating=False, what="transfers", params={"reference": reference}
             )
             if not self._ok(response, body):
@@ -841,7 +821,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             "to": to_datetime(until_epoch_s).date().isoformat(),
         }
         for page in range(1, MAX_LIST_PAGES + 1):
-            response, body = await self._call(
+            response, body = await self._request(
                 "GET",
                 "/v3/transactions",
                 mutating=False,
@@ -907,7 +887,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             "beneficiary_name": request.metadata.get("recipient_name", request.phone),
         }
         self._attempted.remember(reference, "transfer")
-        response, body = await self._call(
+        response, body = await self._request(
             "POST", "/v3/transfers", mutating=True, what="transfer", payload=payload
         )
         if not self._ok(response, body):
@@ -966,7 +946,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
             earlier = await self.refund_status(earlier_id, reference)
             if earlier.money == amount:
                 return earlier
-        response, body = await self._call(
+        response, body = await self._request(
             "POST",
             f"/v3/transactions/{tx_id}/refund",
             mutating=True,
@@ -982,7 +962,7 @@ class FlutterwaveAdapter(AdapterBase[FlutterwaveSettings]):
 
     async def refund_status(self, refund_id: str, reference: str | None = None) -> ProviderTransaction:
         """Where one refund stands (`GET /v3/refunds/{id}`)."""
-        response, body = await self._call("GET", f"/v3/refunds/{refund_id}", mutating=False, what="refund")
+        response, body = await self._request("GET", f"/v3/refunds/{refund_id}", mutating=False, what="refund")
         if not self._ok(response, body):
             if self._is_not_found(response, body):
                 raise self._not_found("refund", refund_id)

@@ -84,7 +84,7 @@ from mcp_autonomy.providers.base import (
     normalize_msisdn,
 )
 from mcp_autonomy.providers.error_table import customer_codes_of, final_result
-from mcp_autonomy.providers.http import NO_SOURCE, json_object, send, short
+from mcp_autonomy.providers.http import NO_SOURCE, short
 
 PROVIDER = "intasend"
 API = "/api/v1"
@@ -423,25 +423,16 @@ class IntaSendAdapter(AdapterBase[IntaSendSettings]):
 
     # --- plumbing ------------------------------------------------------------------------
 
-    async def _call(
-        self, method: str, path: str, *, mutating: bool, what: str, payload: dict[str, Any] | None = None
-    ) -> tuple[httpx.Response, dict[str, Any]]:
-        # The keys are read per call, so a reloaded (rotated) key applies at once.
-        headers = {
+    def _auth_headers(self) -> dict[str, str]:
+        return {
             "Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}",
             "INTASEND_PUBLIC_API_KEY": self._settings.public_key,
         }
-        response = await send(
-            self._http(),
-            PROVIDER,
-            method,
-            f"{API}{path}",
-            mutating=mutating,
-            what=what,
-            json_body=payload,
-            headers=headers,
-        )
-        return response, json_object(response)
+
+    async def _call(
+        self, method: str, path: str, *, mutating: bool, what: str, payload: dict[str, Any] | None = None
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        return await self._request(method, f"{API}{path}", mutating=mutating, what=what, payload=payload)
 
     def _error(
         self, response: httpx.Response, body: dict[str, Any], *, mutating: bool, what: str

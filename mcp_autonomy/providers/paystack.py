@@ -93,8 +93,6 @@ from mcp_autonomy.providers.http import (
     NO_SOURCE,
     build_client,
     classify_http_status,
-    json_object,
-    send,
     short,
 )
 
@@ -729,28 +727,8 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         # The key travels per request (see `_call`), so a reloaded key applies without a new client.
         return build_client(self._base_url(), self._timeout_s, transport=self._transport)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        mutating: bool,
-        what: str,
-        payload: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> tuple[httpx.Response, dict[str, Any]]:
-        response = await send(
-            self._http(),
-            PROVIDER,
-            method,
-            path,
-            mutating=mutating,
-            what=what,
-            json_body=payload,
-            params=params,
-            headers={"Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}"},
-        )
-        return response, json_object(response)
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._settings.secret_key.get_secret_value()}"}
 
     @staticmethod
     def _error_class(response: httpx.Response, message: str, *, mutating: bool) -> ErrorClass | None:
@@ -880,7 +858,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
 
     async def _probe_once(self) -> str:
         """`GET /balance`: authenticated, read-only, cheap."""
-        response, body = await self._call("GET", "/balance", mutating=False, what="balance")
+        response, body = await self._request("GET", "/balance", mutating=False, what="balance")
         if not self._ok(response, body):
             raise self._error(response, body, mutating=False, what="balance")
         balances = body.get("data")
@@ -911,7 +889,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
             "mobile_money": {"phone": self._phone(request.phone, currency), "provider": wallet},
             "metadata": {"description": request.description},
         }
-        response, body = await self._call("POST", "/charge", mutating=True, what="charge", payload=payload)
+        response, body = await self._request("POST", "/charge", mutating=True, what="charge", payload=payload)
         if not self._ok(response, body):
             if self._is_duplicate(body):
                 return await self._replay(reference, request.money, Operation.COLLECT)
@@ -934,7 +912,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
 
     async def submit_otp(self, reference: str, otp: str) -> ProviderTransaction:
         """Complete a `send_otp` charge (Vodafone Cash) with the OTP the customer received."""
-        response, body = await self._call(
+        response, body = await self._request(
             "POST",
             "/charge/submit_otp",
             mutating=True,
@@ -1012,7 +990,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         raise self._not_found("transaction or transfer", reference)
 
     async def _verify_charge(self, reference: str) -> ProviderTransaction:
-        response, body = await self._call(
+        response, body = await self._request(
             "GET", f"/transaction/verify/{reference}", mutating=False, what="verify"
         )
         if not self._ok(response, body):
@@ -1036,7 +1014,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         )
 
     async def _verify_transfer(self, reference: str) -> ProviderTransaction:
-        response, body = await self._call(
+        response, body = await self._request(
             "GET", f"/transfer/verify/{reference}", mutating=False, what="transfer verify"
         )
         if not self._ok(response, body):
@@ -1071,7 +1049,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
 
     async def refund_status(self, refund_id: str, reference: str | None = None) -> ProviderTransaction:
         """Where one refund stands (`GET /refund/{id}`)."""
-        response, body = await self._call("GET", f"/refund/{refund_id}", mutating=False, what="refund")
+        response, body = await self._request("GET", f"/refund/{refund_id}", mutating=False, what="refund")
         if not self._ok(response, body):
             if self._is_not_found(response, body):
                 raise self._not_found("refund", refund_id)
@@ -1110,7 +1088,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
                 "perPage": str(LIST_PAGE_SIZE),
                 "page": str(page),
             }
-            response, body = await self._call(
+            response, body = await self._request(
                 "GET", "/transaction", mutating=False, what="list transactions", params=params
             )
             if not self._ok(response, body):
@@ -1167,7 +1145,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
         }
         # No money moves here and Paystack returns the existing recipient for a known account,
         # so any failure of this step is safe to retry anywhere: read it as non-mutating.
-        response, body = await self._call(
+        response, body = await self._request(
             "POST", "/transferrecipient", mutating=False, what="recipient", payload=payload
         )
         data = _data(body)
@@ -1193,7 +1171,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
             "reason": request.description,
             "currency": currency,
         }
-        response, body = await self._call(
+        response, body = await self._request(
             "POST", "/transfer", mutating=True, what="transfer", payload=payload
         )
         if not self._ok(response, body):
@@ -1230,7 +1208,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
                 PROVIDER, ErrorClass.INVALID_REQUEST, "finalize transfer: the OTP is malformed"
             )
         self._operations.remember(context.reference, Operation.PAYOUT)
-        response, body = await self._call(
+        response, body = await self._request(
             "POST",
             "/transfer/finalize_transfer",
             mutating=True,
@@ -1284,7 +1262,7 @@ class PaystackAdapter(AdapterBase[PaystackSettings]):
                 )
             payload["amount"] = money.amount_minor
             payload["currency"] = money.currency
-        response, body = await self._call("POST", "/refund", mutating=True, what="refund", payload=payload)
+        response, body = await self._request("POST", "/refund", mutating=True, what="refund", payload=payload)
         if not self._ok(response, body):
             raise self._error(response, body, mutating=True, what="refund")
         data = _data(body)
