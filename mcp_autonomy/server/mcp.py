@@ -1117,8 +1117,10 @@ class McpApp:
                 "Sandbox mode only: schedule a fault on an emulated provider so the autonomy loops have "
                 "something real to react to. kind: outage (params.mode refused|503|reset), latency "
                 "(distribution fixed: fixed_ms; lognormal: median_ms, p99_ms; ramp: from_ms, to_ms), error_rate "
-                "(rate 0..1), accept_then_hang (rate, hang_s), throttle (max_per_s), flapping (period_s, "
-                "down_fraction), credential_expiry. Starts after start_s seconds and lasts duration_s (omit: "
+                "(rate 0..1, http_status, after_processing: a 5xx after the payment was taken), accept_then_hang "
+                "(rate, hang_s), throttle (max_per_s), flapping (period_s, down_fraction), credential_expiry, "
+                "customer_errors (rate, code, synchronous: most payers fail on their side, e.g. M-Pesa 1037; "
+                "no breaker should trip). Starts after start_s seconds and lasts duration_s (omit: "
                 "until cleared with kind=clear). Audited."
             ),
             annotations=ToolAnnotations(
@@ -1136,6 +1138,7 @@ class McpApp:
                     "throttle",
                     "flapping",
                     "credential_expiry",
+                    "customer_errors",
                     "clear",
                 ],
                 Field(description="The fault, or clear to remove this provider's faults"),

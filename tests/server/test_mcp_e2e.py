@@ -184,6 +184,17 @@ async def test_every_tool_resource_and_prompt(
             {"idempotency_key": "e2e-collect-0001", "outcome": "failed", "reason": "end-to-end test"},
         )
         assert refused.is_error and "only needs_reconciliation" in str(refused.content)
+        storm = await client.call_tool(
+            "inject_fault",
+            {
+                "provider": "mpesa",
+                "kind": "customer_errors",
+                "params": {"rate": 0.5},
+                "duration_s": 1,
+                "reason": "end-to-end test",
+            },
+        )
+        assert not storm.is_error, storm.content
 
 
 @pytest.mark.parametrize("mode", MODES)
