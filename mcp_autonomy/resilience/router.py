@@ -754,7 +754,11 @@ class PaymentRouter:
         resolution = await self.query_status(
             lane.name, reference, sent.provider_reference, context=context, fresh=True
         )
-        if isinstance(resolution, ProviderTransaction) and resolution.status is not TransactionStatus.UNKNOWN:
+        if (
+            isinstance(resolution, ProviderTransaction)
+            and resolution.status is not TransactionStatus.UNKNOWN
+            and not resolution.answer_by_callback  # only asked (M-Pesa B2C): no answer yet
+        ):
             self.counters["ambiguous_resolved"] += 1
             await self._attempt(
                 record,

@@ -418,3 +418,26 @@ async def test_an_asynchronous_pull_answer_counts_only_when_this_engine_asked(wo
     assert solicited.state == "confirmed"
     stored = await world.payments.get_payment("async-0001")
     assert stored is not None and stored.status is TransactionStatus.SUCCEEDED
+
+
+async def test_a_status_query_that_is_only_sent_leaves_an_ambiguous_payout_unknown(world: World) -> None:
+    # M-Pesa B2C: the pull is the Transaction Status API, whose answer arrives by callback. Its
+    # "query accepted" says nothing about the payout, which may never have reached M-Pesa.
+    from mcp_autonomy.providers.base import ProviderTransaction
+
+    world.mpesa.behaviours = ["ambiguous"]
+
+    async def query_sent(reference: str, provider_reference: str | None = None, *, context=None):  # type: ignore[no-untyped-def]
+        return ProviderTransaction(
+            provider="mpesa",
+            reference=reference,
+            status=TransactionStatus.PENDING,
+            provider_message="Transaction Status query accepted; the answer comes to the ResultURL",
+            answer_by_callback=True,
+        )
+
+    world.mpesa.status = query_sent  # type: ignore[method-assign]
+    record = await world.router.submit(payment("b2c-00001", operation=Operation.PAYOUT))
+    assert (record.status, record.provider) == (TransactionStatus.UNKNOWN, "mpesa")
+    assert "ResultURL" in (record.status_reason or "")
+    assert world.backup.calls == 0
