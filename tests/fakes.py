@@ -74,6 +74,8 @@ class ScriptedAdapter:
         """What a status pull says per reference (default: succeeded once charged)."""
         self.status_money: dict[str, Money] = {}
         """The amount a status pull reports per reference (default: none carried)."""
+        self.status_codes: dict[str, str] = {}
+        """The result code a status pull reports per reference (default: none)."""
         self.identifier_sink: Callable[[str, str, str], None] | None = None
         self.customer_codes = frozenset({"1037", "1032"})
         self.expected_otp = "123456"
@@ -142,7 +144,8 @@ class ScriptedAdapter:
         if reference not in self.charges:
             raise ProviderError(self.name, ErrorClass.NOT_PROCESSED, "no such transaction", code="not_found")
         answer = self.status_answers.get(reference, TransactionStatus.SUCCEEDED)
-        return self._txn(reference, self.status_money.get(reference), answer)
+        txn = self._txn(reference, self.status_money.get(reference), answer)
+        return txn.model_copy(update={"provider_code": self.status_codes.get(reference)})
 
     def _txn(
         self, reference: str, money: Money | None, status: TransactionStatus = TransactionStatus.PENDING

@@ -356,21 +356,8 @@ class PaymentReconciler:
         (`submit_transfer_otp`); it is never finalised automatically."""
         record.provider_reference = txn.provider_reference or record.provider_reference
         record.provider_message = txn.provider_message
-        if record.status is TransactionStatus.NEEDS_OPERATOR_OTP:
-            return
-        record.status = TransactionStatus.NEEDS_OPERATOR_OTP
-        record.status_reason = (
-            f"{record.provider} holds this transfer until the merchant confirms it with the OTP it sent "
-            "the merchant: submit it with submit_transfer_otp"
-        )
-        self.bus.emit(
-            EventType.PAYMENT_NEEDS_OTP,
-            component="reconciler",
-            provider=record.provider,
-            severity=Severity.WARNING,
-            message=f"payment {record.idempotency_key} waits for the merchant's OTP at {record.provider}",
-            data={"idempotency_key": record.idempotency_key, "provider_reference": record.provider_reference},
-        )
+        if record.status is not TransactionStatus.NEEDS_OPERATOR_OTP:
+            self.router.hold_for_otp(record)
 
     async def submit_otp(self, key: str, otp: str) -> PaymentRecord:
         """Finalise a transfer held for the merchant's OTP (the OTP never leaves this call).

@@ -460,21 +460,7 @@ class PaymentRouter:
         elif record.status in (TransactionStatus.PENDING, TransactionStatus.NEEDS_OPERATOR_OTP):
             record.next_check_at = record.updated_at + RECONCILE_FIRST_CHECK_S
         if record.status is TransactionStatus.NEEDS_OPERATOR_OTP:
-            record.status_reason = (
-                f"{record.provider} holds this transfer until the merchant confirms it with the OTP it "
-                "sent the merchant: submit it with submit_transfer_otp"
-            )
-            self.bus.emit(
-                EventType.PAYMENT_NEEDS_OTP,
-                component="router",
-                provider=record.provider,
-                severity=Severity.WARNING,
-                message=f"payment {record.idempotency_key} waits for the merchant's OTP at {record.provider}",
-                data={
-                    "idempotency_key": record.idempotency_key,
-                    "provider_reference": record.provider_reference,
-                },
-            )
+            self.hold_for_otp(record)
         await self.payments.save_payment(record)
         ok = record.status in (TransactionStatus.SUCCEEDED, TransactionStatus.PENDING)
         self.telemetry.record_payment(
@@ -685,6 +671,23 @@ class PaymentRouter:
             self._adopt(record, lane.name, txn)
             record.accepted_at = attempt_started
             return "done"
+
+    def hold_for_otp(self, record: PaymentRecord) -> None:
+        """Mark a transfer its provider holds for the merchant's OTP, and say so once: the OTP
+        goes to the merchant, and only an operator (`submit_transfer_otp`) finalises it."""
+        record.status = TransactionStatus.NEEDS_OPERATOR_OTP
+        record.status_reason = (
+            f"{record.provider} holds this transfer until the merchant confirms it with the OTP it sent "
+            "the merchant: submit it with submit_transfer_otp"
+        )
+        self.bus.emit(
+            EventType.PAYMENT_NEEDS_OTP,
+            component="router",
+            provider=record.provider,
+            severity=Severity.WARNING,
+            message=f"payment {record.idempotency_key} waits for the merchant's OTP at {record.provider}",
+            data={"idempotency_key": record.idempotency_key, "provider_reference": record.provider_reference},
+        )
 
     def _trip_on_hung_calls(self, lane: ProviderLane, timeout_s: float) -> None:
         """Open the lane's breaker when calls hang in flight (see `HANG_TRIP_CALLS`): hung calls

@@ -103,16 +103,20 @@ async def test_a_storm_of_customer_failures_is_a_signal_not_a_trip(world: World)
     assert any("back to" in m for m in world.events(EventType.CUSTOMER_ERROR_STORM))
 
 
-async def test_customer_codes_in_final_results_feed_the_storm(world: World) -> None:
+@pytest.mark.parametrize(("code", "storm"), [("1037", True), ("E500", False)])
+async def test_customer_codes_in_final_results_feed_the_storm(world: World, code: str, storm: bool) -> None:
+    # Accepted pushes whose final result is a failure: 1037 (no answer from the handset) is the
+    # customers' doing (in the adapter's customer_codes), E500 is not.
     for i in range(24):
         record = await world.router.submit(payment(i))
         world.mpesa.status_answers[record.reference or ""] = TransactionStatus.FAILED
-    world.mpesa.status_code = "1037"  # type: ignore[attr-defined]
-    for _ in range(3):
+        world.mpesa.status_codes[record.reference or ""] = code
+        await world.clock.advance(1)
+    for _ in range(4):
         await world.clock.advance(10)
         await world.reconciler.tick()
-    # The scripted provider reports no code: nothing counts as the customers' doing.
-    assert world.router.customer_errors.storm("mpesa") is None
+    assert (world.router.customer_errors.storm("mpesa") is not None) is storm
+    assert world.router.lane_status("mpesa").breaker_state is BreakerState.CLOSED
 
 
 async def test_three_failures_in_a_row_move_the_next_payment_to_the_backup(world: World) -> None:
