@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 NODE_DIR := .cache/node22
 
-.PHONY: run test lint typecheck pytest browser screenshot conformance inspector bench clean
+.PHONY: run test lint typecheck pytest browser postgres screenshot conformance inspector bench clean
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -34,7 +34,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev browser
+pytest: $(VENV)/.installed-dev browser postgres
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is never used).
@@ -42,6 +42,12 @@ browser:
 	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 	@test -x $(CHROMIUM) || { echo "chromium is missing: install Debian's chromium package" >&2; exit 1; }
+
+# The shared-store tests start a real PostgreSQL server from Debian's binaries (tests/postgres.py).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq postgresql >/dev/null 2>&1 \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "postgresql is missing: install Debian's postgresql package" >&2; exit 1; }
 
 # Refresh docs/dashboard.png from the browser test that injects a fault.
 screenshot: $(VENV)/.installed-dev browser

@@ -173,6 +173,19 @@ class Settings(BaseSettings):
         default_factory=dict, validation_alias=_env("MCP_AUTONOMY_BACKUPS")
     )
     callback_token: SecretStr | None = Field(None, validation_alias=_env("MCP_AUTONOMY_CALLBACK_TOKEN"))
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=_env("MCP_AUTONOMY_DATABASE_URL"),
+        description="postgresql://user:password@host:5432/db: the store every replica shares; unset: the "
+        "embedded SQLite file under the state directory (one process)",
+    )
+    # Retention of what the leader prunes (0 keeps everything); payments only once final.
+    retention_events_days: float = Field(
+        30.0, ge=0, le=3650, validation_alias=_env("MCP_AUTONOMY_RETENTION_EVENTS_DAYS")
+    )
+    retention_payments_days: float = Field(
+        400.0, ge=0, le=3650, validation_alias=_env("MCP_AUTONOMY_RETENTION_PAYMENTS_DAYS")
+    )
 
     @field_validator("allowed_hosts", "providers", mode="before")
     @classmethod
@@ -194,6 +207,20 @@ class Settings(BaseSettings):
                 raise ValueError("expected primary:backup1,backup2;primary2:backup")
             parsed[primary.strip()] = [b.strip() for b in rest.split(",") if b.strip()]
         return parsed
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Only PostgreSQL URLs; the message never repeats the URL (it may hold a password)."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"MCP_AUTONOMY_DATABASE_URL must start with postgresql:// (got a {scheme!r} URL); "
+                "leave it unset for the embedded SQLite store"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

@@ -19,8 +19,9 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -308,6 +309,120 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The shared database cannot be reached (nothing was written; a payment is not sent)."""
+
+
+class LeadershipLost(StoreError):
+    """A leader's write was refused: its leadership epoch is no longer the current one."""
+
+    def __init__(self, loop: str, epoch: int, detail: str = "") -> None:
+        self.loop = loop
+        self.epoch = epoch
+        super().__init__(
+            f"{loop}: write refused, leadership epoch {epoch} is no longer current"
+            + (f" ({detail})" if detail else "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The leadership a write is made under: the loop, the epoch won, and who won it.
+
+    A store that is shared between replicas checks it in the same transaction as the write and
+    raises `LeadershipLost` when a newer leader has taken over; the embedded SQLite store has one
+    process, so it has nothing to check.
+    """
+
+    loop: str
+    epoch: int
+    holder: str
+
+
+class StateStore(Protocol):
+    """What the loops, the audit log and the event recorder read and write (SQLite: `Store`;
+    PostgreSQL: `mcp_autonomy.pg.store.PostgresStore`). Calls are synchronous and short."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other replicas read and write the same store."""
+        ...
+
+    def record_events(self, events: Sequence[Event]) -> int: ...
+
+    def query_events(
+        self,
+        *,
+        types: Iterable[EventType | str] = (),
+        provider: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[Event]: ...
+
+    def count_events(self) -> int: ...
+
+    def count_events_by_type(self) -> dict[str, int]: ...
+
+    def record_audit(
+        self,
+        *,
+        timestamp: float,
+        tool: str,
+        arguments: dict[str, Any],
+        client: str | None,
+        reason: str | None,
+        ok: bool,
+        result: Any,
+    ) -> int: ...
+
+    def count_audit(self) -> int: ...
+
+    def audit_log(self, *, tool: str | None = None, limit: int = 100) -> list[AuditRecord]: ...
+
+    def put_record(
+        self,
+        table: str,
+        *,
+        id: str,
+        provider: str | None,
+        status: str,
+        at: float,
+        record: str,
+        fence: Fence | None = None,
+    ) -> None: ...
+
+    def get_record(self, table: str, id: str) -> str | None: ...
+
+    def list_records(
+        self,
+        table: str,
+        *,
+        provider: str | None = None,
+        statuses: Iterable[str] = (),
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[str]: ...
+
+    def record_load(self, at: float, tpm: float, *, keep_s: float, fence: Fence | None = None) -> None: ...
+
+    def load_samples(self, *, since: float) -> list[tuple[float, float]]: ...
+
+    def get_state(self, component: str, key: str, default: Any = None) -> Any: ...
+
+    def set_state(
+        self, component: str, key: str, value: Any, *, timestamp: float, fence: Fence | None = None
+    ) -> None: ...
+
+    def delete_state(self, component: str, key: str, *, fence: Fence | None = None) -> None: ...
+
+
 class AuditRecord(BaseModel):
     """One manual action as recorded in the audit log."""
 
@@ -359,6 +474,11 @@ class Store:
     @property
     def is_open(self) -> bool:
         return self._conn is not None
+
+    @property
+    def shared(self) -> bool:
+        """False: one process owns this file (a `Fence` is accepted and has nothing to check)."""
+        return False
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -529,7 +649,15 @@ class Store:
         return table
 
     def put_record(
-        self, table: str, *, id: str, provider: str | None, status: str, at: float, record: str
+        self,
+        table: str,
+        *,
+        id: str,
+        provider: str | None,
+        status: str,
+        at: float,
+        record: str,
+        fence: Fence | None = None,
     ) -> None:
         """Insert or replace one JSON record (`at` is the time it is listed by)."""
         name = self._record_table(table)
@@ -584,7 +712,7 @@ class Store:
 
     # --- load history (what the scaling forecaster learns from) --------------------------
 
-    def record_load(self, at: float, tpm: float, *, keep_s: float) -> None:
+    def record_load(self, at: float, tpm: float, *, keep_s: float, fence: Fence | None = None) -> None:
         """Add one measured load sample and drop those older than `keep_s`."""
         with self._lock:
             db = self._db()
@@ -615,7 +743,9 @@ class Store:
             )
         return default if row is None else json.loads(row[0])
 
-    def set_state(self, component: str, key: str, value: Any, *, timestamp: float) -> None:
+    def set_state(
+        self, component: str, key: str, value: Any, *, timestamp: float, fence: Fence | None = None
+    ) -> None:
         """Persist a JSON-serialisable value for (component, key)."""
         with self._lock:
             self._db().execute(
@@ -625,7 +755,7 @@ class Store:
                 (component, key, json.dumps(value, default=str), timestamp),
             )
 
-    def delete_state(self, component: str, key: str) -> None:
+    def delete_state(self, component: str, key: str, *, fence: Fence | None = None) -> None:
         with self._lock:
             self._db().execute(
                 "DELETE FROM component_state WHERE component = ? AND key = ?", (component, key)

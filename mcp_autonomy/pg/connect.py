@@ -1,0 +1,51 @@
+"""Connections to the shared PostgreSQL database, and a URL that is safe to print.
+
+The URL may hold a password: it is kept in a `SecretStr` and only `redact_url` (scheme, host,
+port, database; never user or password) ever reaches a log line, an error or a status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+CONNECT_TIMEOUT_S = 5
+"""How long opening a connection may take before the database counts as unreachable."""
+STATEMENT_TIMEOUT_MS = 5_000
+"""Server-side bound on any one statement (a stuck lock or a slow disk fails instead of hanging the
+replica; anyio timeouts would make psycopg drop the connection instead, DESIGN section 9)."""
+APPLICATION_NAME = "mcp-autonomy"
+
+
+def redact_url(url: str) -> str:
+    """`postgresql://host:port/db`: what may be shown of a database URL (no user, no password)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://<unparseable url>"
+    database = parts.path.lstrip("/") or "postgres"
+    return f"{parts.scheme}://{host}{port}/{database}"
+
+
+def connect_kwargs(
+    *, application_name: str = APPLICATION_NAME, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
+) -> dict[str, Any]:
+    """Keyword arguments for `psycopg.connect` / pool `kwargs` every backend connection uses."""
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": application_name,
+        "options": f"-c statement_timeout={statement_timeout_ms}",
+        "autocommit": True,
+    }
+
+
+def connect(url: str, **overrides: Any) -> psycopg.Connection[Any]:
+    """A synchronous autocommit connection; `psycopg.OperationalError` (its message never holds the
+    password) when the database cannot be reached."""
+    kwargs = connect_kwargs()
+    kwargs.update(overrides)
+    return psycopg.connect(url, **kwargs)
