@@ -619,3 +619,36 @@ class SqlitePaymentStore:
                 f"{_SELECT_CALLBACK}{where} ORDER BY received_at DESC, id DESC LIMIT ?", (*params, limit)
             ).fetchall()
         return [_callback(r) for r in rows]
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    async def prune(self, *, finished_before: float) -> int:
+        """Delete final payments last updated before `finished_before`, with their attempts and
+        provider ids, and settled callbacks received before it. Open payments always stay."""
+        open_marks = _marks(len(OPEN_STATUSES))
+        open_values = tuple(s.value for s in OPEN_STATUSES)
+        settled = tuple(s.value for s in CallbackState if s not in _DUE_CALLBACK_STATES)
+        with self._write() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_keys (idempotency_key TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM pruned_keys")
+            db.execute(
+                "INSERT INTO pruned_keys SELECT idempotency_key FROM payments"
+                f" WHERE updated_at < ? AND status NOT IN ({open_marks})",
+                (finished_before, *open_values),
+            )
+            for table in ("payment_attempts", "provider_identifiers", "payments"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE idempotency_key IN (SELECT idempotency_key FROM pruned_keys)"
+                )
+            pruned = int(db.execute("SELECT COUNT(*) FROM pruned_keys").fetchone()[0])
+            db.execute(
+                f"DELETE FROM callback_inbox WHERE received_at < ? AND state IN ({_marks(len(settled))})",
+                (finished_before, *settled),
+            )
+            db.execute("DELETE FROM pruned_keys")
+        return pruned
+
+    async def ping(self) -> None:
+        """The embedded file is always reachable while the store is open."""
+        with self._store.connection() as db:
+            db.execute("SELECT 1")

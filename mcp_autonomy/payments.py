@@ -234,3 +234,13 @@ class PaymentStore(Protocol):
     ) -> list[InboxCallback]:
         """Received callbacks, newest first."""
         ...
+
+    async def prune(self, *, finished_before: float) -> int:
+        """Delete final payments last updated before `finished_before` (with their attempts and
+        provider ids) and settled callbacks received before it; returns how many payments went.
+        Open payments are never pruned, whatever their age."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; `StoreUnavailable` when it does not (readiness)."""
+        ...
