@@ -305,6 +305,11 @@ class EventBus:
         return selected
 
     @property
+    def run_id(self) -> str:
+        """This process run's id: every event this bus emits has an id starting `<run_id>-`."""
+        return self._run_id
+
+    @property
     def dropped_total(self) -> int:
         """Events dropped across all subscribers because they fell behind."""
         return self._dropped_total

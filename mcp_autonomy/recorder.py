@@ -3,6 +3,10 @@
 The bus never waits for the disk; the recorder holds a large subscription buffer and writes
 whatever has queued up in one transaction. `flush()` writes what is pending right now, so a
 reader that needs every event so far (a tool, a test) gets them.
+
+Only this process run's own events are written: with a shared store the cluster feed
+(`mcp_autonomy.pg.feed`) republishes other replicas' events on the local bus, and they are
+already stored by the replica that emitted them.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import logging
 import anyio
 from anyio.abc import TaskStatus
 
-from mcp_autonomy.events import EventBus, Subscription
-from mcp_autonomy.store import Store
+from mcp_autonomy.events import Event, EventBus, Subscription
+from mcp_autonomy.store import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +25,17 @@ RECORDER_BUFFER = 200_000
 
 
 class EventRecorder:
-    """Persists every published event; counts what it wrote and what it had to drop."""
+    """Persists every event this run published; counts what it wrote, dropped and skipped."""
 
-    def __init__(self, bus: EventBus, store: Store, buffer_size: int = RECORDER_BUFFER) -> None:
+    def __init__(self, bus: EventBus, store: StateStore, buffer_size: int = RECORDER_BUFFER) -> None:
         self._bus = bus
         self._store = store
         self._buffer_size = buffer_size
+        # Ids the local bus emits are `<run id>-<seq>`; anything else came from another replica.
+        self._own_prefix = f"{bus.run_id}-"
         self._subscription: Subscription | None = None
         self.written = 0
+        self.skipped_remote = 0
 
     def attach(self) -> None:
         """Start buffering events (before anything is published, so nothing is missed)."""
@@ -39,15 +46,20 @@ class EventRecorder:
     def dropped(self) -> int:
         return 0 if self._subscription is None else self._subscription.dropped
 
+    def _write(self, batch: list[Event]) -> int:
+        prefix = self._own_prefix
+        own = [event for event in batch if event.id.startswith(prefix)]
+        self.skipped_remote += len(batch) - len(own)
+        if own:
+            self._store.record_events(own)
+            self.written += len(own)
+        return len(own)
+
     def flush(self) -> int:
-        """Write every pending event now; returns how many."""
+        """Write every pending event of this run now; returns how many."""
         if self._subscription is None:
             return 0
-        batch = self._subscription.drain()
-        if batch:
-            self._store.record_events(batch)
-            self.written += len(batch)
-        return len(batch)
+        return self._write(self._subscription.drain())
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Write batches as events arrive, until cancelled (then write what is left)."""
@@ -58,9 +70,7 @@ class EventRecorder:
         try:
             while True:
                 first = await subscription.get()
-                batch = [first, *subscription.drain()]
-                self._store.record_events(batch)
-                self.written += len(batch)
+                self._write([first, *subscription.drain()])
         finally:
             try:
                 self.flush()
