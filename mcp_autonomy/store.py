@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from mcp_autonomy.events import Event, EventType
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -266,7 +266,51 @@ _MIGRATIONS: dict[int, str] = {
     FROM payments_v2_legacy AS l, json_each(l.record, '$.attempts') AS a;
     DROP TABLE payments_v2_legacy;
     """,
+    7: """
+    -- Counts kept beside the rows by triggers, so status and stats never scan events or
+    -- payments (counts are of rows stored: pruning lowers them). Backfilled from what exists.
+    CREATE TABLE event_counts (
+        type TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
+    );
+    INSERT INTO event_counts (type, count) SELECT type, COUNT(*) FROM events GROUP BY type;
+    CREATE TRIGGER events_counted_insert AFTER INSERT ON events BEGIN
+        INSERT INTO event_counts (type, count) VALUES (NEW.type, 1)
+        ON CONFLICT (type) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER events_counted_delete AFTER DELETE ON events BEGIN
+        UPDATE event_counts SET count = count - 1 WHERE type = OLD.type;
+    END;
+    -- A payment without a provider yet is counted under '' (as on PostgreSQL).
+    CREATE TABLE payment_counts (
+        provider TEXT NOT NULL,
+        status TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (provider, status)
+    );
+    INSERT INTO payment_counts (provider, status, count)
+    SELECT COALESCE(provider, ''), status, COUNT(*) FROM payments GROUP BY COALESCE(provider, ''), status;
+    CREATE TRIGGER payments_counted_insert AFTER INSERT ON payments BEGIN
+        INSERT INTO payment_counts (provider, status, count)
+        VALUES (COALESCE(NEW.provider, ''), NEW.status, 1)
+        ON CONFLICT (provider, status) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER payments_counted_delete AFTER DELETE ON payments BEGIN
+        UPDATE payment_counts SET count = count - 1
+        WHERE provider = COALESCE(OLD.provider, '') AND status = OLD.status;
+    END;
+    CREATE TRIGGER payments_counted_update AFTER UPDATE OF status, provider ON payments BEGIN
+        UPDATE payment_counts SET count = count - 1
+        WHERE provider = COALESCE(OLD.provider, '') AND status = OLD.status;
+        INSERT INTO payment_counts (provider, status, count)
+        VALUES (COALESCE(NEW.provider, ''), NEW.status, 1)
+        ON CONFLICT (provider, status) DO UPDATE SET count = count + 1;
+    END;
+    """,
 }
+PRUNE_BATCH_ROWS = 5_000
+"""Events deleted per transaction when pruning: a large backlog goes in short steps, so writers
+(and, on PostgreSQL, the statement timeout) never wait on one long delete."""
 RECORD_TABLES = ("incidents", "predictions", "maintenance_windows", "optimizations")
 """Tables of JSON records with an id, a provider, a status and a time (see `Store.put_record`)."""
 
@@ -350,6 +394,8 @@ class StateStore(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    def close(self) -> None: ...
+
     @property
     def shared(self) -> bool:
         """True when other replicas read and write the same store."""
@@ -369,6 +415,11 @@ class StateStore(Protocol):
     def count_events(self) -> int: ...
 
     def count_events_by_type(self) -> dict[str, int]: ...
+
+    def prune_events(self, before: float) -> int:
+        """Delete events with a timestamp before `before`; returns how many (the audit log is
+        never pruned: it is the compliance record)."""
+        ...
 
     def record_audit(
         self,
@@ -518,11 +569,18 @@ class Store:
         ]
         with self._lock:
             db = self._db()
-            before = db.total_changes
             db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            db.execute("COMMIT")
-            return db.total_changes - before
+            try:
+                # rowcount, not total_changes: the latter also counts the trigger's counter rows.
+                inserted = db.executemany(
+                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return inserted
 
     def query_events(
         self,
@@ -569,15 +627,38 @@ class Store:
         return events
 
     def count_events(self) -> int:
+        """Events stored (from `event_counts`: never a scan of the events)."""
         with self._lock:
-            return int(self._db().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return int(self._db().execute("SELECT COALESCE(SUM(count), 0) FROM event_counts").fetchone()[0])
 
     def count_events_by_type(self) -> dict[str, int]:
+        """Events stored per type (types with none stored are left out)."""
         with self._lock:
             rows = (
-                self._db().execute("SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type").fetchall()
+                self._db()
+                .execute("SELECT type, count FROM event_counts WHERE count > 0 ORDER BY type")
+                .fetchall()
             )
         return {str(r[0]): int(r[1]) for r in rows}
+
+    def prune_events(self, before: float) -> int:
+        """Delete events with a timestamp before `before`, `PRUNE_BATCH_ROWS` per transaction
+        (the lock is let go between batches); the trigger keeps `event_counts` in step."""
+        pruned = 0
+        while True:
+            with self._lock:
+                batch = (
+                    self._db()
+                    .execute(
+                        "DELETE FROM events WHERE rowid IN"
+                        " (SELECT rowid FROM events WHERE timestamp < ? LIMIT ?)",
+                        (before, PRUNE_BATCH_ROWS),
+                    )
+                    .rowcount
+                )
+            pruned += batch
+            if batch < PRUNE_BATCH_ROWS:
+                return pruned
 
     # --- audit log ----------------------------------------------------------------------
 
