@@ -1,4 +1,8 @@
-"""SqlitePaymentStore: payments, attempts, provider ids, the callback inbox and the v5 -> v6 migration."""
+"""Both `PaymentStore` backends: payments, attempts, provider ids and the callback inbox.
+
+The behaviour tests run against SQLite and PostgreSQL alike (fixture `payments`); the v5 -> v6
+migration, the SQLite file shared by two connections and SQLite's query plans are SQLite-only.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from mcp_autonomy.payment_store import MAX_CALLBACK_BODY_BYTES, SqlitePaymentStore
@@ -22,6 +27,7 @@ from mcp_autonomy.payments import (
     PaymentStore,
     ProviderIdentifier,
 )
+from mcp_autonomy.pg.payment_store import PostgresPaymentStore
 from mcp_autonomy.providers.base import CallbackHint, Money, Operation, TransactionStatus
 from mcp_autonomy.store import _MIGRATIONS, SCHEMA_VERSION, Store
 
@@ -34,8 +40,36 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def payments(store: Store) -> SqlitePaymentStore:
+def sqlite_payments(store: Store) -> SqlitePaymentStore:
     return SqlitePaymentStore(store)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def payments(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[PaymentStore]:
+    """Each backend in turn: SQLite on a temporary file, PostgreSQL on a fresh migrated database."""
+    if request.param == "sqlite":
+        yield SqlitePaymentStore(store)
+        return
+    shared = PostgresPaymentStore(request.getfixturevalue("pg_url"), min_size=1, max_size=4)
+    await shared.open()
+    try:
+        yield shared
+    finally:
+        await shared.close()
+
+
+async def _identifier_keys(payments: PaymentStore) -> dict[str, str | None]:
+    """value -> idempotency_key of every stored provider id, read from the backend's own tables."""
+    sql = "SELECT value, idempotency_key FROM provider_identifiers"
+    if isinstance(payments, SqlitePaymentStore):
+        with sqlite3.connect(payments._store.path) as db:
+            rows = db.execute(sql).fetchall()
+        db.close()
+        return dict(rows)
+    assert isinstance(payments, PostgresPaymentStore)
+    async with await psycopg.AsyncConnection.connect(payments._url) as conn:
+        cursor = await conn.execute(sql)
+        return {str(r[0]): r[1] for r in await cursor.fetchall()}
 
 
 def _record(
@@ -95,17 +129,17 @@ def _callback(body: str, *, provider: str = "mpesa", received_at: float = 10.0) 
     )
 
 
-def test_it_is_a_payment_store(payments: SqlitePaymentStore) -> None:
+@pytest.mark.anyio
+async def test_it_is_a_payment_store(payments: PaymentStore) -> None:
     typed: PaymentStore = payments  # mypy checks the protocol; this keeps the test honest at runtime
     assert typed is payments
-    assert SCHEMA_VERSION == 6
 
 
 # --- payments ---------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_create_then_replay_returns_the_stored_record(payments: SqlitePaymentStore) -> None:
+async def test_create_then_replay_returns_the_stored_record(payments: PaymentStore) -> None:
     first = _record("key-00001", provider_reference="ws_CO_1")
     assert await payments.create_payment(first) is None
     seq = await payments.begin_attempt("key-00001", _attempt())
@@ -121,7 +155,7 @@ async def test_create_then_replay_returns_the_stored_record(payments: SqlitePaym
 
 
 @pytest.mark.anyio
-async def test_create_stores_attempts_it_carries(payments: SqlitePaymentStore) -> None:
+async def test_create_stores_attempts_it_carries(payments: PaymentStore) -> None:
     record = _record("key-00002").model_copy(
         update={"attempts": [_attempt("mpesa", AttemptOutcome.NOT_PROCESSED), _attempt("airtel")]}
     )
@@ -135,7 +169,7 @@ async def test_create_stores_attempts_it_carries(payments: SqlitePaymentStore) -
 
 
 @pytest.mark.anyio
-async def test_every_field_round_trips(payments: SqlitePaymentStore) -> None:
+async def test_every_field_round_trips(payments: PaymentStore) -> None:
     record = _record("key-00003").model_copy(
         update={
             "status": TransactionStatus.NEEDS_RECONCILIATION,
@@ -155,7 +189,7 @@ async def test_every_field_round_trips(payments: SqlitePaymentStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_get_payment_by_key_or_either_reference(payments: SqlitePaymentStore) -> None:
+async def test_get_payment_by_key_or_either_reference(payments: PaymentStore) -> None:
     await payments.create_payment(_record("key-00004", reference="P-4", provider_reference="ws_CO_4"))
     # Another payment whose reference happens to equal the first one's key: the key wins.
     await payments.create_payment(_record("key-00005", reference="key-00004", created_at=50.0))
@@ -166,7 +200,7 @@ async def test_get_payment_by_key_or_either_reference(payments: SqlitePaymentSto
 
 
 @pytest.mark.anyio
-async def test_attempts_are_numbered_in_order_and_finished_by_seq(payments: SqlitePaymentStore) -> None:
+async def test_attempts_are_numbered_in_order_and_finished_by_seq(payments: PaymentStore) -> None:
     await payments.create_payment(_record("key-00006"))
     seqs = [await payments.begin_attempt("key-00006", _attempt(p)) for p in ("mpesa", "airtel", "mtn")]
     assert seqs == [1, 2, 3]
@@ -193,7 +227,7 @@ async def test_attempts_are_numbered_in_order_and_finished_by_seq(payments: Sqli
 
 
 @pytest.mark.anyio
-async def test_writes_to_missing_rows_raise(payments: SqlitePaymentStore) -> None:
+async def test_writes_to_missing_rows_raise(payments: PaymentStore) -> None:
     with pytest.raises(KeyError):
         await payments.begin_attempt("missing", _attempt())
     with pytest.raises(KeyError):
@@ -208,7 +242,7 @@ async def test_writes_to_missing_rows_raise(payments: SqlitePaymentStore) -> Non
 
 
 @pytest.mark.anyio
-async def test_save_payment_writes_fields_not_attempts(payments: SqlitePaymentStore) -> None:
+async def test_save_payment_writes_fields_not_attempts(payments: PaymentStore) -> None:
     record = _record("key-00009")
     await payments.create_payment(record)
     await payments.begin_attempt("key-00009", _attempt())
@@ -235,7 +269,7 @@ async def test_save_payment_writes_fields_not_attempts(payments: SqlitePaymentSt
 
 
 @pytest.mark.anyio
-async def test_find_payment_by_every_kind_of_id(payments: SqlitePaymentStore) -> None:
+async def test_find_payment_by_every_kind_of_id(payments: PaymentStore) -> None:
     await payments.create_payment(_record("key-00010", reference="P-10", provider_reference="ws_CO_10"))
     await payments.create_payment(_record("key-00011", provider="airtel", reference="P-11"))
     await payments.record_identifier(
@@ -262,7 +296,7 @@ async def test_find_payment_by_every_kind_of_id(payments: SqlitePaymentStore) ->
 
 
 @pytest.mark.anyio
-async def test_find_payment_prefers_our_reference(payments: SqlitePaymentStore) -> None:
+async def test_find_payment_prefers_our_reference(payments: PaymentStore) -> None:
     await payments.create_payment(_record("key-00012", reference="A", created_at=5.0))
     await payments.create_payment(
         _record("key-00013", reference="B", provider_reference="A-ish", created_at=1.0)
@@ -272,7 +306,7 @@ async def test_find_payment_prefers_our_reference(payments: SqlitePaymentStore) 
 
 
 @pytest.mark.anyio
-async def test_identifiers_fill_the_key_from_the_reference(payments: SqlitePaymentStore) -> None:
+async def test_identifiers_fill_the_key_from_the_reference(payments: PaymentStore) -> None:
     def ident(kind: str, value: str, reference: str, key: str | None = None) -> ProviderIdentifier:
         return ProviderIdentifier(
             provider="mpesa",
@@ -297,13 +331,16 @@ async def test_identifiers_fill_the_key_from_the_reference(payments: SqlitePayme
         "checkout_request_id": "CR-1",
     }
     assert await payments.identifiers("airtel", "P-14") == {}
-    with sqlite3.connect(payments._store.path) as db:
-        rows = dict(db.execute("SELECT value, idempotency_key FROM provider_identifiers").fetchall())
-    assert rows == {"MR-1": "key-00014", "CR-1": "key-00014", "X-1": None, "E-1": "given-key"}
+    assert await _identifier_keys(payments) == {
+        "MR-1": "key-00014",
+        "CR-1": "key-00014",
+        "X-1": None,
+        "E-1": "given-key",
+    }
 
 
 @pytest.mark.anyio
-async def test_due_for_check_filters_and_orders(payments: SqlitePaymentStore) -> None:
+async def test_due_for_check_filters_and_orders(payments: PaymentStore) -> None:
     await payments.create_payment(_record("late-unset", created_at=30.0))
     await payments.create_payment(_record("early-due", created_at=10.0, next_check_at=50.0))
     await payments.create_payment(
@@ -323,7 +360,7 @@ async def test_due_for_check_filters_and_orders(payments: SqlitePaymentStore) ->
 
 
 @pytest.mark.anyio
-async def test_list_count_and_oldest_open(payments: SqlitePaymentStore) -> None:
+async def test_list_count_and_oldest_open(payments: PaymentStore) -> None:
     await payments.create_payment(_record("m-1", created_at=10.0))
     await payments.create_payment(_record("m-2", status=TransactionStatus.UNKNOWN, created_at=20.0))
     await payments.create_payment(_record("m-3", status=TransactionStatus.SUCCEEDED, created_at=5.0))
@@ -353,7 +390,7 @@ async def test_list_count_and_oldest_open(payments: SqlitePaymentStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_empty_store_answers(payments: SqlitePaymentStore) -> None:
+async def test_empty_store_answers(payments: PaymentStore) -> None:
     assert await payments.list_payments() == []
     assert await payments.due_for_check(1e12, 10) == []
     assert await payments.count_by_status() == {}
@@ -366,7 +403,7 @@ async def test_empty_store_answers(payments: SqlitePaymentStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_callback_round_trip_and_duplicates_are_kept(payments: SqlitePaymentStore) -> None:
+async def test_callback_round_trip_and_duplicates_are_kept(payments: PaymentStore) -> None:
     first = await payments.add_callback(_callback('{"ResultCode":0}'))
     assert first.id > 0 and first.state is CallbackState.PENDING
     again = await payments.add_callback(_callback('{"ResultCode":0}', received_at=11.0))
@@ -386,7 +423,7 @@ async def test_callback_round_trip_and_duplicates_are_kept(payments: SqlitePayme
 
 
 @pytest.mark.anyio
-async def test_callback_hint_without_money_or_operation(payments: SqlitePaymentStore) -> None:
+async def test_callback_hint_without_money_or_operation(payments: PaymentStore) -> None:
     callback = _callback("{}")
     bare = callback.model_copy(
         update={
@@ -405,7 +442,7 @@ async def test_callback_hint_without_money_or_operation(payments: SqlitePaymentS
 
 
 @pytest.mark.anyio
-async def test_callback_body_is_cut_to_16_kib(payments: SqlitePaymentStore) -> None:
+async def test_callback_body_is_cut_to_16_kib(payments: PaymentStore) -> None:
     body = "é" * MAX_CALLBACK_BODY_BYTES  # two bytes each
     stored = await payments.add_callback(_callback(body))
     assert len(stored.body.encode()) == MAX_CALLBACK_BODY_BYTES
@@ -416,7 +453,7 @@ async def test_callback_body_is_cut_to_16_kib(payments: SqlitePaymentStore) -> N
 
 
 @pytest.mark.anyio
-async def test_update_callback_and_callbacks_due(payments: SqlitePaymentStore) -> None:
+async def test_update_callback_and_callbacks_due(payments: PaymentStore) -> None:
     a = await payments.add_callback(_callback("a", received_at=30.0))
     b = await payments.add_callback(_callback("b", received_at=10.0))
     c = await payments.add_callback(_callback("c", received_at=20.0))
@@ -583,7 +620,7 @@ async def test_v5_payments_migrate_to_columns_with_their_attempts(tmp_path: Path
         assert await payments.begin_attempt("legacy-00002", _attempt()) == 3
 
         with store.connection() as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             indexes = {
                 r[0]
@@ -726,16 +763,16 @@ def test_two_connections_numbering_attempts_never_collide(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
-async def test_lookups_by_id_use_their_indexes(store: Store, payments: SqlitePaymentStore) -> None:
+async def test_lookups_by_id_use_their_indexes(store: Store, sqlite_payments: SqlitePaymentStore) -> None:
     """A callback's lookup must not walk every payment of its provider (the planner, knowing no
     sizes, would pick the provider index unless told otherwise)."""
-    await payments.create_payment(_record("key-00020", reference="P-20"))
+    await sqlite_payments.create_payment(_record("key-00020", reference="P-20"))
     statements: list[str] = []
     with store.connection() as db:
         db.set_trace_callback(statements.append)
     try:
-        await payments.find_payment("mpesa", "nothing-1", "nothing-2")
-        await payments.get_payment("nothing")
+        await sqlite_payments.find_payment("mpesa", "nothing-1", "nothing-2")
+        await sqlite_payments.get_payment("nothing")
     finally:
         with store.connection() as db:
             db.set_trace_callback(None)
@@ -745,3 +782,55 @@ async def test_lookups_by_id_use_their_indexes(store: Store, payments: SqlitePay
         for sql in selects:
             plan = " | ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql))
             assert "SCAN p" not in plan and "payments_by_provider_status_time" not in plan, plan
+
+
+# --- housekeeping -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_prune_drops_old_final_payments_and_settled_callbacks(payments: PaymentStore) -> None:
+    def at(record: PaymentRecord, updated_at: float) -> PaymentRecord:
+        return record.model_copy(update={"updated_at": updated_at})
+
+    await payments.create_payment(at(_record("old-final", status=TransactionStatus.SUCCEEDED), 10.0))
+    await payments.create_payment(at(_record("old-failed", status=TransactionStatus.FAILED), 20.0))
+    await payments.create_payment(at(_record("old-open", status=TransactionStatus.UNKNOWN), 10.0))
+    await payments.create_payment(at(_record("new-final", status=TransactionStatus.SUCCEEDED), 100.0))
+    await payments.begin_attempt("old-final", _attempt())
+    for key in ("old-final", "old-open"):
+        await payments.record_identifier(
+            ProviderIdentifier(
+                provider="mpesa",
+                kind="checkout_request_id",
+                value=f"CR-{key}",
+                reference=f"R-{key}",
+                idempotency_key=None,
+                recorded_at=1.0,
+            )
+        )
+    settled_old = await payments.add_callback(_callback("settled", received_at=5.0))
+    await payments.update_callback(settled_old.model_copy(update={"state": CallbackState.CONFIRMED}))
+    pending_old = await payments.add_callback(_callback("pending", received_at=5.0))
+    settled_new = await payments.add_callback(_callback("new", received_at=80.0))
+    await payments.update_callback(settled_new.model_copy(update={"state": CallbackState.REFUSED}))
+
+    assert await payments.prune(finished_before=50.0) == 2
+
+    assert await payments.get_payment("old-final") is None
+    assert await payments.get_payment("old-failed") is None
+    assert await payments.get_payment("old-open") is not None
+    assert await payments.get_payment("new-final") is not None
+    assert await payments.identifiers("mpesa", "R-old-final") == {}
+    assert await payments.identifiers("mpesa", "R-old-open") == {"checkout_request_id": "CR-old-open"}
+    assert await payments.find_payment("mpesa", "CR-old-final") is None
+    assert {c.id for c in await payments.list_callbacks()} == {pending_old.id, settled_new.id}
+    assert await payments.count_by_status() == {"succeeded": 1, "unknown": 1}
+    # A new payment may take a pruned key's attempts numbering from 1 again.
+    await payments.create_payment(_record("old-final"))
+    assert await payments.begin_attempt("old-final", _attempt()) == 1
+    assert await payments.prune(finished_before=50.0) == 0
+
+
+@pytest.mark.anyio
+async def test_ping_answers(payments: PaymentStore) -> None:
+    await payments.ping()
