@@ -16,11 +16,14 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from mcp_autonomy.clock import Clock, ManualClock, SystemClock
 from mcp_autonomy.events import Event, EventBus, EventType, Subscription
 from mcp_autonomy.pg.feed import ClusterFeed
 from mcp_autonomy.pg.fencing import EVENTS_CHANNEL, STATE_CHANNEL
+from mcp_autonomy.pg.store import PostgresStore
+from mcp_autonomy.recorder import EventRecorder
 from tests.postgres import start_server
 
 DELIVERY_DEADLINE_S = 1.0
@@ -286,6 +289,40 @@ async def test_after_a_server_restart_the_feed_delivers_what_was_written_exactly
             assert b.feed.reconnects >= 1
     finally:
         server.close()
+
+
+@pytest.mark.anyio
+async def test_recorded_on_one_replica_published_on_the_other_and_not_recorded_twice(
+    pg_url: str, clock: ManualClock
+) -> None:
+    """End to end with the real store: A's recorder writes, B's feed publishes, B's recorder skips."""
+    store_a = PostgresStore(pg_url, origin="a").open()
+    store_b = PostgresStore(pg_url, origin="b").open()
+    try:
+        async with replicas(pg_url, "a", "b", clock=clock) as (a, b), anyio.create_task_group() as tg:
+            recorder_a = EventRecorder(a.bus, store_a)
+            recorder_b = EventRecorder(b.bus, store_b)
+            await tg.start(recorder_a.run)
+            await tg.start(recorder_b.run)
+
+            sent_at_s = time.perf_counter()
+            emitted = a.bus.emit(EventType.SCALED_UP, component="auto_scaler", message="up", data={"n": 2})
+            received = await next_event(b.events)
+            assert time.perf_counter() - sent_at_s < DELIVERY_DEADLINE_S
+            assert received == emitted
+
+            store_a.set_state("router", "kill_switch", True, timestamp=clock.now())
+            assert await b.next_state() == ("router", "kill_switch", True)
+            store_a.delete_state("router", "kill_switch")
+            assert await b.next_state() == ("router", "kill_switch", None)
+
+            await wait_all_tasks_blocked()
+            assert (recorder_b.written, recorder_b.skipped_remote) == (0, 1)
+            assert store_b.count_events() == 1
+            tg.cancel_scope.cancel()
+    finally:
+        store_a.close()
+        store_b.close()
 
 
 def test_poll_and_origin_are_validated(clock: ManualClock) -> None:
