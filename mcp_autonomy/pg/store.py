@@ -42,24 +42,41 @@ _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 """What says the database is out of reach (server down, connection lost, statement timed out)."""
 
 
-def _finite(value: Any) -> Any:
-    """`value` with NaN and infinities replaced by None: JSONB has no such numbers, and one odd
-    float must not make a whole batch of events fail."""
+NUL_REPLACEMENT = "\ufffd"
+"""What a NUL character becomes: PostgreSQL text and JSONB cannot hold one, and one odd string
+from a provider must not make a whole batch of events fail."""
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", NUL_REPLACEMENT) if "\x00" in value else value
+
+
+def _storable(value: Any) -> Any:
+    """`value` as JSONB can hold it: NaN and infinities (JSON has none) become None, NUL
+    characters become `NUL_REPLACEMENT`, anything else that is not JSON becomes its `str`."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {(_text(k) if isinstance(k, str) else k): _storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return [_storable(v) for v in value]
+    return _text(str(value))
 
 
 def _json_text(value: Any) -> str:
     """JSON text for a JSONB column, with the SQLite store's leniency (`default=str`)."""
     try:
-        return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
     except ValueError:
-        return json.dumps(_finite(value), default=str, allow_nan=False, separators=(",", ":"))
+        text = ""
+    # The walk costs a copy, so only values JSONB would refuse take it.
+    if not text or "\\u0000" in text:
+        text = json.dumps(_storable(value), default=str, allow_nan=False, separators=(",", ":"))
+    return text
 
 
 def _jsonb(value: Any) -> Jsonb:
@@ -183,11 +200,11 @@ class PostgresStore:
                             e.seq,
                             e.type.value,
                             e.timestamp,
-                            e.component,
+                            _text(e.component),
                             e.provider,
                             e.severity.value,
                             e.dry_run,
-                            e.message,
+                            _text(e.message),
                             _jsonb(e.data),
                         )
                     )

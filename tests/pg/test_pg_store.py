@@ -249,7 +249,7 @@ def test_every_state_and_record_change_takes_a_new_change_seq(store: PostgresSto
     assert int(str(after[0])) > int(str(before[0]))
 
 
-def test_events_carry_the_store_origin_and_odd_floats_do_not_fail_a_batch(
+def test_events_carry_the_store_origin_and_odd_values_do_not_fail_a_batch(
     store: PostgresStore, pg_url: str
 ) -> None:
     odd = Event(
@@ -258,13 +258,16 @@ def test_events_carry_the_store_origin_and_odd_floats_do_not_fail_a_batch(
         type=EventType.PREDICTION,
         timestamp=1.0,
         component="predictor",
-        message="odd",
-        data={"score": math.nan, "bound": [math.inf, 1.5], "why": {"x": -math.inf}},
+        message="odd\x00message",
+        data={"score": math.nan, "bound": [math.inf, 1.5], "why": {"x": -math.inf, "raw": "a\x00b"}},
     )
     assert store.record_events([odd, _event(8)]) == 2
     assert _sql(pg_url, "SELECT DISTINCT origin FROM events") == [("run-a",)]
     (stored,) = store.query_events(types=[EventType.PREDICTION])
-    assert stored.data == {"score": None, "bound": [None, 1.5], "why": {"x": None}}
+    assert stored.message == "odd\ufffdmessage"
+    assert stored.data == {"score": None, "bound": [None, 1.5], "why": {"x": None, "raw": "a\ufffdb"}}
+    store.set_state("c", "k", {"text": "\x00", "literal": "\\u0000"}, timestamp=1.0)
+    assert store.get_state("c", "k") == {"text": "\ufffd", "literal": "\\u0000"}
 
 
 def test_two_replicas_share_one_store(pg_url: str) -> None:
