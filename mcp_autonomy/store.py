@@ -394,6 +394,10 @@ class StateStore(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    def open(self) -> StateStore:
+        """Connect and migrate (a no-op when already open); returns the store itself."""
+        ...
+
     def close(self) -> None: ...
 
     @property

@@ -115,8 +115,11 @@ class PostgresStore:
         return redact_url(self._url)
 
     def open(self) -> PostgresStore:
-        """Connect and migrate to the current schema; `StoreUnavailable` if unreachable."""
-        with self._session() as conn:
+        """Connect and migrate to the current schema (once: opening an open store returns it);
+        `StoreUnavailable` if unreachable."""
+        if self._opened:
+            return self
+        with self._session(opening=True) as conn:
             schema.migrate(conn)
         self._opened = True
         return self
@@ -152,10 +155,13 @@ class PostgresStore:
         return StoreUnavailable(f"state store {self.url_redacted} unavailable: {detail}")
 
     @contextmanager
-    def _session(self) -> Iterator[psycopg.Connection[Any]]:
+    def _session(self, *, opening: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """The connection under the lock, (re)connecting first; connection errors become
         `StoreUnavailable` and drop the connection, so the next call starts afresh."""
         with self._lock:
+            if not (self._opened or opening):
+                # As the SQLite store: a closed store must not quietly connect again.
+                raise RuntimeError(f"store {self.url_redacted} is not open")
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self._url)

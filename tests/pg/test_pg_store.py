@@ -69,6 +69,16 @@ def test_it_is_a_state_store(store: PostgresStore) -> None:
     assert store.url_redacted.startswith("postgresql://localhost/t_")
 
 
+def test_a_closed_store_does_not_connect_again(pg_url: str) -> None:
+    store = PostgresStore(pg_url, origin="run-a")
+    with pytest.raises(RuntimeError, match="not open"):
+        store.get_state("c", "k")
+    assert store.open() is store.open()  # opening an open store: the same, still open
+    store.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        store.set_state("c", "k", 1, timestamp=1.0)
+
+
 # --- outages ------------------------------------------------------------------------------
 
 
