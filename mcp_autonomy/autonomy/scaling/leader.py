@@ -44,6 +44,7 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock, to_datetime
+from mcp_autonomy.store import Fence
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -203,6 +204,16 @@ class Elector(Protocol):
 
     def status(self) -> LeaderStatus: ...
 
+    def fence(self) -> Fence | None:
+        """What a leader write carries to a shared store, checked in the write's transaction; None
+        when there is nothing to check (a single process, a Lease without a fencing epoch) or when
+        this replica does not lead (an elector with an epoch)."""
+        ...
+
+    def step_down(self, reason: str) -> None:
+        """Stop leading now: a fenced write raised `LeadershipLost`, so a newer leader exists."""
+        ...
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Take part in the election until cancelled or `stop()`ped; started after the first try."""
         ...
@@ -297,6 +308,14 @@ class LeaderElector:
             observed_change_at=self._observed_at,
             last_error=self._last_error,
         )
+
+    def fence(self) -> Fence | None:
+        """None: a Lease has no fencing epoch (the renew deadline keeps two leaders apart)."""
+        return None
+
+    def step_down(self, reason: str) -> None:
+        """Stop leading until the next successful renewal."""
+        self._step_down(reason)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if self._scope is not None:
@@ -581,6 +600,13 @@ class SingleProcessElector:
             last_renew_at=None,
             transitions=None,
         )
+
+    def fence(self) -> Fence | None:
+        """None: a process alone has no other leader to be fenced against."""
+        return None
+
+    def step_down(self, reason: str) -> None:
+        """Nothing to do: no other replica can have taken over."""
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         scope = self._scope = anyio.CancelScope()
