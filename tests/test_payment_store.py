@@ -269,6 +269,38 @@ async def test_save_payment_writes_fields_not_attempts(payments: PaymentStore) -
 
 
 @pytest.mark.anyio
+async def test_finish_send_writes_attempt_and_payment_together(payments: PaymentStore) -> None:
+    record = _record("key-00030")
+    await payments.create_payment(record)
+    seq = await payments.begin_attempt("key-00030", _attempt())
+    accepted = _attempt().model_copy(
+        update={
+            "seq": seq,
+            "outcome": AttemptOutcome.ACCEPTED,
+            "provider_reference": "ws_CO_30",
+            "latency_ms": 8.0,
+        }
+    )
+    done = record.model_copy(
+        update={"status": TransactionStatus.SUCCEEDED, "provider_reference": "ws_CO_30", "updated_at": 140.0}
+    )
+    await payments.finish_send(done, accepted)
+    stored = await payments.get_payment("key-00030")
+    assert stored is not None
+    assert stored.model_dump(exclude={"attempts"}) == done.model_dump(exclude={"attempts"})
+    assert stored.attempts == [accepted]
+
+    # Neither half lands without the other.
+    failed = done.model_copy(update={"status": TransactionStatus.FAILED, "updated_at": 150.0})
+    with pytest.raises(KeyError):
+        await payments.finish_send(failed, accepted.model_copy(update={"seq": 9, "detail": "lost"}))
+    with pytest.raises(KeyError):
+        await payments.finish_send(_record("missing"), accepted.model_copy(update={"detail": "lost"}))
+    assert await payments.get_payment("key-00030") == stored
+    assert await payments.count_by_status() == {"succeeded": 1}
+
+
+@pytest.mark.anyio
 async def test_find_payment_by_every_kind_of_id(payments: PaymentStore) -> None:
     await payments.create_payment(_record("key-00010", reference="P-10", provider_reference="ws_CO_10"))
     await payments.create_payment(_record("key-00011", provider="airtel", reference="P-11"))

@@ -94,6 +94,9 @@ _SELECT_CALLBACK = (
     + " FROM callback_inbox"
 )
 _KEY_ORDER = 'p.idempotency_key COLLATE "C"'
+_SET_MUTABLE = ", ".join(
+    f"{c} = %({c})s::jsonb" if c == "metadata" else f"{c} = %({c})s" for c in _PAYMENT_MUTABLE
+)
 _INSERT_ATTEMPT = (
     "INSERT INTO payment_attempts (idempotency_key, "
     + ", ".join(_ATTEMPT_COLUMNS)
@@ -359,15 +362,49 @@ class PostgresPaymentStore:
     async def save_payment(self, record: PaymentRecord) -> None:
         """Write the payment's own fields (status, provider, references, schedule); not attempts."""
         values = _pg_payment_values(record)
-        sets = ", ".join(
-            f"{c} = %({c})s::jsonb" if c == "metadata" else f"{c} = %({c})s" for c in _PAYMENT_MUTABLE
-        )
         async with self._connection() as conn:
             cursor = await conn.execute(
-                f"UPDATE payments SET {sets} WHERE idempotency_key = %(idempotency_key)s", values
+                f"UPDATE payments SET {_SET_MUTABLE} WHERE idempotency_key = %(idempotency_key)s", values
             )
             if cursor.rowcount != 1:
                 raise KeyError(f"no payment {record.idempotency_key!r} to save")
+
+    async def finish_send(self, record: PaymentRecord, attempt: PaymentAttempt) -> None:
+        """`finish_attempt` and `save_payment` at once: the payment's outcome and the outcome of
+        the attempt that produced it commit together, in one statement (one round trip)."""
+        key = record.idempotency_key
+        values = _pg_payment_values(record)
+        values.update(
+            {
+                "seq": attempt.seq,
+                "a_latency_ms": attempt.latency_ms,
+                "a_outcome": attempt.outcome.value,
+                "a_reference": attempt.reference,
+                "a_provider_reference": attempt.provider_reference,
+                "a_provider_code": attempt.provider_code,
+                "a_detail": attempt.detail,
+            }
+        )
+        # Each update is gated on the other's row, so the statement changes both or neither.
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "WITH attempt AS (UPDATE payment_attempts SET latency_ms = %(a_latency_ms)s,"
+                " outcome = %(a_outcome)s, reference = %(a_reference)s,"
+                " provider_reference = %(a_provider_reference)s, provider_code = %(a_provider_code)s,"
+                " detail = %(a_detail)s WHERE idempotency_key = %(idempotency_key)s AND seq = %(seq)s"
+                " AND EXISTS (SELECT 1 FROM payments WHERE idempotency_key = %(idempotency_key)s)"
+                " RETURNING 1),"
+                f" payment AS (UPDATE payments SET {_SET_MUTABLE} WHERE idempotency_key = %(idempotency_key)s"
+                " AND EXISTS (SELECT 1 FROM attempt) RETURNING 1)"
+                " SELECT (SELECT COUNT(*) FROM attempt), (SELECT COUNT(*) FROM payment),"
+                " EXISTS (SELECT 1 FROM payments WHERE idempotency_key = %(idempotency_key)s)",
+                values,
+            )
+            row = await cursor.fetchone()
+        if row is None or not row[2]:
+            raise KeyError(f"no payment {key!r} to save")
+        if row[0] != 1 or row[1] != 1:
+            raise KeyError(f"no attempt {attempt.seq} of payment {key!r}")
 
     async def due_for_check(self, now: float, limit: int) -> list[PaymentRecord]:
         """Non-final payments whose `next_check_at` is due (or unset), oldest first."""
