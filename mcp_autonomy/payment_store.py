@@ -67,6 +67,13 @@ _PAYMENT_COLUMNS = (
 )
 # Written by `save_payment`: everything but the key and the creation time.
 _PAYMENT_MUTABLE = tuple(c for c in _PAYMENT_COLUMNS if c not in ("idempotency_key", "created_at"))
+_CREATED_AT_INDEX = _PAYMENT_COLUMNS.index("created_at")
+# `_payment_update` slices a full row around the key (first) and the creation time.
+assert (
+    _PAYMENT_COLUMNS[0] == "idempotency_key"
+    and (_PAYMENT_COLUMNS[1:_CREATED_AT_INDEX] + _PAYMENT_COLUMNS[_CREATED_AT_INDEX + 1 :])
+    == _PAYMENT_MUTABLE
+)
 _SELECT_PAYMENT = "SELECT " + ", ".join(f"p.{c}" for c in _PAYMENT_COLUMNS) + " FROM payments AS p"
 
 _ATTEMPT_COLUMNS = (
@@ -80,6 +87,33 @@ _ATTEMPT_COLUMNS = (
     "provider_code",
     "detail",
 )
+
+# The statements of the payment path, built once (sqlite3 caches the compiled statement by its
+# text, so a constant string is also a prepared statement).
+_INSERT_PAYMENT = (
+    f"INSERT INTO payments ({', '.join(_PAYMENT_COLUMNS)}) VALUES ({','.join('?' * len(_PAYMENT_COLUMNS))})"
+    " ON CONFLICT(idempotency_key) DO NOTHING"
+)
+_UPDATE_PAYMENT = (
+    "UPDATE payments SET " + ", ".join(f"{c} = ?" for c in _PAYMENT_MUTABLE) + " WHERE idempotency_key = ?"
+)
+_INSERT_ATTEMPT = (
+    "INSERT INTO payment_attempts (idempotency_key, " + ", ".join(_ATTEMPT_COLUMNS) + ")"
+    f" VALUES (?, {','.join('?' * len(_ATTEMPT_COLUMNS))})"
+)
+# The next seq and the payment's existence are read by the INSERT itself: one statement under
+# the write lock instead of two SELECTs and an INSERT. No payment -> no row inserted, none returned.
+_APPEND_ATTEMPT = (
+    "INSERT INTO payment_attempts (idempotency_key, " + ", ".join(_ATTEMPT_COLUMNS) + ")"
+    " SELECT p.idempotency_key, COALESCE((SELECT MAX(a.seq) FROM payment_attempts AS a"
+    " WHERE a.idempotency_key = p.idempotency_key), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?"
+    " FROM payments AS p WHERE p.idempotency_key = ? RETURNING seq"
+)
+_UPDATE_ATTEMPT = (
+    "UPDATE payment_attempts SET latency_ms = ?, outcome = ?, reference = ?,"
+    " provider_reference = ?, provider_code = ?, detail = ? WHERE idempotency_key = ? AND seq = ?"
+)
+_EMPTY_METADATA = "{}"
 
 _CALLBACK_COLUMNS = (
     "id",
@@ -121,30 +155,62 @@ def _cut_body(body: str) -> str:
     return raw[:MAX_CALLBACK_BODY_BYTES].decode("utf-8", errors="ignore")
 
 
+def _metadata_json(record: PaymentRecord) -> str:
+    metadata = record.metadata
+    return json.dumps(metadata, default=str, separators=(",", ":")) if metadata else _EMPTY_METADATA
+
+
+def _payment_row(record: PaymentRecord) -> tuple[Any, ...]:
+    """Every column of `record`, in `_PAYMENT_COLUMNS` order."""
+    money = record.money
+    return (
+        record.idempotency_key,
+        record.operation.value,
+        money.amount_minor,
+        money.currency,
+        record.phone,
+        record.country,
+        record.description,
+        record.status.value,
+        record.status_reason,
+        record.provider,
+        record.reference,
+        record.provider_reference,
+        record.provider_code,
+        record.provider_message,
+        int(record.failed_over),
+        record.created_at,
+        record.updated_at,
+        record.accepted_at,
+        record.next_check_at,
+        record.checks,
+        _metadata_json(record),
+    )
+
+
 def _payment_values(record: PaymentRecord) -> dict[str, Any]:
-    return {
-        "idempotency_key": record.idempotency_key,
-        "operation": record.operation.value,
-        "amount_minor": record.money.amount_minor,
-        "currency": record.money.currency,
-        "phone": record.phone,
-        "country": record.country,
-        "description": record.description,
-        "status": record.status.value,
-        "status_reason": record.status_reason,
-        "provider": record.provider,
-        "reference": record.reference,
-        "provider_reference": record.provider_reference,
-        "provider_code": record.provider_code,
-        "provider_message": record.provider_message,
-        "failed_over": int(record.failed_over),
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "accepted_at": record.accepted_at,
-        "next_check_at": record.next_check_at,
-        "checks": record.checks,
-        "metadata": json.dumps(record.metadata, default=str, separators=(",", ":")),
-    }
+    """Column -> value for `record` (the PostgreSQL backend builds its statements from it)."""
+    return dict(zip(_PAYMENT_COLUMNS, _payment_row(record), strict=True))
+
+
+def _payment_update(record: PaymentRecord) -> tuple[Any, ...]:
+    """The parameters of `_UPDATE_PAYMENT`: the mutable columns, then the key."""
+    row = _payment_row(record)
+    return (*row[1:_CREATED_AT_INDEX], *row[_CREATED_AT_INDEX + 1 :], row[0])
+
+
+def _attempt_update(key: str, attempt: PaymentAttempt) -> tuple[Any, ...]:
+    """The parameters of `_UPDATE_ATTEMPT`."""
+    return (
+        attempt.latency_ms,
+        attempt.outcome.value,
+        attempt.reference,
+        attempt.provider_reference,
+        attempt.provider_code,
+        attempt.detail,
+        key,
+        attempt.seq,
+    )
 
 
 def _payment(row: Sequence[Any], attempts: list[PaymentAttempt]) -> PaymentRecord:
@@ -284,15 +350,12 @@ class SqlitePaymentStore:
 
     async def create_payment(self, record: PaymentRecord) -> PaymentRecord | None:
         """Insert a new payment (None); the stored record, with its attempts, if the key is taken."""
-        values = _payment_values(record)
+        row = _payment_row(record)
         with self._write() as db:
-            cursor = db.execute(
-                f"INSERT INTO payments ({', '.join(_PAYMENT_COLUMNS)}) VALUES ({_marks(len(values))})"
-                " ON CONFLICT(idempotency_key) DO NOTHING",
-                tuple(values[c] for c in _PAYMENT_COLUMNS),
-            )
+            cursor = db.execute(_INSERT_PAYMENT, row)
             if cursor.rowcount == 1:
-                self._insert_attempts(db, record.idempotency_key, record.attempts)
+                if record.attempts:
+                    self._insert_attempts(db, record.idempotency_key, record.attempts)
                 return None
             rows = db.execute(
                 f"{_SELECT_PAYMENT} WHERE p.idempotency_key = ?", (record.idempotency_key,)
@@ -302,8 +365,7 @@ class SqlitePaymentStore:
     @staticmethod
     def _insert_attempts(db: sqlite3.Connection, key: str, attempts: list[PaymentAttempt]) -> None:
         db.executemany(
-            "INSERT INTO payment_attempts (idempotency_key, " + ", ".join(_ATTEMPT_COLUMNS) + ")"
-            f" VALUES (?, {_marks(len(_ATTEMPT_COLUMNS))})",
+            _INSERT_ATTEMPT,
             [
                 (
                     key,
@@ -365,18 +427,9 @@ class SqlitePaymentStore:
     async def begin_attempt(self, key: str, attempt: PaymentAttempt) -> int:
         """Append an attempt (outcome `sending` for one about to leave); returns its seq."""
         with self._write() as db:
-            if db.execute("SELECT 1 FROM payments WHERE idempotency_key = ?", (key,)).fetchone() is None:
-                raise KeyError(f"no payment {key!r} to add an attempt to")
             row = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_attempts WHERE idempotency_key = ?", (key,)
-            ).fetchone()
-            seq = int(row[0])
-            db.execute(
-                "INSERT INTO payment_attempts (idempotency_key, " + ", ".join(_ATTEMPT_COLUMNS) + ")"
-                f" VALUES (?, {_marks(len(_ATTEMPT_COLUMNS))})",
+                _APPEND_ATTEMPT,
                 (
-                    key,
-                    seq,
                     attempt.provider,
                     attempt.started_at,
                     attempt.latency_ms,
@@ -385,43 +438,34 @@ class SqlitePaymentStore:
                     attempt.provider_reference,
                     attempt.provider_code,
                     attempt.detail,
+                    key,
                 ),
-            )
-        return seq
+            ).fetchall()
+            if not row:
+                raise KeyError(f"no payment {key!r} to add an attempt to")
+        return int(row[0][0])
 
     async def finish_attempt(self, key: str, attempt: PaymentAttempt) -> None:
         """Write the outcome of the attempt `attempt.seq`."""
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE payment_attempts SET latency_ms = ?, outcome = ?, reference = ?,"
-                " provider_reference = ?, provider_code = ?, detail = ?"
-                " WHERE idempotency_key = ? AND seq = ?",
-                (
-                    attempt.latency_ms,
-                    attempt.outcome.value,
-                    attempt.reference,
-                    attempt.provider_reference,
-                    attempt.provider_code,
-                    attempt.detail,
-                    key,
-                    attempt.seq,
-                ),
-            )
-            if cursor.rowcount != 1:
+            if db.execute(_UPDATE_ATTEMPT, _attempt_update(key, attempt)).rowcount != 1:
                 raise KeyError(f"no attempt {attempt.seq} of payment {key!r}")
 
     async def save_payment(self, record: PaymentRecord) -> None:
         """Write the payment's own fields (status, provider, references, schedule); not attempts."""
-        values = _payment_values(record)
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE payments SET "
-                + ", ".join(f"{c} = ?" for c in _PAYMENT_MUTABLE)
-                + " WHERE idempotency_key = ?",
-                (*(values[c] for c in _PAYMENT_MUTABLE), record.idempotency_key),
-            )
-            if cursor.rowcount != 1:
+            if db.execute(_UPDATE_PAYMENT, _payment_update(record)).rowcount != 1:
                 raise KeyError(f"no payment {record.idempotency_key!r} to save")
+
+    async def finish_send(self, record: PaymentRecord, attempt: PaymentAttempt) -> None:
+        """`finish_attempt` and `save_payment` in one transaction: the payment's outcome and the
+        outcome of the attempt that produced it are committed together (one fsync, not two)."""
+        key = record.idempotency_key
+        with self._write() as db:
+            if db.execute(_UPDATE_ATTEMPT, _attempt_update(key, attempt)).rowcount != 1:
+                raise KeyError(f"no attempt {attempt.seq} of payment {key!r}")
+            if db.execute(_UPDATE_PAYMENT, _payment_update(record)).rowcount != 1:
+                raise KeyError(f"no payment {key!r} to save")
 
     async def due_for_check(self, now: float, limit: int) -> list[PaymentRecord]:
         """Non-final payments whose `next_check_at` is due (or unset), oldest first."""

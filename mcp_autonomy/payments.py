@@ -174,6 +174,11 @@ class PaymentStore(Protocol):
         """Write the payment's own fields (status, provider, references, schedule); not attempts."""
         ...
 
+    async def finish_send(self, record: PaymentRecord, attempt: PaymentAttempt) -> None:
+        """`finish_attempt(record.idempotency_key, attempt)` and `save_payment(record)` in one
+        transaction (the router's last write for a payment: one commit instead of two)."""
+        ...
+
     async def record_identifier(self, identifier: ProviderIdentifier) -> None:
         """Store a provider id (idempotent; the key is filled from the reference when known)."""
         ...

@@ -6,7 +6,9 @@ For each payment, in order:
    provider call, and each attempt (provider, the reference sent, outcome `sending`) is written
    before its request leaves; provider ids the adapter learns go to the store at once through
    its identifier sink. A replay of the key returns the first result (a different request under
-   the same key is an `IdempotencyConflict`).
+   the same key is an `IdempotencyConflict`). On the store: a new key is claimed in the same
+   commit as its first attempt, and the final outcome of the last attempt in the same commit as
+   the payment's final fields, so a payment answered at once costs two commits (see `_Submission`).
 2. **Route.** The eligible providers (operation, currency, country) form a chain: the first
    registered eligible provider, then its configured backups. Providers the healer has failed
    over from, or that it measures as unhealthy, move to the end of the chain.
@@ -117,6 +119,30 @@ class NoRouteError(ValueError):
     """No registered provider supports this operation, currency and country."""
 
 
+class _KeyTaken(Exception):
+    """The idempotency key was claimed by another writer between the replay check and this
+    payment's first write (another process or replica): this submit is a replay after all."""
+
+    def __init__(self, existing: PaymentRecord) -> None:
+        super().__init__(existing.idempotency_key)
+        self.existing = existing
+
+
+@dataclass(slots=True)
+class _Submission:
+    """The store-call state of one payment while `submit` routes it.
+
+    The payment row is not written on its own: it is claimed (`create_payment`) in the same
+    transaction as its first attempt, so a payment costs one commit before its request leaves
+    instead of two. An attempt whose outcome ends the payment is written with the payment's final
+    fields (`finish_send`): one commit after the call instead of two.
+    """
+
+    claimed: bool = False
+    finished: PaymentAttempt | None = None
+    """An attempt whose outcome is known but not yet written: `_save` writes it with the payment."""
+
+
 class NoAnswer(Enum):
     """A status pull that returned no transaction: the provider has none (`NOT_FOUND`, which the
     provider's `MoneyTruth` grace turns into "ambiguous" or "never processed"), or it did not
@@ -192,6 +218,7 @@ class PaymentRouter:
         self._lanes: dict[str, ProviderLane] = {}
         self._failed_over: dict[str, str] = {}
         self._in_flight: dict[tuple[str, str], str] = {}  # (provider, reference) -> idempotency key
+        self._submissions: dict[int, _Submission] = {}  # id(record) -> its store-call state
         self._call_tokens = iter(range(1, 2**62))
         self.hang_detection = hang_detection
         """Hung in-flight calls trip the lane's breaker (off only for a baseline in benchmarks)."""
@@ -420,16 +447,37 @@ class PaymentRouter:
             next_check_at=now + RECONCILE_FIRST_CHECK_S,
             metadata=dict(request.metadata),
         )
-        existing = await self.payments.create_payment(record)
-        if existing is not None:
-            if not existing.same_request(record):
-                # Never echo the other payment's details: the key's owner may be someone else.
-                raise IdempotencyConflict(
-                    f"idempotency_key {request.idempotency_key!r} was already used for a different payment "
-                    "(another operation, amount, currency, phone or country); use a new key"
-                )
-            self.counters["replays"] += 1
-            return existing
+        # A replay is answered from a read (no commit); a new key is claimed atomically with the
+        # payment's first write (`_store_attempt`), which also catches a writer that raced us.
+        # `get_payment` also matches references: only a record under this very key is a replay.
+        existing = await self.payments.get_payment(request.idempotency_key)
+        if existing is not None and existing.idempotency_key == request.idempotency_key:
+            return self._replay(record, existing)
+        submission = _Submission()
+        self._submissions[id(record)] = submission
+        try:
+            return await self._route(request, record)
+        except _KeyTaken as taken:
+            # Lost a race for the key before anything was sent (the provider call comes after the
+            # claim). The lane's tallies and one rate-limit token may count this try: rare, harmless.
+            self.counters["payments"] -= 1
+            return self._replay(record, taken.existing)
+        finally:
+            # An outcome still unwritten here means submit is failing (the store raised, or it
+            # was cancelled): its attempt stays `sending`, and the reconciler resolves it by status.
+            del self._submissions[id(record)]
+
+    def _replay(self, record: PaymentRecord, existing: PaymentRecord) -> PaymentRecord:
+        if not existing.same_request(record):
+            # Never echo the other payment's details: the key's owner may be someone else.
+            raise IdempotencyConflict(
+                f"idempotency_key {record.idempotency_key!r} was already used for a different payment "
+                "(another operation, amount, currency, phone or country); use a new key"
+            )
+        self.counters["replays"] += 1
+        return existing
+
+    async def _route(self, request: PaymentRequest, record: PaymentRecord) -> PaymentRecord:
         self.counters["payments"] += 1
         started = self.clock.monotonic()
         try:
@@ -461,7 +509,18 @@ class PaymentRouter:
             record.next_check_at = record.updated_at + RECONCILE_FIRST_CHECK_S
         if record.status is TransactionStatus.NEEDS_OPERATOR_OTP:
             self.hold_for_otp(record)
-        await self.payments.save_payment(record)
+        submission = self._submissions.get(id(record))
+        if submission is not None and not submission.claimed:
+            # Nothing was attempted (no route): the payment is claimed with its final fields.
+            existing = await self.payments.create_payment(record)
+            if existing is not None:
+                raise _KeyTaken(existing)
+            submission.claimed = True
+        elif submission is not None and submission.finished is not None:
+            finished, submission.finished = submission.finished, None
+            await self.payments.finish_send(record, finished)
+        else:
+            await self.payments.save_payment(record)
         ok = record.status in (TransactionStatus.SUCCEEDED, TransactionStatus.PENDING)
         self.telemetry.record_payment(
             Outcome.SUCCESS if ok else Outcome.NOT_PROCESSED, (self.clock.monotonic() - started) * 1000
@@ -566,7 +625,11 @@ class PaymentRouter:
                     tally.retries_sent += 1
             # Durable before the request leaves: a crash from here on leaves an attempt that says
             # where the payment may be, and the restart resolves it by status, never by a resend.
-            sending = await self._begin_send(record, lane, attempt_started, reference)
+            try:
+                sending = await self._begin_send(record, lane, attempt_started, reference)
+            except BaseException:
+                permit.release()  # nothing was sent: the permit (maybe a half-open trial) is free
+                raise
             call_started = self.clock.monotonic()
             key = (lane.name, reference)
             self._in_flight[key] = request.idempotency_key
@@ -605,6 +668,8 @@ class PaymentRouter:
                     AttemptOutcome(exc.error_class.value),
                     exc.provider_message,
                     code=exc.code,
+                    # These end the payment here: the outcome is written with it by `_save`.
+                    final=exc.error_class in (ErrorClass.CUSTOMER, ErrorClass.INVALID_REQUEST),
                 )
                 if exc.error_class is ErrorClass.CUSTOMER:
                     # The customer's own state refused it: another provider meets the same
@@ -666,7 +731,7 @@ class PaymentRouter:
             if latency_ms >= NEAR_TIMEOUT_SHARE * 1000 * tunables.timeout_s:
                 self._near_timeout(lane.name, timed_out=False)
             await self._finish_send(
-                record, sending, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn
+                record, sending, latency_ms, AttemptOutcome.ACCEPTED, txn.status.value, txn=txn, final=True
             )
             self._adopt(record, lane.name, txn)
             record.accepted_at = attempt_started
@@ -874,9 +939,32 @@ class PaymentRouter:
             reference=reference,
             detail="sending",
         )
-        attempt.seq = await self.payments.begin_attempt(record.idempotency_key, attempt)
-        record.attempts.append(attempt)
+        await self._store_attempt(record, attempt)
         return attempt
+
+    async def _store_attempt(self, record: PaymentRecord, attempt: PaymentAttempt) -> None:
+        """Append `attempt` durably: with the payment row itself if this is its first write
+        (raises `_KeyTaken` when another writer holds the key), else as one more attempt."""
+        submission = self._submissions.get(id(record))
+        if submission is not None and submission.finished is not None:
+            # Never reached by the paths that defer an outcome; kept so attempts stay in order.
+            finished, submission.finished = submission.finished, None
+            await self.payments.finish_attempt(record.idempotency_key, finished)
+        if submission is None or submission.claimed:
+            attempt.seq = await self.payments.begin_attempt(record.idempotency_key, attempt)
+            record.attempts.append(attempt)
+            return
+        record.attempts.append(attempt)
+        try:
+            existing = await self.payments.create_payment(record)
+        except BaseException:
+            record.attempts.pop()
+            raise
+        if existing is not None:
+            record.attempts.pop()
+            raise _KeyTaken(existing)
+        submission.claimed = True
+        attempt.seq = len(record.attempts)  # `create_payment` numbers attempts by list order
 
     async def _finish_send(
         self,
@@ -888,7 +976,10 @@ class PaymentRouter:
         *,
         code: str | None = None,
         txn: ProviderTransaction | None = None,
+        final: bool = False,
     ) -> None:
+        """Record how a sent attempt ended. A `final` outcome (the payment ends with it) is
+        written by `_save` together with the payment, in one commit."""
         attempt.latency_ms = round(latency_ms, 3)
         attempt.outcome = outcome
         attempt.detail = detail
@@ -896,6 +987,10 @@ class PaymentRouter:
             attempt.reference = txn.reference or attempt.reference
             attempt.provider_reference = txn.provider_reference
         attempt.provider_code = code if code is not None else (txn.provider_code if txn is not None else None)
+        submission = self._submissions.get(id(record))
+        if final and submission is not None:
+            submission.finished = attempt
+            return
         await self.payments.finish_attempt(record.idempotency_key, attempt)
 
     async def _attempt(
@@ -921,8 +1016,7 @@ class PaymentRouter:
             provider_code=code if code is not None else (txn.provider_code if txn is not None else None),
             detail=detail,
         )
-        attempt.seq = await self.payments.begin_attempt(record.idempotency_key, attempt)
-        record.attempts.append(attempt)
+        await self._store_attempt(record, attempt)
 
     @staticmethod
     def _adopt(record: PaymentRecord, provider: str, txn: ProviderTransaction) -> None:
