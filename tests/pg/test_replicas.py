@@ -1,0 +1,220 @@
+"""The multi-replica drill: two `mcp-autonomy serve` processes on one PostgreSQL database.
+
+Everything goes through MCP (the SDK client) and HTTP, with real processes on loopback: one
+standalone sandbox (its ledgers are the ground truth of what was charged) and replicas sharing
+`MCP_AUTONOMY_DATABASE_URL` and the callback token, each with its own port and state directory.
+Times are real; every wait polls a condition until a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import mcp_types as types
+import pytest
+
+from mcp_autonomy.providers.intasend import IntaSendAdapter
+from mcp_autonomy.providers.mpesa import MpesaAdapter
+from tests.pg.replicas import ToolFailed, call_on, start_cluster, wait_for
+
+pytestmark = pytest.mark.anyio
+
+RACED_KEYS = 20
+KILL_SWITCH_BOUND_S = 1.0
+FANOUT_BOUND_S = 2.0
+TAKEOVER_BOUND_S = 5.0
+QUIET_WINDOW_S = 1.0
+"""How long B must stay silent about a resource before A changes it (a measurement window)."""
+
+
+def collect_arguments(key: str, n: int) -> dict[str, Any]:
+    return {
+        "idempotency_key": key,
+        "amount_minor": 100 * (100 + n),  # M-Pesa takes whole shillings
+        "currency": "KES",
+        "phone": f"+25471{n:07d}",
+        "country": "KE",
+        "description": "replica race",
+    }
+
+
+def references(key: str) -> set[str]:
+    """Our reference for `key` at each provider (the ledgers carry it)."""
+    return {MpesaAdapter.reference_for(key), IntaSendAdapter.reference_for(key)}
+
+
+# --- 1. one payment per idempotency key across replicas ------------------------------------
+
+
+async def test_same_key_on_two_replicas_at_once_is_one_payment_and_one_charge(
+    tmp_path: Path, pg_url: str
+) -> None:
+    keys = [f"race-{n:03d}" for n in range(RACED_KEYS)]
+    async with start_cluster(tmp_path, pg_url) as cluster:
+        a, b = cluster.replicas
+        answers: dict[tuple[str, str], dict[str, Any] | str] = {}
+        async with a.session() as on_a, b.session() as on_b:
+            go = anyio.Event()
+
+            async def pay(replica: str, client: Any, n: int, key: str) -> None:
+                await go.wait()
+                try:
+                    answers[(replica, key)] = await call_on(
+                        client, "request_payment", collect_arguments(key, n)
+                    )
+                except ToolFailed as exc:
+                    answers[(replica, key)] = exc.text
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for n, key in enumerate(keys):
+                        tg.start_soon(pay, "a", on_a, n, key)
+                        tg.start_soon(pay, "b", on_b, n, key)
+                    await anyio.lowlevel.checkpoint()  # every task waits on `go`: they start together
+                    go.set()
+
+        errors = {k: v for k, v in answers.items() if isinstance(v, str)}
+        assert not errors, f"some calls failed: {errors}\n{cluster.logs()}"
+        for key in keys:
+            on_a_record, on_b_record = answers[("a", key)], answers[("b", key)]
+            assert isinstance(on_a_record, dict) and isinstance(on_b_record, dict)
+            assert on_a_record["idempotency_key"] == on_b_record["idempotency_key"] == key
+            assert on_a_record["reference"] == on_b_record["reference"], (on_a_record, on_b_record)
+            assert on_a_record["created_at"] == on_b_record["created_at"], "two records for one key"
+            assert on_a_record["reference"] in references(key) and on_a_record["status"] != "failed", (
+                on_a_record
+            )
+
+        charged = Counter(entry["reference"] for entry in cluster.charges())
+        for key in keys:
+            count = sum(charged[reference] for reference in references(key))
+            assert count == 1, f"{key}: {count} charges in the ledgers ({charged})"
+        listed = (await a.rest("/autonomous/payments", limit=500)).json()
+        assert sorted(p["idempotency_key"] for p in listed["payments"]) == keys
+
+
+# --- 2. the kill switch set on one replica is applied by the other -------------------------
+
+
+async def test_kill_switch_set_on_a_shows_on_b_within_a_second(tmp_path: Path, pg_url: str) -> None:
+    async with start_cluster(tmp_path, pg_url) as cluster:
+        a, b = cluster.replicas
+        async with a.session() as on_a, b.session() as on_b:
+            before = await call_on(on_b, "get_status")
+            assert before["components"]["predictive_maintenance"]["mode"] == "on"
+            started = time.monotonic()
+            await call_on(
+                on_a,
+                "set_autonomy",
+                {"component": "predictive_maintenance", "mode": "dry_run", "reason": "replica drill"},
+            )
+
+            async def shown_on_b() -> bool | None:
+                status = await call_on(on_b, "get_status")
+                return True if status["components"]["predictive_maintenance"]["mode"] == "dry_run" else None
+
+            await wait_for(shown_on_b, 5.0, "B shows A's kill switch")
+            propagation_s = time.monotonic() - started
+        print(f"kill switch A -> B: {propagation_s * 1000:.0f} ms")
+        assert propagation_s < KILL_SWITCH_BOUND_S, f"{propagation_s:.3f} s\n{cluster.logs()}"
+        # The others stay as they were on both.
+        for replica in (a, b):
+            components = (await replica.status())["components"]
+            assert components["self_healer"]["mode"] == "on"
+
+
+# --- 3. events published on one replica reach the other's subscribers ----------------------
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str | None, str]]:
+    """(event, id, data) of a text/event-stream as it arrives."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "data" in fields:
+                yield fields.get("event", "message"), fields.get("id"), fields["data"]
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = fields[name] + "\n" + value if name in fields else value
+
+
+async def test_event_on_a_reaches_b_subscribers_and_dashboard_stream(tmp_path: Path, pg_url: str) -> None:
+    uri = "autonomy://providers/intasend"
+    async with start_cluster(tmp_path, pg_url) as cluster:
+        a, b = cluster.replicas
+        run_a = (await a.status())["run_id"]
+        notified_at: list[float] = []
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, types.ResourceUpdatedNotification) and str(message.params.uri) == uri:
+                notified_at.append(time.monotonic())
+
+        stream_event: dict[str, Any] = {}
+        stream_open, stream_seen = anyio.Event(), anyio.Event()
+
+        async def read_stream(reason: str) -> None:
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(10, read=30), trust_env=False) as http,
+                http.stream("GET", f"{b.base_url}/dashboard/stream") as response,
+            ):
+                assert response.status_code == 200
+                stream_open.set()
+                async for event, event_id, data in sse_events(response):
+                    if event != "engine":
+                        continue
+                    payload = json.loads(data)
+                    if (payload.get("data") or {}).get("reason") == reason and payload["id"].startswith(
+                        f"{run_a}-"
+                    ):
+                        stream_event.update(payload, sse_id=event_id, at=time.monotonic())
+                        stream_seen.set()
+                        return
+
+        reason = "fan-out drill"
+        async with b.session(message_handler=on_message) as on_b, anyio.create_task_group() as tg:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # resources/subscribe is deprecated in 2026-07-28 only
+                await on_b.subscribe_resource(uri)
+            tg.start_soon(read_stream, reason)
+            with anyio.fail_after(10):
+                await stream_open.wait()
+            # B alone says nothing about intasend (idle, no traffic): a notification after A's
+            # change can only come from A's event, which B hears through the cluster feed.
+            await anyio.sleep(QUIET_WINDOW_S)
+            assert not notified_at, f"B notified {uri} on its own ({len(notified_at)} times)"
+            started = time.monotonic()
+            async with a.session() as on_a:
+                await call_on(
+                    on_a,
+                    "set_backup_providers",
+                    {"primary": "intasend", "backups": [], "reason": "fan-out drill"},
+                )
+                await call_on(
+                    on_a, "set_autonomy", {"component": "auto_optimizer", "mode": "off", "reason": reason}
+                )
+
+            async def notified() -> float | None:
+                return next((t for t in notified_at if t >= started), None)
+
+            notified_s, _ = await wait_for(notified, FANOUT_BOUND_S, f"B notifies {uri} after A's event")
+            notify_s = notified_s - started
+            with anyio.fail_after(FANOUT_BOUND_S):
+                await stream_seen.wait()
+            tg.cancel_scope.cancel()
+        print(
+            f"A's event -> B resource notification {notify_s * 1000:.0f} ms, "
+            f"-> B dashboard stream {(stream_event['at'] - started) * 1000:.0f} ms"
+        )
+        assert stream_event["type"] == "autonomy_mode_changed"
+        assert stream_event["sse_id"] == stream_event["id"]
