@@ -24,7 +24,7 @@ import pytest
 
 from mcp_autonomy.providers.intasend import IntaSendAdapter
 from mcp_autonomy.providers.mpesa import MpesaAdapter
-from tests.pg.replicas import ToolFailed, call_on, start_cluster, wait_for
+from tests.pg.replicas import Cluster, Replica, ToolFailed, call_on, start_cluster, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -218,3 +218,83 @@ async def test_event_on_a_reaches_b_subscribers_and_dashboard_stream(tmp_path: P
         )
         assert stream_event["type"] == "autonomy_mode_changed"
         assert stream_event["sse_id"] == stream_event["id"]
+
+
+# --- 4. the healer's leader dies: the other replica takes over, and the incident with it --------
+
+
+def healer_leader(cluster: Cluster, status_by_replica: dict[str, dict[str, Any]]) -> Replica | None:
+    """The replica whose get_status says it leads self_healer (and the others agree)."""
+    leaders = [r for r in cluster if status_by_replica[r.name]["components"]["self_healer"]["is_leader"]]
+    if len(leaders) != 1:
+        return None
+    named = {status_by_replica[r.name]["components"]["self_healer"]["leader"] for r in cluster}
+    return leaders[0] if len(named) == 1 else None
+
+
+async def incidents_of(replica: Replica, provider: str) -> list[dict[str, Any]]:
+    """Every incident of `provider` in the shared store (open and resolved), newest first."""
+    answer = await replica.call("get_incidents", {"provider": provider, "limit": 500})
+    incidents: list[dict[str, Any]] = answer["incidents"]
+    return incidents
+
+
+async def test_healer_leader_killed_other_takes_over_and_keeps_the_open_incident(
+    tmp_path: Path, pg_url: str
+) -> None:
+    fast = {"SELF_HEALING_INTERVAL_MS": "500", "MPESA_PROBE_MIN_INTERVAL_S": "0"}
+    async with start_cluster(tmp_path, pg_url, extra_env=fast) as cluster:
+
+        async def one_leader() -> Replica | None:
+            return healer_leader(cluster, {r.name: await r.status() for r in cluster})
+
+        leader, _ = await wait_for(one_leader, 10.0, "one healer leader agreed by both")
+        follower = next(r for r in cluster if r is not leader)
+
+        # M-Pesa (the primary) goes down: the healer's leader opens an incident.
+        cluster.sandbox.control(
+            "POST", "/faults", json={"provider": "mpesa", "kind": "outage", "params": {"mode": "503"}}
+        )
+
+        async def incident_open() -> dict[str, Any] | None:
+            found = [i for i in await incidents_of(follower, "mpesa") if i["status"] == "open"]
+            return found[0] if found else None
+
+        incident, detect_s = await wait_for(incident_open, 15.0, "an open mpesa incident")
+        print(f"incident {incident['id']} open after {detect_s:.1f} s, leader {leader.name}")
+
+        leader.server.kill9()
+        killed_at, killed_wall_s = time.monotonic(), time.time()
+
+        async def follower_leads() -> bool | None:
+            healer = (await follower.status())["components"]["self_healer"]
+            return True if healer["is_leader"] else None
+
+        await wait_for(follower_leads, TAKEOVER_BOUND_S + 5, "the follower leads self_healer")
+        takeover_s = time.monotonic() - killed_at
+        print(f"self_healer takeover after kill -9: {takeover_s * 1000:.0f} ms")
+        assert takeover_s < TAKEOVER_BOUND_S, f"{takeover_s:.2f} s\n{cluster.logs()}"
+
+        # The new leader works on the incident it inherited: its healing attempts land on it
+        # (an action's event id starts with the run id of the replica that acted).
+        follower_run = (await follower.status())["run_id"]
+
+        async def new_action_on_incident() -> dict[str, Any] | None:
+            same = [i for i in await incidents_of(follower, "mpesa") if i["id"] == incident["id"]]
+            if not same:
+                return None
+            ours = [a for a in same[0]["actions"] if str(a["event_id"]).startswith(f"{follower_run}-")]
+            return same[0] if ours else None
+
+        await wait_for(new_action_on_incident, 10.0, "an action of the new leader on the same incident")
+        cluster.sandbox.control("DELETE", "/faults", params={"provider": "mpesa"})
+
+        async def resolved() -> dict[str, Any] | None:
+            found = await incidents_of(follower, "mpesa")
+            same = [i for i in found if i["id"] == incident["id"]]
+            return same[0] if same and same[0]["status"] == "resolved" else None
+
+        final, _ = await wait_for(resolved, 20.0, "the same incident resolved")
+        every = await incidents_of(follower, "mpesa")
+        assert [i["id"] for i in every] == [incident["id"]], f"a second incident was opened: {every}"
+        assert final["resolved_at"] > killed_wall_s
