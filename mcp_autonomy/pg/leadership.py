@@ -65,11 +65,22 @@ ON CONFLICT (loop) DO UPDATE SET epoch = leadership.epoch + 1, holder = excluded
     acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at
 RETURNING epoch
 """
+# The check is a plain read, which no row lock blocks: every fenced write holds its loop's row
+# FOR SHARE, and a heartbeat that waited on those would stall behind its own leader's writes (or
+# behind a frozen writer's open transaction). `renewed_at` is only for people reading the table,
+# so it skips a row that is locked at the moment.
 _HEARTBEAT = """
-UPDATE leadership AS l SET renewed_at = %s
-FROM unnest(%s::text[], %s::bigint[]) AS h(loop, epoch)
-WHERE l.loop = h.loop AND l.epoch = h.epoch AND l.holder = %s
-RETURNING l.loop
+WITH held AS (
+    SELECT * FROM unnest(%(loops)s::text[], %(epochs)s::bigint[]) AS h(loop, epoch)
+), renewable AS (
+    SELECT l.loop FROM leadership AS l JOIN held AS h ON l.loop = h.loop AND l.epoch = h.epoch
+    WHERE l.holder = %(holder)s
+    FOR NO KEY UPDATE OF l SKIP LOCKED
+), renewed AS (
+    UPDATE leadership AS l SET renewed_at = %(now)s FROM renewable AS r WHERE l.loop = r.loop
+)
+SELECT l.loop FROM leadership AS l JOIN held AS h ON l.loop = h.loop AND l.epoch = h.epoch
+WHERE l.holder = %(holder)s
 """
 # `held` asks the lock manager, not the row: a row outlives its holder's session.
 _OBSERVE = """
@@ -252,7 +263,10 @@ class ClusterLeadership:
 
     def step_down(self, loop: str, reason: str) -> None:
         """Stop leading `loop` now (a fenced write was refused): the lock is released by the next
-        round, which starts at once, and this replica waits `retry_s` before trying again."""
+        round, which starts at once, and this replica waits `retry_s` before trying again.
+
+        Call it from the event loop's thread (from a worker thread: `anyio.from_thread.run_sync`).
+        """
         state = self._state(loop)
         state.next_try_mono = self._clock.monotonic() + self.config.retry_s
         self._stop_leading(loop, reason)
@@ -427,7 +441,12 @@ class ClusterLeadership:
             return
         cursor = await conn.execute(
             _HEARTBEAT,
-            (started_at, [loop for loop, _ in held], [epoch for _, epoch in held], self._identity),
+            {
+                "loops": [loop for loop, _ in held],
+                "epochs": [epoch for _, epoch in held],
+                "holder": self._identity,
+                "now": started_at,
+            },
         )
         renewed = {str(row[0]) for row in await cursor.fetchall()}
         for loop, epoch in held:
@@ -450,9 +469,19 @@ class ClusterLeadership:
         state.locked = True
         # One statement, so one transaction: it waits for any write still fenced by the old epoch
         # (FOR SHARE in check_fence) to commit, and every later such write sees the new epoch.
-        taken = await (
-            await conn.execute(_TAKE_OVER, (loop, self._identity, started_at, started_at))
-        ).fetchone()
+        try:
+            taken = await (
+                await conn.execute(_TAKE_OVER, (loop, self._identity, started_at, started_at))
+            ).fetchone()
+        except psycopg.errors.QueryCanceled as exc:
+            # A write under the old epoch stays open past statement_timeout (its writer frozen in
+            # its transaction): give this loop back and retry later; the other loops and this
+            # session are unaffected (autocommit: the session is usable after a cancel).
+            _log.warning("leadership %s: takeover by %s timed out: %s", loop, self._identity, _short(exc))
+            await conn.execute(_UNLOCK, (LOCK_NAMESPACE, loop))
+            state.locked = False
+            state.next_try_mono = started_mono + self.config.retry_s
+            return
         assert taken is not None
         state.epoch = int(taken[0])
         state.heartbeat_mono, state.renewed_at = started_mono, started_at

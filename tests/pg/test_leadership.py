@@ -19,6 +19,7 @@ import pytest
 
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.pg.leadership import LOCK_NAMESPACE, ClusterLeadership, LeadershipConfig
+from mcp_autonomy.store import Fence
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPS = ("healer", "optimizer")
@@ -212,9 +213,8 @@ def test_sigstop_leader_is_deposed_and_fenced_after_resume(
     for loop in LOOPS:
         b.wait_for("write", loop=loop, epoch=2, ok=True)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        first_new = dict(
-            conn.execute("SELECT loop, min(id) FROM fenced_writes WHERE epoch = 2 GROUP BY loop")
-        )
+        rows = conn.execute("SELECT loop, min(id) FROM fenced_writes WHERE epoch = 2 GROUP BY loop")
+        first_new: dict[str, int] = {str(loop): int(first_id) for loop, first_id in rows}
 
     resumed_at = a.signal(signal.SIGCONT)
     for loop in LOOPS:
@@ -255,6 +255,14 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout_s:
         await anyio.sleep(0.01)
 
 
+async def tick(clock: ManualClock, *members: ClusterLeadership) -> None:
+    """One heartbeat of the manual clock, and every member's round (real I/O) finished."""
+    rounds = [member.rounds for member in members]
+    await clock.advance(CONFIG.heartbeat_s)
+    for member, before in zip(members, rounds, strict=True):
+        await member.wait_rounds(before + 1)
+
+
 async def lock_held(url: str, loop: str) -> bool:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cursor = await conn.execute(
@@ -280,8 +288,8 @@ async def test_is_leader_false_once_the_deadline_passes_without_heartbeat(
         assert a.fence("healer") is not None and a.fence("healer") == elector.fence()
         blocker = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
         async with blocker, blocker.transaction():
-            # The heartbeat waits on this row lock: no heartbeat succeeds from here on.
-            await blocker.execute("SELECT 1 FROM leadership WHERE loop = 'healer' FOR UPDATE")
+            # The heartbeat waits on this table lock: no heartbeat succeeds from here on.
+            await blocker.execute("LOCK TABLE leadership IN ACCESS EXCLUSIVE MODE")
             await clock.advance(CONFIG.heartbeat_s)
             assert a.is_leader("healer")
             await clock.advance(CONFIG.valid_for_s - CONFIG.heartbeat_s - 0.01)
@@ -330,6 +338,38 @@ async def test_step_down_releases_and_another_session_acquires(pg_url: str, cloc
         await eventually(lambda: a.leader_identity("healer") == "b")
         assert not a.is_leader("healer")  # a's retry found the lock taken
         a.stop()
+        b.stop()
+
+
+@pytest.mark.anyio
+async def test_a_takeover_blocked_by_an_open_old_epoch_write_gives_the_loop_back_only(
+    pg_url: str, clock: ManualClock
+) -> None:
+    a = ClusterLeadership(pg_url, identity="a", loops=["healer"], clock=clock, config=CONFIG)
+    fast_timeout = LeadershipConfig(
+        session_timeout_s=3.0, heartbeat_s=0.5, retry_s=1.0, statement_timeout_s=0.2
+    )
+    b = ClusterLeadership(pg_url, identity="b", loops=LOOPS, clock=clock, config=fast_timeout)
+    async with anyio.create_task_group() as tg:
+        await tg.start(a.run)
+        await tg.start(b.run)
+        assert a.is_leader("healer") and b.is_leader("optimizer") and not b.is_leader("healer")
+        writer = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        async with writer, writer.transaction():
+            # A write fenced by a's epoch, still open (its process frozen before the commit).
+            await writer.execute("SELECT 1 FROM leadership WHERE loop = 'healer' FOR SHARE")
+            await tick(clock, a, b)
+            a.stop()  # a's session ends; its write is still open
+            await eventually(lambda: _not(lock_held(pg_url, "healer")))
+            await tick(clock, b)  # b's retry of healer is due: the takeover waits, then gives up
+            assert not b.is_leader("healer")
+            assert not await lock_held(pg_url, "healer")
+            optimizer = b.fence("optimizer")
+            assert optimizer is not None and optimizer.epoch == 1  # same session, still leading
+        for _ in range(round(fast_timeout.retry_s / fast_timeout.heartbeat_s)):
+            await tick(clock, b)
+        assert b.is_leader("healer")
+        assert b.fence("healer") == Fence("healer", 2, "b")
         b.stop()
 
 
