@@ -4,9 +4,10 @@ Every replica keeps ONE dedicated session (not from a pool) in which it tries
 `pg_try_advisory_lock(LOCK_NAMESPACE, hashtext(loop))` for each loop it does not hold. Winning a
 lock increments the loop's epoch in `leadership`; every leader write carries that epoch as a
 `Fence` and is refused in its own transaction once a newer leader has taken over
-(`mcp_autonomy.pg.fencing.check_fence`). The leader heartbeats its rows every `heartbeat_s`; the
-server ends a session idle for `session_timeout_s` (`idle_session_timeout`), so a frozen leader
-(SIGSTOP, a long pause) loses its locks, and a killed one loses them at once.
+(`mcp_autonomy.pg.fencing.check_fence`). Every `heartbeat_s` the leader checks that its rows
+still hold its epoch (a query that also keeps the session busy); the server ends a session idle
+for `session_timeout_s` (`idle_session_timeout`), so a frozen leader (SIGSTOP, a long pause) loses
+its locks, and a killed one loses them at once.
 
 A replica trusts its own leadership only until `last heartbeat + session_timeout_s - heartbeat_s`
 by its own monotonic clock, re-checked on every read of `is_leader`: a process resumed after a
