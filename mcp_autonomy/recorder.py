@@ -17,11 +17,13 @@ import anyio
 from anyio.abc import TaskStatus
 
 from mcp_autonomy.events import Event, EventBus, Subscription
-from mcp_autonomy.store import StateStore
+from mcp_autonomy.store import StateStore, StoreError
 
 logger = logging.getLogger(__name__)
 
 RECORDER_BUFFER = 200_000
+RETRY_S = 1.0
+"""Wait between two writes while the store refuses them (an outage): the events wait in memory."""
 
 
 class EventRecorder:
@@ -36,6 +38,10 @@ class EventRecorder:
         self._subscription: Subscription | None = None
         self.written = 0
         self.skipped_remote = 0
+        self._unwritten: list[Event] = []
+        self.lost_in_outage = 0
+        """Events dropped because the store stayed unreachable past `buffer_size` waiting events."""
+        self.last_error: str | None = None
 
     def attach(self) -> None:
         """Start buffering events (before anything is published, so nothing is missed)."""
@@ -47,13 +53,28 @@ class EventRecorder:
         return 0 if self._subscription is None else self._subscription.dropped
 
     def _write(self, batch: list[Event]) -> int:
+        """Write this run's events of `batch` (and any an outage left waiting). While the store
+        refuses, they wait in memory (bounded), and `StoreError` is raised."""
         prefix = self._own_prefix
         own = [event for event in batch if event.id.startswith(prefix)]
         self.skipped_remote += len(batch) - len(own)
-        if own:
-            self._store.record_events(own)
-            self.written += len(own)
-        return len(own)
+        waiting = [*self._unwritten, *own]
+        if not waiting:
+            return 0
+        try:
+            self._store.record_events(waiting)
+        except StoreError as exc:
+            excess = len(waiting) - self._buffer_size
+            if excess > 0:
+                self.lost_in_outage += excess
+                waiting = waiting[excess:]
+            self._unwritten = waiting
+            self.last_error = str(exc)
+            raise
+        self._unwritten = []
+        self.last_error = None
+        self.written += len(waiting)
+        return len(waiting)
 
     def flush(self) -> int:
         """Write every pending event of this run now; returns how many."""
@@ -70,7 +91,15 @@ class EventRecorder:
         try:
             while True:
                 first = await subscription.get()
-                self._write([first, *subscription.drain()])
+                batch = [first, *subscription.drain()]
+                while True:
+                    try:
+                        self._write(batch)
+                        break
+                    except StoreError as exc:  # an outage: the events wait, and are tried again
+                        logger.warning("events not recorded yet (%d waiting): %s", len(self._unwritten), exc)
+                        await anyio.sleep(RETRY_S)
+                        batch = subscription.drain()
         finally:
             try:
                 self.flush()

@@ -477,6 +477,11 @@ class StateStore(Protocol):
 
     def delete_state(self, component: str, key: str, *, fence: Fence | None = None) -> None: ...
 
+    def claim_state(self, component: str, key: str, value: Any, *, timestamp: float) -> Any:
+        """Store `value` only if (component, key) has none; returns the value stored (the first
+        one written wins across replicas: e.g. the callback token every replica must share)."""
+        ...
+
 
 class AuditRecord(BaseModel):
     """One manual action as recorded in the audit log."""
@@ -839,6 +844,16 @@ class Store:
                 " updated_at = excluded.updated_at",
                 (component, key, json.dumps(value, default=str), timestamp),
             )
+
+    def claim_state(self, component: str, key: str, value: Any, *, timestamp: float) -> Any:
+        """Store `value` only if (component, key) has none; returns the value stored."""
+        with self._lock:
+            self._db().execute(
+                "INSERT INTO component_state (component, key, value, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(component, key) DO NOTHING",
+                (component, key, json.dumps(value, default=str), timestamp),
+            )
+        return self.get_state(component, key)
 
     def delete_state(self, component: str, key: str, *, fence: Fence | None = None) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -125,7 +126,9 @@ class PostgresServer:
     def stop(self) -> None:
         """Fast shutdown (what a database outage looks like to the replicas)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every session to end,
+            # which a LISTEN connection never does).
+            self.process.send_signal(signal.SIGINT)
             self.process.wait(timeout=15)
         self.process = None
 

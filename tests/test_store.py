@@ -335,3 +335,14 @@ def test_v6_file_migrates_with_counters_backfilled_and_kept(tmp_path: Path) -> N
         assert store.count_events_by_type() == {"prediction": 2}
     finally:
         store.close()
+
+
+def test_claim_state_keeps_the_first_value_written(state_store: StateStore) -> None:
+    """Replicas starting together must agree on one callback token: the first claim wins."""
+    assert state_store.claim_state("server", "callback_token", "first-token-value", timestamp=1.0) == (
+        "first-token-value"
+    )
+    assert state_store.claim_state("server", "callback_token", "second-token-val", timestamp=2.0) == (
+        "first-token-value"
+    )
+    assert state_store.get_state("server", "callback_token") == "first-token-value"

@@ -4,6 +4,12 @@ A component runs its `tick()` every `interval_s` seconds of the injected clock w
 `on` or `dry_run`. In `dry_run` it decides and reports (events flagged `dry_run`) but acts on
 nothing; in `off` the loop stays alive but idle, so an operator can turn it back on at run time.
 An operator's mode survives a restart (it is stored), and wins over the settings until changed.
+
+Across replicas (PostgreSQL store) each loop has one leader: a component given a `LoopLeader`
+runs `tick()` only while this replica leads it, and `follower_tick()` (measure, never act)
+otherwise. Becoming leader runs the `elected_hooks` first (reload the shared state the previous
+leader left), and a write refused by the leadership epoch (`LeadershipLost`) makes the component
+step down at once: a leader that froze and woke up never acts on stale leadership.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -20,11 +27,15 @@ from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import Fence, LeadershipLost, StateStore
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_LOOP_TASK: ContextVar[str | None] = ContextVar("mcp_autonomy_loop_task", default=None)
+"""The component whose loop runs in this task: its writes are leader writes, so they are fenced.
+Writes made elsewhere (an operator's tool call on any replica) carry no fence."""
 
 
 class Mode(StrEnum):
@@ -36,6 +47,78 @@ class Mode(StrEnum):
 
 
 ModeSource = Literal["settings", "operator"]
+
+
+class LoopLeader(Protocol):
+    """Who leads one loop across the replicas, as this replica sees it."""
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this replica leads the loop (re-checked against its deadline on every read)."""
+        ...
+
+    @property
+    def leader_identity(self) -> str | None:
+        """The replica that leads the loop now; None when nobody does (or it is unknown)."""
+        ...
+
+    def fence(self) -> Fence | None:
+        """The fence a leader write carries. None: writes are not fenced (one process). Raises
+        `LeadershipLost` when fencing is required and this replica no longer leads."""
+        ...
+
+    def step_down(self, reason: str) -> None:
+        """Stop leading now (a fenced write was refused)."""
+        ...
+
+
+class SoleLeader:
+    """One process, one engine: this process always leads every loop, and writes are unfenced."""
+
+    @property
+    def is_leader(self) -> bool:
+        return True
+
+    @property
+    def leader_identity(self) -> str | None:
+        return None
+
+    def fence(self) -> Fence | None:
+        return None
+
+    def step_down(self, reason: str) -> None:
+        logger.warning("a single-process loop was asked to step down (%s): ignored", reason)
+
+
+SOLE_LEADER = SoleLeader()
+
+
+class FencedLeader:
+    """A loop led by one replica of several: every leader write must carry a fence.
+
+    Wraps an elector whose `fence()` returns None when this replica does not lead; here that
+    becomes `LeadershipLost`, so a write can never slip through unfenced."""
+
+    def __init__(self, loop: str, elector: LoopLeader) -> None:
+        self.loop = loop
+        self.elector = elector
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector.is_leader
+
+    @property
+    def leader_identity(self) -> str | None:
+        return self.elector.leader_identity
+
+    def fence(self) -> Fence:
+        fence = self.elector.fence()
+        if fence is None:
+            raise LeadershipLost(self.loop, 0, "this replica does not lead the loop")
+        return fence
+
+    def step_down(self, reason: str) -> None:
+        self.elector.step_down(reason)
 
 
 class ComponentStatus(BaseModel):
@@ -56,6 +139,13 @@ class ComponentStatus(BaseModel):
     last_error: str | None = None
     actions_taken: int = 0
     actions_skipped_dry_run: int = 0
+    is_leader: bool = Field(
+        True, description="Whether this replica leads the loop (acts); followers measure and apply"
+    )
+    leader: str | None = Field(
+        None, description="The replica leading the loop (null: this single process, or nobody yet)"
+    )
+    leadership_lost: int = Field(0, description="Times a write of this loop was refused by the epoch check")
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -65,7 +155,7 @@ class Component(ABC):
     name: str = "component"
 
     def __init__(
-        self, *, clock: Clock, bus: EventBus, store: Store, enabled: bool, interval_s: float
+        self, *, clock: Clock, bus: EventBus, store: StateStore, enabled: bool, interval_s: float
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"{self.name}: interval_s must be > 0, got {interval_s}")
@@ -87,6 +177,14 @@ class Component(ABC):
         self._last_error: str | None = None
         self._actions_taken = 0
         self._actions_dry_run = 0
+        self.leadership: LoopLeader = SOLE_LEADER
+        self._gated = False
+        self._leading = True
+        self._leadership_lost = 0
+        self.elected_hooks: list[Callable[[], None]] = []
+        """Run (in order) when this replica becomes the loop's leader, before its first tick."""
+        self.deposed_hooks: list[Callable[[], None]] = []
+        """Run when this replica stops leading the loop (undo what only a leader may keep)."""
 
     # --- mode (the kill switch) ---------------------------------------------------------
 
@@ -105,6 +203,23 @@ class Component(ABC):
             self._mode = Mode(stored)
             self._mode_source = "operator"
 
+    def apply_stored_mode(self, value: object) -> None:
+        """Apply a mode another replica stored (the shared kill switch); None: back to settings.
+
+        Not persisted again and not published again: the replica that set it did both."""
+        if value is None:
+            mode, source = self._settings_mode, "settings"
+        else:
+            try:
+                mode, source = Mode(str(value)), "operator"
+            except ValueError:
+                logger.warning("%s: ignoring unknown stored mode %r", self.name, value)
+                return
+        if mode is not self._mode:
+            logger.info("%s: mode %s -> %s (set on another replica)", self.name, self._mode.value, mode.value)
+        self._mode = mode
+        self._mode_source = "operator" if source == "operator" else "settings"
+
     def set_mode(self, mode: Mode, *, reason: str, actor: str = "operator") -> Mode:
         """Change the mode now, persist it, and publish the change. Returns the previous mode."""
         previous = self._mode
@@ -119,6 +234,91 @@ class Component(ABC):
             data={"from": previous.value, "to": mode.value, "reason": reason, "actor": actor},
         )
         return previous
+
+    # --- leadership ---------------------------------------------------------------------
+
+    def use_leadership(self, leader: LoopLeader, *, gate: bool = True) -> None:
+        """Lead this loop only while `leader` says so. `gate=False`: the component checks
+        leadership itself (the scaler), and only its writes are fenced."""
+        self.leadership = leader
+        self._gated = gate
+        self._leading = False
+
+    def fence(self) -> Fence | None:
+        """The fence for a leader write now (raises `LeadershipLost` when no longer leading)."""
+        return self.leadership.fence()
+
+    def write_fence(self) -> Fence | None:
+        """The fence a write made now must carry: the leader's when made by this loop's own task
+        (raises `LeadershipLost` if that leadership is gone), none for an operator's action."""
+        if _LOOP_TASK.get() == self.name:
+            return self.leadership.fence()
+        return None
+
+    def _deposed(self) -> None:
+        if not self._leading:
+            return
+        self._leading = False
+        logger.warning("%s: this replica no longer leads the loop", self.name)
+        for hook in self.deposed_hooks:
+            try:
+                hook()
+            except Exception:  # undoing is best effort: the new leader starts from the store
+                logger.exception("%s: a deposed hook failed", self.name)
+
+    def _lost_leadership(self, exc: LeadershipLost) -> None:
+        self._leadership_lost += 1
+        self._deposed()
+        logger.warning("%s: stepping down: %s", self.name, exc)
+        self.leadership.step_down(str(exc))
+        self.bus.emit(
+            EventType.COMPONENT_ERROR,
+            component=self.name,
+            severity=Severity.WARNING,
+            message=f"{self.name} stepped down: {exc}",
+            data={"leadership_lost": True, "epoch": exc.epoch},
+        )
+
+    def _become_leader(self) -> None:
+        logger.info("%s: this replica leads the loop now", self.name)
+        for hook in self.elected_hooks:
+            hook()
+        self._leading = True
+
+    async def _step(self) -> None:
+        """One turn of the loop: the leader ticks, a follower only measures."""
+        if self._gated:
+            leading = self.leadership.is_leader
+            if leading and not self._leading:
+                try:
+                    self._become_leader()
+                except LeadershipLost as exc:
+                    self._lost_leadership(exc)
+                    return
+                except Exception as exc:  # a reload that failed: stay a follower, try again next turn
+                    self._errors += 1
+                    self._last_error = f"taking over failed: {type(exc).__name__}: {exc}"
+                    logger.exception("%s: taking over failed", self.name)
+                    return
+            elif not leading:
+                self._deposed()
+            if not leading:
+                if self._mode is not Mode.OFF:
+                    await self._contain(self.follower_tick)
+                return
+        if self._mode is not Mode.OFF:
+            await self.run_tick()
+
+    async def follower_tick(self) -> None:  # noqa: B027 - optional hook
+        """What a replica that does not lead the loop does each turn: measure, never act."""
+
+    async def _contain(self, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except Exception as exc:  # a follower's measurement failing must not kill the loop
+            self._errors += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("%s follower tick failed", self.name)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -138,6 +338,7 @@ class Component(ABC):
             self._scope.cancel()
 
     async def _run_scoped(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        _LOOP_TASK.set(self.name)
         with anyio.CancelScope() as scope:
             self._scope = scope
             self._running = True
@@ -152,8 +353,7 @@ class Component(ABC):
             try:
                 await self.on_start()
                 while True:
-                    if self._mode is not Mode.OFF:
-                        await self.run_tick()
+                    await self._step()
                     await self.clock.sleep(self.interval_s)
             finally:
                 self._running = False
@@ -167,6 +367,8 @@ class Component(ABC):
         started = self.clock.monotonic()
         try:
             await self.tick()
+        except LeadershipLost as exc:  # stale leadership: nothing was written, stop acting now
+            self._lost_leadership(exc)
         except Exception as exc:  # a failing tick is reported, and the loop lives on
             self._errors += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
@@ -236,5 +438,8 @@ class Component(ABC):
             last_error=self._last_error,
             actions_taken=self._actions_taken,
             actions_skipped_dry_run=self._actions_dry_run,
+            is_leader=self.leadership.is_leader,
+            leader=self.leadership.leader_identity,
+            leadership_lost=self._leadership_lost,
             details=self.details(),
         )

@@ -24,7 +24,7 @@ from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerState
 from mcp_autonomy.resilience.health import PASSIVE_WINDOW_S, HealthSnapshot, HealthStatus, HealthTransition
 from mcp_autonomy.resilience.router import PaymentRouter
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SelfHealer(Component):
         *,
         clock: Clock,
         bus: EventBus,
-        store: Store,
+        store: StateStore,
         providers: ProviderRegistry,
         router: PaymentRouter,
         enabled: bool,
@@ -107,26 +107,36 @@ class SelfHealer(Component):
 
     async def tick(self) -> None:
         for entry in self.providers.entries():
-            snapshot = self.router.telemetry.provider(entry.name).snapshot(PASSIVE_WINDOW_S)
-            self._publish(
-                entry, entry.health.record_passive(snapshot.requests, snapshot.error_rate, self.clock.now())
-            )
-            # Only an open period still running is evidence: a failed-over provider gets no calls,
-            # so its breaker stays OPEN past `open_until` until a call tries it, and would
-            # otherwise keep a recovered provider unhealthy. An operator's FORCED_OPEN is a
-            # decision, not a measurement.
-            breaker = self.router.lane(entry.name).breaker.snapshot()
-            breaker_open = breaker.state is BreakerState.OPEN and (
-                breaker.open_until is None or self.clock.now() < breaker.open_until
-            )
-            self._publish(entry, entry.health.record_breaker(breaker_open, self.clock.now()))
-            await self.probe(entry)
+            await self._observe(entry)
             if entry.health.status is HealthStatus.UNHEALTHY:
                 await self._maybe_fail_over(entry)
                 await self._maybe_auto_heal(entry)
             elif entry.health.status is HealthStatus.HEALTHY:
                 self._given_up.discard(entry.name)
                 await self._maybe_fail_back(entry)
+
+    async def follower_tick(self) -> None:
+        """Another replica leads healing: keep this replica's view of every provider's health
+        measured (its own calls, its own probes), and act on nothing."""
+        for entry in self.providers.entries():
+            await self._observe(entry)
+
+    async def _observe(self, entry: ProviderEntry) -> None:
+        """Fold this replica's passive evidence, breaker and a probe into the provider's health."""
+        snapshot = self.router.telemetry.provider(entry.name).snapshot(PASSIVE_WINDOW_S)
+        self._publish(
+            entry, entry.health.record_passive(snapshot.requests, snapshot.error_rate, self.clock.now())
+        )
+        # Only an open period still running is evidence: a failed-over provider gets no calls,
+        # so its breaker stays OPEN past `open_until` until a call tries it, and would
+        # otherwise keep a recovered provider unhealthy. An operator's FORCED_OPEN is a
+        # decision, not a measurement.
+        breaker = self.router.lane(entry.name).breaker.snapshot()
+        breaker_open = breaker.state is BreakerState.OPEN and (
+            breaker.open_until is None or self.clock.now() < breaker.open_until
+        )
+        self._publish(entry, entry.health.record_breaker(breaker_open, self.clock.now()))
+        await self.probe(entry)
 
     async def _maybe_fail_over(self, entry: ProviderEntry) -> None:
         if entry.name in self.router.failed_over or not entry.backups:

@@ -30,13 +30,14 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
+from mcp_autonomy.autonomy.component import SOLE_LEADER, LoopLeader
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.breaker import BreakerState
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.router import PaymentRouter
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import LeadershipLost, StateStore
 from mcp_autonomy.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class IncidentTracker:
         *,
         clock: Clock,
         bus: EventBus,
-        store: Store,
+        store: StateStore,
         providers: ProviderRegistry,
         router: PaymentRouter,
         telemetry: Telemetry,
@@ -137,6 +138,8 @@ class IncidentTracker:
         self.telemetry = telemetry
         self.run_id = run_id
         self._open: dict[str, Incident] = {}
+        self.leadership: LoopLeader = SOLE_LEADER
+        """Across replicas only the healer's leader tracks incidents (set by the system)."""
         self._observers: list[IncidentObserver] = []
         self._detach: Callable[[], None] | None = None
         self._seq = 0
@@ -153,7 +156,8 @@ class IncidentTracker:
             self._detach = None
 
     def load(self) -> None:
-        """Take back the incidents a previous run left open."""
+        """Take back the incidents left open (by a previous run, or by the previous leader)."""
+        self._open = {}
         for raw in self.store.list_records("incidents", statuses=[IncidentStatus.OPEN.value]):
             incident = Incident.model_validate_json(raw)
             key = SYSTEM_KEY if incident.scope is IncidentScope.SYSTEM else incident.provider or SYSTEM_KEY
@@ -221,10 +225,13 @@ class IncidentTracker:
     # --- the listener -------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if event.component == COMPONENT:
+        if event.component == COMPONENT or not self.leadership.is_leader:
             return
         try:
             self._handle(event)
+        except LeadershipLost as exc:  # a stale leader: nothing written; the new leader tracks
+            logger.warning("incident tracking stepped down: %s", exc)
+            self.leadership.step_down(str(exc))
         except Exception:  # a listener must never break the publisher
             logger.exception("incident tracking failed on %s", event.type)
 
@@ -383,9 +390,12 @@ class IncidentTracker:
 
     def link_prediction(self, incident: Incident, prediction_id: str) -> None:
         """Record that `prediction_id` foresaw this incident (called by the predictor)."""
-        if prediction_id not in incident.predicted_by:
+        if prediction_id not in incident.predicted_by and self.leadership.is_leader:
             incident.predicted_by.append(prediction_id)
-            self._save(incident)
+            try:
+                self._save(incident)
+            except LeadershipLost as exc:  # the healer's leader (elsewhere now) owns the incident
+                logger.warning("prediction %s not linked to %s: %s", prediction_id, incident.id, exc)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -399,6 +409,7 @@ class IncidentTracker:
             status=incident.status.value,
             at=incident.opened_at,
             record=incident.model_dump_json(),
+            fence=self.leadership.fence(),
         )
 
     def _notify(self, incident: Incident) -> None:

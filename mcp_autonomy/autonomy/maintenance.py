@@ -30,7 +30,7 @@ from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.router import PaymentRouter
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import Fence, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class MaintenanceScheduler:
         *,
         clock: Clock,
         bus: EventBus,
-        store: Store,
+        store: StateStore,
         providers: ProviderRegistry | None,
         router: PaymentRouter | None,
         traffic: TrafficProfile,
@@ -213,10 +213,13 @@ class MaintenanceScheduler:
         self.duration_s = duration_s
         self.min_lead_s = min_lead_s
         self.heal: HealFn | None = None
+        self.write_fence: Callable[[], Fence | None] = lambda: None
+        """The fence of the predictor's leadership for writes made by its loop (set by it)."""
         self._windows: dict[str, MaintenanceWindow] = {}
 
     def load(self) -> None:
         """Take back the windows a previous run left scheduled or in progress."""
+        self._windows = {}
         for raw in self.store.list_records(
             "maintenance_windows", statuses=[s.value for s in ACTIVE_STATUSES], limit=10_000
         ):
@@ -426,4 +429,5 @@ class MaintenanceScheduler:
                 status=window.status.value,
                 at=window.start_at,
                 record=window.model_dump_json(),
+                fence=self.write_fence(),
             )

@@ -93,7 +93,7 @@ from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.resilience.canary import ArmTally
 from mcp_autonomy.resilience.router import NEAR_TIMEOUT_SHARE
 from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import StateStore
 from mcp_autonomy.telemetry import Outcome
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ class AutoOptimizer(Component):
         *,
         clock: Clock,
         bus: EventBus,
-        store: Store,
+        store: StateStore,
         enabled: bool,
         interval_s: float,
         conservative: bool,
@@ -349,6 +349,45 @@ class AutoOptimizer(Component):
                 except ValidationError as exc:  # a value from an older version's bounds: keep defaults
                     logger.warning("ignoring stored tunables of %s: %s", provider, exc)
 
+    def apply_shared_state(self, key: str, value: Any) -> None:
+        """Adopt tunables or pins the optimizer's leader (another replica) kept, so every replica
+        routes with the same values. Unknown keys are ignored; a value out of bounds is logged."""
+        if key == STATE_PINS and isinstance(value, dict):
+            self._pins = {
+                str(provider): {str(k): float(v) for k, v in dict(pins).items()}
+                for provider, pins in value.items()
+            }
+        elif key == STATE_TUNABLES and isinstance(value, dict):
+            if self.router is None or self.providers is None:
+                return
+            for provider, values in value.items():
+                if provider not in self.providers or provider in self._experiments:
+                    continue
+                try:
+                    tunables = ProviderTunables.model_validate(values)
+                except ValidationError as exc:
+                    logger.warning("ignoring shared tunables of %s: %s", provider, exc)
+                    continue
+                if tunables != self.router.lane(provider).tunables:
+                    self.router.set_tunables(provider, tunables)
+
+    def abandon_experiments(self) -> None:
+        """This replica stopped leading: its running experiments end here (the new leader records
+        them as interrupted) and every lane goes back to the values kept in the store."""
+        if self.router is not None:
+            for provider in self._experiments:
+                self.router.stop_canary(provider)
+        self._experiments = {}
+        if self.store.is_open:
+            self.apply_shared_state(STATE_TUNABLES, self.store.get_state(self.name, STATE_TUNABLES, {}))
+
+    def reload(self) -> None:
+        """Start over from the store (this replica just became the optimizer's leader): the
+        previous leader's unfinished experiments end as interrupted, its kept values apply."""
+        self._optimizations = {}
+        self._experiments = {}
+        self.load()
+
     def _save_tunables(self) -> None:
         if self.router is None or self.providers is None or not self.store.is_open:
             return
@@ -357,11 +396,14 @@ class AutoOptimizer(Component):
             STATE_TUNABLES,
             {name: self.router.lane(name).tunables.model_dump() for name in self.providers.names()},
             timestamp=self.clock.now(),
+            fence=self.write_fence(),
         )
 
     def _save_pins(self) -> None:
         if self.store.is_open:
-            self.store.set_state(self.name, STATE_PINS, self._pins, timestamp=self.clock.now())
+            self.store.set_state(
+                self.name, STATE_PINS, self._pins, timestamp=self.clock.now(), fence=self.write_fence()
+            )
 
     def _save(self, record: Optimization) -> None:
         self._optimizations[record.id] = record
@@ -373,6 +415,7 @@ class AutoOptimizer(Component):
                 status=record.status.value,
                 at=record.created_at,
                 record=record.model_dump_json(),
+                fence=self.write_fence(),
             )
 
     # --- the loop -----------------------------------------------------------------------

@@ -40,7 +40,7 @@ from mcp_autonomy.autonomy.maintenance import MaintenanceScheduler, MaintenanceW
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import StateStore
 
 if TYPE_CHECKING:
     from mcp_autonomy.autonomy.detection import StreamingDetector
@@ -133,7 +133,7 @@ class PredictiveMaintenance(Component):
         *,
         clock: Clock,
         bus: EventBus,
-        store: Store,
+        store: StateStore,
         enabled: bool,
         interval_s: float,
         sensitivity: Sensitivity,
@@ -156,6 +156,7 @@ class PredictiveMaintenance(Component):
         self.maintenance = MaintenanceScheduler(
             clock=clock, bus=bus, store=store, providers=providers, router=router, traffic=self.traffic
         )
+        self.maintenance.write_fence = self.write_fence
         if incidents is not None:
             incidents.add_observer(self._on_incident)
         self._breaker_opens: dict[str, int] = {}
@@ -172,6 +173,7 @@ class PredictiveMaintenance(Component):
 
     def load(self) -> None:
         """Reload predictions, maintenance windows and the traffic profile from the store."""
+        self._predictions = {}
         for raw in self.store.list_records("predictions", limit=MAX_PREDICTIONS_IN_MEMORY):
             prediction = Prediction.model_validate_json(raw)
             self._predictions[prediction.id] = prediction
@@ -234,7 +236,9 @@ class PredictiveMaintenance(Component):
                     prediction.series = series
                     self.record(prediction)
         if self.store.is_open:
-            self.store.set_state(self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now)
+            self.store.set_state(
+                self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now, fence=self.write_fence()
+            )
 
     def _prediction_builder(self) -> PredictionBuilder:
         if self._builder is None:
@@ -455,6 +459,7 @@ class PredictiveMaintenance(Component):
                 status=prediction.status.value,
                 at=prediction.created_at,
                 record=prediction.model_dump_json(),
+                fence=self.write_fence(),
             )
 
     def maintenance_windows(self, **filters: Any) -> list[MaintenanceWindow]:

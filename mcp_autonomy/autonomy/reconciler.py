@@ -82,11 +82,18 @@ class PaymentLocks:
         async def __aenter__(self) -> None:
             lock, users = self._owner._locks.get(self._key, (anyio.Lock(), 0))
             self._owner._locks[self._key] = (lock, users + 1)
-            await lock.acquire()
+            try:
+                await lock.acquire()
+            except BaseException:  # cancelled while waiting: no longer a user of the lock
+                self._leave()
+                raise
 
         async def __aexit__(self, *exc: object) -> None:
+            self._owner._locks[self._key][0].release()
+            self._leave()
+
+        def _leave(self) -> None:
             lock, users = self._owner._locks[self._key]
-            lock.release()
             if users <= 1:
                 del self._owner._locks[self._key]
             else:
@@ -149,6 +156,8 @@ class PaymentReconciler:
         self._flagged: set[tuple[str, str]] = set()
         self.ticks = 0
         self.last_tick: ReconcileTick | None = None
+        self.is_leader: Callable[[], bool] = lambda: True
+        """Across replicas only the reconciler's leader pulls due payments (set by the system)."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -160,7 +169,8 @@ class PaymentReconciler:
         task_status.started()
         while True:
             try:
-                await self.tick()
+                if self.is_leader():
+                    await self.tick()
             except Exception:  # a failing pass must not stop the next one
                 logger.exception("payment reconciliation failed")
             await self.clock.sleep(RECONCILE_TICK_S)

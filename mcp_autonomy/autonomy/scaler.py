@@ -34,7 +34,7 @@ from mcp_autonomy.autonomy.scaling.policy import (
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventBus, EventType, Severity
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class AutoScaler(Component):
         *,
         clock: Clock,
         bus: EventBus,
-        store: Store,
+        store: StateStore,
         backend: ScaleBackend,
         load_source: LoadSource,
         enabled: bool,
@@ -138,7 +138,7 @@ class AutoScaler(Component):
             return
         self._last_sample_at = now
         if self.store.is_open:
-            self.store.record_load(now, load, keep_s=LOAD_HISTORY_S)
+            self.store.record_load(now, load, keep_s=LOAD_HISTORY_S, fence=self.write_fence())
 
     async def tick(self) -> None:
         if not self.is_leader():

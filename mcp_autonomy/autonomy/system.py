@@ -3,6 +3,13 @@
 `async with system.running():` opens the store, initialises the providers and runs every loop
 in one anyio TaskGroup; leaving the block cancels the group and waits for every loop to stop.
 The server layer (MCP tools, REST) calls the methods here and nothing else.
+
+Two store backends: SQLite (the default; this process only) and PostgreSQL (selected by
+`MCP_AUTONOMY_DATABASE_URL`; shared by every replica). With PostgreSQL, payments, idempotency
+keys, callbacks, the kill switch, the failover map, kept tunables, incidents, predictions,
+optimizations, the audit log and events are shared; one replica leads each loop (an advisory
+lock with a fencing epoch) and the others serve payments, measure, and apply the shared decisions
+(`mcp_autonomy.autonomy.cluster`).
 """
 
 from __future__ import annotations
@@ -19,11 +26,18 @@ from pydantic import BaseModel, Field
 
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.callback_inbox import CallbackInbox, CallbackReceipt
-from mcp_autonomy.autonomy.component import Component, ComponentStatus, Mode
+from mcp_autonomy.autonomy.cluster import RetentionPruner, SharedStateSync, StoreHealth, StoreStatus
+from mcp_autonomy.autonomy.component import Component, ComponentStatus, FencedLeader, LoopLeader, Mode
 from mcp_autonomy.autonomy.healer import HealResult, SelfHealer
 from mcp_autonomy.autonomy.incidents import Incident, IncidentStatus, IncidentTracker
 from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWindow
-from mcp_autonomy.autonomy.optimizer import AutoOptimizer, Optimization, ProviderConfig
+from mcp_autonomy.autonomy.optimizer import (
+    STATE_PINS,
+    STATE_TUNABLES,
+    AutoOptimizer,
+    Optimization,
+    ProviderConfig,
+)
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus, PredictiveMaintenance
 from mcp_autonomy.autonomy.reconciler import PaymentLocks, PaymentReconciler
 from mcp_autonomy.autonomy.scaler import AutoScaler, ScaleResult
@@ -56,7 +70,7 @@ from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.payment_store import SqlitePaymentStore
-from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord
+from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord, PaymentStore
 from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
@@ -64,7 +78,7 @@ from mcp_autonomy.resilience.breaker import BreakerConfig
 from mcp_autonomy.resilience.customer_errors import CustomerErrorStorm
 from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
 from mcp_autonomy.resilience.router import LaneStatus, PaymentRouter
-from mcp_autonomy.store import AuditRecord, Store
+from mcp_autonomy.store import AuditRecord, StateStore, Store, StoreUnavailable
 from mcp_autonomy.telemetry import Telemetry, TelemetrySnapshot
 
 logger = logging.getLogger(__name__)
@@ -77,6 +91,8 @@ COMPONENT_NAMES: tuple[ComponentName, ...] = (
     "auto_optimizer",
 )
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
+LEADER_LOOPS: tuple[str, ...] = (*COMPONENT_NAMES, "reconciler")
+"""The loops one replica leads across the cluster (PostgreSQL store)."""
 
 
 class ProviderStatus(BaseModel):
@@ -130,6 +146,12 @@ class SystemStatus(BaseModel):
     providers: list[ProviderStatus]
     scaling: ReplicaState | None
     scaling_leader: LeaderStatus | None = Field(description="Who decides scaling (leader election)")
+    replica: str = Field(description="This replica's identity (what `leadership` names)")
+    leadership: dict[str, LeaderStatus] = Field(
+        description="For each loop (self_healer, auto_scaler, predictive_maintenance, auto_optimizer, "
+        "reconciler): the replica that leads it and whether this one does"
+    )
+    store: StoreStatus
     events: EventBusStatus
 
 
@@ -143,6 +165,10 @@ class ComponentSummary(BaseModel):
     errors: int
     last_error: str | None
     actions_taken: int
+    is_leader: bool = Field(description="Whether this replica leads (acts for) the loop")
+    leader: str | None = Field(
+        description="The replica leading the loop; null: this single process or nobody yet"
+    )
 
 
 class ProviderSummary(BaseModel):
@@ -172,6 +198,8 @@ class StatusSummary(BaseModel):
     scaling: ReplicaState | None
     scaling_leader: str | None = Field(description="The replica that decides scaling (this one: `is_leader`)")
     is_leader: bool
+    replica: str
+    store_reachable: bool | None = Field(description="Whether the store answers (null until measured)")
     events_published: int
     events_dropped: int
 
@@ -190,6 +218,12 @@ class SystemStats(BaseModel):
     predictions: dict[str, Any]
     optimizations: dict[str, Any]
     payments: dict[str, Any]
+
+
+def _redacted(url: str) -> str:
+    from mcp_autonomy.pg.connect import redact_url
+
+    return redact_url(url)
 
 
 def scaling_policy(settings: Settings) -> ScalingPolicy:
@@ -233,14 +267,34 @@ class AutonomousSystem:
         self.settings = settings if settings is not None else load_settings()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.run_id = uuid.uuid4().hex[:12]
-        self.store = Store(self.settings.db_path)
+        self.replica = pod_identity(self.settings.pod_name)
+        database_url = self.settings.database_url
+        self._database_url = None if database_url is None else database_url.get_secret_value()
+        self.store: StateStore
+        self.payments: PaymentStore
+        self.payment_locks: PaymentLocks
+        if self._database_url is None:
+            self.store = Store(self.settings.db_path)
+        else:
+            from mcp_autonomy.pg.store import PostgresStore
+
+            self.store = PostgresStore(self._database_url, origin=self.run_id)
         self.events = EventBus(self.clock, history_size=self.settings.event_history, run_id=self.run_id)
         self.recorder = EventRecorder(self.events, self.store)
         self.recorder.attach()
         self.providers = ProviderRegistry()
         self._adapter_factory = adapter_factory
         self.telemetry = Telemetry(self.clock)
-        self.payments = SqlitePaymentStore(self.store)
+        if self._database_url is None:
+            assert isinstance(self.store, Store)
+            self.payments = SqlitePaymentStore(self.store)
+            self.payment_locks = PaymentLocks()
+        else:
+            from mcp_autonomy.pg.payment_locks import PostgresPaymentLocks
+            from mcp_autonomy.pg.payment_store import PostgresPaymentStore
+
+            self.payments = PostgresPaymentStore(self._database_url)
+            self.payment_locks = PostgresPaymentLocks(self._database_url)  # type: ignore[assignment]
         self.router = PaymentRouter(
             self.providers,
             self.payments,
@@ -251,7 +305,6 @@ class AutonomousSystem:
                 consecutive_failures_to_open=self.settings.breaker_consecutive_failures
             ),
         )
-        self.payment_locks = PaymentLocks()
         self.reconciler = PaymentReconciler(
             router=self.router,
             payments=self.payments,
@@ -335,12 +388,70 @@ class AutonomousSystem:
             for c in (self.self_healer, self.auto_scaler, self.predictive_maintenance, self.auto_optimizer)
         }
         self.elector: Elector = SingleProcessElector()
+        self.store_health = StoreHealth(
+            payments=self.payments,
+            clock=self.clock,
+            backend="sqlite" if self._database_url is None else "postgresql",
+            location=str(self.settings.db_path)
+            if self._database_url is None
+            else _redacted(self._database_url),
+            shared=self._database_url is not None,
+        )
+        self.shared_state = SharedStateSync(
+            store=self.store,
+            router=self.router,
+            components=self.components,
+            incidents=self.incidents,
+            predictor=self.predictive_maintenance,
+            optimizer=self.auto_optimizer,
+        )
+        self.leadership: Any = None  # ClusterLeadership with PostgreSQL
+        self.feed: Any = None  # ClusterFeed with PostgreSQL
+        self._reconciler_leader: LoopLeader | None = None
+        if self._database_url is not None:
+            self._lead_across_replicas(self._database_url)
+        self.retention = RetentionPruner(
+            store=self.store,
+            payments=self.payments,
+            clock=self.clock,
+            events_days=s.retention_events_days,
+            payments_days=s.retention_payments_days,
+            is_leader=lambda: self._reconciler_leader is None or self._reconciler_leader.is_leader,
+        )
         self.cluster_load: ClusterLoad | None = None
         self.last_load_reading: ClusterLoadReading | None = None
         self._task_group: TaskGroup | None = None
         self._started_at: float | None = None
         self._started_mono: float | None = None
         self._ready = anyio.Event()
+
+    def _lead_across_replicas(self, url: str) -> None:
+        """One leader per loop on PostgreSQL advisory locks; the cluster feed applies the rest."""
+        from mcp_autonomy.pg.feed import ClusterFeed
+        from mcp_autonomy.pg.leadership import ClusterLeadership
+
+        self.leadership = ClusterLeadership(url, identity=self.replica, loops=LEADER_LOOPS, clock=self.clock)
+        self.feed = ClusterFeed(url, origin=self.run_id, bus=self.events, clock=self.clock)
+        leaders: dict[str, LoopLeader] = {
+            loop: FencedLeader(loop, self.leadership.elector(loop)) for loop in LEADER_LOOPS
+        }
+        self.self_healer.use_leadership(leaders["self_healer"])
+        self.incidents.leadership = leaders["self_healer"]
+        self.self_healer.elected_hooks.append(self.incidents.load)
+        self.predictive_maintenance.use_leadership(leaders["predictive_maintenance"])
+        self.predictive_maintenance.elected_hooks.append(self.predictive_maintenance.load)
+        self.auto_optimizer.use_leadership(leaders["auto_optimizer"])
+        self.auto_optimizer.elected_hooks.append(self.auto_optimizer.reload)
+        self.auto_optimizer.deposed_hooks.append(self.auto_optimizer.abandon_experiments)
+        # The scaler checks leadership itself (and keeps the Kubernetes Lease when it scales a
+        # Deployment, set up at start); only its writes are fenced by this election.
+        self.auto_scaler.use_leadership(leaders["auto_scaler"], gate=False)
+        self.elector = self.leadership.elector("auto_scaler")
+        self._reconciler_leader = leaders["reconciler"]
+        self.reconciler.is_leader = lambda: leaders["reconciler"].is_leader
+        self.feed.on_state(self.shared_state.on_state)
+        self.feed.on_records(self.shared_state.on_records)
+        self.store_health.feed_status = lambda: self.feed.status().model_dump(mode="json")
 
     # --- providers ----------------------------------------------------------------------
 
@@ -390,8 +501,8 @@ class AutonomousSystem:
 
     @property
     def ready(self) -> bool:
-        """True once every loop is running (what `/readyz` reports)."""
-        return self._ready.is_set()
+        """True once every loop is running and the store answers (what `/readyz` reports)."""
+        return self._ready.is_set() and self.store_health.reachable is not False
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -403,15 +514,31 @@ class AutonomousSystem:
             raise RuntimeError("the system is already running")
         self.store.open()
         try:
-            for component in self.components.values():
-                component.load_persisted_mode()
-            self.incidents.load()
-            self.predictive_maintenance.load()
-            self.auto_optimizer.load()
-            replayed = self.auto_scaler.warm_up_from_history()
-            if replayed:
-                logger.info("scaling forecaster warmed up from %d recorded load samples", replayed)
+            await self._open_shared()
             async with anyio.create_task_group() as tg:
+                if self.feed is not None:
+                    # Listening before the shared state is read: a change in between arrives twice
+                    # (harmless), never not at all.
+                    await tg.start(self.feed.run)
+                for component in self.components.values():
+                    component.load_persisted_mode()
+                self.incidents.load()
+                self.predictive_maintenance.load()
+                if self.leadership is None:
+                    self.auto_optimizer.load()
+                else:  # only the optimizer's leader may end experiments: followers adopt values
+                    for key in (STATE_PINS, STATE_TUNABLES):
+                        self.auto_optimizer.apply_shared_state(
+                            key, self.store.get_state(self.auto_optimizer.name, key)
+                        )
+                    self.shared_state.load()
+                self.shared_state.attach()
+                replayed = self.auto_scaler.warm_up_from_history()
+                if replayed:
+                    logger.info("scaling forecaster warmed up from %d recorded load samples", replayed)
+                await tg.start(self.store_health.run)
+                if self.leadership is not None:
+                    await tg.start(self.leadership.run)
                 await tg.start(self.recorder.run)
                 await self._initialize_providers()
                 # Every payment a crash left non-final is due at once: pulled, never re-sent.
@@ -429,6 +556,7 @@ class AutonomousSystem:
                     message=f"mcp-autonomy {__version__} started (run {self.run_id})",
                     data={"providers": self.providers.names(), "components": list(self.components)},
                 )
+                await tg.start(self.retention.run)
                 self._ready.set()
                 try:
                     yield self
@@ -444,8 +572,34 @@ class AutonomousSystem:
                         await entry.adapter.close()
                     except Exception:  # closing must not hide the real exit reason
                         logger.exception("closing %s failed", entry.name)
-            self.recorder.flush()
+                try:
+                    self.recorder.flush()
+                except Exception:  # the store may be down: the events are lost, the exit is not
+                    logger.exception("flushing the event recorder failed")
+                await self._close_shared()
             self.store.close()
+
+    async def _open_shared(self) -> None:
+        """Open the PostgreSQL payment store and payment locks (nothing to do for SQLite)."""
+        if self._database_url is None:
+            return
+        await self.payments.open()  # type: ignore[attr-defined]
+        await self.payment_locks.open()  # type: ignore[attr-defined]
+
+    async def _close_shared(self) -> None:
+        if self._database_url is None:
+            return
+        if self.leadership is not None:
+            self.leadership.stop()
+        closers: list[Callable[[], Awaitable[None]]] = [
+            self.payment_locks.close,  # type: ignore[attr-defined]
+            self.payments.close,  # type: ignore[attr-defined]
+        ]
+        for close in closers:
+            try:
+                await close()
+            except Exception:  # one failing close must not leave the other open
+                logger.exception("closing the shared store failed")
 
     async def _start_scaling_coordination(self, tg: TaskGroup) -> None:
         """One replica decides scaling: elect it on a Lease (kubernetes) and measure the cluster's load."""
@@ -476,6 +630,16 @@ class AutonomousSystem:
             self.last_load_reading = None
             return None
         return self.last_load_reading.tpm
+
+    def leadership_status(self) -> dict[str, LeaderStatus]:
+        """Who leads each loop, as this replica sees it (one process: this one, always)."""
+        if self.leadership is None:
+            single = SingleProcessElector().status()
+            return {loop: single for loop in LEADER_LOOPS}
+        statuses: dict[str, LeaderStatus] = self.leadership.status()
+        if isinstance(self.auto_scaler.backend, KubernetesScaleBackend):
+            statuses["auto_scaler"] = self.elector.status()  # the Lease decides scaling there
+        return statuses
 
     def leader_status(self) -> LeaderStatus:
         """Who decides scaling, as this replica sees it."""
@@ -510,7 +674,15 @@ class AutonomousSystem:
     # --- payments -----------------------------------------------------------------------
 
     async def submit_payment(self, request: PaymentRequest) -> PaymentRecord:
-        """Route a payment (idempotent by its key); see `PaymentRouter.submit`."""
+        """Route a payment (idempotent by its key); see `PaymentRouter.submit`.
+
+        StoreUnavailable: the store does not answer, so nothing is sent (an attempt that cannot
+        be recorded first is never made)."""
+        if self.store_health.reachable is False:
+            raise StoreUnavailable(
+                f"the {self.store_health.backend} store does not answer ({self.store_health.last_error}); "
+                "this replica refuses new payments until it does"
+            )
         async with self.payment_locks.hold(request.idempotency_key):
             return await self.router.submit(request)
 
@@ -645,6 +817,9 @@ class AutonomousSystem:
             providers=providers,
             scaling=scaling,
             scaling_leader=self.elector.status(),
+            replica=self.replica,
+            leadership=self.leadership_status(),
+            store=self.store_health.status(),
             events=EventBusStatus(
                 published=self.events.published_total,
                 dropped=self.events.dropped_total,
@@ -675,6 +850,8 @@ class AutonomousSystem:
                     errors=c.errors,
                     last_error=c.last_error,
                     actions_taken=c.actions_taken,
+                    is_leader=c.is_leader,
+                    leader=c.leader,
                 )
                 for name, c in full.components.items()
             },
@@ -693,6 +870,8 @@ class AutonomousSystem:
             scaling=full.scaling,
             scaling_leader=None if full.scaling_leader is None else full.scaling_leader.leader,
             is_leader=full.scaling_leader is not None and full.scaling_leader.is_leader,
+            replica=full.replica,
+            store_reachable=full.store.reachable,
             events_published=full.events.published,
             events_dropped=full.events.dropped,
         )

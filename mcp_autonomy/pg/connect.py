@@ -14,6 +14,10 @@ import psycopg
 CONNECT_TIMEOUT_S = 5
 """How long opening a connection may take before the database counts as unreachable."""
 STATEMENT_TIMEOUT_MS = 5_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 1_000
+"""A session left inside a transaction this long is ended by the server: a writer frozen mid-write
+(SIGSTOP, a stalled VM) would otherwise hold its `FOR SHARE` lock on the leadership row and block
+every takeover. No transaction of this engine waits on anything but the database."""
 """Server-side bound on any one statement (a stuck lock or a slow disk fails instead of hanging the
 replica; anyio timeouts would make psycopg drop the connection instead, DESIGN section 9)."""
 APPLICATION_NAME = "mcp-autonomy"
@@ -38,7 +42,8 @@ def connect_kwargs(
     return {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": application_name,
-        "options": f"-c statement_timeout={statement_timeout_ms}",
+        "options": f"-c statement_timeout={statement_timeout_ms}"
+        f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
         "autocommit": True,
     }
 

@@ -504,6 +504,19 @@ class PostgresStore:
             )
             self._notify(conn, fencing.STATE_CHANNEL)
 
+    def claim_state(self, component: str, key: str, value: Any, *, timestamp: float) -> Any:
+        """Store `value` only if (component, key) has none; returns the value stored (one
+        winner across replicas, by the primary key)."""
+        with self._session() as conn, conn.transaction():
+            inserted = conn.execute(
+                "INSERT INTO component_state (component, key, value, updated_at)"
+                " VALUES (%s,%s,%s,%s) ON CONFLICT (component, key) DO NOTHING RETURNING 1",
+                (component, key, _jsonb(value), timestamp),
+            ).fetchone()
+            if inserted is not None:
+                self._notify(conn, fencing.STATE_CHANNEL)
+        return self.get_state(component, key)
+
     def delete_state(self, component: str, key: str, *, fence: Fence | None = None) -> None:
         """Remove (component, key), leaving a tombstone so the other replicas drop it too."""
         with self._session() as conn, conn.transaction():

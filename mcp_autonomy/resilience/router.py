@@ -209,6 +209,9 @@ class PaymentRouter:
         self.timeout_listeners: list[Callable[[str, bool], None]] = []
         """Called with (provider, timed_out) after each call that timed out (True) or answered
         after `NEAR_TIMEOUT_SHARE` of its timeout (False): the optimizer's timeout guard."""
+        self.route_listeners: list[Callable[[dict[str, str]], None]] = []
+        """Called with the whole failover map after each fail-over or fail-back made here (the
+        cluster shares it); never for a map applied from another replica."""
         self.payments = payments
         self.telemetry = telemetry
         self.bus = bus
@@ -383,6 +386,7 @@ class PaymentRouter:
                 "route": self.registry.get(primary).backups,
             },
         )
+        self._routes_changed()
 
     def fail_back(self, primary: str, *, reason: str) -> bool:
         """Give `primary` its traffic back; returns False if it was not failed over."""
@@ -396,7 +400,19 @@ class PaymentRouter:
             message=f"{primary} takes its traffic back from {backup} ({reason})",
             data={"from": backup, "to": primary, "reason": reason, "action": "fail_back"},
         )
+        self._routes_changed()
         return True
+
+    def _routes_changed(self) -> None:
+        routes = dict(self._failed_over)
+        for listener in self.route_listeners:
+            listener(routes)
+
+    def apply_failover(self, routes: dict[str, str]) -> None:
+        """Adopt the failover map another replica decided (unknown providers are ignored: this
+        replica may not serve them). Silent: the deciding replica published the events."""
+        known = set(self.registry.names())
+        self._failed_over = {p: b for p, b in routes.items() if p in known and b in known}
 
     @property
     def failed_over(self) -> dict[str, str]:

@@ -41,8 +41,14 @@ def callback_token(settings: Settings, system: AutonomousSystem) -> str:
     store = system.store.open()
     token = store.get_state("server", "callback_token")
     if not isinstance(token, str) or len(token) < 16:
-        token = secrets.token_urlsafe(16)
-        store.set_state("server", "callback_token", token, timestamp=system.clock.now())
+        # Claimed, not overwritten: replicas starting together on one shared store all end up
+        # with the first token written (a provider's callback may land on any of them).
+        token = store.claim_state(
+            "server", "callback_token", secrets.token_urlsafe(16), timestamp=system.clock.now()
+        )
+        if not isinstance(token, str) or len(token) < 16:  # a short token left by an old version
+            token = secrets.token_urlsafe(16)
+            store.set_state("server", "callback_token", token, timestamp=system.clock.now())
     return token
 
 

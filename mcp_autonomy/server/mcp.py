@@ -74,6 +74,7 @@ from mcp_autonomy.server.dashboard import (
     dashboard_summary,
 )
 from mcp_autonomy.server.notifier import ResourceNotifier
+from mcp_autonomy.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from mcp_autonomy.sandbox.embedded import EmbeddedSandbox
@@ -860,6 +861,10 @@ class McpApp:
                 raise ToolError(f"idempotency_key: {exc}") from None
             except NoRouteError as exc:
                 raise ToolError(f"currency/country: {exc}") from None
+            except StoreUnavailable as exc:
+                raise ToolError(
+                    f"{exc}. Nothing was sent to any provider; retry later with the same idempotency_key"
+                ) from None
 
         @mcp.tool(
             title="Request a payment (collect)",

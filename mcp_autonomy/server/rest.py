@@ -57,6 +57,7 @@ from mcp_autonomy.server.mcp import (
     PredictionList,
     Reason,
 )
+from mcp_autonomy.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +399,8 @@ class RestApi:
                 result = await endpoint.handler(request, query, body)
             except ApiError as exc:
                 return exc.response()
+            except StoreUnavailable as exc:  # the shared store is down: say so, retryable
+                return ApiError(503, ErrorDetail(field=None, message=str(exc))).response()
             except Exception:
                 logger.exception("%s %s failed", request.method, request.url.path)
                 return ApiError(

@@ -441,3 +441,21 @@ async def test_a_status_query_that_is_only_sent_leaves_an_ambiguous_payout_unkno
     assert (record.status, record.provider) == (TransactionStatus.UNKNOWN, "mpesa")
     assert "ResultURL" in (record.status_reason or "")
     assert world.backup.calls == 0
+
+
+@pytest.mark.anyio
+async def test_a_task_cancelled_while_waiting_for_a_payment_lock_leaves_no_trace() -> None:
+    """Otherwise the key stays `is_held` for ever and the reconciler skips that payment for ever."""
+    locks = PaymentLocks()
+
+    async def waiter() -> None:
+        async with locks.hold("k1"):
+            raise AssertionError("the lock is held: this waiter must not get it")
+
+    async with locks.hold("k1"), anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert not locks.is_held("k1")
+    async with locks.hold("k1"):
+        assert locks.is_held("k1")

@@ -27,10 +27,10 @@ from mcp_autonomy.autonomy.scaling.local import LocalScaleBackend
 if TYPE_CHECKING:
     from mcp_autonomy.clock import Clock
     from mcp_autonomy.config import Settings
-    from mcp_autonomy.store import Store
+    from mcp_autonomy.store import StateStore
 
 
-def build_scale_backend(settings: Settings, store: Store, clock: Clock) -> ScaleBackend:
+def build_scale_backend(settings: Settings, store: StateStore, clock: Clock) -> ScaleBackend:
     """The backend `MCP_AUTONOMY_SCALE_BACKEND` names (local: starts at MIN_INSTANCES)."""
     if settings.scale_backend == "kubernetes":
         return KubernetesScaleBackend.from_settings(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mcp_autonomy.autonomy.scaling.base import ReplicaState
 from mcp_autonomy.clock import Clock
-from mcp_autonomy.store import Store
+from mcp_autonomy.store import StateStore
 
 STATE_COMPONENT = "auto_scaler"
 STATE_KEY = "local_desired_replicas"
@@ -20,7 +20,7 @@ class LocalScaleBackend:
 
     name = "local"
 
-    def __init__(self, store: Store, clock: Clock, initial_replicas: int) -> None:
+    def __init__(self, store: StateStore, clock: Clock, initial_replicas: int) -> None:
         self._store = store
         self._clock = clock
         self._initial = initial_replicas
