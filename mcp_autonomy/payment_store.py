@@ -499,10 +499,11 @@ class SqlitePaymentStore:
             return self._with_attempts(db, rows)
 
     async def count_by_status(self) -> dict[str, int]:
-        """How many payments are in each status."""
+        """How many payments are in each status (from the counters the triggers keep: no scan)."""
         with self._store.connection() as db:
             rows = db.execute(
-                "SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status"
+                "SELECT status, SUM(count) FROM payment_counts GROUP BY status HAVING SUM(count) > 0"
+                " ORDER BY status"
             ).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 

@@ -106,3 +106,14 @@ async def test_begin_attempt_numbers_after_the_stored_attempts_and_refuses_a_mis
         await payments.begin_attempt("missing", _sending())
     assert [row[0] for row in _committed(store, "key-3")[1]] == [1, 2, 3, 4]
     assert _committed(store, "missing") == (None, [])
+
+
+async def test_count_by_status_reads_the_maintained_counters_not_the_rows(store: Store) -> None:
+    """`get_stats` at a million payments must not scan them on the event loop."""
+    payments = SqlitePaymentStore(store)
+    await payments.create_payment(_record("count-key-0001"))
+    await payments.create_payment(_record("count-key-0002"))
+    assert await payments.count_by_status() == {"pending": 2}
+    with store.connection() as db:  # a counter out of step with the rows shows: no scan
+        db.execute("UPDATE payment_counts SET count = count + 40 WHERE status = 'pending'")
+    assert await payments.count_by_status() == {"pending": 42}
