@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 from mcp import Client
+from mcp_types import CallToolResult
 
 from tests.scenarios.drill import SandboxProcess, ServerProcess, free_port, server_env
 
@@ -72,7 +73,9 @@ class Replica:
         """Call `tool` in a fresh session; its structured answer, or ToolFailed."""
         with anyio.fail_after(CALL_TIMEOUT_S):
             async with self.session() as client:
-                return await call_on(client, tool, arguments)
+                result = await client.call_tool(tool, arguments or {})
+        # Raised outside the session: inside, the SDK's task group would wrap it in a group.
+        return _answer(tool, result)
 
     async def status(self) -> dict[str, Any]:
         """`get_status` (the summary: per-loop mode, `is_leader`, `leader`, `store_reachable`)."""
@@ -99,7 +102,10 @@ class Replica:
 
 async def call_on(client: Client, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     """Call `tool` on an open session; its structured answer, or ToolFailed."""
-    result = await client.call_tool(tool, arguments or {})
+    return _answer(tool, await client.call_tool(tool, arguments or {}))
+
+
+def _answer(tool: str, result: CallToolResult) -> dict[str, Any]:
     if result.is_error:
         raise ToolFailed(tool, " ".join(str(getattr(c, "text", c)) for c in result.content))
     return dict(result.structured_content or {})
