@@ -5,11 +5,17 @@ compute request rate, error rate by class and latency percentiles over a time wi
 the samples still inside it. The buffers are fixed-size: recording is O(1) and allocates
 nothing; when more calls arrive within the window than the buffer holds, the oldest are
 overwritten and the snapshot says how much of the window it really covers.
+
+Across replicas the figures are mergeable: each replica exports its own samples
+(`Telemetry.samples_since`) and adds the others' to a second ring per provider (`record_remote`),
+so a leader's snapshots cover the whole cluster. Prometheus counters stay this process's own.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -78,10 +84,39 @@ class TelemetrySnapshot(BaseModel):
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_p99_ms: float | None
+    remote_requests: int = Field(
+        default=0, description="Of `requests`, how many other replicas made (cluster-wide evidence)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedSample:
+    """One of this process's samples, stamped with wall-clock time so another replica can use it."""
+
+    provider: str
+    at_s: float
+    """Wall-clock seconds since the epoch."""
+    outcome: int
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryExport:
+    """What `Telemetry.samples_since` returns: the samples, where to resume, and what was missed."""
+
+    samples: list[ExportedSample]
+    cursor: dict[str, int]
+    """Pass back to the next `samples_since` call (per provider: samples exported or skipped)."""
+    lost: int
+    """Samples overwritten in the ring before they could be exported (an export fell behind)."""
 
 
 class ProviderTelemetry:
-    """A ring of (time, latency, outcome) samples for one provider."""
+    """A ring of (time, latency, outcome) samples for one provider.
+
+    A second ring, filled by `record_remote`, holds other replicas' samples of the same provider;
+    figures cover both unless asked for this process's own only.
+    """
 
     def __init__(self, provider: str, clock: Clock, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 16:
@@ -104,6 +139,13 @@ class ProviderTelemetry:
         self.outcome_totals: list[int] = [0] * len(Outcome)
         self.latency_bucket_counts: list[int] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.latency_sum_ms = 0.0
+        # Other replicas' samples: allocated on the first one (a single process never needs them).
+        self._remote_at: list[float] = []
+        self._remote_latency_ms: list[float] = []
+        self._remote_outcome: list[int] = []
+        self._remote_next = 0
+        self._remote_count = 0
+        self.remote_recorded = 0
 
     def record(self, outcome: Outcome, latency_ms: float) -> None:
         """Add one sample stamped with the clock's monotonic time."""
@@ -120,26 +162,96 @@ class ProviderTelemetry:
             self.latency_bucket_counts[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
             self.latency_sum_ms += latency_ms
 
-    def _window(self, window_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = self._count
-        at = np.array(self._at[:n], dtype=np.float64)
-        lat = np.array(self._latency_ms[:n], dtype=np.float32)
-        out = np.array(self._outcome[:n], dtype=np.int8)
-        mask = at >= self._clock.monotonic() - window_s
-        return at[mask], lat[mask], out[mask]
+    def record_remote(self, outcome: int, latency_ms: float, at_monotonic: float) -> None:
+        """Add another replica's sample, stamped in this clock's monotonic time.
 
-    def snapshot(self, window_s: float = DEFAULT_WINDOW_S) -> TelemetrySnapshot:
-        """Figures over the last `window_s` seconds."""
-        at, lat, out = self._window(window_s)
+        It counts in snapshots, `failing_since` and `latencies_ms`, never in the Prometheus
+        counters (`outcome_totals`, latency buckets): each replica exports its own.
+        """
+        if not self._remote_at:
+            self._remote_at = [0.0] * self._capacity
+            self._remote_latency_ms = [0.0] * self._capacity
+            self._remote_outcome = [0] * self._capacity
+        i = self._remote_next
+        self._remote_at[i] = at_monotonic
+        self._remote_latency_ms[i] = latency_ms
+        self._remote_outcome[i] = outcome
+        self._remote_next = i + 1 if i + 1 < self._capacity else 0
+        if self._remote_count < self._capacity:
+            self._remote_count += 1
+        self.remote_recorded += 1
+
+    def samples_since(
+        self, cursor: int, limit: int | None = None
+    ) -> tuple[list[tuple[float, int, float]], int, int]:
+        """This process's samples recorded after `cursor` (a past `total_recorded`), oldest first.
+
+        Returns ((monotonic time, outcome, latency ms) samples, the cursor to resume from, how many
+        were overwritten before this call). At most `limit` samples: the rest wait for the next call.
+        """
+        if not 0 <= cursor <= self.total_recorded:
+            raise ValueError(f"cursor must be within [0, {self.total_recorded}], got {cursor}")
+        pending = self.total_recorded - cursor
+        available = min(pending, self._count)
+        lost = pending - available
+        taken = available if limit is None else min(available, max(0, limit))
+        first = (self._next - available) % self._capacity
+        samples = []
+        for k in range(taken):
+            i = (first + k) % self._capacity
+            samples.append((self._at[i], self._outcome[i], self._latency_ms[i]))
+        return samples, cursor + lost + taken, lost
+
+    def _window(
+        self, window_s: float, include_remote: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+        """The samples inside the window: (times, latencies, outcomes, how many are remote, and the
+        start of the part of the window the rings really cover)."""
+        now_s = self._clock.monotonic()
+        start_s = now_s - window_s
+        rings = [(self._at, self._latency_ms, self._outcome, self._count)]
+        if include_remote and self._remote_count:
+            rings.append((self._remote_at, self._remote_latency_ms, self._remote_outcome, self._remote_count))
+        covered_from_s = start_s
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for at_list, lat_list, out_list, n in rings:
+            at = np.array(at_list[:n], dtype=np.float64)
+            if n == self._capacity and at.size:
+                # A full ring may have overwritten samples still inside the window: the merged
+                # figures then only cover the time since its oldest sample.
+                covered_from_s = max(covered_from_s, float(at.min()))
+            parts.append(
+                (at, np.array(lat_list[:n], dtype=np.float32), np.array(out_list[:n], dtype=np.int8))
+            )
+        masked = []
+        for at, lat, out in parts:
+            mask = at >= covered_from_s
+            masked.append((at[mask], lat[mask], out[mask]))
+        remote = int(masked[1][0].size) if len(masked) > 1 else 0
+        if len(masked) == 1:
+            at, lat, out = masked[0]
+        else:
+            at = np.concatenate([m[0] for m in masked])
+            lat = np.concatenate([m[1] for m in masked])
+            out = np.concatenate([m[2] for m in masked])
+        return at, lat, out, remote, covered_from_s
+
+    def snapshot(
+        self, window_s: float = DEFAULT_WINDOW_S, *, include_remote: bool = True
+    ) -> TelemetrySnapshot:
+        """Figures over the last `window_s` seconds (other replicas' samples too, by default)."""
+        now_s = self._clock.monotonic()
+        at, lat, out, remote, covered_from_s = self._window(window_s, include_remote)
         reached = out != Outcome.REJECTED
         requests = int(reached.sum())
+        remote_requests = int(reached[at.size - remote :].sum()) if remote else 0
         counts = np.bincount(out.astype(np.int64), minlength=len(Outcome))
         errors = int(counts[_PROVIDER_ERRORS].sum())
-        covered = float(self._clock.monotonic() - at.min()) if at.size else 0.0
-        # A full ring may have overwritten samples still inside the window: then the samples only
-        # cover part of it, and rates must be computed over that part (at least one second).
-        wrapped = bool(at.size) and self._count == self._capacity
-        window_covered = max(1.0, min(window_s, covered)) if wrapped else window_s
+        # Rates are computed over the part of the window the samples cover (at least one second).
+        truncated = covered_from_s > now_s - window_s
+        window_covered = (
+            max(1.0, min(window_s, now_s - covered_from_s)) if truncated and at.size else window_s
+        )
         p50 = p95 = p99 = None
         reached_lat = lat[reached]
         if reached_lat.size:
@@ -158,17 +270,21 @@ class ProviderTelemetry:
             latency_p50_ms=p50,
             latency_p95_ms=p95,
             latency_p99_ms=p99,
+            remote_requests=remote_requests,
         )
 
-    def failing_since(self, window_s: float = DEFAULT_WINDOW_S) -> float | None:
+    def failing_since(
+        self, window_s: float = DEFAULT_WINDOW_S, *, include_remote: bool = True
+    ) -> float | None:
         """Wall time of the first provider error of the current run of errors, within the window.
 
         The run is the calls since the last success (local rejections do not break it: they never
         reached the provider). None when the latest call that reached the provider succeeded, or
         there is none: this is the earliest evidence of a failure still going on, which incidents
-        use to measure time to detect.
+        use to measure time to detect. Other replicas' calls count by when they were made: a
+        success anywhere in the cluster ends the run.
         """
-        at, _, out = self._window(window_s)
+        at, _, out, _, _ = self._window(window_s, include_remote)
         if not at.size:
             return None
         order = np.argsort(at, kind="stable")
@@ -181,9 +297,9 @@ class ProviderTelemetry:
         first = int(np.flatnonzero(ok)[-1]) + 1 if ok.any() else 0
         return self._clock.now() - (self._clock.monotonic() - float(at[first]))
 
-    def latencies_ms(self, window_s: float = DEFAULT_WINDOW_S) -> np.ndarray:
+    def latencies_ms(self, window_s: float = DEFAULT_WINDOW_S, *, include_remote: bool = True) -> np.ndarray:
         """Latencies of calls that reached the provider within the window (a copy)."""
-        _, lat, out = self._window(window_s)
+        _, lat, out, _, _ = self._window(window_s, include_remote)
         reached: np.ndarray = lat[out != Outcome.REJECTED].copy()
         return reached
 
@@ -205,6 +321,35 @@ class Telemetry:
 
     def record_call(self, provider: str, outcome: Outcome, latency_ms: float) -> None:
         self.provider(provider).record(outcome, latency_ms)
+
+    def record_remote(self, provider: str, outcome: int, latency_ms: float, at_monotonic: float) -> None:
+        """Another replica's call to `provider` (see `ProviderTelemetry.record_remote`)."""
+        self.provider(provider).record_remote(outcome, latency_ms, at_monotonic)
+
+    def samples_since(
+        self, cursor: Mapping[str, int] | None = None, *, limit: int | None = None
+    ) -> TelemetryExport:
+        """This process's provider-call samples recorded since `cursor`, for other replicas.
+
+        Times are converted to wall clock. Local rejections are skipped (they never reached the
+        provider and each replica's guards decide its own); other replicas' samples are never
+        exported again. At most `limit` samples, oldest providers' backlog first per provider.
+        """
+        cursor = cursor or {}
+        now_s, mono_s = self._clock.now(), self._clock.monotonic()
+        samples: list[ExportedSample] = []
+        next_cursor: dict[str, int] = {}
+        lost = 0
+        for name, telemetry in self._providers.items():
+            room = None if limit is None else max(0, limit - len(samples))
+            taken, next_cursor[name], lost_here = telemetry.samples_since(cursor.get(name, 0), room)
+            lost += lost_here
+            samples.extend(
+                ExportedSample(name, now_s - (mono_s - at), outcome, latency_ms)
+                for at, outcome, latency_ms in taken
+                if outcome != _REJECTED
+            )
+        return TelemetryExport(samples=samples, cursor=next_cursor, lost=lost)
 
     def record_payment(self, outcome: Outcome, latency_ms: float) -> None:
         """One payment handled end to end (whatever providers it took)."""
