@@ -10,7 +10,8 @@ Tables mirror the SQLite store's (`mcp_autonomy/store.py`), with what sharing ad
 - `events.gid` orders every replica's events, so each replica can fan out what others recorded;
 - `change_seq` on shared state and records says what changed since a replica last looked;
 - `leadership` holds each loop's leader and its fencing epoch;
-- `payment_counts` is kept by a trigger, so counts by status never scan the payments.
+- `payment_counts` is kept by a trigger, so counts by status never scan the payments;
+- `telemetry_samples` carries each replica's provider-call samples to the others (migration 2).
 """
 
 from __future__ import annotations
@@ -238,10 +239,25 @@ CREATE TABLE IF NOT EXISTS leadership (
 );
 """
 
+_V2_TELEMETRY = """
+-- Each replica's provider-call samples, so a loop's leader decides from the whole cluster's calls
+-- (mcp_autonomy/pg/telemetry.py). `at` is wall-clock time; rows older than a few minutes are pruned.
+CREATE TABLE IF NOT EXISTS telemetry_samples (
+    gid BIGSERIAL PRIMARY KEY,
+    replica TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    outcome SMALLINT NOT NULL,
+    latency_ms REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_samples_by_time ON telemetry_samples(at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "state, records, payments, leadership", _V1_STATE + _V1_RECORDS + _V1_PAYMENTS + _V1_LEADERSHIP
     ),
+    Migration(2, "telemetry samples shared across replicas", _V2_TELEMETRY),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
