@@ -9,6 +9,8 @@ Times are real; every wait polls a condition until a deadline.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import warnings
 from collections import Counter
@@ -481,3 +483,47 @@ async def test_status_answers_while_the_database_is_down(tmp_path: Path) -> None
             assert status["store_reachable"] is False, status
     finally:
         server.close()
+
+
+# --- 7. a frozen healer leader (SIGSTOP) loses the lead and knows it once resumed -------------
+
+FROZEN_TAKEOVER_BOUND_S = 8.0
+"""The leadership session ends after its 3 s timeout when the holder stops heartbeating; then
+the other replica's next attempt takes the lock."""
+
+
+async def test_frozen_healer_leader_is_replaced_and_steps_down_when_resumed(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with start_cluster(tmp_path, pg_url) as cluster:
+
+        async def one_leader() -> Replica | None:
+            return healer_leader(cluster, {r.name: await r.status() for r in cluster})
+
+        leader, _ = await wait_for(one_leader, 10.0, "one healer leader agreed by both")
+        follower = next(r for r in cluster if r is not leader)
+        assert leader.server.proc is not None
+        pid = leader.server.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+
+            async def follower_leads() -> bool | None:
+                return True if (await follower.status())["components"]["self_healer"]["is_leader"] else None
+
+            await wait_for(follower_leads, FROZEN_TAKEOVER_BOUND_S, "the follower leads self_healer")
+            print(f"self_healer takeover from a frozen leader: {time.monotonic() - stopped_at:.1f} s")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        new_leader = (await follower.status())["components"]["self_healer"]["leader"]
+
+        async def resumed_follows() -> dict[str, Any] | None:
+            healer = (await leader.status())["components"]["self_healer"]
+            return healer if not healer["is_leader"] and healer["leader"] == new_leader else None
+
+        await wait_for(resumed_follows, 5.0, "the resumed replica reports the new leader")
+        stepped_down = [
+            line for line in leader.log().splitlines() if "self_healer" in line and "stopped leading" in line
+        ]
+        assert stepped_down, leader.log()[-3000:]
+        print(stepped_down[0])
