@@ -134,6 +134,8 @@ class SharedStateSync:
                 self.incidents.load()
             elif table in ("predictions", "maintenance_windows") and not self.predictor.leadership.is_leader:
                 self.predictor.load()
+            elif table == "optimizations" and not self.optimizer.leadership.is_leader:
+                self.optimizer.load_history()
         except StoreError as exc:
             self.last_error = str(exc)
             logger.warning("refreshing %s from the store failed: %s", table, exc)
@@ -218,7 +220,10 @@ class StoreHealth:
 
 
 class RetentionPruner:
-    """Deletes events and finished payments older than the retention settings (audit: never)."""
+    """Deletes events and finished payments older than the retention settings (audit: never).
+
+    Runs hourly on the reconciler's leader (every pass on a single process). Non-final payments
+    are never pruned, whatever their age: they are still owed an outcome."""
 
     def __init__(
         self,
@@ -231,9 +236,10 @@ class RetentionPruner:
         is_leader: Callable[[], bool],
         interval_s: float = RETENTION_INTERVAL_S,
     ) -> None:
-        if events_days <= 0 or payments_days <= 0:
+        if events_days < 0 or payments_days < 0:
             raise ValueError(
-                f"retention must be > 0 days, got events {events_days}, payments {payments_days}"
+                f"retention must be >= 0 days (0: keep for ever), got events {events_days}, "
+                f"payments {payments_days}"
             )
         self.store = store
         self.payments = payments
@@ -249,10 +255,14 @@ class RetentionPruner:
         self.last_error: str | None = None
 
     async def prune_once(self) -> tuple[int, int]:
-        """Prune now; returns (events, payments) deleted."""
+        """Prune now; returns (events, payments) deleted (a retention of 0 days keeps for ever)."""
         now = self.clock.now()
-        events = self.store.prune_events(now - self.events_days * DAY_S)
-        payments = await self.payments.prune(finished_before=now - self.payments_days * DAY_S)
+        events = self.store.prune_events(now - self.events_days * DAY_S) if self.events_days else 0
+        payments = (
+            await self.payments.prune(finished_before=now - self.payments_days * DAY_S)
+            if self.payments_days
+            else 0
+        )
         self.runs += 1
         self.events_pruned += events
         self.payments_pruned += payments

@@ -381,6 +381,17 @@ class AutoOptimizer(Component):
         if self.store.is_open:
             self.apply_shared_state(STATE_TUNABLES, self.store.get_state(self.name, STATE_TUNABLES, {}))
 
+    def load_history(self) -> None:
+        """Show the optimizations the leader (another replica) recorded, as they are stored:
+        a follower reads them, it never ends or reverts them."""
+        self._optimizations = {
+            record.id: record
+            for record in (
+                Optimization.model_validate_json(raw)
+                for raw in self.store.list_records("optimizations", limit=10_000)
+            )
+        }
+
     def reload(self) -> None:
         """Start over from the store (this replica just became the optimizer's leader): the
         previous leader's unfinished experiments end as interrupted, its kept values apply."""

@@ -407,6 +407,7 @@ class AutonomousSystem:
         )
         self.leadership: Any = None  # ClusterLeadership with PostgreSQL
         self.feed: Any = None  # ClusterFeed with PostgreSQL
+        self.cluster_telemetry: Any = None  # ClusterTelemetry with PostgreSQL
         self._reconciler_leader: LoopLeader | None = None
         if self._database_url is not None:
             self._lead_across_replicas(self._database_url)
@@ -429,9 +430,16 @@ class AutonomousSystem:
         """One leader per loop on PostgreSQL advisory locks; the cluster feed applies the rest."""
         from mcp_autonomy.pg.feed import ClusterFeed
         from mcp_autonomy.pg.leadership import ClusterLeadership
+        from mcp_autonomy.pg.telemetry import ClusterTelemetry
 
         self.leadership = ClusterLeadership(url, identity=self.replica, loops=LEADER_LOOPS, clock=self.clock)
         self.feed = ClusterFeed(url, origin=self.run_id, bus=self.events, clock=self.clock)
+        # Each replica's calls, merged into every replica's telemetry: leaders decide from the
+        # whole cluster's evidence (the run id, not the pod name: a restarted pod's earlier
+        # samples are another run's).
+        self.cluster_telemetry = ClusterTelemetry(
+            url, replica=self.run_id, telemetry=self.telemetry, clock=self.clock
+        )
         leaders: dict[str, LoopLeader] = {
             loop: FencedLeader(loop, self.leadership.elector(loop)) for loop in LEADER_LOOPS
         }
@@ -451,7 +459,10 @@ class AutonomousSystem:
         self.reconciler.is_leader = lambda: leaders["reconciler"].is_leader
         self.feed.on_state(self.shared_state.on_state)
         self.feed.on_records(self.shared_state.on_records)
-        self.store_health.feed_status = lambda: self.feed.status().model_dump(mode="json")
+        self.store_health.feed_status = lambda: {
+            **self.feed.status().model_dump(mode="json"),
+            "telemetry": self.cluster_telemetry.status().model_dump(mode="json"),
+        }
 
     # --- providers ----------------------------------------------------------------------
 
@@ -520,6 +531,8 @@ class AutonomousSystem:
                     # Listening before the shared state is read: a change in between arrives twice
                     # (harmless), never not at all.
                     await tg.start(self.feed.run)
+                if self.cluster_telemetry is not None:
+                    await tg.start(self.cluster_telemetry.run)
                 for component in self.components.values():
                     component.load_persisted_mode()
                 self.incidents.load()
@@ -531,6 +544,7 @@ class AutonomousSystem:
                         self.auto_optimizer.apply_shared_state(
                             key, self.store.get_state(self.auto_optimizer.name, key)
                         )
+                    self.auto_optimizer.load_history()
                     self.shared_state.load()
                 self.shared_state.attach()
                 replayed = self.auto_scaler.warm_up_from_history()
@@ -615,6 +629,8 @@ class AutonomousSystem:
             )
             self.cluster_load = ClusterLoad.from_settings(s, client, self.clock)
             self.auto_scaler.load_source = self._measure_cluster_load
+            # The Lease decides scaling (and fences nothing in the store): its holder records load.
+            self.auto_scaler.use_leadership(self.elector, gate=False)
         elector = self.elector
         await tg.start(elector.run)
         self.auto_scaler.is_leader = lambda: elector.is_leader
@@ -795,7 +811,7 @@ class AutonomousSystem:
 
     async def get_status(self) -> SystemStatus:
         """Everything an operator needs at a glance."""
-        oldest = await self.reconciler.oldest_open_age_s() if self.store.is_open else {}
+        oldest = await self._oldest_open_age_s()
         providers = [self.provider_status(n, oldest) for n in self.providers.names()]
         overall, reason = self._overall(providers)
         scaling: ReplicaState | None
@@ -829,6 +845,17 @@ class AutonomousSystem:
                 recorder_dropped=self.recorder.dropped,
             ),
         )
+
+    async def _oldest_open_age_s(self) -> dict[str, float]:
+        """Per provider, the age of its oldest open payment; empty when the store cannot say
+        (status must answer during a store outage: that is when an operator needs it)."""
+        if not self.store.is_open or self.store_health.reachable is False:
+            return {}
+        try:
+            return await self.reconciler.oldest_open_age_s()
+        except StoreUnavailable as exc:
+            logger.warning("oldest open payments not read: %s", exc)
+            return {}
 
     async def get_status_summary(self) -> StatusSummary:
         """The compact view of `get_status()`: what an operator reads first."""

@@ -7,7 +7,7 @@ port, database; never user or password) ever reaches a log line, an error or a s
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 
@@ -32,6 +32,11 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "postgresql://<unparseable url>"
     database = parts.path.lstrip("/") or "postgres"
+    # A unix socket directory travels in the query (`?host=/run/postgresql`): show it (it holds
+    # no secret), or the URL would claim a TCP localhost.
+    socket_dir = next((v for k, v in parse_qsl(parts.query) if k == "host" and v.startswith("/")), None)
+    if socket_dir is not None and parts.hostname is None:
+        return f"{parts.scheme}:///{database}?host={socket_dir}"
     return f"{parts.scheme}://{host}{port}/{database}"
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "RECONNECT_TIMEOUT_S",
     "PostgresPaymentStore",
 ]
+PING_TIMEOUT_S = 0.5
+"""The longest a readiness ping waits for a connection (`ping`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +216,11 @@ class PostgresPaymentStore:
         await self._pool.close()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _connection(
+        self, timeout_s: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=timeout_s) as conn:
                 yield conn
         except _UNAVAILABLE_ERRORS as error:
             raise unavailable(self._url, error) from error
@@ -656,6 +660,9 @@ class PostgresPaymentStore:
         return int(row[0]) if row is not None else 0
 
     async def ping(self) -> None:
-        """Return when the database answers; `StoreUnavailable` when it does not (readiness)."""
-        async with self._connection() as conn:
+        """Return when the database answers; `StoreUnavailable` when it does not (readiness).
+
+        Waits at most `PING_TIMEOUT_S` for a pooled connection: readiness must turn within a
+        couple of pings of an outage, not after the pool's longer wait for payments."""
+        async with self._connection(timeout_s=PING_TIMEOUT_S) as conn:
             await conn.execute("SELECT 1")
