@@ -19,16 +19,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import anyio
 import psycopg
-from anyio.abc import TaskStatus
 from psycopg import sql
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
-from mcp_autonomy.pg.connect import connect_kwargs, redact_url
 from mcp_autonomy.pg.fencing import EVENTS_CHANNEL, STATE_CHANNEL
+from mcp_autonomy.pg.session import DedicatedSession, describe
 
 __all__ = [
     "DEFAULT_POLL_S",
@@ -52,18 +50,7 @@ HOLE_GRACE_S = 10.0
 (`connect.STATEMENT_TIMEOUT_MS`), so a write still committing has long finished by then."""
 MAX_TRACKED_HOLES = 10_000
 """Bound on remembered holes (the newest are kept: they belong to the writes still in flight)."""
-RECONNECT_INITIAL_S = 0.2
-RECONNECT_MAX_S = 5.0
-"""Back-off between reconnect attempts: doubles from the first value up to the second."""
 FEED_APPLICATION_NAME = "mcp-autonomy-feed"
-# TCP keepalives end a connection whose peer vanished (a partition sends no FIN); ignored over a
-# unix socket, where the server's exit closes the socket.
-_KEEPALIVES: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
 
 RECORD_TABLES = ("incidents", "predictions", "maintenance_windows", "optimizations")
 """Record tables whose changed ids reach `on_records` listeners."""
@@ -160,18 +147,14 @@ _STATE_QUERY = sql.SQL(" UNION ALL ").join(
 ) + sql.SQL(" ORDER BY 1 LIMIT %(limit)s")
 
 
-def _describe(exc: BaseException) -> str:
-    """One line for a log or the status (psycopg messages hold no password, only its first line)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-class ClusterFeed:
+class ClusterFeed(DedicatedSession):
     """Fans other replicas' events and every shared-state change out to this replica.
 
     Start it (`run`) before the replica loads shared state from the store: a change made in
     between then arrives twice, which listeners must tolerate anyway (own writes come back too).
     """
+
+    label = "cluster feed"
 
     def __init__(
         self, url: str, *, origin: str, bus: EventBus, clock: Clock, poll_s: float = DEFAULT_POLL_S
@@ -180,10 +163,9 @@ class ClusterFeed:
             raise ValueError("origin must be a non-empty run id")
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0 seconds, got {poll_s}")
-        self._url = url
+        super().__init__(url, clock=clock, application_name=FEED_APPLICATION_NAME)
         self._origin = origin
         self._bus = bus
-        self._clock = clock
         self._poll_s = poll_s
         self._events = _Position()
         self._changes = _Position()
@@ -191,14 +173,11 @@ class ClusterFeed:
         self._state_listeners: dict[int, StateListener] = {}
         self._records_listeners: dict[int, RecordsListener] = {}
         self._next_listener = 0
-        self._connected = False
-        self._last_error: str | None = None
         self._caught_up_at_s: float | None = None
         self.events_received = 0
         self.events_skipped = 0
         self.state_changes = 0
         self.record_changes = 0
-        self.reconnects = 0
 
     # --- listeners ---------------------------------------------------------------------
 
@@ -229,14 +208,6 @@ class ClusterFeed:
 
     # --- status ------------------------------------------------------------------------
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
-
     def status(self) -> FeedStatus:
         caught_up = self._caught_up_at_s
         return FeedStatus(
@@ -252,69 +223,19 @@ class ClusterFeed:
 
     # --- the loop ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow the database until cancelled, reconnecting after any failure.
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # LISTEN before reading positions: a commit after the read is then always notified.
+        for channel in (EVENTS_CHANNEL, STATE_CHANNEL):
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        if not self._positioned:
+            cursor = await conn.execute(_START_POSITIONS)
+            row = await cursor.fetchone()
+            assert row is not None
+            self._events.value, self._changes.value = int(row[0]), int(row[1])
+            self._positioned = True
 
-        Reports started once it listens and has taken its start positions, or after a first
-        failed attempt (a replica starts while the database is down; the feed keeps trying).
-        """
-        started = False
-        delay_s = RECONNECT_INITIAL_S
-        try:
-            while True:
-                conn: psycopg.AsyncConnection[Any] | None = None
-                try:
-                    conn = await self._open()
-                    self._connected = True
-                    self._last_error = None
-                    delay_s = RECONNECT_INITIAL_S
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await self._follow(conn)
-                except Exception as exc:  # any failure: the connection is suspect, start afresh
-                    was_connected, self._connected = self._connected, False
-                    self._last_error = _describe(exc)
-                    logger.warning(
-                        "cluster feed %s %s: %s; reconnecting in %.1f s",
-                        "lost" if was_connected else "could not open",
-                        redact_url(self._url),
-                        self._last_error,
-                        delay_s,
-                        exc_info=not isinstance(exc, psycopg.Error),
-                    )
-                finally:
-                    if conn is not None:
-                        with anyio.CancelScope(shield=True):
-                            await conn.close()
-                if not started:
-                    started = True
-                    task_status.started()
-                await self._clock.sleep(delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
-                self.reconnects += 1
-        finally:
-            self._connected = False
-
-    async def _open(self) -> psycopg.AsyncConnection[Any]:
-        kwargs = connect_kwargs(application_name=FEED_APPLICATION_NAME)
-        kwargs.update(_KEEPALIVES)
-        conn = await psycopg.AsyncConnection.connect(self._url, **kwargs)
-        try:
-            # LISTEN before reading positions: a commit after the read is then always notified.
-            for channel in (EVENTS_CHANNEL, STATE_CHANNEL):
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-            if not self._positioned:
-                cursor = await conn.execute(_START_POSITIONS)
-                row = await cursor.fetchone()
-                assert row is not None
-                self._events.value, self._changes.value = int(row[0]), int(row[1])
-                self._positioned = True
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
-            raise
-        return conn
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await self._follow(conn)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
@@ -361,7 +282,7 @@ class ClusterFeed:
             )
         except ValueError as exc:  # a newer replica's event type during a rolling update
             self.events_skipped += 1
-            logger.warning("cluster feed skipped event %s: %s", event_id, _describe(exc))
+            logger.warning("cluster feed skipped event %s: %s", event_id, describe(exc))
             return
         self.events_received += 1
         self._bus.publish(event)

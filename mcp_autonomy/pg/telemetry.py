@@ -19,14 +19,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import anyio
 import psycopg
-from anyio.abc import TaskStatus
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock
-from mcp_autonomy.pg.connect import connect_kwargs, redact_url
-from mcp_autonomy.pg.feed import _KEEPALIVES, RECONNECT_INITIAL_S, RECONNECT_MAX_S, _describe, _Position
+from mcp_autonomy.pg.feed import _Position
+from mcp_autonomy.pg.session import DedicatedSession
 from mcp_autonomy.telemetry import DEFAULT_WINDOW_S, Outcome, Telemetry
 
 __all__ = [
@@ -89,12 +87,14 @@ class ClusterTelemetryStatus(BaseModel):
     replicas_seen: list[str] = Field(description="Other replicas whose samples arrived")
 
 
-class ClusterTelemetry:
+class ClusterTelemetry(DedicatedSession):
     """Shares this replica's provider-call samples and merges the other replicas' into `telemetry`.
 
     `replica` names this process in the table; use an id unique per process (a run id), so a
     restarted pod's previous samples count as evidence from elsewhere, not as its own.
     """
+
+    label = "cluster telemetry"
 
     def __init__(
         self,
@@ -114,25 +114,21 @@ class ClusterTelemetry:
             raise ValueError(
                 f"keep_s must be >= {RECENT_EVIDENCE_S} seconds (the start window), got {keep_s}"
             )
-        self._url = url
+        super().__init__(url, clock=clock, application_name=TELEMETRY_APPLICATION_NAME)
         self._replica = replica
         self._telemetry = telemetry
-        self._clock = clock
         self._publish_s = publish_s
         self._keep_s = keep_s
         self._position = _Position()
         self._positioned = False
         self._cursor: dict[str, int] = {}
         self._next_prune_s: float | None = None
-        self._connected = False
-        self._last_error: str | None = None
         self._replicas_seen: set[str] = set()
         self.published = 0
         self.received = 0
         self.lost = 0
         self.skipped = 0
         self.pruned = 0
-        self.reconnects = 0
 
     def status(self) -> ClusterTelemetryStatus:
         return ClusterTelemetryStatus(
@@ -147,70 +143,21 @@ class ClusterTelemetry:
             replicas_seen=sorted(self._replicas_seen),
         )
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Publish and merge every `publish_s` until cancelled, reconnecting after any failure.
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if not self._positioned:
+            cursor = await conn.execute(_START_POSITION, {"since": self._clock.now() - RECENT_EVIDENCE_S})
+            row = await cursor.fetchone()
+            assert row is not None
+            first_recent, last = row
+            # Start just before the oldest recent row; with none, after everything there is.
+            self._position.value = int(first_recent) - 1 if first_recent is not None else int(last)
+            self._positioned = True
 
-        Reports started once connected and positioned, or after a first failed attempt (the
-        database may be down at start; the loop keeps trying).
-        """
-        started = False
-        delay_s = RECONNECT_INITIAL_S
-        try:
-            while True:
-                conn: psycopg.AsyncConnection[Any] | None = None
-                try:
-                    conn = await self._open()
-                    self._connected = True
-                    self._last_error = None
-                    delay_s = RECONNECT_INITIAL_S
-                    if not started:
-                        started = True
-                        task_status.started()
-                    while True:
-                        await self._round(conn)
-                        await self._clock.sleep(self._publish_s)
-                except Exception as exc:  # any failure: the connection is suspect, start afresh
-                    was_connected, self._connected = self._connected, False
-                    self._last_error = _describe(exc)
-                    logger.warning(
-                        "cluster telemetry %s %s: %s; reconnecting in %.1f s",
-                        "lost" if was_connected else "could not open",
-                        redact_url(self._url),
-                        self._last_error,
-                        delay_s,
-                        exc_info=not isinstance(exc, psycopg.Error),
-                    )
-                finally:
-                    if conn is not None:
-                        with anyio.CancelScope(shield=True):
-                            await conn.close()
-                if not started:
-                    started = True
-                    task_status.started()
-                await self._clock.sleep(delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
-                self.reconnects += 1
-        finally:
-            self._connected = False
-
-    async def _open(self) -> psycopg.AsyncConnection[Any]:
-        kwargs = connect_kwargs(application_name=TELEMETRY_APPLICATION_NAME)
-        kwargs.update(_KEEPALIVES)
-        conn = await psycopg.AsyncConnection.connect(self._url, **kwargs)
-        try:
-            if not self._positioned:
-                cursor = await conn.execute(_START_POSITION, {"since": self._clock.now() - RECENT_EVIDENCE_S})
-                row = await cursor.fetchone()
-                assert row is not None
-                first_recent, last = row
-                # Start just before the oldest recent row; with none, after everything there is.
-                self._position.value = int(first_recent) - 1 if first_recent is not None else int(last)
-                self._positioned = True
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
-            raise
-        return conn
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Publish and merge every `publish_s` (the connection's failure ends it)."""
+        while True:
+            await self._round(conn)
+            await self._clock.sleep(self._publish_s)
 
     async def _round(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await self._publish(conn)
