@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,14 @@ __all__ = ["PostgresStore"]
 _INSERT_BATCH_ROWS = 1_000
 """Events per INSERT statement (11 parameters each stays far below PostgreSQL's 65,535)."""
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+CONNECT_TIMEOUT_S = 2
+"""How long one connection attempt may take. The calls are synchronous, on the event loop: while
+the database is unreachable over the network (no refusal, just silence) each attempt stalls the
+loop this long, so attempts are also spaced out (`RECONNECT_BACKOFF_*`)."""
+RECONNECT_BACKOFF_INITIAL_S = 1.0
+RECONNECT_BACKOFF_MAX_S = 5.0
+"""After a failed connection attempt, calls fail at once (`StoreUnavailable`) for this long, doubling
+after each further failure up to the maximum; the first success resets it."""
 """What says the database is out of reach (server down, connection lost, statement timed out)."""
 
 
@@ -97,6 +106,8 @@ class PostgresStore:
         self.origin = origin
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        self._retry_at_mono = 0.0
+        self._backoff_s = RECONNECT_BACKOFF_INITIAL_S
         self._opened = False
         self._secrets = self._passwords(url)
 
@@ -162,9 +173,22 @@ class PostgresStore:
             if not (self._opened or opening):
                 # As the SQLite store: a closed store must not quietly connect again.
                 raise RuntimeError(f"store {self.url_redacted} is not open")
+            if (self._conn is None or self._conn.closed) and not opening:
+                wait_s = self._retry_at_mono - time.monotonic()
+                if wait_s > 0:
+                    raise StoreUnavailable(
+                        f"state store {self.url_redacted} unavailable: the last connection attempt "
+                        f"failed; next attempt in {wait_s:.1f} s"
+                    )
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = connect(self._url)
+                    try:
+                        self._conn = connect(self._url, connect_timeout=CONNECT_TIMEOUT_S)
+                    except _CONNECTION_ERRORS:
+                        self._retry_at_mono = time.monotonic() + self._backoff_s
+                        self._backoff_s = min(self._backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+                        raise
+                    self._backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 conn = self._conn
                 yield conn
             except _CONNECTION_ERRORS as error:

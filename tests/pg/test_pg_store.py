@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -101,9 +102,23 @@ def test_an_outage_raises_store_unavailable_and_the_next_call_after_it_reconnect
             store.get_state("switch", "engaged")
         assert store.is_open  # still open: it recovers on its own
 
+        # Attempts are spaced out while it is down: a call in the back-off fails at once.
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="next attempt in"):
+            store.get_state("switch", "engaged")
+        assert time.monotonic() - started < 0.05
+
         own_server.start()
+        deadline = time.monotonic() + 10
+        while True:  # the next attempt after the back-off reconnects by itself
+            try:
+                engaged = store.get_state("switch", "engaged")
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "never reconnected"
+                time.sleep(0.05)
         # Nothing of the refused writes landed, and the counters agree with the rows.
-        assert store.get_state("switch", "engaged") is False
+        assert engaged is False
         assert [e.seq for e in store.query_events()] == [1]
         assert store.count_events() == 1
         assert _sql(url, "SELECT COUNT(*) FROM events") == [(1,)]
