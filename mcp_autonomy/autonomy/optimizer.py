@@ -402,12 +402,17 @@ class AutoOptimizer(Component):
     def _save_tunables(self) -> None:
         if self.router is None or self.providers is None or not self.store.is_open:
             return
+        kept: dict[str, dict[str, Any]] = {}
+        for name in self.providers.names():
+            values = self.router.lane(name).tunables.model_dump()
+            experiment = self._experiments.get(name)
+            if experiment is not None:
+                # What is kept is the value before the experiment: a candidate in its slot (switchback,
+                # before/after) is on trial, and must not reach other replicas or survive a restart.
+                values[experiment.record.parameter] = experiment.record.old_value
+            kept[name] = values
         self.store.set_state(
-            self.name,
-            STATE_TUNABLES,
-            {name: self.router.lane(name).tunables.model_dump() for name in self.providers.names()},
-            timestamp=self.clock.now(),
-            fence=self.write_fence(),
+            self.name, STATE_TUNABLES, kept, timestamp=self.clock.now(), fence=self.write_fence()
         )
 
     def _save_pins(self) -> None:

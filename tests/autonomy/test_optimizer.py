@@ -397,6 +397,10 @@ async def test_a_parameter_the_router_cannot_split_is_judged_by_switchback(
     assert experiment is not None and experiment.mode == "switchback" and lane.canary is None
     # An operator's change to another parameter mid-experiment survives every switch.
     opt.set_provider_config(PROVIDER, {"timeout_s": 5.0}, pin=True, reason="test: operator's choice")
+    # What is kept (for a restart and the other replicas) is the value before the trial, not the
+    # candidate the lane runs in this slot, with the operator's change.
+    kept = opt.store.get_state(opt.name, "tunables")[PROVIDER]
+    assert (kept["rate_limit_per_s"], kept["timeout_s"]) == (100.0, 5.0)
     slots: list[float] = []
     for slot in range(4):
         slots.append(lane.tunables.rate_limit_per_s)
