@@ -10,29 +10,45 @@
 
 It serves, over real HTTP on a loopback port in the test's event loop:
 
-- apps/v1 Deployments (get, list, create, update, patch, delete) and their `scale` subresource
-  (an autoscaling/v1 `Scale`: get, update, patch);
-- autoscaling/v2 HorizontalPodAutoscalers, coordination.k8s.io/v1 Leases,
+- apps/v1 Deployments (get, list, create, update, patch, delete), their `scale` subresource
+  (an autoscaling/v1 `Scale`: get, update, patch) and their `status` subresource;
+- autoscaling/v2 HorizontalPodAutoscalers (with `status`), coordination.k8s.io/v1 Leases,
   discovery.k8s.io/v1 EndpointSlices, core/v1 Pods and Services (same verbs);
 - `/version`, `/api`, `/apis` discovery stubs.
 
 What the real server does and this one does too:
 
+- RBAC: every request is authorised against a Role and the RoleBinding that binds it (by
+  default `deploy/kubernetes/role.yaml` and `rolebinding.yaml`, parsed), the client being the
+  ServiceAccount the binding names: verb (GET on a collection = list, `?watch=true` = watch,
+  on a name = get, PUT = update, PATCH = patch, POST = create, DELETE = delete), API group,
+  resource and subresource (`deployments/scale`), `resourceNames` (which never match a create,
+  nor a list or watch without a `metadata.name=` field selector). A denial is `403 Forbidden`
+  with the apiserver's message; `running_apiserver(role=...)` / `state.role = ...` swap the Role
+  (`role_without()` drops one verb), `state.role = None` authorises everything;
 - `metadata.resourceVersion` is one global counter, bumped by every write that changes the
-  object (a no-op update or patch keeps it, as in Kubernetes); `uid`, `creationTimestamp`,
-  and `generation` (bumped on spec changes of Deployments and HPAs) are server-owned;
+  object, status writes included (a no-op update or patch keeps it, as in Kubernetes); `uid`,
+  `creationTimestamp`, and `generation` (bumped on spec changes of Deployments and HPAs) are
+  server-owned;
 - an update carrying a resourceVersion other than the stored one is `409 Conflict`, as is a
   patch whose result carries one; an update without one is unconditional, except for Leases,
   which require it (`422 Invalid`); a Lease update of a missing Lease creates it, other kinds
   answer 404; a create of an existing name is `409 AlreadyExists`; a delete honours
-  `preconditions.resourceVersion`;
+  `preconditions.resourceVersion` and `preconditions.uid`; a Scale whose `metadata.uid` is not
+  the Deployment's is `409 Conflict` ("Precondition failed: UID in precondition: ...");
+- a Lease's `acquireTime`/`renewTime` are MicroTimes: RFC 3339 with exactly six fractional
+  digits (`2026-12-07T10:00:00.000000Z`); anything else is `400 BadRequest`, as the decoder says;
 - patches: `application/strategic-merge-patch+json` (what the Python client sends for a dict
   body: its default `application/json-patch+json` is switched when the body is not a list),
   `application/merge-patch+json`, `application/json-patch+json` (RFC 6902, `test` included);
-- status is owned by the server: writes to the main resource keep the stored status; a
-  Deployment's `readyReplicas`/`availableReplicas` follow `spec.replicas` at once when
-  `state.auto_rollout` is true, else only `state.set_ready()` moves them; zero counts are
-  omitted from the JSON, as `omitempty` does;
+- status is owned by the server: writes to the main resource keep the stored status, writes to
+  `/status` keep everything but the status; a Deployment's `readyReplicas`/`availableReplicas`
+  follow `spec.replicas` at once when `state.auto_rollout` is true, else only
+  `state.set_ready()` moves them; zero counts are omitted from the JSON, as `omitempty` does;
+- an HPA controller model (`running_apiserver(hpa_controller=True, clock=...)`): every sync
+  period of the clock (15 s) each autoscaling/v2 HPA on a Deployment is reconciled as
+  kube-controller-manager does, from a metric the test sets (`state.set_hpa_recommendation`,
+  `state.set_hpa_utilization`): see `HpaControllerModel`;
 - every error is a `Status` body with the real reason, code, message and details, e.g.
   `deployments.apps "x" not found`, `deployments.apps "x" is forbidden: User "..." cannot patch
   resource "deployments/scale" in API group "apps" in the namespace "ns"`;
@@ -40,7 +56,7 @@ What the real server does and this one does too:
   `k in (a,b)`, `k notin (a,b)`, comma-joined) and `fieldSelector` (`metadata.name`,
   `metadata.namespace`) filter lists; `dryRun=All` validates without storing.
 
-Not served: watch, server-side apply, status subresources, admission, garbage collection.
+Not served: watch, server-side apply, admission, garbage collection, ClusterRoles.
 The `kubernetes` client is blocking: call it through `anyio.to_thread.run_sync`, never on the
 event loop thread (the server runs on that loop and would never answer).
 """
@@ -50,6 +66,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 import secrets
 import threading
@@ -58,20 +75,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
+import anyio
 import kubernetes.client
+import yaml  # type: ignore[import-untyped]
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.sandbox.server import running_sandbox
 
 JsonObject = dict[str, Any]
 
-DEFAULT_USER: Final = "system:serviceaccount:default:mcp-autonomy"
-"""Who the RBAC messages say is asking (a ServiceAccount, as for a server running in a pod)."""
+DEPLOY_DIR: Final = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+"""Where the Role and RoleBinding the server authorises with by default are read from."""
+HPA_SYNC_PERIOD_S: Final = 15.0
+"""kube-controller-manager `--horizontal-pod-autoscaler-sync-period` default."""
+HPA_DOWNSCALE_STABILIZATION_S: Final = 300.0
+"""`--horizontal-pod-autoscaler-downscale-stabilization` default (also a nil scaleDown window)."""
+HPA_TOLERANCE: Final = 0.1
+"""`--horizontal-pod-autoscaler-tolerance` default: usage ratios within 10 % of 1 change nothing."""
 SERVER_VERSION: Final = {
     "major": "1",
     "minor": "33",
@@ -563,13 +590,151 @@ def json_patch(document: Any, operations: Any) -> Any:
     return result
 
 
+# --- RBAC ------------------------------------------------------------------------------------
+
+
+def load_manifest(file_name: str) -> JsonObject:
+    """The one object in `deploy/kubernetes/<file_name>`, parsed: a fresh copy a test may change."""
+    with (DEPLOY_DIR / file_name).open(encoding="utf-8") as handle:
+        obj = yaml.safe_load(handle)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{DEPLOY_DIR / file_name} does not hold one object")
+    return obj
+
+
+def deploy_role() -> JsonObject:
+    """`deploy/kubernetes/role.yaml`: the Role the server authorises with by default."""
+    return load_manifest("role.yaml")
+
+
+def deploy_role_binding() -> JsonObject:
+    """`deploy/kubernetes/rolebinding.yaml`: who is bound to the Role (its ServiceAccount)."""
+    return load_manifest("rolebinding.yaml")
+
+
+def role_without(role: JsonObject, verb: str, resource: str, *, api_group: str | None = None) -> JsonObject:
+    """A copy of `role` whose rules no longer grant `verb` on `resource` (`deployments/scale`).
+
+    Rules listing `*` as a verb are expanded first; a rule left with no verb is dropped.
+    """
+    if verb not in VERBS:
+        raise ValueError(f"role_without.verb must be one of {sorted(VERBS)}, got {verb!r}")
+    result = copy.deepcopy(role)
+    rules: list[JsonObject] = []
+    for rule in result.get("rules") or []:
+        verbs = list(rule.get("verbs") or [])
+        covers = resource in (rule.get("resources") or []) and (
+            api_group is None or api_group in (rule.get("apiGroups") or [])
+        )
+        if covers and (verb in verbs or "*" in verbs):
+            verbs = sorted(VERBS) if "*" in verbs else verbs
+            rule["verbs"] = [v for v in verbs if v != verb]
+            if not rule["verbs"]:
+                continue
+        rules.append(rule)
+    result["rules"] = rules
+    return result
+
+
+def _rule_allows(rule: JsonObject, verb: str, group: str, resource: str, subresource: str, name: str) -> bool:
+    """rbac/v1 `RuleAllows`: verb, API group, resource(/subresource) and resourceNames all match."""
+    verbs = rule.get("verbs") or []
+    if "*" not in verbs and verb not in verbs:
+        return False
+    groups = rule.get("apiGroups") or []
+    if "*" not in groups and group not in groups:
+        return False
+    combined = f"{resource}/{subresource}" if subresource else resource
+    resources = rule.get("resources") or []
+    # `deployments` does not cover `deployments/scale`; `*/scale` covers every scale subresource.
+    if not any(r in ("*", combined) or (subresource and r == f"*/{subresource}") for r in resources):
+        return False
+    names = rule.get("resourceNames") or []
+    # An empty name (create; list or watch without a metadata.name selector) never matches a list.
+    return not names or (bool(name) and name in names)
+
+
+def _service_account_groups(user: str) -> list[str]:
+    parts = user.split(":")
+    if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+        return ["system:serviceaccounts", f"system:serviceaccounts:{parts[2]}", "system:authenticated"]
+    return ["system:authenticated"]
+
+
+def _subject_matches(subject: JsonObject, user: str, binding_namespace: str) -> bool:
+    kind = subject.get("kind")
+    if kind == "ServiceAccount":
+        # A RoleBinding's ServiceAccount subject without a namespace means the binding's own.
+        namespace = subject.get("namespace") or binding_namespace
+        return user == f"system:serviceaccount:{namespace}:{subject.get('name')}"
+    if kind == "User":
+        return user == subject.get("name")
+    if kind == "Group":
+        return subject.get("name") in _service_account_groups(user)
+    return False
+
+
+# --- MicroTime -------------------------------------------------------------------------------
+
+_MICROTIME_LAYOUT: Final = "2006-01-02T15:04:05.000000Z07:00"
+# Go's layout elements of RFC3339Micro and what each accepts, in order.
+_MICROTIME_ELEMENTS: Final = (
+    ("2006", r"\d{4}"),
+    ("-", "-"),
+    ("01", r"\d{2}"),
+    ("-", "-"),
+    ("02", r"\d{2}"),
+    ("T", "T"),
+    ("15", r"\d{2}"),
+    (":", ":"),
+    ("04", r"\d{2}"),
+    (":", ":"),
+    ("05", r"\d{2}"),
+    (".000000", r"\.\d{6}"),
+    ("Z07:00", r"Z|[+-]\d{2}:\d{2}"),
+)
+
+
+def microtime_error(value: Any) -> str | None:
+    """Why `value` is not a MicroTime as metav1.MicroTime decodes it (Go's parse error), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "json: cannot unmarshal number into Go value of type string"
+    rest = value
+    for layout, pattern in _MICROTIME_ELEMENTS:
+        match = re.match(pattern, rest)
+        if match is None:
+            return f'parsing time "{value}" as "{_MICROTIME_LAYOUT}": cannot parse "{rest}" as "{layout}"'
+        rest = rest[match.end() :]
+    if rest:
+        return f'parsing time "{value}": extra text: "{rest}"'
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return f'parsing time "{value}": day or month out of range'
+    return None
+
+
+def _check_decodable(rt: ResourceType, obj: Any) -> None:
+    """The typed decode the apiserver does before anything else: MicroTime fields of a Lease."""
+    if rt is not LEASE or not isinstance(obj, dict):
+        return
+    spec = obj.get("spec") or {}
+    for field_name in ("acquireTime", "renewTime"):
+        why = microtime_error(spec.get(field_name)) if isinstance(spec, dict) else None
+        if why is not None:
+            raise _bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {why}')
+
+
 # --- state -----------------------------------------------------------------------------------
 
 _Key = tuple[str, str, str, str]  # (group, plural, namespace, name)
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _timestamp(epoch_s: float) -> str:
+    """A metav1.Time: RFC 3339 in whole seconds."""
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _omit_zero(values: dict[str, int]) -> JsonObject:
@@ -592,11 +757,32 @@ def _deployment_status(obj: JsonObject, ready: int) -> JsonObject:
 
 
 class ApiServerState:
-    """The objects, the RBAC denials and the knobs a test turns; safe to use from any thread."""
+    """The objects, the Role the client is bound to, the HPA model and the knobs a test turns.
 
-    def __init__(self, *, user: str = DEFAULT_USER) -> None:
-        self.user = user
-        """The subject named in 403 messages."""
+    Safe to use from any thread. `role`: the Role evaluated for every request (None: no
+    authorisation, everything allowed); `role_binding`: who it is bound to; `namespace`: where
+    both live and the ServiceAccount's namespace (None: the namespace each request names, as if
+    the kustomization were applied in every namespace a test uses).
+    """
+
+    def __init__(
+        self,
+        *,
+        role: JsonObject | Literal["deploy"] | None = "deploy",
+        role_binding: JsonObject | None = None,
+        namespace: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.role: JsonObject | None = deploy_role() if role == "deploy" else role
+        """The Role every request is authorised against; None authorises everything."""
+        self.role_binding: JsonObject = role_binding if role_binding is not None else deploy_role_binding()
+        """The RoleBinding: its `roleRef` must name `role`, its subjects are who may act."""
+        self.namespace = namespace
+        """The namespace of the Role, the RoleBinding and the ServiceAccount; None: each request's."""
+        self.user: str | None = None
+        """Who is asking; None: the binding's ServiceAccount (`system:serviceaccount:<ns>:<name>`)."""
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        """Timestamps (creationTimestamp, lastScaleTime) and the HPA model's windows read it."""
         self.conflict_before_next_writes = 0
         """The next N writes to an existing object first see a concurrent writer bump it."""
         self.auto_rollout = True
@@ -608,6 +794,8 @@ class ApiServerState:
         self._types: dict[tuple[str, str], ResourceType] = {(t.group, t.kind): t for t in KNOWN_TYPES}
         self._revision = 0
         self._denied: list[tuple[str, str, str | None]] = []
+        self.hpa_controller = HpaControllerModel(self)
+        """The HPA controller model: `running_apiserver(hpa_controller=True)` syncs it every period."""
 
     # --- the test API ---
 
@@ -646,14 +834,18 @@ class ApiServerState:
             self._objects.pop(self._key(rt, namespace, name), None)
 
     def deny(self, verb: str, resource: str, *, namespace: str | None = None) -> None:
-        """Forbid `verb` (or `*`) on `resource` (`deployments/scale`, `leases`, `*`) in `namespace` (None: all)."""
+        """Forbid `verb` (or `*`) on `resource` (`deployments/scale`, `leases`, `*`) in `namespace` (None: all).
+
+        On top of the Role (RBAC itself has no deny): as if the Role bound in that namespace
+        lacked the verb. Prefer `role_without()` for a Role that really lacks it.
+        """
         if verb != "*" and verb not in VERBS:
             raise ValueError(f"unknown verb {verb!r}: one of {sorted(VERBS)} or *")
         with self._lock:
             self._denied.append((verb, resource, namespace))
 
     def allow_all(self) -> None:
-        """Drop every denial."""
+        """Drop every `deny()` (the Role still applies; `state.role = None` lifts it too)."""
         with self._lock:
             self._denied.clear()
 
@@ -665,6 +857,42 @@ class ApiServerState:
             if obj is None:
                 raise LookupError(f'{rt.qualified} "{name}" not found in namespace {namespace!r}')
             obj["metadata"]["resourceVersion"] = self._next_revision()
+
+    def user_for(self, namespace: str | None) -> str:
+        """Who a request in `namespace` comes from: `user` if set, else the bound ServiceAccount."""
+        if self.user is not None:
+            return self.user
+        subjects = [s for s in self.role_binding.get("subjects") or [] if s.get("kind") == "ServiceAccount"]
+        if not subjects:
+            raise ValueError("the RoleBinding binds no ServiceAccount: set state.user to who is asking")
+        binding_namespace = self.namespace or namespace or "default"
+        return (
+            f"system:serviceaccount:{subjects[0].get('namespace') or binding_namespace}:{subjects[0]['name']}"
+        )
+
+    def set_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: JsonObject
+    ) -> JsonObject:
+        """A controller wrote the object's status: stored as given, resourceVersion moved if it changed."""
+        rt = self._type_for(api_version, kind)
+        with self._lock:
+            key = self._key(rt, namespace, name)
+            old = self._objects.get(key)
+            if old is None:
+                raise LookupError(f'{rt.qualified} "{name}" not found in namespace {namespace!r}')
+            return self._commit_status(key, copy.deepcopy(status), old, dry_run=False)
+
+    def set_hpa_recommendation(self, namespace: str, name: str, replicas: int | None) -> None:
+        """The HPA's metrics now ask for `replicas` (its raw recommendation); None: metrics unavailable."""
+        self.hpa_controller.set_recommendation(namespace, name, replicas)
+
+    def set_hpa_utilization(self, namespace: str, name: str, percent: float) -> None:
+        """The HPA's pods now run at `percent` of their request (its Utilization target decides)."""
+        self.hpa_controller.set_utilization(namespace, name, percent)
+
+    def sync_hpas(self) -> None:
+        """One HPA controller sync of every HPA, now (what each sync period does)."""
+        self.hpa_controller.sync()
 
     def set_ready(self, namespace: str, name: str, ready: int) -> None:
         """The rollout progressed: the Deployment now has `ready` ready (and available) replicas."""
@@ -712,7 +940,7 @@ class ApiServerState:
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         metadata = obj["metadata"]
         metadata.setdefault("uid", str(uuid.uuid4()))
-        metadata.setdefault("creationTimestamp", _now())
+        metadata.setdefault("creationTimestamp", _timestamp(self.clock.now()))
         if rt.tracks_generation:
             metadata.setdefault("generation", 1)
 
@@ -731,23 +959,51 @@ class ApiServerState:
     def _check_rbac(
         self, verb: str, rt: ResourceType, subresource: str, namespace: str | None, name: str
     ) -> None:
+        """Authorise the request against the Role and its binding (and `deny()`), else 403."""
         resource = f"{rt.plural}/{subresource}" if subresource else rt.plural
         with self._lock:
-            denied = any(
+            user = self.user_for(namespace)
+            reason = self._rbac_denial(verb, rt, subresource, namespace, name, user)
+            if reason is None and any(
                 v in ("*", verb) and r in ("*", resource) and (ns is None or ns == namespace)
                 for v, r, ns in self._denied
-            )
-        if not denied:
+            ):
+                reason = ""
+        if reason is None:
             return
         subject = f'{rt.qualified} "{name}"' if name else rt.qualified
         scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
         raise ApiError(
             403,
             "Forbidden",
-            f'{subject} is forbidden: User "{self.user}" cannot {verb} resource "{resource}" '
-            f'in API group "{rt.group}" {scope}',
+            f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
+            f'in API group "{rt.group}" {scope}{reason}',
             _details(rt, name),
         )
+
+    def _rbac_denial(
+        self, verb: str, rt: ResourceType, subresource: str, namespace: str | None, name: str, user: str
+    ) -> str | None:
+        """None when the Role allows the request, else the RBAC reason suffix of the message."""
+        role = self.role
+        if role is None:
+            return None
+        binding_namespace = self.namespace or namespace
+        # A Role grants in its own namespace only; nothing cluster-wide.
+        if namespace is None or binding_namespace != namespace:
+            return ""
+        subjects = self.role_binding.get("subjects") or []
+        if not any(_subject_matches(s, user, binding_namespace) for s in subjects):
+            return ""
+        ref = self.role_binding.get("roleRef") or {}
+        role_name = _at(role, "metadata", "name")
+        if ref.get("kind") != "Role" or ref.get("name") != role_name:
+            kind = str(ref.get("kind", "")).lower()
+            return f': RBAC: {kind}.rbac.authorization.k8s.io "{ref.get("name", "")}" not found'
+        rules = role.get("rules") or []
+        if any(_rule_allows(rule, verb, rt.group, rt.plural, subresource, name) for rule in rules):
+            return None
+        return ""
 
     def _race(self, key: _Key) -> None:
         """A racing writer gets in first when the test asked for it."""
@@ -782,6 +1038,21 @@ class ApiServerState:
             self._settle_deployment(new, old, keep_given_status=False)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"] if old else "0"
         if old is not None and new == old:
+            return copy.deepcopy(old)
+        new["metadata"]["resourceVersion"] = str(self._revision + 1)
+        if not dry_run:
+            self._next_revision()
+            self._objects[key] = new
+        return copy.deepcopy(new)
+
+    def _commit_status(self, key: _Key, status: Any, old: JsonObject, dry_run: bool) -> JsonObject:
+        """A status write: only the status changes; a changed one moves the resourceVersion."""
+        new = copy.deepcopy(old)
+        if status is None:
+            new.pop("status", None)
+        else:
+            new["status"] = status
+        if new == old:
             return copy.deepcopy(old)
         new["metadata"]["resourceVersion"] = str(self._revision + 1)
         if not dry_run:
@@ -934,7 +1205,10 @@ class _Api:
         dry_run = query.get("dryRun") == "All"
         state = self.state
         rt = target.rt
-        if target.subresource and not (rt is DEPLOYMENT and target.subresource == "scale"):
+        if target.subresource and not (
+            (rt is DEPLOYMENT and target.subresource == "scale")
+            or (rt.status_subresource and target.subresource == "status")
+        ):
             raise _no_such_resource()
         if not target.name:
             if method == "GET":
@@ -951,7 +1225,13 @@ class _Api:
                 raise _method_not_allowed()
         if target.namespace is None and verb != "list":
             raise _no_such_resource()
-        state._check_rbac(verb, rt, target.subresource, target.namespace, target.name)
+        name = target.name
+        if verb in ("list", "watch"):
+            # The apiserver takes the name of a list or watch from a `metadata.name=` field
+            # selector, so resourceNames can allow it.
+            terms = _parse_field_selector(query.get("fieldSelector", ""))
+            name = next((v for f, op, v in terms if f == "metadata.name" and op == "="), "")
+        state._check_rbac(verb, rt, target.subresource, target.namespace, name)
         if verb in ("watch", "deletecollection"):
             raise _bad_request(f"{verb} is not supported by this test API server")
         with state._lock:
@@ -963,6 +1243,8 @@ class _Api:
             key = state._key(rt, target.namespace, target.name)
             if target.subresource == "scale":
                 return self._scale(verb, target, key, request, raw_body, dry_run)
+            if target.subresource == "status":
+                return self._status(verb, target, key, request, raw_body, dry_run)
             if verb == "get":
                 obj = state._objects.get(key)
                 if obj is None:
@@ -1046,6 +1328,7 @@ class _Api:
     ) -> JsonObject:
         if not isinstance(body, dict):
             raise _bad_request("the body of the request was not a JSON object")
+        _check_decodable(rt, body)
         api_version, kind = body.get("apiVersion"), body.get("kind")
         expected_version = SCALE_KIND.api_version if rt is SCALE_KIND else rt.api_version
         if api_version and api_version != expected_version:
@@ -1132,6 +1415,7 @@ class _Api:
         patched = _apply_patch(request, raw_body, old)
         if not isinstance(patched, dict):
             raise _bad_request("the patched object is not a JSON object")
+        _check_decodable(rt, patched)
         metadata = patched.setdefault("metadata", {})
         if metadata.get("resourceVersion") != old["metadata"]["resourceVersion"]:
             raise _conflict(rt, target.name)
@@ -1202,10 +1486,47 @@ class _Api:
             if not isinstance(scale, dict) or _at(scale, "metadata", "resourceVersion") != current_rv:
                 raise _conflict(rt, target.name)
         _validate(SCALE_KIND, {"metadata": {"name": target.name}, **scale}, old)
+        wanted_uid = _at(scale, "metadata", "uid")
+        if wanted_uid and wanted_uid != old["metadata"]["uid"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on deployments/scale.apps "{target.name}": Precondition failed: '
+                f"UID in precondition: {wanted_uid}, UID in object meta: {old['metadata']['uid']}",
+                {"name": target.name, "group": "apps", "kind": "deployments/scale"},
+            )
         updated = copy.deepcopy(old)
         updated["spec"]["replicas"] = int(_at(scale, "spec", "replicas") or 0)
         stored = state._commit(rt, key, updated, old, dry_run)
         return 200, _scale_of(stored)
+
+    def _status(
+        self, verb: str, target: _Target, key: _Key, request: Request, raw_body: bytes, dry_run: bool
+    ) -> tuple[int, JsonObject]:
+        """`/status`: the whole object is read and written, but only its status changes."""
+        state, rt = self.state, target.rt
+        if verb not in ("get", "update", "patch"):
+            raise _method_not_allowed()
+        old = state._objects.get(key)
+        if old is None:
+            raise _not_found(rt, target.name)
+        if verb == "get":
+            return 200, copy.deepcopy(old)
+        assert target.namespace is not None
+        state._race(key)
+        old = state._objects[key]
+        if verb == "update":
+            written = self._check_identity(rt, _json(raw_body), target.namespace, target.name)
+            given = written["metadata"].get("resourceVersion")
+            if given and given != old["metadata"]["resourceVersion"]:
+                raise _conflict(rt, target.name)
+        else:
+            written = _apply_patch(request, raw_body, old)
+            if not isinstance(written, dict) or _at(written, "metadata", "resourceVersion") != _at(
+                old, "metadata", "resourceVersion"
+            ):
+                raise _conflict(rt, target.name)
+        return 200, state._commit_status(key, copy.deepcopy(written.get("status")), old, dry_run)
 
 
 def _json(raw: bytes) -> Any:
@@ -1323,6 +1644,318 @@ def endpoint_slice(namespace: str, service: str, addresses: list[tuple[str, int,
     }
 
 
+# --- the HPA controller model ----------------------------------------------------------------
+
+_DEFAULT_SCALE_UP_RULES: Final[JsonObject] = {
+    "stabilizationWindowSeconds": 0,
+    "selectPolicy": "Max",
+    "policies": [
+        {"type": "Pods", "value": 4, "periodSeconds": 15},
+        {"type": "Percent", "value": 100, "periodSeconds": 15},
+    ],
+}
+_DEFAULT_SCALE_DOWN_RULES: Final[JsonObject] = {
+    "selectPolicy": "Max",
+    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+}
+_LEGACY_SCALE_UP_FACTOR: Final = 2.0
+_LEGACY_SCALE_UP_MINIMUM: Final = 4
+"""Without `behavior`, one sync scales up to at most max(2 x current, 4) replicas."""
+
+
+@dataclass
+class _HpaMemory:
+    """What kube-controller-manager keeps in memory per HPA (lost on restart, like there)."""
+
+    recommendations: list[tuple[float, int]] = field(default_factory=list)
+    """(time, raw recommendation from metrics): the stabilization windows look at these."""
+    scale_up_events: list[tuple[float, int]] = field(default_factory=list)
+    scale_down_events: list[tuple[float, int]] = field(default_factory=list)
+    """(time, replicas added / removed) by this HPA: the rate policies look at these."""
+    recommendation: int | None = None
+    utilization_percent: float | None = None
+
+
+def _rules(behavior: JsonObject, direction: str, defaults: JsonObject) -> JsonObject:
+    """The scaling rules of one direction with the apiserver's defaults filled in."""
+    given = behavior.get(direction)
+    if not isinstance(given, dict):
+        return copy.deepcopy(defaults)
+    rules = dict(given)
+    if not rules.get("policies"):
+        rules["policies"] = copy.deepcopy(defaults["policies"])
+    rules.setdefault("selectPolicy", "Max")
+    if rules.get("stabilizationWindowSeconds") is None and "stabilizationWindowSeconds" in defaults:
+        rules["stabilizationWindowSeconds"] = defaults["stabilizationWindowSeconds"]
+    return rules
+
+
+def _changed_in_period(events: list[tuple[float, int]], now_s: float, period_s: float) -> int:
+    cutoff = now_s - period_s
+    return sum(change for at_s, change in events if at_s > cutoff)
+
+
+class HpaControllerModel:
+    """The HPA controller of kube-controller-manager (autoscaling/v2), as far as the engine meets it.
+
+    Each `sync()` reconciles every HPA whose `scaleTargetRef` is a Deployment served here, as
+    `HorizontalController.reconcileAutoscaler` does:
+
+    - the first sync of an HPA records the current replicas as a recommendation;
+    - Deployment at 0 replicas (minReplicas > 0): autoscaling is off, nothing changes;
+    - replicas above `maxReplicas`: scale to `maxReplicas`; below `minReplicas` (default 1):
+      scale to `minReplicas` at once, whatever the metrics or windows say;
+    - otherwise the raw recommendation comes from the metric the test set:
+      `set_recommendation` (the replicas the metrics ask for) or `set_utilization` (percent of
+      the request: ceil(replicas x utilization / target), unchanged within the 10 % tolerance;
+      the pods are taken to be the current replicas, all ready); with no metric the HPA cannot
+      compute one and changes nothing;
+    - without `spec.behavior`: the recommendation is the largest raw one of the last 300 s
+      (scale-down stabilization; scale-up is immediate), then clamped to
+      [minReplicas, min(maxReplicas, max(2 x replicas, 4))];
+    - with `spec.behavior` (defaults filled as the apiserver does: scale-up window 0, Max of
+      4 pods / 100 % per 15 s; scale-down window 300 s, 100 % per 15 s): the recommendation is
+      held between the smallest raw one of the scale-up window and the largest of the
+      scale-down window, then limited by the rate policies (`Pods`, `Percent`, `selectPolicy`
+      Max/Min/Disabled) against the scale events of their periods, and by min/max replicas;
+    - a change writes the Deployment's `spec.replicas` (its resourceVersion moves) and sets
+      `status.lastScaleTime`; the status (`currentReplicas`, `desiredReplicas`,
+      `lastScaleTime`) is written when it changed.
+
+    The windows keep raw recommendations, not replica counts, as the real controller does.
+    Not modelled: conditions, currentMetrics, pods without metrics, targets other than
+    Deployments. Every HPA is synced on the same tick (the real one offsets each by when it
+    was queued).
+    """
+
+    def __init__(
+        self,
+        state: ApiServerState,
+        *,
+        downscale_stabilization_s: float = HPA_DOWNSCALE_STABILIZATION_S,
+        tolerance: float = HPA_TOLERANCE,
+    ) -> None:
+        if not 0 <= downscale_stabilization_s <= 3600:
+            raise ValueError(
+                f"downscale_stabilization_s must be in [0, 3600], got {downscale_stabilization_s!r}"
+            )
+        if not 0 <= tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
+        self._state = state
+        self.downscale_stabilization_s = downscale_stabilization_s
+        self.tolerance = tolerance
+        self._memory: dict[_Key, _HpaMemory] = {}
+        self.syncs = 0
+        """How many syncs ran (a test can wait for the next one)."""
+
+    def set_recommendation(self, namespace: str, name: str, replicas: int | None) -> None:
+        """The replicas the HPA's metrics ask for from now on (None: no metric)."""
+        if replicas is not None and replicas < 0:
+            raise ValueError(f"set_recommendation.replicas must be >= 0, got {replicas!r}")
+        with self._state._lock:
+            memory = self._memory.setdefault(self._state._key(HPA, namespace, name), _HpaMemory())
+            memory.recommendation, memory.utilization_percent = replicas, None
+
+    def set_utilization(self, namespace: str, name: str, percent: float) -> None:
+        """The average utilization of the target's pods, in percent of their request."""
+        if not 0 <= percent < 100_000:
+            raise ValueError(f"set_utilization.percent must be in [0, 100000), got {percent!r}")
+        with self._state._lock:
+            memory = self._memory.setdefault(self._state._key(HPA, namespace, name), _HpaMemory())
+            memory.recommendation, memory.utilization_percent = None, percent
+
+    def recommendations(self, namespace: str, name: str) -> list[tuple[float, int]]:
+        """The (time, raw recommendation) pairs the controller remembers for an HPA."""
+        with self._state._lock:
+            memory = self._memory.get(self._state._key(HPA, namespace, name))
+            return list(memory.recommendations) if memory else []
+
+    def sync(self) -> None:
+        """Reconcile every HPA now."""
+        state = self._state
+        with state._lock:
+            self.syncs += 1
+            now_s = state.clock.now()
+            for key in sorted(k for k in state._objects if k[:2] == (HPA.group, HPA.plural)):
+                self._reconcile(key, now_s)
+
+    def _reconcile(self, key: _Key, now_s: float) -> None:
+        state = self._state
+        hpa_obj = state._objects[key]
+        spec = hpa_obj.get("spec") or {}
+        ref = spec.get("scaleTargetRef") or {}
+        if ref.get("kind") != "Deployment" or _group_of(str(ref.get("apiVersion", ""))) != "apps":
+            return
+        target_key = state._key(DEPLOYMENT, key[2], str(ref.get("name", "")))
+        target = state._objects.get(target_key)
+        if target is None:
+            return  # FailedGetScale: the real controller only sets a condition
+        memory = self._memory.setdefault(key, _HpaMemory())
+        current = int(_at(target, "spec", "replicas") or 0)
+        if not memory.recommendations:
+            memory.recommendations.append((now_s, current))
+        min_replicas = int(spec.get("minReplicas") or 1)
+        max_replicas = int(spec.get("maxReplicas") or 1)
+        behavior = spec.get("behavior")
+        status = copy.deepcopy(hpa_obj.get("status") or {})
+        desired = current
+        rescale = True
+        if current == 0 and min_replicas != 0:
+            desired, rescale = 0, False
+        elif current > max_replicas:
+            desired = max_replicas
+        elif current < min_replicas:
+            desired = min_replicas
+        else:
+            raw = self._raw_recommendation(memory, spec, current)
+            if raw is None:
+                # Metrics unavailable: status keeps its desiredReplicas, nothing scales.
+                desired, rescale = int(status.get("desiredReplicas") or 0), False
+            else:
+                if isinstance(behavior, dict):
+                    desired = self._with_behavior(
+                        memory, behavior, now_s, current, raw, min_replicas, max_replicas
+                    )
+                else:
+                    desired = self._legacy(memory, now_s, current, raw, min_replicas, max_replicas)
+                rescale = desired != current
+        if rescale:
+            updated = copy.deepcopy(target)
+            updated["spec"]["replicas"] = desired
+            state._commit(DEPLOYMENT, target_key, updated, target, dry_run=False)
+            status["lastScaleTime"] = _timestamp(now_s)
+            if isinstance(behavior, dict):
+                self._store_scale_event(memory, behavior, now_s, current, desired)
+        if current:
+            status["currentReplicas"] = current
+        else:
+            status.pop("currentReplicas", None)  # omitempty
+        status["desiredReplicas"] = desired
+        state._commit_status(key, status, hpa_obj, dry_run=False)
+
+    def _raw_recommendation(self, memory: _HpaMemory, spec: JsonObject, current: int) -> int | None:
+        if memory.recommendation is not None:
+            return memory.recommendation
+        if memory.utilization_percent is None:
+            return None
+        target_percent = next(
+            (
+                _at(m, "resource", "target", "averageUtilization")
+                for m in spec.get("metrics") or []
+                if m.get("type") == "Resource" and _at(m, "resource", "target", "type") == "Utilization"
+            ),
+            None,
+        )
+        if not target_percent:
+            return None
+        ratio = memory.utilization_percent / float(target_percent)
+        if abs(1.0 - ratio) <= self.tolerance:
+            return current
+        return math.ceil(ratio * current)
+
+    def _legacy(
+        self, memory: _HpaMemory, now_s: float, current: int, raw: int, min_replicas: int, max_replicas: int
+    ) -> int:
+        """`normalizeDesiredReplicas`: the max of the window's raw recommendations, then the limits."""
+        cutoff = now_s - self.downscale_stabilization_s
+        stabilized = max([raw, *(r for at_s, r in memory.recommendations if at_s >= cutoff)])
+        self._record(memory, now_s, raw, [cutoff])
+        scale_up_limit = max(int(_LEGACY_SCALE_UP_FACTOR * current), _LEGACY_SCALE_UP_MINIMUM)
+        return max(min_replicas, min(stabilized, min(max_replicas, scale_up_limit)))
+
+    def _with_behavior(
+        self,
+        memory: _HpaMemory,
+        behavior: JsonObject,
+        now_s: float,
+        current: int,
+        raw: int,
+        min_replicas: int,
+        max_replicas: int,
+    ) -> int:
+        """`normalizeDesiredReplicasWithBehaviors`: both windows, then the rate policies."""
+        up = _rules(behavior, "scaleUp", _DEFAULT_SCALE_UP_RULES)
+        down = _rules(behavior, "scaleDown", _DEFAULT_SCALE_DOWN_RULES)
+        up_window_s = float(up.get("stabilizationWindowSeconds") or 0)
+        down_window = down.get("stabilizationWindowSeconds")
+        down_window_s = float(down_window) if down_window is not None else self.downscale_stabilization_s
+        up_cutoff, down_cutoff = now_s - up_window_s, now_s - down_window_s
+        up_recommendation = min([raw, *(r for at_s, r in memory.recommendations if at_s > up_cutoff)])
+        down_recommendation = max([raw, *(r for at_s, r in memory.recommendations if at_s > down_cutoff)])
+        stabilized = min(max(current, up_recommendation), down_recommendation)
+        self._record(memory, now_s, raw, [up_cutoff, down_cutoff])
+        if stabilized > current:
+            limit = max(self._scale_up_limit(memory, up, now_s, current), current)
+            return min(stabilized, min(max_replicas, limit))
+        if stabilized < current:
+            limit = min(self._scale_down_limit(memory, down, now_s, current), current)
+            return max(stabilized, max(min_replicas, limit))
+        return stabilized
+
+    @staticmethod
+    def _record(memory: _HpaMemory, now_s: float, raw: int, cutoffs: list[float]) -> None:
+        """Keep the raw recommendation; one that fell out of every window is dropped."""
+        memory.recommendations = [
+            (at_s, r) for at_s, r in memory.recommendations if any(at_s >= c for c in cutoffs)
+        ]
+        memory.recommendations.append((now_s, raw))
+
+    @staticmethod
+    def _period_start(memory: _HpaMemory, now_s: float, current: int, period_s: float) -> int:
+        added = _changed_in_period(memory.scale_up_events, now_s, period_s)
+        removed = _changed_in_period(memory.scale_down_events, now_s, period_s)
+        return current - added + removed
+
+    def _scale_up_limit(self, memory: _HpaMemory, rules: JsonObject, now_s: float, current: int) -> int:
+        select = rules.get("selectPolicy", "Max")
+        if select == "Disabled":
+            return current
+        proposals = []
+        for policy in rules.get("policies") or []:
+            start = self._period_start(memory, now_s, current, float(policy.get("periodSeconds", 15)))
+            value = int(policy.get("value", 0))
+            if policy.get("type") == "Pods":
+                proposals.append(start + value)
+            else:
+                proposals.append(math.ceil(start * (1 + value / 100)))
+        if not proposals:
+            return current
+        return min(proposals) if select == "Min" else max(proposals)
+
+    def _scale_down_limit(self, memory: _HpaMemory, rules: JsonObject, now_s: float, current: int) -> int:
+        select = rules.get("selectPolicy", "Max")
+        if select == "Disabled":
+            return current
+        proposals = []
+        for policy in rules.get("policies") or []:
+            start = self._period_start(memory, now_s, current, float(policy.get("periodSeconds", 15)))
+            value = int(policy.get("value", 0))
+            if policy.get("type") == "Pods":
+                proposals.append(start - value)
+            else:
+                proposals.append(int(start * (1 - value / 100)))
+        if not proposals:
+            return current
+        return max(proposals) if select == "Min" else min(proposals)
+
+    @staticmethod
+    def _store_scale_event(
+        memory: _HpaMemory, behavior: JsonObject, now_s: float, previous: int, desired: int
+    ) -> None:
+        up = _rules(behavior, "scaleUp", _DEFAULT_SCALE_UP_RULES)
+        down = _rules(behavior, "scaleDown", _DEFAULT_SCALE_DOWN_RULES)
+        longest_s = max(
+            [float(p.get("periodSeconds", 15)) for p in [*up["policies"], *down["policies"]]] or [15.0]
+        )
+        cutoff = now_s - longest_s
+        memory.scale_up_events = [e for e in memory.scale_up_events if e[0] > cutoff]
+        memory.scale_down_events = [e for e in memory.scale_down_events if e[0] > cutoff]
+        if desired > previous:
+            memory.scale_up_events.append((now_s, desired - previous))
+        else:
+            memory.scale_down_events.append((now_s, previous - desired))
+
+
 # --- running it ------------------------------------------------------------------------------
 
 
@@ -1357,13 +1990,42 @@ class RunningApiServer:
 
 
 @asynccontextmanager
-async def running_apiserver(*, token: str | None = "test-token") -> AsyncIterator[RunningApiServer]:
-    """Serve a fresh `ApiServerState` on a loopback port for the length of the block."""
-    state = ApiServerState()
+async def running_apiserver(
+    *,
+    token: str | None = "test-token",
+    role: JsonObject | Literal["deploy"] | None = "deploy",
+    role_binding: JsonObject | None = None,
+    namespace: str | None = None,
+    clock: Clock | None = None,
+    hpa_controller: bool = False,
+    hpa_sync_period_s: float = HPA_SYNC_PERIOD_S,
+) -> AsyncIterator[RunningApiServer]:
+    """Serve a fresh `ApiServerState` on a loopback port for the length of the block.
+
+    `role`: the Role requests are authorised against ("deploy": `deploy/kubernetes/role.yaml`;
+    None: everything allowed); `role_binding`: None reads `deploy/kubernetes/rolebinding.yaml`;
+    `namespace`: where the Role is bound (None: in every namespace a request names);
+    `clock`: the server's time (default the system clock); `hpa_controller`: run the HPA
+    controller model every `hpa_sync_period_s` of `clock` (with a `ManualClock`, each
+    `advance()` past a period boundary runs a sync).
+    """
+    if not 1.0 <= hpa_sync_period_s <= 3600.0:
+        raise ValueError(f"hpa_sync_period_s must be in [1, 3600], got {hpa_sync_period_s!r}")
+    state = ApiServerState(role=role, role_binding=role_binding, namespace=namespace, clock=clock)
     app = create_apiserver_app(state, token=token)
-    async with running_sandbox(app, gated=False) as address:
+    async with running_sandbox(app, gated=False) as address, anyio.create_task_group() as tg:
+        if hpa_controller:
+            tg.start_soon(_run_hpa_controller, state, hpa_sync_period_s)
         server = RunningApiServer(url=address.base_url, state=state, token=token)
         try:
             yield server
         finally:
             server.close_clients()
+            tg.cancel_scope.cancel()
+
+
+async def _run_hpa_controller(state: ApiServerState, period_s: float) -> None:
+    """Sync every HPA each `period_s` of the state's clock, as kube-controller-manager does."""
+    while True:
+        await state.clock.sleep(period_s)
+        state.sync_hpas()
