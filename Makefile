@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 NODE_DIR := .cache/node22
 
-.PHONY: run test lint typecheck pytest browser postgres screenshot conformance inspector bench clean
+.PHONY: run test lint typecheck pytest browser postgres screenshot conformance inspector bench clean k8s-floor
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -62,3 +62,15 @@ bench: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The Kubernetes tests with the LOWEST kubernetes client pyproject.toml allows, in a throwaway venv
+# (not part of `make test`: it downloads the dependencies, ~30 s). The project itself is not
+# installed there: the tests import it from the checkout (pytest's pythonpath).
+K8S_FLOOR_VENV ?= /tmp/mcp-autonomy-k8s-floor
+k8s-floor:
+	rm -rf $(K8S_FLOOR_VENV)
+	$(PYTHON) -m venv $(K8S_FLOOR_VENV)
+	$(K8S_FLOOR_VENV)/bin/python -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(re.sub(r"^kubernetes>=", "kubernetes==", d) for d in deps)); print("pytest\nhypothesis")' > $(K8S_FLOOR_VENV)/requirements.txt
+	$(K8S_FLOOR_VENV)/bin/python -m pip install --quiet -r $(K8S_FLOOR_VENV)/requirements.txt
+	$(K8S_FLOOR_VENV)/bin/python -c 'import kubernetes; print("kubernetes client", kubernetes.__version__)'
+	$(K8S_FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider tests/kubernetes tests/autonomy/scaling

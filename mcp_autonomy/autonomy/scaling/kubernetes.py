@@ -7,6 +7,19 @@ default): then two controllers would fight over `spec.replicas`, so the backend 
 `minReplicas` to `n` instead (clamped to the HPA's `maxReplicas`, and to 1 since an HPA cannot
 have a floor of 0) and lets the HPA scale. Mode `ignore` writes the Deployment anyway and warns.
 
+In floor mode `read()` reports the HPA's current `minReplicas` as `desired` (the Deployment's
+own count is in `deployment_replicas`): that is what this backend sets, so a decision is compared
+with it, and a floor already where the policy wants it is a hold, not a scale (the HPA may hold
+more replicas than the floor because of its own metrics; that is not ours to undo).
+
+Writes are bounded by leadership when the backend is bound to a `LeaderElector` (explicitly, or
+the elector built on the same `ApiClient`): `set_desired` takes the elector's current
+`LeadershipTerm` and checks it before every request of the change, and each request's worker
+thread enters the term right before it sends, so nothing is sent once this replica stops
+leading; each request's timeout is bounded by the election's safety margin (lease duration minus
+renew deadline), and the elector waits for the term's requests in flight before it releases the
+Lease. A change cut short by lost leadership raises `ScaleLeadershipLost`.
+
 Every write is a compare-and-swap: it carries the resourceVersion just read, and a 409 Conflict
 (someone else wrote in between) re-reads and tries again, a bounded number of times. Failures
 become a `ScaleBackendError` that says what to fix: the missing RBAC rule on a 403, the
@@ -32,6 +45,13 @@ import anyio.to_thread
 from pydantic import Field
 
 from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackendError
+from mcp_autonomy.autonomy.scaling.leader import (
+    LeaderElector,
+    LeadershipTerm,
+    NotLeading,
+    check_kubernetes_client,
+    elector_for,
+)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, Configuration, V2HorizontalPodAutoscaler
@@ -63,7 +83,16 @@ class KubernetesReplicaState(ReplicaState):
         description="What set_desired writes: `deployments/scale`, or `horizontalpodautoscalers/NAME` (floor)",
     )
     hpa: str | None = Field(None, description="`namespace/name` of the HPA targeting the Deployment, if any")
+    deployment_replicas: int | None = Field(
+        None, description="The Deployment's spec.replicas (equal to `desired` unless floor mode has an HPA)"
+    )
+    hpa_min_replicas: int | None = Field(None, description="The HPA's minReplicas (floor mode: `desired`)")
+    hpa_max_replicas: int | None = Field(None, description="The HPA's maxReplicas")
     notes: list[str] = Field(default_factory=list, description="Clamps and warnings of the last write")
+
+
+class ScaleLeadershipLost(ScaleBackendError):
+    """A scale or floor change stopped because this replica no longer leads: nothing more was sent."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +156,14 @@ class KubernetesScaleBackend:
         kubeconfig: str | None = None,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         max_conflict_attempts: int = DEFAULT_MAX_CONFLICT_ATTEMPTS,
+        leadership: LeaderElector | None = None,
     ) -> None:
         """Credentials, first found: `api_client`, `configuration`, `kubeconfig` (a file), the
         pod's ServiceAccount when running in a cluster, else `$KUBECONFIG` or `~/.kube/config`.
+
+        `leadership` bounds `set_desired` by that elector's term (default: the elector built on
+        this backend's `ApiClient`, if any; without one, writes are not bounded). Raises
+        `KubernetesClientTooOld` when the installed client is older than the election needs.
         """
         if hpa_mode not in ("floor", "ignore"):
             raise ValueError(f"hpa_mode must be floor or ignore, got {hpa_mode!r}")
@@ -139,6 +173,7 @@ class KubernetesScaleBackend:
             raise ValueError(f"max_conflict_attempts must be >= 1, got {max_conflict_attempts}")
         if not namespace or not deployment:
             raise ValueError("namespace and deployment must be non-empty")
+        check_kubernetes_client()  # at start-up: the Lease election beside this backend needs it
         self.namespace = namespace
         self.deployment = deployment
         self.hpa_mode: HpaMode = hpa_mode
@@ -147,6 +182,7 @@ class KubernetesScaleBackend:
         self._api_client = api_client
         self._configuration = configuration
         self._kubeconfig = kubeconfig or None
+        self._leadership = leadership
         self.last_notes: tuple[str, ...] = ()
         """The notes of the last `set_desired` (also in its returned state and the log)."""
 
@@ -165,21 +201,58 @@ class KubernetesScaleBackend:
     def target(self) -> str:
         return f"{self.namespace}/deployment/{self.deployment}"
 
+    def bind_leadership(self, elector: LeaderElector | None) -> None:
+        """Bound `set_desired` by `elector`'s term (None: the elector sharing this client, if any)."""
+        self._leadership = elector
+
+    def leadership(self) -> LeaderElector | None:
+        """The elector bounding writes: the bound one, else the one built on this backend's client."""
+        if self._leadership is not None:
+            return self._leadership
+        return elector_for(self._api_client) if self._api_client is not None else None
+
+    def request_timeout_for_requests_s(self) -> float:
+        """Each request's timeout: the configured one, bounded by the election's safety margin."""
+        elector = self.leadership()
+        if elector is None:
+            return self.request_timeout_s
+        return min(self.request_timeout_s, elector.config.safety_margin_s)
+
     # --- the ScaleBackend protocol ---
 
     async def read(self) -> KubernetesReplicaState:
         desired, _ = await self._read_scale()
         ready = await self._read_ready()
-        return KubernetesReplicaState(
-            backend=self.name, target=self.target, desired=desired, ready=ready, external_effect=True
+        hpa = await self._find_hpa(_Notes()) if self.hpa_mode == "floor" else None
+        state = KubernetesReplicaState(
+            backend=self.name,
+            target=self.target,
+            desired=desired,
+            ready=ready,
+            external_effect=True,
+            deployment_replicas=desired,
+        )
+        if hpa is None or hpa.spec is None:
+            return state
+        floor = hpa.spec.min_replicas if hpa.spec.min_replicas is not None else HPA_MIN_FLOOR
+        return state.model_copy(
+            update={
+                "desired": floor,
+                "via": f"horizontalpodautoscalers/{_name_of(hpa)}",
+                "hpa": self._hpa_name(hpa),
+                "hpa_min_replicas": floor,
+                "hpa_max_replicas": hpa.spec.max_replicas,
+            }
         )
 
     async def set_desired(self, replicas: int) -> KubernetesReplicaState:
+        """Set the replicas (floor mode with an HPA: its minReplicas); bounded by leadership when bound."""
         if replicas < 0:
             raise ScaleBackendError(f"replicas must be >= 0, got {replicas}")
+        term = self._current_term(f"set {replicas} replicas on {self.target}")
         for _ in range(self.max_conflict_attempts):
             try:
-                via, hpa, notes = await self._attempt(replicas)
+                via, hpa, notes = await self._attempt(replicas, term)
             except _Conflict:
                 continue
             notes.log()
@@ -192,34 +265,49 @@ class KubernetesScaleBackend:
             f"another replica of this server?) kept changing it between read and write"
         )
 
-    async def _attempt(self, replicas: int) -> tuple[str, str | None, _Notes]:
+    def _current_term(self, what: str) -> LeadershipTerm | None:
+        """The leadership term bounding a change (None: not bound); `ScaleLeadershipLost` when not leading."""
+        elector = self.leadership()
+        if elector is None:
+            return None
+        term = elector.term()
+        if term is None:
+            raise ScaleLeadershipLost(
+                f"not sent: {what}: this replica ({elector.identity}) does not lead the scaler "
+                f"(leader: {elector.leader_identity or 'nobody'}); only the Lease holder writes"
+            )
+        return term
+
+    async def _attempt(self, replicas: int, term: LeadershipTerm | None) -> tuple[str, str | None, _Notes]:
         """One read-decide-write round: (what was written, the HPA if any, notes); `_Conflict` on a race."""
         notes = _Notes()
-        hpa = await self._find_hpa(notes)
+        hpa = await self._find_hpa(notes, term)
         if hpa is not None and self.hpa_mode == "floor":
-            await self._set_hpa_floor(hpa, replicas, notes)
+            await self._set_hpa_floor(hpa, replicas, notes, term)
             return f"horizontalpodautoscalers/{_name_of(hpa)}", self._hpa_name(hpa), notes
         if hpa is not None:
             notes.warn(
                 f"HPA {self._hpa_name(hpa)} also scales this Deployment and may undo this change on its "
                 f"next sync (MCP_AUTONOMY_K8S_HPA_MODE=ignore; `floor` moves its minReplicas instead)"
             )
-        await self._write_scale(replicas)
+        await self._write_scale(replicas, term)
         return "deployments/scale", self._hpa_name(hpa) if hpa is not None else None, notes
 
     # --- reads and writes ---
 
-    async def _read_scale(self) -> tuple[int, str]:
+    async def _read_scale(self, term: LeadershipTerm | None = None) -> tuple[int, str]:
         """(spec.replicas, resourceVersion) of the Deployment's scale subresource."""
         from kubernetes.client import AppsV1Api
 
         apps = AppsV1Api(await self._client())
         op = _Operation("get", "deployments/scale", "apps", self.namespace, self.deployment)
+        timeout_s = self.request_timeout_for_requests_s()
         scale = await self._call(
             op,
             lambda: apps.read_namespaced_deployment_scale(
-                self.deployment, self.namespace, _request_timeout=self.request_timeout_s
+                self.deployment, self.namespace, _request_timeout=timeout_s
             ),
+            term=term,
         )
         desired = scale.spec.replicas if scale.spec and scale.spec.replicas is not None else 0
         version = scale.metadata.resource_version if scale.metadata else None
@@ -230,44 +318,51 @@ class KubernetesScaleBackend:
 
         apps = AppsV1Api(await self._client())
         op = _Operation("get", "deployments", "apps", self.namespace, self.deployment)
+        timeout_s = self.request_timeout_for_requests_s()
         deployment = await self._call(
             op,
             lambda: apps.read_namespaced_deployment(
-                self.deployment, self.namespace, _request_timeout=self.request_timeout_s
+                self.deployment, self.namespace, _request_timeout=timeout_s
             ),
         )
         status = deployment.status
         return (status.ready_replicas or 0) if status is not None else 0
 
-    async def _write_scale(self, replicas: int) -> None:
+    async def _write_scale(self, replicas: int, term: LeadershipTerm | None) -> None:
         from kubernetes.client import AppsV1Api
 
-        current, version = await self._read_scale()
+        current, version = await self._read_scale(term)
         if current == replicas:
             return
         apps = AppsV1Api(await self._client())
         op = _Operation("patch", "deployments/scale", "apps", self.namespace, self.deployment)
         body = {"metadata": {"resourceVersion": version}, "spec": {"replicas": replicas}}
+        timeout_s = self.request_timeout_for_requests_s()
         await self._call(
             op,
             lambda: apps.patch_namespaced_deployment_scale(
-                self.deployment, self.namespace, body, _request_timeout=self.request_timeout_s
+                self.deployment, self.namespace, body, _request_timeout=timeout_s
             ),
+            term=term,
         )
         _log.info("kubernetes scale backend: %s replicas %d -> %d", self.target, current, replicas)
 
-    async def _find_hpa(self, notes: _Notes) -> V2HorizontalPodAutoscaler | None:
+    async def _find_hpa(
+        self, notes: _Notes, term: LeadershipTerm | None = None
+    ) -> V2HorizontalPodAutoscaler | None:
         """The autoscaling/v2 HPA whose scaleTargetRef is this Deployment, if any."""
         from kubernetes.client import AutoscalingV2Api
 
         autoscaling = AutoscalingV2Api(await self._client())
         op = _Operation("list", "horizontalpodautoscalers", "autoscaling", self.namespace)
+        timeout_s = self.request_timeout_for_requests_s()
         try:
             listed = await self._call(
                 op,
                 lambda: autoscaling.list_namespaced_horizontal_pod_autoscaler(
-                    self.namespace, _request_timeout=self.request_timeout_s
+                    self.namespace, _request_timeout=timeout_s
                 ),
+                term=term,
             )
         except ScaleBackendError as exc:
             if self.hpa_mode == "floor":
@@ -292,7 +387,9 @@ class KubernetesScaleBackend:
             return False
         return ref.api_version is None or ref.api_version.split("/")[0] in ("apps", "extensions")
 
-    async def _set_hpa_floor(self, hpa: V2HorizontalPodAutoscaler, replicas: int, notes: _Notes) -> None:
+    async def _set_hpa_floor(
+        self, hpa: V2HorizontalPodAutoscaler, replicas: int, notes: _Notes, term: LeadershipTerm | None
+    ) -> None:
         """Move the HPA's minReplicas to `replicas` (clamped), compare-and-swap on its resourceVersion."""
         from kubernetes.client import AutoscalingV2Api
 
@@ -312,23 +409,26 @@ class KubernetesScaleBackend:
                 f"requested {replicas} replicas but an HPA's minReplicas cannot be below {HPA_MIN_FLOOR}: "
                 f"set to {HPA_MIN_FLOOR} (delete the HPA or use MCP_AUTONOMY_K8S_HPA_MODE=ignore to scale to 0)"
             )
-        previous = hpa.spec.min_replicas if hpa.spec.min_replicas is not None else 1
+        previous = hpa.spec.min_replicas if hpa.spec.min_replicas is not None else HPA_MIN_FLOOR
+        if previous == floor:  # compared with the HPA's floor, not the Deployment: nothing to write
+            notes.info(f"HPA {self._hpa_name(hpa)} minReplicas is already {floor} (maxReplicas {ceiling})")
+            return
         notes.info(
             f"HPA {self._hpa_name(hpa)} scales this Deployment: its minReplicas {previous} -> {floor} "
             f"(maxReplicas {ceiling}); the HPA moves the Deployment on its next sync"
         )
-        if previous == floor:
-            return
         autoscaling = AutoscalingV2Api(await self._client())
         op = _Operation("patch", "horizontalpodautoscalers", "autoscaling", self.namespace, name)
         version = hpa.metadata.resource_version or ""
         body = {"metadata": {"resourceVersion": version}, "spec": {"minReplicas": floor}}
+        timeout_s = self.request_timeout_for_requests_s()
         await self._call(
             op,
             lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
-                name, self.namespace, body, _request_timeout=self.request_timeout_s
+                name, self.namespace, body, _request_timeout=timeout_s
             ),
             not_found_is_conflict=True,  # the HPA went away since the list: decide again
+            term=term,
         )
 
     def _hpa_name(self, hpa: V2HorizontalPodAutoscaler) -> str:
@@ -376,20 +476,43 @@ class KubernetesScaleBackend:
         return ApiClient(configuration)
 
     async def _call(
-        self, op: _Operation, request: Callable[[], _T], *, not_found_is_conflict: bool = False
+        self,
+        op: _Operation,
+        request: Callable[[], _T],
+        *,
+        not_found_is_conflict: bool = False,
+        term: LeadershipTerm | None = None,
     ) -> _T:
-        """Run one blocking request in a worker thread; translate its failures."""
+        """Run one blocking request in a worker thread; translate its failures.
+
+        With a `term` (a change on the leader's behalf) leadership is checked before the request
+        and again by the worker thread right before it sends: a thread the caller gave up on (the
+        grace below) cannot send after the term ends, and the elector awaits the term's requests
+        in flight before it releases the Lease.
+        """
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError, NewConnectionError
         from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+        timeout_s = self.request_timeout_for_requests_s()
+
+        def send() -> _T:
+            if term is None:
+                return request()
+            with term.sending(op.describe()):
+                return request()
+
         try:
-            with anyio.fail_after(self.request_timeout_s + REQUEST_GRACE_S):
-                return await anyio.to_thread.run_sync(request, abandon_on_cancel=True)
+            if term is not None:
+                term.check(op.describe())
+            with anyio.fail_after(timeout_s + REQUEST_GRACE_S):
+                return await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+        except NotLeading as exc:
+            raise ScaleLeadershipLost(f"{exc}; stopped the change on {self.target}") from None
         except TimeoutError:
             raise ScaleBackendError(
                 f"the Kubernetes API at {self._host()} did not answer {op.describe()} within "
-                f"{self.request_timeout_s:g} s (MCP_AUTONOMY_K8S_REQUEST_TIMEOUT_S)"
+                f"{timeout_s:g} s (MCP_AUTONOMY_K8S_REQUEST_TIMEOUT_S, bounded by the lease's safety margin)"
             ) from None
         except ApiException as exc:
             if exc.status == 409 and _reason(exc) in ("Conflict", ""):
@@ -405,7 +528,7 @@ class KubernetesScaleBackend:
             ):
                 raise ScaleBackendError(
                     f"the Kubernetes API at {self._host()} did not answer {op.describe()} within "
-                    f"{self.request_timeout_s:g} s (MCP_AUTONOMY_K8S_REQUEST_TIMEOUT_S)"
+                    f"{timeout_s:g} s (MCP_AUTONOMY_K8S_REQUEST_TIMEOUT_S, bounded by the lease's safety margin)"
                 ) from None
             raise ScaleBackendError(
                 f"cannot reach the Kubernetes API at {self._host()} for {op.describe()}: "

@@ -110,11 +110,14 @@ async def test_hpa_floor_mode_moves_min_replicas_and_leaves_the_deployment_alone
         assert stored_hpa["spec"]["minReplicas"] == 6
         assert stored_deployment["spec"]["replicas"] == 3
         assert writes(api, SCALE_PATH) == 0
-        assert (state.desired, state.via, state.hpa) == (
+        # Floor mode reports the floor it sets as `desired`; the Deployment's own count beside it.
+        assert (state.desired, state.deployment_replicas, state.via, state.hpa) == (
+            6,
             3,
             "horizontalpodautoscalers/mcp-autonomy",
             "prod/mcp-autonomy",
         )
+        assert (state.hpa_min_replicas, state.hpa_max_replicas) == (6, 10)
         assert any("minReplicas 2 -> 6" in note for note in state.notes)
         unrelated = api.state.get("autoscaling/v2", "HorizontalPodAutoscaler", NS, "unrelated")
         assert unrelated is not None and unrelated["spec"]["minReplicas"] == 1

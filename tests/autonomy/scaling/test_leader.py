@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import TaskGroup, TaskStatus
+from kubernetes.client import ApiClient
 
 from mcp_autonomy.autonomy.scaling.leader import (
     DEFAULT_LEASE_DURATION_S,
@@ -363,7 +364,7 @@ async def test_single_process_always_leads() -> None:
 
 
 def test_the_kubernetes_elector_has_the_same_interface() -> None:
-    assert isinstance(LeaderElector(object(), CONFIG, clock=ManualClock(), identity="x"), Elector)  # type: ignore[arg-type]
+    assert isinstance(LeaderElector(ApiClient(), CONFIG, clock=ManualClock(), identity="x"), Elector)
 
 
 def test_identity_is_the_pod_name_and_a_random_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
