@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
@@ -17,6 +20,61 @@ from mcp_autonomy import __version__
 from mcp_autonomy.config import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("mcp_autonomy")
+
+EXIT_INVALID_SETTINGS: Final = 2
+EXIT_CANNOT_START: Final = 1
+
+
+class StartupError(Exception):
+    """The server cannot start here (port taken, state directory unusable): one line saying what
+    setting, which value, and what to do."""
+
+
+def check_state_dir(settings: Settings) -> None:
+    """The SQLite store's directory exists (or is created) and this user can write in it."""
+    if settings.database_url is not None:
+        return  # the store is PostgreSQL: nothing is written under the state directory
+    path = settings.state_dir
+    setting = f"MCP_AUTONOMY_STATE_DIR={path}"
+    remedy = "set MCP_AUTONOMY_STATE_DIR (or --state-dir) to a directory this user can write"
+    if path.exists() and not path.is_dir():
+        raise StartupError(f"{setting} is a file, not a directory: {remedy}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"{setting} cannot be created ({exc.strerror}): {remedy}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise StartupError(f"{setting} is not writable ({exc.strerror}): {remedy}") from None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or a `StartupError` naming the setting at fault."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: small responses must not wait ~40 ms for delayed ACKs.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        free_port = "choose a free one with MCP_AUTONOMY_PORT or --port (make run PORT=8766; 0 picks any)"
+        if exc.errno == errno.EADDRINUSE:
+            message = f"MCP_AUTONOMY_PORT={port} is in use on {host}: stop what listens there, or {free_port}"
+        elif exc.errno == errno.EACCES:
+            message = f"MCP_AUTONOMY_PORT={port} needs privileges this user lacks: {free_port} above 1023"
+        elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+            message = (
+                f"MCP_AUTONOMY_HOST={host} is not an address of this machine ({exc.strerror}): "
+                "set MCP_AUTONOMY_HOST (or --host) to 127.0.0.1, 0.0.0.0 or one of its addresses"
+            )
+        else:
+            message = f"cannot listen on MCP_AUTONOMY_HOST={host} MCP_AUTONOMY_PORT={port}: {exc.strerror}"
+        raise StartupError(message) from None
+    return sock
 
 
 def configure_logging(level: str) -> None:
@@ -92,14 +150,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**_overrides(args))
     except SettingsError as exc:
         print(f"mcp-autonomy: invalid settings: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SETTINGS
     configure_logging(settings.log_level)
     if args.command == "serve":
         try:
+            check_state_dir(settings)
             anyio.run(_serve, settings, args.transport)
         except SettingsError as exc:
             print(f"mcp-autonomy: invalid settings: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_INVALID_SETTINGS
+        except StartupError as exc:
+            print(f"mcp-autonomy: cannot start: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_START
+        except sqlite3.DatabaseError as exc:
+            print(
+                f"mcp-autonomy: cannot start: the store {settings.db_path} cannot be used ({exc}): "
+                "move it aside or set MCP_AUTONOMY_STATE_DIR to another directory",
+                file=sys.stderr,
+            )
+            return EXIT_CANNOT_START
         except KeyboardInterrupt:
             pass
         if args.transport == "stdio":
@@ -123,16 +192,11 @@ async def _serve(settings: Settings, transport: str) -> None:
 
     check_exposure(settings)
     # Bound before the engine starts: provider callbacks need the real port in their URLs.
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit it: small responses must not wait ~40 ms for delayed ACKs.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((settings.host, settings.port))
+    sock = bind_socket(settings.host, settings.port)
     port = sock.getsockname()[1]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     async with assemble(settings, public_base_url=f"http://{host}:{port}") as assembly:
-        await _serve_http(assembly, settings, sock, f"http://{host}:{port}/mcp")
+        await _serve_http(assembly, settings, sock, f"http://{host}:{port}")
 
 
 async def _stop_on_signals(scope: anyio.CancelScope) -> None:
@@ -155,7 +219,7 @@ async def _serve_stdio(assembly: Any) -> None:
         tg.cancel_scope.cancel()
 
 
-async def _serve_http(assembly: Any, settings: Settings, sock: socket.socket, url: str) -> None:
+async def _serve_http(assembly: Any, settings: Settings, sock: socket.socket, base_url: str) -> None:
     import uvicorn
 
     from mcp_autonomy.server.http import create_http_app
@@ -170,8 +234,11 @@ async def _serve_http(assembly: Any, settings: Settings, sock: socket.socket, ur
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    logger.info("mcp-autonomy %s: MCP endpoint %s", __version__, url)
-    print(f"MCP URL: {url}", file=sys.stderr, flush=True)
+    from mcp_autonomy.server.dashboard import DASHBOARD_PATH
+
+    logger.info("mcp-autonomy %s serving MCP over HTTP", __version__)
+    # One line for people and scripts (tests read the URL after "MCP URL: ").
+    print(f"MCP URL: {base_url}/mcp  dashboard: {base_url}{DASHBOARD_PATH}", file=sys.stderr, flush=True)
     await server.serve(sockets=[sock])
 
 

@@ -114,6 +114,23 @@ class Settings(BaseSettings):
         validation_alias=_env("MCP_AUTONOMY_K8S_LEASE_DURATION_S"),
     )
     pod_name: str | None = Field(None, validation_alias=_env("POD_NAME", "HOSTNAME"))
+    # Peers ask /internal/load by pod IP (EndpointSlices hold addresses, not names), so this
+    # address is accepted as a Host on that route beside the configured names.
+    pod_ip: str | None = Field(None, validation_alias=_env("POD_IP"))
+
+    @field_validator("pod_ip", mode="before")
+    @classmethod
+    def _check_pod_ip(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("must be an IP address (the downward API's status.podIP)") from None
+        return value
+
     k8s_hpa_mode: K8sHpaMode = Field("floor", validation_alias=_env("MCP_AUTONOMY_K8S_HPA_MODE"))
     k8s_kubeconfig: str | None = Field(None, validation_alias=_env("MCP_AUTONOMY_K8S_KUBECONFIG"))
     k8s_request_timeout_s: float = Field(
@@ -149,6 +166,18 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=_env("MCP_AUTONOMY_HOST"))
     port: int = Field(8765, ge=0, le=65535, validation_alias=_env("MCP_AUTONOMY_PORT"))
     bearer_token: SecretStr | None = Field(None, validation_alias=_env("MCP_AUTONOMY_BEARER_TOKEN"))
+
+    @field_validator("bearer_token", mode="after")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        """Set but empty is a mistake (an unset shell variable, a missing Secret key), never "no token"."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "MCP_AUTONOMY_BEARER_TOKEN is set but empty: set it to a secret (e.g. "
+                "$(openssl rand -hex 32)), or unset it to serve on loopback without a token"
+            )
+        return value
+
     # /metrics without the bearer token, for a Prometheus that cannot send one; it holds no secrets.
     metrics_public: bool = Field(False, validation_alias=_env("MCP_AUTONOMY_METRICS_PUBLIC"))
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
@@ -256,6 +285,10 @@ for _name, _field in Settings.model_fields.items():
     _FIELD_TO_ENV[_name] = _alias.choices[0] if isinstance(_alias, AliasChoices) else _name.upper()  # type: ignore[assignment]
 
 
+_SECRET_FIELDS = frozenset({"bearer_token", "callback_token", "database_url"})
+"""Fields whose value never appears in an error (a token, a URL with a password)."""
+
+
 def _describe_allowed(field_name: str) -> str:
     field = Settings.model_fields[field_name]
     annotation = field.annotation
@@ -263,8 +296,6 @@ def _describe_allowed(field_name: str) -> str:
         return "true or false"
     if annotation is Sensitivity:
         return "one of low, medium, high"
-    if field_name == "k8s_request_timeout_s":
-        return f"a number of seconds in [{MIN_K8S_REQUEST_TIMEOUT_S}, {MAX_K8S_REQUEST_TIMEOUT_S}]"
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
     lo = hi = None
@@ -272,11 +303,8 @@ def _describe_allowed(field_name: str) -> str:
         lo = getattr(meta, "ge", lo)
         hi = getattr(meta, "le", hi)
     if lo is not None or hi is not None:
-        return f"an integer in [{lo}, {hi}]"
-    if field_name == "log_level":
-        return "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
-    if field_name == "scale_backend":
-        return "one of local, kubernetes"
+        kind = "a number" if annotation is float else "an integer"
+        return f"{kind} in [{lo}, {hi}]"
     if field_name == "backups":
         return "primary:backup1,backup2;primary2:backup (e.g. mpesa:intasend,paystack)"
     return "a valid value"
@@ -285,15 +313,20 @@ def _describe_allowed(field_name: str) -> str:
 def _explain(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = first.get("loc") or ()
+    message = str(first.get("msg", "invalid settings")).removeprefix("Value error, ")
     if not loc:  # model-level check: the message already names both variables
-        message = str(first.get("msg", "invalid settings"))
-        return message.removeprefix("Value error, ")
+        return message
     name = str(loc[0])
     field_name = next((f for f, env in _FIELD_TO_ENV.items() if env.lower() == name.lower()), name)
     env_name = _FIELD_TO_ENV.get(field_name, name.upper())
-    value = first.get("input")
-    if field_name == "bearer_token":
-        value = "***"
+    if first.get("type") == "value_error":
+        # A validator of ours: its message says what is wrong and what to do.
+        if message.startswith(env_name):
+            return message
+        if field_name in _SECRET_FIELDS:
+            return f"{env_name} is invalid: {message}"
+        return f"{env_name}={first.get('input')!s} is invalid: {message}"
+    value = "***" if field_name in _SECRET_FIELDS else first.get("input")
     allowed = _describe_allowed(field_name) if field_name in Settings.model_fields else "a valid value"
     return f"{env_name}={value!s} is invalid: allowed is {allowed}"
 

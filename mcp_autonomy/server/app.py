@@ -8,15 +8,57 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
 from starlette.routing import BaseRoute
 
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.config import Settings, SettingsError
 from mcp_autonomy.providers import build_adapter
+from mcp_autonomy.providers.registry import BackupMapError, UnknownProviderError
 from mcp_autonomy.server.callbacks import callback_routes
 from mcp_autonomy.server.mcp import McpApp
 
 logger = logging.getLogger(__name__)
+
+NO_PROVIDERS_WARNING = (
+    "no payment providers configured: payments will be refused. Set MCP_AUTONOMY_PROVIDERS "
+    "(e.g. mpesa,paystack) and each provider's credentials (MPESA_CONSUMER_KEY, "
+    "PAYSTACK_SECRET_KEY, ...; see README 'Providers'), or add --sandbox to try the bundled emulators"
+)
+
+
+def _env_prefixes() -> dict[str, str]:
+    """Each provider settings class's name -> its environment prefix (`MpesaSettings` -> `MPESA_`)."""
+    from mcp_autonomy.providers.airtel_money import AirtelMoneySettings
+    from mcp_autonomy.providers.flutterwave import FlutterwaveSettings
+    from mcp_autonomy.providers.intasend import IntaSendSettings
+    from mcp_autonomy.providers.mpesa import MpesaSettings
+    from mcp_autonomy.providers.mtn_momo import MtnMomoSettings
+    from mcp_autonomy.providers.paystack import PaystackSettings
+
+    classes = (AirtelMoneySettings, FlutterwaveSettings, IntaSendSettings, MpesaSettings, MtnMomoSettings)
+    return {c.__name__: str(c.model_config.get("env_prefix", "")) for c in (*classes, PaystackSettings)}
+
+
+def provider_problem(name: str, exc: Exception) -> str:
+    """One line saying why provider `name` cannot start, naming environment variables, never values."""
+    if isinstance(exc, KeyError):
+        return f"MCP_AUTONOMY_PROVIDERS names {name!r}: {exc.args[0] if exc.args else exc}"
+    remedy = f"or remove {name} from MCP_AUTONOMY_PROVIDERS (--sandbox tries the emulators instead)"
+    if isinstance(exc, ValidationError):
+        prefix = _env_prefixes().get(exc.title, f"{name.upper()}_")
+        errors = exc.errors()
+        missing = [f"{prefix}{e['loc'][0]}".upper() for e in errors if e["type"] == "missing" and e["loc"]]
+        if missing:
+            variables = ", ".join(missing)
+            verb, pronoun = ("is", "it") if len(missing) == 1 else ("are", "them")
+            return f"{variables} {verb} not set: provider {name!r} needs {pronoun}; set {variables}, {remedy}"
+        first = errors[0]
+        variable = f"{prefix}{first['loc'][0]}".upper() if first["loc"] else prefix.rstrip("_")
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        return f"{variable} is invalid for provider {name!r}: {reason}; fix it, {remedy}"
+    detail = " ".join(str(exc).split())[:300]
+    return f"provider {name!r} (MCP_AUTONOMY_PROVIDERS) cannot start: {detail}; {remedy}"
 
 
 @dataclass
@@ -87,10 +129,13 @@ async def assemble(settings: Settings, *, public_base_url: str | None = None) ->
                 try:
                     system.register_provider(build_adapter(name, system.clock))
                 except Exception as exc:  # one line naming the provider and what is wrong
-                    raise SettingsError(
-                        f"MCP_AUTONOMY_PROVIDERS: provider {name!r} cannot start: {exc}"
-                    ) from None
+                    raise SettingsError(provider_problem(name, exc)) from None
             for primary, backups in settings.backups.items():
-                system.set_backup_providers(primary, backups)
+                try:
+                    system.set_backup_providers(primary, backups)
+                except (UnknownProviderError, BackupMapError) as exc:
+                    raise SettingsError(f"MCP_AUTONOMY_BACKUPS ({primary}): {exc}") from None
+            if not system.providers:
+                logger.warning(NO_PROVIDERS_WARNING)
         app = McpApp(system, sandbox=sandbox)
         yield Assembly(system, app, callback_routes(system, prefix))

@@ -3,24 +3,32 @@ the REST API under /autonomous (rest.py), Prometheus /metrics (metrics.py) and t
 at /dashboard (dashboard.py).
 
 One Starlette app, one lifespan: the engine's loops, the notifier and the SDK's session manager
-start together and stop together. DNS-rebinding protection stays on; a bearer token, when
-configured, is required on every route but the probes and the dashboard's page and code (which
-hold no data), and is mandatory beyond loopback.
+start together and stop together. DNS-rebinding protection (Host/Origin) guards every route but
+the probes and the provider callbacks; a bearer token, when configured, is required on every
+route but the probes and the dashboard's page and code (which hold no data), and is mandatory
+beyond loopback. JSON-RPC requests whose id is not a string or an integer are answered -32600.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import math
 import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any, Final
 
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_autonomy.autonomy.scaling.cluster_load import LOAD_PATH
 from mcp_autonomy.autonomy.system import AutonomousSystem
@@ -29,12 +37,121 @@ from mcp_autonomy.server.dashboard import PUBLIC_PATHS as DASHBOARD_PUBLIC_PATHS
 from mcp_autonomy.server.dashboard import dashboard_routes
 from mcp_autonomy.server.mcp import McpApp
 from mcp_autonomy.server.metrics import METRICS_PATH, metrics_route
-from mcp_autonomy.server.rest import rest_mount
+from mcp_autonomy.server.rest import ApiError, ErrorDetail, rest_mount
 from mcp_autonomy.server.runtime import engine_running
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
 CALLBACK_PREFIX = "/callbacks/"
 """Provider callbacks carry no bearer token; their path holds an unguessable token instead."""
+MCP_PATH: Final = "/mcp"
+PEER_PATHS: Final = frozenset({LOAD_PATH, METRICS_PATH})
+"""Routes peers and scrapers reach by pod IP (EndpointSlice addresses): POD_IP is a valid Host there."""
+JSONRPC_INVALID_REQUEST: Final = -32600
+JSONRPC_BODY_LIMIT_BYTES: Final = DEFAULT_MAX_REQUEST_BODY_SIZE
+"""Bodies inspected for bad ids at most; larger ones go to the SDK untouched (it answers 413)."""
+
+
+class HostOriginGuard:
+    """DNS-rebinding protection, as the SDK applies it on /mcp, on every route that returns data.
+
+    The probes stay open (the kubelet calls them by IP) and so do provider callbacks (they arrive
+    through an ingress under its public name, and their path holds an unguessable token). On
+    `PEER_PATHS` the pod's own IP is accepted too. Refusals have the REST error shape.
+    """
+
+    def __init__(
+        self, app: ASGIApp, security: TransportSecuritySettings, peer_security: TransportSecuritySettings
+    ) -> None:
+        self.app = app
+        self._guard = TransportSecurityMiddleware(security)
+        self._peer_guard = TransportSecurityMiddleware(peer_security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in UNAUTHENTICATED_PATHS or path.startswith(CALLBACK_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        guard = self._peer_guard if path in PEER_PATHS else self._guard
+        refused = await guard.validate_request(request, is_post=False)
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        header = "host" if refused.status_code == 421 else "origin"
+        supplied = request.headers.get(header, "")[:200]
+        response = ApiError(
+            refused.status_code,
+            ErrorDetail(
+                field=header,
+                message=f"{header} {supplied!r} is not one of this server's names (DNS-rebinding protection)",
+                allowed="this server's address, or a name in MCP_AUTONOMY_ALLOWED_HOSTS",
+            ),
+        ).response()
+        await response(scope, receive, send)
+
+
+def _invalid_id(message: Any) -> str | None:
+    """Why a JSON-RPC request's id is unusable (MCP: a string or an integer, never null), or None."""
+    if not isinstance(message, dict) or "method" not in message or "id" not in message:
+        return None
+    request_id = message["id"]
+    if isinstance(request_id, str) or (isinstance(request_id, int) and not isinstance(request_id, bool)):
+        return None
+    if isinstance(request_id, float) and math.isfinite(request_id) and request_id.is_integer():
+        return None  # 1.0: the SDK reads it as 1
+    if isinstance(request_id, float):
+        kind = "NaN" if math.isnan(request_id) else "Infinity" if math.isinf(request_id) else "a fraction"
+    else:
+        kinds = {dict: "an object", list: "an array", bool: "a boolean", type(None): "null"}
+        kind = kinds.get(type(request_id), type(request_id).__name__)
+    return f"Invalid Request: id must be a string or an integer, got {kind}"
+
+
+class JsonRpcIdCheck:
+    """Answers -32600 (id null, HTTP 400) to a POST /mcp request whose id is an object, NaN, ...
+
+    The SDK reads such a message as a notification and answers 202 with nothing, so the client
+    waits for ever. Bodies up to `JSONRPC_BODY_LIMIT_BYTES` are read here and replayed to the SDK.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != MCP_PATH:
+            await self.app(scope, receive, send)
+            return
+        buffered: list[Message] = []
+        size = 0
+        complete = False
+        while size <= JSONRPC_BODY_LIMIT_BYTES:
+            message = await receive()
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                complete = True
+                break
+        if complete and size <= JSONRPC_BODY_LIMIT_BYTES:
+            body = b"".join(m.get("body", b"") for m in buffered)
+            try:
+                problem = _invalid_id(json.loads(body))
+            except ValueError:
+                problem = None  # not JSON: the SDK answers its parse error
+            if problem is not None:
+                error = {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": JSONRPC_INVALID_REQUEST, "message": problem},
+                }
+                await JSONResponse(error, status_code=400)(scope, receive, send)
+                return
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
 
 
 class BearerTokenMiddleware:
@@ -65,12 +182,23 @@ class BearerTokenMiddleware:
         await self.app(scope, receive, send)
 
 
-def transport_security_for(settings: Settings) -> TransportSecuritySettings:
-    """DNS-rebinding protection: only Host/Origin headers naming this server are accepted."""
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def transport_security_for(settings: Settings, *, peer: bool = False) -> TransportSecuritySettings:
+    """DNS-rebinding protection: only Host/Origin headers naming this server are accepted.
+
+    The listen address is always one of them (an address literal cannot be a rebound name); with
+    `peer`, so is `POD_IP`, for the routes other pods and scrapers reach by address.
+    """
     hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
     origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-    if settings.listens_beyond_loopback:
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    own = [settings.host] if settings.host not in ("127.0.0.1", "localhost", "::1") else []
+    if peer and settings.pod_ip is not None:
+        own.append(settings.pod_ip)
+    for address in own:
+        host = _bracketed(address)
         hosts.append(f"{host}:*")
         origins.append(f"http://{host}:*")
         origins.append(f"https://{host}:*")
@@ -99,7 +227,7 @@ def create_http_app(
     check_exposure(settings)
     security = transport_security_for(settings)
     sdk_app = app.mcp.streamable_http_app(
-        streamable_http_path="/mcp",
+        streamable_http_path=MCP_PATH,
         transport_security=security,
         host=settings.host,
     )
@@ -140,10 +268,15 @@ def create_http_app(
         *(extra_routes or []),
     ]
     starlette = Starlette(routes=routes, lifespan=lifespan)
+    # The last added runs first: Host/Origin, then the token, then the id check before /mcp.
+    starlette.add_middleware(JsonRpcIdCheck)
     if settings.bearer_token is not None:
         starlette.add_middleware(
             BearerTokenMiddleware,
             token=settings.bearer_token.get_secret_value(),
             public_paths=[*DASHBOARD_PUBLIC_PATHS, *([METRICS_PATH] if settings.metrics_public else [])],
         )
+    starlette.add_middleware(
+        HostOriginGuard, security=security, peer_security=transport_security_for(settings, peer=True)
+    )
     return starlette
