@@ -15,10 +15,13 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tests.kubernetes.apiserver import (
+    deploy_role,
+    deploy_role_binding,
     deployment,
     endpoint_slice,
     hpa,
     json_patch,
+    role_without,
     running_apiserver,
     strategic_merge_patch,
 )
@@ -415,3 +418,272 @@ def test_strategic_merge_merges_containers_by_name_and_json_patch_follows_rfc_69
     )
     assert result == {"a": {"b": [1, 2, 3]}, "moved": 1}
     assert document == {"a": {"b": [1, 2]}, "c~d": 1}
+
+
+def forbidden_message(verb: str, resource: str, group: str, subject: str, namespace: str = "prod") -> str:
+    return (
+        f'{subject} is forbidden: User "system:serviceaccount:{namespace}:mcp-autonomy" cannot {verb} '
+        f'resource "{resource}" in API group "{group}" in the namespace "{namespace}"'
+    )
+
+
+async def test_the_deploy_role_decides_by_verb_resource_subresource_and_resource_name() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            api.state.put(deployment("prod", APP, 2))
+            api.state.put(deployment("prod", "other", 2))
+            apps = k8s.AppsV1Api(api.api_client())
+            leases = k8s.CoordinationV1Api(api.api_client())
+            autoscaling = k8s.AutoscalingV2Api(api.api_client())
+
+            assert (await call(lambda: apps.read_namespaced_deployment_scale(APP, "prod"))).spec is not None
+            # Not in the rule's resourceNames: 403, as a real cluster answers.
+            code, status = await failure(lambda: apps.read_namespaced_deployment_scale("other", "prod"))
+            assert (code, status["reason"]) == (403, "Forbidden")
+            assert status["message"] == forbidden_message(
+                "get", "deployments/scale", "apps", 'deployments.apps "other"'
+            )
+            assert status["details"] == {"name": "other", "group": "apps", "kind": "deployments"}
+            # `deployments` does not cover `deployments/scale` nor the other way round.
+            _, status = await failure(lambda: apps.patch_namespaced_deployment(APP, "prod", {"spec": {}}))
+            assert status["message"] == forbidden_message(
+                "patch", "deployments", "apps", f'deployments.apps "{APP}"'
+            )
+            _, status = await failure(lambda: apps.list_namespaced_deployment("prod"))
+            assert status["message"] == forbidden_message("list", "deployments", "apps", "deployments.apps")
+            # list cannot be limited by name (the HPA rule has none: allowed); watch is not granted.
+            assert (
+                await call(lambda: autoscaling.list_namespaced_horizontal_pod_autoscaler("prod"))
+            ).items == []
+            async with httpx.AsyncClient(
+                base_url=api.url, headers={"Authorization": "Bearer test-token"}
+            ) as http:
+                watch = await http.get(
+                    "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers?watch=true"
+                )
+            assert watch.status_code == 403
+            assert "cannot watch resource" in watch.json()["message"]
+
+            # create has its own rule without resourceNames: any Lease name can be created ...
+            lease = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": "someone-else"},
+                "spec": {"holderIdentity": "a", "renewTime": "2026-12-07T10:00:00.250000Z"},
+            }
+            await call(lambda: leases.create_namespaced_lease("prod", lease))
+            # ... but only the scaler's Lease can be read, and Leases cannot be listed.
+            _, status = await failure(lambda: leases.read_namespaced_lease("someone-else", "prod"))
+            assert status["message"] == forbidden_message(
+                "get", "leases", "coordination.k8s.io", 'leases.coordination.k8s.io "someone-else"'
+            )
+            _, status = await failure(lambda: leases.list_namespaced_lease("prod"))
+            assert status["message"] == forbidden_message(
+                "list", "leases", "coordination.k8s.io", "leases.coordination.k8s.io"
+            )
+            code, _ = await failure(lambda: leases.read_namespaced_lease("mcp-autonomy-scaler", "prod"))
+            assert code == 404  # allowed, just absent
+
+            api.state.role = None  # no authorisation at all
+            assert (
+                await call(lambda: apps.read_namespaced_deployment_scale("other", "prod"))
+            ).spec is not None
+
+
+async def test_a_role_without_patch_on_the_scale_subresource_forbids_exactly_that() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver(role=role_without(deploy_role(), "patch", "deployments/scale")) as api:
+            api.state.put(deployment("prod", APP, 2))
+            apps = k8s.AppsV1Api(api.api_client())
+            body = {"spec": {"replicas": 3}}
+            code, status = await failure(lambda: apps.patch_namespaced_deployment_scale(APP, "prod", body))
+            assert code == 403
+            assert status["message"] == forbidden_message(
+                "patch", "deployments/scale", "apps", f'deployments.apps "{APP}"'
+            )
+            await call(lambda: apps.read_namespaced_deployment_scale(APP, "prod"))  # get is still granted
+            api.state.role = deploy_role()
+            patched = await call(lambda: apps.patch_namespaced_deployment_scale(APP, "prod", body))
+            assert patched.spec is not None and patched.spec.replicas == 3
+
+
+async def test_the_binding_decides_who_and_where() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver(namespace="payments") as api:
+            api.state.put(deployment("payments", APP, 2))
+            api.state.put(deployment("prod", APP, 2))
+            apps = k8s.AppsV1Api(api.api_client())
+            await call(lambda: apps.read_namespaced_deployment_scale(APP, "payments"))
+            # The Role is bound in `payments` only.
+            _, status = await failure(lambda: apps.read_namespaced_deployment_scale(APP, "prod"))
+            assert status["message"] == (
+                f'deployments.apps "{APP}" is forbidden: User "system:serviceaccount:payments:mcp-autonomy" '
+                'cannot get resource "deployments/scale" in API group "apps" in the namespace "prod"'
+            )
+            # Another ServiceAccount is not bound.
+            api.state.user = "system:serviceaccount:payments:default"
+            code, _ = await failure(lambda: apps.read_namespaced_deployment_scale(APP, "payments"))
+            assert code == 403
+            api.state.user = None
+            # A binding whose roleRef names another Role grants nothing, and says why.
+            binding = deploy_role_binding()
+            binding["roleRef"]["name"] = "renamed"
+            api.state.role_binding = binding
+            _, status = await failure(lambda: apps.read_namespaced_deployment_scale(APP, "payments"))
+            assert status["message"].endswith(': RBAC: role.rbac.authorization.k8s.io "renamed" not found')
+
+
+async def test_resource_names_allow_a_list_only_with_a_metadata_name_field_selector() -> None:
+    role = deploy_role()
+    role["rules"].append(
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["mcp-autonomy-scaler"],
+            "verbs": ["list"],
+        }
+    )
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver(role=role) as api:
+            leases = k8s.CoordinationV1Api(api.api_client())
+            code, _ = await failure(lambda: leases.list_namespaced_lease("prod"))
+            assert code == 403
+            listed = await call(
+                lambda: leases.list_namespaced_lease(
+                    "prod", field_selector="metadata.name=mcp-autonomy-scaler"
+                )
+            )
+            assert listed.items == []
+
+
+async def test_lease_times_must_be_microtimes() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver() as api:
+            leases = k8s.CoordinationV1Api(api.api_client())
+            name = "mcp-autonomy-scaler"
+
+            def lease(**spec: Any) -> dict[str, Any]:
+                return {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": name},
+                    "spec": spec,
+                }
+
+            # The client refuses to send garbage, so it goes over plain HTTP (another client could).
+            async with httpx.AsyncClient(
+                base_url=api.url, headers={"Authorization": "Bearer test-token"}
+            ) as http:
+                response = await http.post(
+                    "/apis/coordination.k8s.io/v1/namespaces/prod/leases", json=lease(acquireTime="yesterday")
+                )
+            assert response.status_code == 400
+            assert response.json()["reason"] == "BadRequest"
+            assert response.json()["message"] == (
+                'Lease in version "v1" cannot be handled as a Lease: parsing time "yesterday" as '
+                '"2006-01-02T15:04:05.000000Z07:00": cannot parse "yesterday" as "2006"'
+            )
+            # A whole-second datetime is sent without fractional digits: not a MicroTime either.
+            whole_second = k8s.V1Lease(
+                metadata=k8s.V1ObjectMeta(name=name),
+                spec=k8s.V1LeaseSpec(holder_identity="a", renew_time=datetime(2026, 12, 7, 10, tzinfo=UTC)),
+            )
+            code, status = await failure(lambda: leases.create_namespaced_lease("prod", whole_second))
+            assert (code, status["reason"]) == (400, "BadRequest")
+            assert status["message"].endswith('cannot parse "+00:00" as ".000000"')
+            assert api.state.get("coordination.k8s.io/v1", "Lease", "prod", name) is None
+
+            # The client re-serialises what it parsed: nonzero microseconds keep their six digits.
+            good = lease(
+                acquireTime="2026-12-07T10:00:00.000100Z", renewTime="2026-12-07T10:00:00.000001+01:00"
+            )
+            created = await call(lambda: leases.create_namespaced_lease("prod", good))
+            assert created.metadata is not None
+            # A renewal (PUT) at a whole second is refused the same way.
+            seen = await call(lambda: leases.read_namespaced_lease(name, "prod"))
+            assert seen.spec is not None
+            seen.spec.renew_time = datetime(2026, 12, 7, 10, 0, 15, tzinfo=UTC)
+            code, status = await failure(lambda: leases.replace_namespaced_lease(name, "prod", seen))
+            assert (code, status["reason"]) == (400, "BadRequest")
+            assert "cannot be handled as a Lease" in status["message"]
+            stored = api.state.get("coordination.k8s.io/v1", "Lease", "prod", name)
+            assert stored is not None and stored["spec"]["acquireTime"] == "2026-12-07T10:00:00.000100+00:00"
+            assert stored["metadata"]["resourceVersion"] == created.metadata.resource_version
+
+
+async def test_a_scale_with_another_uid_is_a_precondition_conflict() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver(role=None) as api:  # the Role need not grant a Scale PUT
+            stored = api.state.put(deployment("prod", APP, 2))
+            uid = stored["metadata"]["uid"]
+            apps = k8s.AppsV1Api(api.api_client())
+            wrong = "00000000-0000-0000-0000-000000000001"
+
+            body = {"metadata": {"uid": wrong}, "spec": {"replicas": 4}}
+            code, status = await failure(lambda: apps.patch_namespaced_deployment_scale(APP, "prod", body))
+            assert (code, status["reason"]) == (409, "Conflict")
+            assert status["message"] == (
+                f'Operation cannot be fulfilled on deployments/scale.apps "{APP}": Precondition failed: '
+                f"UID in precondition: {wrong}, UID in object meta: {uid}"
+            )
+            scale = await call(lambda: apps.read_namespaced_deployment_scale(APP, "prod"))
+            assert scale.metadata is not None and scale.metadata.uid == uid
+            scale.metadata.uid = wrong
+            code, _ = await failure(lambda: apps.replace_namespaced_deployment_scale(APP, "prod", scale))
+            assert code == 409
+            current = api.state.get("apps/v1", "Deployment", "prod", APP)
+            assert current is not None and current["spec"]["replicas"] == 2
+
+            ok = {"metadata": {"uid": uid}, "spec": {"replicas": 4}}
+            patched = await call(lambda: apps.patch_namespaced_deployment_scale(APP, "prod", ok))
+            assert patched.spec is not None and patched.spec.replicas == 4
+
+
+async def test_status_writes_move_the_resource_version_and_change_only_the_status() -> None:
+    with anyio.fail_after(TEST_DEADLINE_S):
+        async with running_apiserver(role=None) as api:
+            api.state.put(deployment("prod", APP, 2))
+            created = api.state.put(hpa("prod", APP, APP, 2, 10))
+            autoscaling = k8s.AutoscalingV2Api(api.api_client())
+            before = created["metadata"]["resourceVersion"]
+
+            body = {"status": {"currentReplicas": 2, "desiredReplicas": 3}, "spec": {"minReplicas": 9}}
+            written = await call(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler_status(APP, "prod", body)
+            )
+            assert written.status is not None and written.status.desired_replicas == 3
+            assert (
+                written.spec is not None and written.spec.min_replicas == 2
+            )  # spec is not written via /status
+            assert written.metadata is not None
+            moved = written.metadata.resource_version
+            assert int(moved or 0) > int(before)
+            again = await call(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler_status(APP, "prod", body)
+            )
+            assert again.metadata is not None and again.metadata.resource_version == moved  # no-op
+
+            # A spec write keeps the status (it is owned by /status).
+            patched = await call(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+                    APP, "prod", {"spec": {"minReplicas": 3}}
+                )
+            )
+            assert patched.status is not None and patched.status.desired_replicas == 3
+
+            stale = {"metadata": {"resourceVersion": before}, "status": {"desiredReplicas": 5}}
+            code, _ = await failure(
+                lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler_status(APP, "prod", stale)
+            )
+            assert code == 409
+
+            # A controller's status write (state.set_status, set_ready) moves it too.
+            stored = api.state.get("apps/v1", "Deployment", "prod", APP)
+            assert stored is not None
+            api.state.set_status(
+                "apps/v1", "Deployment", "prod", APP, {**stored["status"], "readyReplicas": 1}
+            )
+            after = api.state.get("apps/v1", "Deployment", "prod", APP)
+            assert after is not None
+            assert int(after["metadata"]["resourceVersion"]) > int(stored["metadata"]["resourceVersion"])
+            assert after["status"]["readyReplicas"] == 1 and after["spec"] == stored["spec"]
