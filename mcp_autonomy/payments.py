@@ -10,11 +10,20 @@ fresh status pull confirms them.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
+from mcp_autonomy.pii import mask_data, mask_phone, mask_text
 from mcp_autonomy.providers.base import CallbackHint, Money, Operation, PaymentContext, TransactionStatus
+
+# The masking serialisers below (`_masked`) carry no type annotations on purpose: pydantic derives
+# a model's serialisation JSON schema from a wrap serialiser's return annotation, and with none it
+# keeps the model's own, so the MCP tools' output schemas and the OpenAPI document stay as they are.
+_FREE_TEXT_FIELDS = ("description", "status_reason", "provider_message")
+REVEAL_PAYER = "reveal_payer"
+"""Serialisation context key: `record.model_dump(context={REVEAL_PAYER: True})` shows the phone
+in full (the one-payment views only); any other dump masks it."""
 
 
 class AttemptOutcome(StrEnum):
@@ -45,9 +54,24 @@ class PaymentAttempt(BaseModel):
     provider_code: str | None = None
     detail: str = ""
 
+    # Provider answers may name the payer (`ReceiverPartyPublicName: 2547... - NAME`).
+    @model_serializer(mode="wrap")
+    def _masked(self, handler):  # type: ignore[no-untyped-def]  # schema: see top
+        dumped = handler(self)
+        if isinstance(dumped.get("detail"), str):
+            dumped["detail"] = mask_text(dumped["detail"])
+        return dumped
+
 
 class PaymentRecord(BaseModel):
     """A payment as the engine knows it; the first result for its idempotency key."""
+
+    # Serialised (JSON or `model_dump`), the payer's phone reads `+2547****0002` and phone numbers
+    # in its free text are masked too, so lists, errors, events and resources show it so. Only the
+    # one-payment views show the phone in full, through `revealed()` or the `REVEAL_PAYER`
+    # context. The attributes always hold the real values (the stores write them).
+
+    _reveals_payer: ClassVar[bool] = False
 
     idempotency_key: str
     operation: Operation
@@ -73,6 +97,30 @@ class PaymentRecord(BaseModel):
     checks: int = Field(0, description="status pulls the reconciler made for it")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @model_serializer(mode="wrap")
+    def _masked(self, handler, info):  # type: ignore[no-untyped-def]  # schema: see top
+        dumped = handler(self)
+        context = info.context
+        reveal = self._reveals_payer or (isinstance(context, dict) and context.get(REVEAL_PAYER) is True)
+        if not reveal and isinstance(dumped.get("phone"), str):
+            dumped["phone"] = mask_phone(dumped["phone"])
+        for name in _FREE_TEXT_FIELDS:
+            if isinstance(dumped.get(name), str):
+                dumped[name] = mask_text(dumped[name])
+        if "metadata" in dumped:
+            dumped["metadata"] = mask_data(dumped["metadata"])
+        return dumped
+
+    def masked(self) -> PaymentRecord:
+        """This record as it may be shown anywhere: a copy whose phone and free text are masked in
+        its attributes too (for code that reads attributes rather than serialising)."""
+        return PaymentRecord.model_validate(self.model_dump())
+
+    def revealed(self) -> PaymentRecord:
+        """This record as the one-payment view shows it: serialised with the phone in full (its
+        free text stays masked). Return it from `get_payment` and nowhere else."""
+        return RevealedPaymentRecord(**dict(self))
+
     def same_request(self, other: PaymentRecord) -> bool:
         """True when `other` asks for the same thing (a legitimate replay of the same key)."""
         return (
@@ -96,6 +144,14 @@ class PaymentRecord(BaseModel):
             identifiers=dict(identifiers or {}),
             accepted_at=self.accepted_at,
         )
+
+
+class RevealedPaymentRecord(PaymentRecord):
+    """A `PaymentRecord` whose serialisation shows the payer's phone in full (`revealed()`): the
+    MCP SDK dumps a returned subclass through the instance, so a tool declared to return
+    `PaymentRecord` can return this one without changing its output schema."""
+
+    _reveals_payer: ClassVar[bool] = True
 
 
 class ProviderIdentifier(BaseModel):
@@ -139,6 +195,21 @@ class InboxCallback(BaseModel):
     checks: int = 0
     next_check_at: float | None = None
     resolved_at: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _masked(self, handler):  # type: ignore[no-untyped-def]  # schema: see top
+        dumped = handler(self)
+        hint = dumped.get("hint")
+        if isinstance(hint, dict):
+            if isinstance(hint.get("payer"), str):
+                hint["payer"] = mask_phone(hint["payer"])
+            if isinstance(hint.get("provider_message"), str):
+                hint["provider_message"] = mask_text(hint["provider_message"])
+            if "extras" in hint:
+                hint["extras"] = mask_data(hint["extras"])
+        if isinstance(dumped.get("detail"), str):
+            dumped["detail"] = mask_text(dumped["detail"])
+        return dumped
 
 
 class PaymentStore(Protocol):

@@ -1034,12 +1034,23 @@ class AutonomousSystem:
         *,
         tool: str,
         arguments: dict[str, Any],
-        client: str | None,
+        client: str | None = None,
+        caller: str | None = None,
         reason: str | None,
         ok: bool,
         result: Any,
     ) -> int:
-        """Write the audit log entry for a manual action and publish it as an event."""
+        """Write the audit log entry for a manual action and publish it as an event.
+
+        `caller` names who acted (`mcp:<client>`, `rest:<address> <agent>`, later an identity);
+        `client` is its older name, kept for existing callers. Either is recorded in the audit
+        row's `client` field; giving both with different values is a programming error.
+        """
+        if caller is not None and client is not None and caller != client:
+            raise ValueError(
+                f"record_manual_action: caller {caller!r} and client {client!r} differ; give one"
+            )
+        client = caller if caller is not None else client
         audit_id = self.store.record_audit(
             timestamp=self.clock.now(),
             tool=tool,
