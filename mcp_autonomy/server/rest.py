@@ -7,8 +7,9 @@ bodies are the engine's models, and an error names the input at fault and what i
 `{"error": {"field", "message", "allowed"}}`. The OpenAPI 3.1 document at
 /autonomous/openapi.json is generated from the same endpoint table and the same models.
 
-Status codes: 400 a malformed request (bad query parameter, body not JSON), 404 an unknown
-provider or path, 405 a wrong method, 413 a body over 64 KiB, 415 a body not sent as JSON,
+Status codes: 400 a malformed request (bad query or path parameter, a `since` outside
+1970..9999, body not JSON, NaN or Infinity in it, nested too deeply), 404 an unknown provider,
+payment or path, 405 a wrong method, 413 a body over 64 KiB, 415 a body not sent as JSON,
 422 a JSON body whose content is refused (missing `reason`, `replicas` outside the bounds),
 502 the scale backend failed; 401 (bearer token), 403 (foreign Origin) and 421 (foreign Host)
 come from the same protections as `/mcp`.
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, Literal
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -44,6 +46,7 @@ from mcp_autonomy.autonomy.system import AutonomousSystem, StatusSummary, System
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventType
 from mcp_autonomy.payments import CallbackState, PaymentRecord
+from mcp_autonomy.pii import mask_text
 from mcp_autonomy.providers.base import ProviderError, TransactionStatus
 from mcp_autonomy.providers.registry import UnknownProviderError
 from mcp_autonomy.server.dashboard import DashboardSnapshot, dashboard_snapshot
@@ -70,11 +73,25 @@ LIST_LIMIT_MAX = 500
 """As `get_incidents`, `get_maintenance_windows` and `get_optimizations`."""
 PROVIDER_NAME_MAX = 64
 """As the MCP tools' `provider`."""
-DATE_TIME_ALLOWED = "an ISO 8601 date-time, e.g. 2026-11-28T10:00:00Z"
+PAYMENT_KEY_MAX = 100
+"""As `PaymentRequest.idempotency_key`."""
+SINCE_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+SINCE_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+"""`since` is compared with epoch seconds: before the epoch there is nothing stored, and the
+bounds keep the conversion inside what `datetime` can represent."""
+DATE_TIME_ALLOWED = (
+    "an ISO 8601 date-time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z (UTC when no offset is "
+    "given), e.g. 2026-11-28T10:00:00Z"
+)
+MAX_BODY_DEPTH = 8
+"""How deeply a JSON body may nest; the deepest body the API takes has depth 1."""
+ECHO_MAX_CHARS = 80
+"""Values of the request quoted back in an error are cut to this many characters."""
 JSON = "application/json"
 API_DESCRIPTION = (
     "Operate the mcp-autonomy engine over plain HTTP: the same engine calls as the MCP tools, with the "
-    "same validation ranges; POST actions are audited like the tools. Errors are JSON naming the input at "
+    "same validation ranges; POST actions are audited like the tools. Phone numbers are masked (+2547****0002) "
+    "everywhere but getPayment. Errors are JSON naming the input at "
     'fault and what it accepts: {"error": {"field", "message", "allowed"}, "other_errors": [...]}.'
 )
 
@@ -129,6 +146,23 @@ class ApiError(Exception):
 
 # --- inputs -------------------------------------------------------------------------------
 
+
+def _control_characters(text: str) -> bool:
+    return any((ord(ch) < 32 and ch not in "\t\n\r") or ord(ch) == 127 for ch in text)
+
+
+def _supported_since(value: datetime) -> datetime:
+    """`value` in UTC (naive taken as UTC) within SINCE_MIN..SINCE_MAX."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if not SINCE_MIN <= value <= SINCE_MAX:
+        raise ValueError("outside the supported range 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z")
+    return value
+
+
+Since = Annotated[datetime, AfterValidator(_supported_since)]
+"""A `since` filter: a date-time the engine can compare with its epoch timestamps."""
+
 ProviderFilter = Annotated[
     str, Field(min_length=1, max_length=PROVIDER_NAME_MAX, description="Only this provider, e.g. mpesa")
 ]
@@ -136,6 +170,14 @@ ProviderFilter = Annotated[
 
 class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        # A NUL would reach the store's query (PostgreSQL refuses it in text).
+        if isinstance(value, str) and _control_characters(value):
+            raise ValueError("control characters are not allowed")
+        return value
 
 
 class NoQuery(_Query):
@@ -174,7 +216,7 @@ class EventsQuery(_Query):
         | None
     ) = None
     type: EventType | None = Field(None, description="Only this event type")
-    since: datetime | None = Field(None, description="Only events at or after this time (ISO 8601)")
+    since: Since | None = Field(None, description="Only events at or after this time (ISO 8601)")
     limit: int = Field(100, ge=1, le=EVENTS_LIMIT_MAX, description="The newest this many")
 
 
@@ -183,7 +225,7 @@ class IncidentsQuery(_Query):
 
     provider: ProviderFilter | None = None
     status: IncidentStatus | None = Field(None, description="open | resolved")
-    since: datetime | None = Field(None, description="Only incidents opened at or after this time (ISO 8601)")
+    since: Since | None = Field(None, description="Only incidents opened at or after this time (ISO 8601)")
     limit: int = Field(50, ge=1, le=LIST_LIMIT_MAX, description="At most this many, newest first")
 
 
@@ -215,6 +257,15 @@ class CallbacksQuery(_Query):
 class _Body(BaseModel):
     # Strict: `"replicas": "5"` or `"force": "yes"` is refused, not coerced, on a destructive action.
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        # A NUL or an escape sequence in a reason would land in the audit log and in terminals
+        # (and PostgreSQL text refuses NUL outright).
+        if isinstance(value, str) and _control_characters(value):
+            raise ValueError("control characters are not allowed (tab and newline are)")
+        return value
 
 
 class HealRequest(_Body):
@@ -287,39 +338,71 @@ def _describe(prop: dict[str, Any], defs: dict[str, Any]) -> str | list[str] | N
 
 
 def _short(value: Any) -> str:
+    """`value` as quoted in an error: repr (control characters escaped), at most ECHO_MAX_CHARS,
+    phone numbers masked (the value may be someone's)."""
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if len(text) > ECHO_MAX_CHARS:
+        text = text[: ECHO_MAX_CHARS - 3] + "..."
+    return mask_text(text)
+
+
+def _name(value: str) -> str:
+    """A request-supplied name (query parameter, body field, path) fit to quote: printable and
+    bounded."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in value[: ECHO_MAX_CHARS + 1])
+    return text if len(text) <= ECHO_MAX_CHARS else text[: ECHO_MAX_CHARS - 3] + "..."
 
 
 def _details(exc: ValidationError, model: type[BaseModel], noun: str) -> list[ErrorDetail]:
     allowed = _allowed_by_field(model)
     details: list[ErrorDetail] = []
     for error in exc.errors(include_url=False):
-        loc = [str(part) for part in error["loc"]]
+        loc = [_name(str(part)) for part in error["loc"]]
         field = ".".join(loc) if loc else "body"
         top = loc[0] if loc else ""
         kind = error["type"]
         if kind == "extra_forbidden":
             details.append(
                 ErrorDetail(
-                    field=field, message=f"unknown {noun} {field!r}", allowed=sorted(model.model_fields)
+                    field=field, message=f"unknown {noun} '{field}'", allowed=sorted(model.model_fields)
                 )
             )
         elif kind == "missing":
             details.append(ErrorDetail(field=field, message=f"{field} is required", allowed=allowed.get(top)))
         elif not loc:
             details.append(
-                ErrorDetail(field="body", message=f"the body must be a JSON object: {error['msg']}")
+                ErrorDetail(field="body", message=f"the body must be a JSON object: {_bounded(error['msg'])}")
             )
         else:
             details.append(
                 ErrorDetail(
                     field=field,
-                    message=f"{field}={_short(error['input'])}: {error['msg']}",
+                    message=f"{field}={_short(error['input'])}: {_bounded(error['msg'])}",
                     allowed=allowed.get(top),
                 )
             )
     return details
+
+
+def _bounded(message: str) -> str:
+    """A message built by a library from the input (pydantic's, json's): bounded and masked."""
+    cut = message if len(message) <= 2 * ECHO_MAX_CHARS else message[: 2 * ECHO_MAX_CHARS - 3] + "..."
+    return mask_text(cut)
+
+
+def _payment_key(request: Request) -> str:
+    """The `{key}` path parameter, refused over PAYMENT_KEY_MAX characters."""
+    key = str(request.path_params["key"])
+    if len(key) > PAYMENT_KEY_MAX:
+        raise ApiError(
+            400,
+            ErrorDetail(
+                field="key",
+                message=f"key is {len(key)} characters long, longer than {PAYMENT_KEY_MAX}",
+                allowed=f"a string of 1..{PAYMENT_KEY_MAX} characters",
+            ),
+        )
+    return key
 
 
 def _client_label(request: Request) -> str:
@@ -327,6 +410,71 @@ def _client_label(request: Request) -> str:
     address = request.client.host if request.client is not None else "unknown"
     agent = "".join(ch for ch in request.headers.get("user-agent", "")[:100] if ch.isprintable())
     return f"rest:{address} {agent}".rstrip()
+
+
+class _NonFinite:
+    """A `NaN` / `Infinity` / `-Infinity` / overflowing number found while checking a body."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _json_fault(value: Any, path: str, depth: int) -> ErrorDetail | None:
+    """The first thing JSON (RFC 8259) or this API does not take inside a parsed body."""
+    if depth > MAX_BODY_DEPTH:
+        return ErrorDetail(
+            field=path or "body",
+            message=f"the body nests deeper than {MAX_BODY_DEPTH} levels",
+            allowed=f"a JSON object of at most {MAX_BODY_DEPTH} levels",
+        )
+    if isinstance(value, _NonFinite):
+        return ErrorDetail(
+            field=path or "body",
+            message=f"{path or 'body'} is {_name(value.text)}: JSON has no NaN or Infinity",
+            allowed="a finite number",
+        )
+    children: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        children = [(f"{path}.{_name(str(k))}" if path else _name(str(k)), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value)]
+    for child_path, child in children:
+        fault = _json_fault(child, child_path, depth + 1)
+        if fault is not None:
+            return fault
+    return None
+
+
+def _check_json(raw: bytes) -> None:
+    """400 for a body that parses only by Python's lenient rules (NaN, Infinity, numbers that
+    overflow to infinity), nests too deeply or holds an integer too long to convert; the field
+    is named. Not-JSON is left to the model's own parser, whose message says where."""
+    try:
+        parsed = json.loads(raw, parse_constant=_NonFinite, parse_float=_parse_float)
+    except RecursionError:
+        raise ApiError(
+            400,
+            ErrorDetail(
+                field="body",
+                message=f"the body nests deeper than {MAX_BODY_DEPTH} levels",
+                allowed=f"a JSON object of at most {MAX_BODY_DEPTH} levels",
+            ),
+        ) from None
+    except ValueError as exc:  # not JSON, or an integer beyond Python's digit limit
+        if "Exceeds the limit" in str(exc):
+            raise ApiError(
+                400,
+                ErrorDetail(field="body", message="the body holds an integer with thousands of digits"),
+            ) from None
+        return
+    fault = _json_fault(parsed, "", 0)
+    if fault is not None:
+        raise ApiError(400, fault)
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -353,9 +501,10 @@ class Endpoint:
 
 
 ERROR_DESCRIPTIONS = {
-    400: "Malformed request: a query parameter is invalid or unknown, or the body is not JSON",
+    400: "Malformed request: a query or path parameter is invalid, unknown or too long, a date-time is outside "
+    "1970-01-01..9999-12-31, or the body is not JSON (NaN and Infinity are not JSON) or nests too deeply",
     403: "Foreign Origin header (DNS-rebinding protection)",
-    404: "Unknown provider (the error lists the registered ones)",
+    404: "Unknown provider (the error lists the registered ones) or payment",
     409: "The payment is not open: only needs_reconciliation or unknown payments are resolved by hand",
     413: f"Body larger than {MAX_BODY_BYTES} bytes",
     415: "Body not sent as application/json",
@@ -427,13 +576,13 @@ class RestApi:
             allowed = (exc.headers or {}).get("Allow", "")
             detail = ErrorDetail(
                 field="method",
-                message=f"{request.method} is not allowed on {request.url.path}",
+                message=f"{request.method} is not allowed on {_name(request.url.path)}",
                 allowed=[m.strip() for m in allowed.split(",") if m.strip()],
             )
             return ApiError(405, detail, headers={"Allow": allowed}).response()
         detail = ErrorDetail(
             field="path",
-            message=f"no endpoint {request.method} {request.url.path} (see {OPENAPI_PATH})",
+            message=f"no endpoint {_name(request.method)} {_name(request.url.path)} (see {OPENAPI_PATH})",
             allowed=operations,
         )
         return ApiError(404 if status == 404 else status, detail).response()
@@ -447,7 +596,7 @@ class RestApi:
                 refused.status_code,
                 ErrorDetail(
                     field=header,
-                    message=f"{header} {request.headers.get(header)!r} is not one of this server's names "
+                    message=f"{header} {_short(request.headers.get(header))} is not one of this server's names "
                     "(DNS-rebinding protection)",
                     allowed="this server's address, or a name in MCP_AUTONOMY_ALLOWED_HOSTS",
                 ),
@@ -459,7 +608,7 @@ class RestApi:
                     415,
                     ErrorDetail(
                         field="content-type",
-                        message=f"the body must be sent as {JSON}, got {content_type or 'no content-type'!r}",
+                        message=f"the body must be sent as {JSON}, got {_short(content_type or 'no content-type')}",
                         allowed=[JSON],
                     ),
                 )
@@ -471,7 +620,9 @@ class RestApi:
         for key, value in request.query_params.multi_items():
             if key in values:
                 repeated.append(
-                    ErrorDetail(field=key, message=f"query parameter {key!r} is given more than once")
+                    ErrorDetail(
+                        field=_name(key), message=f"query parameter '{_name(key)}' is given more than once"
+                    )
                 )
             values[key] = value
         if repeated:
@@ -504,11 +655,12 @@ class RestApi:
             raise ApiError(
                 400, ErrorDetail(field="body", message="a JSON object body is required", allowed=fields)
             )
+        _check_json(bytes(raw))
         try:
             return model.model_validate_json(bytes(raw))
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
-                message = exc.errors()[0]["msg"]
+                message = _bounded(exc.errors()[0]["msg"])
                 raise ApiError(
                     400,
                     ErrorDetail(
@@ -530,7 +682,7 @@ class RestApi:
         return self.system.record_manual_action(
             tool=tool,
             arguments=arguments,
-            client=_client_label(request),
+            caller=_client_label(request),
             reason=arguments.get("reason"),
             ok=ok,
             result=result,
@@ -659,10 +811,20 @@ class RestApi:
                 oldest_open_age_s=await system.reconciler.oldest_open_age_s(),
             )
 
+        async def get_payment(request: Request, query: NoQuery, body: None) -> PaymentRecord:
+            key = _payment_key(request)
+            record = await system.get_payment(key)
+            if record is None:
+                raise ApiError(
+                    404, ErrorDetail(field="key", message=f"no payment with key or reference {_short(key)}")
+                )
+            # The one view that shows the payer in full (lists and errors mask it).
+            return record.revealed()
+
         async def resolve_payment(
             request: Request, query: NoQuery, body: ResolvePaymentRequest
         ) -> PaymentRecord:
-            key = str(request.path_params["key"])[:100]
+            key = _payment_key(request)
             arguments = {
                 "idempotency_key": key,
                 "outcome": body.outcome,
@@ -678,7 +840,7 @@ class RestApi:
                 )
             except KeyError:
                 self._audit(request, "resolve_payment", arguments, False, {"error": "unknown key"})
-                raise ApiError(404, ErrorDetail(field="key", message=f"no payment {key!r}")) from None
+                raise ApiError(404, ErrorDetail(field="key", message=f"no payment {_short(key)}")) from None
             except ValueError as exc:
                 self._audit(request, "resolve_payment", arguments, False, {"error": str(exc)})
                 raise ApiError(
@@ -689,13 +851,13 @@ class RestApi:
             return record
 
         async def submit_transfer_otp(request: Request, query: NoQuery, body: OtpRequest) -> PaymentRecord:
-            key = str(request.path_params["key"])[:100]
+            key = _payment_key(request)
             arguments = {"idempotency_key": key, "otp": "(withheld)", "reason": body.reason}
             try:
                 record = await system.submit_transfer_otp(key, body.otp)
             except KeyError:
                 self._audit(request, "submit_transfer_otp", arguments, False, {"error": "unknown key"})
-                raise ApiError(404, ErrorDetail(field="key", message=f"no payment {key!r}")) from None
+                raise ApiError(404, ErrorDetail(field="key", message=f"no payment {_short(key)}")) from None
             except ValueError as exc:
                 self._audit(request, "submit_transfer_otp", arguments, False, {"error": str(exc)})
                 raise ApiError(
@@ -837,6 +999,18 @@ class RestApi:
                 errors=(404,),
             ),
             Endpoint(
+                "GET",
+                "/payments/{key}",
+                "getPayment",
+                "One payment",
+                "A payment by its idempotency key, our reference or the provider's, with every provider attempt "
+                "it took; a pending or unknown one is re-queried at its provider first (as get_payment). The one "
+                "view that shows the payer's phone in full: lists, events and errors mask it (+2547****0002).",
+                PaymentRecord,
+                get_payment,
+                errors=(404,),
+            ),
+            Endpoint(
                 "POST",
                 "/payments/{key}/resolve",
                 "resolvePayment",
@@ -965,8 +1139,8 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
                     "name": "key",
                     "in": "path",
                     "required": True,
-                    "description": "The payment's idempotency key",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "description": "The payment's idempotency key (getPayment also takes a reference)",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": PAYMENT_KEY_MAX},
                 }
             )
         query_schema = query_schemas[endpoint.query]

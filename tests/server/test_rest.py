@@ -29,6 +29,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/autonomous/maintenance"),
     ("get", "/autonomous/dashboard"),
     ("get", "/autonomous/payments"),
+    ("get", "/autonomous/payments/{key}"),
     ("post", "/autonomous/payments/{key}/resolve"),
     ("post", "/autonomous/payments/{key}/otp"),
     ("get", "/autonomous/callbacks"),
