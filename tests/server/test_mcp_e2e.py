@@ -204,11 +204,11 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
     name, server = transport
     async with connect(name, mode, tmp_path, server) as client:
         cases = [
-            ("scale_to", {"replicas": -1, "reason": "bad input"}, ["replicas", "greater than or equal to 0"]),
+            ("scale_to", {"replicas": -1, "reason": "bad input"}, ["replicas: must be an integer from 0 to 1000 (got -1, an integer)"]),
             (
                 "scale_to",
                 {"replicas": 10**9, "reason": "bad input"},
-                ["replicas", "less than or equal to 1000"],
+                ["replicas: must be an integer from 0 to 1000"],
             ),
             (
                 "scale_to",
@@ -221,7 +221,7 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                 {"component": "x", "mode": "on", "reason": "bad input"},
                 ["component", "self_healer"],
             ),
-            ("get_predictions", {"min_confidence": 2}, ["min_confidence", "less than or equal to 1"]),
+            ("get_predictions", {"min_confidence": 2}, ["min_confidence: must be a number from 0.0 to 1.0 (got 2, an integer)"]),
             (
                 "mark_prediction",
                 {"id": "no-such-prediction", "verdict": "confirmed", "reason": "bad input"},
@@ -237,7 +237,7 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                 {"id": "mw-none", "reason": "bad input"},
                 ["id", "get_maintenance_windows"],
             ),
-            ("get_incidents", {"limit": 0}, ["limit", "greater than or equal to 1"]),
+            ("get_incidents", {"limit": 0}, ["limit: must be an integer from 1 to 500 (got 0, an integer)"]),
             (
                 "set_provider_config",
                 {"provider": "mpesa", "values": {"timeout_s": 500}, "reason": "bad input"},
@@ -269,7 +269,7 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                     "phone": "+254712345678",
                     "country": "KE",
                 },
-                ["amount_minor", "greater than or equal to 1"],
+                ["amount_minor: must be an integer from 1 to"],
             ),
             (
                 "request_payment",
