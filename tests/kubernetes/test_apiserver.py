@@ -471,7 +471,7 @@ async def test_the_deploy_role_decides_by_verb_resource_subresource_and_resource
                 "metadata": {"name": "someone-else"},
                 "spec": {"holderIdentity": "a", "renewTime": "2026-12-07T10:00:00.250000Z"},
             }
-            await call(lambda: leases.create_namespaced_lease("prod", lease))
+            await call(lambda: leases.create_namespaced_lease("prod", k8s.V1Lease.model_validate(lease)))
             # ... but only the scaler's Lease can be read, and Leases cannot be listed.
             _, status = await failure(lambda: leases.read_namespaced_lease("someone-else", "prod"))
             assert status["message"] == forbidden_message(
@@ -597,7 +597,9 @@ async def test_lease_times_must_be_microtimes() -> None:
             good = lease(
                 acquireTime="2026-12-07T10:00:00.000100Z", renewTime="2026-12-07T10:00:00.000001+01:00"
             )
-            created = await call(lambda: leases.create_namespaced_lease("prod", good))
+            created = await call(
+                lambda: leases.create_namespaced_lease("prod", k8s.V1Lease.model_validate(good))
+            )
             assert created.metadata is not None
             # A renewal (PUT) at a whole second is refused the same way.
             seen = await call(lambda: leases.read_namespaced_lease(name, "prod"))
