@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
@@ -21,16 +20,15 @@ __all__ = ["register"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def epoch_s(field: str, moment: datetime) -> float:
-    """`moment` in epoch seconds; a time without an offset is taken as UTC (the examples say Z)."""
+def epoch_s(moment: datetime) -> float:
+    """`moment` in epoch seconds; a time without an offset is taken as UTC (the examples say Z).
+
+    Computed as a difference of aware datetimes, which holds for every year 1..9999 (where
+    `datetime.timestamp()` of a naive 0001-01-01 fails in the local-time conversion).
+    """
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    try:
-        return (moment - _EPOCH).total_seconds()
-    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
-        raise ToolError(
-            f"{field}: must be a date-time from 0001-01-02 to 9999-12-30 (got {moment.isoformat()})"
-        ) from None
+    return (moment - _EPOCH).total_seconds()
 
 
 def register(tools: ToolSet) -> None:
@@ -81,7 +79,7 @@ def register(tools: ToolSet) -> None:
         events = system.query_events(
             provider=provider,
             types=[type] if type is not None else None,
-            since=epoch_s("since", since) if since is not None else None,
+            since=epoch_s(since) if since is not None else None,
             limit=limit,
         )
         return EventList(events=events, count=len(events))
