@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -537,7 +538,11 @@ class RestApi:
         ]
         routes.append(Route("/openapi.json", self._serve_openapi, methods=["GET"], name="getOpenApi"))
         app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
-        return Mount(PREFIX, app=app)
+        mount = Mount(PREFIX, app=app)
+        # Starlette's `.*` stops at a newline, so `/autonomous/payments/a%0Ab` would fall out of
+        # this mount to the server's plain-text 404: match the whole path, whatever it holds.
+        mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+        return mount
 
     def _serve(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def serve(request: Request) -> Response:
