@@ -414,6 +414,7 @@ class LeaderElector:
         self._term: LeadershipTerm | None = None
         self.draining = False
         """True while a release waits for the requests of the ended term still in flight."""
+        self._draining_started: anyio.Event | None = None
         self.attempts = 0
         """Completed tries to acquire or renew (each is one round of API requests)."""
         with suppress(TypeError):  # a client that cannot be weakly referenced: bind backends explicitly
@@ -497,6 +498,13 @@ class LeaderElector:
             if self._attempted is None:
                 self._attempted = anyio.Event()
             await self._attempted.wait()
+
+    async def wait_draining(self) -> None:
+        """Return once a release is waiting for requests in flight (lets a caller await it)."""
+        while not self.draining:
+            if self._draining_started is None:
+                self._draining_started = anyio.Event()
+            await self._draining_started.wait()
 
     # --- one round ---
 
@@ -644,6 +652,9 @@ class LeaderElector:
             return
         bound_s = self.config.effective_request_timeout_s + REQUEST_GRACE_S
         self.draining = True
+        if self._draining_started is not None:
+            self._draining_started.set()
+            self._draining_started = None
         try:
             _log.info(
                 "lease %s: waiting up to %g s for %d request(s) in flight before releasing",
