@@ -171,7 +171,15 @@ class AutoScaler(Component):
             "rule": decision.rule.value,
             "guards": guards.describe(),
         }
-        self._last_decision = {"at": self.clock.now(), **inputs, "reason": decision.reason}
+        reason = decision.reason
+        if state.ready is None:
+            # The backend cannot see readiness (local): the policy was given `current` to decide
+            # with, but the record must not claim it was measured.
+            inputs["ready_replicas"] = None
+            reason = reason.replace(
+                f" on {current}/{current} ready ", f" on {current} replicas (ready: not measured) ", 1
+            )
+        self._last_decision = {"at": self.clock.now(), **inputs, "reason": reason}
         if desired == current:
             self._last_decision["decision"] = "hold"
             return
@@ -180,15 +188,13 @@ class AutoScaler(Component):
             EventType.SCALING_DECISION,
             component=self.name,
             dry_run=self.dry_run,
-            message=f"decided {current} -> {desired} replicas ({decision.rule.value}): {decision.reason}",
-            data={**inputs, "from": current, "to": desired, "reason": decision.reason},
+            message=f"decided {current} -> {desired} replicas ({decision.rule.value}): {reason}",
+            data={**inputs, "from": current, "to": desired, "reason": reason},
         )
         if not self.is_leader():  # measuring took time: leadership may have been lost meanwhile
             self._last_decision["decision"] = "none: leadership lost before acting"
             return
-        await self.act(
-            f"scale to {desired}", lambda: self._apply(desired, decision.reason, "automatic", forced=False)
-        )
+        await self.act(f"scale to {desired}", lambda: self._apply(desired, reason, "automatic", forced=False))
 
     def check_bounds(self, replicas: int, force: bool) -> None:
         """Raise `ScaleBoundsError` naming the bounds when `replicas` is outside them."""
