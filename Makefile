@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8765
 NODE_DIR := .cache/node22
+INSPECTOR := @modelcontextprotocol/inspector@2.12.0
+INSPECTOR_METHOD ?= tools/list
 
 .PHONY: run test lint typecheck pytest browser postgres screenshot conformance inspector bench clean k8s-floor
 CHROMIUM := /usr/bin/chromium
@@ -56,6 +58,17 @@ screenshot: $(VENV)/.installed-dev browser
 
 conformance: $(VENV)/.installed-dev
 	bash scripts/conformance.sh
+
+# The MCP Inspector's CLI against the server `make run` serves (same HOST/PORT), e.g.
+# make inspector INSPECTOR_METHOD=resources/list. It wants Node >= 22.19 (make conformance leaves
+# one in .cache/node22, used first).
+inspector:
+	@$(PYTHON) -c "import urllib.request as u; u.urlopen('http://$(HOST):$(PORT)/healthz', timeout=3)" 2>/dev/null \
+		|| { echo "no server answers on http://$(HOST):$(PORT): run 'make run PORT=$(PORT)' in another terminal first" >&2; exit 1; }
+	@PATH="$(CURDIR)/$(NODE_DIR)/node_modules/.bin:$$PATH"; command -v npx >/dev/null \
+		|| { echo "make inspector needs Node >= 22.19 with npx (or run make conformance once, it installs one in $(NODE_DIR))" >&2; exit 1; }
+	PATH="$(CURDIR)/$(NODE_DIR)/node_modules/.bin:$$PATH" npx -y $(INSPECTOR) --cli http://$(HOST):$(PORT)/mcp \
+		--transport http --method $(INSPECTOR_METHOD)
 
 bench: $(VENV)/.installed-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
