@@ -23,7 +23,7 @@ import anyio
 from pydantic import BaseModel, Field, SerializeAsAny
 
 from mcp_autonomy.autonomy.component import Component
-from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackend
+from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackend, ScaleLeadershipLost
 from mcp_autonomy.autonomy.scaling.policy import (
     NO_GUARDS,
     ReactiveConfig,
@@ -179,6 +179,15 @@ class AutoScaler(Component):
             reason = reason.replace(
                 f" on {current}/{current} ready ", f" on {current} replicas (ready: not measured) ", 1
             )
+        # An HPA's bounds (floor mode) are where a floor can go: asking past them writes a clamped
+        # floor, and the next tick would see the same difference again and announce it for ever.
+        hpa_max = getattr(state, "hpa_max_replicas", None)
+        if getattr(state, "hpa_min_replicas", None) is not None:
+            bounded = max(1, desired if hpa_max is None else min(desired, hpa_max))
+            if bounded != desired:
+                inputs["hpa_bounds"] = {"min": 1, "max": hpa_max}
+                reason = f"{reason}; the HPA's bounds allow a floor of {bounded}, not {desired}"
+                desired = bounded
         self._last_decision = {"at": self.clock.now(), **inputs, "reason": reason}
         if desired == current:
             self._last_decision["decision"] = "hold"
@@ -194,7 +203,13 @@ class AutoScaler(Component):
         if not self.is_leader():  # measuring took time: leadership may have been lost meanwhile
             self._last_decision["decision"] = "none: leadership lost before acting"
             return
-        await self.act(f"scale to {desired}", lambda: self._apply(desired, reason, "automatic", forced=False))
+        try:
+            await self.act(
+                f"scale to {desired}", lambda: self._apply(desired, reason, "automatic", forced=False)
+            )
+        except ScaleLeadershipLost as exc:  # deposed mid-change: nothing more was sent
+            self._last_decision["decision"] = f"none: leadership lost while scaling ({exc})"
+            logger.warning("scaling stopped: %s", exc)
 
     def check_bounds(self, replicas: int, force: bool) -> None:
         """Raise `ScaleBoundsError` naming the bounds when `replicas` is outside them."""

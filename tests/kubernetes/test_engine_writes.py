@@ -437,6 +437,39 @@ async def test_no_event_while_the_hpa_holds_more_replicas_than_the_floor(tmp_pat
             store.close()
 
 
+async def test_a_floor_asked_past_the_hpas_max_is_announced_once(tmp_path: Path) -> None:
+    """The HPA's maxReplicas (10 here) bounds the floor: asking for 50 writes 10 once, then holds."""
+    clock = ManualClock()
+    with anyio.fail_after(DEADLINE_S):
+        async with hpa_cluster(clock, replicas=3, floor=3, metric=10) as api:
+            while stored_replicas(api) < 10:  # the HPA's metrics already hold its max
+                await next_sync(api, clock)
+            backend = KubernetesScaleBackend(namespace=NS, deployment=NAME, api_client=api.api_client())
+            bus = EventBus(clock)
+            store = Store(tmp_path / "state.sqlite3").open()
+            scaler = AutoScaler(
+                clock=clock,
+                bus=bus,
+                store=store,
+                backend=backend,
+                load_source=lambda: 300.0,
+                enabled=True,
+                interval_s=15.0,
+                min_replicas=1,
+                max_replicas=100,
+                target_tpm_per_instance=100,
+                policy=FixedPolicy(50),
+            )
+            for _ in range(4):
+                await scaler.tick()
+                await next_sync(api, clock)
+            decisions = bus.history(types=(EventType.SCALING_DECISION,))
+            assert [e.data["to"] for e in decisions] == [10]
+            assert scaler.details()["last_decision"]["decision"] == "hold"
+            assert "the HPA's bounds allow a floor of 10" in scaler.details()["last_decision"]["reason"]
+            store.close()
+
+
 # --- RBAC: the Role is exactly what the engine calls ----------------------------------------------
 
 _PATH = re.compile(

@@ -21,6 +21,10 @@ class ScaleBackendError(RuntimeError):
     """The backend refused or failed; the message names what is missing (verb, resource, ...)."""
 
 
+class ScaleLeadershipLost(ScaleBackendError):
+    """A scale or floor change stopped because this replica no longer leads: nothing more was sent."""
+
+
 @runtime_checkable
 class ScaleBackend(Protocol):
     """Reads and changes the replica count of what this server runs as."""

@@ -44,7 +44,7 @@ import anyio
 import anyio.to_thread
 from pydantic import Field
 
-from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackendError
+from mcp_autonomy.autonomy.scaling.base import ReplicaState, ScaleBackendError, ScaleLeadershipLost
 from mcp_autonomy.autonomy.scaling.leader import (
     LeaderElector,
     LeadershipTerm,
@@ -89,10 +89,6 @@ class KubernetesReplicaState(ReplicaState):
     hpa_min_replicas: int | None = Field(None, description="The HPA's minReplicas (floor mode: `desired`)")
     hpa_max_replicas: int | None = Field(None, description="The HPA's maxReplicas")
     notes: list[str] = Field(default_factory=list, description="Clamps and warnings of the last write")
-
-
-class ScaleLeadershipLost(ScaleBackendError):
-    """A scale or floor change stopped because this replica no longer leads: nothing more was sent."""
 
 
 @dataclass(frozen=True)
