@@ -225,9 +225,11 @@ class ClusterLoad:
         try:
             response = await http.get(url)
             if response.status_code != 200:
-                hint = (
-                    " (do the pods share MCP_AUTONOMY_BEARER_TOKEN?)" if response.status_code == 401 else ""
-                )
+                hint = {
+                    401: " (do the pods share MCP_AUTONOMY_BEARER_TOKEN?)",
+                    421: " (the pod refused its address as Host: set POD_IP from the downward API "
+                    "(status.podIP), or add the address to MCP_AUTONOMY_ALLOWED_HOSTS)",
+                }.get(response.status_code, "")
                 raise ValueError(f"HTTP {response.status_code}{hint}")
             body = response.json()
             if not isinstance(body, dict):
