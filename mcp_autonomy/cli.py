@@ -18,6 +18,7 @@ import anyio
 
 from mcp_autonomy import __version__
 from mcp_autonomy.config import Settings, SettingsError, load_settings
+from mcp_autonomy.pii import PhoneMaskingFilter
 
 logger = logging.getLogger("mcp_autonomy")
 
@@ -84,6 +85,8 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
+    # Payers' phone numbers never reach a log line whole (nor does a megabyte of input).
+    handler.addFilter(PhoneMaskingFilter())
     root.addHandler(handler)
     root.setLevel(level)
     # Request logs of uvicorn and httpx are noise at INFO for an operator.

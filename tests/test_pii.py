@@ -197,3 +197,24 @@ def test_install_is_idempotent(masked_logs: PhoneMaskingFilter, caplog: pytest.L
 def test_the_filter_refuses_a_tiny_limit() -> None:
     with pytest.raises(ValueError, match="max_message_chars must be >= 100, got 10"):
         PhoneMaskingFilter(max_message_chars=10)
+
+
+def test_the_servers_logging_masks_phone_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    """`configure_logging` (what `serve` uses) puts the filter on its stderr handler."""
+    import logging
+
+    from mcp_autonomy.cli import configure_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        configure_logging("INFO")
+        logging.getLogger("mcp_autonomy.test").info("payer +254712340002 refused")
+        err = capsys.readouterr().err
+        assert "+2547****0002" in err and "+254712340002" not in err
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)

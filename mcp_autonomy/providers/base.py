@@ -125,7 +125,10 @@ def normalize_msisdn(raw: str, default_country_code: str | None = None) -> str:
     if not digits.startswith("+"):
         digits = "+" + digits
     if not E164_RE.match(digits):
-        raise ValueError(f"phone number {raw!r} is not E.164 (expected like +254712345678)")
+        from mcp_autonomy.pii import mask_text  # here: pii reads this module's dial codes
+
+        shown = raw if len(raw) <= 24 else f"{raw[:20]}…"
+        raise ValueError(f"phone number {mask_text(repr(shown))} is not E.164 (expected like +254712345678)")
     return digits
 
 
