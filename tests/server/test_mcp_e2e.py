@@ -204,7 +204,11 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
     name, server = transport
     async with connect(name, mode, tmp_path, server) as client:
         cases = [
-            ("scale_to", {"replicas": -1, "reason": "bad input"}, ["replicas: must be an integer from 0 to 1000 (got -1, an integer)"]),
+            (
+                "scale_to",
+                {"replicas": -1, "reason": "bad input"},
+                ["replicas: must be an integer from 0 to 1000 (got -1, an integer)"],
+            ),
             (
                 "scale_to",
                 {"replicas": 10**9, "reason": "bad input"},
@@ -221,7 +225,11 @@ async def test_bad_input_is_a_tool_error_naming_the_field(
                 {"component": "x", "mode": "on", "reason": "bad input"},
                 ["component", "self_healer"],
             ),
-            ("get_predictions", {"min_confidence": 2}, ["min_confidence: must be a number from 0.0 to 1.0 (got 2, an integer)"]),
+            (
+                "get_predictions",
+                {"min_confidence": 2},
+                ["min_confidence: must be a number from 0.0 to 1.0 (got 2, an integer)"],
+            ),
             (
                 "mark_prediction",
                 {"id": "no-such-prediction", "verdict": "confirmed", "reason": "bad input"},
