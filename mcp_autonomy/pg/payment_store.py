@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -85,9 +86,14 @@ _SETTLED_CALLBACK_VALUES = [s.value for s in CallbackState if s not in _DUE_CALL
 
 # JSON columns are read back as text, so the SQLite row helpers parse them unchanged (psycopg would
 # otherwise hand over a dict). Ties are broken in byte order (COLLATE "C"), as SQLite's BINARY does.
+# Each payment row carries its attempts (a JSON array of arrays, in seq order) as a last column:
+# one statement, so one round trip and one snapshot, with no transaction around it.
 _SELECT_PAYMENT = (
     "SELECT "
     + ", ".join("p.metadata::text" if c == "metadata" else f"p.{c}" for c in _PAYMENT_COLUMNS)
+    + ", (SELECT json_agg(json_build_array("
+    + ", ".join(f"a.{c}" for c in _ATTEMPT_COLUMNS)
+    + ") ORDER BY a.seq) FROM payment_attempts AS a WHERE a.idempotency_key = p.idempotency_key)::text"
     + " FROM payments AS p"
 )
 _SELECT_CALLBACK = (
@@ -164,6 +170,45 @@ def _value_marks(columns: Sequence[str]) -> str:
     return ", ".join(f"%({c})s::jsonb" if c == "metadata" else f"%({c})s" for c in columns)
 
 
+_ATTEMPT_ARRAY_TYPES = ("int", "text", "float8", "float8", "text", "text", "text", "text", "text")
+"""The SQL type of each of `_ATTEMPT_COLUMNS`, for the arrays `_CLAIM_PAYMENT` unnests."""
+_CLAIM_PAYMENT = (
+    "WITH claimed AS ("
+    f"INSERT INTO payments ({', '.join(_PAYMENT_COLUMNS)}) VALUES ({_value_marks(_PAYMENT_COLUMNS)})"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
+    "), attempts AS ("
+    f"INSERT INTO payment_attempts (idempotency_key, {', '.join(_ATTEMPT_COLUMNS)})"
+    " SELECT claimed.idempotency_key, a.* FROM claimed, unnest("
+    + ", ".join(f"%(a_{c})s::{t}[]" for c, t in zip(_ATTEMPT_COLUMNS, _ATTEMPT_ARRAY_TYPES, strict=True))
+    + ") AS a) SELECT idempotency_key FROM claimed"
+)
+"""A new payment and its first attempts in ONE statement (one round trip, atomic under autocommit):
+the attempts are written only when the key was free."""
+
+
+CHECK_IDLE_S = 1.0
+"""A pooled connection returned this recently is handed out without a check (a round trip saved on
+every call under load); one idle longer is checked first, since a database restart leaves idle
+connections dead. A connection that died within the window fails its call with `StoreUnavailable`
+(a payment is then refused before anything is sent) and is discarded."""
+
+
+class _IdleCheck:
+    """The pool's check and reset callbacks: check a connection only when it sat idle."""
+
+    def __init__(self) -> None:
+        self._returned_at: dict[int, float] = {}
+
+    async def returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._returned_at[id(conn)] = time.monotonic()
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        returned_at = self._returned_at.pop(id(conn), None)
+        if returned_at is not None and time.monotonic() - returned_at < CHECK_IDLE_S:
+            return
+        await AsyncConnectionPool.check_connection(conn)
+
+
 class PostgresPaymentStore:
     """`PaymentStore` on a PostgreSQL database shared by every replica.
 
@@ -180,13 +225,15 @@ class PostgresPaymentStore:
         if max_size < min_size:
             raise ValueError(f"max_size must be at least min_size ({min_size}), got {max_size}")
         self._url = url
+        self._idle_check = _IdleCheck()
         self._pool = AsyncConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
             kwargs=connect_kwargs(application_name=_APPLICATION_NAME),
             open=False,
-            check=AsyncConnectionPool.check_connection,
+            check=self._idle_check.check,
+            reset=self._idle_check.returned,
             timeout=POOL_TIMEOUT_S,
             reconnect_timeout=RECONNECT_TIMEOUT_S,
             name="payments",
@@ -232,50 +279,32 @@ class PostgresPaymentStore:
             yield conn
 
     @staticmethod
-    async def _with_attempts(conn: psycopg.AsyncConnection[Any], rows: list[Any]) -> list[PaymentRecord]:
-        """Payments for `rows`, with their attempts read in one query (ordered by seq)."""
-        if not rows:
-            return []
-        keys = [row[0] for row in rows]
-        attempts: dict[str, list[PaymentAttempt]] = {key: [] for key in keys}
-        cursor = await conn.execute(
-            "SELECT idempotency_key, " + ", ".join(_ATTEMPT_COLUMNS) + " FROM payment_attempts"
-            " WHERE idempotency_key = ANY(%s) ORDER BY idempotency_key, seq",
-            (keys,),
-        )
-        for row in await cursor.fetchall():
-            attempts[row[0]].append(_attempt(row[1:]))
-        return [_payment(row, attempts[row[0]]) for row in rows]
+    def _with_attempts(rows: list[Any]) -> list[PaymentRecord]:
+        """Payments for `rows` of `_SELECT_PAYMENT` (each with its attempts in its last column)."""
+        return [
+            _payment(row[:-1], [_attempt(a) for a in json.loads(row[-1])] if row[-1] else []) for row in rows
+        ]
 
     async def _read_payments(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[PaymentRecord]:
-        # REPEATABLE READ: a payment and its attempts come from the same snapshot.
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            rows = await (await conn.execute(sql, params)).fetchall()
-            return await self._with_attempts(conn, rows)
+        async with self._connection() as conn:
+            return self._with_attempts(await (await conn.execute(sql, params)).fetchall())
 
     # --- payments -----------------------------------------------------------------------
 
     async def create_payment(self, record: PaymentRecord) -> PaymentRecord | None:
         """Insert a new payment (None); the stored record, with its attempts, if the key is taken."""
         values = _pg_payment_values(record)
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
-                f"INSERT INTO payments ({', '.join(_PAYMENT_COLUMNS)}) VALUES ({_value_marks(_PAYMENT_COLUMNS)})"
-                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key",
-                values,
-            )
+        # Their list order is their order; a seq they already carry is not trusted.
+        rows = [
+            _attempt_row(record.idempotency_key, seq, a)[1:] for seq, a in enumerate(record.attempts, start=1)
+        ]
+        columns = (
+            [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in _ATTEMPT_COLUMNS]
+        )
+        arrays = {f"a_{c}": column for c, column in zip(_ATTEMPT_COLUMNS, columns, strict=True)}
+        async with self._connection() as conn:
+            cursor = await conn.execute(_CLAIM_PAYMENT, {**values, **arrays})
             if await cursor.fetchone() is not None:
-                if record.attempts:
-                    async with conn.cursor() as many:
-                        # Their list order is their order; a seq they already carry is not trusted.
-                        await many.executemany(
-                            _INSERT_ATTEMPT,
-                            [
-                                _attempt_row(record.idempotency_key, seq, a)
-                                for seq, a in enumerate(record.attempts, start=1)
-                            ],
-                        )
                 return None
             # The loser of a race waited for the winner's commit; this statement's fresh snapshot
             # (READ COMMITTED) sees the winner's payment and attempts.
@@ -284,7 +313,7 @@ class PostgresPaymentStore:
                     f"{_SELECT_PAYMENT} WHERE p.idempotency_key = %s", (record.idempotency_key,)
                 )
             ).fetchall()
-            return (await self._with_attempts(conn, rows))[0]
+            return self._with_attempts(rows)[0]
 
     async def get_payment(self, key_or_reference: str) -> PaymentRecord | None:
         """A payment (with its attempts) by idempotency key, our reference or the provider's."""
@@ -319,7 +348,7 @@ class PostgresPaymentStore:
                 cursor = await conn.execute(f"{sql} ORDER BY p.created_at, {_KEY_ORDER} LIMIT 1", params)
                 found = await cursor.fetchall()
                 if found:
-                    return (await self._with_attempts(conn, found))[0]
+                    return self._with_attempts(found)[0]
         return None
 
     async def begin_attempt(self, key: str, attempt: PaymentAttempt) -> int:
