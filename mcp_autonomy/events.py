@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_autonomy.clock import Clock, iso
 from mcp_autonomy.pii import mask_data, mask_text
+from mcp_autonomy.timefmt import Timestamp
 
 
 class EventType(StrEnum):
@@ -76,7 +77,7 @@ class Event(BaseModel):
     seq: int = Field(description="Monotonic sequence number within this process run")
     id: str = Field(description="Globally unique id: `<run id>-<seq>`")
     type: EventType
-    timestamp: float = Field(description="Wall-clock time, seconds since the epoch")
+    timestamp: Timestamp = Field(description="Wall-clock time (ISO 8601 UTC)")
     component: str
     message: str
     severity: Severity = Severity.INFO

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_serializer
 
 from mcp_autonomy.pii import mask_data, mask_phone, mask_text
 from mcp_autonomy.providers.base import CallbackHint, Money, Operation, PaymentContext, TransactionStatus
+from mcp_autonomy.timefmt import Timestamp, TimestampOrNone
 
 # The masking serialisers below (`_masked`) carry no type annotations on purpose: pydantic derives
 # a model's serialisation JSON schema from a wrap serialiser's return annotation, and with none it
@@ -46,7 +47,7 @@ class PaymentAttempt(BaseModel):
 
     seq: int = Field(0, description="order within the payment, from 1 (0 until stored)")
     provider: str
-    started_at: float
+    started_at: Timestamp
     latency_ms: float
     outcome: AttemptOutcome
     reference: str | None = Field(None, description="our reference / idempotency header as sent")
@@ -90,10 +91,10 @@ class PaymentRecord(BaseModel):
     provider_message: str | None = None
     attempts: list[PaymentAttempt] = Field(default_factory=list)
     failed_over: bool = False
-    created_at: float
-    updated_at: float
-    accepted_at: float | None = Field(None, description="when its provider accepted it (epoch s)")
-    next_check_at: float | None = Field(None, description="when the reconciler pulls it next")
+    created_at: Timestamp
+    updated_at: Timestamp
+    accepted_at: TimestampOrNone = Field(None, description="when its provider accepted it")
+    next_check_at: TimestampOrNone = Field(None, description="when the reconciler pulls it next")
     checks: int = Field(0, description="status pulls the reconciler made for it")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -162,7 +163,7 @@ class ProviderIdentifier(BaseModel):
     value: str
     reference: str
     idempotency_key: str | None
-    recorded_at: float
+    recorded_at: Timestamp
 
 
 class CallbackState(StrEnum):
@@ -182,7 +183,7 @@ class InboxCallback(BaseModel):
     id: int = Field(0, description="0 until stored")
     provider: str
     path_kind: str
-    received_at: float
+    received_at: Timestamp
     hint: CallbackHint
     body_sha256: str = Field(description="SHA-256 of what was delivered: path kind, path reference, body")
     body: str = Field(
@@ -193,8 +194,8 @@ class InboxCallback(BaseModel):
     state: CallbackState = CallbackState.PENDING
     detail: str = ""
     checks: int = 0
-    next_check_at: float | None = None
-    resolved_at: float | None = None
+    next_check_at: TimestampOrNone = None
+    resolved_at: TimestampOrNone = None
 
     @model_serializer(mode="wrap")
     def _masked(self, handler):  # type: ignore[no-untyped-def]  # schema: see top

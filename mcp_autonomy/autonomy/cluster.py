@@ -31,6 +31,7 @@ from mcp_autonomy.clock import Clock
 from mcp_autonomy.payments import PaymentStore
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.store import Fence, StateStore, StoreError
+from mcp_autonomy.timefmt import TimestampOrNone, iso_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,8 @@ class StoreStatus(BaseModel):
     location: str = Field(description="The SQLite file, or the PostgreSQL URL without its password")
     shared: bool
     reachable: bool | None = Field(description="null until measured")
-    checked_at: float | None = None
-    unreachable_since: float | None = None
+    checked_at: TimestampOrNone = None
+    unreachable_since: TimestampOrNone = None
     last_error: str | None = None
     feed: dict[str, Any] | None = Field(
         None, description="The cluster feed (other replicas' events and decisions), PostgreSQL only"
@@ -290,6 +291,6 @@ class RetentionPruner:
             "runs": self.runs,
             "events_pruned": self.events_pruned,
             "payments_pruned": self.payments_pruned,
-            "last_run_at": self.last_run_at,
+            "last_run_at": iso_or_none(self.last_run_at),
             "last_error": self.last_error,
         }

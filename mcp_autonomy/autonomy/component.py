@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.store import Fence, LeadershipLost, StateStore
+from mcp_autonomy.timefmt import TimestampOrNone
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +132,9 @@ class ComponentStatus(BaseModel):
     )
     running: bool
     interval_s: float
-    started_at: float | None = None
+    started_at: TimestampOrNone = None
     ticks: int = 0
-    last_tick_at: float | None = None
+    last_tick_at: TimestampOrNone = None
     last_tick_duration_ms: float | None = None
     errors: int = 0
     last_error: str | None = None

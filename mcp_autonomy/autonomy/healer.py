@@ -25,6 +25,7 @@ from mcp_autonomy.resilience.breaker import BreakerState
 from mcp_autonomy.resilience.health import PASSIVE_WINDOW_S, HealthSnapshot, HealthStatus, HealthTransition
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.store import StateStore
+from mcp_autonomy.timefmt import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class HealResult(BaseModel):
     steps: list[HealStep]
     health_before: HealthSnapshot
     health_after: HealthSnapshot
-    started_at: float
+    started_at: Timestamp
     duration_ms: float
 
 

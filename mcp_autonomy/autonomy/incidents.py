@@ -39,6 +39,7 @@ from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.store import LeadershipLost, StateStore
 from mcp_autonomy.telemetry import Telemetry
+from mcp_autonomy.timefmt import Timestamp, TimestampOrNone
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class IncidentStatus(StrEnum):
 class IncidentAction(BaseModel):
     """Something done while the incident was open, and how it went."""
 
-    at: float
+    at: Timestamp
     component: str
     action: str
     detail: str
@@ -94,10 +95,10 @@ class Incident(BaseModel):
     status: IncidentStatus = IncidentStatus.OPEN
     severity: str = Field(description="`critical` for critical providers and system-wide incidents")
     trigger: str = Field(description="What detected it (health or breaker transition and why)")
-    first_evidence_at: float
-    opened_at: float
-    mitigated_at: float | None = None
-    resolved_at: float | None = None
+    first_evidence_at: Timestamp
+    opened_at: Timestamp
+    mitigated_at: TimestampOrNone = None
+    resolved_at: TimestampOrNone = None
     resolution: str | None = None
     time_to_detect_s: float
     time_to_mitigate_s: float | None = None

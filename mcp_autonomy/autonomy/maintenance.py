@@ -31,6 +31,7 @@ from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.store import Fence, StateStore
+from mcp_autonomy.timefmt import Timestamp, TimestampOrNone
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ ACTIVE_STATUSES: Final = (MaintenanceStatus.SCHEDULED, MaintenanceStatus.IN_PROG
 class MaintenanceStep(BaseModel):
     """One thing a window did (or, in dry-run, would have done)."""
 
-    at: float
+    at: Timestamp
     action: str
     ok: bool | None
     detail: str
@@ -174,14 +175,14 @@ class MaintenanceWindow(BaseModel):
     reason: str
     status: MaintenanceStatus = MaintenanceStatus.SCHEDULED
     dry_run: bool = False
-    scheduled_at: float
-    start_at: float
-    end_at: float
+    scheduled_at: Timestamp
+    start_at: Timestamp
+    end_at: Timestamp
     expected_requests_per_min: float | None = Field(description="Measured traffic of that hour, if known")
     basis: str = Field(description="Why this slot: the traffic figures it was chosen from")
     drained_to: str | None = None
     steps: list[MaintenanceStep] = Field(default_factory=list)
-    finished_at: float | None = None
+    finished_at: TimestampOrNone = None
     cancelled_reason: str | None = None
 
 

@@ -95,6 +95,7 @@ from mcp_autonomy.resilience.router import NEAR_TIMEOUT_SHARE
 from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
 from mcp_autonomy.store import StateStore
 from mcp_autonomy.telemetry import Outcome
+from mcp_autonomy.timefmt import Timestamp, TimestampOrNone
 
 if TYPE_CHECKING:
     from mcp_autonomy.providers.registry import ProviderRegistry
@@ -158,8 +159,8 @@ class Optimization(BaseModel):
     share: float
     reason: str
     evidence: dict[str, float] = Field(default_factory=dict, description="The measured figures behind it")
-    created_at: float
-    decided_at: float | None = None
+    created_at: Timestamp
+    decided_at: TimestampOrNone = None
     before: dict[str, float | None] = Field(default_factory=dict, description="Baseline arm's figures")
     after: dict[str, float | None] = Field(default_factory=dict, description="Candidate arm's figures")
     p_values: dict[str, float] = Field(default_factory=dict)

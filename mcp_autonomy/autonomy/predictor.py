@@ -41,6 +41,7 @@ from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.store import StateStore
+from mcp_autonomy.timefmt import Timestamp, TimestampOrNone
 
 if TYPE_CHECKING:
     from mcp_autonomy.autonomy.detection import StreamingDetector
@@ -106,14 +107,14 @@ class Prediction(BaseModel):
     type: PredictionType
     severity: str
     confidence: float = Field(ge=0.0, le=1.0)
-    created_at: float
-    window_start: float
-    window_end: float
+    created_at: Timestamp
+    window_start: Timestamp
+    window_end: Timestamp
     indicators: list[Indicator]
     recommended_action: str
     series: str | None = Field(None, description="The series whose detector raised it")
     status: PredictionStatus = PredictionStatus.ACTIVE
-    outcome_at: float | None = None
+    outcome_at: TimestampOrNone = None
     outcome_by: Literal["engine", "operator"] | None = None
     outcome_reason: str | None = None
     incident_id: str | None = Field(None, description="The incident that confirmed it")

@@ -31,7 +31,7 @@ from mcp_autonomy.autonomy.scaling.policy import (
     ScaleGuards,
     ScalingPolicy,
 )
-from mcp_autonomy.clock import Clock
+from mcp_autonomy.clock import Clock, iso
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.store import StateStore
@@ -143,7 +143,7 @@ class AutoScaler(Component):
     async def tick(self) -> None:
         if not self.is_leader():
             self._last_decision = {
-                "at": self.clock.now(),
+                "at": iso(self.clock.now()),
                 "decision": "none",
                 "reason": f"not the leader: {self.leader() or 'nobody'} decides",
             }
@@ -152,7 +152,7 @@ class AutoScaler(Component):
         self._last_load = load
         if load is None:
             self._last_decision = {
-                "at": self.clock.now(),
+                "at": iso(self.clock.now()),
                 "decision": "none",
                 "reason": "no load measured yet",
             }
@@ -188,7 +188,7 @@ class AutoScaler(Component):
                 inputs["hpa_bounds"] = {"min": 1, "max": hpa_max}
                 reason = f"{reason}; the HPA's bounds allow a floor of {bounded}, not {desired}"
                 desired = bounded
-        self._last_decision = {"at": self.clock.now(), **inputs, "reason": reason}
+        self._last_decision = {"at": iso(self.clock.now()), **inputs, "reason": reason}
         if desired == current:
             self._last_decision["decision"] = "hold"
             return

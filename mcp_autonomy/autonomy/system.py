@@ -80,6 +80,7 @@ from mcp_autonomy.resilience.health import HealthSnapshot, HealthStatus
 from mcp_autonomy.resilience.router import LaneStatus, PaymentRouter
 from mcp_autonomy.store import AuditRecord, StateStore, Store, StoreUnavailable
 from mcp_autonomy.telemetry import Telemetry, TelemetrySnapshot
+from mcp_autonomy.timefmt import TimestampOrNone
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class SystemStatus(BaseModel):
     version: str
     run_id: str
     started: bool
-    started_at: float | None
+    started_at: TimestampOrNone
     uptime_s: float | None
     overall: Literal["healthy", "degraded", "critical", "unknown"]
     overall_reason: str
@@ -161,7 +162,7 @@ class ComponentSummary(BaseModel):
     mode: str
     mode_source: str
     running: bool
-    last_tick_at: float | None
+    last_tick_at: TimestampOrNone
     errors: int
     last_error: str | None
     actions_taken: int

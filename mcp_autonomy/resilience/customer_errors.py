@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
+from mcp_autonomy.timefmt import Timestamp
 
 STORM_WINDOW_S = 300.0
 STORM_RECENT_OUTCOMES = 50
@@ -48,7 +49,7 @@ class CustomerErrorStorm(BaseModel):
     """A provider whose customers fail in a storm (see the module docstring)."""
 
     provider: str
-    since: float = Field(description="epoch s the storm was detected")
+    since: Timestamp = Field(description="when the storm was detected")
     share: float = Field(description="customer failures / outcomes over the window")
     outcomes: int
     payers: int

@@ -28,6 +28,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.providers.base import ProbeResult
+from mcp_autonomy.timefmt import TimestampOrNone
 
 UNHEALTHY_AFTER_FAILURES = 2
 HEALTHY_AFTER_SUCCESSES = 2
@@ -51,14 +52,14 @@ class HealthSnapshot(BaseModel):
     """What the health tracker knows about one provider, all measured."""
 
     status: HealthStatus
-    since: float | None
-    last_probe_at: float | None
+    since: TimestampOrNone
+    last_probe_at: TimestampOrNone
     last_probe_ok: bool | None
     last_probe_latency_ms: float | None
     last_probe_detail: str | None
     consecutive_failures: int
     consecutive_successes: int
-    failing_since: float | None = Field(
+    failing_since: TimestampOrNone = Field(
         None, description="When the current run of failed probes began (null while probes pass)"
     )
     probes_total: int

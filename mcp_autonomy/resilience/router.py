@@ -72,6 +72,7 @@ from mcp_autonomy.resilience.retry import Backoff, RetryBudget
 from mcp_autonomy.resilience.status_cache import StatusCache
 from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
 from mcp_autonomy.telemetry import Outcome, Telemetry
+from mcp_autonomy.timefmt import TimestampOrNone
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class LaneStatus(BaseModel):
     breaker_state: BreakerState
     breaker_failure_rate: float | None
     breaker_calls_in_window: int
-    breaker_open_until: float | None
+    breaker_open_until: TimestampOrNone
     rate_limit_per_s: float
     tokens_available: float
     retry_budget_available: bool

@@ -8,7 +8,7 @@ Control API (JSON; errors are 400 `{"error": "invalid_request", "detail": [{fiel
 
 | route | does |
 |---|---|
-| `GET /_control/faults?provider=` | scheduled faults, and the clock's `now_s` |
+| `GET /_control/faults?provider=` | scheduled faults (window as `start_s`/`end_s` and `start_at`/`end_at`), and the clock's `now` and `now_s` |
 | `POST /_control/faults` | add `{provider, kind, params, endpoints?, start_s?, end_s?, relative?}`; kind `customer_errors` takes `{rate, code?, synchronous?}` with a code from the provider's `customer_codes` |
 | `DELETE /_control/faults?provider=` | clear (all, or one provider's) |
 | `DELETE /_control/faults/{id}` | remove one |
@@ -20,8 +20,10 @@ Control API (JSON; errors are 400 `{"error": "invalid_request", "detail": [{fiel
 | `PUT /_control/realism` | set `{provider?, lookup_lag_s, callback_loss, callback_duplicate, callback_delay_min_s, callback_delay_max_s}` (no provider: the default for all) |
 | `GET /_control/clock` | the sandbox clock |
 
-Times in the control API are `clock.monotonic()` seconds; with `relative` (the default)
-`start_s`/`end_s` count from now.
+Wall-clock times (`now`, `start_at`, `end_at`, `created_at`, ...) are ISO 8601 UTC strings;
+`*_s` figures are seconds on the sandbox's `clock.monotonic()` (`now_s` is its reading now, and a
+fault's `start_s`/`end_s` its window there). With `relative` (the default) the `start_s`/`end_s`
+of a new fault count from now.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from mcp_autonomy.clock import Clock
+from mcp_autonomy.clock import Clock, iso
 from mcp_autonomy.sandbox.airtel_money import AirtelMoneyEmulator
 from mcp_autonomy.sandbox.core import (
     CallbackOutbox,
@@ -207,7 +209,13 @@ def create_sandbox_app(
     async def list_faults(request: Request) -> Response:
         provider = request.query_params.get("provider")
         faults = sandbox.faults.faults(provider)
-        return JSONResponse({"now_s": clock.monotonic(), "faults": [f.to_json() for f in faults]})
+        return JSONResponse(
+            {
+                "now": iso(clock.now()),
+                "now_s": clock.monotonic(),
+                "faults": [sandbox.faults.describe(f) for f in faults],
+            }
+        )
 
     async def add_fault(request: Request) -> Response:
         body = await read_json_object(request)
@@ -246,7 +254,7 @@ def create_sandbox_app(
         except ValueError as exc:
             field = "endpoints" if "endpoints" in str(exc) else "end_s" if "end_s" in str(exc) else "params"
             return _invalid((field, str(exc)))
-        return JSONResponse({"fault": fault.to_json()}, status_code=201)
+        return JSONResponse({"fault": sandbox.faults.describe(fault)}, status_code=201)
 
     async def clear_faults(request: Request) -> Response:
         provider = request.query_params.get("provider")
@@ -339,7 +347,7 @@ def create_sandbox_app(
         return JSONResponse(sandbox.outbox.realism.to_json())
 
     async def clock_state(request: Request) -> Response:
-        return JSONResponse({"now": clock.now(), "monotonic_s": clock.monotonic()})
+        return JSONResponse({"now": iso(clock.now()), "monotonic_s": clock.monotonic()})
 
     control = [
         Route("/faults", list_faults, methods=["GET"]),

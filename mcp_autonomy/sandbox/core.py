@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
-from mcp_autonomy.clock import Clock
+from mcp_autonomy.clock import Clock, iso
 from mcp_autonomy.providers.base import E164_RE
 from mcp_autonomy.sandbox.faults import EndpointKind, FaultEngine, Rejection
 from mcp_autonomy.sandbox.ledger import Ledger
@@ -293,7 +293,7 @@ class CallbackRecord:
             "provider": self.provider,
             "url": self.url,
             "body": self.body,
-            "created_at": self.created_at,
+            "created_at": iso(self.created_at),
             "delivered": self.delivered,
             "http_status": self.http_status,
             "error": self.error,

@@ -49,6 +49,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.timefmt import iso_or_none
 
 Z_99 = 2.3263478740408408
 """The standard normal 99th percentile: sigma = ln(p99 / median) / Z_99 for a lognormal."""
@@ -245,8 +246,10 @@ class Fault(BaseModel):
                     break
         return min(candidates) if candidates else None
 
-    def to_json(self) -> dict[str, object]:
-        """A JSON-friendly view for the control API."""
+    def to_json(self, *, wall_minus_monotonic_s: float) -> dict[str, object]:
+        """A JSON-friendly view for the control API: the window on the sandbox's monotonic clock
+        (`start_s`, `end_s`) and as wall-clock ISO 8601 UTC times (`start_at`, `end_at`), given
+        the clock's wall time minus its monotonic time."""
         return {
             "id": self.id,
             "provider": self.provider,
@@ -254,6 +257,8 @@ class Fault(BaseModel):
             "endpoints": sorted(e.value for e in self.endpoints),
             "start_s": self.start_s,
             "end_s": self.end_s,
+            "start_at": iso_or_none(self.start_s + wall_minus_monotonic_s),
+            "end_at": None if self.end_s is None else iso_or_none(self.end_s + wall_minus_monotonic_s),
             "params": {
                 # A rotated key is a secret even in a sandbox: show that one is set, not its value.
                 key: "***" if key == "replacement_secret" else value
@@ -302,6 +307,10 @@ class FaultEngine:
         self._ids = itertools.count(1)
         self._changed: anyio.Event | None = None  # created lazily: the engine may be built outside a loop
         self._delayed_now = 0
+
+    def describe(self, fault: Fault) -> dict[str, object]:
+        """`fault` as the control API and the `inject_fault` tool show it (see `Fault.to_json`)."""
+        return fault.to_json(wall_minus_monotonic_s=self._clock.now() - self._clock.monotonic())
 
     # --- schedule ------------------------------------------------------------------------
 

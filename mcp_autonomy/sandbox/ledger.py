@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from mcp_autonomy.clock import Clock
+from mcp_autonomy.clock import Clock, iso
 
 
 class LedgerOperation(StrEnum):
@@ -69,8 +69,8 @@ class LedgerEntry:
             "amount_minor": self.amount_minor,
             "currency": self.currency,
             "status": self.status.value,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
             "result_code": self.result_code,
             "result_desc": self.result_desc,
             "receipt": self.receipt,

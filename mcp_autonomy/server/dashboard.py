@@ -42,6 +42,7 @@ from mcp_autonomy.autonomy.optimizer import Optimization
 from mcp_autonomy.autonomy.predictor import Prediction
 from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, StatusSummary
 from mcp_autonomy.events import Event, EventType
+from mcp_autonomy.timefmt import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ CSP = (
 class LoadPoint(BaseModel):
     """One measured load sample of this replica's scaler."""
 
-    at: float = Field(description="Seconds since the epoch")
+    at: Timestamp = Field(description="When it was measured")
     tpm: float = Field(description="Transactions per minute measured then")
 
 
@@ -99,7 +100,7 @@ class DashboardSnapshot(BaseModel):
     """Everything the dashboard shows, read from the engine at one moment."""
 
     version: str
-    generated_at: float = Field(description="Engine clock, seconds since the epoch")
+    generated_at: Timestamp = Field(description="Engine clock")
     status: StatusSummary
     providers: list[ProviderStatus]
     backup_map: dict[str, list[str]] = Field(description="Route order after each provider: its backups")

@@ -245,7 +245,7 @@ class McpApp:
                 f"## Predictions ({len(predictions)})",
                 *(p.model_dump_json() for p in predictions),
                 "",
-                f"## Incidents ({len(incidents)}, newest first; times in seconds)",
+                f"## Incidents ({len(incidents)}, newest first)",
                 *(i.model_dump_json() for i in incidents),
             ]
             return "\n".join(lines)

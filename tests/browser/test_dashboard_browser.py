@@ -6,6 +6,7 @@ forwards its tool calls to the server over MCP."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ async def test_dashboard_loads_and_lists_the_providers(dashboard_server: HttpSer
         await expect(page.get_by_test_id("scaling-summary")).to_contain_text("desired")
         await expect(page.get_by_test_id("scaling-chart").locator("path.capacity")).to_have_count(1)
         await expect(page.locator("#token-form")).to_be_hidden()
+        # Times arrive as ISO 8601 strings: shown as clock times, drawn at numeric positions.
+        clock_time = re.compile(r"\d{1,2}:\d{2}:\d{2}")
+        await expect(page.locator("#updated")).to_have_text(clock_time)
+        await expect(page.get_by_test_id("events").locator("li time").first).to_have_text(clock_time)
+        capacity = await page.get_by_test_id("scaling-chart").locator("path.capacity").get_attribute("d")
+        assert capacity and "NaN" not in capacity, capacity
     assert errors == []
 
 

@@ -27,6 +27,7 @@ import pytest
 
 from mcp_autonomy.providers.intasend import IntaSendAdapter
 from mcp_autonomy.providers.mpesa import MpesaAdapter
+from mcp_autonomy.timefmt import epoch_of_iso
 from tests.pg.replicas import Cluster, Replica, ToolFailed, call_on, start_cluster, wait_for
 from tests.postgres import start_server
 
@@ -301,7 +302,7 @@ async def test_healer_leader_killed_other_takes_over_and_keeps_the_open_incident
         final, _ = await wait_for(resolved, 20.0, "the same incident resolved")
         every = await incidents_of(follower, "mpesa")
         assert [i["id"] for i in every] == [incident["id"]], f"a second incident was opened: {every}"
-        assert final["resolved_at"] > killed_wall_s
+        assert epoch_of_iso(final["resolved_at"]) > killed_wall_s
 
 
 # --- 5. only the optimizer's leader experiments ---------------------------------------------

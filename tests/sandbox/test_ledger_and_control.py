@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.clock import ManualClock, iso
 from mcp_autonomy.sandbox import (
     PROVIDERS,
     Ledger,
@@ -120,11 +120,14 @@ async def test_fault_crud(served: Served, clock: ManualClock) -> None:
         assert created.status_code == 201
         fault = created.json()["fault"]
         assert (fault["start_s"], fault["end_s"], fault["endpoints"]) == (105, 160, ["collect", "status"])
+        # The same window in wall-clock time: the clock's wall time now plus 5 s and 60 s.
+        assert (fault["start_at"], fault["end_at"]) == (iso(clock.now() + 5), iso(clock.now() + 60))
         assert fault["params"] == {"distribution": "lognormal", "median_ms": 80, "p99_ms": 400}
         await control.post("/_control/faults", json={"provider": "paystack", "kind": "outage"})
 
         listed = (await control.get("/_control/faults")).json()
         assert listed["now_s"] == 100 and len(listed["faults"]) == 2
+        assert listed["now"] == iso(clock.now()) and listed["faults"][1]["end_at"] is None
         assert (
             len((await control.get("/_control/faults", params={"provider": "paystack"})).json()["faults"])
             == 1
@@ -286,9 +289,10 @@ async def test_callbacks_are_recorded_and_only_loopback_ones_delivered(
         assert items["Amount"] == 10 and items["PhoneNumber"] == 254700000043
         ledger = (await control.get("/_control/ledger", params={"reference": "INV-7"})).json()
         assert ledger["entries"][0]["receipt"] == items["MpesaReceiptNumber"]
+        assert ledger["entries"][0]["created_at"] <= ledger["entries"][0]["updated_at"] <= iso(clock.now())
 
 
 async def test_clock_route(served: Served, clock: ManualClock) -> None:
     async with served() as (_, _, control):
         await clock.advance(42)
-        assert (await control.get("/_control/clock")).json() == {"now": clock.now(), "monotonic_s": 42}
+        assert (await control.get("/_control/clock")).json() == {"now": iso(clock.now()), "monotonic_s": 42}

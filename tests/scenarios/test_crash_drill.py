@@ -50,6 +50,7 @@ import pytest
 
 from mcp_autonomy.providers.intasend import IntaSendAdapter
 from mcp_autonomy.providers.mpesa import MpesaAdapter
+from mcp_autonomy.timefmt import epoch_of_iso
 from tests.scenarios.drill import (
     CallResult,
     Delivery,
@@ -452,7 +453,7 @@ def check(
             if record["next_check_at"] is None:
                 problems.append(f"{key}: {status} with no check scheduled")
             bound_s = BOUND_S[record["provider"]]
-            since = record["accepted_at"] or record["attempts"][-1]["started_at"]
+            since = epoch_of_iso(record["accepted_at"] or record["attempts"][-1]["started_at"])
             if now - since >= bound_s and status != "needs_reconciliation":
                 problems.append(f"{key}: {status} past {record['provider']}'s bound of {bound_s:g} s")
     for key, entries in entries_by_key.items():

@@ -31,6 +31,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.timefmt import Timestamp
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -76,7 +77,7 @@ class ClusterLoadReading(BaseModel):
     partial: bool = Field(description="Some ready pods did not answer: tpm counts only the others")
     per_pod: list[PodLoad]
     source: LoadReadingSource
-    at: float = Field(description="Epoch seconds of the reading")
+    at: Timestamp = Field(description="When the reading was taken")
 
 
 class ClusterLoadError(RuntimeError):

@@ -59,6 +59,7 @@ from pydantic import BaseModel, Field
 
 from mcp_autonomy.clock import Clock, to_datetime
 from mcp_autonomy.store import Fence
+from mcp_autonomy.timefmt import TimestampOrNone
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -311,12 +312,10 @@ class LeaderStatus(BaseModel):
     leader: str | None = Field(description="The holder as last observed; null when nobody holds the lease")
     lease_name: str | None = Field(description="null for a single process (no election)")
     lease_namespace: str | None
-    last_renew_at: float | None = Field(
-        description="Epoch seconds of this replica's last successful acquire or renewal"
-    )
+    last_renew_at: TimestampOrNone = Field(description="This replica's last successful acquire or renewal")
     transitions: int | None = Field(description="leaseTransitions as last observed")
-    observed_change_at: float | None = Field(
-        None, description="Epoch seconds when this replica last saw the lease record change"
+    observed_change_at: TimestampOrNone = Field(
+        None, description="When this replica last saw the lease record change"
     )
     last_error: str | None = Field(None, description="The last failed API request, if the last try failed")
 

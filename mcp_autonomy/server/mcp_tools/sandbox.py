@@ -97,7 +97,7 @@ def register(tools: ToolSet, sandbox: EmbeddedSandbox) -> None:
         if kind == "clear":
             return {
                 "cleared": faults.clear(provider),
-                "faults": [f.to_json() for f in faults.faults(provider)],
+                "faults": [faults.describe(f) for f in faults.faults(provider)],
             }
         fault = faults.add(
             provider,
@@ -106,4 +106,7 @@ def register(tools: ToolSet, sandbox: EmbeddedSandbox) -> None:
             start_s=start_s,
             end_s=None if duration_s is None else start_s + duration_s,
         )
-        return {"injected": fault.to_json(), "faults": [f.to_json() for f in faults.faults(provider)]}
+        return {
+            "injected": faults.describe(fault),
+            "faults": [faults.describe(f) for f in faults.faults(provider)],
+        }

@@ -50,8 +50,10 @@
     if (s < 3600) return (s / 60).toFixed(1) + " min";
     return (s / 3600).toFixed(1) + " h";
   };
-  const fmtTime = (epoch) => (epoch ? new Date(epoch * 1000).toLocaleTimeString() : dash);
-  const fmtDateTime = (epoch) => (epoch ? new Date(epoch * 1000).toLocaleString() : dash);
+  // Times arrive as ISO 8601 UTC strings ("2026-12-07T10:00:00.123Z"); the chart works in epoch seconds.
+  const epochS = (time) => (time === null || time === undefined ? null : Date.parse(time) / 1000);
+  const fmtTime = (time) => (time ? new Date(Date.parse(time)).toLocaleTimeString() : dash);
+  const fmtDateTime = (time) => (time ? new Date(Date.parse(time)).toLocaleString() : dash);
   const badge = (value, extra) => el("span", { class: "badge " + String(value).replace(/[^a-z_]/gi, "_"), text: value, ...extra });
 
   function showError(message) {
@@ -297,18 +299,18 @@
     const chart = $("scaling-chart");
     chart.replaceChildren();
     const W = 640, H = 220, L = 44, R = 8, T = 10, B = 24;
-    const end = snapshot.generated_at;
+    const end = epochS(snapshot.generated_at);
     const start = end - scaling.window_s;
     // Replica count over the window: a step line from the scaling events, ending at the current count.
     const steps = [];
     let count = state ? state.desired : null;
-    const changes = scaling.changes.slice().sort((a, b) => a.timestamp - b.timestamp);
+    const changes = scaling.changes.slice().sort((a, b) => epochS(a.timestamp) - epochS(b.timestamp));
     if (changes.length) count = changes[0].data.from;
     if (count !== null) steps.push([start, count]);
-    for (const change of changes) steps.push([change.timestamp, change.data.to]);
+    for (const change of changes) steps.push([epochS(change.timestamp), change.data.to]);
     if (state) steps.push([end, state.desired]);
     const capacity = steps.map(([t, n]) => [t, n * scaling.target_tpm_per_instance]);
-    const load = scaling.load.map((p) => [p.at, p.tpm]);
+    const load = scaling.load.map((p) => [epochS(p.at), p.tpm]);
     const top = Math.max(1, ...load.map((p) => p[1]), ...capacity.map((p) => p[1])) * 1.1;
     const x = (t) => L + ((t - start) / (end - start)) * (W - L - R);
     const y = (v) => T + (1 - v / top) * (H - T - B);
@@ -427,7 +429,7 @@
       added = true;
     }
     if (!added) return;
-    events.sort((a, b) => b.timestamp - a.timestamp || b.seq - a.seq);
+    events.sort((a, b) => epochS(b.timestamp) - epochS(a.timestamp) || b.seq - a.seq);
     if (events.length > MAX_EVENTS) {
       for (const dropped of events.splice(MAX_EVENTS)) seenEvents.delete(dropped.id);
     }
