@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Literal, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, Field
+from pydantic_core import to_jsonable_python
 
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.callback_inbox import CallbackInbox, CallbackReceipt
@@ -71,7 +72,8 @@ from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.payment_store import SqlitePaymentStore
 from mcp_autonomy.payments import CallbackState, InboxCallback, PaymentRecord, PaymentStore
-from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, TransactionStatus
+from mcp_autonomy.pii import mask_text
+from mcp_autonomy.providers.base import PaymentRequest, ProviderAdapter, ProviderError, TransactionStatus
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
 from mcp_autonomy.recorder import EventRecorder
 from mcp_autonomy.resilience.breaker import BreakerConfig
@@ -94,6 +96,47 @@ COMPONENT_NAMES: tuple[ComponentName, ...] = (
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
 LEADER_LOOPS: tuple[str, ...] = (*COMPONENT_NAMES, "reconciler")
 """The loops one replica leads across the cluster (PostgreSQL store)."""
+AUDIT_ERROR_MAX_CHARS = 500
+"""The longest refusal text an audit entry keeps (the engine's own messages are far shorter)."""
+WITHHELD = "(withheld)"
+"""What the audit log records instead of a secret argument (an OTP)."""
+
+
+class ManualAction:
+    """One operator action being audited (see `AutonomousSystem.audited`).
+
+    The action sets `result` to what its audit entry records on success; `audit_id` is the
+    entry's id once the `with` block has ended without an exception.
+    """
+
+    __slots__ = ("audit_id", "result")
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.audit_id: int | None = None
+
+
+class ModeChange(NamedTuple):
+    """What `set_autonomy` did: the mode before, the mode now, and its audit entry."""
+
+    previous: Mode
+    mode: Mode
+    audit_id: int
+
+
+def _refusal_text(exc: Exception) -> str:
+    """What an audit entry records about why an action was refused (masked and bounded)."""
+    if isinstance(exc, ProviderError):
+        text = f"the provider refused it: {exc.provider_message}"
+    elif type(exc) is KeyError and exc.args:
+        # A bare KeyError's text is the repr of the missing id; say what it means.
+        text = f"not found: {exc.args[0]}"
+    else:
+        text = str(exc) or type(exc).__name__
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    if len(text) > AUDIT_ERROR_MAX_CHARS:
+        text = text[: AUDIT_ERROR_MAX_CHARS - 1] + "…"
+    return mask_text(text)
 
 
 class ProviderStatus(BaseModel):
@@ -493,8 +536,23 @@ class AutonomousSystem:
         )
         return entry
 
-    def set_backup_providers(self, primary: str, backups: list[str]) -> list[str]:
-        """Validate and set `primary`'s backups; returns the previous list."""
+    def set_backup_providers(
+        self, primary: str, backups: list[str], *, reason: str | None = None, caller: str | None = None
+    ) -> list[str]:
+        """Validate and set `primary`'s backups; returns the previous list.
+
+        With a `reason` or a `caller` this is an operator action and is audited (ok or refused);
+        without either it is configuration (start-up settings, a library wiring its providers).
+        """
+        if reason is None and caller is None:
+            return self._set_backups(primary, backups)
+        arguments = {"primary": primary, "backups": backups, "reason": reason}
+        with self.audited("set_backup_providers", arguments, caller=caller, reason=reason) as action:
+            previous = self._set_backups(primary, backups)
+            action.result = {"backups": backups, "backup_map": self.providers.backup_map().get(primary, [])}
+        return previous
+
+    def _set_backups(self, primary: str, backups: list[str]) -> list[str]:
         previous = self.providers.set_backups(primary, backups)
         self.events.emit(
             EventType.PROVIDER_REGISTERED,
@@ -734,18 +792,40 @@ class AutonomousSystem:
         return await self.payments.list_payments(statuses=statuses, provider=provider, limit=limit)
 
     async def resolve_payment(
-        self, key: str, outcome: TransactionStatus, *, reason: str, provider_reference: str | None = None
+        self,
+        key: str,
+        outcome: TransactionStatus,
+        *,
+        reason: str,
+        provider_reference: str | None = None,
+        caller: str | None = None,
     ) -> PaymentRecord:
         """An operator's verdict on a payment left `needs_reconciliation` (or `unknown`): never a
-        resend. KeyError: unknown key; ValueError: the payment is not open, or a bad outcome."""
-        return await self.reconciler.resolve(
-            key, outcome, reason=reason, provider_reference=provider_reference
-        )
+        resend. KeyError: unknown key; ValueError: the payment is not open, or a bad outcome. Audited."""
+        arguments = {
+            "idempotency_key": key,
+            "outcome": outcome,
+            "reason": reason,
+            "provider_reference": provider_reference,
+        }
+        with self.audited("resolve_payment", arguments, caller=caller, reason=reason) as action:
+            record = await self.reconciler.resolve(
+                key, outcome, reason=reason, provider_reference=provider_reference
+            )
+            action.result = {"status": record.status.value}
+        return record
 
-    async def submit_transfer_otp(self, key: str, otp: str) -> PaymentRecord:
+    async def submit_transfer_otp(
+        self, key: str, otp: str, *, reason: str, caller: str | None = None
+    ) -> PaymentRecord:
         """Finalise a transfer its provider holds for the merchant's OTP (Paystack `otp`).
-        KeyError: unknown key; ValueError: not waiting for an OTP; ProviderError: refused."""
-        return await self.reconciler.submit_otp(key, otp)
+        KeyError: unknown key; ValueError: not waiting for an OTP; ProviderError: refused.
+        Audited, the OTP withheld."""
+        arguments = {"idempotency_key": key, "otp": WITHHELD, "reason": reason}
+        with self.audited("submit_transfer_otp", arguments, caller=caller, reason=reason) as action:
+            record = await self.reconciler.submit_otp(key, otp)
+            action.result = {"status": record.status.value}
+        return record
 
     async def list_callbacks(
         self,
@@ -932,14 +1012,63 @@ class AutonomousSystem:
         )
 
     # --- operator actions ---------------------------------------------------------------
+    # Each operator action takes `caller` (who asked: the MCP client, `rest:<address> <agent>`,
+    # a library's own name, later an identity) and writes one audit entry through `audited`,
+    # ok or refused, whichever surface called it.
 
-    def set_autonomy(self, component: str, mode: Mode, *, reason: str) -> tuple[Mode, Mode]:
-        """The kill switch: set one component (or `all`) to on / off / dry_run."""
-        targets = list(self.components.values()) if component == "all" else [self._component(component)]
-        previous = targets[0].mode
-        for target in targets:
-            target.set_mode(mode, reason=reason)
-        return previous, mode
+    @contextmanager
+    def audited(
+        self, tool: str, arguments: dict[str, Any], *, caller: str | None, reason: str | None
+    ) -> Iterator[ManualAction]:
+        """Audit the operator action run in the `with` block: one entry, ok or refused.
+
+        The block sets `action.result` (what a success records); an exception records a refusal
+        with its text and propagates unchanged. A cancellation is not an outcome and records
+        nothing. `arguments` are recorded as given (withhold secrets before).
+
+        Example:
+            with system.audited("heal_provider", {"provider": p, "reason": r}, caller=c, reason=r) as a:
+                a.result = {"succeeded": True}
+        """
+        action = ManualAction()
+        recorded = to_jsonable_python(arguments)
+        try:
+            yield action
+        except Exception as exc:
+            try:
+                self.record_manual_action(
+                    tool=tool,
+                    arguments=recorded,
+                    caller=caller,
+                    reason=reason,
+                    ok=False,
+                    result={"error": _refusal_text(exc)},
+                )
+            except Exception as audit_exc:  # the refusal is the caller's answer; say what was lost
+                logger.error("%s refused, and its audit entry could not be written: %s", tool, audit_exc)
+            raise
+        action.audit_id = self.record_manual_action(
+            tool=tool,
+            arguments=recorded,
+            caller=caller,
+            reason=reason,
+            ok=True,
+            result=to_jsonable_python(action.result),
+        )
+
+    def set_autonomy(
+        self, component: str, mode: Mode, *, reason: str, caller: str | None = None
+    ) -> ModeChange:
+        """The kill switch: set one component (or `all`) to on / off / dry_run. Audited."""
+        arguments = {"component": component, "mode": mode, "reason": reason}
+        with self.audited("set_autonomy", arguments, caller=caller, reason=reason) as action:
+            targets = list(self.components.values()) if component == "all" else [self._component(component)]
+            previous = targets[0].mode
+            for target in targets:
+                target.set_mode(mode, reason=reason)
+            action.result = {"previous_mode": previous.value, "mode": mode.value}
+        assert action.audit_id is not None, "set after a block that did not raise"
+        return ModeChange(previous, mode, action.audit_id)
 
     def _component(self, name: str) -> Component:
         try:
@@ -950,16 +1079,30 @@ class AutonomousSystem:
             ) from None
 
     async def heal_provider(
-        self, provider: str, *, reason: str, progress: ProgressFn | None = None
+        self, provider: str, *, reason: str, caller: str | None = None, progress: ProgressFn | None = None
     ) -> HealResult:
-        """Run the healing sequence on `provider` now (respects the healer's dry-run mode)."""
-        return await self.self_healer.heal(provider, reason=reason, trigger="manual", progress=progress)
+        """Run the healing sequence on `provider` now (respects the healer's dry-run mode). Audited."""
+        arguments = {"provider": provider, "reason": reason}
+        with self.audited("heal_provider", arguments, caller=caller, reason=reason) as action:
+            result = await self.self_healer.heal(provider, reason=reason, trigger="manual", progress=progress)
+            action.result = {"succeeded": result.succeeded, "dry_run": result.dry_run}
+        return result
 
     async def scale_to(
-        self, replicas: int, *, reason: str, force: bool = False, progress: ProgressFn | None = None
+        self,
+        replicas: int,
+        *,
+        reason: str,
+        force: bool = False,
+        caller: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> ScaleResult:
-        """Set the replica count now (operator override), waiting for the rollout."""
-        return await self.auto_scaler.scale_to(replicas, reason=reason, force=force, progress=progress)
+        """Set the replica count now (operator override), waiting for the rollout. Audited."""
+        arguments = {"replicas": replicas, "reason": reason, "force": force}
+        with self.audited("scale_to", arguments, caller=caller, reason=reason) as action:
+            result = await self.auto_scaler.scale_to(replicas, reason=reason, force=force, progress=progress)
+            action.result = result.model_dump(mode="json")
+        return result
 
     async def _maintenance_heal(self, provider: str, reason: str) -> bool | None:
         result = await self.self_healer.heal(provider, reason=reason, trigger="maintenance", dry_run=False)
@@ -978,9 +1121,15 @@ class AutonomousSystem:
             self.providers.get(provider)
         return self.incidents.incidents(provider=provider, status=status, since=since, limit=limit)
 
-    def mark_prediction(self, prediction_id: str, verdict: PredictionStatus, *, reason: str) -> Prediction:
-        """An operator's verdict on a prediction; see `PredictiveMaintenance.mark_prediction`."""
-        return self.predictive_maintenance.mark_prediction(prediction_id, verdict, reason=reason)
+    def mark_prediction(
+        self, prediction_id: str, verdict: PredictionStatus, *, reason: str, caller: str | None = None
+    ) -> Prediction:
+        """An operator's verdict on a prediction; see `PredictiveMaintenance.mark_prediction`. Audited."""
+        arguments = {"id": prediction_id, "verdict": verdict, "reason": reason}
+        with self.audited("mark_prediction", arguments, caller=caller, reason=reason) as action:
+            prediction = self.predictive_maintenance.mark_prediction(prediction_id, verdict, reason=reason)
+            action.result = {"status": prediction.status.value}
+        return prediction
 
     def get_maintenance_windows(
         self, *, provider: str | None = None, status: MaintenanceStatus | None = None, limit: int = 50
@@ -993,9 +1142,15 @@ class AutonomousSystem:
         )
         return list(reversed(windows))
 
-    def cancel_maintenance_window(self, window_id: str, *, reason: str) -> MaintenanceWindow:
-        """Cancel a window that has not ended (KeyError: unknown id; ValueError: already ended)."""
-        return self.predictive_maintenance.maintenance.cancel(window_id, reason=reason)
+    def cancel_maintenance_window(
+        self, window_id: str, *, reason: str, caller: str | None = None
+    ) -> MaintenanceWindow:
+        """Cancel a window that has not ended (KeyError: unknown id; ValueError: already ended). Audited."""
+        arguments = {"id": window_id, "reason": reason}
+        with self.audited("cancel_maintenance_window", arguments, caller=caller, reason=reason) as action:
+            window = self.predictive_maintenance.maintenance.cancel(window_id, reason=reason)
+            action.result = {"status": window.status.value}
+        return window
 
     def get_provider_config(self, provider: str) -> ProviderConfig:
         """A provider's tunables, defaults, bounds, pins and running experiment (UnknownProviderError)."""
@@ -1003,20 +1158,56 @@ class AutonomousSystem:
         return self.auto_optimizer.provider_config(provider)
 
     def set_provider_config(
-        self, provider: str, values: dict[str, float], *, pin: bool, reason: str
+        self,
+        provider: str,
+        values: dict[str, float] | None,
+        *,
+        pin: bool = True,
+        reason: str,
+        release: list[str] | None = None,
+        caller: str | None = None,
     ) -> ProviderConfig:
-        """Override tunables now; pinned ones are never touched by the optimizer until released."""
-        self.providers.get(provider)
-        return self.auto_optimizer.set_provider_config(provider, values, pin=pin, reason=reason)
+        """Override tunables now; pinned ones are never touched by the optimizer until released.
 
-    def release_provider_config(self, provider: str, parameters: list[str] | None) -> ProviderConfig:
-        """Give pinned parameters back to the optimizer."""
-        self.providers.get(provider)
-        return self.auto_optimizer.release_pins(provider, parameters)
+        `release` names pinned parameters to hand back in the same action (`"*"`: all of them).
+        Audited as one action, whatever it changed.
+        """
+        arguments = {"provider": provider, "reason": reason, "values": values, "pin": pin, "release": release}
+        with self.audited("set_provider_config", arguments, caller=caller, reason=reason) as action:
+            self.providers.get(provider)
+            config = self.auto_optimizer.provider_config(provider)
+            if values:
+                config = self.auto_optimizer.set_provider_config(provider, values, pin=pin, reason=reason)
+            if release:
+                config = self.auto_optimizer.release_pins(provider, None if "*" in release else release)
+            action.result = config.model_dump(mode="json")
+        return config
 
-    def revert_optimization(self, optimization_id: str, *, reason: str) -> Optimization:
-        """Undo one optimization (KeyError: unknown id; ValueError: cannot be reverted, says why)."""
-        return self.auto_optimizer.revert_optimization(optimization_id, reason=reason)
+    def release_provider_config(
+        self,
+        provider: str,
+        parameters: list[str] | None,
+        *,
+        reason: str | None = None,
+        caller: str | None = None,
+    ) -> ProviderConfig:
+        """Give pinned parameters back to the optimizer (None: all of them). Audited."""
+        arguments = {"provider": provider, "parameters": parameters, "reason": reason}
+        with self.audited("release_provider_config", arguments, caller=caller, reason=reason) as action:
+            self.providers.get(provider)
+            config = self.auto_optimizer.release_pins(provider, parameters)
+            action.result = config.model_dump(mode="json")
+        return config
+
+    def revert_optimization(
+        self, optimization_id: str, *, reason: str, caller: str | None = None
+    ) -> Optimization:
+        """Undo one optimization (KeyError: unknown id; ValueError: cannot be reverted, says why). Audited."""
+        arguments = {"id": optimization_id, "reason": reason}
+        with self.audited("revert_optimization", arguments, caller=caller, reason=reason) as action:
+            optimization = self.auto_optimizer.revert_optimization(optimization_id, reason=reason)
+            action.result = {"status": optimization.status.value}
+        return optimization
 
     def query_events(
         self,
@@ -1043,7 +1234,8 @@ class AutonomousSystem:
     ) -> int:
         """Write the audit log entry for a manual action and publish it as an event.
 
-        `caller` names who acted (`mcp:<client>`, `rest:<address> <agent>`, later an identity);
+        Operator actions call this through `audited`; it stays public for actions recorded by
+        hand. `caller` names who acted (`mcp:<client>`, `rest:<address> <agent>`, later an identity);
         `client` is its older name, kept for existing callers. Either is recorded in the audit
         row's `client` field; giving both with different values is a programming error.
         """

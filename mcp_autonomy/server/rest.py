@@ -407,7 +407,8 @@ def _payment_key(request: Request) -> str:
 
 
 def _client_label(request: Request) -> str:
-    """`rest:<address> <user-agent>` for the audit log (printable, bounded)."""
+    """`rest:<address> <user-agent>`: the `caller` an operator action's audit entry records
+    (printable, bounded)."""
     address = request.client.host if request.client is not None else "unknown"
     agent = "".join(ch for ch in request.headers.get("user-agent", "")[:100] if ch.isprintable())
     return f"rest:{address} {agent}".rstrip()
@@ -683,16 +684,6 @@ class RestApi:
         if provider is not None and provider not in self.system.providers:
             raise self._unknown_provider(UnknownProviderError(provider, self.system.providers.names()))
 
-    def _audit(self, request: Request, tool: str, arguments: dict[str, Any], ok: bool, result: Any) -> int:
-        return self.system.record_manual_action(
-            tool=tool,
-            arguments=arguments,
-            caller=_client_label(request),
-            reason=arguments.get("reason"),
-            ok=ok,
-            result=result,
-        )
-
     def _endpoints(self) -> tuple[Endpoint, ...]:
         system = self.system
 
@@ -713,28 +704,18 @@ class RestApi:
                         allowed=system.providers.names(),
                     ),
                 )
-            arguments = {"provider": provider, "reason": body.reason}
             try:
-                result = await system.heal_provider(provider, reason=body.reason)
+                return await system.heal_provider(provider, reason=body.reason, caller=_client_label(request))
             except UnknownProviderError as exc:
-                self._audit(request, "heal_provider", arguments, False, {"error": str(exc)})
                 raise self._unknown_provider(exc) from None
-            self._audit(
-                request,
-                "heal_provider",
-                arguments,
-                True,
-                {"succeeded": result.succeeded, "dry_run": result.dry_run},
-            )
-            return result
 
         async def scale_to(request: Request, query: NoQuery, body: ScaleRequest) -> ScaleResult:
-            arguments = {"replicas": body.replicas, "reason": body.reason, "force": body.force}
             scaler = system.auto_scaler
             try:
-                result = await system.scale_to(body.replicas, reason=body.reason, force=body.force)
+                return await system.scale_to(
+                    body.replicas, reason=body.reason, force=body.force, caller=_client_label(request)
+                )
             except ScaleBoundsError as exc:
-                self._audit(request, "scale_to", arguments, False, {"error": str(exc)})
                 raise ApiError(
                     422,
                     ErrorDetail(
@@ -745,12 +726,9 @@ class RestApi:
                     ),
                 ) from None
             except ScaleBackendError as exc:
-                self._audit(request, "scale_to", arguments, False, {"error": str(exc)})
                 raise ApiError(
                     502, ErrorDetail(field=None, message=f"scale backend refused: {exc}")
                 ) from None
-            self._audit(request, "scale_to", arguments, True, result.model_dump(mode="json"))
-            return result
 
         async def get_predictions(request: Request, query: PredictionsQuery, body: None) -> PredictionList:
             self._check_provider(query.provider)
@@ -830,51 +808,38 @@ class RestApi:
             request: Request, query: NoQuery, body: ResolvePaymentRequest
         ) -> PaymentRecord:
             key = _payment_key(request)
-            arguments = {
-                "idempotency_key": key,
-                "outcome": body.outcome,
-                "reason": body.reason,
-                "provider_reference": body.provider_reference,
-            }
             try:
-                record = await system.resolve_payment(
+                return await system.resolve_payment(
                     key,
                     TransactionStatus(body.outcome),
                     reason=body.reason,
                     provider_reference=body.provider_reference,
+                    caller=_client_label(request),
                 )
             except KeyError:
-                self._audit(request, "resolve_payment", arguments, False, {"error": "unknown key"})
                 raise ApiError(404, ErrorDetail(field="key", message=f"no payment {_short(key)}")) from None
             except ValueError as exc:
-                self._audit(request, "resolve_payment", arguments, False, {"error": str(exc)})
                 raise ApiError(
                     409,
                     ErrorDetail(field="key", message=str(exc), allowed=["needs_reconciliation", "unknown"]),
                 ) from None
-            self._audit(request, "resolve_payment", arguments, True, {"status": record.status.value})
-            return record
 
         async def submit_transfer_otp(request: Request, query: NoQuery, body: OtpRequest) -> PaymentRecord:
             key = _payment_key(request)
-            arguments = {"idempotency_key": key, "otp": "(withheld)", "reason": body.reason}
             try:
-                record = await system.submit_transfer_otp(key, body.otp)
+                return await system.submit_transfer_otp(
+                    key, body.otp, reason=body.reason, caller=_client_label(request)
+                )
             except KeyError:
-                self._audit(request, "submit_transfer_otp", arguments, False, {"error": "unknown key"})
                 raise ApiError(404, ErrorDetail(field="key", message=f"no payment {_short(key)}")) from None
             except ValueError as exc:
-                self._audit(request, "submit_transfer_otp", arguments, False, {"error": str(exc)})
                 raise ApiError(
                     409, ErrorDetail(field="key", message=str(exc), allowed=["needs_operator_otp"])
                 ) from None
             except ProviderError as exc:
-                self._audit(request, "submit_transfer_otp", arguments, False, {"error": exc.provider_message})
                 raise ApiError(
                     422, ErrorDetail(field="otp", message=f"the provider refused it: {exc.provider_message}")
                 ) from None
-            self._audit(request, "submit_transfer_otp", arguments, True, {"status": record.status.value})
-            return record
 
         async def get_callbacks(request: Request, query: CallbacksQuery, body: None) -> CallbackList:
             self._check_provider(query.provider)

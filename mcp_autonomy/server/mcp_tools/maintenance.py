@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from mcp.server.mcpserver import Context
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
@@ -11,7 +12,7 @@ from mcp_autonomy.autonomy.maintenance import MaintenanceStatus, MaintenanceWind
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionStatus
 from mcp_autonomy.server.mcp_tools.errors import EngineErrors
 from mcp_autonomy.server.mcp_tools.models import READ_ONLY, MaintenanceWindowList, PredictionList, Reason
-from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, status_of
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, client_of
 
 __all__ = ["register"]
 
@@ -55,7 +56,6 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
         errors=EngineErrors(field="id", unknown="no prediction {value} (see get_predictions for the ids)"),
-        audit=status_of,
     )
     async def mark_prediction(
         id: Annotated[str, Field(min_length=1, max_length=200, description="The prediction's id")],
@@ -63,8 +63,9 @@ def register(tools: ToolSet) -> None:
             Literal["confirmed", "false_positive", "resolved"], Field(description="Your verdict")
         ],
         reason: Reason,
+        ctx: Context,
     ) -> Prediction:
-        return system.mark_prediction(id, PredictionStatus(verdict), reason=reason)
+        return system.mark_prediction(id, PredictionStatus(verdict), reason=reason, caller=client_of(ctx))
 
     @tools.tool(
         title="Get maintenance windows",
@@ -101,10 +102,10 @@ def register(tools: ToolSet) -> None:
             unknown="no maintenance window {value} (see get_maintenance_windows)",
             refused_hint="; only scheduled or in_progress windows can be cancelled",
         ),
-        audit=status_of,
     )
     async def cancel_maintenance_window(
         id: Annotated[str, Field(min_length=1, max_length=200, description="The window's id")],
         reason: Reason,
+        ctx: Context,
     ) -> MaintenanceWindow:
-        return system.cancel_maintenance_window(id, reason=reason)
+        return system.cancel_maintenance_window(id, reason=reason, caller=client_of(ctx))

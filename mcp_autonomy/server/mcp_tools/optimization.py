@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from mcp.server.mcpserver import Context
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from mcp_autonomy.autonomy.optimizer import Optimization, ProviderConfig
 from mcp_autonomy.server.mcp_tools.errors import EngineErrors
 from mcp_autonomy.server.mcp_tools.models import READ_ONLY, OptimizationList, ProviderName, Reason
-from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, dump_result, status_of
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, client_of
 
 __all__ = ["register"]
 
@@ -64,11 +65,11 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
         errors=EngineErrors(field="provider"),
-        audit=dump_result,
     )
     async def set_provider_config(
         provider: ProviderName,
         reason: Reason,
+        ctx: Context,
         values: Annotated[
             dict[str, float], Field(description="parameter -> new value (empty to only release)")
         ]
@@ -79,13 +80,9 @@ def register(tools: ToolSet) -> None:
             Field(description="Pinned parameters to hand back to the optimizer; * = all"),
         ] = None,
     ) -> ProviderConfig:
-        check_provider(system, provider)
-        config = system.get_provider_config(provider)
-        if values:
-            config = system.set_provider_config(provider, values, pin=pin, reason=reason)
-        if release:
-            config = system.release_provider_config(provider, None if "*" in release else release)
-        return config
+        return system.set_provider_config(
+            provider, values, pin=pin, reason=reason, release=release, caller=client_of(ctx)
+        )
 
     @tools.tool(
         title="Revert an optimization",
@@ -98,10 +95,10 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
         ),
         errors=EngineErrors(field="id", unknown="no optimization {value} (see get_optimizations)"),
-        audit=status_of,
     )
     async def revert_optimization(
         id: Annotated[str, Field(min_length=1, max_length=200, description="The optimization's id")],
         reason: Reason,
+        ctx: Context,
     ) -> Optimization:
-        return system.revert_optimization(id, reason=reason)
+        return system.revert_optimization(id, reason=reason, caller=client_of(ctx))

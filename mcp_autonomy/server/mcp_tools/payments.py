@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
@@ -30,7 +31,7 @@ from mcp_autonomy.server.mcp_tools.models import (
     Phone,
     Reason,
 )
-from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, status_of
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, client_of
 
 __all__ = ["register"]
 
@@ -173,7 +174,6 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
         ),
         errors=BY_KEY_ERRORS,
-        audit=status_of,
     )
     async def resolve_payment(
         idempotency_key: Annotated[str, Field(min_length=1, max_length=100, description="The payment's key")],
@@ -181,12 +181,17 @@ def register(tools: ToolSet) -> None:
             Literal["succeeded", "failed"], Field(description="What the provider's records show")
         ],
         reason: Reason,
+        ctx: Context,
         provider_reference: Annotated[
             str | None, Field(max_length=100, description="The provider's id or receipt, if found")
         ] = None,
     ) -> PaymentRecord:
         return await system.resolve_payment(
-            idempotency_key, TransactionStatus(outcome), reason=reason, provider_reference=provider_reference
+            idempotency_key,
+            TransactionStatus(outcome),
+            reason=reason,
+            provider_reference=provider_reference,
+            caller=client_of(ctx),
         )
 
     @tools.tool(
@@ -201,8 +206,6 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True
         ),
         errors=EngineErrors(field="idempotency_key", unknown="no payment {value}", provider_field="otp"),
-        audit=status_of,
-        withheld=("otp",),
     )
     async def submit_transfer_otp(
         idempotency_key: Annotated[str, Field(min_length=1, max_length=100, description="The payout's key")],
@@ -210,8 +213,9 @@ def register(tools: ToolSet) -> None:
             str, Field(min_length=4, max_length=12, pattern=r"^[0-9A-Za-z]+$", description="The OTP")
         ],
         reason: Reason,
+        ctx: Context,
     ) -> PaymentRecord:
-        return await system.submit_transfer_otp(idempotency_key, otp)
+        return await system.submit_transfer_otp(idempotency_key, otp, reason=reason, caller=client_of(ctx))
 
     @tools.tool(
         title="Get provider callbacks",

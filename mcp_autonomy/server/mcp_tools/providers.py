@@ -12,7 +12,7 @@ from mcp_autonomy.autonomy.healer import HealResult
 from mcp_autonomy.autonomy.incidents import IncidentStatus
 from mcp_autonomy.server.mcp_tools.errors import EngineErrors
 from mcp_autonomy.server.mcp_tools.models import READ_ONLY, IncidentList, ProviderList, ProviderName, Reason
-from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, progress
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, check_provider, client_of, progress
 
 __all__ = ["register"]
 
@@ -34,11 +34,13 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
         ),
         errors=EngineErrors(field="provider"),
-        audit=lambda _, result: {"succeeded": result.succeeded, "dry_run": result.dry_run},
     )
     async def heal_provider(provider: ProviderName, reason: Reason, ctx: Context) -> HealResult:
         return await system.heal_provider(
-            provider, reason=reason, progress=lambda d, t, m: progress(ctx, d, t, m)
+            provider,
+            reason=reason,
+            caller=client_of(ctx),
+            progress=lambda d, t, m: progress(ctx, d, t, m),
         )
 
     @tools.tool(
@@ -85,10 +87,6 @@ def register(tools: ToolSet) -> None:
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
         errors=EngineErrors(field="backups"),
-        audit=lambda arguments, result: {
-            "backups": arguments["backups"],
-            "backup_map": result.backup_map.get(arguments["primary"], []),
-        },
     )
     async def set_backup_providers(
         primary: ProviderName,
@@ -96,8 +94,9 @@ def register(tools: ToolSet) -> None:
             list[str], Field(max_length=10, description="Ordered backups, e.g. [intasend, paystack]")
         ],
         reason: Reason,
+        ctx: Context,
     ) -> ProviderList:
-        system.set_backup_providers(primary, backups)
+        system.set_backup_providers(primary, backups, reason=reason, caller=client_of(ctx))
         return provider_list(tools)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field, TypeAdapter, ValidationError
@@ -11,7 +12,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from mcp_autonomy.sandbox.faults import EndpointKind, FaultSpec
 from mcp_autonomy.server.mcp_tools.errors import EngineErrors, describe_validation_error, echo
 from mcp_autonomy.server.mcp_tools.models import ProviderName, Reason
-from mcp_autonomy.server.mcp_tools.tool import ToolSet
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, client_of
 
 if TYPE_CHECKING:
     from mcp_autonomy.sandbox.embedded import EmbeddedSandbox
@@ -45,8 +46,9 @@ def fault_spec(kind: str, params: dict[str, Any]) -> Any:
 
 
 def register(tools: ToolSet, sandbox: EmbeddedSandbox) -> None:
-    """Register inject_fault against `sandbox`'s fault table."""
+    """Register inject_fault against `sandbox`'s fault table (audited through the engine)."""
     faults = sandbox.state.faults
+    system = tools.system
 
     @tools.tool(
         title="Inject a fault into the sandbox (demo)",
@@ -64,7 +66,6 @@ def register(tools: ToolSet, sandbox: EmbeddedSandbox) -> None:
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
         ),
         errors=EngineErrors(field="params"),
-        audit=lambda _, result: {k: v for k, v in result.items() if k != "faults"},
     )
     async def inject_fault(
         provider: ProviderName,
@@ -83,12 +84,35 @@ def register(tools: ToolSet, sandbox: EmbeddedSandbox) -> None:
             Field(description="The fault, or clear to remove this provider's faults"),
         ],
         reason: Reason,
+        ctx: Context,
         params: Annotated[dict[str, Any], Field(description="Parameters of the fault kind")] | None = None,
         endpoints: Annotated[
             list[EndpointKind] | None, Field(description="Only these endpoints (default: all)")
         ] = None,
         start_s: Annotated[float, Field(ge=0, le=86_400, description="Seconds from now")] = 0.0,
         duration_s: Annotated[float | None, Field(gt=0, le=86_400, description="How long it lasts")] = None,
+    ) -> dict[str, Any]:
+        arguments = {
+            "provider": provider,
+            "kind": kind,
+            "reason": reason,
+            "params": params,
+            "endpoints": endpoints,
+            "start_s": start_s,
+            "duration_s": duration_s,
+        }
+        with system.audited("inject_fault", arguments, caller=client_of(ctx), reason=reason) as action:
+            result = inject(provider, kind, params, endpoints, start_s, duration_s)
+            action.result = {k: v for k, v in result.items() if k != "faults"}
+        return result
+
+    def inject(
+        provider: str,
+        kind: str,
+        params: dict[str, Any] | None,
+        endpoints: list[EndpointKind] | None,
+        start_s: float,
+        duration_s: float | None,
     ) -> dict[str, Any]:
         if provider not in sandbox.adapters:
             raise ToolError(

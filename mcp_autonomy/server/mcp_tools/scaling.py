@@ -11,7 +11,7 @@ from pydantic import Field
 from mcp_autonomy.autonomy.scaler import ScaleResult
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT
 from mcp_autonomy.server.mcp_tools.models import Reason
-from mcp_autonomy.server.mcp_tools.tool import ToolSet, dump_result, progress
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, client_of, progress
 
 __all__ = ["register"]
 
@@ -33,7 +33,6 @@ def register(tools: ToolSet) -> None:
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True
         ),
-        audit=dump_result,
     )
     async def scale_to(
         replicas: Annotated[int, Field(ge=0, le=MAX_REPLICAS_LIMIT, description="Desired replica count")],
@@ -44,5 +43,9 @@ def register(tools: ToolSet) -> None:
         ] = False,
     ) -> ScaleResult:
         return await system.scale_to(
-            replicas, reason=reason, force=force, progress=lambda d, t, m: progress(ctx, d, t, m)
+            replicas,
+            reason=reason,
+            force=force,
+            caller=client_of(ctx),
+            progress=lambda d, t, m: progress(ctx, d, t, m),
         )

@@ -13,7 +13,7 @@ from mcp_autonomy.autonomy.component import Mode
 from mcp_autonomy.autonomy.system import StatusSummary, SystemStats
 from mcp_autonomy.events import EventType
 from mcp_autonomy.server.mcp_tools.models import READ_ONLY, AutonomyChange, EventList, Reason
-from mcp_autonomy.server.mcp_tools.tool import ToolSet
+from mcp_autonomy.server.mcp_tools.tool import ToolSet, client_of
 
 __all__ = ["register"]
 
@@ -104,15 +104,11 @@ def register(tools: ToolSet) -> None:
         reason: Reason,
         ctx: Context,
     ) -> AutonomyChange:
-        previous, new = system.set_autonomy(component, mode, reason=reason)
-        # Audited here rather than by the wrapper: the result reports the audit entry's id.
-        audit_id = tools.audit(
-            ctx,
-            "set_autonomy",
-            {"component": component, "mode": mode.value, "reason": reason},
-            True,
-            {"previous_mode": previous.value, "mode": new.value},
-        )
+        change = system.set_autonomy(component, mode, reason=reason, caller=client_of(ctx))
         return AutonomyChange(
-            component=component, previous_mode=previous, mode=new, reason=reason, audit_id=audit_id
+            component=component,
+            previous_mode=change.previous,
+            mode=change.mode,
+            reason=reason,
+            audit_id=change.audit_id,
         )

@@ -1,11 +1,12 @@
-"""The tool wrapper every MCP tool runs in: strict arguments, errors mapped once, audit once.
+"""The tool wrapper every MCP tool runs in: strict arguments, errors mapped once.
 
 `ToolSet.tool` registers a function as an `AutonomyTool`. Its `run` is the one call path:
 arguments are validated strictly against the tool's own model as JSON (`"500"` is not 500,
 `"yes"` is not true, unknown arguments are refused) and a violation becomes one sentence per field
 (`errors.describe_validation_error`); the engine's exceptions become tool errors through
-`errors.engine_error_message`; an audited tool writes its audit entry here, once, ok or refused.
-Each tool module is then a list of signatures, each with one engine call.
+`errors.engine_error_message`. Operator actions are audited by the engine itself (once, for MCP
+and REST alike): a tool passes `caller=client_of(ctx)`. Each tool module is then a list of
+signatures, each with one engine call.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.shared.exceptions import MCPError
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
-from pydantic_core import to_jsonable_python
+from pydantic import ConfigDict, PrivateAttr, ValidationError
 
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.providers.registry import UnknownProviderError
@@ -30,37 +30,21 @@ from mcp_autonomy.server.mcp_tools.errors import EngineErrors, describe_validati
 from mcp_autonomy.server.mcp_tools.schema import compact_schema
 
 __all__ = [
-    "AuditSummary",
     "AutonomyTool",
     "ToolSet",
     "check_provider",
     "client_of",
-    "dump_result",
     "progress",
-    "status_of",
 ]
 
 logger = logging.getLogger(__name__)
 
-AuditSummary = Callable[[dict[str, Any], Any], Any]
-"""What an audited tool's entry records as its result: (validated arguments, tool result) -> JSON."""
-AuditRecorder = Callable[[Context[Any, Any], str, dict[str, Any], bool, Any], int]
 F = TypeVar("F", bound=Callable[..., Any])
-WITHHELD = "(withheld)"
-
-
-def status_of(arguments: dict[str, Any], result: Any) -> dict[str, Any]:
-    """The audit summary of a tool returning a record with a status."""
-    return {"status": result.status.value}
-
-
-def dump_result(arguments: dict[str, Any], result: Any) -> Any:
-    """The audit summary that is the whole result."""
-    return result.model_dump(mode="json") if isinstance(result, BaseModel) else to_jsonable_python(result)
 
 
 def client_of(ctx: Context[Any, Any]) -> str:
-    """`name/version` of the calling client, plus the HTTP session id when there is one."""
+    """`name/version` of the calling client, plus the HTTP session id when there is one: the
+    `caller` an operator action's audit entry records."""
     try:
         params = ctx.session.client_params
     except ValueError:
@@ -90,29 +74,17 @@ def _strict(model: type[ArgModelBase]) -> type[ArgModelBase]:
 
 
 class AutonomyTool(Tool):
-    """A tool whose calls validate strictly, map engine errors in one place and audit once."""
+    """A tool whose calls validate strictly and map engine errors in one place."""
 
     _strict_model: type[ArgModelBase] | None = PrivateAttr(None)
     _errors: EngineErrors = PrivateAttr(default_factory=EngineErrors)
-    _audit_summary: AuditSummary | None = PrivateAttr(None)
-    _withheld: frozenset[str] = PrivateAttr(frozenset())
-    _recorder: AuditRecorder | None = PrivateAttr(None)
 
-    def configure(
-        self,
-        errors: EngineErrors,
-        audit: AuditSummary | None,
-        withheld: frozenset[str],
-        recorder: AuditRecorder,
-    ) -> AutonomyTool:
-        """Attach the error table entry, the audit summary and the recorder (at registration)."""
+    def configure(self, errors: EngineErrors) -> AutonomyTool:
+        """Attach the strict argument model and the error table entry (at registration)."""
         if self.resolved_params:
             raise TypeError(f"{self.name}: Resolve(...) parameters are not supported here")
         self._strict_model = _strict(self.fn_metadata.arg_model)
         self._errors = errors
-        self._audit_summary = audit
-        self._withheld = withheld
-        self._recorder = recorder
         return self
 
     def validated_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -139,30 +111,18 @@ class AutonomyTool(Tool):
             raise
         except Exception as exc:
             message = engine_error_message(exc, self._errors, arguments)
-            self._record(context, validated, False, {"error": message or "internal error"})
             if message is None:
                 # A crash: its text stays in the server log (the SDK logs it with the traceback).
                 raise UnexpectedToolError(
                     f"{self.name}: internal error; the server log has the details"
                 ) from exc
             raise ToolError(message) from exc
-        if self._audit_summary is not None:
-            self._record(context, validated, True, self._audit_summary(validated, result))
         if not convert_result:
             return result
         try:
             return self.fn_metadata.convert_result(result)
         except Exception as exc:
             raise UnexpectedToolError(f"{self.name}: internal error; the server log has the details") from exc
-
-    def _record(self, ctx: Context[Any, Any], validated: dict[str, Any], ok: bool, result: Any) -> None:
-        if self._audit_summary is None or self._recorder is None:
-            return
-        arguments = {
-            name: WITHHELD if name in self._withheld else to_jsonable_python(value)
-            for name, value in validated.items()
-        }
-        self._recorder(ctx, self.name, arguments, ok, result)
 
 
 class ToolSet:
@@ -172,19 +132,6 @@ class ToolSet:
         self.system = system
         self.tools: list[AutonomyTool] = []
 
-    def audit(
-        self, ctx: Context[Any, Any], tool: str, arguments: dict[str, Any], ok: bool, result: Any
-    ) -> int:
-        """Write one manual action to the audit log (with the calling client); returns its id."""
-        return self.system.record_manual_action(
-            tool=tool,
-            arguments=arguments,
-            client=client_of(ctx),
-            reason=arguments.get("reason"),
-            ok=ok,
-            result=result,
-        )
-
     def tool(
         self,
         *,
@@ -192,14 +139,10 @@ class ToolSet:
         description: str,
         annotations: ToolAnnotations,
         errors: EngineErrors | None = None,
-        audit: AuditSummary | None = None,
-        withheld: tuple[str, ...] = (),
     ) -> Callable[[F], F]:
         """Register the decorated function as a tool named after it.
 
-        `errors` says which argument the engine's refusals are about; `audit` makes the tool an
-        audited operator action (the summary of a success; a refusal records its error);
-        `withheld` arguments are never written to the audit log.
+        `errors` says which argument the engine's refusals are about.
         """
 
         def register(fn: F) -> F:
@@ -209,9 +152,7 @@ class ToolSet:
             assert isinstance(tool, AutonomyTool)
             if tool.fn_metadata.output_schema is not None:
                 tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema)
-            self.tools.append(
-                tool.configure(errors or EngineErrors(), audit, frozenset(withheld), self.audit)
-            )
+            self.tools.append(tool.configure(errors or EngineErrors()))
             return fn
 
         return register
