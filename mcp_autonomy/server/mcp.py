@@ -2,8 +2,9 @@
 
 The tools live in `mcp_autonomy.server.mcp_tools`, one module per concern, each tool a signature
 and one engine call; `mcp_tools.tool` is where every call is validated strictly, where engine
-exceptions become tool errors (one sentence naming the field, the problem and what is allowed) and
-where operator actions are audited with the calling client. This module wires them to the SDK's
+exceptions become tool errors (one sentence naming the field, the problem and what is allowed).
+Operator actions are audited by the engine (`AutonomousSystem.audited`), once, with the `caller`
+each tool passes (REST does the same). This module wires them to the SDK's
 `MCPServer` and keeps the protocol handlers (subscriptions, logging level, completions).
 """
 

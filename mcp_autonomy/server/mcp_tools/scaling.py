@@ -25,7 +25,7 @@ def register(tools: ToolSet) -> None:
         description=(
             "Set this server's replica count now (operator override of the auto-scaler) and wait for "
             "the rollout, with progress notifications. `replicas` must be within MIN_INSTANCES.."
-            "MAX_INSTANCES (see get_status -> components.auto_scaler.details) unless force=true; "
+            "MAX_INSTANCES (see get_stats -> scaling: min_replicas, max_replicas) unless force=true; "
             f"never above {MAX_REPLICAS_LIMIT}. With the local backend the count is recorded and "
             "nothing outside the process changes (the result says so). Concurrent calls run one at a "
             "time. Audited."
