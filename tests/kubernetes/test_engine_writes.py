@@ -387,29 +387,37 @@ class FixedPolicy:
         return ScalingDecision(self.replicas, current_replicas, rule, f"the test wants {self.replicas}")
 
 
+def floor_scaler(
+    api: RunningApiServer, clock: ManualClock, store: Store, policy: FixedPolicy, *, max_replicas: int
+) -> tuple[AutoScaler, EventBus]:
+    """The real AutoScaler on the Deployment of `api`, deciding what `policy` says."""
+    bus = EventBus(clock)
+    backend = KubernetesScaleBackend(namespace=NS, deployment=NAME, api_client=api.api_client())
+    scaler = AutoScaler(
+        clock=clock,
+        bus=bus,
+        store=store,
+        backend=backend,
+        load_source=lambda: 300.0,
+        enabled=True,
+        interval_s=15.0,
+        min_replicas=1,
+        max_replicas=max_replicas,
+        target_tpm_per_instance=100,
+        policy=policy,
+    )
+    return scaler, bus
+
+
 async def test_no_event_while_the_hpa_holds_more_replicas_than_the_floor(tmp_path: Path) -> None:
     clock = ManualClock()
     with anyio.fail_after(DEADLINE_S):
         async with hpa_cluster(clock, replicas=3, floor=3, metric=6) as api:
             await next_sync(api, clock)
             assert stored_replicas(api) == 6  # the HPA's metrics hold 6, above the floor of 3
-            backend = KubernetesScaleBackend(namespace=NS, deployment=NAME, api_client=api.api_client())
-            bus = EventBus(clock)
             store = Store(tmp_path / "state.sqlite3").open()
             policy = FixedPolicy(3)
-            scaler = AutoScaler(
-                clock=clock,
-                bus=bus,
-                store=store,
-                backend=backend,
-                load_source=lambda: 300.0,
-                enabled=True,
-                interval_s=15.0,
-                min_replicas=1,
-                max_replicas=10,
-                target_tpm_per_instance=100,
-                policy=policy,
-            )
+            scaler, bus = floor_scaler(api, clock, store, policy, max_replicas=10)
             kinds = (EventType.SCALED_UP, EventType.SCALED_DOWN, EventType.SCALING_DECISION)
             hpa_path = f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/{NAME}"
 
@@ -444,22 +452,8 @@ async def test_a_floor_asked_past_the_hpas_max_is_announced_once(tmp_path: Path)
         async with hpa_cluster(clock, replicas=3, floor=3, metric=10) as api:
             while stored_replicas(api) < 10:  # the HPA's metrics already hold its max
                 await next_sync(api, clock)
-            backend = KubernetesScaleBackend(namespace=NS, deployment=NAME, api_client=api.api_client())
-            bus = EventBus(clock)
             store = Store(tmp_path / "state.sqlite3").open()
-            scaler = AutoScaler(
-                clock=clock,
-                bus=bus,
-                store=store,
-                backend=backend,
-                load_source=lambda: 300.0,
-                enabled=True,
-                interval_s=15.0,
-                min_replicas=1,
-                max_replicas=100,
-                target_tpm_per_instance=100,
-                policy=FixedPolicy(50),
-            )
+            scaler, bus = floor_scaler(api, clock, store, FixedPolicy(50), max_replicas=100)
             for _ in range(4):
                 await scaler.tick()
                 await next_sync(api, clock)
