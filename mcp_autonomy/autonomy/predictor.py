@@ -30,26 +30,42 @@ the same per-tick telemetry, and persisted.
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from pydantic import BaseModel, Field
-
 from mcp_autonomy.autonomy.component import Component
+from mcp_autonomy.autonomy.detection import (
+    DEFAULT_SERIES_PROFILES,
+    PredictionBuilder,
+    SeriesProfile,
+    SeriesRole,
+    StreamingDetector,
+    StreamingDetectorConfig,
+)
 from mcp_autonomy.autonomy.maintenance import MaintenanceScheduler, MaintenanceWindow, TrafficProfile
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
+from mcp_autonomy.prediction_types import Indicator, Prediction, PredictionStatus, PredictionType
 from mcp_autonomy.store import StateStore
-from mcp_autonomy.timefmt import Timestamp, TimestampOrNone
 
 if TYPE_CHECKING:
-    from mcp_autonomy.autonomy.detection import StreamingDetector
-    from mcp_autonomy.autonomy.detection.prediction import PredictionBuilder
     from mcp_autonomy.autonomy.incidents import Incident, IncidentTracker
     from mcp_autonomy.providers.registry import ProviderRegistry
     from mcp_autonomy.resilience.router import PaymentRouter
     from mcp_autonomy.telemetry import Telemetry
+
+__all__ = [
+    "MAINTENANCE_MIN_CONFIDENCE",
+    "MAINTENANCE_SEVERITIES",
+    "SERIES",
+    "Indicator",
+    "Prediction",
+    "PredictionStatus",
+    "PredictionType",
+    "PredictiveMaintenance",
+]
+# Indicator, Prediction, PredictionStatus and PredictionType live in `mcp_autonomy.prediction_types`
+# (no import circle with the detection package); they are re-exported here for existing callers.
 
 logger = logging.getLogger(__name__)
 
@@ -70,58 +86,6 @@ MAINTENANCE_SEVERITIES: Final = frozenset({"high", "critical"})
 MAX_PREDICTIONS_IN_MEMORY: Final = 10_000
 """The store keeps every prediction; memory keeps the newest this many (scores use the store)."""
 TRAFFIC_STATE_KEY: Final = "traffic_profile"
-
-
-class PredictionType(StrEnum):
-    """What kind of trouble a prediction foresees."""
-
-    FAILURE = "failure"
-    DEGRADATION = "degradation"
-    SPIKE = "spike"
-    PATTERN_ANOMALY = "pattern_anomaly"
-
-
-class PredictionStatus(StrEnum):
-    """Where a prediction stands: open, or judged by what happened."""
-
-    ACTIVE = "active"
-    CONFIRMED = "confirmed"
-    FALSE_POSITIVE = "false_positive"
-    RESOLVED = "resolved"
-
-
-class Indicator(BaseModel):
-    """One measured signal behind a prediction."""
-
-    name: str
-    value: float
-    threshold: float
-    unit: str = ""
-
-
-class Prediction(BaseModel):
-    """A forecast of trouble for one provider, with the evidence and its later verdict."""
-
-    id: str
-    provider: str
-    type: PredictionType
-    severity: str
-    confidence: float = Field(ge=0.0, le=1.0)
-    created_at: Timestamp
-    window_start: Timestamp
-    window_end: Timestamp
-    indicators: list[Indicator]
-    recommended_action: str
-    series: str | None = Field(None, description="The series whose detector raised it")
-    status: PredictionStatus = PredictionStatus.ACTIVE
-    outcome_at: TimestampOrNone = None
-    outcome_by: Literal["engine", "operator"] | None = None
-    outcome_reason: str | None = None
-    incident_id: str | None = Field(None, description="The incident that confirmed it")
-    lead_time_s: float | None = Field(
-        None, description="Incident opening - prediction time (0 if raised during the incident)"
-    )
-    maintenance_window_id: str | None = None
 
 
 class PredictiveMaintenance(Component):
@@ -188,8 +152,6 @@ class PredictiveMaintenance(Component):
         return len(self._detectors)
 
     def _detector(self, provider: str, series: str) -> StreamingDetector:
-        from mcp_autonomy.autonomy.detection import StreamingDetector, StreamingDetectorConfig
-
         key = (provider, series)
         detector = self._detectors.get(key)
         if detector is None:
@@ -243,13 +205,6 @@ class PredictiveMaintenance(Component):
 
     def _prediction_builder(self) -> PredictionBuilder:
         if self._builder is None:
-            from mcp_autonomy.autonomy.detection.prediction import (
-                DEFAULT_SERIES_PROFILES,
-                PredictionBuilder,
-                SeriesProfile,
-                SeriesRole,
-            )
-
             # Breaker openings per interval: counted events, bad when up, and one more opening
             # is the smallest change worth a prediction.
             breaker = SeriesProfile("breaker_opens", SeriesRole.ERRORS, "opens", 1, min_change=1.0)

@@ -34,12 +34,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from mcp_autonomy.autonomy.detection.base import AnomalyKind, DetectorAlert, is_number, require
-
-if TYPE_CHECKING:  # imported lazily at run time: predictor.py will import this package
-    from mcp_autonomy.autonomy.predictor import Prediction, PredictionType
+from mcp_autonomy.prediction_types import Indicator, Prediction, PredictionType
 
 DEFAULT_SPIKE_WINDOW_S: Final = 15 * 60.0
 DEFAULT_SHIFT_WINDOW_S: Final = 60 * 60.0
@@ -124,8 +122,6 @@ class PredictionBuilder:
 
     def build(self, provider: str, series: str, alert: DetectorAlert) -> Prediction | None:
         """The prediction this alert warrants, or None (improvement, or too small to matter)."""
-        from mcp_autonomy.autonomy.predictor import Indicator, Prediction
-
         profile = self.profile(series)
         direction = alert.direction
         if (
@@ -173,8 +169,6 @@ class PredictionBuilder:
 
     @staticmethod
     def _type(profile: SeriesProfile, alert: DetectorAlert) -> PredictionType:
-        from mcp_autonomy.autonomy.predictor import PredictionType
-
         kind = alert.kind
         if kind is AnomalyKind.SEASONAL:
             return PredictionType.PATTERN_ANOMALY
