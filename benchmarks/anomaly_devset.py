@@ -47,6 +47,8 @@ MAX_POINTS = 20_000
 # 2026-01-05 00:00 UTC, a Monday: weekly patterns line up with real weekdays.
 _EPOCH_MONDAY_S = 1_767_571_200
 _DAY_S = 86_400.0
+# Traffic eases into and out of the weekend over about six hours around midnight.
+_WEEKEND_EASE_DAYS = 0.25
 # Anomalies per series and how often each count occurs (some series have none: FPs only).
 _ANOMALY_COUNTS = (0, 1, 2, 3, 4)
 _ANOMALY_COUNT_P = (0.12, 0.30, 0.28, 0.18, 0.12)
@@ -155,9 +157,8 @@ def _lognormal(sigma: float) -> Callable[[np.random.Generator, FloatArray, Float
 
 
 def _daily_pattern(rng: np.random.Generator, t_s: FloatArray) -> FloatArray:
-    """A smooth daily shape (three harmonics, random phases) in [-1, 1], in a random time zone."""
-    tz_offset_s = float(rng.integers(-8, 9)) * 3600.0
-    hours = ((t_s + tz_offset_s) % _DAY_S) / 3600.0
+    """A smooth daily shape (three harmonics, random phases) in [-1, 1]; `t_s` is local time."""
+    hours = (t_s % _DAY_S) / 3600.0
     weights = (1.0, rng.uniform(0.0, 0.5), rng.uniform(0.0, 0.25))
     phases = rng.uniform(0.0, 24.0, 3)
     grid = np.linspace(0.0, 24.0, 289)
@@ -172,8 +173,11 @@ def _daily_pattern(rng: np.random.Generator, t_s: FloatArray) -> FloatArray:
 
 
 def _weekly_pattern(rng: np.random.Generator, t_s: FloatArray, weekend_factor: float) -> FloatArray:
-    weekday = ((t_s - _EPOCH_MONDAY_S) // _DAY_S).astype(np.int64) % 7
-    return np.where(weekday >= 5, weekend_factor, 1.0)
+    """1 on weekdays, `weekend_factor` at weekends, eased in and out over the night (local time)."""
+    day_of_week = ((t_s - _EPOCH_MONDAY_S) / _DAY_S) % 7.0
+    into_weekend = np.minimum(day_of_week - 5.0, 7.0 - day_of_week)  # days; > 0 inside the weekend
+    weekend = np.clip(into_weekend / _WEEKEND_EASE_DAYS + 0.5, 0.0, 1.0)
+    return np.asarray(1.0 + (weekend_factor - 1.0) * weekend, dtype=np.float64)
 
 
 def _ar1(rng: np.random.Generator, n: int, phi: float, sd: float) -> FloatArray:
@@ -432,7 +436,7 @@ FAMILIES: dict[str, _Family] = {
             ("collapse", "shift_down", "shift_up", "spike", "seasonal_break"),
             _make_requests,
         ),
-        _Family("low_count", (60,), ("shift_up", "spike", "collapse"), _make_low_count),
+        _Family("low_count", (60,), ("shift_up", "spike", "ramp_fast"), _make_low_count),
         _Family(
             "latency", (60, 300), ("ramp_slow", "ramp_fast", "shift_up", "variance", "spike"), _make_latency
         ),
@@ -617,7 +621,9 @@ def _one_series(rng: np.random.Generator, family: _Family, name: str, deck: list
     step_s = int(rng.choice(family.steps_s))
     start_s = _EPOCH_MONDAY_S + float(rng.integers(0, 7 * 24)) * 3600.0 + float(rng.integers(0, 12)) * step_s
     t_s = start_s + step_s * np.arange(n, dtype=np.float64)
-    sig = family.make(rng, t_s)
+    # The families' calendars run on the local time of a random time zone.
+    tz_offset_s = float(rng.integers(-8, 9)) * 3600.0
+    sig = family.make(rng, t_s + tz_offset_s)
 
     count = int(rng.choice(_ANOMALY_COUNTS, p=_ANOMALY_COUNT_P))
     half_window = int(_WINDOW_FRACTION * n / max(count, 1) / 2)
