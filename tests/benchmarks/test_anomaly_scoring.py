@@ -130,29 +130,35 @@ def test_each_threshold_scores_as_computed_by_hand(threshold: float, raw: float)
     assert report.raw == pytest.approx(raw, abs=1e-5)
 
 
-def test_threshold_search_agrees_with_direct_evaluation_everywhere() -> None:
-    """The exact sweep must pick a threshold no direct evaluation beats, on messy random data."""
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize("seed", range(12))
+def test_threshold_search_agrees_with_direct_evaluation_everywhere(seed: int) -> None:
+    """The exact sweep must pick a threshold no direct evaluation beats, on messy random data:
+    quantised scores (ties), NaNs, and scores that rise through each window (several records)."""
+    rng = np.random.default_rng(seed)
     series = []
     scores = []
-    for k in range(6):
-        n = int(rng.integers(300, 2_000))
-        anomalies = sorted(rng.choice(np.arange(n), size=k % 4, replace=False).tolist())
+    for k in range(3):
+        n = int(rng.integers(150, 500))
+        anomalies = sorted(rng.choice(np.arange(n), size=int(rng.integers(1, 4)), replace=False).tolist())
         series.append(Series(f"s{k}", np.zeros(n), anomalies))
-        s = np.round(rng.random(n) ** 8, 3)  # quantised: many ties
+        s = np.round(rng.random(n) ** 6, 2)
+        for a in anomalies:
+            lo, hi = max(a - 5, 0), min(a + 25, n)
+            rise = np.round(rng.random(hi - lo) * np.linspace(0.3, 1.0, hi - lo), 2)
+            s[lo:hi] = np.maximum(s[lo:hi], rise)
         s[rng.random(n) < 0.01] = np.nan
         scores.append(s)
+    candidates = np.unique(np.concatenate([s[~np.isnan(s)] for s in scores]))
     for profile in (scoring.STANDARD, scoring.LOW_FP):
-        for weighted in (False, True):
-            best = scoring.score_detector(series, scores, profile, weighted_fp=weighted)
-            candidates = np.unique(np.concatenate([s[~np.isnan(s)] for s in scores]))
-            direct = [
-                scoring.score_at_threshold(series, scores, profile, float(t), weighted_fp=weighted).raw
-                for t in candidates
-            ]
-            assert best.raw == pytest.approx(max([*direct, best.null_raw]), abs=1e-9)
-            again = scoring.score_at_threshold(series, scores, profile, best.threshold, weighted_fp=weighted)
-            assert again.raw == pytest.approx(best.raw, abs=1e-9)
+        weighted = bool(seed % 2)
+        best = scoring.score_detector(series, scores, profile, weighted_fp=weighted)
+        direct = [
+            scoring.score_at_threshold(series, scores, profile, float(t), weighted_fp=weighted).raw
+            for t in candidates
+        ]
+        assert best.raw == pytest.approx(max([*direct, best.null_raw]), abs=1e-9)
+        again = scoring.score_at_threshold(series, scores, profile, best.threshold, weighted_fp=weighted)
+        assert again.raw == pytest.approx(best.raw, abs=1e-9)
 
 
 def test_weighted_false_positives_cost_less_just_after_a_window() -> None:
@@ -183,3 +189,52 @@ def test_a_set_without_windows_prefers_silence_and_counts_false_positives() -> N
 def test_mismatched_scores_are_refused_with_the_series_named() -> None:
     with pytest.raises(ValueError, match="'A'"):
         scoring.score_detector([Series("A", np.zeros(10), [])], [np.zeros(9)])
+
+
+devset = _load("anomaly_devset")
+detection = _load("detection")
+
+
+def test_windowed_gaussian_baseline_uses_only_past_points_in_steps() -> None:
+    """Window 4, step 2 on [1, 3, 1, 3, 1, 3, 9]: point 4 and 5 see points 0..3 (mean 2, sd 1,
+    |z| = 1 -> 1 / 2); point 6 sees points 2..5 (mean 2, sd 1, |z| = 7 -> 7 / 8); point 1 sees
+    only point 0 (sd 0, floored: certain anomaly); point 0 sees nothing (0)."""
+    values = np.array([1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 9.0])
+    scores = detection.windowed_gaussian_scores(np.arange(7.0), values, window_points=4, step_points=2)
+    assert scores[0] == 0.0
+    assert scores[1] == pytest.approx(1.0, abs=1e-6)
+    assert scores[4] == pytest.approx(0.5) and scores[5] == pytest.approx(0.5)
+    assert scores[6] == pytest.approx(7 / 8)
+    future = values.copy()
+    future[5:] = 1_000.0
+    changed = detection.windowed_gaussian_scores(np.arange(7.0), future, window_points=4, step_points=2)
+    assert np.array_equal(changed[:5], scores[:5])
+
+
+def test_evaluate_scores_any_function_on_labelled_series() -> None:
+    series = [devset.LabelledSeries("A", np.arange(100.0), np.zeros(100), [50])]
+    perfect = detection.evaluate(lambda t, v: (np.arange(len(v)) == 45).astype(float), series, "standard")
+    assert perfect.score == pytest.approx(100.0) and (perfect.tp, perfect.fp) == (1, 0)
+    silent = detection.evaluate(lambda t, v: np.zeros(len(v)), series, scoring.LOW_FP)
+    assert silent.score == 0.0 and silent.fn == 1
+
+
+def test_development_and_reporting_sets_are_deterministic_disjoint_and_scorable() -> None:
+    dev = devset.development_set(0)
+    again = devset.development_set(0)
+    report = devset.reporting_set(0)
+    assert len(dev) == len(report) == 50
+    assert all(np.array_equal(a.values, b.values) for a, b in zip(dev, again, strict=True))
+    assert not any(
+        len(a.values) == len(b.values) and np.allclose(a.values, b.values) for a in dev for b in report
+    )
+    kinds = {k for s in dev for k in s.kinds}
+    assert kinds == {k for f in devset.FAMILIES.values() for k in f.anomaly_kinds}
+    assert any(not s.anomaly_indices for s in dev)
+    for s in dev:
+        n = len(s.values)
+        assert 900 <= n <= devset.MAX_POINTS and len(s.timestamps_s) == n
+        assert np.all(np.diff(s.timestamps_s) > 0) and np.all(np.isfinite(s.values))
+        assert all(scoring.probation_length(n) < i < n for i in s.anomaly_indices)
+    gaps = [s for s in dev if np.max(np.diff(s.timestamps_s)) > 1.5 * np.min(np.diff(s.timestamps_s))]
+    assert gaps, "some series must have missing stretches"
