@@ -10,7 +10,7 @@ weekly seasonality, gaps (timestamps skip), quantised values; 0-4 anomalies per 
 roughly at their onset as a human labeller would. Magnitudes are drawn over a wide range, so some
 anomalies are obvious and some barely detectable.
 
-Run `python benchmarks/anomaly_devset.py [--report] [--seeds 0 1]` for a summary of a set.
+Run `python benchmarks/anomaly_devset.py [--report] [--seeds 0 1] [--list]` for a summary of a set.
 """
 
 from __future__ import annotations
@@ -688,9 +688,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--report", action="store_true", help="the reporting set (default: development)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--list", action="store_true", help="one line per series")
     args = parser.parse_args()
     series = reporting_set(args.seeds) if args.report else development_set(args.seeds)
-    for s in series:
+    for s in series if args.list else ():
         gaps = int(np.sum(np.diff(s.timestamps_s) > 1.5 * np.median(np.diff(s.timestamps_s))))
         labels = ", ".join(f"{k}@{i}" for k, i in zip(s.kinds, s.anomaly_indices, strict=True))
         print(f"{s.name:32} n={len(s.values):6d} gaps={gaps} {labels}")
