@@ -127,10 +127,14 @@ def _scores(score_fn: ScoreFn, series: Sequence[LabelledSeries]) -> list[FloatAr
 
 
 def evaluate(
-    score_fn: ScoreFn, series: Sequence[LabelledSeries], profile: Profile | str = STANDARD
+    score_fn: ScoreFn,
+    series: Sequence[LabelledSeries],
+    profile: Profile | str = STANDARD,
+    *,
+    weighted_fp: bool = False,
 ) -> ScoreReport:
     """Score any `score_fn(timestamps_s, values) -> per-point scores` on `series` under `profile`."""
-    return score_detector(series, _scores(score_fn, series), _profile(profile))
+    return score_detector(series, _scores(score_fn, series), _profile(profile), weighted_fp=weighted_fp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,7 @@ def _timed_detector_scores(series: Sequence[LabelledSeries]) -> tuple[list[Float
     return out, cpu_s, wall_s
 
 
-def run_set(seed: int, dev: bool) -> _SetResult:
+def run_set(seed: int, dev: bool, weighted_fp: bool = False) -> _SetResult:
     series = development_set(seed) if dev else reporting_set(seed)
     ours, cpu_s, wall_s = _timed_detector_scores(series)
     theirs = _scores(windowed_gaussian_scores, series)
@@ -171,8 +175,12 @@ def run_set(seed: int, dev: bool) -> _SetResult:
         seed=seed,
         series=series,
         detector_scores=ours,
-        detector={name: score_detector(series, ours, p) for name, p in PROFILES.items()},
-        baseline={name: score_detector(series, theirs, p) for name, p in PROFILES.items()},
+        detector={
+            name: score_detector(series, ours, p, weighted_fp=weighted_fp) for name, p in PROFILES.items()
+        },
+        baseline={
+            name: score_detector(series, theirs, p, weighted_fp=weighted_fp) for name, p in PROFILES.items()
+        },
         points=sum(len(s.values) for s in series),
         detector_cpu_s=cpu_s,
         detector_wall_s=wall_s,
@@ -257,13 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help=f"one set only (seed {QUICK_SEEDS[0]})")
     parser.add_argument("--detail", action="store_true", help="per family and per anomaly kind breakdown")
+    parser.add_argument(
+        "--weighted-fp",
+        action="store_true",
+        help="NAB's sigmoid-weighted false positives after a window (default: flat)",
+    )
     args = parser.parse_args(argv)
     seeds = tuple(args.seeds) if args.seeds else (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     which = "development" if args.dev else "reporting"
 
     results: list[_SetResult] = []
     for seed in seeds:
-        result = run_set(seed, args.dev)
+        result = run_set(seed, args.dev, args.weighted_fp)
         results.append(result)
         for name in PROFILES:
             ours = result.detector[name]
