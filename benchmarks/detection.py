@@ -54,6 +54,8 @@ BASELINE_STEP_POINTS = 100
 # NAB sets a zero standard deviation to this, so a flat window scores any change as certain.
 _BASELINE_MIN_STD = 1e-6
 THROUGHPUT_TARGET_POINTS_PER_S = 100_000
+# Series listed by --detail as the ones with most false positives.
+DETAIL_WORST = 5
 # Thresholds tried by the --detail "first point of each run" diagnostic: quantiles of all scores.
 ONSET_DIAGNOSTIC_QUANTILES = (
     0.9,
@@ -249,8 +251,13 @@ def _detail(result: _SetResult) -> None:
             for f, (r, z, p, fp) in sorted(family_raw.items())
         )
         kinds = "  ".join(f"{k}={h}/{t}" for k, (h, t) in sorted(kind_hits.items()))
+        worst = sorted(zip(series, report.per_series, strict=True), key=lambda pair: -pair[1].fp)[
+            :DETAIL_WORST
+        ]
+        noisiest = "  ".join(f"{s.name}={score.fp}" for s, score in worst if score.fp)
         print(f"  {who} seed {seed} by family (normalised; no-window families: FP count): {families}")
         print(f"  {who} seed {seed} windows hit by kind: {kinds}")
+        print(f"  {who} seed {seed} most false positives: {noisiest or 'none'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
