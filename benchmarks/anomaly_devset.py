@@ -86,10 +86,12 @@ class _Signal:
     daily_amp: float
     wander: FloatArray  # slow normal drift, additive
     sampler: Callable[[np.random.Generator, FloatArray, FloatArray], FloatArray]
-    sd: Callable[[FloatArray], FloatArray]  # typical noise sd at a given mean, to size anomalies
+    # Typical noise sd of the points from `start` on, given their mean: sizes anomalies.
+    sd: Callable[[FloatArray, int], FloatArray]
     lower: float = -math.inf
     upper: float = math.inf
     quantum: float | None = None
+    load: FloatArray | None = None  # requests per point, for series whose faults depend on traffic
     base: FloatArray = field(init=False)
     factor: FloatArray = field(init=False)
     shift: FloatArray = field(init=False)
@@ -211,7 +213,7 @@ def _make_cpu(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.0, 0.5),
         wander=_ar1(rng, len(t_s), rng.uniform(0.95, 0.995), rng.uniform(0.0, 2.0) * sd),
         sampler=_gaussian(sd),
-        sd=lambda m: np.full(len(m), sd),
+        sd=lambda m, start: np.full(len(m), sd),
         lower=0.0,
         upper=100.0,
         quantum=float(rng.choice([0.01, 0.1, 1.0])),
@@ -227,7 +229,7 @@ def _make_requests(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.3, 0.8),
         wander=np.zeros(len(t_s)),
         sampler=_poisson(dispersion),
-        sd=lambda m: np.sqrt(np.maximum(m, 1.0) + (dispersion * m) ** 2),
+        sd=lambda m, start: np.sqrt(np.maximum(m, 1.0) + (dispersion * m) ** 2),
         lower=0.0,
         quantum=1.0,
     )
@@ -241,7 +243,7 @@ def _make_low_count(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.0, 0.6),
         wander=np.zeros(len(t_s)),
         sampler=_poisson(0.1),
-        sd=lambda m: np.sqrt(np.maximum(m, 0.5)),
+        sd=lambda m, start: np.sqrt(np.maximum(m, 0.5)),
         lower=0.0,
         quantum=1.0,
     )
@@ -256,7 +258,7 @@ def _make_latency(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.0, 0.25),
         wander=np.zeros(len(t_s)),
         sampler=_lognormal(sigma),
-        sd=lambda m: sigma * m,
+        sd=lambda m, start: sigma * m,
         lower=0.0,
         quantum=float(rng.choice([0.001, 1.0])),
     )
@@ -271,7 +273,7 @@ def _make_heavy_tail(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.0, 0.3),
         wander=np.zeros(len(t_s)),
         sampler=_student_t(sd, rng.uniform(2.2, 4.0)),
-        sd=lambda m: np.full(len(m), 1.5 * sd),
+        sd=lambda m, start: np.full(len(m), 1.5 * sd),
         lower=0.0,
     )
 
@@ -286,7 +288,7 @@ def _make_sensor(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.0, 0.1),
         wander=_ar1(rng, len(t_s), rng.uniform(0.995, 0.9995), wander_sd),
         sampler=_gaussian(sd),
-        sd=lambda m: np.full(len(m), max(sd, 0.1 * wander_sd)),
+        sd=lambda m, start: np.full(len(m), max(sd, 0.1 * wander_sd)),
         quantum=float(rng.choice([0.0, 0.1, 0.5])) or None,
     )
 
@@ -306,7 +308,7 @@ def _make_flat(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=0.0,
         wander=np.zeros(len(t_s)),
         sampler=sample,
-        sd=lambda m: np.full(len(m), quantum),
+        sd=lambda m, start: np.full(len(m), quantum),
         lower=0.0,
         quantum=quantum,
     )
@@ -328,7 +330,7 @@ def _make_bursty(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=rng.uniform(0.2, 0.6),
         wander=np.zeros(n),
         sampler=_poisson(rng.uniform(0.15, 0.4)),
-        sd=lambda m: np.sqrt(np.maximum(m, 1.0) + (0.3 * m) ** 2),
+        sd=lambda m, start: np.sqrt(np.maximum(m, 1.0) + (0.3 * m) ** 2),
         lower=0.0,
         quantum=1.0,
     )
@@ -336,7 +338,7 @@ def _make_bursty(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
 
 def _make_disk(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
     # Disk usage: slow growth, cleaned up every day or week back to a floor (a normal sawtooth).
-    period_s = float(rng.choice([_DAY_S, 7 * _DAY_S]))
+    period_s = float(rng.choice([_DAY_S, _DAY_S, 7 * _DAY_S]))
     floor = rng.uniform(20.0, 50.0)
     growth = rng.uniform(5.0, 30.0)
     phase = ((t_s - t_s[0] + rng.uniform(0.0, period_s)) % period_s) / period_s
@@ -347,7 +349,7 @@ def _make_disk(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=0.0,
         wander=np.zeros(len(t_s)),
         sampler=_gaussian(sd),
-        sd=lambda m: np.full(len(m), max(sd, 0.5)),
+        sd=lambda m, start: np.full(len(m), max(sd, 0.5)),
         lower=0.0,
         upper=100.0,
         quantum=0.1,
@@ -380,9 +382,12 @@ def _make_payment_error_rate(rng: np.random.Generator, t_s: FloatArray) -> _Sign
         daily_amp=0.0,
         wander=np.zeros(len(t_s)),
         sampler=sample,
-        sd=lambda p: np.sqrt(np.clip(p, 1e-4, 1.0) * (1.0 - np.clip(p, 0.0, 0.99)) / traffic),
+        sd=lambda p, start: np.sqrt(
+            np.clip(p, 1e-4, 1.0) * (1.0 - np.clip(p, 0.0, 0.99)) / traffic[start : start + len(p)]
+        ),
         lower=0.0,
         upper=1.0,
+        load=traffic,
     )
 
 
@@ -402,7 +407,7 @@ def _make_payment_latency(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=0.0,
         wander=np.zeros(len(t_s)),
         sampler=sample,
-        sd=lambda m: sigma * m,
+        sd=lambda m, start: sigma[start : start + len(m)] * m,
         lower=1.0,
         upper=_TIMEOUT_MS,
         quantum=1.0,
@@ -417,7 +422,7 @@ def _make_payment_rpm(rng: np.random.Generator, t_s: FloatArray) -> _Signal:
         daily_amp=0.0,
         wander=np.zeros(len(t_s)),
         sampler=_poisson(rng.uniform(0.02, 0.1)),
-        sd=lambda m: np.sqrt(np.maximum(m, 1.0) + (0.06 * m) ** 2),
+        sd=lambda m, start: np.sqrt(np.maximum(m, 1.0) + (0.06 * m) ** 2),
         lower=0.0,
         quantum=1.0,
     )
@@ -446,7 +451,10 @@ FAMILIES: dict[str, _Family] = {
         _Family("bursty", (300,), ("spike", "shift_up", "collapse"), _make_bursty),
         _Family("disk", (300,), ("ramp_fast", "stuck", "shift_up"), _make_disk),
         _Family(
-            "payment_error_rate", (60,), ("creep", "outage", "spike", "ramp_fast"), _make_payment_error_rate
+            "payment_error_rate",
+            (60,),
+            ("creep", "outage", "spike", "ramp_fast", "flapping", "throttle"),
+            _make_payment_error_rate,
         ),
         _Family(
             "payment_p95_ms", (60,), ("timeout_ramp", "shift_up", "variance", "spike"), _make_payment_latency
@@ -488,7 +496,7 @@ def _direction(kind: str) -> float:
 def _apply(kind: str, rng: np.random.Generator, sig: _Signal, onset: int, half_window: int) -> int:
     n = len(sig.base)
     mean = sig.mean()
-    sd_here = float(sig.sd(mean[onset : onset + 1])[0])
+    sd_here = float(sig.sd(mean[onset : onset + 1], onset)[0])
     level_here = max(abs(float(mean[onset])), 1e-9)
     sign = _direction(kind)
     if kind in ("spike", "dip"):
@@ -521,6 +529,14 @@ def _apply(kind: str, rng: np.random.Generator, sig: _Signal, onset: int, half_w
     elif kind == "outage":
         end = min(n, onset + int(rng.integers(3, 90)))
         sig.shift[onset:end] += rng.uniform(0.2, 1.0)
+    elif kind == "flapping":
+        # The sandbox's flapping fault: down for part of every period, for a while.
+        end = min(n, onset + int(rng.integers(10, 90)))
+        period = int(rng.integers(2, 11))
+        down = (np.arange(end - onset) % period) < max(1, int(rng.uniform(0.2, 0.8) * period))
+        sig.shift[onset:end] += down * rng.uniform(0.3, 1.0)
+    elif kind == "throttle":
+        return _throttle(rng, sig, onset)
     elif kind in ("ramp_slow", "ramp_fast", "creep", "timeout_ramp"):
         _ramp_to_fault(kind, rng, sig, onset, half_window, sd_here, level_here)
     elif kind == "seasonal_break":
@@ -560,6 +576,21 @@ def _ramp_to_fault(
         sig.shift[ramp_end:fault_end] += top * rng.uniform(1.0, 3.0)
 
 
+def _throttle(rng: np.random.Generator, sig: _Signal, onset: int) -> int:
+    """A rate limit below peak traffic: requests beyond it fail, so errors follow the busy hours.
+    Labelled where the errors first show."""
+    assert sig.load is not None, "throttle needs a series with traffic"
+    n = len(sig.base)
+    end = min(n, onset + int(rng.integers(len(sig.base) // 20, len(sig.base) // 5 + 2)))
+    load = sig.load[onset:end]
+    cap = float(np.quantile(load, rng.uniform(0.4, 0.9)))
+    refused = np.clip(1.0 - cap / np.maximum(load, 1e-9), 0.0, 1.0)
+    sig.shift[onset:end] += refused
+    before = sig.mean()[onset:end] - refused
+    visible = refused > 2.0 * sig.sd(before, onset)
+    return onset + int(np.argmax(visible)) if visible.any() else onset
+
+
 def _seasonal_break(rng: np.random.Generator, sig: _Signal, onset: int) -> int:
     """The daily pattern shifts by hours or flattens; labelled where the change first shows."""
     n = len(sig.base)
@@ -576,7 +607,7 @@ def _seasonal_break(rng: np.random.Generator, sig: _Signal, onset: int) -> int:
         sig.base[onset:end] = (
             sig.carrier[onset:end] * (1.0 + sig.daily_amp * daily[onset:end]) + sig.wander[onset:end]
         )
-    visible = np.abs(sig.base[onset:end] - old) > 2.0 * sig.sd(old)
+    visible = np.abs(sig.base[onset:end] - old) > 2.0 * sig.sd(old, onset)
     return onset + int(np.argmax(visible)) if visible.any() else onset
 
 
