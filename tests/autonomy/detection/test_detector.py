@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections import deque
 
 import numpy as np
 import pytest
@@ -56,14 +57,22 @@ def test_deterministic_and_update_matches_batch() -> None:
     assert [r.alert for r in results if r.alert is not None] == alerts_a
 
 
-def _state_size(detector: StreamingDetector) -> int:
-    """Bytes held by the detector's slots, containers included (one level deep)."""
-    total = 0
-    for name in StreamingDetector.__slots__:
-        value = getattr(detector, name)
-        total += sys.getsizeof(value)
-        if isinstance(value, list | tuple):
-            total += sum(sys.getsizeof(item) for item in value)
+def _state_size(state: object, seen: set[int] | None = None) -> int:
+    """Bytes held by an object and everything reachable through its slots and containers
+    (the detector holds its state in one object per stage)."""
+    total = sys.getsizeof(state)
+    if isinstance(state, int | float | bool | str) or state is None:
+        return total  # counted per reference: a shared 0.0 is as big as a learnt value
+    seen = set() if seen is None else seen
+    if id(state) in seen:
+        return 0
+    seen.add(id(state))
+    if isinstance(state, list | tuple | deque):
+        return total + sum(_state_size(item, seen) for item in state)
+    for cls in type(state).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if hasattr(state, name):
+                total += _state_size(getattr(state, name), seen)
     return total
 
 
