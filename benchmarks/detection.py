@@ -170,6 +170,7 @@ def _timed_detector_scores(series: Sequence[LabelledSeries]) -> tuple[list[Float
 
 
 def run_set(seed: int, dev: bool, weighted_fp: bool = False) -> _SetResult:
+    """One set (50 series) through the detector and the baseline, scored under every profile."""
     series = development_set(seed) if dev else reporting_set(seed)
     ours, cpu_s, wall_s = _timed_detector_scores(series)
     theirs = _scores(windowed_gaussian_scores, series)
