@@ -125,7 +125,6 @@ class ChangePoint:
         "_rise_points",
         "_rise_sum",
         "_slack_z",
-        "_threshold",
         "direction",
         "increment",
         "previous_level",
@@ -135,7 +134,6 @@ class ChangePoint:
 
     def __init__(self, config: StreamingDetectorConfig) -> None:
         self._slack_z = config.cusum_slack_z
-        self._threshold = config.cusum_threshold
         self._clip_z = config.cusum_clip_z
         self._rise = self._fall = self._rise_sum = self._fall_sum = 0.0
         self._rise_points = self._fall_points = 0
@@ -183,9 +181,6 @@ class ChangePoint:
         statistic = self.statistic = rise if rise > fall else fall
         return statistic
 
-    def confirmed(self) -> bool:
-        return self._rise >= self._threshold or self._fall >= self._threshold
-
     def mean_shift(self) -> float:
         """The mean residual since the confirmed change began (value units)."""
         if self._rise >= self._fall:
@@ -198,10 +193,9 @@ class ChangePoint:
             return self.statistic - self.increment + self._slack_z
         return self.statistic + self.increment + self._slack_z
 
-    def distance_to_previous_z(self, t_s: float, x: float, season: float, scale: float) -> float:
-        """How many scales `x` is from the remembered pre-shift level (infinite once forgotten)."""
-        if self.previous_level_until_s <= t_s:
-            return math.inf
+    def distance_to_previous_z(self, x: float, season: float, scale: float) -> float:
+        """How many scales `x` is from the remembered pre-shift level (while it is remembered:
+        until `previous_level_until_s`)."""
         distance = (x - self.previous_level - season) / scale
         return distance if distance >= 0.0 else -distance
 

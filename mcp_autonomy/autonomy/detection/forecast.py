@@ -241,43 +241,53 @@ class Forecaster:
         self.mae_none = self.mae_daily = self.mae_weekly = math.sqrt(variance) / RMS_PER_MEAN_ABS
 
     def drift(self, amount: float) -> None:
-        """Move every level by `amount` (the baseline slope over the elapsed time, or a re-baseline)."""
+        """Move every level by `amount` (a re-baseline)."""
         self.level_none += amount
         self.level_daily += amount
         self.level_weekly += amount
         self.level_slow += amount
 
-    def forecast(self, t_s: float) -> tuple[float, float]:
-        """The level and the seasonal term of the model in use at `t_s`."""
+    def predict(self, t_s: float, drift: float) -> tuple[float, float, float]:
+        """Move the levels along the base slope (`drift`, value units since the last point); return
+        the level and seasonal term of the model in use at `t_s`, and the noise scale (floored
+        relative to the expected value and absolutely)."""
+        level_none = self.level_none = self.level_none + drift
+        level_daily = self.level_daily = self.level_daily + drift
+        level_weekly = self.level_weekly = self.level_weekly + drift
+        self.level_slow += drift
         daily = self.daily_season = self.daily.at(t_s)
         weekly_delta = self.weekly_delta = self.weekly.at(t_s)
         weekly = self.weekly_season = daily + weekly_delta
         model = self.model
         if model == MODEL_NONE:
-            return self.level_none, 0.0
-        if model == MODEL_DAILY:
-            return self.level_daily, daily
-        return self.level_weekly, weekly
-
-    def scale(self, expected: float) -> float:
-        """The noise scale, floored relative to the expected value and absolutely."""
+            level = level_none
+            season = 0.0
+        elif model == MODEL_DAILY:
+            level = level_daily
+            season = daily
+        else:
+            level = level_weekly
+            season = weekly
+        expected = level + season
         floor = self._min_scale_relative * (expected if expected >= 0.0 else -expected)
         if floor < self._min_scale_absolute:
             floor = self._min_scale_absolute
         scale = math.sqrt(self.variance)
-        return scale if scale >= floor else floor
+        return level, season, (scale if scale >= floor else floor)
 
     def learn(
         self,
+        t_s: float,
         x: float,
         residual: float,
         scale: float,
         tail_factor: float,
         learning_iv: float,
         interval_s: float,
-    ) -> None:
-        """Learn from the point: levels (Huber), scale (clipped RMS), seasonal profiles, model errors.
-        Clips are in tail-normalised scales, so a spiky series' ordinary jumps count in full."""
+    ) -> bool:
+        """Learn from the point: levels (Huber), scale (clipped RMS), seasonal profiles, model errors,
+        and which model to use. Clips are in tail-normalised scales, so a spiky series' ordinary
+        jumps count in full. True when the model changed (the scale restarted from its error)."""
         huber = self._huber_c * scale * tail_factor
         daily = self.daily_season
         weekly = self.weekly_season
@@ -317,8 +327,9 @@ class Forecaster:
         self.mae_daily += slow_rate * ((e if e < clip else clip) - self.mae_daily)
         e = abs(x - level_weekly - weekly)
         self.mae_weekly += slow_rate * ((e if e < clip else clip) - self.mae_weekly)
+        return self._select_model(t_s)
 
-    def select_model(self, t_s: float) -> bool:
+    def _select_model(self, t_s: float) -> bool:
         """Switch to the model with the lowest error if it beats the current one by the margin (at
         most once a day, profiles only after their minimum periods); True when it switched, and then
         the scale restarts from the new model's error."""

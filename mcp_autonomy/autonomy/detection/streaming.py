@@ -197,13 +197,11 @@ class StreamingDetector:
             learning_iv = clock.learning_iv
             gap = clock.gap
             drift = trend.slope_base * (gap_iv * interval_s if gap else elapsed_s)
-            forecast.drift(drift)
 
             # Forecast and residual.
-            level, season = forecast.forecast(t)
+            level, season, scale = forecast.predict(t, drift)
             expected = level + season
             residual = x - expected
-            scale = forecast.scale(expected)
             z = residual / scale
             abs_z = z if z >= 0.0 else -z
 
@@ -216,9 +214,14 @@ class StreamingDetector:
 
             # Spike statistic: |z|, or the distance to the pre-shift level if the series is
             # returning to it (a recovery is not a new anomaly).
-            previous_z = change_point.distance_to_previous_z(t, x, season, scale)
-            recovering = previous_z < abs_z
-            spike_ratio = (previous_z if recovering else abs_z) / tails.spike_threshold_z
+            recovering = False
+            spike_z = abs_z
+            if change_point.previous_level_until_s > t:
+                previous_z = change_point.distance_to_previous_z(x, season, scale)
+                if previous_z < abs_z:
+                    recovering = True
+                    spike_z = previous_z
+            spike_ratio = spike_z / tails.spike_threshold_z
 
             # Change point and trend.
             long_run = autocorrelation.update(z, learning_iv, gap)
@@ -227,13 +230,12 @@ class StreamingDetector:
             trend_ratio = trend.update(
                 level, residual, scale, elapsed_s, clock.trend_decay, learning_iv, interval_s
             )
-            if change_point.confirmed():
+            if cusum >= cusum_threshold:  # one side has confirmed a change point
                 residual -= self._rebaseline(t, level, scale, recovering, trend_ratio, interval_s)
 
             # Learn the baseline; a change of seasonal model restarts the change-point evidence
             # (the old model's residuals say nothing about the new one).
-            forecast.learn(x, residual, scale, tail_factor, learning_iv, interval_s)
-            if forecast.select_model(t):
+            if forecast.learn(t, x, residual, scale, tail_factor, learning_iv, interval_s):
                 change_point.reset()
 
             # The raw score: the strongest statistic, calibrated.
