@@ -32,7 +32,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from mcp_autonomy.autonomy.component import Component
+from pydantic import BaseModel, Field
+
+from mcp_autonomy.autonomy.component import Component, Mode
 from mcp_autonomy.autonomy.detection import (
     DEFAULT_SERIES_PROFILES,
     PredictionBuilder,
@@ -42,11 +44,13 @@ from mcp_autonomy.autonomy.detection import (
     StreamingDetectorConfig,
 )
 from mcp_autonomy.autonomy.maintenance import MaintenanceScheduler, MaintenanceWindow, TrafficProfile
+from mcp_autonomy.autonomy.series_history import HISTORY_MAX_AGE_S, SeriesHistory
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.config import Sensitivity
 from mcp_autonomy.events import Event, EventBus, EventType, Severity
 from mcp_autonomy.prediction_types import Indicator, Prediction, PredictionStatus, PredictionType
 from mcp_autonomy.store import StateStore
+from mcp_autonomy.timefmt import TimestampOrNone, iso_or_none
 
 if TYPE_CHECKING:
     from mcp_autonomy.autonomy.incidents import Incident, IncidentTracker
@@ -62,7 +66,9 @@ __all__ = [
     "Prediction",
     "PredictionStatus",
     "PredictionType",
+    "PredictionWarmUp",
     "PredictiveMaintenance",
+    "SeriesWarmUp",
 ]
 # Indicator, Prediction, PredictionStatus and PredictionType live in `mcp_autonomy.prediction_types`
 # (no import circle with the detection package); they are re-exported here for existing callers.
@@ -86,6 +92,48 @@ MAINTENANCE_SEVERITIES: Final = frozenset({"high", "critical"})
 MAX_PREDICTIONS_IN_MEMORY: Final = 10_000
 """The store keeps every prediction; memory keeps the newest this many (scores use the store)."""
 TRAFFIC_STATE_KEY: Final = "traffic_profile"
+HISTORY_STATE_KEY: Final = "series_history"
+LIVE_WARMUP_POINTS: Final = 10
+"""Points a live series learns from before it is scored (its baseline is their median and MAD):
+10 minutes at the default 60 s tick, where the detector's own default (30, for offline series of
+any cadence) kept the panel empty for half an hour. So few points make a rough baseline; the
+detector's settling (thresholds doubled at first, relaxing over `settle_intervals`) is the prior
+that keeps a rough baseline from alarming, and a restart replays the recorded points instead."""
+SILENCE_AFTER_BUSY_POINTS: Final = 10
+"""A provider that had calls in this many consecutive intervals and then none: the silence is
+measured (requests_per_min = 0), since traffic that stops reaching a busy provider is the volume
+collapse an operator must hear about. A provider with sparser traffic has gaps, not zeros."""
+SILENCE_WATCH_POINTS: Final = 30
+"""... for at most this many intervals: by then the drop has been alerted, and a long silence is
+the provider's new normal (or the night), not news each interval."""
+
+
+class SeriesWarmUp(BaseModel):
+    """One provider series still learning its baseline: it raises nothing before `ready_at`."""
+
+    provider: str
+    series: str
+    points_seen: int
+    points_needed: int
+    ready_at: TimestampOrNone = Field(
+        None, description="When it will have its baseline, one point per interval from its latest"
+    )
+
+
+class PredictionWarmUp(BaseModel):
+    """Which series are still learning their baseline, until when, and why nothing may be predicted."""
+
+    warming_up: bool = Field(description="Some provider series is still learning its baseline")
+    ready_at: TimestampOrNone = Field(None, description="When the last of them will have it")
+    point_interval_s: float = Field(description="One point per series per interval (the loop's tick)")
+    points_needed: int = Field(description="Points a series learns from before it is scored")
+    replayed_points: int = Field(description="Recorded points replayed into the detectors at start")
+    series_ready: int = Field(description="Provider series past their warm-up (watched)")
+    series: list[SeriesWarmUp] = Field(description="The series still warming up")
+    providers_without_traffic: list[str] = Field(
+        description="Providers not measured yet: their series start learning with their first calls"
+    )
+    reason: str = Field(description="Why predictions may be absent, in a sentence")
 
 
 class PredictiveMaintenance(Component):
@@ -126,6 +174,10 @@ class PredictiveMaintenance(Component):
             incidents.add_observer(self._on_incident)
         self._breaker_opens: dict[str, int] = {}
         self._builder: PredictionBuilder | None = None
+        self._history = SeriesHistory(SERIES)
+        self._replayed_points = 0
+        self._busy_intervals: dict[str, int] = {}
+        self._silent_intervals: dict[str, int] = {}
         bus.add_listener(self._count_breaker_opens)
 
     def _count_breaker_opens(self, event: Event) -> None:
@@ -146,6 +198,37 @@ class PredictiveMaintenance(Component):
         self.traffic = self.maintenance.traffic = TrafficProfile.from_json(
             self.store.get_state(self.name, TRAFFIC_STATE_KEY)
         )
+        self._seed_from_history()
+
+    def _seed_from_history(self) -> None:
+        """Fresh detectors, fed the series points recorded by earlier runs (or the previous leader).
+
+        Alerts the replay raises are dropped: the run that measured those points judged them
+        already, and its predictions are in the store.
+        """
+        self._detectors = {}
+        self._history = SeriesHistory.from_json(
+            self.store.get_state(self.name, HISTORY_STATE_KEY),
+            SERIES,
+            since_s=self.clock.now() - HISTORY_MAX_AGE_S,
+        )
+        replayed = 0
+        for provider in self._history.providers():
+            for series in SERIES:
+                times_s, values = self._history.series_points(provider, series)
+                if not values:
+                    continue
+                detector = self._detector(provider, series)
+                detector.score_many(times_s, values)
+                detector.drain_alerts()
+            replayed += len(self._history.points(provider))
+        self._replayed_points = replayed
+        if replayed:
+            logger.info(
+                "predictor: %d recorded points of %d providers replayed into the detectors",
+                replayed,
+                len(self._history.providers()),
+            )
 
     @property
     def _series_tracked(self) -> int:
@@ -155,9 +238,39 @@ class PredictiveMaintenance(Component):
         key = (provider, series)
         detector = self._detectors.get(key)
         if detector is None:
-            config = StreamingDetectorConfig.for_sensitivity(self.sensitivity)
+            # One point per tick: the interval is known, not learnt (a learnt one wanders during a
+            # warm-up this short), and the warm-up is counted in live points (see LIVE_WARMUP_POINTS).
+            config = StreamingDetectorConfig.for_sensitivity(
+                self.sensitivity, warmup_points=LIVE_WARMUP_POINTS, sample_interval_s=self.interval_s
+            )
             detector = self._detectors[key] = StreamingDetector(config)
         return detector
+
+    def _point(
+        self, provider: str, telemetry: Telemetry, breaker_opens: int
+    ) -> dict[str, float | None] | None:
+        """This interval's value of each series of `provider`; None when the interval is a gap."""
+        snapshot = telemetry.provider(provider).snapshot(self.interval_s)
+        if snapshot.requests == 0 and snapshot.rejected_locally == 0 and breaker_opens == 0:
+            silent = self._silent_intervals[provider] = self._silent_intervals.get(provider, 0) + 1
+            if (
+                self._busy_intervals.get(provider, 0) < SILENCE_AFTER_BUSY_POINTS
+                or silent > SILENCE_WATCH_POINTS
+            ):
+                self._busy_intervals[provider] = 0
+                return None  # no traffic is no evidence: a gap, not a zero
+            return {"requests_per_min": 0.0}
+        after_silence = self._silent_intervals.get(provider, 0) > 0
+        self._silent_intervals[provider] = 0
+        self._busy_intervals[provider] = 1 if after_silence else self._busy_intervals.get(provider, 0) + 1
+        return {
+            "error_rate": snapshot.error_rate,
+            "latency_p50_ms": snapshot.latency_p50_ms,
+            "latency_p95_ms": snapshot.latency_p95_ms,
+            "latency_p99_ms": snapshot.latency_p99_ms,
+            "requests_per_min": snapshot.requests_per_min,
+            "breaker_opens": float(breaker_opens),
+        }
 
     async def tick(self) -> None:
         if self.telemetry is None or self.providers is None:
@@ -171,24 +284,18 @@ class PredictiveMaintenance(Component):
         mono = self.clock.monotonic()
         measured_s = None if self._traffic_measured_until is None else mono - self._traffic_measured_until
         self._traffic_measured_until = mono
+        recorded = False
         for provider in self.providers.names():
             if measured_s is not None and 0 < measured_s <= 5 * self.interval_s:
                 traffic = self.telemetry.provider(provider).snapshot(measured_s)
                 self.traffic.record(provider, now, traffic.requests, measured_s)
-            snapshot = self.telemetry.provider(provider).snapshot(self.interval_s)
-            breaker_opens = self._breaker_opens.pop(provider, 0)
-            if snapshot.requests == 0 and snapshot.rejected_locally == 0 and breaker_opens == 0:
-                continue  # no traffic is no evidence: a gap, not a zero
-            values: dict[str, float | None] = {
-                "error_rate": snapshot.error_rate,
-                "latency_p50_ms": snapshot.latency_p50_ms,
-                "latency_p95_ms": snapshot.latency_p95_ms,
-                "latency_p99_ms": snapshot.latency_p99_ms,
-                "requests_per_min": snapshot.requests_per_min,
-                "breaker_opens": float(breaker_opens),
-            }
+            values = self._point(provider, self.telemetry, self._breaker_opens.pop(provider, 0))
+            if values is None:
+                continue
+            self._history.add(provider, now, values)
+            recorded = True
             for series in SERIES:
-                value = values[series]
+                value = values.get(series)
                 if value is None:
                     continue
                 result = self._detector(provider, series).update(now, float(value))
@@ -202,6 +309,14 @@ class PredictiveMaintenance(Component):
             self.store.set_state(
                 self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now, fence=self.write_fence()
             )
+            if recorded:
+                self.store.set_state(
+                    self.name,
+                    HISTORY_STATE_KEY,
+                    self._history.to_json(),
+                    timestamp=now,
+                    fence=self.write_fence(),
+                )
 
     def _prediction_builder(self) -> PredictionBuilder:
         if self._builder is None:
@@ -487,7 +602,78 @@ class PredictiveMaintenance(Component):
             else 0,
         }
 
+    def warm_up(self) -> PredictionWarmUp:
+        """Which provider series are warming up and until when (one point per tick from now on)."""
+        names = self.providers.names() if self.providers is not None else []
+        needed = LIVE_WARMUP_POINTS
+        warming: list[SeriesWarmUp] = []
+        ready = 0
+        without_traffic: list[str] = []
+        for provider in names:
+            points = self._history.points(provider)
+            if not points:
+                without_traffic.append(provider)
+                continue
+            last_point_s = points[-1][0]
+            for series in SERIES:
+                detector = self._detectors.get((provider, series))
+                seen = 0 if detector is None else detector.points_seen
+                if seen >= needed:
+                    ready += 1
+                    continue
+                warming.append(
+                    SeriesWarmUp(
+                        provider=provider,
+                        series=series,
+                        points_seen=seen,
+                        points_needed=needed,
+                        ready_at=last_point_s + (needed - seen) * self.interval_s,
+                    )
+                )
+        ready_at = max((w.ready_at for w in warming if w.ready_at is not None), default=None)
+        return PredictionWarmUp(
+            warming_up=bool(warming),
+            ready_at=ready_at,
+            point_interval_s=self.interval_s,
+            points_needed=needed,
+            replayed_points=self._replayed_points,
+            series_ready=ready,
+            series=warming,
+            providers_without_traffic=without_traffic,
+            reason=self._warm_up_reason(names, warming, ready, without_traffic, ready_at),
+        )
+
+    def _warm_up_reason(
+        self,
+        names: list[str],
+        warming: list[SeriesWarmUp],
+        ready: int,
+        without_traffic: list[str],
+        ready_at: float | None,
+    ) -> str:
+        if self.mode is Mode.OFF:
+            return "predictive maintenance is off: no series is watched"
+        if not names:
+            return "no provider is registered"
+        if len(without_traffic) == len(names):
+            return (
+                "no provider has had traffic yet: each series starts learning with its provider's first calls"
+            )
+        parts = []
+        if warming:
+            providers = sorted({w.provider for w in warming})
+            parts.append(
+                f"{len(warming)} series of {', '.join(providers)} learning their baseline until "
+                f"{iso_or_none(ready_at)}: they predict nothing before"
+            )
+        if ready:
+            parts.append(f"{ready} series watched")
+        if without_traffic:
+            parts.append(f"no traffic yet at {', '.join(without_traffic)}")
+        return "; ".join(parts)
+
     def details(self) -> dict[str, Any]:
+        warm_up = self.warm_up()
         return {
             "sensitivity": self.sensitivity.value,
             "auto_schedule_maintenance": self.auto_schedule_maintenance,
@@ -502,4 +688,6 @@ class PredictiveMaintenance(Component):
                 for name in (self.providers.names() if self.providers else [])
                 if self.maintenance.active_for(name)
             ),
+            # Which series learn their baseline until when, and why the panel may be empty.
+            "warm_up": warm_up.model_dump(mode="json"),
         }

@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute, Route
 from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.incidents import Incident
 from mcp_autonomy.autonomy.optimizer import Optimization
-from mcp_autonomy.autonomy.predictor import Prediction
+from mcp_autonomy.autonomy.predictor import Prediction, PredictionWarmUp
 from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, StatusSummary
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.timefmt import Timestamp
@@ -109,6 +109,9 @@ class DashboardSnapshot(BaseModel):
     scaling: ScalingView
     predictions: list[Prediction] = Field(description=f"The newest {PREDICTIONS_SHOWN} predictions")
     prediction_scores: dict[str, Any]
+    prediction_warm_up: PredictionWarmUp = Field(
+        description="Which series are learning their baseline until when, and why predictions may be absent"
+    )
     incidents: list[Incident] = Field(description=f"The newest {INCIDENTS_SHOWN} incidents")
     incident_stats: dict[str, Any]
     optimizations: list[Optimization] = Field(description=f"The newest {OPTIMIZATIONS_SHOWN} optimizations")
@@ -153,6 +156,7 @@ async def dashboard_snapshot(system: AutonomousSystem) -> DashboardSnapshot:
         scaling=scaling,
         predictions=predictor.predictions(limit=PREDICTIONS_SHOWN),
         prediction_scores=predictor.scores(),
+        prediction_warm_up=predictor.warm_up(),
         incidents=system.get_incidents(limit=INCIDENTS_SHOWN),
         incident_stats=system.incidents.stats(),
         optimizations=system.auto_optimizer.optimizations(limit=OPTIMIZATIONS_SHOWN),

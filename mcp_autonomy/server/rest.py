@@ -741,6 +741,7 @@ class RestApi:
                     limit=query.limit,
                 ),
                 scores=predictor.scores(),
+                warm_up=predictor.warm_up(),
             )
 
         async def get_optimizations(

@@ -6,11 +6,14 @@ import random
 
 import pytest
 
-from mcp_autonomy.autonomy.predictor import PredictionType
+from mcp_autonomy.autonomy.predictor import LIVE_WARMUP_POINTS, SERIES, PredictionType
+from mcp_autonomy.autonomy.series_history import HISTORY_MAX_AGE_S
 from mcp_autonomy.autonomy.system import AutonomousSystem
-from mcp_autonomy.clock import ManualClock
+from mcp_autonomy.clock import ManualClock, iso
 from mcp_autonomy.config import Settings
 from mcp_autonomy.events import EventType
+from mcp_autonomy.server.dashboard import dashboard_snapshot
+from mcp_autonomy.server.mcp_tools.models import PredictionList
 from mcp_autonomy.telemetry import Outcome
 from tests.fakes import ScriptedAdapter
 
@@ -91,3 +94,146 @@ async def test_latency_ramp_raises_a_degradation_prediction_before_the_timeout(
         first_timeouts = ramp_start + ramp_min * 60.0 * (timeout_ms / 1.1 - 400.0) / (timeout_ms - 400.0)
         assert first.created_at < first_timeouts <= first.window_end
         assert first.created_at < timeout_reached
+
+
+def _minute_of_traffic(system: AutonomousSystem, rng: random.Random, *, latency_ms: float = 400.0) -> None:
+    for _ in range(40):
+        failed = rng.random() < 0.02
+        outcome = Outcome.NOT_PROCESSED if failed else Outcome.SUCCESS
+        system.telemetry.record_call("mpesa", outcome, latency_ms * rng.uniform(0.9, 1.1))
+
+
+async def test_warm_up_takes_minutes_and_every_surface_says_until_when(
+    settings: Settings, clock: ManualClock
+) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    system = AutonomousSystem(settings, clock=clock)
+    system.register_provider(ScriptedAdapter("mpesa"))
+    predictor = system.predictive_maintenance
+    rng = random.Random(3)
+    async with system.running():
+        await clock.advance(60.0)
+        idle = predictor.warm_up()
+        assert idle.providers_without_traffic == ["mpesa"] and not idle.warming_up
+        assert "no provider has had traffic yet" in idle.reason
+        for _ in range(3):
+            _minute_of_traffic(system, rng)
+            await clock.advance(60.0)
+        warming = predictor.warm_up()
+        assert warming.warming_up and warming.points_needed == LIVE_WARMUP_POINTS
+        assert {w.series for w in warming.series} == set(SERIES)
+        assert all(w.provider == "mpesa" and w.points_seen == 3 for w in warming.series)
+        last_point_at = clock.now() - 60.0  # the newest tick ran at the start of this last minute
+        assert warming.ready_at == pytest.approx(last_point_at + (LIVE_WARMUP_POINTS - 3) * 60.0)
+        assert "learning their baseline until" in warming.reason
+        # Status, the dashboard and the predictions list say it too, with ISO times.
+        status = await system.get_status()
+        details = status.components["predictive_maintenance"].details["warm_up"]
+        assert details["warming_up"] and details["ready_at"] == iso(warming.ready_at)
+        snapshot = (await dashboard_snapshot(system)).model_dump(mode="json")
+        assert snapshot["prediction_warm_up"]["ready_at"] == iso(warming.ready_at)
+        assert snapshot["predictions"] == []
+        listed = PredictionList(predictions=[], scores={}, warm_up=predictor.warm_up()).model_dump(
+            mode="json"
+        )
+        assert listed["warm_up"]["series"][0]["ready_at"] == iso(warming.ready_at)
+
+        for _ in range(LIVE_WARMUP_POINTS - 3):
+            _minute_of_traffic(system, rng)
+            await clock.advance(60.0)
+        ready = predictor.warm_up()
+        assert not ready.warming_up and ready.series == [] and ready.series_ready == len(SERIES)
+        # Minutes after the first call, a slowdown is predicted (the detector's own default
+        # warm-up, 30 points, would keep it silent for half an hour).
+        first_prediction_minute = None
+        for minute in range(5):
+            _minute_of_traffic(system, rng, latency_ms=4_000.0)
+            await clock.advance(60.0)
+            if first_prediction_minute is None and predictor.predictions(provider="mpesa"):
+                first_prediction_minute = minute
+        assert first_prediction_minute is not None and first_prediction_minute <= 1
+        assert all((p.series or "").startswith("latency") for p in predictor.predictions(provider="mpesa"))
+
+
+async def test_a_restart_replays_the_recorded_series_instead_of_warming_up_again(
+    settings: Settings, clock: ManualClock
+) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    rng = random.Random(9)
+    first = AutonomousSystem(settings, clock=clock)
+    first.register_provider(ScriptedAdapter("mpesa"))
+    async with first.running():
+        for _ in range(20):
+            _minute_of_traffic(first, rng)
+            await clock.advance(60.0)
+        assert first.predictive_maintenance.predictions() == []
+    await clock.advance(120.0)  # a deploy
+
+    second = AutonomousSystem(settings, clock=clock)
+    second.register_provider(ScriptedAdapter("mpesa"))
+    async with second.running():
+        warm_up = second.predictive_maintenance.warm_up()
+        assert warm_up.replayed_points >= 20
+        assert not warm_up.warming_up and warm_up.series_ready == len(SERIES)
+        raised_minute = None
+        for minute in range(3):
+            _minute_of_traffic(second, rng, latency_ms=4_000.0)
+            await clock.advance(60.0)
+            if raised_minute is None and second.predictive_maintenance.predictions(provider="mpesa"):
+                raised_minute = minute
+        assert raised_minute is not None and raised_minute <= 1, "blind to a failure after the restart"
+        assert all(
+            (p.series or "").startswith("latency")
+            for p in second.predictive_maintenance.predictions(provider="mpesa")
+        )
+
+
+async def test_old_recorded_series_are_not_replayed(settings: Settings, clock: ManualClock) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    rng = random.Random(4)
+    first = AutonomousSystem(settings, clock=clock)
+    first.register_provider(ScriptedAdapter("mpesa"))
+    async with first.running():
+        for _ in range(15):
+            _minute_of_traffic(first, rng)
+            await clock.advance(60.0)
+    await clock.advance(HISTORY_MAX_AGE_S + 60.0)  # the engine was down longer than that
+    second = AutonomousSystem(settings, clock=clock)
+    second.register_provider(ScriptedAdapter("mpesa"))
+    async with second.running():
+        assert second.predictive_maintenance.warm_up().replayed_points == 0
+
+
+async def test_a_busy_provider_going_silent_is_a_volume_collapse(
+    settings: Settings, clock: ManualClock
+) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    system = AutonomousSystem(settings, clock=clock)
+    system.register_provider(ScriptedAdapter("mpesa"))
+    rng = random.Random(12)
+    async with system.running():
+        for _ in range(60):
+            _minute_of_traffic(system, rng)
+            await clock.advance(60.0)
+        assert system.predictive_maintenance.predictions() == []
+        collapsed_at = clock.now()
+        await clock.advance(5 * 60.0)  # no call reaches M-Pesa any more
+        volume = system.predictive_maintenance.predictions(provider="mpesa")
+        assert [(p.series, p.type) for p in volume] == [("requests_per_min", PredictionType.FAILURE)]
+        assert volume[0].created_at - collapsed_at <= 3 * 60.0
+
+
+async def test_a_provider_with_sparse_traffic_going_silent_is_no_news(
+    settings: Settings, clock: ManualClock
+) -> None:
+    settings = settings.model_copy(update={"self_healing_enabled": False, "prediction_interval_ms": 60_000})
+    system = AutonomousSystem(settings, clock=clock)
+    system.register_provider(ScriptedAdapter("mpesa"))
+    rng = random.Random(13)
+    async with system.running():
+        for minute in range(120):
+            if minute % 3 == 0:  # calls every third minute: silence is its ordinary state
+                _minute_of_traffic(system, rng)
+            await clock.advance(60.0)
+        await clock.advance(60 * 60.0)
+        assert system.predictive_maintenance.predictions() == []

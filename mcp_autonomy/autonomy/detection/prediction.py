@@ -10,7 +10,9 @@ an on-call engineer should do. It maps, per series role:
 - latency (`latency_p50_ms`, `latency_p95_ms`, `latency_p99_ms`): up is a `degradation`, or a
   `failure` once past the outage threshold; a single-point jump is a `spike`;
 - volume (`requests_per_min`): a jump up is a `spike`, a lasting drop is a `failure` (traffic that
-  stops reaching a provider usually means something upstream broke);
+  stops reaching a provider usually means something upstream broke), and so is a drop to almost
+  nothing at its first point (a collapse: at its first point it looks like a spike, as an error
+  jump does, and it is worth acting on either way); a smaller one-point dip is a `pattern_anomaly`;
 - any seasonal deviation is a `pattern_anomaly`. Improvements (errors or latency going down) raise
   nothing, and neither do changes smaller than the series' `min_change`.
 
@@ -44,6 +46,7 @@ DEFAULT_SHIFT_WINDOW_S: Final = 60 * 60.0
 DEFAULT_TREND_HORIZON_S: Final = 6 * 3600.0  # a ramp is projected at most this far ahead
 MIN_TREND_WINDOW_S: Final = 10 * 60.0
 TREND_WINDOW_CONFIDENCE_Z: Final = 2.0  # a ramp's window ends at its latest plausible crossing
+VOLUME_COLLAPSE_SHARE: Final = 0.1  # volume at or under this share of its baseline: a collapse
 
 
 class SeriesRole(StrEnum):
@@ -175,9 +178,12 @@ class PredictionBuilder:
         role = profile.role
         up = alert.direction > 0
         if role is SeriesRole.VOLUME:
-            if kind is AnomalyKind.SPIKE or up:
-                return PredictionType.SPIKE if up else PredictionType.PATTERN_ANOMALY
-            return PredictionType.FAILURE if kind is AnomalyKind.LEVEL_SHIFT else PredictionType.DEGRADATION
+            if up:
+                return PredictionType.SPIKE
+            collapsed = alert.expected > 0.0 and alert.value <= VOLUME_COLLAPSE_SHARE * alert.expected
+            if kind is AnomalyKind.LEVEL_SHIFT or collapsed:
+                return PredictionType.FAILURE
+            return PredictionType.PATTERN_ANOMALY if kind is AnomalyKind.SPIKE else PredictionType.DEGRADATION
         if role is SeriesRole.ERRORS and kind is not AnomalyKind.TREND:
             return PredictionType.FAILURE
         if kind is AnomalyKind.SPIKE:

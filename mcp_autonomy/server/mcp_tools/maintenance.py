@@ -42,6 +42,7 @@ def register(tools: ToolSet) -> None:
                 provider=provider, min_confidence=min_confidence, status=status
             ),
             scores=predictive.scores(),
+            warm_up=predictive.warm_up(),
         )
 
     @tools.tool(

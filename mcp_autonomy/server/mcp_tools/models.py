@@ -11,7 +11,7 @@ from mcp_autonomy.autonomy.component import Mode
 from mcp_autonomy.autonomy.incidents import Incident
 from mcp_autonomy.autonomy.maintenance import MaintenanceWindow
 from mcp_autonomy.autonomy.optimizer import Optimization
-from mcp_autonomy.autonomy.predictor import Prediction
+from mcp_autonomy.autonomy.predictor import Prediction, PredictionWarmUp
 from mcp_autonomy.autonomy.system import ProviderStatus
 from mcp_autonomy.events import Event
 from mcp_autonomy.payments import InboxCallback, PaymentRecord
@@ -55,6 +55,10 @@ class PredictionList(BaseModel):
 
     predictions: list[Prediction]
     scores: dict[str, Any]
+    warm_up: PredictionWarmUp | None = Field(
+        None,
+        description="Which series are learning their baseline until when, and why predictions may be absent",
+    )
 
 
 class IncidentList(BaseModel):

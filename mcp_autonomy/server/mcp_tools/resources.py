@@ -76,7 +76,7 @@ def register(mcp: MCPServer, system: AutonomousSystem) -> None:
     )
     async def predictions_resource() -> str:
         p = system.predictive_maintenance
-        return dump(PredictionList(predictions=p.predictions(), scores=p.scores()))
+        return dump(PredictionList(predictions=p.predictions(), scores=p.scores(), warm_up=p.warm_up()))
 
     @mcp.resource(
         uris.INCIDENTS,

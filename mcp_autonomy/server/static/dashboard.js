@@ -352,7 +352,18 @@
       `precision ${fmtPct(scores.precision)}, recall ${fmtPct(scores.recall)}, mean lead time ${fmtDur(scores.mean_lead_time_s)}`;
     const body = $("predictions").tBodies[0];
     body.replaceChildren();
-    if (!data.predictions.length) body.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "no predictions" })));
+    // Which series still learn their baseline and until when, or why nothing is watched.
+    const warmUp = data.prediction_warm_up;
+    let warmText = warmUp ? warmUp.reason : "";
+    if (warmUp && warmUp.warming_up) {
+      const providers = [...new Set(warmUp.series.map((s) => s.provider))].join(", ");
+      warmText = `${warmUp.series.length} series of ${providers} warming up until ${fmtTime(warmUp.ready_at)} (no prediction from them before); ${warmUp.series_ready} watched`;
+    }
+    $("prediction-warm-up").textContent = warmText;
+    if (!data.predictions.length) {
+      const why = warmText ? "no predictions: " + warmText : "no predictions";
+      body.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: why })));
+    }
     for (const p of data.predictions) {
       const indicators = (p.indicators || [])
         .map((i) => `${i.name} ${fmtNum(i.value, 3)}${i.unit ? " " + i.unit : ""} (threshold ${fmtNum(i.threshold, 3)})`)
