@@ -28,6 +28,13 @@ class AlertDecision(Enum):
     CLEAR = "clear"  # the anomaly in progress ended on this point
 
 
+# Enum members through the class cost an attribute lookup each time (slow in 3.11): the rule
+# runs on every point, so it returns these.
+_NONE: Final = AlertDecision.NONE
+_RAISE: Final = AlertDecision.RAISE
+_CLEAR: Final = AlertDecision.CLEAR
+
+
 class IntervalSource(Protocol):
     """Where a rule reads the series' typical interval (its hold and cooldown are in intervals)."""
 
@@ -80,9 +87,9 @@ class HysteresisRule:
                 self.in_alert = False
                 self._calm_since_s = _NOT_CALM
                 self._cooldown_until_s = timestamp_s + self._cooldown_iv * self._clock.interval_s
-                return AlertDecision.CLEAR
+                return _CLEAR
         elif raw_score >= self._enter and timestamp_s >= self._cooldown_until_s:
             self.in_alert = True
             self._calm_since_s = _NOT_CALM
-            return AlertDecision.RAISE
-        return AlertDecision.NONE
+            return _RAISE
+        return _NONE

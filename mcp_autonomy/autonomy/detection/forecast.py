@@ -292,29 +292,28 @@ class Forecaster:
         daily = self.daily_season
         weekly = self.weekly_season
         rate = learning_iv / (self._level_iv + learning_iv)
-        e = x - self.level_none
-        level_none = self.level_none = self.level_none + rate * (
-            e if -huber < e < huber else (huber if e > 0.0 else -huber)
-        )
-        e = x - daily - self.level_daily
-        level_daily = self.level_daily = self.level_daily + rate * (
-            e if -huber < e < huber else (huber if e > 0.0 else -huber)
-        )
-        e = x - weekly - self.level_weekly
-        level_weekly = self.level_weekly = self.level_weekly + rate * (
-            e if -huber < e < huber else (huber if e > 0.0 else -huber)
-        )
+        level_none = self.level_none
+        e = x - level_none
+        level_none += rate * (e if -huber < e < huber else (huber if e > 0.0 else -huber))
+        level_daily = self.level_daily
+        e = x - daily - level_daily
+        level_daily += rate * (e if -huber < e < huber else (huber if e > 0.0 else -huber))
+        level_weekly = self.level_weekly
+        e = x - weekly - level_weekly
+        level_weekly += rate * (e if -huber < e < huber else (huber if e > 0.0 else -huber))
         step_s = learning_iv * interval_s
         slow_rate = step_s / (DAY_S + step_s)  # the slow level the profiles are learnt against
-        e = x - (weekly if self.model == MODEL_WEEKLY else daily) - self.level_slow
-        level_slow = self.level_slow = self.level_slow + slow_rate * (
-            e if -huber < e < huber else (huber if e > 0.0 else -huber)
-        )
+        level_slow = self.level_slow
+        e = x - (weekly if self.model == MODEL_WEEKLY else daily) - level_slow
+        level_slow += slow_rate * (e if -huber < e < huber else (huber if e > 0.0 else -huber))
+        self.level_none = level_none
+        self.level_daily = level_daily
+        self.level_weekly = level_weekly
+        self.level_slow = level_slow
         clip = self._scale_clip * scale * tail_factor
-        self.variance += (
-            learning_iv
-            / (self._scale_iv + learning_iv)
-            * ((residual * residual if -clip < residual < clip else clip * clip) - self.variance)
+        variance = self.variance
+        self.variance = variance + learning_iv / (self._scale_iv + learning_iv) * (
+            (residual * residual if -clip < residual < clip else clip * clip) - variance
         )
 
         self.daily.learn(x - level_slow, daily, huber, step_s)
@@ -322,20 +321,23 @@ class Forecaster:
 
         clip = _SEASON_ERROR_CLIP * scale * tail_factor
         e = abs(x - level_none)
-        self.mae_none += slow_rate * ((e if e < clip else clip) - self.mae_none)
+        mae = self.mae_none
+        self.mae_none = mae + slow_rate * ((e if e < clip else clip) - mae)
         e = abs(x - level_daily - daily)
-        self.mae_daily += slow_rate * ((e if e < clip else clip) - self.mae_daily)
+        mae = self.mae_daily
+        self.mae_daily = mae + slow_rate * ((e if e < clip else clip) - mae)
         e = abs(x - level_weekly - weekly)
-        self.mae_weekly += slow_rate * ((e if e < clip else clip) - self.mae_weekly)
+        mae = self.mae_weekly
+        self.mae_weekly = mae + slow_rate * ((e if e < clip else clip) - mae)
+        if t_s - self.first_t_s < self._daily_min_s or t_s < self.switch_allowed_s:
+            return False  # profiles are not used before their minimum periods, nor switched twice a day
         return self._select_model(t_s)
 
     def _select_model(self, t_s: float) -> bool:
-        """Switch to the model with the lowest error if it beats the current one by the margin (at
-        most once a day, profiles only after their minimum periods); True when it switched, and then
-        the scale restarts from the new model's error."""
+        """Switch to the model with the lowest error if it beats the current one by the margin (the
+        weekly one only after its minimum periods); True when it switched, and then the scale
+        restarts from the new model's error."""
         elapsed_s = t_s - self.first_t_s
-        if elapsed_s < self._daily_min_s or t_s < self.switch_allowed_s:
-            return False
         best = MODEL_NONE
         best_mae = self.mae_none
         if self.mae_daily < best_mae:
