@@ -49,7 +49,7 @@ DEFAULT_SLOPE_SCALE_TIME_CONSTANT_INTERVALS: Final = 600.0
 # --- gaps and recoveries ---
 DEFAULT_GAP_INTERVALS: Final = 10.0  # a longer silence resets the short-term evidence
 DEFAULT_RECOVERY_MEMORY_INTERVALS: Final = 300.0  # a return to the pre-shift level is no anomaly,
-# and a ramp that goes on after its episode ended is not alerted again (see streaming.py, episodes)
+# and a ramp that goes on after its episode ended is not alerted again (see episodes.py)
 # --- seasonality ---
 DEFAULT_DAILY_BINS: Final = 48  # 30-minute bins, linearly interpolated
 DEFAULT_WEEKLY_BINS: Final = 168  # hourly day-of-week corrections on top of the daily profile

@@ -21,7 +21,9 @@ from mcp_autonomy.autonomy.detection import (
     ratio_from_score,
     score_from_ratio,
 )
+from mcp_autonomy.autonomy.detection.alerting import AlertDecision, HysteresisRule
 from mcp_autonomy.autonomy.detection.prediction import PredictionBuilder
+from mcp_autonomy.autonomy.detection.streaming import MAX_PENDING_ALERTS
 from mcp_autonomy.autonomy.predictor import PredictionType
 from mcp_autonomy.config import Sensitivity
 
@@ -87,6 +89,65 @@ def test_memory_is_bounded() -> None:
     detector.score_many(ts[5_000:], xs[5_000:])
     detector.drain_alerts()
     assert _state_size(detector) <= early  # 35k more points, days later: nothing grew
+
+
+def _eager() -> StreamingDetectorConfig:
+    """A detector that alerts on ordinary noise every few points (no hold, no cooldown)."""
+    return StreamingDetectorConfig(
+        exit_hold_intervals=0.0,
+        cooldown_intervals=0.0,
+        spike_threshold_z=1.0,
+        tail_exponent=0.0,
+        enter_score=0.3,
+        exit_score=0.29,
+    )
+
+
+def test_undrained_alerts_are_bounded_and_the_oldest_dropped() -> None:
+    t, x = noise(8_000, seed=31)
+    drained = StreamingDetector(_eager())
+    every_alert: list[DetectorAlert] = []
+    for start in range(0, 8_000, 500):
+        drained.score_many(t[start : start + 500].tolist(), x[start : start + 500].tolist())
+        every_alert += drained.drain_alerts()
+    assert len(every_alert) > MAX_PENDING_ALERTS
+    undrained = StreamingDetector(_eager())
+    undrained.score_many(t.tolist(), x.tolist())
+    assert undrained.drain_alerts() == every_alert[-MAX_PENDING_ALERTS:]
+
+
+def test_update_returns_its_alert_even_when_undrained_alerts_are_at_the_bound() -> None:
+    t, x = noise(8_000, seed=31)
+    detector = StreamingDetector(_eager())
+    detector.score_many(t[:-200].tolist(), x[:-200].tolist())
+    results = [detector.update(a, b) for a, b in zip(t[-200:].tolist(), x[-200:].tolist(), strict=True)]
+    raised = [r.alert for r in results if r.alert is not None]
+    assert raised and all(alert.timestamp_s >= t[-200] for alert in raised)
+    pending = detector.drain_alerts()  # what score_many raised, not what update returned
+    assert pending and all(alert.timestamp_s < t[-200] for alert in pending)
+
+
+@dataclasses.dataclass
+class _FixedInterval:
+    interval_s: float
+
+
+def test_hysteresis_rule_raises_once_clears_after_the_hold_then_cools_down() -> None:
+    config = StreamingDetectorConfig(
+        enter_score=0.5, exit_score=0.25, exit_hold_intervals=2.0, cooldown_intervals=3.0
+    )
+    rule = HysteresisRule(config, _FixedInterval(60.0))
+    scores = [0.1, 0.6, 0.9, 0.3, 0.2, 0.6, 0.2, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9]
+    decisions = [rule.decide(T0 + MINUTE * i, score, AnomalyKind.SPIKE) for i, score in enumerate(scores)]
+    raise_, clear, none = AlertDecision.RAISE, AlertDecision.CLEAR, AlertDecision.NONE
+    assert decisions == [
+        none, raise_, none,  # in alert from the first score >= 0.5
+        none, none, none,  # 0.3 is not calm; calm from 0.2, broken by 0.6
+        none, none, clear,  # calm at 6, 7, and 2 intervals later the anomaly has ended
+        none, none, raise_,  # cooldown: 3 intervals after the clear at 8
+        none, none,
+    ]  # fmt: skip
+    assert rule.in_alert
 
 
 @settings(max_examples=40, deadline=None)
