@@ -163,6 +163,7 @@ class StreamingDetector:
         settle_iv = cfg.settle_intervals
         gap_iv = cfg.gap_intervals
         cusum_threshold = cfg.cusum_threshold
+        steepness = cfg.score_steepness
         clock = self._clock
         forecast = self._forecast
         tails = self._tails
@@ -239,9 +240,7 @@ class StreamingDetector:
                 change_point.reset()
 
             # The raw score: the strongest statistic, calibrated.
-            raw_score, kind = _raw_score(
-                spike_ratio, cusum_ratio, trend_ratio, settling_factor, cfg.score_steepness
-            )
+            raw_score, kind = _raw_score(spike_ratio, cusum_ratio, trend_ratio, settling_factor, steepness)
             if kind is _SPIKE:
                 direction = 1 if z >= 0.0 else -1
             elif kind is _SHIFT:
