@@ -73,6 +73,35 @@ class Episode:
     tau: float = 0.0  # the latest point's position and value
     y: float = 0.0
 
+    @classmethod
+    def open(
+        cls,
+        t_s: float,
+        x: float,
+        expected: float,
+        season: float,
+        level_no_season: float,
+        onset_scale: float,
+        direction: int,
+        stage: EpisodeStage,
+        long_run: float,
+        config: StreamingDetectorConfig,
+    ) -> Episode:
+        """The episode an alert at `t_s` opens, its onset point already in the trajectory."""
+        y = (x - expected) / onset_scale * direction
+        cusum = (y if y < config.cusum_clip_z else config.cusum_clip_z) / long_run - config.cusum_slack_z
+        return cls(
+            onset_s=t_s,
+            level=expected - season,
+            level_no_season=level_no_season,
+            scale=onset_scale,
+            direction=direction,
+            stage=stage,
+            sum_y=y,
+            sum_y2=y * y,
+            cusum=cusum if cusum > 0.0 else 0.0,
+        )
+
     def follow(self, t_s: float, x: float, season: float, drift: float, interval_s: float) -> None:
         """Add a point to the trajectory; the frozen levels drift with the base slope."""
         self.level += drift

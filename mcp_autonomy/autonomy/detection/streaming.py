@@ -381,24 +381,22 @@ class StreamingDetector:
         settling_factor: float,
     ) -> AnomalyKind:
         """The alert rule raised: alert and open an episode, unless the point is the followed ramp
-        going on. Returns the point's kind, corrected: a point that crosses the spike threshold
-        while the CUSUM had already built up a third of its threshold in the same direction
-        *before* it is the culmination of a departure that began earlier (a ramp, or a shift)."""
+        going on (then nothing, or the TREND alert of a spike-opened episode). Returns the point's
+        kind as alerted (`_onset_kind`)."""
+        kind = self._onset_kind(kind, direction, settling_factor)
         cfg = self._config
-        change_point = self._change_point
-        if (
-            kind is _SPIKE
-            and change_point.direction == direction
-            and change_point.built_up_before(direction)
-            >= _BUILD_UP_FRACTION * cfg.cusum_threshold * settling_factor
-        ):
-            kind = _SHIFT
-        spike_threshold = self._tails.spike_threshold_z * settling_factor
         episode = self._episode
         if (
             episode is not None
             and direction == episode.direction
-            and episode.continues(scale, long_run, tail_factor, settling_factor, spike_threshold, cfg)
+            and episode.continues(
+                scale,
+                long_run,
+                tail_factor,
+                settling_factor,
+                self._tails.spike_threshold_z * settling_factor,
+                cfg,
+            )
         ):
             # The ramp of the followed episode goes on: no new anomaly. Said once, if the only
             # alert so far was the spike that episode opened with.
@@ -417,20 +415,32 @@ class StreamingDetector:
         )
         alert = report.alert(slope_stderr)
         self._pending.append(alert)
-        onset_scale = scale * tail_factor
-        y = (x - expected) / onset_scale * direction
-        cusum = (y if y < cfg.cusum_clip_z else cfg.cusum_clip_z) / long_run - cfg.cusum_slack_z
-        self._episode = Episode(
-            onset_s=t_s,
-            level=expected - season,
-            level_no_season=self._forecast.level_none,
-            scale=onset_scale,
-            direction=direction,
-            stage=EpisodeStage.SPIKE if alert.kind is _SPIKE else EpisodeStage.SETTLED,
-            sum_y=y,
-            sum_y2=y * y,
-            cusum=cusum if cusum > 0.0 else 0.0,
+        self._episode = Episode.open(
+            t_s,
+            x,
+            expected,
+            season,
+            self._forecast.level_none,
+            scale * tail_factor,
+            direction,
+            EpisodeStage.SPIKE if alert.kind is _SPIKE else EpisodeStage.SETTLED,
+            long_run,
+            cfg,
         )
+        return kind
+
+    def _onset_kind(self, kind: AnomalyKind, direction: int, settling_factor: float) -> AnomalyKind:
+        """A point that crosses the spike threshold while the CUSUM had already built up a third of
+        its threshold in the same direction *before* it is the culmination of a departure that
+        began earlier (a ramp, or a shift): a LEVEL_SHIFT, not a SPIKE."""
+        change_point = self._change_point
+        if (
+            kind is _SPIKE
+            and change_point.direction == direction
+            and change_point.built_up_before(direction)
+            >= _BUILD_UP_FRACTION * self._config.cusum_threshold * settling_factor
+        ):
+            return _SHIFT
         return kind
 
     def _clear(self, t_s: float) -> None:
@@ -545,8 +555,8 @@ def _raw_score(
     """The strongest statistic's ratio to its threshold (divided by the settling factor), through
     the calibration map of `calibration.score_from_ratio`, and that statistic's kind.
 
-    Written out rather than calling `score_from_ratio`: the default steepness of 3 is a product,
-    not a power, and the score must not change with the refactoring that keeps it fast.
+    Written out rather than calling `score_from_ratio`: at the default steepness of 3 the cube is
+    a product, faster than a power (and not always equal to it in the last bit).
     """
     top = spike_ratio
     kind = _SPIKE
