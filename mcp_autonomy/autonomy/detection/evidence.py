@@ -284,13 +284,14 @@ class TrendStatistic:
         threshold (0 until enough is known) and set `slope`, `z` and `drift_sigma`."""
         clip = self._scale_clip * scale
         y = level + (residual if -clip < residual < clip else (clip if residual > 0.0 else -clip))
-        dt = elapsed_s
         sum_w = self._sum_w
         sum_wt = self._sum_wt
         sum_wy = self._sum_wy
-        sum_wtt = self._sum_wtt = (self._sum_wtt - 2.0 * dt * sum_wt + dt * dt * sum_w) * decay
-        sum_wt = self._sum_wt = (sum_wt - dt * sum_w) * decay
-        sum_wty = self._sum_wty = (self._sum_wty - dt * sum_wy) * decay
+        sum_wtt = self._sum_wtt = (
+            self._sum_wtt - 2.0 * elapsed_s * sum_wt + elapsed_s * elapsed_s * sum_w
+        ) * decay
+        sum_wt = self._sum_wt = (sum_wt - elapsed_s * sum_w) * decay
+        sum_wty = self._sum_wty = (self._sum_wty - elapsed_s * sum_wy) * decay
         sum_w = self._sum_w = sum_w * decay + 1.0
         sum_wy = self._sum_wy = sum_wy * decay + y
         slope_base = self.slope_base
