@@ -8,6 +8,10 @@ becomes a prediction with its indicators, window and recommended action, publish
 quantile): an alert whose provider already has an active prediction of the same type is folded
 into it (its indicators added, confidence and window widened) instead of alerting again.
 
+A series predicts minutes after its provider's first calls (`LIVE_WARMUP_POINTS`); the points are
+recorded in the store and replayed at start (`series_history.py`), and `warm_up()` tells every
+surface which series are still learning and until when.
+
 Predictions are records that keep score of themselves (in the store, across restarts):
 
 - `confirmed`: an incident of that provider opened inside the prediction's window (lead time =
@@ -29,6 +33,7 @@ the same per-tick telemetry, and persisted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -37,6 +42,8 @@ from pydantic import BaseModel, Field
 from mcp_autonomy.autonomy.component import Component, Mode
 from mcp_autonomy.autonomy.detection import (
     DEFAULT_SERIES_PROFILES,
+    AnomalyKind,
+    DetectorAlert,
     PredictionBuilder,
     SeriesProfile,
     SeriesRole,
@@ -97,12 +104,20 @@ LIVE_WARMUP_POINTS: Final = 10
 """Points a live series learns from before it is scored (its baseline is their median and MAD):
 10 minutes at the default 60 s tick, where the detector's own default (30, for offline series of
 any cadence) kept the panel empty for half an hour. So few points make a rough baseline; the
-detector's settling (thresholds doubled at first, relaxing over `settle_intervals`) is the prior
-that keeps a rough baseline from alarming, and a restart replays the recorded points instead."""
+detector's settling (thresholds doubled at first, relaxing over `LIVE_SETTLE_INTERVALS`) is the
+prior that keeps a rough baseline from alarming, and a restart replays the recorded points instead."""
+LIVE_SETTLE_INTERVALS: Final = 30.0
+"""Intervals over which a new series' alarm thresholds relax from double to their level. The
+detector's default (100, for offline series) left a live series half-deaf for 100 minutes at the
+60 s tick: a slow latency ramp starting 15 minutes after a start went unseen until it timed out.
+Replayed on the sandbox's fault-free and ramp telemetry and on synthetic noisy series, 30 raised
+no more false alarms than 100 (fewer warm-up points and this shorter settling together)."""
 SILENCE_AFTER_BUSY_POINTS: Final = 10
 """A provider that had calls in this many consecutive intervals and then none: the silence is
 measured (requests_per_min = 0), since traffic that stops reaching a busy provider is the volume
 collapse an operator must hear about. A provider with sparser traffic has gaps, not zeros."""
+LATENCY_SPIKE_CONFIRM_SHARE: Final = 0.5
+"""A latency spike is predicted only if the next point is still at least this share as far out."""
 SILENCE_WATCH_POINTS: Final = 30
 """... for at most this many intervals: by then the drop has been alerted, and a long silence is
 the provider's new normal (or the night), not news each interval."""
@@ -128,6 +143,11 @@ class PredictionWarmUp(BaseModel):
     point_interval_s: float = Field(description="One point per series per interval (the loop's tick)")
     points_needed: int = Field(description="Points a series learns from before it is scored")
     replayed_points: int = Field(description="Recorded points replayed into the detectors at start")
+    full_sensitivity_at: TimestampOrNone = Field(
+        None,
+        description="When the newest series' alarm thresholds, doubled after its warm-up, are back to "
+        "their level (null: all are)",
+    )
     series_ready: int = Field(description="Provider series past their warm-up (watched)")
     series: list[SeriesWarmUp] = Field(description="The series still warming up")
     providers_without_traffic: list[str] = Field(
@@ -177,6 +197,7 @@ class PredictiveMaintenance(Component):
         self._history = SeriesHistory(SERIES)
         self._replayed_points = 0
         self._busy_intervals: dict[str, int] = {}
+        self._held_spikes: dict[tuple[str, str], DetectorAlert] = {}
         self._silent_intervals: dict[str, int] = {}
         bus.add_listener(self._count_breaker_opens)
 
@@ -207,6 +228,7 @@ class PredictiveMaintenance(Component):
         already, and its predictions are in the store.
         """
         self._detectors = {}
+        self._held_spikes = {}
         self._history = SeriesHistory.from_json(
             self.store.get_state(self.name, HISTORY_STATE_KEY),
             SERIES,
@@ -241,7 +263,10 @@ class PredictiveMaintenance(Component):
             # One point per tick: the interval is known, not learnt (a learnt one wanders during a
             # warm-up this short), and the warm-up is counted in live points (see LIVE_WARMUP_POINTS).
             config = StreamingDetectorConfig.for_sensitivity(
-                self.sensitivity, warmup_points=LIVE_WARMUP_POINTS, sample_interval_s=self.interval_s
+                self.sensitivity,
+                warmup_points=LIVE_WARMUP_POINTS,
+                settle_intervals=LIVE_SETTLE_INTERVALS,
+                sample_interval_s=self.interval_s,
             )
             detector = self._detectors[key] = StreamingDetector(config)
         return detector
@@ -299,12 +324,11 @@ class PredictiveMaintenance(Component):
                 if value is None:
                     continue
                 result = self._detector(provider, series).update(now, float(value))
-                if result.alert is None:
-                    continue
-                prediction = builder.build(provider, series, result.alert)
-                if prediction is not None:
-                    prediction.series = series
-                    self.record(prediction)
+                for alert in self._alerts_to_predict(provider, series, now, float(value), result.alert):
+                    prediction = builder.build(provider, series, alert)
+                    if prediction is not None:
+                        prediction.series = series
+                        self.record(prediction)
         if self.store.is_open:
             self.store.set_state(
                 self.name, TRAFFIC_STATE_KEY, self.traffic.to_json(), timestamp=now, fence=self.write_fence()
@@ -317,6 +341,36 @@ class PredictiveMaintenance(Component):
                     timestamp=now,
                     fence=self.write_fence(),
                 )
+
+    def _alerts_to_predict(
+        self, provider: str, series: str, now: float, value: float, alert: DetectorAlert | None
+    ) -> list[DetectorAlert]:
+        """The alerts of this point that become predictions.
+
+        A latency spike (one point far out) is held for one interval: a blip that is gone at the
+        next point is nothing to act on (thin traffic gives an odd slow minute now and then), while
+        one still at least halfway out is a lasting rise and is predicted then, as a level shift
+        at that point. Other alerts are predicted at once (an error jump or a traffic collapse is
+        worth acting on at its first point).
+        """
+        key = (provider, series)
+        found: list[DetectorAlert] = []
+        held = self._held_spikes.pop(key, None)
+        if held is not None and (value - held.expected) * held.direction >= LATENCY_SPIKE_CONFIRM_SHARE * abs(
+            held.value - held.expected
+        ):
+            found.append(
+                dataclasses.replace(held, timestamp_s=now, value=value, kind=AnomalyKind.LEVEL_SHIFT)
+            )
+        if alert is not None:
+            if (
+                alert.kind is AnomalyKind.SPIKE
+                and self._prediction_builder().profile(series).role is SeriesRole.LATENCY
+            ):
+                self._held_spikes[key] = alert
+            else:
+                found.append(alert)
+        return found
 
     def _prediction_builder(self) -> PredictionBuilder:
         if self._builder is None:
@@ -609,6 +663,8 @@ class PredictiveMaintenance(Component):
         warming: list[SeriesWarmUp] = []
         ready = 0
         without_traffic: list[str] = []
+        settled_at: float | None = None
+        full_points = needed + LIVE_SETTLE_INTERVALS
         for provider in names:
             points = self._history.points(provider)
             if not points:
@@ -618,6 +674,9 @@ class PredictiveMaintenance(Component):
             for series in SERIES:
                 detector = self._detectors.get((provider, series))
                 seen = 0 if detector is None else detector.points_seen
+                if seen < full_points:
+                    settles_at = last_point_s + (full_points - seen) * self.interval_s
+                    settled_at = settles_at if settled_at is None else max(settled_at, settles_at)
                 if seen >= needed:
                     ready += 1
                     continue
@@ -637,10 +696,11 @@ class PredictiveMaintenance(Component):
             point_interval_s=self.interval_s,
             points_needed=needed,
             replayed_points=self._replayed_points,
+            full_sensitivity_at=settled_at,
             series_ready=ready,
             series=warming,
             providers_without_traffic=without_traffic,
-            reason=self._warm_up_reason(names, warming, ready, without_traffic, ready_at),
+            reason=self._warm_up_reason(names, warming, ready, without_traffic, ready_at, settled_at),
         )
 
     def _warm_up_reason(
@@ -650,6 +710,7 @@ class PredictiveMaintenance(Component):
         ready: int,
         without_traffic: list[str],
         ready_at: float | None,
+        settled_at: float | None,
     ) -> str:
         if self.mode is Mode.OFF:
             return "predictive maintenance is off: no series is watched"
@@ -668,6 +729,8 @@ class PredictiveMaintenance(Component):
             )
         if ready:
             parts.append(f"{ready} series watched")
+        if settled_at is not None and not warming:
+            parts.append(f"alarm thresholds at their level from {iso_or_none(settled_at)}")
         if without_traffic:
             parts.append(f"no traffic yet at {', '.join(without_traffic)}")
         return "; ".join(parts)

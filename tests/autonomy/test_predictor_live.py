@@ -116,6 +116,7 @@ async def test_warm_up_takes_minutes_and_every_surface_says_until_when(
         idle = predictor.warm_up()
         assert idle.providers_without_traffic == ["mpesa"] and not idle.warming_up
         assert "no provider has had traffic yet" in idle.reason
+        first_call_at = clock.now()
         for _ in range(3):
             _minute_of_traffic(system, rng)
             await clock.advance(60.0)
@@ -152,6 +153,7 @@ async def test_warm_up_takes_minutes_and_every_surface_says_until_when(
             if first_prediction_minute is None and predictor.predictions(provider="mpesa"):
                 first_prediction_minute = minute
         assert first_prediction_minute is not None and first_prediction_minute <= 1
+        assert clock.now() - first_call_at <= 16 * 60.0  # minutes after the first call, not half an hour
         assert all((p.series or "").startswith("latency") for p in predictor.predictions(provider="mpesa"))
 
 

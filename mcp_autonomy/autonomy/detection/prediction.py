@@ -47,6 +47,7 @@ DEFAULT_TREND_HORIZON_S: Final = 6 * 3600.0  # a ramp is projected at most this 
 MIN_TREND_WINDOW_S: Final = 10 * 60.0
 TREND_WINDOW_CONFIDENCE_Z: Final = 2.0  # a ramp's window ends at its latest plausible crossing
 VOLUME_COLLAPSE_SHARE: Final = 0.1  # volume at or under this share of its baseline: a collapse
+VOLUME_MIN_RELATIVE_CHANGE: Final = 0.25  # smaller moves of a provider's traffic are no prediction
 
 
 class SeriesRole(StrEnum):
@@ -65,7 +66,10 @@ class SeriesProfile:
     `bad_direction` is +1 when up is bad, -1 when down is bad, 0 when both are. `outage_threshold`
     (optional, in the series' unit) is the level at which the provider is as good as down: a
     trend is projected to it to date the expected window. `min_change` ignores alerts whose value
-    differs from the baseline by less (0.5 % error rate is not worth waking anyone for).
+    differs from the baseline by less (0.5 % error rate is not worth waking anyone for), and
+    `min_relative_change` those that differ by less than that share of the baseline (a count
+    series such as requests per minute is quantised: 14 calls in a minute instead of 16 is far
+    outside its noise when the traffic is regular, and still nothing an operator should act on).
     """
 
     name: str
@@ -74,6 +78,7 @@ class SeriesProfile:
     bad_direction: int = 0
     outage_threshold: float | None = None
     min_change: float = 0.0
+    min_relative_change: float = 0.0
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name", "a non-empty series name", self.name)
@@ -87,6 +92,12 @@ class SeriesProfile:
             "min_change",
             "finite and >= 0",
             self.min_change,
+        )
+        require(
+            is_number(self.min_relative_change) and 0 <= self.min_relative_change < 1,
+            "min_relative_change",
+            "in [0, 1)",
+            self.min_relative_change,
         )
 
 
@@ -103,7 +114,14 @@ DEFAULT_SERIES_PROFILES: Final[dict[str, SeriesProfile]] = {
         SeriesProfile(
             "latency_p99_ms", SeriesRole.LATENCY, "ms", 1, outage_threshold=30_000.0, min_change=100.0
         ),
-        SeriesProfile("requests_per_min", SeriesRole.VOLUME, "req/min", 0, min_change=1.0),
+        SeriesProfile(
+            "requests_per_min",
+            SeriesRole.VOLUME,
+            "req/min",
+            0,
+            min_change=1.0,
+            min_relative_change=VOLUME_MIN_RELATIVE_CHANGE,
+        ),
     )
 }
 
@@ -133,7 +151,8 @@ class PredictionBuilder:
             and alert.kind is not AnomalyKind.SEASONAL
         ):
             return None
-        if abs(alert.value - alert.expected) < profile.min_change and alert.kind is not AnomalyKind.TREND:
+        smallest = max(profile.min_change, profile.min_relative_change * abs(alert.expected))
+        if abs(alert.value - alert.expected) < smallest and alert.kind is not AnomalyKind.TREND:
             return None
         kind = self._type(profile, alert)
         window_end = alert.timestamp_s + self._window_s(profile, alert)
