@@ -117,11 +117,11 @@ SILENCE_AFTER_BUSY_POINTS: Final = 10
 """A provider that had calls in this many consecutive intervals and then none: the silence is
 measured (requests_per_min = 0), since traffic that stops reaching a busy provider is the volume
 collapse an operator must hear about. A provider with sparser traffic has gaps, not zeros."""
-LATENCY_SPIKE_CONFIRM_SHARE: Final = 0.5
-"""A latency spike is predicted only if the next point is still at least this share as far out."""
 SILENCE_WATCH_POINTS: Final = 30
 """... for at most this many intervals: by then the drop has been alerted, and a long silence is
 the provider's new normal (or the night), not news each interval."""
+LATENCY_SPIKE_CONFIRM_SHARE: Final = 0.5
+"""A latency spike is predicted only if the next point is still at least this share as far out."""
 
 
 class SeriesWarmUp(BaseModel):
