@@ -22,7 +22,8 @@ class AnomalyKind(StrEnum):
     SPIKE: one or a few points far from the baseline. LEVEL_SHIFT: a lasting change of level
     (confirmed by a change-point statistic). TREND: a sustained slope that the baseline did not
     have (a slow ramp). SEASONAL: a value that is ordinary overall but not at this time of day or
-    week (a missing peak, traffic at night).
+    week (a missing peak, traffic at night). VOLATILITY: the errors around the baseline grew or
+    collapsed while staying centred (a noise burst, a flapping dependency; a stuck, flat-lined metric).
     """
 
     NONE = "none"
@@ -30,6 +31,7 @@ class AnomalyKind(StrEnum):
     LEVEL_SHIFT = "level_shift"
     TREND = "trend"
     SEASONAL = "seasonal"
+    VOLATILITY = "volatility"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,11 @@ class DetectorAlert:
 class DetectorResult:
     """The verdict on one point.
 
-    `anomaly_score` is 0 for points that were skipped (NaN, infinite) or fell in the warm-up.
+    `anomaly_score` is the point's onset score (`alerting.OnsetRule`): the news in it, high where
+    an anomaly begins and low for the rest of an episode already reported; an alert is raised
+    exactly where it reaches the enter score. `evidence_score` is how anomalous the point is on its
+    own, reported or not (the strongest statistic, calibrated). Both are 0 for points that were
+    skipped (NaN, infinite) or fell in the warm-up.
     `expected` and `scale` are None until the baseline exists. `direction` is +1 when the point is
     above its baseline, -1 below, 0 when unscored.
     """
@@ -89,6 +95,7 @@ class DetectorResult:
     indicators: tuple[DetectorIndicator, ...]
     in_alert: bool
     alert: DetectorAlert | None
+    evidence_score: float = 0.0
 
 
 @runtime_checkable

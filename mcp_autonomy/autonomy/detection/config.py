@@ -30,6 +30,9 @@ DEFAULT_HUBER_C: Final = 2.0  # level updates are clipped to +-c scales: anomali
 DEFAULT_SCALE_CLIP: Final = 3.0  # squared residuals are clipped at (c scales)^2 before averaging
 DEFAULT_MIN_SCALE_RELATIVE: Final = 1e-3  # the scale never drops below 0.1 % of the level ...
 DEFAULT_MIN_SCALE_ABSOLUTE: Final = 1e-9  # ... nor below this, so flat lines never divide by 0
+# ... nor below this many of the series' smallest step: a quantised gauge that rarely moves cannot
+# show less than one step, and its one-step flickers are not spikes.
+DEFAULT_MIN_SCALE_QUANTA: Final = 0.5
 DEFAULT_TAIL_QUANTILE: Final = 0.995  # tracked quantile of |z| that measures how heavy the tails are
 DEFAULT_TAIL_LEARNING_RATE: Final = 0.02
 DEFAULT_TAIL_EXPONENT: Final = 1.5  # heavier tails than Gaussian raise the spike threshold by tf^1.5
@@ -40,6 +43,12 @@ DEFAULT_CUSUM_THRESHOLD: Final = 6.0
 DEFAULT_CUSUM_CLIP_Z: Final = 4.0  # one point adds at most this much: a spike alone is no shift
 DEFAULT_CUSUM_LEAK_TIME_CONSTANT_INTERVALS: Final = 50.0
 DEFAULT_AUTOCORRELATION_TIME_CONSTANT_INTERVALS: Final = 200.0
+# Noise size: the recent mean |z| (over `volatility_short_intervals`) against its own long-run mean
+# and spread (learnt over `volatility_long_intervals`), the likelihood of the recent errors against
+# their history; alarms at `volatility_threshold` spreads (noise bursts, a stuck or flat-lined metric).
+DEFAULT_VOLATILITY_SHORT_INTERVALS: Final = 30.0
+DEFAULT_VOLATILITY_LONG_INTERVALS: Final = 1_000.0
+DEFAULT_VOLATILITY_THRESHOLD: Final = 5.0
 DEFAULT_TREND_WINDOW_INTERVALS: Final = 60.0  # exponentially weighted regression window
 DEFAULT_TREND_THRESHOLD_Z: Final = 5.0  # slope change, in units of its own typical variation
 DEFAULT_TREND_MIN_DRIFT_SIGMA: Final = 2.0  # ... and material: >= 2 scales over the horizon
@@ -62,7 +71,10 @@ DEFAULT_SEASON_SELECTION_MARGIN: Final = 0.1  # ... and only if it cuts the erro
 DEFAULT_ENTER_SCORE: Final = 0.5
 DEFAULT_EXIT_SCORE: Final = 0.25
 DEFAULT_EXIT_HOLD_INTERVALS: Final = 5.0
-DEFAULT_COOLDOWN_INTERVALS: Final = 30.0
+# Once an alert has ended, what it reported stops counting against new evidence by half every this
+# many intervals (alerting.OnsetRule): an episode is news once, and again only when it grows by a
+# whole threshold or is long past. An hour at the live loop's one-minute points.
+DEFAULT_REPORTED_HALF_LIFE_INTERVALS: Final = 60.0
 
 MAX_WARMUP_POINTS: Final = 10_000
 MAX_BINS: Final = 10_080  # one per minute of a week: bounds the profiles' memory
@@ -72,6 +84,7 @@ _THRESHOLD_FIELDS: Final = (
     "cusum_threshold",
     "trend_threshold_z",
     "trend_min_drift_sigma",
+    "volatility_threshold",
 )
 
 
@@ -92,6 +105,7 @@ class StreamingDetectorConfig:
     scale_clip: float = DEFAULT_SCALE_CLIP
     min_scale_relative: float = DEFAULT_MIN_SCALE_RELATIVE
     min_scale_absolute: float = DEFAULT_MIN_SCALE_ABSOLUTE
+    min_scale_quanta: float = DEFAULT_MIN_SCALE_QUANTA
     tail_quantile: float = DEFAULT_TAIL_QUANTILE
     tail_learning_rate: float = DEFAULT_TAIL_LEARNING_RATE
     tail_exponent: float = DEFAULT_TAIL_EXPONENT
@@ -101,6 +115,9 @@ class StreamingDetectorConfig:
     cusum_clip_z: float = DEFAULT_CUSUM_CLIP_Z
     cusum_leak_time_constant_intervals: float = DEFAULT_CUSUM_LEAK_TIME_CONSTANT_INTERVALS
     autocorrelation_time_constant_intervals: float = DEFAULT_AUTOCORRELATION_TIME_CONSTANT_INTERVALS
+    volatility_short_intervals: float = DEFAULT_VOLATILITY_SHORT_INTERVALS
+    volatility_long_intervals: float = DEFAULT_VOLATILITY_LONG_INTERVALS
+    volatility_threshold: float = DEFAULT_VOLATILITY_THRESHOLD
     trend_window_intervals: float = DEFAULT_TREND_WINDOW_INTERVALS
     trend_threshold_z: float = DEFAULT_TREND_THRESHOLD_Z
     trend_min_drift_sigma: float = DEFAULT_TREND_MIN_DRIFT_SIGMA
@@ -119,7 +136,7 @@ class StreamingDetectorConfig:
     enter_score: float = DEFAULT_ENTER_SCORE
     exit_score: float = DEFAULT_EXIT_SCORE
     exit_hold_intervals: float = DEFAULT_EXIT_HOLD_INTERVALS
-    cooldown_intervals: float = DEFAULT_COOLDOWN_INTERVALS
+    reported_half_life_intervals: float = DEFAULT_REPORTED_HALF_LIFE_INTERVALS
     score_steepness: float = DEFAULT_STEEPNESS
 
     def __post_init__(self) -> None:
@@ -146,6 +163,7 @@ class StreamingDetectorConfig:
             "tail_learning_rate",
             "spike_threshold_z",
             "cusum_threshold",
+            "volatility_threshold",
             "cusum_clip_z",
             "cusum_leak_time_constant_intervals",
             "autocorrelation_time_constant_intervals",
@@ -159,6 +177,9 @@ class StreamingDetectorConfig:
             "daily_memory_periods",
             "weekly_memory_periods",
             "score_steepness",
+            "reported_half_life_intervals",
+            "volatility_short_intervals",
+            "volatility_long_intervals",
         )
         for name in positive:
             value = getattr(self, name)
@@ -166,13 +187,13 @@ class StreamingDetectorConfig:
         non_negative = (
             "settle_intervals",
             "min_scale_relative",
+            "min_scale_quanta",
             "cusum_slack_z",
             "recovery_memory_intervals",
             "daily_min_periods",
             "weekly_min_periods",
             "season_selection_margin",
             "exit_hold_intervals",
-            "cooldown_intervals",
         )
         for name in non_negative:
             value = getattr(self, name)

@@ -31,7 +31,7 @@ _CONTINUATION_Z: Final = 2.0  # a remembered episode still rising this clearly i
 class EpisodeStage(IntEnum):
     """How much is known about what an episode is."""
 
-    SPIKE = 0  # opened as a spike, nothing more known yet
+    SPIKE = 0  # opened as a spike (or a noise burst), nothing more known yet
     LASTING = 1  # opened as a spike, and its points since have stayed away (a change point)
     SETTLED = 2  # its kind is final: opened as a lasting kind, or escalated to TREND
 
@@ -212,12 +212,14 @@ class Episode:
         drift_threshold = config.trend_min_drift_sigma * settling_factor
         slope_per_s = self.direction * slope * self.scale / interval_s
         expected = self.level + season
+        evidence_score = score_from_ratio(
+            min(slope_z / z_threshold, drift_sigma / drift_threshold), config.score_steepness
+        )
         report = PointReport(
             timestamp_s=t_s,
             value=x,
-            raw_score=score_from_ratio(
-                min(slope_z / z_threshold, drift_sigma / drift_threshold), config.score_steepness
-            ),
+            score=evidence_score,
+            evidence_score=evidence_score,
             kind=AnomalyKind.TREND,
             direction=self.direction,
             expected=expected,

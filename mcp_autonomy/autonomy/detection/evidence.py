@@ -2,8 +2,9 @@
 
 Stages of `StreamingDetector`'s per-point loop, each holding its own state: `TailEstimate` (raises
 the spike threshold for heavy-tailed series), `Autocorrelation` (the long-run variance factor),
-`ChangePoint` (a CUSUM, and the memory of the level before the last re-baseline) and
-`TrendStatistic` (a slope against its own typical variation).
+`ChangePoint` (a CUSUM, and the memory of the level before the last re-baseline),
+`TrendStatistic` (a slope against its own typical variation) and `VolatilityShift` (the recent size
+of the errors against its history).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from typing import Final
 from mcp_autonomy.autonomy.detection.config import StreamingDetectorConfig
 from mcp_autonomy.autonomy.detection.forecast import RMS_PER_MEAN_ABS
 
-__all__ = ["Autocorrelation", "ChangePoint", "TailEstimate", "TrendStatistic"]
+__all__ = ["Autocorrelation", "ChangePoint", "TailEstimate", "TrendStatistic", "VolatilityShift"]
 
 _SETTLE_BOOST: Final = 5.0  # the tail estimate learns this much faster while settling
 _AUTOCORRELATION_CLIP_Z: Final = 3.0
 _MAX_PHI: Final = 0.95
 _SLOPE_BASELINE_CLIP: Final = 2.0  # typical variations: how far one point moves the base slope
 _TREND_LEARNING_WINDOWS: Final = 2.0  # the trend statistic scores after this many windows of learning
+_VOLATILITY_CLIP_Z: Final = 4.0  # one point's |z| counts at most this much in the recent average
+_VOLATILITY_LEARNING_CLIP: Final = 5.0  # spreads: how far one point moves the long-run yardstick
+_GAUSSIAN_MEAN_ABS_Z: Final = 1.0 / RMS_PER_MEAN_ABS  # E|z| of Gaussian noise: the starting mean
 
 
 class TailEstimate:
@@ -346,3 +350,54 @@ class TrendStatistic:
             departure if -clip < departure < clip else (clip if departure > 0.0 else -clip)
         )
         return ratio
+
+
+class VolatilityShift:
+    """How unusual the recent size of the errors is against its own history.
+
+    Why: the spike, change-point and trend statistics all look at where the errors lie; none sees
+    their size change while they stay centred. A noise burst (a flapping dependency, an overloaded
+    host) and a collapse of the noise (a stuck sensor, a metric that flat-lines when its exporter
+    dies) are both that. As HTM's anomaly likelihood judges the recent anomaly scores against their
+    own distribution, this judges the recent mean of the tail-normalised |z| (an exponential average
+    over `volatility_short_intervals`) against the long-run mean and spread of that same average
+    (learnt over `volatility_long_intervals`, each point's pull clipped at a few spreads so the
+    episode being measured barely moves its yardstick). The statistic is the departure in spreads,
+    either way; it scores only once a whole long window has been learnt.
+    """
+
+    __slots__ = ("_learnt_iv", "_long_iv", "_short_iv", "long_mean", "long_variance", "recent")
+
+    def __init__(self, config: StreamingDetectorConfig) -> None:
+        self._short_iv = config.volatility_short_intervals
+        self._long_iv = config.volatility_long_intervals
+        self.recent = self.long_mean = _GAUSSIAN_MEAN_ABS_Z
+        self.long_variance = 0.0
+        self._learnt_iv = 0.0
+
+    @property
+    def direction(self) -> int:
+        """+1 when the errors are larger than usual, -1 when smaller."""
+        return 1 if self.recent >= self.long_mean else -1
+
+    def update(self, abs_z: float, tail_factor: float, learning_iv: float) -> float:
+        """Learn from one point's |z|; return how many spreads the recent average is from usual."""
+        size = abs_z / tail_factor
+        if size > _VOLATILITY_CLIP_Z:
+            size = _VOLATILITY_CLIP_Z
+        self.recent += learning_iv / (self._short_iv + learning_iv) * (size - self.recent)
+        deviation = self.recent - self.long_mean
+        spread = math.sqrt(self.long_variance)
+        learnt = self._learnt_iv >= self._long_iv and spread > 0.0
+        statistic = (deviation if deviation >= 0.0 else -deviation) / spread if learnt else 0.0
+        if learnt:
+            limit = _VOLATILITY_LEARNING_CLIP * spread
+            if deviation > limit:
+                deviation = limit
+            elif deviation < -limit:
+                deviation = -limit
+        rate = learning_iv / (self._long_iv + learning_iv)
+        self.long_mean += rate * deviation
+        self.long_variance += rate * (deviation * deviation - self.long_variance)
+        self._learnt_iv += learning_iv
+        return statistic

@@ -178,7 +178,9 @@ class Forecaster:
     Levels are exponentially weighted with Huber-clipped updates (a residual counts at most
     `huber_c` scales) and the scale is an exponentially weighted RMS of residuals clipped at
     `scale_clip` scales, so the anomalies being detected barely move the baseline. The scale is
-    floored (relative to the level and absolutely), so flat lines never divide by zero.
+    floored (relative to the level, absolutely, and at `min_scale_quanta` of the smallest step
+    between consecutive values seen), so flat lines never divide by zero and a quantised gauge's
+    one-step flickers are not spikes.
 
     Seasonality: a daily profile and hourly day-of-week corrections are learnt from the series minus
     a slow (one-day) level. Three forecasts run side by side (no season, daily, daily + weekly), each
@@ -192,6 +194,7 @@ class Forecaster:
         "_keep",
         "_level_iv",
         "_min_scale_absolute",
+        "_min_scale_quanta",
         "_min_scale_relative",
         "_scale_clip",
         "_scale_iv",
@@ -199,6 +202,7 @@ class Forecaster:
         "daily",
         "daily_season",
         "first_t_s",
+        "last_value",
         "level_daily",
         "level_none",
         "level_slow",
@@ -207,6 +211,7 @@ class Forecaster:
         "mae_none",
         "mae_weekly",
         "model",
+        "quantum",
         "switch_allowed_s",
         "variance",
         "weekly",
@@ -221,6 +226,9 @@ class Forecaster:
         self._scale_clip = config.scale_clip
         self._min_scale_relative = config.min_scale_relative
         self._min_scale_absolute = config.min_scale_absolute
+        self._min_scale_quanta = config.min_scale_quanta
+        self.quantum = math.inf  # the smallest non-zero step between consecutive values seen
+        self.last_value = math.nan
         self._daily_min_s = config.daily_min_periods * DAY_S
         self._weekly_min_s = config.weekly_min_periods * WEEK_S
         self._keep = 1.0 - config.season_selection_margin
@@ -239,6 +247,15 @@ class Forecaster:
         self.level_none = self.level_daily = self.level_weekly = self.level_slow = level
         self.variance = variance
         self.mae_none = self.mae_daily = self.mae_weekly = math.sqrt(variance) / RMS_PER_MEAN_ABS
+
+    def observe(self, x: float) -> None:
+        """Track the series' resolution: the smallest non-zero step between consecutive values."""
+        step = x - self.last_value
+        if step < 0.0:
+            step = -step
+        if 0.0 < step < self.quantum:
+            self.quantum = step
+        self.last_value = x
 
     def drift(self, amount: float) -> None:
         """Move every level by `amount` (a re-baseline)."""
@@ -272,6 +289,9 @@ class Forecaster:
         floor = self._min_scale_relative * (expected if expected >= 0.0 else -expected)
         if floor < self._min_scale_absolute:
             floor = self._min_scale_absolute
+        quantum_floor = self._min_scale_quanta * self.quantum  # inf until two values differ
+        if floor < quantum_floor < math.inf:
+            floor = quantum_floor
         scale = math.sqrt(self.variance)
         return level, season, (scale if scale >= floor else floor)
 
@@ -288,6 +308,7 @@ class Forecaster:
         """Learn from the point: levels (Huber), scale (clipped RMS), seasonal profiles, model errors,
         and which model to use. Clips are in tail-normalised scales, so a spiky series' ordinary
         jumps count in full. True when the model changed (the scale restarted from its error)."""
+        self.observe(x)
         huber = self._huber_c * scale * tail_factor
         daily = self.daily_season
         weekly = self.weekly_season

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
-from mcp_autonomy.autonomy.detection.alerting import AlertDecision, AlertRule, HysteresisRule
+from mcp_autonomy.autonomy.detection.alerting import AlertDecision, AlertRule, OnsetRule
 from mcp_autonomy.autonomy.detection.base import AnomalyKind, DetectorAlert, DetectorResult
 from mcp_autonomy.autonomy.detection.config import StreamingDetectorConfig
 from mcp_autonomy.autonomy.detection.episodes import Episode, EpisodeStage
@@ -25,6 +25,7 @@ from mcp_autonomy.autonomy.detection.evidence import (
     ChangePoint,
     TailEstimate,
     TrendStatistic,
+    VolatilityShift,
 )
 from mcp_autonomy.autonomy.detection.forecast import (
     DAY_S,
@@ -49,6 +50,7 @@ _LN2: Final = math.log(2.0)
 _SPIKE: Final = AnomalyKind.SPIKE
 _SHIFT: Final = AnomalyKind.LEVEL_SHIFT
 _TREND: Final = AnomalyKind.TREND
+_VOLATILITY: Final = AnomalyKind.VOLATILITY
 _RAISE: Final = AlertDecision.RAISE
 _CLEAR: Final = AlertDecision.CLEAR
 
@@ -74,6 +76,7 @@ class StreamingDetector:
         "_settled_at_s",
         "_tails",
         "_trend",
+        "_volatility",
         "_warmup_t_s",
         "_warmup_values",
     )
@@ -91,7 +94,8 @@ class StreamingDetector:
         self._autocorrelation = Autocorrelation(cfg)
         self._change_point = ChangePoint(cfg)
         self._trend = TrendStatistic(cfg)
-        self._alert_rule: AlertRule = HysteresisRule(cfg, self._clock)
+        self._volatility = VolatilityShift(cfg)
+        self._alert_rule: AlertRule = OnsetRule(cfg, self._clock)
         self._episode: Episode | None = None
         self._pending: deque[DetectorAlert] = deque(maxlen=MAX_PENDING_ALERTS)
         self._last: PointReport | None = None
@@ -156,8 +160,9 @@ class StreamingDetector:
     ) -> None:
         """Score and learn from each point in turn; append the scores to `scores` if given.
 
-        `raw_score` is the point's score: the strongest statistic, calibrated. It is what
-        `score_many` returns and what the alert rule judges. The stages keep their state in slotted
+        `evidence_score` is the strongest statistic, calibrated; `score`, what `score_many` returns,
+        is the onset score the alert rule derives from it (the news in the point), so an episode
+        scores high once, where it begins, and its alert is raised exactly there. The stages keep their state in slotted
         attributes and what flows between them on one point stays in locals; against the single
         loop this replaced (all state in locals) that costs about a quarter of the throughput
         (`benchmarks/detect_throughput.py`: ~245k -> ~180k points/s of CPU time), for code that
@@ -175,7 +180,12 @@ class StreamingDetector:
         autocorrelation = self._autocorrelation
         change_point = self._change_point
         trend = self._trend
+        volatility = self._volatility
+        volatility_threshold = cfg.volatility_threshold
+        enter_score = cfg.enter_score
+        exit_score = cfg.exit_score
         alert_rule = self._alert_rule
+        pending = self._pending
         record = scores.append if scores is not None else None
         points_seen = self._points_seen
 
@@ -217,6 +227,10 @@ class StreamingDetector:
             settling_factor = 2.0 - since_settled_s / (settle_iv * interval_s) if settling else 1.0
 
             tail_factor = tails.update(abs_z, learning_iv, settling)
+            # Noise size: skipped across a silence (the short average would mix two regimes).
+            volatility_ratio = (
+                0.0 if gap else volatility.update(abs_z, tail_factor, learning_iv) / volatility_threshold
+            )
 
             # Spike statistic: |z|, or the distance to the pre-shift level if the series is
             # returning to it (a recovery is not a new anomaly).
@@ -244,28 +258,35 @@ class StreamingDetector:
             if forecast.learn(t, x, residual, scale, tail_factor, learning_iv, interval_s):
                 change_point.reset()
 
-            # The raw score: the strongest statistic, calibrated.
-            raw_score, kind = _raw_score(spike_ratio, cusum_ratio, trend_ratio, settling_factor, steepness)
+            # The evidence: the strongest statistic over its threshold, and its kind.
+            evidence_ratio, kind = _strongest(
+                spike_ratio, cusum_ratio, trend_ratio, volatility_ratio, settling_factor
+            )
             if kind is _SPIKE:
                 direction = 1 if z >= 0.0 else -1
             elif kind is _SHIFT:
                 direction = change_point.direction
-            else:
+            elif kind is _TREND:
                 direction = 1 if trend.slope >= trend.slope_base else -1
+            else:
+                direction = volatility.direction
             report_last = True
 
-            # Episodes and alerts.
+            # Episodes, then the score (the news in the point) and the alert it decides.
+            newest = pending[-1] if pending else None
             episode = self._episode
             if episode is not None:
                 self._follow_episode(
                     episode, t, x, season, drift, scale, tail_factor, long_run, settling_factor, gap
                 )
-            decision = alert_rule.decide(t, raw_score, kind)
+            score = _score(alert_rule.step(t, evidence_ratio), steepness)
+            decision = alert_rule.decision
             if decision is _RAISE:
                 kind = self._raise(
                     t,
                     x,
-                    raw_score,
+                    score,
+                    _score(evidence_ratio, steepness),
                     kind,
                     direction,
                     expected,
@@ -275,16 +296,34 @@ class StreamingDetector:
                     tail_factor,
                     long_run,
                     settling_factor,
+                    volatility_ratio * volatility_threshold,
                 )
             elif decision is _CLEAR:
                 self._clear(t)
+            if (pending[-1] if pending else None) is not newest:
+                # An alert on this point (its onset, or an episode's TREND alert): the score says so.
+                if score < enter_score:
+                    score = enter_score
+            elif score >= enter_score:
+                # Raised, but the episode knew it (the ramp it follows going on): no news after all.
+                score = exit_score
             if record is not None:
-                record(raw_score)
+                record(score)
 
         self._points_seen = points_seen
         if report_last:
             self._last = self._report(
-                t, x, raw_score, kind, direction, expected, scale, abs_z, settling_factor
+                t,
+                x,
+                score,
+                _score(evidence_ratio, steepness),
+                kind,
+                direction,
+                expected,
+                scale,
+                abs_z,
+                settling_factor,
+                volatility_ratio * volatility_threshold,
             )
         elif ran:
             self._last = None
@@ -297,6 +336,7 @@ class StreamingDetector:
             self._forecast.first_t_s = t_s
         self._warmup_t_s.append(t_s)
         self._warmup_values.append(x)
+        self._forecast.observe(x)
         if points_seen < self._config.warmup_points:
             return
         values = sorted(self._warmup_values)
@@ -374,7 +414,8 @@ class StreamingDetector:
         self,
         t_s: float,
         x: float,
-        raw_score: float,
+        score: float,
+        evidence_score: float,
         kind: AnomalyKind,
         direction: int,
         expected: float,
@@ -384,6 +425,7 @@ class StreamingDetector:
         tail_factor: float,
         long_run: float,
         settling_factor: float,
+        volatility: float,
     ) -> AnomalyKind:
         """The alert rule raised: alert and open an episode, unless the point is the followed ramp
         going on (then nothing, or the TREND alert of a spike-opened episode). Returns the point's
@@ -413,7 +455,19 @@ class StreamingDetector:
                 )
             return kind
         trend = self._trend
-        report = self._report(t_s, x, raw_score, kind, direction, expected, scale, abs_z, settling_factor)
+        report = self._report(
+            t_s,
+            x,
+            score,
+            evidence_score,
+            kind,
+            direction,
+            expected,
+            scale,
+            abs_z,
+            settling_factor,
+            volatility,
+        )
         # The trend statistic's slope is judged by its typical variation: that is its standard error.
         slope_stderr = (
             abs(trend.slope - trend.slope_base) / trend.z if kind is _TREND and trend.z > 0.0 else 0.0
@@ -428,7 +482,7 @@ class StreamingDetector:
             self._forecast.level_none,
             scale * tail_factor,
             direction,
-            EpisodeStage.SPIKE if alert.kind is _SPIKE else EpisodeStage.SETTLED,
+            EpisodeStage.SPIKE if alert.kind is _SPIKE or alert.kind is _VOLATILITY else EpisodeStage.SETTLED,
             long_run,
             cfg,
         )
@@ -490,13 +544,15 @@ class StreamingDetector:
         self,
         t_s: float,
         x: float,
-        raw_score: float,
+        score: float,
+        evidence_score: float,
         kind: AnomalyKind,
         direction: int,
         expected: float,
         scale: float,
         abs_z: float,
         settling_factor: float,
+        volatility: float,
     ) -> PointReport:
         """The current point's figures, read from the stages after it has been learnt."""
         cfg = self._config
@@ -505,7 +561,8 @@ class StreamingDetector:
         return PointReport(
             timestamp_s=t_s,
             value=x,
-            raw_score=raw_score,
+            score=score,
+            evidence_score=evidence_score,
             kind=kind,
             direction=direction,
             expected=expected,
@@ -522,6 +579,8 @@ class StreamingDetector:
             seasonal_model=forecast.model != MODEL_NONE,
             deviation_without_season=x - forecast.level_none,
             typical_without_season=RMS_PER_MEAN_ABS * forecast.mae_none,
+            volatility=volatility,
+            volatility_threshold=cfg.volatility_threshold * settling_factor,
         )
 
     def _result(self, timestamp_s: float, value: float, alert: DetectorAlert | None) -> DetectorResult:
@@ -543,26 +602,26 @@ class StreamingDetector:
         return DetectorResult(
             timestamp_s=last.timestamp_s,
             value=last.value,
-            anomaly_score=last.raw_score,
-            kind=last.classify() if last.raw_score >= self._config.exit_score else AnomalyKind.NONE,
+            anomaly_score=last.score,
+            kind=last.classify() if last.evidence_score >= self._config.exit_score else AnomalyKind.NONE,
             direction=last.direction,
             expected=last.expected,
             scale=last.scale,
             indicators=last.indicators(),
             in_alert=in_alert,
             alert=alert,
+            evidence_score=last.evidence_score,
         )
 
 
-def _raw_score(
-    spike_ratio: float, cusum_ratio: float, trend_ratio: float, settling_factor: float, steepness: float
+def _strongest(
+    spike_ratio: float,
+    cusum_ratio: float,
+    trend_ratio: float,
+    volatility_ratio: float,
+    settling_factor: float,
 ) -> tuple[float, AnomalyKind]:
-    """The strongest statistic's ratio to its threshold (divided by the settling factor), through
-    the calibration map of `calibration.score_from_ratio`, and that statistic's kind.
-
-    Written out rather than calling `score_from_ratio`: at the default steepness of 3 the cube is
-    a product, faster than a power (and not always equal to it in the last bit).
-    """
+    """The strongest statistic's ratio to its threshold (divided by the settling factor) and its kind."""
     top = spike_ratio
     kind = _SPIKE
     if cusum_ratio > top:
@@ -571,11 +630,19 @@ def _raw_score(
     if trend_ratio > top:
         top = trend_ratio
         kind = _TREND
-    top /= settling_factor
-    if top <= 0.0:
-        return 0.0, kind
-    if top > _MAX_RATIO:
-        return 1.0, kind
+    if volatility_ratio > top:
+        top = volatility_ratio
+        kind = _VOLATILITY
+    return top / settling_factor, kind
+
+
+def _score(ratio: float, steepness: float) -> float:
+    """`calibration.score_from_ratio`, written out: at the default steepness of 3 the cube is a
+    product, faster than a power (and not always equal to it in the last bit)."""
+    if ratio <= 0.0:
+        return 0.0
+    if ratio > _MAX_RATIO:
+        return 1.0
     if steepness == 3.0:
-        return -math.expm1(-_LN2 * top * top * top), kind
-    return -math.expm1(-_LN2 * top**steepness), kind
+        return -math.expm1(-_LN2 * ratio * ratio * ratio)
+    return -math.expm1(-_LN2 * ratio**steepness)

@@ -21,7 +21,7 @@ from mcp_autonomy.autonomy.detection import (
     ratio_from_score,
     score_from_ratio,
 )
-from mcp_autonomy.autonomy.detection.alerting import AlertDecision, HysteresisRule
+from mcp_autonomy.autonomy.detection.alerting import AlertDecision, OnsetRule
 from mcp_autonomy.autonomy.detection.prediction import PredictionBuilder
 from mcp_autonomy.autonomy.detection.streaming import MAX_PENDING_ALERTS
 from mcp_autonomy.autonomy.predictor import PredictionType
@@ -92,10 +92,10 @@ def test_memory_is_bounded() -> None:
 
 
 def _eager() -> StreamingDetectorConfig:
-    """A detector that alerts on ordinary noise every few points (no hold, no cooldown)."""
+    """A detector that alerts on ordinary noise every few points (no hold, reports forgotten at once)."""
     return StreamingDetectorConfig(
         exit_hold_intervals=0.0,
-        cooldown_intervals=0.0,
+        reported_half_life_intervals=0.01,
         spike_threshold_z=1.0,
         tail_exponent=0.0,
         enter_score=0.3,
@@ -132,22 +132,48 @@ class _FixedInterval:
     interval_s: float
 
 
-def test_hysteresis_rule_raises_once_clears_after_the_hold_then_cools_down() -> None:
-    config = StreamingDetectorConfig(
-        enter_score=0.5, exit_score=0.25, exit_hold_intervals=2.0, cooldown_intervals=3.0
-    )
-    rule = HysteresisRule(config, _FixedInterval(60.0))
-    scores = [0.1, 0.6, 0.9, 0.3, 0.2, 0.6, 0.2, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9]
-    decisions = [rule.decide(T0 + MINUTE * i, score, AnomalyKind.SPIKE) for i, score in enumerate(scores)]
+def _ratios_to_decisions(rule: OnsetRule, ratios: list[float]) -> tuple[list[AlertDecision], list[float]]:
+    decisions, onsets = [], []
+    for i, ratio in enumerate(ratios):
+        onsets.append(rule.step(T0 + MINUTE * i, ratio))
+        decisions.append(rule.decision)
+    return decisions, onsets
+
+
+def test_onset_rule_scores_the_news_once_and_clears_after_the_hold() -> None:
+    """Evidence ratios in, onset ratios out: the first point at >= 1 raises with its full evidence;
+    while the alert lasts the points score what exceeds the reported evidence (absorbed as it
+    grows), capped at the exit ratio, and never raise; 2 calm intervals clear it."""
+    config = StreamingDetectorConfig(enter_score=0.5, exit_score=0.25, exit_hold_intervals=2.0)
+    rule = OnsetRule(config, _FixedInterval(60.0))
+    exit_ratio = ratio_from_score(0.25)
+    ratios = [0.2, 1.5, 1.6, 1.4, 2.0, 3.2, 0.3, 0.3, 0.3, 0.2, 0.9, 1.1]
+    decisions, onsets = _ratios_to_decisions(rule, ratios)
     raise_, clear, none = AlertDecision.RAISE, AlertDecision.CLEAR, AlertDecision.NONE
-    assert decisions == [
-        none, raise_, none,  # in alert from the first score >= 0.5
-        none, none, none,  # 0.3 is not calm; calm from 0.2, broken by 0.6
-        none, none, clear,  # calm at 6, 7, and 2 intervals later the anomaly has ended
-        none, none, raise_,  # cooldown: 3 intervals after the clear at 8
-        none, none,
-    ]  # fmt: skip
-    assert rule.in_alert
+    assert decisions == [none, raise_, none, none, none, none, none, none, clear, none, none, none]
+    assert onsets[:2] == [0.2, 1.5]
+    assert onsets[2] == pytest.approx(0.1)  # 1.6 against 1.5 reported
+    assert onsets[3] == 0.0
+    assert onsets[4] == pytest.approx(0.4)  # 2.0 against 1.6 (absorbed while in alert)
+    assert onsets[5] == exit_ratio  # 3.2 against 2.0: worse, but the episode was reported
+    assert not rule.in_alert
+    # Cleared, 3.2 still reported (decaying): 1.1 is no news two minutes later.
+    assert onsets[-1] < 1.0
+
+
+def test_onset_rule_forgets_a_report_by_its_half_life_once_the_alert_ended() -> None:
+    config = StreamingDetectorConfig(exit_hold_intervals=0.0, reported_half_life_intervals=10.0)
+    rule = OnsetRule(config, _FixedInterval(60.0))
+    assert rule.step(T0, 2.0) == 2.0 and rule.decision is AlertDecision.RAISE
+    rule.step(T0 + MINUTE, 0.0)
+    rule.step(T0 + 2 * MINUTE, 0.0)  # calm twice: cleared
+    assert not rule.in_alert
+    # 10 intervals later half of 2.0 is still reported: the same evidence is not news yet...
+    assert rule.step(T0 + 12 * MINUTE, 1.9) == pytest.approx(0.9)
+    assert rule.decision is AlertDecision.NONE
+    # ... 40 intervals later (4 half-lives) it is.
+    assert rule.step(T0 + 52 * MINUTE, 2.0) == pytest.approx(2.0 - 1.0 * 0.5**4, rel=1e-6)
+    assert rule.decision is AlertDecision.RAISE
 
 
 @settings(max_examples=40, deadline=None)
@@ -291,10 +317,12 @@ def test_latency_ramp_is_flagged_as_lasting_early_and_once(step_s: float, ramp_s
     assert len(lasting) == 1, [(a.kind, a.timestamp_s) for a in alerts]
     alert = lasting[0]
     # At most one alert comes first: a spike on the ramp's first steps, when one step is itself
-    # an outlier (a single point cannot tell a spike from the start of a ramp). Nothing comes after.
+    # an outlier (a single point cannot tell a spike from the start of a ramp), or the errors
+    # growing as the ramp starts pulling away (a noise burst, until the points make it a line).
+    # Nothing comes after.
     before = alerts[: alerts.index(alert)]
     assert alerts[-1] is alert
-    assert len(before) <= 1 and all(a.kind is AnomalyKind.SPIKE for a in before)
+    assert len(before) <= 1 and all(a.kind in (AnomalyKind.SPIKE, AnomalyKind.VOLATILITY) for a in before)
     at = round((alert.timestamp_s - T0) / step_s)
     assert alert.direction == 1
     assert level[at] < 3000.0, f"flagged as lasting only at {level[at]:.0f} ms"
@@ -455,3 +483,73 @@ def test_a_lasting_latency_rise_is_watched_for_the_trend_horizon() -> None:
     assert shift.window_end - shift.window_start == 6 * 3600.0
     errors = builder.build("mpesa", "error_rate", _alert(AnomalyKind.LEVEL_SHIFT, 1, 0.2, 0.01))
     assert errors is not None and errors.window_end - errors.window_start == 3600.0
+
+
+# --- the onset score: one alert per episode, the score and the alerts agree ---
+
+
+def _episodes_series() -> tuple[np.ndarray, np.ndarray]:
+    """Noise with a lasting shift, a spike, a noise burst and a ramp, far enough apart."""
+    t, x = noise(9_000, seed=41)
+    x[2_000:] += 16.0  # 8 sigma, lasting
+    x[4_000] += 30.0
+    x[5_500:5_700] += np.random.default_rng(42).normal(0.0, 8.0, 200)  # the noise quadruples
+    x[7_000:] += np.linspace(0.0, 0.05 * 2_000, 2_000)  # 0.05 per minute
+    return t, x
+
+
+def test_an_alert_is_raised_exactly_where_the_score_reaches_the_enter_score() -> None:
+    t, x = _episodes_series()
+    scores, alerts = run(t, x)
+    crossing = {float(t[i]) for i, score in enumerate(scores) if score >= 0.5}
+    assert crossing == {alert.timestamp_s for alert in alerts}
+    assert all(alert.score >= 0.5 for alert in alerts)
+    # One alert per episode, at its start (a burst's first sign may be one big point in it).
+    kinds = [(round((a.timestamp_s - T0) / MINUTE), a.kind) for a in alerts]
+    assert len(kinds) == 4, kinds
+    (shift_at, shift), (spike_at, spike), (burst_at, burst), (ramp_at, ramp) = kinds
+    assert shift_at == 2_000 and shift is AnomalyKind.SPIKE  # one point cannot tell it is lasting
+    assert spike_at == 4_000 and spike is AnomalyKind.SPIKE
+    assert 5_500 <= burst_at < 5_530 and burst in (AnomalyKind.SPIKE, AnomalyKind.VOLATILITY)
+    assert 7_000 < ramp_at < 7_200 and ramp is AnomalyKind.TREND
+
+
+def test_the_points_of_a_reported_episode_score_low_while_their_evidence_stays_high() -> None:
+    t, x = noise(4_000, seed=43)
+    x[2_000:] += 16.0
+    detector = StreamingDetector()
+    detector.score_many(t[:2_000].tolist(), x[:2_000].tolist())
+    results = [
+        detector.update(a, b) for a, b in zip(t[2_000:2_010].tolist(), x[2_000:2_010].tolist(), strict=True)
+    ]
+    assert results[0].alert is not None and results[0].anomaly_score >= 0.5
+    assert all(r.alert is None and r.anomaly_score < 0.5 for r in results[1:])
+    assert sum(r.evidence_score >= 0.5 for r in results[1:]) >= 3  # still anomalous, already said
+
+
+def test_a_gauge_that_rarely_flickers_by_one_step_is_quiet_after_its_first_step() -> None:
+    """The first step a flat gauge ever takes is news; after that the step is its resolution and a
+    one-step flicker is no spike, while a ten-step shift still is."""
+    rng = np.random.default_rng(44)
+    t = T0 + MINUTE * np.arange(6_000)
+    x = np.full(6_000, 50.0)
+    flickers = rng.random(6_000) < 0.003
+    x[flickers] += rng.choice([-0.5, 0.5], int(flickers.sum()))
+    first_flicker = int(np.argmax(flickers[30:])) + 30
+    _, alerts = run(t, x)
+    assert [a.timestamp_s for a in alerts] == [t[first_flicker]]
+    x[5_000:] += 5.0
+    _, alerts = run(t, x)
+    assert [a.timestamp_s for a in alerts] == [t[first_flicker], t[5_000]]
+
+
+def test_a_noise_burst_is_a_volatility_alert_and_steady_noise_is_not() -> None:
+    t, x = noise(5_000, seed=45)
+    _, alerts = run(t, x)
+    assert alerts == []
+    x[4_000:4_200] = 100.0 + np.random.default_rng(46).normal(0.0, 6.0, 200)  # three times the noise
+    _, alerts = run(t, x)
+    assert alerts and alerts[0].kind is AnomalyKind.VOLATILITY and alerts[0].direction == 1
+    assert t[4_000] <= alerts[0].timestamp_s <= t[4_030]
+    noise_size = {i.name: i for i in alerts[0].indicators}["noise_size_spreads"]
+    assert noise_size.value >= noise_size.threshold

@@ -1,7 +1,8 @@
 """Pins `StreamingDetector`'s exact behaviour on fixed series, so a refactor cannot change it.
 
-The fixture `detector_pinned.json` was recorded from the detector as it was before the per-point
-loop was split into stages (issue 17). Every score of `score_many`, every alert drained, and the
+The fixture `detector_pinned.json` was first recorded before the per-point loop was split into
+stages (issue 17), then re-recorded once on purpose when the score became the onset score
+(`alerting.OnsetRule`), the scale learnt the series' step and the noise-size statistic was added. Every score of `score_many`, every alert drained, and the
 full `update()` result on a few series must stay the same (floats rounded to 12 significant
 digits, which tolerates a last-bit difference from reordered arithmetic but nothing a reader of
 the scores could notice). A change that is *meant* to change scores regenerates the fixture:
@@ -241,7 +242,7 @@ CONFIGS: dict[str, Callable[[], StreamingDetectorConfig]] = {
     "high_steep2": lambda: StreamingDetectorConfig.for_sensitivity("high", score_steepness=2.0),
     "fixed_interval_short_warmup": lambda: StreamingDetectorConfig(sample_interval_s=60.0, warmup_points=10),
     "eager": lambda: StreamingDetectorConfig(
-        exit_hold_intervals=0.0, cooldown_intervals=0.0, spike_threshold_z=0.3, cusum_threshold=0.5
+        exit_hold_intervals=0.0, reported_half_life_intervals=0.01, spike_threshold_z=0.3, cusum_threshold=0.5
     ),
 }
 # (config, series) pairs run through score_many; every series runs with the default config.
