@@ -11,6 +11,7 @@ import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +41,13 @@ MIN_K8S_LEASE_DURATION_S = 5
 MAX_K8S_LEASE_DURATION_S = 300
 MIN_K8S_REQUEST_TIMEOUT_S = 0.1
 MAX_K8S_REQUEST_TIMEOUT_S = 300.0
+DEFAULT_TOKENS_RELOAD_S = 1.0
+MIN_TOKENS_RELOAD_S = 0.1
+MAX_TOKENS_RELOAD_S = 5.0
+"""A changed tokens file takes effect within this (the issue's bound is 5 s)."""
+DEFAULT_AUTH_JWKS_CACHE_S = 300.0
+DEFAULT_AUTH_LEEWAY_S = 30.0
+DEFAULT_AUTH_INTROSPECTION_CACHE_S = 30.0
 
 
 def _env(name: str, *more: str) -> Any:
@@ -178,6 +186,85 @@ class Settings(BaseSettings):
             )
         return value
 
+    # --- authorization (README "Authorization"): static tokens and/or an OAuth 2.1 issuer ---
+    tokens_file: Path | None = Field(
+        None,
+        validation_alias=_env("MCP_AUTONOMY_TOKENS_FILE"),
+        description='JSON list of {"name", "token_sha256", "scopes"}: named static tokens, reloaded on change',
+    )
+    tokens_reload_s: float = Field(
+        DEFAULT_TOKENS_RELOAD_S,
+        ge=MIN_TOKENS_RELOAD_S,
+        le=MAX_TOKENS_RELOAD_S,
+        validation_alias=_env("MCP_AUTONOMY_TOKENS_RELOAD_S"),
+    )
+    peer_token: SecretStr | None = Field(None, validation_alias=_env("MCP_AUTONOMY_PEER_TOKEN"))
+    public_url: str | None = Field(
+        None,
+        validation_alias=_env("MCP_AUTONOMY_PUBLIC_URL"),
+        description="the MCP URL clients use (https://mcp.example.com/mcp): the OAuth resource and default audience",
+    )
+    auth_issuer: str | None = Field(None, validation_alias=_env("MCP_AUTONOMY_AUTH_ISSUER"))
+    auth_audience: str | None = Field(None, validation_alias=_env("MCP_AUTONOMY_AUTH_AUDIENCE"))
+    auth_jwks_url: str | None = Field(None, validation_alias=_env("MCP_AUTONOMY_AUTH_JWKS_URL"))
+    auth_introspection_url: str | None = Field(
+        None, validation_alias=_env("MCP_AUTONOMY_AUTH_INTROSPECTION_URL")
+    )
+    auth_client_id: str | None = Field(None, validation_alias=_env("MCP_AUTONOMY_AUTH_CLIENT_ID"))
+    auth_client_secret: SecretStr | None = Field(
+        None, validation_alias=_env("MCP_AUTONOMY_AUTH_CLIENT_SECRET")
+    )
+    auth_jwks_cache_s: float = Field(
+        DEFAULT_AUTH_JWKS_CACHE_S, ge=1, le=86_400, validation_alias=_env("MCP_AUTONOMY_AUTH_JWKS_CACHE_S")
+    )
+    auth_leeway_s: float = Field(
+        DEFAULT_AUTH_LEEWAY_S, ge=0, le=300, validation_alias=_env("MCP_AUTONOMY_AUTH_LEEWAY_S")
+    )
+    auth_introspection_cache_s: float = Field(
+        DEFAULT_AUTH_INTROSPECTION_CACHE_S,
+        ge=0,
+        le=300,
+        validation_alias=_env("MCP_AUTONOMY_AUTH_INTROSPECTION_CACHE_S"),
+    )
+
+    @field_validator("peer_token", "auth_client_secret", mode="after")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty: set it to a secret, or unset it")
+        return value
+
+    @field_validator(
+        "tokens_file",
+        "public_url",
+        "auth_issuer",
+        "auth_audience",
+        "auth_jwks_url",
+        "auth_introspection_url",
+        "auth_client_id",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("public_url", "auth_issuer", "auth_jwks_url", "auth_introspection_url", mode="after")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.hostname
+            or (parts.scheme == "http" and not local)
+        ):
+            raise ValueError("must be an https:// URL (http:// only for localhost)")
+        if parts.query or parts.fragment:
+            raise ValueError("must be a URL without ?query or #fragment")
+        return value.strip()
+
     # /metrics without the bearer token, for a Prometheus that cannot send one; it holds no secrets.
     metrics_public: bool = Field(False, validation_alias=_env("MCP_AUTONOMY_METRICS_PUBLIC"))
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
@@ -257,7 +344,29 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MIN_INSTANCES={self.min_instances} must be <= MAX_INSTANCES={self.max_instances}"
             )
+        if self.auth_issuer is not None and self.public_url is None:
+            raise ValueError(
+                "MCP_AUTONOMY_AUTH_ISSUER needs MCP_AUTONOMY_PUBLIC_URL: the MCP URL clients use "
+                "(e.g. https://mcp.example.com/mcp), which is this server's OAuth resource"
+            )
+        if self.auth_issuer is None and (
+            self.auth_audience or self.auth_jwks_url or self.auth_introspection_url
+        ):
+            raise ValueError(
+                "MCP_AUTONOMY_AUTH_AUDIENCE/JWKS_URL/INTROSPECTION_URL need MCP_AUTONOMY_AUTH_ISSUER "
+                "(the authorization server that issues the tokens)"
+            )
         return self
+
+    @property
+    def auth_configured(self) -> bool:
+        """True when requests must carry a token (any of the bearer token, tokens file, issuer)."""
+        return self.bearer_token is not None or self.tokens_file is not None or self.auth_issuer is not None
+
+    @property
+    def resolved_audience(self) -> str | None:
+        """The `aud` access tokens must carry: MCP_AUTONOMY_AUTH_AUDIENCE, else the public URL."""
+        return self.auth_audience or self.public_url
 
     @property
     def db_path(self) -> Path:
@@ -285,7 +394,9 @@ for _name, _field in Settings.model_fields.items():
     _FIELD_TO_ENV[_name] = _alias.choices[0] if isinstance(_alias, AliasChoices) else _name.upper()  # type: ignore[assignment]
 
 
-_SECRET_FIELDS = frozenset({"bearer_token", "callback_token", "database_url"})
+_SECRET_FIELDS = frozenset(
+    {"bearer_token", "callback_token", "database_url", "peer_token", "auth_client_secret"}
+)
 """Fields whose value never appears in an error (a token, a URL with a password)."""
 
 

@@ -439,6 +439,8 @@ class StateStore(Protocol):
 
     def count_audit(self) -> int: ...
 
+    def count_audit_by_client(self) -> dict[str, int]: ...
+
     def audit_log(self, *, tool: str | None = None, limit: int = 100) -> list[AuditRecord]: ...
 
     def put_record(
@@ -702,6 +704,12 @@ class Store:
     def count_audit(self) -> int:
         with self._lock:
             return int(self._db().execute("SELECT COUNT(*) FROM audit_log").fetchone()[0])
+
+    def count_audit_by_client(self) -> dict[str, int]:
+        """Audit entries per recorded `client` (the caller label)."""
+        with self._lock:
+            rows = self._db().execute("SELECT client, COUNT(*) FROM audit_log GROUP BY client").fetchall()
+        return {str(client or ""): int(count) for client, count in rows}
 
     def audit_log(self, *, tool: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The newest `limit` audit records (optionally for one tool), oldest first."""

@@ -102,6 +102,20 @@ WITHHELD = "(withheld)"
 """What the audit log records instead of a secret argument (an OTP)."""
 
 
+MAX_CALLERS_IN_STATS = 50
+
+
+def actions_by_caller(by_client: dict[str, int]) -> dict[str, int]:
+    """Audit counts per caller identity: the part of the label before ` via ` (`token:ops via
+    rest:...` -> `token:ops`); labels without an identity (no authorization configured) count whole."""
+    counts: dict[str, int] = {}
+    for client, count in by_client.items():
+        identity = client.split(" via ", 1)[0] or "unknown"
+        counts[identity] = counts.get(identity, 0) + count
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CALLERS_IN_STATS]
+    return dict(top)
+
+
 class ManualAction:
     """One operator action being audited (see `AutonomousSystem.audited`).
 
@@ -256,6 +270,11 @@ class SystemStats(BaseModel):
     events_by_type: dict[str, int]
     events_stored: int
     manual_actions: int
+    manual_actions_by_caller: dict[str, int] = Field(
+        default_factory=dict,
+        description="operator actions and payments per caller identity (token name, OAuth sub/client), "
+        f"the {MAX_CALLERS_IN_STATS} most active",
+    )
     incidents: dict[str, Any]
     healing: dict[str, Any]
     scaling: dict[str, Any]
@@ -997,6 +1016,7 @@ class AutonomousSystem:
             events_by_type=self.store.count_events_by_type(),
             events_stored=self.store.count_events(),
             manual_actions=self.store.count_audit(),
+            manual_actions_by_caller=actions_by_caller(self.store.count_audit_by_client()),
             incidents=self.incidents.stats() if self.store.is_open else {},
             healing=self.self_healer.details(),
             scaling=self.auto_scaler.details(),

@@ -371,6 +371,12 @@ class PostgresStore:
             row = conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()
         return int(row[0]) if row is not None else 0
 
+    def count_audit_by_client(self) -> dict[str, int]:
+        """Audit entries per recorded `client` (the caller label)."""
+        with self._session() as conn:
+            rows = conn.execute("SELECT client, COUNT(*) FROM audit_log GROUP BY client").fetchall()
+        return {str(client or ""): int(count) for client, count in rows}
+
     def audit_log(self, *, tool: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The newest `limit` audit records (optionally for one tool), oldest first."""
         query = "SELECT id, timestamp, tool, arguments, client, reason, ok, result FROM audit_log"

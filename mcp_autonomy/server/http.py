@@ -11,12 +11,11 @@ beyond loopback. JSON-RPC requests whose id is not a string or an integer are an
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import socket
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
 from mcp.server.transport_security import (
@@ -33,6 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_autonomy.autonomy.scaling.cluster_load import LOAD_PATH
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.config import Settings, SettingsError
+from mcp_autonomy.server.auth import build_auth
+from mcp_autonomy.server.auth.guard import AuthGuard
 from mcp_autonomy.server.dashboard import PUBLIC_PATHS as DASHBOARD_PUBLIC_PATHS
 from mcp_autonomy.server.dashboard import dashboard_routes
 from mcp_autonomy.server.mcp import McpApp
@@ -154,34 +155,6 @@ class JsonRpcIdCheck:
         await self.app(scope, replay, send)
 
 
-class BearerTokenMiddleware:
-    """Requires `Authorization: Bearer <token>` on every path but the probes and `public_paths`."""
-
-    def __init__(self, app: ASGIApp, token: str, public_paths: Iterable[str] = ()) -> None:
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-        self._exempt = UNAUTHENTICATED_PATHS | frozenset(public_paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path in self._exempt or path.startswith(CALLBACK_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        supplied = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if not hmac.compare_digest(supplied, self._expected):
-            response = JSONResponse(
-                {
-                    "error": "unauthorized",
-                    "detail": "send the configured bearer token: Authorization: Bearer <token>",
-                },
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="mcp-autonomy"'},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def _bracketed(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
@@ -211,11 +184,11 @@ def transport_security_for(settings: Settings, *, peer: bool = False) -> Transpo
 
 
 def check_exposure(settings: Settings) -> None:
-    """Refuse to listen beyond loopback without a bearer token."""
-    if settings.listens_beyond_loopback and settings.bearer_token is None:
+    """Refuse to listen beyond loopback without any credential configured."""
+    if settings.listens_beyond_loopback and not settings.auth_configured:
         raise SettingsError(
-            f"MCP_AUTONOMY_HOST={settings.host} listens beyond loopback: set MCP_AUTONOMY_BEARER_TOKEN "
-            "(or listen on 127.0.0.1)"
+            f"MCP_AUTONOMY_HOST={settings.host} listens beyond loopback: set MCP_AUTONOMY_BEARER_TOKEN, "
+            "MCP_AUTONOMY_TOKENS_FILE or MCP_AUTONOMY_AUTH_ISSUER (or listen on 127.0.0.1)"
         )
 
 
@@ -225,6 +198,7 @@ def create_http_app(
     """The ASGI app serving /mcp, /healthz and /readyz for `system`."""
     settings = system.settings
     check_exposure(settings)
+    auth = build_auth(settings, system.clock)
     security = transport_security_for(settings)
     sdk_app = app.mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
@@ -254,7 +228,11 @@ def create_http_app(
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with engine_running(system, app), app.mcp.session_manager.run():
+        async with AsyncExitStack() as stack:
+            if auth is not None:
+                await stack.enter_async_context(auth.running())
+            await stack.enter_async_context(engine_running(system, app))
+            await stack.enter_async_context(app.mcp.session_manager.run())
             yield
 
     routes: list[BaseRoute] = [
@@ -266,16 +244,24 @@ def create_http_app(
         metrics_route(system),
         *dashboard_routes(system, security),
         *(extra_routes or []),
+        *(auth.routes if auth is not None else []),
     ]
     starlette = Starlette(routes=routes, lifespan=lifespan)
     # The last added runs first: Host/Origin, then the token, then the id check before /mcp.
     starlette.add_middleware(JsonRpcIdCheck)
-    if settings.bearer_token is not None:
+    if auth is not None:
+        public = {*DASHBOARD_PUBLIC_PATHS, *([METRICS_PATH] if settings.metrics_public else [])}
         starlette.add_middleware(
-            BearerTokenMiddleware,
-            token=settings.bearer_token.get_secret_value(),
-            public_paths=[*DASHBOARD_PUBLIC_PATHS, *([METRICS_PATH] if settings.metrics_public else [])],
+            AuthGuard,
+            verifier=auth.verifier,
+            config=auth.guard_config(
+                public_paths=UNAUTHENTICATED_PATHS | frozenset(public),
+                public_prefixes=(CALLBACK_PREFIX,),
+                mcp_path=MCP_PATH,
+            ),
+            open_requests=auth.open_requests,
         )
+        starlette.state.auth = auth
     starlette.add_middleware(
         HostOriginGuard, security=security, peer_security=transport_security_for(settings, peer=True)
     )

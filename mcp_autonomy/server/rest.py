@@ -50,6 +50,7 @@ from mcp_autonomy.payments import CallbackState, PaymentRecord
 from mcp_autonomy.pii import mask_text
 from mcp_autonomy.providers.base import ProviderError, TransactionStatus
 from mcp_autonomy.providers.registry import UnknownProviderError
+from mcp_autonomy.server.auth.guard import with_caller
 from mcp_autonomy.server.dashboard import DashboardSnapshot, dashboard_snapshot
 from mcp_autonomy.server.mcp import (
     CallbackList,
@@ -407,11 +408,11 @@ def _payment_key(request: Request) -> str:
 
 
 def _client_label(request: Request) -> str:
-    """`rest:<address> <user-agent>`: the `caller` an operator action's audit entry records
-    (printable, bounded)."""
+    """`rest:<address> <user-agent>`, after the token's identity when authenticated
+    (`token:ops via rest:...`): the `caller` an operator action's audit entry records (printable, bounded)."""
     address = request.client.host if request.client is not None else "unknown"
     agent = "".join(ch for ch in request.headers.get("user-agent", "")[:100] if ch.isprintable())
-    return f"rest:{address} {agent}".rstrip()
+    return with_caller(request.scope, f"rest:{address} {agent}".rstrip())
 
 
 class _NonFinite:
@@ -1185,4 +1186,4 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
 
 def rest_mount(system: AutonomousSystem, security: TransportSecuritySettings) -> Mount:
     """The /autonomous routes of `system`, behind the same DNS-rebinding protection as /mcp."""
-    return RestApi(system, security, bearer_required=system.settings.bearer_token is not None).mount()
+    return RestApi(system, security, bearer_required=system.settings.auth_configured).mount()

@@ -1,7 +1,7 @@
 """The load the scaler sizes for: transactions per minute across every ready replica.
 
 Each replica measures only the payments it routes itself (`Telemetry.transactions_per_minute`)
-and serves that figure at `GET /internal/load` (behind the same bearer token as every other
+and serves that figure at `GET /internal/load` (behind the same authorization as every other
 route). The leader adds them up:
 
 - `ClusterLoad` lists the Service's EndpointSlices (label `kubernetes.io/service-name`) and
@@ -172,8 +172,10 @@ class ClusterLoad:
     @classmethod
     def from_settings(cls, settings: Settings, api_client: ApiClient, clock: Clock) -> ClusterLoad:
         """The pods of `MCP_AUTONOMY_K8S_SERVICE` / `_DEPLOYMENT`, asked on `MCP_AUTONOMY_PORT` with the
-        server's own bearer token (every replica shares it)."""
-        token = settings.bearer_token.get_secret_value() if settings.bearer_token is not None else None
+        service credential every replica shares: `MCP_AUTONOMY_PEER_TOKEN` (scope autonomy:read),
+        else the server's own bearer token."""
+        secret = settings.peer_token or settings.bearer_token
+        token = secret.get_secret_value() if secret is not None else None
         return cls(
             api_client,
             namespace=settings.k8s_namespace,

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.payments import CallbackState, PaymentRecord
+from mcp_autonomy.pii import mask_phone
 from mcp_autonomy.providers.base import (
     DIAL_CODES,
     Money,
@@ -68,6 +69,23 @@ def payment_request(
     )
 
 
+async def submit_audited(
+    system: AutonomousSystem, tool: str, request: PaymentRequest, caller: str
+) -> PaymentRecord:
+    """Submit a payment and audit who asked (the payer's phone masked, never in full)."""
+    arguments = {
+        "idempotency_key": request.idempotency_key,
+        "amount_minor": request.money.amount_minor,
+        "currency": request.money.currency,
+        "country": request.country,
+        "phone": mask_phone(request.phone),
+    }
+    with system.audited(tool, arguments, caller=caller, reason=None) as action:
+        record = await system.submit_payment(request)
+        action.result = {"status": record.status.value, "provider": record.provider}
+    return record
+
+
 def register(tools: ToolSet) -> None:
     """Register the payment tools."""
     system: AutonomousSystem = tools.system
@@ -91,13 +109,13 @@ def register(tools: ToolSet) -> None:
         currency: Currency,
         phone: Phone,
         country: Country,
+        ctx: Context,
         description: Annotated[str, Field(max_length=100, description="Shown to the customer")] = "payment",
     ) -> PaymentRecord:
-        return await system.submit_payment(
-            payment_request(
-                Operation.COLLECT, idempotency_key, amount_minor, currency, phone, country, description
-            )
+        request = payment_request(
+            Operation.COLLECT, idempotency_key, amount_minor, currency, phone, country, description
         )
+        return await submit_audited(system, "request_payment", request, client_of(ctx))
 
     @tools.tool(
         title="Send a payment (payout)",
@@ -115,13 +133,13 @@ def register(tools: ToolSet) -> None:
         currency: Currency,
         phone: Phone,
         country: Country,
+        ctx: Context,
         description: Annotated[str, Field(max_length=100, description="Shown to the customer")] = "payout",
     ) -> PaymentRecord:
-        return await system.submit_payment(
-            payment_request(
-                Operation.PAYOUT, idempotency_key, amount_minor, currency, phone, country, description
-            )
+        request = payment_request(
+            Operation.PAYOUT, idempotency_key, amount_minor, currency, phone, country, description
         )
+        return await submit_audited(system, "send_payment", request, client_of(ctx))
 
     @tools.tool(
         title="Get a payment",

@@ -26,6 +26,7 @@ from pydantic import ConfigDict, PrivateAttr, ValidationError
 
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.providers.registry import UnknownProviderError
+from mcp_autonomy.server.auth.guard import with_caller
 from mcp_autonomy.server.mcp_tools.errors import EngineErrors, describe_validation_error, engine_error_message
 from mcp_autonomy.server.mcp_tools.schema import compact_schema
 
@@ -43,8 +44,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def client_of(ctx: Context[Any, Any]) -> str:
-    """`name/version` of the calling client, plus the HTTP session id when there is one: the
-    `caller` an operator action's audit entry records."""
+    """`name/version` of the calling client, plus the HTTP session id when there is one, after the
+    token's identity when authenticated (`token:ops via Claude/1.0 session=...`): the `caller` an
+    operator action's audit entry records."""
     try:
         params = ctx.session.client_params
     except ValueError:
@@ -56,7 +58,8 @@ def client_of(ctx: Context[Any, Any]) -> str:
     headers = getattr(request, "headers", None)
     if headers is not None and headers.get("mcp-session-id"):
         label += f" session={headers.get('mcp-session-id')}"
-    return label
+    scope = getattr(request, "scope", None)
+    return with_caller(scope, label) if isinstance(scope, dict) else label
 
 
 async def progress(ctx: Context[Any, Any], done: int, total: int, message: str) -> None:
