@@ -89,12 +89,12 @@ def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oidc]:
 
 
 @asynccontextmanager
-async def mcp_client(url: str, token: str | None) -> AsyncIterator[Client]:
-    """The SDK client over streamable HTTP, sending `token` as a bearer token."""
+async def mcp_client(url: str, token: str | None, *, mode: str = "legacy") -> AsyncIterator[Client]:
+    """The SDK client over streamable HTTP, sending `token` as a bearer token (legacy: sessions)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=30) as http_client,
-        Client(streamable_http_client(url, http_client=http_client), mode="2025-11-25") as client,  # type: ignore[arg-type]
+        Client(streamable_http_client(url, http_client=http_client), mode=mode) as client,  # type: ignore[arg-type]
     ):
         yield client
 

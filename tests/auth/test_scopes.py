@@ -22,8 +22,8 @@ from mcp_autonomy.server.auth.scopes import (
     resource_scope,
     route_scope,
 )
-from mcp_autonomy.server.http import CALLBACK_PREFIX, MCP_PATH, UNAUTHENTICATED_PATHS, create_http_app
 from mcp_autonomy.server.dashboard import PUBLIC_PATHS as DASHBOARD_PUBLIC_PATHS
+from mcp_autonomy.server.http import CALLBACK_PREFIX, MCP_PATH, UNAUTHENTICATED_PATHS, create_http_app
 
 pytestmark = pytest.mark.anyio
 
