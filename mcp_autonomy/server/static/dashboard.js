@@ -81,9 +81,14 @@
       });
       if (response.status === 401) {
         askForToken();
-        throw new Error("this server needs its bearer token");
+        throw new Error("this server needs an access token");
       }
       const data = await response.json().catch(() => null);
+      if (response.status === 403 && data && data.error === "insufficient_scope") {
+        // The token is valid but may not do this: ask for one that holds the scope named.
+        askForToken(data.scope);
+        throw new Error("this needs a token with scope " + data.scope);
+      }
       if (!response.ok) {
         const error = data && data.error ? data.error : null;
         const where = error && error.field ? error.field + ": " : "";
@@ -102,8 +107,9 @@
           const h = headers({ Accept: "text/event-stream" });
           if (lastEventId) h["Last-Event-ID"] = lastEventId;
           const response = await fetch("/dashboard/stream", { headers: h, signal: streamAbort.signal, cache: "no-store" });
-          if (response.status === 401) {
-            askForToken();
+          if (response.status === 401 || response.status === 403) {
+            const refusal = response.status === 403 ? await response.json().catch(() => null) : null;
+            askForToken(refusal && refusal.scope);
             onState("off", "needs token");
             return;
           }
@@ -566,9 +572,12 @@
     }
   });
 
-  // --- bearer token ---------------------------------------------------------------------------
+  // --- access token (static token or OAuth access token) ---------------------------------------------------------------------------
 
-  function askForToken() {
+  function askForToken(scope) {
+    $("token-why").textContent = scope
+      ? "This needs a token with scope " + scope + ":"
+      : "This server needs an access token:";
     $("token-form").hidden = false;
   }
 
