@@ -8,7 +8,7 @@ NODE_DIR := .cache/node22
 INSPECTOR := @modelcontextprotocol/inspector@2.12.0
 INSPECTOR_METHOD ?= tools/list
 
-.PHONY: run test lint typecheck pytest browser postgres screenshot conformance inspector bench clean k8s-floor
+.PHONY: run test lint typecheck pytest browser postgres oidc-provider screenshot conformance inspector bench clean k8s-floor
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -36,7 +36,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev browser postgres
+pytest: $(VENV)/.installed-dev browser postgres oidc-provider
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is never used).
@@ -50,6 +50,11 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq postgresql >/dev/null 2>&1 \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "postgresql is missing: install Debian's postgresql package" >&2; exit 1; }
+
+# The authorization tests run a real OpenID Connect server: npm oidc-provider (pinned in the script) on the
+# pinned Node 22, both installed under .cache/ once (needs npm the first time).
+oidc-provider:
+	@bash scripts/oidc_provider.sh >/dev/null
 
 # Refresh docs/dashboard.png from the browser test that injects a fault.
 screenshot: $(VENV)/.installed-dev browser
