@@ -11,8 +11,8 @@ Status codes: 400 a malformed request (bad query or path parameter, a `since` ou
 1970..9999, body not JSON, NaN or Infinity in it, nested too deeply), 404 an unknown provider,
 payment or path, 405 a wrong method, 413 a body over 64 KiB, 415 a body not sent as JSON,
 422 a JSON body whose content is refused (missing `reason`, `replicas` outside the bounds),
-502 the scale backend failed; 401 (bearer token), 403 (foreign Origin) and 421 (foreign Host)
-come from the same protections as `/mcp`.
+502 the scale backend failed; 401 (token), 403 (the token lacks the scope, or a foreign Origin) and
+421 (foreign Host) come from the same protections as `/mcp`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from mcp_autonomy.pii import mask_text
 from mcp_autonomy.providers.base import ProviderError, TransactionStatus
 from mcp_autonomy.providers.registry import UnknownProviderError
 from mcp_autonomy.server.auth.guard import with_caller
+from mcp_autonomy.server.auth.scopes import route_scope
 from mcp_autonomy.server.dashboard import DashboardSnapshot, dashboard_snapshot
 from mcp_autonomy.server.mcp import (
     CallbackList,
@@ -124,10 +125,19 @@ class ErrorResponse(BaseModel):
 
 
 class Unauthorized(BaseModel):
-    """The 401 body of the bearer-token check, shared with /mcp."""
+    """The 401 body of the token check, shared with /mcp (`detail` repeats `error_description`)."""
 
-    error: Literal["unauthorized"]
+    error: Literal["unauthorized", "invalid_token"]
+    error_description: str
     detail: str
+
+
+class InsufficientScope(BaseModel):
+    """The 403 body when the token is valid but lacks the operation's scope (`x-required-scope`)."""
+
+    error: Literal["insufficient_scope"]
+    error_description: str
+    scope: str
 
 
 class ApiError(Exception):
@@ -506,7 +516,8 @@ class Endpoint:
 ERROR_DESCRIPTIONS = {
     400: "Malformed request: a query or path parameter is invalid, unknown or too long, a date-time is outside "
     "1970-01-01..9999-12-31, or the body is not JSON (NaN and Infinity are not JSON) or nests too deeply",
-    403: "Foreign Origin header (DNS-rebinding protection)",
+    403: "Foreign Origin header (DNS-rebinding protection; ErrorResponse), or the token lacks the operation's "
+    "scope (InsufficientScope, naming it; see x-required-scope)",
     404: "Unknown provider (the error lists the registered ones) or payment",
     409: "The payment is not open: only needs_reconciliation or unknown payments are resolved by hand",
     413: f"Body larger than {MAX_BODY_BYTES} bytes",
@@ -1063,10 +1074,10 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error_response(code: int, refs: Refs) -> dict[str, Any]:
-    return {
-        "description": ERROR_DESCRIPTIONS[code],
-        "content": {JSON: {"schema": _ref(refs, ErrorResponse, "serialization")}},
-    }
+    schema = _ref(refs, ErrorResponse, "serialization")
+    if code == 403:
+        schema = {"anyOf": [schema, _ref(refs, InsufficientScope, "serialization")]}
+    return {"description": ERROR_DESCRIPTIONS[code], "content": {JSON: {"schema": schema}}}
 
 
 def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) -> dict[str, Any]:
@@ -1074,6 +1085,7 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
         (ErrorResponse, "serialization"): None,
         (Unauthorized, "serialization"): None,
+        (InsufficientScope, "serialization"): None,
     }
     for endpoint in endpoints:
         wanted[(endpoint.response, "serialization")] = None
@@ -1089,7 +1101,8 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
         schemas.pop(_schema_name(refs[(model, "validation")]), None)
 
     unauthorized = {
-        "description": "Missing or wrong bearer token (only when MCP_AUTONOMY_BEARER_TOKEN is set)",
+        "description": "Missing, invalid or expired token (only when authorization is configured: "
+        "MCP_AUTONOMY_BEARER_TOKEN, MCP_AUTONOMY_TOKENS_FILE or MCP_AUTONOMY_AUTH_ISSUER)",
         "content": {JSON: {"schema": _ref(refs, Unauthorized, "serialization")}},
     }
     paths: dict[str, dict[str, Any]] = {}
@@ -1141,6 +1154,7 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
             "description": endpoint.description,
             "parameters": parameters,
             "responses": dict(sorted(responses.items())),
+            "x-required-scope": str(route_scope(endpoint.method, f"{PREFIX}{endpoint.path}")),
         }
         if endpoint.body is not None:
             operation["requestBody"] = {
@@ -1175,8 +1189,9 @@ def openapi_document(endpoints: tuple[Endpoint, ...], *, bearer_required: bool) 
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The value of MCP_AUTONOMY_BEARER_TOKEN, required on every route but the "
-                    "probes when it is set",
+                    "description": "A static token (MCP_AUTONOMY_BEARER_TOKEN, MCP_AUTONOMY_TOKENS_FILE) or an "
+                    "OAuth access token from MCP_AUTONOMY_AUTH_ISSUER, holding the operation's x-required-scope; "
+                    "required on every route but the probes when authorization is configured",
                 }
             },
         },

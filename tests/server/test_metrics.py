@@ -184,7 +184,8 @@ def test_scrape_has_every_family_and_moves_after_a_payment_a_heal_and_a_scale(
         == 1
     )
     assert delta("mcp_autonomy_events", "mcp_autonomy_events_total", type="healing_event") == 1
-    assert delta("mcp_autonomy_events", "mcp_autonomy_events_total", type="manual_action") == 2
+    # the heal, the scale, and the payment (payments submitted over MCP are audited with their caller)
+    assert delta("mcp_autonomy_events", "mcp_autonomy_events_total", type="manual_action") == 3
     scaled = delta(
         "mcp_autonomy_scaling_actions", "mcp_autonomy_scaling_actions_total", direction="up", trigger="manual"
     )

@@ -255,7 +255,8 @@ class AuthGuard:
         self, scope: Scope, receive: Receive, send: Send, error: str | None, description: str
     ) -> None:
         response = JSONResponse(
-            {"error": error or "unauthorized", "error_description": description},
+            # `detail` repeats the description for clients of the single-token era.
+            {"error": error or "unauthorized", "error_description": description, "detail": description},
             status_code=401,
             headers={"WWW-Authenticate": www_authenticate(self.config, error, description, None)},
         )
