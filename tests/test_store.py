@@ -186,6 +186,14 @@ def test_audit_log_filters_by_tool_newest_first_limit(state_store: StateStore) -
     assert state_store.count_audit() == 4
 
 
+def test_audit_entries_are_counted_per_caller(state_store: StateStore) -> None:
+    for n, client in enumerate(["token:ops via rest:a", "token:ops via rest:a", "oauth:x via mcp", None]):
+        state_store.record_audit(
+            timestamp=float(n), tool="scale_to", arguments={}, client=client, reason="r", ok=True, result=None
+        )
+    assert state_store.count_audit_by_client() == {"token:ops via rest:a": 2, "oauth:x via mcp": 1, "": 1}
+
+
 def test_records_insert_replace_and_list(state_store: StateStore) -> None:
     put = state_store.put_record
     put("incidents", id="i1", provider="mpesa", status="open", at=10.0, record='{"id":"i1"}')
