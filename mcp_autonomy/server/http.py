@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_autonomy.autonomy.scaling.cluster_load import LOAD_PATH
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.config import Settings, SettingsError
-from mcp_autonomy.server.auth import build_auth
+from mcp_autonomy.server.auth import build_auth, check_tokens_file
 from mcp_autonomy.server.auth.guard import AuthGuard
 from mcp_autonomy.server.dashboard import PUBLIC_PATHS as DASHBOARD_PUBLIC_PATHS
 from mcp_autonomy.server.dashboard import dashboard_routes
@@ -184,12 +184,13 @@ def transport_security_for(settings: Settings, *, peer: bool = False) -> Transpo
 
 
 def check_exposure(settings: Settings) -> None:
-    """Refuse to listen beyond loopback without any credential configured."""
+    """Refuse to listen beyond loopback without any credential configured, or with a bad tokens file."""
     if settings.listens_beyond_loopback and not settings.auth_configured:
         raise SettingsError(
             f"MCP_AUTONOMY_HOST={settings.host} listens beyond loopback: set MCP_AUTONOMY_BEARER_TOKEN, "
             "MCP_AUTONOMY_TOKENS_FILE or MCP_AUTONOMY_AUTH_ISSUER (or listen on 127.0.0.1)"
         )
+    check_tokens_file(settings)  # before anything starts: a bad file is an invalid setting
 
 
 def create_http_app(

@@ -152,6 +152,26 @@ def test_an_unknown_provider(tmp_path: Path) -> None:
         ({"MCP_AUTONOMY_BREAKER_CONSECUTIVE_FAILURES": "1"}, ["=1 is invalid", "0 (off) or 2..1000"]),
         ({"POD_IP": "pod-seven"}, ["POD_IP=pod-seven is invalid", "IP address"]),
         ({"MCP_AUTONOMY_HOST": "0.0.0.0"}, ["MCP_AUTONOMY_HOST=0.0.0.0", "set MCP_AUTONOMY_BEARER_TOKEN"]),
+        (
+            {"MCP_AUTONOMY_AUTH_ISSUER": "https://sso.example.test/realms/pay"},
+            ["MCP_AUTONOMY_AUTH_ISSUER needs MCP_AUTONOMY_PUBLIC_URL"],
+        ),
+        (
+            {"MCP_AUTONOMY_PUBLIC_URL": "ftp://x/mcp"},
+            ["MCP_AUTONOMY_PUBLIC_URL=ftp://x/mcp is invalid", "https://"],
+        ),
+        (
+            {"MCP_AUTONOMY_AUTH_CLIENT_SECRET": " "},
+            ["MCP_AUTONOMY_AUTH_CLIENT_SECRET is invalid", "set but empty"],
+        ),
+        (
+            {"MCP_AUTONOMY_TOKENS_RELOAD_S": "30"},
+            ["MCP_AUTONOMY_TOKENS_RELOAD_S=30 is invalid", "[0.1, 5.0]"],
+        ),
+        (
+            {"MCP_AUTONOMY_TOKENS_FILE": "/nonexistent/tokens.json"},
+            ["MCP_AUTONOMY_TOKENS_FILE=", "cannot read it"],
+        ),
     ],
 )
 def test_invalid_settings(tmp_path: Path, env: dict[str, str], fragments: list[str]) -> None:

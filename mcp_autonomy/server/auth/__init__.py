@@ -37,6 +37,7 @@ __all__ = [
     "build_auth",
     "caller_identity",
     "caller_of",
+    "check_tokens_file",
     "with_caller",
 ]
 
@@ -76,6 +77,15 @@ class AuthSetup:
                 tg.cancel_scope.cancel()
         if self.oauth is not None:
             await self.oauth.aclose()
+
+
+def check_tokens_file(settings: Settings) -> None:
+    """SettingsError naming the entry and field when MCP_AUTONOMY_TOKENS_FILE cannot be used."""
+    if settings.tokens_file is not None:
+        try:
+            StaticTokens(tokens_file=settings.tokens_file)
+        except TokensFileError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 def build_auth(settings: Settings, clock: Clock) -> AuthSetup | None:
