@@ -68,15 +68,18 @@ class AuthSetup:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Reload the tokens file while the server runs; close the HTTP client after."""
-        async with anyio.create_task_group() as tg:
-            if self.static is not None and self.static.tokens_file is not None:
-                tg.start_soon(self.static.watch, self.reload_s, self.open_requests.close)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-        if self.oauth is not None:
-            await self.oauth.aclose()
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.static is not None and self.static.tokens_file is not None:
+                    tg.start_soon(self.static.watch, self.reload_s, self.open_requests.close)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if self.oauth is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.oauth.aclose()
 
 
 def check_tokens_file(settings: Settings) -> None:

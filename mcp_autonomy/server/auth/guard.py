@@ -20,12 +20,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import anyio
+from mcp.server.auth.handlers.metadata import ProtectedResourceMetadataHandler
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.routes import build_resource_metadata_url, cors_middleware
+from mcp.shared.auth import ProtectedResourceMetadata
 from pydantic import AnyHttpUrl
 from starlette.authentication import AuthCredentials
 from starlette.responses import JSONResponse
@@ -287,16 +290,24 @@ class AuthGuard:
 
 
 def metadata_routes(resource_url: str, issuer: str) -> list[Route]:
-    """RFC 9728 Protected Resource Metadata (the SDK's route), at the path-inserted and root URLs."""
-    routes = create_protected_resource_routes(
-        resource_url=AnyHttpUrl(resource_url),
-        authorization_servers=[AnyHttpUrl(issuer)],
-        scopes_supported=[s.value for s in ALL_SCOPES],
-        resource_name="mcp-autonomy",
+    """RFC 9728 Protected Resource Metadata (the SDK's model, handler and CORS wrapper), at the
+    path-inserted URL (`build_resource_metadata_url`) and at the root one.
+
+    The URLs are validated from strings, not `AnyHttpUrl` objects: those append a slash to a
+    path-less issuer, and clients compare the issuer exactly (RFC 8414 §3.3).
+    """
+    metadata = ProtectedResourceMetadata.model_validate(
+        {
+            "resource": resource_url,
+            "authorization_servers": [issuer],
+            "scopes_supported": [s.value for s in ALL_SCOPES],
+            "resource_name": "mcp-autonomy",
+        }
     )
-    if routes and routes[0].path != PRM_ROOT_PATH:
-        routes.append(Route(PRM_ROOT_PATH, routes[0].endpoint, methods=["GET", "OPTIONS"]))
-    return routes
+    endpoint = cors_middleware(ProtectedResourceMetadataHandler(metadata).handle, ["GET", "OPTIONS"])
+    path = urlsplit(resource_metadata_url(resource_url)).path
+    paths = [path] if path == PRM_ROOT_PATH else [path, PRM_ROOT_PATH]
+    return [Route(p, endpoint=endpoint, methods=["GET", "OPTIONS"]) for p in paths]
 
 
 def resource_metadata_url(resource_url: str) -> str:
