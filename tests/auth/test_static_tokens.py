@@ -107,6 +107,10 @@ def test_rest_refuses_a_missing_scope_with_403_naming_it(server: HttpServer) -> 
     assert healed.status_code == 403 and healed.json()["scope"] == "autonomy:operate"
     assert get(server, "/metrics", PAYER).status_code == 403
     assert get(server, "/metrics", READER).status_code == 200
+    # What the request names is echoed in the challenge only as bounded, printable ASCII.
+    hostile = get(server, "/autonomous/payments/a%0D%0ASet-Cookie:%20x=1" + "b" * 5000, READER)
+    assert hostile.status_code == 403 and "set-cookie" not in hostile.headers
+    assert "\r" not in hostile.headers["www-authenticate"] and len(hostile.headers["www-authenticate"]) < 600
 
 
 def test_the_legacy_bearer_token_holds_every_scope(server: HttpServer) -> None:

@@ -46,6 +46,7 @@ JSONRPC_FORBIDDEN: Final = -32003
 BODY_LIMIT_BYTES: Final = 4 * 1024 * 1024
 """/mcp bodies larger than this are not inspected for their target: they need every scope."""
 PRM_ROOT_PATH: Final = "/.well-known/oauth-protected-resource"
+MAX_DESCRIPTION_CHARS: Final = 300
 
 
 class TokenVerifier(Protocol):
@@ -133,7 +134,10 @@ class GuardConfig:
 
 
 def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    """A quoted-string body for a header: printable ASCII only (a path or a tool name from the
+    request may hold anything, CR LF included), bounded, with quotes and backslashes escaped."""
+    printable = "".join(ch for ch in value if " " <= ch <= "~")[:MAX_DESCRIPTION_CHARS]
+    return printable.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def www_authenticate(
@@ -266,7 +270,7 @@ class AuthGuard:
         await response(scope, receive, send)
 
     def _forbidden_app(self, needed: str, what: str, request_id: Any, *, jsonrpc: bool) -> ASGIApp:
-        description = f"{what} needs scope {needed}"
+        description = f"{what[:MAX_DESCRIPTION_CHARS]} needs scope {needed}"
         headers = {
             "WWW-Authenticate": www_authenticate(self.config, "insufficient_scope", description, needed)
         }
