@@ -9,8 +9,8 @@
 // - a second issuer on another port that signs with the SAME keys (a token with a valid signature
 //   from the wrong issuer);
 // - POST <admin>/rotate: replaces the signing key (a new kid) on both issuers.
-// Clients (secret "secret"): "jwt-client" gets JWT access tokens, "opaque-client" opaque ones
-// (checked by introspection), "rs" may introspect.
+// Clients (secret "secret"): "jwt-client" gets JWT access tokens (600 s), "short-client" JWTs that
+// expire in 3 s, "opaque-client" opaque ones (checked by introspection), "rs" may introspect.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import path from 'node:path';
@@ -24,6 +24,7 @@ const { default: Provider } = await import(
 
 const SCOPES = 'autonomy:read autonomy:operate payments:read payments:write sandbox:faults';
 const TTL_S = Number(process.env.OIDC_ACCESS_TOKEN_TTL_S || 600);
+const SHORT_TTL_S = 3; // "short-client": tokens that expire while a test watches
 
 function newKey() {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -36,6 +37,7 @@ function makeProvider(issuer, key) {
     clients: [
       { client_id: 'jwt-client', client_secret: 'secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
       { client_id: 'opaque-client', client_secret: 'secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
+      { client_id: 'short-client', client_secret: 'secret', grant_types: ['client_credentials'], redirect_uris: [], response_types: [] },
       { client_id: 'rs', client_secret: 'secret', grant_types: [], redirect_uris: [], response_types: [] },
     ],
     jwks: { keys: [key] },
@@ -51,7 +53,7 @@ function makeProvider(issuer, key) {
         getResourceServerInfo: async (_ctx, resource, client) => ({
           scope: SCOPES,
           audience: resource,
-          accessTokenTTL: TTL_S,
+          accessTokenTTL: client.clientId === 'short-client' ? SHORT_TTL_S : TTL_S,
           accessTokenFormat: client.clientId === 'opaque-client' ? 'opaque' : 'jwt',
           jwt: { sign: { alg: 'RS256' } },
         }),

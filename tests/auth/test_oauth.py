@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.config import SettingsError, load_settings
 from mcp_autonomy.server.auth.oauth import OAuthConfig, OAuthVerifier
-from tests.auth.conftest import Oidc, mcp_client
+from tests.auth.conftest import Oidc, mcp_client, wait_until
 from tests.server.harness import HttpServer, http_server
 
 PUBLIC_URL = "https://mcp.example.test/mcp"
@@ -40,6 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, oidc: Oidc) -> Iterator[Htt
         "MCP_AUTONOMY_AUTH_CLIENT_ID": "rs",
         "MCP_AUTONOMY_AUTH_CLIENT_SECRET": "secret",
         "MCP_AUTONOMY_SANDBOX_REALISM": "ideal",
+        "MCP_AUTONOMY_AUTH_LEEWAY_S": "0",  # so a 3 s token expires while the test watches
     }
     with http_server(tmp_path_factory.mktemp("oauth"), env=env) as running:
         yield running
@@ -92,6 +93,16 @@ def test_tokens_not_issued_for_this_server_are_401(server: HttpServer, oidc: Oid
         challenge = refused.headers["www-authenticate"]
         assert 'error="invalid_token"' in challenge and METADATA_URL in challenge, what
     assert good not in server.log()
+
+
+def test_an_expired_token_is_401(server: HttpServer, oidc: Oidc) -> None:
+    token = oidc.token("autonomy:read", PUBLIC_URL, client="short-client")  # lives 3 s
+    assert call(server, "GET", "/autonomous/status", token).status_code == 200
+    # Waits for the issuer's real clock (the server's own times are covered on ManualClock below).
+    wait_until(lambda: call(server, "GET", "/autonomous/status", token).status_code == 401, 10, "expiry")
+    refused = call(server, "GET", "/autonomous/status", token)
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert "JWT refused: expired" in server.log()
 
 
 def test_scopes_decide_what_a_token_may_do_through_the_sdk_client(server: HttpServer, oidc: Oidc) -> None:
