@@ -230,6 +230,8 @@ def test_env_from_the_secrets_and_the_downward_api() -> None:
     token = by_name["MCP_AUTONOMY_BEARER_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert (token["name"], token["key"]) == ("mcp-autonomy-auth", "bearer-token")
     assert not token.get("optional", False)
+    peer = by_name["MCP_AUTONOMY_PEER_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert (peer["name"], peer["key"], peer["optional"]) == ("mcp-autonomy-auth", "peer-token", True)
     assert by_name["MCP_AUTONOMY_K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert by_name["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert _container()["envFrom"] == [{"secretRef": {"name": "mcp-autonomy-providers"}}]
