@@ -69,4 +69,6 @@ def test_volume_dropping_to_almost_nothing_is_a_failure_at_its_first_point() -> 
 def test_a_small_move_of_regular_traffic_is_no_prediction() -> None:
     builder = PredictionBuilder()
     assert builder.build("mpesa", "requests_per_min", _volume_alert(AnomalyKind.SPIKE, 14.0, 16.0)) is None
-    assert builder.build("mpesa", "requests_per_min", _volume_alert(AnomalyKind.LEVEL_SHIFT, 13.0, 16.0)) is None
+    assert (
+        builder.build("mpesa", "requests_per_min", _volume_alert(AnomalyKind.LEVEL_SHIFT, 13.0, 16.0)) is None
+    )

@@ -190,7 +190,7 @@ def test_reads_return_what_the_engine_holds(api: httpx.Client) -> None:
     assert mpesa_only and {e["provider"] for e in mpesa_only} == {"mpesa"}
 
     predictions = api.get("/autonomous/predictions").json()
-    assert set(predictions) == {"predictions", "scores"}
+    assert set(predictions) == {"predictions", "scores", "warm_up"}
     incidents = api.get("/autonomous/incidents").json()
     assert set(incidents) == {"incidents", "stats"}
     assert isinstance(api.get("/autonomous/maintenance").json()["windows"], list)
