@@ -117,6 +117,9 @@ class ClusterTelemetry(DedicatedSession):
         super().__init__(url, clock=clock, application_name=TELEMETRY_APPLICATION_NAME)
         self._replica = replica
         self._telemetry = telemetry
+        # Telemetry keeps no samples of its own (only aggregates): ask it to keep this process's
+        # calls for export from now on.
+        telemetry.enable_export()
         self._publish_s = publish_s
         self._keep_s = keep_s
         self._position = _Position()

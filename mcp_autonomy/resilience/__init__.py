@@ -1,7 +1,7 @@
 """Resilience primitives, ours for speed and a half-open trial that cannot be stampeded.
 
 A circuit breaker per provider, a token-bucket rate limiter, and retry bookkeeping (a budget,
-jittered backoff, the policy). The retry loop itself belongs to the payment router, which must
+jittered backoff, the policy), over one sliding time window class. The retry loop itself belongs to the payment router, which must
 resolve ambiguous outcomes by status query before any retry. Provider health tracking lives in
 `mcp_autonomy.resilience.health`.
 """
@@ -15,6 +15,7 @@ from mcp_autonomy.resilience.breaker import (
     BreakerState,
     BreakerTransition,
     CircuitBreaker,
+    IllegalTransition,
     Permit,
     TransitionHook,
     counts_as_failure,
@@ -27,6 +28,7 @@ from mcp_autonomy.resilience.retry import (
     RetryBudgetSnapshot,
     RetryPolicy,
 )
+from mcp_autonomy.resilience.window import SlidingTimeWindow
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -36,11 +38,13 @@ __all__ = [
     "BreakerState",
     "BreakerTransition",
     "CircuitBreaker",
+    "IllegalTransition",
     "Jitter",
     "Permit",
     "RetryBudget",
     "RetryBudgetSnapshot",
     "RetryPolicy",
+    "SlidingTimeWindow",
     "TokenBucket",
     "TokenBucketSnapshot",
     "TransitionHook",

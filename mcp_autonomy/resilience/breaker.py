@@ -3,8 +3,8 @@
 Why our own and not a library's (DESIGN.md section 3): every library measured let a half-open
 stampede of 100 callers through and added more overhead per call. This one:
 
-- keeps a ring of `window_s / bucket_s` buckets and O(1) running totals beside them; buckets that
-  fall out of the window are subtracted from the totals as time moves, never re-summed;
+- counts calls, failures and slow calls in a `SlidingTimeWindow` (a ring of `window_s / bucket_s`
+  buckets with O(1) running totals, shared with the retry budget and telemetry);
 - opens when, with at least `minimum_calls` in the window, the failure rate reaches
   `failure_rate_threshold` or the slow-call rate reaches `slow_call_rate_threshold`;
 - after `wait_in_open_s` (doubled on each consecutive failed trial, capped at `max_wait_in_open_s`,
@@ -12,7 +12,9 @@ stampede of 100 callers through and added more overhead per call. This one:
   through, and closes or re-opens on their outcome;
 - reads time only through the injected `Clock`, so tests and replays drive it deterministically;
 - publishes every state change to hooks registered with `on_transition`, and never logs, raises or
-  allocates much on the hot path (`try_acquire` returns `None` to reject).
+  allocates much on the hot path (`try_acquire` returns `None` to reject);
+- refuses, at run time, any state change outside `ALLOWED_TRANSITIONS` (`IllegalTransition`):
+  transitions are rare, so the check costs nothing per call.
 
 Classifying a result is the caller's job (M-Pesa reports failures inside HTTP 200 bodies);
 `counts_as_failure` gives the default verdict for exceptions.
@@ -32,6 +34,7 @@ from typing import ClassVar, Final
 
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.providers.base import ErrorClass, ProviderError
+from mcp_autonomy.resilience.window import MAX_WINDOW_BUCKETS, SlidingTimeWindow
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ consecutive 5xx, for a host among many; here every failure that may have been pr
 payment `unknown` until its provider answers, while a false trip only sends traffic to the backup
 until a half-open probe brings it back, so the rule trips earlier. At 100 payments a minute the
 30 s window needs ~6 s (10 calls at 50 %); three in a row take ~2 s."""
-MAX_BUCKETS: Final = 3600  # bounds the ring's memory and the cost of expiring it after idle time
+MAX_BUCKETS: Final = (
+    MAX_WINDOW_BUCKETS  # bounds the ring's memory and the cost of expiring it after idle time
+)
 _MAX_BACKOFF_EXPONENT: Final = 62  # 2**62 x any positive wait is past any cap; avoids float overflow
 
 
@@ -100,6 +105,16 @@ ALLOWED_TRANSITIONS: Final[frozenset[tuple[BreakerState, BreakerState]]] = froze
         if source is not target
     }
 )
+
+
+class IllegalTransition(RuntimeError):
+    """A state change outside `ALLOWED_TRANSITIONS` was attempted (a bug, never a provider's doing)."""
+
+
+# The window's counter fields.
+_CALLS: Final = 0
+_FAILURES: Final = 1
+_SLOW: Final = 2
 
 
 def _require(condition: bool, field: str, allowed: str, value: object) -> None:
@@ -311,9 +326,6 @@ class CircuitBreaker:
     """
 
     __slots__ = (
-        "_bucket_count",
-        "_bucket_s",
-        "_call_counts",
         "_clock",
         "_config",
         "_consecutive_failures",
@@ -321,15 +333,11 @@ class CircuitBreaker:
         "_consecutive_to_open",
         "_disabled_permit",
         "_epoch",
-        "_failure_counts",
         "_failure_rate_threshold",
         "_half_open_completed",
         "_half_open_failures",
         "_half_open_in_flight",
         "_half_open_slow",
-        "_head_end_mono",
-        "_head_index",
-        "_head_slot",
         "_hooks",
         "_minimum_calls",
         "_monotonic",
@@ -339,15 +347,12 @@ class CircuitBreaker:
         "_permitted_half_open_calls",
         "_slow_call_duration_s",
         "_slow_call_rate_threshold",
-        "_slow_counts",
         "_slow_rule",
         "_state",
         "_times_opened",
-        "_total_calls",
-        "_total_failures",
-        "_total_slow",
         "_trials_failed",
         "_trials_passed",
+        "_window",
         "_window_generation",
     )
 
@@ -358,8 +363,6 @@ class CircuitBreaker:
         self._config = cfg
         # Copies of hot config fields and the bound clock method: attribute hops cost on every call.
         self._monotonic = clock.monotonic
-        self._bucket_s = cfg.bucket_s
-        self._bucket_count = cfg.bucket_count
         self._minimum_calls = cfg.minimum_calls
         self._failure_rate_threshold = cfg.failure_rate_threshold
         self._slow_call_rate_threshold = cfg.slow_call_rate_threshold
@@ -388,15 +391,7 @@ class CircuitBreaker:
         # report on it is dropped without a branch in the hot path.
         self._disabled_permit = Permit()
         self._disabled_permit._breaker = None
-        self._call_counts = [0] * self._bucket_count
-        self._failure_counts = [0] * self._bucket_count
-        self._slow_counts = [0] * self._bucket_count
-        self._total_calls = 0
-        self._total_failures = 0
-        self._total_slow = 0
-        self._head_index = 0
-        self._head_slot = 0
-        self._head_end_mono = 0.0
+        self._window = SlidingTimeWindow(clock, window_s=cfg.window_s, bucket_s=cfg.bucket_s, fields=3)
         self._clear_window()
 
     # -- read-only views ----------------------------------------------------------------------
@@ -450,19 +445,18 @@ class CircuitBreaker:
 
     def snapshot(self) -> BreakerSnapshot:
         """The state and the window's figures as of now."""
-        self._expire(self._monotonic())
-        calls = self._total_calls
+        calls, failures, slow = self._window.totals_at(self._monotonic())
         rated = calls >= self._minimum_calls
         is_open = self._state is _OPEN
         wall_offset = self._clock.now() - self._monotonic()
         return BreakerSnapshot(
             name=self._name,
             state=self._state,
-            failure_rate=self._total_failures / calls if rated else None,
-            slow_call_rate=self._total_slow / calls if rated else None,
-            calls_in_window=calls,
-            failures_in_window=self._total_failures,
-            slow_in_window=self._total_slow,
+            failure_rate=failures / calls if rated else None,
+            slow_call_rate=slow / calls if rated else None,
+            calls_in_window=int(calls),
+            failures_in_window=int(failures),
+            slow_in_window=int(slow),
             half_open_in_flight=self._half_open_in_flight,
             half_open_completed=self._half_open_completed,
             opened_at=self._opened_at_mono + wall_offset if is_open else None,
@@ -509,21 +503,25 @@ class CircuitBreaker:
         if state is _DISABLED or window_generation != self._window_generation:
             return  # recording is off, or the window was cleared after the call began
         now = self._monotonic()
-        if now >= self._head_end_mono:
-            self._expire(now)
-        slot = self._head_slot
-        self._call_counts[slot] += 1
-        calls = self._total_calls + 1
-        self._total_calls = calls
+        window = self._window
+        if now >= window.head_end_s:
+            window.advance(now)
+        # The window's fast path: write the head bucket and the totals directly (one attribute
+        # read each instead of a method call per field).
+        row = window.head_row
+        totals = window.totals
+        row[_CALLS] += 1
+        totals[_CALLS] += 1
+        calls = totals[_CALLS]
         if not success:
-            self._failure_counts[slot] += 1
-            self._total_failures += 1
+            row[_FAILURES] += 1
+            totals[_FAILURES] += 1
             self._consecutive_failures += 1
         else:
             self._consecutive_failures = 0
         if duration_s > self._slow_call_duration_s:
-            self._slow_counts[slot] += 1
-            self._total_slow += 1
+            row[_SLOW] += 1
+            totals[_SLOW] += 1
         if (
             state is _CLOSED
             and self._consecutive_to_open
@@ -537,11 +535,11 @@ class CircuitBreaker:
             state is _CLOSED
             and calls >= self._minimum_calls
             and (
-                self._total_failures / calls >= self._failure_rate_threshold
-                or (self._slow_rule and self._total_slow / calls >= self._slow_call_rate_threshold)
+                totals[_FAILURES] / calls >= self._failure_rate_threshold
+                or (self._slow_rule and totals[_SLOW] / calls >= self._slow_call_rate_threshold)
             )
         ):
-            self._open_on_window(calls)
+            self._open_on_window(int(calls))
 
     def _on_trial_release(self, epoch: int) -> None:
         if epoch == self._epoch and self._state is _HALF_OPEN:
@@ -549,59 +547,24 @@ class CircuitBreaker:
 
     # -- window ----------------------------------------------------------------------------------
 
-    def _expire(self, now: float) -> None:
-        """Move the window's head to the bucket holding `now`, subtracting buckets that fell out."""
-        index = int(now // self._bucket_s)
-        head = self._head_index
-        if index <= head:
-            # Same bucket, or a clock that stepped back: keep counting into the newest bucket.
-            return
-        count = self._bucket_count
-        if index - head >= count:
-            self._zero_buckets()
-        else:
-            calls, failures, slows = self._call_counts, self._failure_counts, self._slow_counts
-            for absolute in range(head + 1, index + 1):
-                slot = absolute % count
-                self._total_calls -= calls[slot]
-                self._total_failures -= failures[slot]
-                self._total_slow -= slows[slot]
-                calls[slot] = failures[slot] = slows[slot] = 0
-        self._set_head(index)
-
-    def _zero_buckets(self) -> None:
-        count = self._bucket_count
-        self._call_counts[:] = [0] * count
-        self._failure_counts[:] = [0] * count
-        self._slow_counts[:] = [0] * count
-        self._total_calls = self._total_failures = self._total_slow = 0
-
     def _clear_window(self) -> None:
-        self._zero_buckets()
+        self._window.clear()
         self._window_generation += 1
         self._consecutive_failures = 0
-        self._set_head(int(self._monotonic() // self._bucket_s))
-
-    def _set_head(self, index: int) -> None:
-        self._head_index = index
-        self._head_slot = index % self._bucket_count
-        # The hot path compares times instead of dividing. The product is rounded, so step one
-        # float below it: the test may fire a hair early (then `_expire` finds the same bucket and
-        # does nothing) but never late.
-        self._head_end_mono = math.nextafter((index + 1) * self._bucket_s, -math.inf)
 
     # -- automatic transitions -----------------------------------------------------------------
 
     def _open_on_window(self, calls: int) -> None:
-        failure_rate = self._total_failures / calls
-        slow_rate = self._total_slow / calls
+        _, failures, slow = self._window.totals
+        failure_rate = failures / calls
+        slow_rate = slow / calls
         if failure_rate >= self._failure_rate_threshold:
             rule = f"failure rate {failure_rate:.1%} >= {self._failure_rate_threshold:.1%}"
         else:
             rule = f"slow-call rate {slow_rate:.1%} >= {self._slow_call_rate_threshold:.1%}"
         self._open(
             f"{rule} over {calls} calls in the last {self._config.window_s:g} s "
-            f"({self._total_failures} failed, {self._total_slow} slower than "
+            f"({int(failures)} failed, {int(slow)} slower than "
             f"{self._slow_call_duration_s:g} s)"
         )
 
@@ -658,6 +621,10 @@ class CircuitBreaker:
 
     def _transition(self, to_state: BreakerState, reason: str) -> None:
         from_state = self._state
+        if (from_state, to_state) not in ALLOWED_TRANSITIONS:
+            raise IllegalTransition(
+                f"breaker {self._name}: {from_state} -> {to_state} is not allowed ({reason})"
+            )
         self._state = to_state
         self._epoch += 1
         self._consecutive_failures = 0  # a run of failures counts within one state only

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Final
 
 from mcp_autonomy.clock import Clock
+from mcp_autonomy.resilience.window import MAX_WINDOW_BUCKETS, SlidingTimeWindow
 
 DEFAULT_MAX_ATTEMPTS: Final = 3  # one call and two retries: enough for a blip, bounded for money
 DEFAULT_BASE_DELAY_S: Final = 0.2
@@ -33,8 +34,10 @@ DEFAULT_BUDGET_RATIO: Final = 0.2  # Envoy and Finagle: retries <= 20 % of reque
 DEFAULT_MIN_RETRIES_PER_S: Final = 10.0  # Finagle's floor, so a quiet service can still retry
 DEFAULT_BUDGET_WINDOW_S: Final = 10.0  # Finagle's deposit time-to-live
 DEFAULT_BUDGET_BUCKET_S: Final = 1.0
-MAX_BUDGET_BUCKETS: Final = 3600
+MAX_BUDGET_BUCKETS: Final = MAX_WINDOW_BUCKETS
 MAX_ATTEMPTS_LIMIT: Final = 10  # more attempts than this only multiplies load on a sick provider
+_REQUESTS: Final = 0  # the window's counter fields
+_RETRIES: Final = 1
 _MAX_EXPONENT: Final = 64  # base x 2**64 is past any sane cap and still a finite float
 
 
@@ -78,27 +81,12 @@ class RetryBudgetSnapshot:
 class RetryBudget:
     """Allows a retry only while retries <= ratio x requests + min_retries_per_s x window_s.
 
-    Counts live in a ring of `window_s / bucket_s` time buckets with running totals beside them;
-    buckets that fall out of the window are subtracted as time moves. Call `record_request()` once
-    per original request (not per retry), check `can_retry()` before a retry and `record_retry()`
-    when one is sent.
+    Counts live in a `SlidingTimeWindow` (time buckets with running totals, shared with the
+    breaker and telemetry). Call `record_request()` once per original request (not per retry),
+    check `can_retry()` before a retry and `record_retry()` when one is sent.
     """
 
-    __slots__ = (
-        "_bucket_count",
-        "_bucket_s",
-        "_head_end_mono",
-        "_head_index",
-        "_head_slot",
-        "_monotonic",
-        "_ratio",
-        "_request_counts",
-        "_reserve",
-        "_retry_counts",
-        "_total_requests",
-        "_total_retries",
-        "_window_s",
-    )
+    __slots__ = ("_monotonic", "_ratio", "_reserve", "_window", "_window_s")
 
     def __init__(
         self,
@@ -122,75 +110,30 @@ class RetryBudget:
         self._ratio = float(ratio)
         self._reserve = float(min_retries_per_s) * window_s
         self._window_s = float(window_s)
-        self._bucket_s = float(bucket_s)
-        self._bucket_count = buckets
-        self._request_counts = [0] * buckets
-        self._retry_counts = [0] * buckets
-        self._total_requests = 0
-        self._total_retries = 0
-        self._head_index = self._head_slot = 0
-        self._head_end_mono = 0.0
-        self._set_head(int(self._monotonic() // self._bucket_s))
-
-    def _expire(self, now: float) -> None:
-        """Move the head to the bucket holding `now`, subtracting buckets that left the window."""
-        index = int(now // self._bucket_s)
-        head = self._head_index
-        if index <= head:
-            return  # same bucket, or a clock that stepped back: keep counting into the newest
-        count = self._bucket_count
-        requests, retries = self._request_counts, self._retry_counts
-        if index - head >= count:
-            requests[:] = [0] * count
-            retries[:] = [0] * count
-            self._total_requests = self._total_retries = 0
-        else:
-            for absolute in range(head + 1, index + 1):
-                slot = absolute % count
-                self._total_requests -= requests[slot]
-                self._total_retries -= retries[slot]
-                requests[slot] = retries[slot] = 0
-        self._set_head(index)
-
-    def _set_head(self, index: int) -> None:
-        self._head_index = index
-        self._head_slot = index % self._bucket_count
-        # Per-call paths compare times instead of dividing; one float below the rounded product
-        # so the comparison may fire early (a no-op `_expire`) but never late.
-        self._head_end_mono = math.nextafter((index + 1) * self._bucket_s, -math.inf)
+        self._window = SlidingTimeWindow(clock, window_s=window_s, bucket_s=bucket_s, fields=2)
 
     def record_request(self) -> None:
         """Deposit: one original request was sent."""
-        now = self._monotonic()
-        if now >= self._head_end_mono:
-            self._expire(now)
-        self._request_counts[self._head_slot] += 1
-        self._total_requests += 1
+        self._window.add(self._monotonic(), _REQUESTS)
 
     def record_retry(self) -> None:
         """Withdraw: one retry was sent."""
-        now = self._monotonic()
-        if now >= self._head_end_mono:
-            self._expire(now)
-        self._retry_counts[self._head_slot] += 1
-        self._total_retries += 1
+        self._window.add(self._monotonic(), _RETRIES)
 
     def can_retry(self) -> bool:
         """Whether one more retry fits in the budget now."""
-        now = self._monotonic()
-        if now >= self._head_end_mono:
-            self._expire(now)
-        return self._total_retries + 1 <= self._ratio * self._total_requests + self._reserve
+        requests, retries = self._window.totals_at(self._monotonic())
+        return retries + 1 <= self._ratio * requests + self._reserve
 
     def snapshot(self) -> RetryBudgetSnapshot:
         """The window's counts and what they allow."""
-        self._expire(self._monotonic())
-        allowed = self._ratio * self._total_requests + self._reserve
+        requests, retries = self._window.totals_at(self._monotonic())
+        allowed = self._ratio * requests + self._reserve
         return RetryBudgetSnapshot(
-            requests_in_window=self._total_requests,
-            retries_in_window=self._total_retries,
+            requests_in_window=int(requests),
+            retries_in_window=int(retries),
             retries_allowed_in_window=allowed,
-            can_retry=self._total_retries + 1 <= allowed,
+            can_retry=retries + 1 <= allowed,
         )
 
 

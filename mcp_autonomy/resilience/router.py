@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
 from mcp_autonomy.clock import Clock
@@ -793,10 +792,8 @@ class PaymentRouter:
     def hang_threshold_s(self, lane: ProviderLane, timeout_s: float, now: float) -> float:
         """How long a call at `lane` may stay in flight before it counts as hung (monotonic `now`)."""
         if now - lane.hang_threshold_at >= HANG_P99_REFRESH_S:
-            latencies = self.telemetry.provider(lane.name).latencies_ms(300.0)
-            p99_s = (
-                float(np.percentile(latencies, 99)) / 1000 if len(latencies) >= HANG_P99_MIN_SAMPLES else None
-            )
+            calls, p99_ms = self.telemetry.provider(lane.name).latency_quantiles_ms((0.99,), 300.0)
+            p99_s = p99_ms[0] / 1000 if p99_ms is not None and calls >= HANG_P99_MIN_SAMPLES else None
             lane.hang_threshold_s = (
                 max(HANG_FLOOR_S, HANG_P99_MULTIPLE * p99_s) if p99_s is not None else None
             )

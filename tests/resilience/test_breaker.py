@@ -34,6 +34,7 @@ from mcp_autonomy.resilience.breaker import (
     DEFAULT_SLOW_CALL_RATE_THRESHOLD,
     DEFAULT_WAIT_IN_OPEN_S,
     DEFAULT_WINDOW_S,
+    IllegalTransition,
 )
 
 S = BreakerState
@@ -135,6 +136,22 @@ def test_fractional_buckets_are_accepted() -> None:
 
 def test_module_edge_table_matches_the_documented_edges() -> None:
     assert set(ALLOWED_TRANSITIONS) == EXPECTED_EDGES
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    sorted((s, t) for s in BreakerState for t in BreakerState if s is not t and (s, t) not in EXPECTED_EDGES),
+)
+def test_an_edge_outside_the_table_is_refused_at_run_time(
+    clock: ManualClock, source: BreakerState, target: BreakerState
+) -> None:
+    breaker = CircuitBreaker("p", clock)
+    breaker._state = source  # put it there directly: no public path leads to a forbidden edge
+    seen: list[BreakerTransition] = []
+    breaker.on_transition(seen.append)
+    with pytest.raises(IllegalTransition, match=f"{source} -> {target}"):
+        breaker._transition(target, "test")
+    assert breaker.state is source and seen == []
 
 
 # -- closed -> open ---------------------------------------------------------------------------

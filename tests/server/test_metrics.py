@@ -238,8 +238,10 @@ samples = st.lists(
 def test_cumulative_counters_equal_a_recount_and_outlive_the_ring(
     recorded: list[tuple[Outcome, float]],
 ) -> None:
-    telemetry = ProviderTelemetry("p", ManualClock(), capacity=16)  # the ring wraps; the counters must not
+    clock = ManualClock()
+    telemetry = ProviderTelemetry("p", clock)
     for outcome, latency_ms in recorded:
+        clock._elapsed_s += 30.0  # the windows forget (10 min in 20 calls); the counters must not
         telemetry.record(outcome, latency_ms)
     counts = Counter(outcome for outcome, _ in recorded)
     assert telemetry.outcome_totals == [counts[o] for o in Outcome]
