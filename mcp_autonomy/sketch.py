@@ -45,7 +45,7 @@ class LatencySketch:
     `method="lower"`), within the relative accuracy.
     """
 
-    __slots__ = ("_counts", "_dtype", "_offset", "count", "zero_count")
+    __slots__ = ("_counts", "_dtype", "_offset", "_quantile_cache", "count", "zero_count")
 
     def __init__(self, *, compact: bool = False) -> None:
         # Compact sketches (one time bucket's) count in 4 bytes a bin: 4 billion calls a bucket.
@@ -56,6 +56,9 @@ class LatencySketch:
         """Values held (zeros included)."""
         self.zero_count = 0
         """Values at or below `MIN_TRACKED_MS`."""
+        # The last quantiles asked and their answer, dropped by every change: a sketch read more
+        # often than it changes (a status page polled between flushes) answers at once.
+        self._quantile_cache: tuple[tuple[float, ...], list[float] | None] | None = None
 
     @classmethod
     def of(cls, values_ms: Iterable[float] | npt.NDArray[np.floating]) -> LatencySketch:
@@ -85,6 +88,7 @@ class LatencySketch:
 
     def add(self, value_ms: float, count: int = 1) -> None:
         """Count one value (`count` times)."""
+        self._quantile_cache = None
         self.count += count
         if value_ms <= MIN_TRACKED_MS:
             self.zero_count += count
@@ -97,6 +101,7 @@ class LatencySketch:
         """Count many values at once (vectorised: ~10 ns a value)."""
         if values_ms.size == 0:
             return
+        self._quantile_cache = None
         values = values_ms.astype(np.float64, copy=False)
         tracked = values[values > MIN_TRACKED_MS]
         self.count += int(values.size)
@@ -112,6 +117,7 @@ class LatencySketch:
 
     def merge(self, other: LatencySketch) -> None:
         """Add another sketch's counts to this one (exact)."""
+        self._quantile_cache = None
         self.count += other.count
         self.zero_count += other.zero_count
         size = other._counts.size
@@ -121,8 +127,27 @@ class LatencySketch:
         start = other._offset - self._offset
         self._counts[start : start + size] += other._counts.astype(self._dtype, copy=False)
 
+    @classmethod
+    def merged(cls, sketches: Iterable[LatencySketch]) -> LatencySketch:
+        """One sketch holding all of these (one allocation for the union of their bin ranges)."""
+        parts = [s for s in sketches if s.count]
+        result = cls()
+        ranged = [s for s in parts if s._counts.size]
+        if ranged:
+            low = min(s._offset for s in ranged)
+            high = max(s._offset + s._counts.size for s in ranged)
+            result._offset = low
+            result._counts = np.zeros(high - low, dtype=_COUNT_DTYPE)
+            for part in ranged:
+                start = part._offset - low
+                result._counts[start : start + part._counts.size] += part._counts
+        result.count = sum(s.count for s in parts)
+        result.zero_count = sum(s.zero_count for s in parts)
+        return result
+
     def subtract(self, other: LatencySketch) -> None:
         """Remove counts another sketch added earlier (exact; `other` must be a part of this one)."""
+        self._quantile_cache = None
         self.count -= other.count
         self.zero_count -= other.zero_count
         size = other._counts.size
@@ -135,6 +160,7 @@ class LatencySketch:
 
     def clear(self) -> None:
         """Forget every value (and the bin range)."""
+        self._quantile_cache = None
         self._offset = 0
         self._counts = np.zeros(0, dtype=self._dtype)
         self.count = 0
@@ -142,22 +168,30 @@ class LatencySketch:
 
     def quantiles(self, qs: Sequence[float]) -> list[float] | None:
         """The values at quantiles `qs` (each in [0, 1]); None when the sketch is empty."""
+        cached = self._quantile_cache
+        if cached is not None and cached[0] == tuple(qs):
+            return None if cached[1] is None else list(cached[1])
+        found = self._quantiles(qs)
+        self._quantile_cache = (tuple(qs), found)
+        return None if found is None else list(found)
+
+    def _quantiles(self, qs: Sequence[float]) -> list[float] | None:
         if self.count <= 0:
             return None
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile must be in [0, 1], got {q!r}")
-        ranks = np.array([math.floor(q * (self.count - 1)) for q in qs], dtype=np.int64)
-        out: list[float] = []
-        cumulative = np.cumsum(self._counts) + self.zero_count if self._counts.size else None
-        for rank in ranks.tolist():
-            if rank < self.zero_count or cumulative is None:
-                out.append(0.0)
-                continue
-            position = int(np.searchsorted(cumulative, rank, side="right"))
-            index = self._offset + position
-            out.append(_MIDPOINT * _GAMMA**index)
-        return out
+        last = self.count - 1
+        ranks = [math.floor(q * last) for q in qs]
+        if not self._counts.size:
+            return [0.0] * len(ranks)
+        # One pass: the first bin whose cumulative count passes each rank.
+        cumulative = np.cumsum(self._counts)
+        positions = np.searchsorted(cumulative, np.array(ranks) - self.zero_count, side="right").tolist()
+        return [
+            0.0 if rank < self.zero_count else _MIDPOINT * _GAMMA ** (self._offset + position)
+            for rank, position in zip(ranks, positions, strict=True)
+        ]
 
     def values(self) -> npt.NDArray[np.float64]:
         """Every value as its bin's midpoint (within the relative accuracy), in ascending order."""

@@ -207,13 +207,17 @@ class _Series:
             self.coarse_sketches[slot] = None
 
     def flush(self) -> None:
-        """Bin the pending latencies into the newest buckets' sketches (and the totals)."""
+        """Bin the pending latencies into the newest fine bucket's sketch (and the fine total).
+
+        The coarse ring gets the fine bucket's sketch once, when the fine bucket closes (`roll`),
+        so a flush costs two merges, not four.
+        """
         pending = self.pending
         if not pending:
             return
         values = np.frombuffer(pending, dtype=np.float64)
         self.pending = array("d")
-        self._add_sketch(LatencySketch.of(values), self.fine.head_slot, self.coarse.head_slot)
+        self._add_sketch(LatencySketch.of(values), self.fine.head_slot, None)
         if self.on_flush is not None:
             self.on_flush(values)
 
@@ -232,17 +236,26 @@ class _Series:
             self.coarse_total.merge(sketch)
 
     def roll(self, now_s: float) -> None:
-        """Bin what is pending into the buckets it belongs to, then move both rings to `now_s`.
+        """Close the newest fine bucket (its latencies binned, its sketch folded into the coarse
+        bucket holding it), then move both rings to `now_s`.
 
         The coarse buckets are whole multiples of the fine ones, so a fine bucket always lies inside
         the coarse head bucket: both rings move together, here only.
         """
+        if now_s < self.fine.head_end_s:
+            return
         self.flush()
+        head = self.fine_sketches[self.fine.head_slot]
+        if head is not None:
+            self._add_sketch(head, None, self.coarse.head_slot)
         self.fine.advance(now_s)
         self.coarse.advance(now_s)
 
     def record_late(self, outcome: int, latency_ms: float, at_s: float) -> None:
-        """Count a call stamped before the newest fine bucket (another replica's, arriving late)."""
+        """Count a call stamped before the newest fine bucket (another replica's, arriving late).
+
+        Its fine bucket is closed (already folded into the coarse ring): both rings get it here.
+        """
         fine_slot = self.fine.slot_of(at_s)
         coarse_slot = self.coarse.slot_of(at_s)
         if fine_slot is not None:
@@ -271,29 +284,35 @@ class _Series:
             self.last_ok_at = at_s
             self.run_start_at = _first_after(self.error_times, at_s)
 
-    def figures(self, now_s: float, window_s: float) -> _Figures:
-        """Counts and latency sketch over the newest buckets covering about `window_s`."""
-        if self.fine.head_end_s <= now_s:
-            self.roll(now_s)
-        self.flush()
-        short = window_s <= FINE_SPAN_S
-        ring = self.fine if short else self.coarse
-        sketches = self.fine_sketches if short else self.coarse_sketches
+    def figures(self, now_s: float, window_s: float, *, bin_pending: bool = True) -> _Figures:
+        """Counts and latency sketch over the newest buckets covering about `window_s`.
+
+        Without `bin_pending` the sketch holds the calls binned so far (see `snapshot`).
+        """
+        self.roll(now_s)
+        if bin_pending:
+            self.flush()
+        if window_s <= FINE_SPAN_S:
+            ring, sketches, total = self.fine, self.fine_sketches, self.fine_total
+        else:
+            ring, sketches, total = self.coarse, self.coarse_sketches, self.coarse_total
         slots, start_s = ring.recent_slots(now_s, window_s)
-        if len(slots) == ring.bucket_count:
-            # The whole ring: its running totals, O(1) in the number of buckets.
-            return _Figures(
-                [int(v) for v in ring.totals], self.fine_total if short else self.coarse_total, start_s
-            )
-        counts = [0] * _OUTCOMES
-        sketch = LatencySketch()
-        for slot in slots:
-            row = ring.row(slot)
-            for o in range(_OUTCOMES):
-                counts[o] += int(row[o])
-            held = sketches[slot]
-            if held is not None:
-                sketch.merge(held)
+        whole = len(slots) == ring.bucket_count
+        if ring is self.fine and whole:
+            # The whole short ring: its running totals, O(1) in the number of buckets.
+            return _Figures([int(v) for v in ring.totals], total, start_s)
+        if whole:
+            counts = [int(v) for v in ring.totals]
+            parts = [total]
+        else:
+            counts = [int(sum(column)) for column in zip(*(ring.row(slot) for slot in slots), strict=True)]
+            parts = [held for slot in slots if (held := sketches[slot]) is not None]
+        if ring is self.coarse:
+            # The open fine bucket is folded into the coarse ring only when it closes.
+            open_bucket = self.fine_sketches[self.fine.head_slot]
+            if open_bucket is not None:
+                parts.append(open_bucket)
+        sketch = LatencySketch.merged(parts)
         return _Figures(counts, sketch, start_s)
 
 
@@ -330,7 +349,7 @@ class ProviderTelemetry:
         # (`latency_bucket_counts`, LATENCY_BUCKETS_MS plus one slot above every bound) and sum
         # are filled when pending latencies are binned, so a record stays O(1).
         self.outcome_totals: list[int] = [0] * _OUTCOMES
-        self._latency_bucket_counts: list[int] = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self._latency_buckets = np.zeros(len(LATENCY_BUCKETS_MS) + 1, dtype=np.int64)
         self._latency_sum_ms = 0.0
         # This process's calls for other replicas: allocated only when exporting (a cluster).
         self._export_capacity = export_capacity
@@ -351,19 +370,17 @@ class ProviderTelemetry:
             self._export_outcome = array("b", bytes(self._export_capacity))
 
     def _count_latencies(self, values: npt.NDArray[np.float64]) -> None:
-        buckets = np.bincount(
+        self._latency_buckets += np.bincount(
             np.searchsorted(_LATENCY_BOUNDS, values, side="left"), minlength=len(LATENCY_BUCKETS_MS) + 1
         )
-        counts = self._latency_bucket_counts
-        for i, n in enumerate(buckets.tolist()):
-            counts[i] += n
         self._latency_sum_ms += float(values.sum())
 
     @property
     def latency_bucket_counts(self) -> list[int]:
         """Cumulative calls that reached the provider per latency bucket (see LATENCY_BUCKETS_MS)."""
         self._local.flush()
-        return self._latency_bucket_counts
+        counts: list[int] = self._latency_buckets.tolist()
+        return counts
 
     @property
     def latency_sum_ms(self) -> float:
@@ -465,22 +482,30 @@ class ProviderTelemetry:
             return [self._local, self._remote]
         return [self._local]
 
-    def _figures(self, window_s: float, include_remote: bool) -> tuple[list[_Figures], float]:
+    def _figures(
+        self, window_s: float, include_remote: bool, bin_pending: bool = True
+    ) -> tuple[list[_Figures], float]:
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0 seconds, got {window_s!r}")
         now_s = self._monotonic()
-        return [s.figures(now_s, window_s) for s in self._series(include_remote)], now_s
+        series = self._series(include_remote)
+        return [s.figures(now_s, window_s, bin_pending=bin_pending) for s in series], now_s
 
     def snapshot(
-        self, window_s: float = DEFAULT_WINDOW_S, *, include_remote: bool = True
+        self, window_s: float = DEFAULT_WINDOW_S, *, include_remote: bool = True, bin_pending: bool = True
     ) -> TelemetrySnapshot:
         """Figures over the last `window_s` seconds (other replicas' calls too, by default).
 
         Merges the newest buckets covering about `window_s` (the whole 5-minute ring for the
         default: O(1)); `covered_s` says how much time they span. Windows past an hour are
         clamped to the hour the long ring holds.
+
+        `bin_pending=False` (status pages) leaves the latencies not yet binned where they are:
+        counts and rates stay exact, the latency quantiles cover the calls binned so far (every
+        closed 10 s bucket, and the open one's calls up to the last `FLUSH_AT`), and the read's
+        cost no longer depends on the traffic since the previous one.
         """
-        parts, now_s = self._figures(window_s, include_remote)
+        parts, now_s = self._figures(window_s, include_remote, bin_pending)
         counts = list(parts[0].counts)
         sketch = parts[0].sketch
         remote_requests = 0
@@ -489,10 +514,7 @@ class ProviderTelemetry:
             counts = [a + b for a, b in zip(counts, remote.counts, strict=True)]
             remote_requests = sum(remote.counts) - remote.counts[_REJECTED]
             if remote.sketch.count:
-                merged = LatencySketch()
-                merged.merge(sketch)
-                merged.merge(remote.sketch)
-                sketch = merged
+                sketch = LatencySketch.merged((sketch, remote.sketch))
         covered_s = now_s - min(p.start_s for p in parts)
         rate_over_s = max(1.0, covered_s)
         requests = sum(counts) - counts[_REJECTED]
@@ -525,12 +547,7 @@ class ProviderTelemetry:
 
     def _merged_sketch(self, window_s: float, include_remote: bool) -> LatencySketch:
         parts, _ = self._figures(window_s, include_remote)
-        if len(parts) == 1:
-            return parts[0].sketch
-        merged = LatencySketch()
-        for part in parts:
-            merged.merge(part.sketch)
-        return merged
+        return parts[0].sketch if len(parts) == 1 else LatencySketch.merged(p.sketch for p in parts)
 
     def failing_since(
         self, window_s: float = DEFAULT_WINDOW_S, *, include_remote: bool = True

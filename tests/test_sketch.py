@@ -69,3 +69,14 @@ def test_an_empty_sketch_has_no_quantiles_and_bad_input_is_refused() -> None:
         LatencySketch.of([1.0]).quantiles([1.5])
     with pytest.raises(ValueError, match="relative_accuracy"):
         LatencySketch.from_dict({"relative_accuracy": 0.05, "bins": {}})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(latencies, max_size=6))
+def test_merged_equals_merging_one_by_one(parts: list[list[float]]) -> None:
+    one_by_one = LatencySketch()
+    for part in parts:
+        one_by_one.merge(LatencySketch.of(part))
+    merged = LatencySketch.merged(LatencySketch.of(part) for part in parts)
+    assert merged.count == one_by_one.count == sum(len(p) for p in parts)
+    assert merged.quantiles(QUANTILES) == one_by_one.quantiles(QUANTILES)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from anyio.lowlevel import checkpoint
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.autonomy.component import Component
@@ -108,6 +109,9 @@ class SelfHealer(Component):
 
     async def tick(self) -> None:
         for entry in self.providers.entries():
+            # One provider per step: a payment arriving during the tick waits for one provider's
+            # work at most, not every provider's (issue 18).
+            await checkpoint()
             await self._observe(entry)
             if entry.health.status is HealthStatus.UNHEALTHY:
                 await self._maybe_fail_over(entry)
@@ -120,6 +124,7 @@ class SelfHealer(Component):
         """Another replica leads healing: keep this replica's view of every provider's health
         measured (its own calls, its own probes), and act on nothing."""
         for entry in self.providers.entries():
+            await checkpoint()
             await self._observe(entry)
 
     async def _observe(self, entry: ProviderEntry) -> None:

@@ -61,9 +61,11 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
 import numpy as np
+import numpy.ma  # np.quantile imports it lazily (~25 ms): at start-up, not inside a tick
+from anyio.lowlevel import checkpoint
 from pydantic import BaseModel, Field, ValidationError
 
 from mcp_autonomy.autonomy.component import Component, Mode
@@ -283,6 +285,19 @@ def _live_tuners() -> tuple[Tuner, ...]:
     )
 
 
+_RESTORES_BY_TYPE: dict[type, bool] = {}
+
+
+def _restores(tuner: Tuner) -> TypeGuard[RestoringTuner]:
+    """`isinstance(tuner, RestoringTuner)`, remembered per class: a runtime protocol check walks
+    every attribute (~20 us), and the optimizer asks it for every tuner of every provider each tick."""
+    kind = type(tuner)
+    found = _RESTORES_BY_TYPE.get(kind)
+    if found is None:
+        found = _RESTORES_BY_TYPE[kind] = isinstance(tuner, RestoringTuner)
+    return found
+
+
 class AutoOptimizer(Component):
     """Proposes, canaries, keeps or reverts tuning changes per provider, from measured data."""
 
@@ -441,6 +456,7 @@ class AutoOptimizer(Component):
         if self.router is None or self.telemetry is None or self.providers is None:
             return
         for provider in self.providers.names():
+            await checkpoint()  # one provider per step: the event loop serves payments between
             self._remember_tally(provider)
             if self._restore_expired_cuts(provider):
                 continue
@@ -608,7 +624,7 @@ class AutoOptimizer(Component):
         pinned = self._pins.get(provider, {})
         recent: LaneEvidence | None = None
         for tuner in self.tuners:
-            if not isinstance(tuner, RestoringTuner) or tuner.parameter in pinned:
+            if not _restores(tuner) or tuner.parameter in pinned:
                 continue
             if tuner.parameter not in LIVE_PARAMETERS:
                 continue

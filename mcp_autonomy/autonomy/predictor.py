@@ -37,6 +37,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from anyio.lowlevel import checkpoint
 from pydantic import BaseModel, Field
 
 from mcp_autonomy.autonomy.component import Component, Mode
@@ -312,6 +313,7 @@ class PredictiveMaintenance(Component):
         self._traffic_measured_until = mono
         recorded = False
         for provider in self.providers.names():
+            await checkpoint()  # one provider per step: the event loop serves payments between
             if measured_s is not None and 0 < measured_s <= 5 * self.interval_s:
                 traffic = self.telemetry.provider(provider).snapshot(measured_s)
                 self.traffic.record(provider, now, traffic.requests, measured_s)

@@ -14,6 +14,7 @@ lock with a fencing epoch) and the others serve payments, measure, and apply the
 
 from __future__ import annotations
 
+import importlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -602,6 +603,9 @@ class AutonomousSystem:
         if self._task_group is not None:
             raise RuntimeError("the system is already running")
         self.store.open()
+        # The predictor imports `autonomy.detection` on its first tick (lazily, to keep imports
+        # acyclic); that import takes ~10 ms of the event loop: take it here, before any loop runs.
+        importlib.import_module("mcp_autonomy.autonomy.detection.prediction")
         try:
             await self._open_shared()
             async with anyio.create_task_group() as tg:
@@ -877,7 +881,8 @@ class AutonomousSystem:
             countries=sorted(caps.countries),
             refunds=caps.refunds,
             lane=self.router.lane_status(name),
-            telemetry=self.telemetry.provider(name).snapshot(),
+            # Maintained aggregates only: the read costs the same however busy the provider is.
+            telemetry=self.telemetry.provider(name).snapshot(bin_pending=False),
             oldest_open_payment_age_s=(oldest_open_s or {}).get(name),
             customer_error_storm=self.router.customer_errors.storm(name),
         )
