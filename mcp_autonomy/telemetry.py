@@ -236,15 +236,22 @@ class _Series:
             self.coarse_total.merge(sketch)
 
     def roll(self, now_s: float) -> None:
-        """Close the newest fine bucket (its latencies binned, its sketch folded into the coarse
-        bucket holding it), then move both rings to `now_s`.
+        """Close the newest fine bucket (its latencies binned, its counts and sketch folded into
+        the coarse bucket holding it), then move both rings to `now_s`.
 
-        The coarse buckets are whole multiples of the fine ones, so a fine bucket always lies inside
-        the coarse head bucket: both rings move together, here only.
+        The per-call path writes the fine ring only; the coarse buckets are whole multiples of the
+        fine ones, so a fine bucket always lies inside the coarse head bucket, and both rings move
+        together, here only.
         """
         if now_s < self.fine.head_end_s:
             return
         self.flush()
+        fine_row = self.fine.head_row
+        if any(fine_row):
+            coarse_row, coarse_totals = self.coarse.head_row, self.coarse.totals
+            for outcome, count in enumerate(fine_row):
+                coarse_row[outcome] += count
+                coarse_totals[outcome] += count
         head = self.fine_sketches[self.fine.head_slot]
         if head is not None:
             self._add_sketch(head, None, self.coarse.head_slot)
@@ -309,6 +316,7 @@ class _Series:
             parts = [held for slot in slots if (held := sketches[slot]) is not None]
         if ring is self.coarse:
             # The open fine bucket is folded into the coarse ring only when it closes.
+            counts = [int(a + b) for a, b in zip(counts, self.fine.head_row, strict=True)]
             open_bucket = self.fine_sketches[self.fine.head_slot]
             if open_bucket is not None:
                 parts.append(open_bucket)
@@ -342,7 +350,6 @@ class ProviderTelemetry:
         self._monotonic = clock.monotonic
         self._local = _Series(clock, on_flush=self._count_latencies)
         self._remote: _Series | None = None  # allocated on the first remote call
-        self.total_recorded = 0
         self.remote_recorded = 0
         # Cumulative since start, for /metrics: windows forget, Prometheus counters must not.
         # `outcome_totals[o]` counts calls that ended with outcome `o`; the latency histogram
@@ -376,6 +383,11 @@ class ProviderTelemetry:
         self._latency_sum_ms += float(values.sum())
 
     @property
+    def total_recorded(self) -> int:
+        """This process's calls recorded since start (local rejections included)."""
+        return sum(self.outcome_totals)
+
+    @property
     def latency_bucket_counts(self) -> list[int]:
         """Cumulative calls that reached the provider per latency bucket (see LATENCY_BUCKETS_MS)."""
         self._local.flush()
@@ -388,9 +400,10 @@ class ProviderTelemetry:
         self._local.flush()
         return self._latency_sum_ms
 
-    def record(self, outcome: Outcome, latency_ms: float) -> None:
-        """Count one call, stamped with the clock's monotonic time (the payment path: O(1))."""
-        now = self._monotonic()
+    def record(self, outcome: int, latency_ms: float, now_s: float | None = None) -> None:
+        """Count one call (an `Outcome`), stamped with the clock's monotonic time (the payment
+        path: O(1)); `now_s` is that time when the caller has just read it."""
+        now = self._monotonic() if now_s is None else now_s
         series = self._local
         fine = series.fine
         if now >= fine.head_end_s:
@@ -398,11 +411,7 @@ class ProviderTelemetry:
         # The windows' fast path: write the head buckets and totals directly.
         fine.head_row[outcome] += 1
         fine.totals[outcome] += 1
-        coarse = series.coarse
-        coarse.head_row[outcome] += 1
-        coarse.totals[outcome] += 1
         self.outcome_totals[outcome] += 1
-        self.total_recorded += 1
         if outcome != _REJECTED:
             pending = series.pending
             pending.append(latency_ms)
@@ -440,8 +449,6 @@ class ProviderTelemetry:
         if at_monotonic >= fine.head_start_s:
             fine.head_row[outcome] += 1
             fine.totals[outcome] += 1
-            series.coarse.head_row[outcome] += 1
-            series.coarse.totals[outcome] += 1
             if outcome != _REJECTED:
                 series.pending.append(latency_ms)
                 if len(series.pending) >= FLUSH_AT:
@@ -623,8 +630,9 @@ class Telemetry:
         for telemetry in self._providers.values():
             telemetry.enable_export()
 
-    def record_call(self, provider: str, outcome: Outcome, latency_ms: float) -> None:
-        self.provider(provider).record(outcome, latency_ms)
+    def record_call(self, provider: str, outcome: int, latency_ms: float, now_s: float | None = None) -> None:
+        """One call to `provider` (see `ProviderTelemetry.record`)."""
+        self.provider(provider).record(outcome, latency_ms, now_s)
 
     def record_remote(self, provider: str, outcome: int, latency_ms: float, at_monotonic: float) -> None:
         """Another replica's call to `provider` (see `ProviderTelemetry.record_remote`)."""

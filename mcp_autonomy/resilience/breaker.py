@@ -273,12 +273,15 @@ class Permit:
         """True until the outcome is recorded or the permit released."""
         return self._breaker is not None
 
-    def record(self, success: bool, duration_s: float) -> None:
-        """Report the call's outcome and how long it took (for slow-call detection)."""
+    def record(self, success: bool, duration_s: float, now_s: float | None = None) -> None:
+        """Report the call's outcome and how long it took (for slow-call detection).
+
+        `now_s`: the clock's monotonic time, when the caller has just read it (saves a read).
+        """
         breaker = self._breaker
         if breaker is not None:
             self._breaker = None
-            breaker._record(self._window_generation, success, duration_s)
+            breaker._record(self._window_generation, success, duration_s, now_s)
 
     def record_error(self, error: BaseException, duration_s: float) -> bool | None:
         """Report a call that raised, classified by `counts_as_failure`; returns the verdict.
@@ -305,7 +308,7 @@ class _TrialPermit(Permit):
     _epoch: int
     _is_trial: ClassVar[bool] = True
 
-    def record(self, success: bool, duration_s: float) -> None:
+    def record(self, success: bool, duration_s: float, now_s: float | None = None) -> None:
         breaker = self._breaker
         if breaker is not None:
             self._breaker = None
@@ -497,12 +500,14 @@ class CircuitBreaker:
             return self._disabled_permit
         return None  # FORCED_OPEN
 
-    def _record(self, window_generation: int, success: bool, duration_s: float) -> None:
+    def _record(
+        self, window_generation: int, success: bool, duration_s: float, now_s: float | None = None
+    ) -> None:
         """Count an ordinary call's outcome in the window and open if a threshold is crossed."""
         state = self._state
         if state is _DISABLED or window_generation != self._window_generation:
             return  # recording is off, or the window was cleared after the call began
-        now = self._monotonic()
+        now = self._monotonic() if now_s is None else now_s
         window = self._window
         if now >= window.head_end_s:
             window.advance(now)
@@ -513,22 +518,19 @@ class CircuitBreaker:
         row[_CALLS] += 1
         totals[_CALLS] += 1
         calls = totals[_CALLS]
-        if not success:
-            row[_FAILURES] += 1
-            totals[_FAILURES] += 1
-            self._consecutive_failures += 1
-        else:
-            self._consecutive_failures = 0
         if duration_s > self._slow_call_duration_s:
             row[_SLOW] += 1
             totals[_SLOW] += 1
-        if (
-            state is _CLOSED
-            and self._consecutive_to_open
-            and self._consecutive_failures >= self._consecutive_to_open
-        ):
-            self._open(f"{self._consecutive_to_open} provider failures in a row")
-            return
+        if success:
+            self._consecutive_failures = 0
+        else:
+            row[_FAILURES] += 1
+            totals[_FAILURES] += 1
+            consecutive = self._consecutive_failures + 1
+            self._consecutive_failures = consecutive
+            if state is _CLOSED and self._consecutive_to_open and consecutive >= self._consecutive_to_open:
+                self._open(f"{self._consecutive_to_open} provider failures in a row")
+                return
         # Checked on every outcome, not only failures: a success can lift the window past
         # minimum_calls while the rate is already over the threshold.
         if (

@@ -99,8 +99,11 @@ class TokenBucket:
         self._tokens = tokens
         return tokens
 
-    def try_acquire(self, tokens: float = 1.0) -> bool:
+    def try_acquire(self, tokens: float = 1.0, now_s: float | None = None) -> bool:
         """Take `tokens` now if the bucket holds them; never waits.
+
+        `now_s` is the clock's monotonic time when the caller has just read it (the router reads
+        it once for the whole guard); by default the bucket reads it.
 
         Raises:
             ValueError: `tokens` is not in (0, burst], so it could never be granted.
@@ -110,7 +113,7 @@ class TokenBucket:
             raise ValueError(f"tokens must be in (0, burst={burst:g}], got {tokens!r}")
         # The refill of `_refill`, inlined: this is the per-call path and a call frame costs more
         # than the arithmetic.
-        now = self._monotonic()
+        now = self._monotonic() if now_s is None else now_s
         available = self._tokens
         elapsed = now - self._updated_at
         if elapsed > 0:

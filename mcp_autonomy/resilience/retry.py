@@ -112,9 +112,9 @@ class RetryBudget:
         self._window_s = float(window_s)
         self._window = SlidingTimeWindow(clock, window_s=window_s, bucket_s=bucket_s, fields=2)
 
-    def record_request(self) -> None:
-        """Deposit: one original request was sent."""
-        self._window.add(self._monotonic(), _REQUESTS)
+    def record_request(self, now_s: float | None = None) -> None:
+        """Deposit: one original request was sent (`now_s`: monotonic time, if just read)."""
+        self._window.add(self._monotonic() if now_s is None else now_s, _REQUESTS)
 
     def record_retry(self) -> None:
         """Withdraw: one retry was sent."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,7 +42,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcp_autonomy.clock import Clock
+from mcp_autonomy.clock import Clock, SystemClock
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.payments import (
     AttemptOutcome,
@@ -62,7 +63,13 @@ from mcp_autonomy.providers.base import (
     TransactionStatus,
 )
 from mcp_autonomy.providers.registry import ProviderEntry, ProviderRegistry
-from mcp_autonomy.resilience.breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
+from mcp_autonomy.resilience.breaker import (
+    BreakerConfig,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+    Permit,
+)
 from mcp_autonomy.resilience.canary import ArmTally, CanarySplit
 from mcp_autonomy.resilience.customer_errors import CustomerErrorMonitor
 from mcp_autonomy.resilience.health import HealthStatus
@@ -70,10 +77,14 @@ from mcp_autonomy.resilience.rate_limiter import TokenBucket
 from mcp_autonomy.resilience.retry import Backoff, RetryBudget
 from mcp_autonomy.resilience.status_cache import StatusCache
 from mcp_autonomy.resilience.tunables import ProviderTunables, default_tunables
-from mcp_autonomy.telemetry import Outcome, Telemetry
+from mcp_autonomy.telemetry import Outcome, ProviderTelemetry, Telemetry
 from mcp_autonomy.timefmt import TimestampOrNone
 
 logger = logging.getLogger(__name__)
+
+# Plain ints on the per-call path: indexing with an IntEnum member costs a method call each time.
+_SUCCESS = int(Outcome.SUCCESS)
+_REJECTED = int(Outcome.REJECTED)
 
 RESOLVE_ATTEMPTS = 3
 """Status queries tried to resolve one ambiguous outcome before recording it unknown."""
@@ -162,6 +173,8 @@ class ProviderLane:
     budget: RetryBudget
     backoff: Backoff
     tunables: ProviderTunables
+    telemetry: ProviderTelemetry
+    """The provider's telemetry, held here so the per-call guard skips the lookup by name."""
     tally: ArmTally = field(default_factory=ArmTally)
     canary: CanarySplit | None = None
     status_cache: StatusCache = field(default_factory=StatusCache)
@@ -216,6 +229,11 @@ class PaymentRouter:
         self.telemetry = telemetry
         self.bus = bus
         self.clock = clock
+        self.monotonic: Callable[[], float] = (
+            time.monotonic if type(clock) is SystemClock else clock.monotonic
+        )
+        """The clock's monotonic time, for the per-call guard: with the system clock, the function
+        `SystemClock.monotonic` wraps (one Python frame less per read, three reads a call)."""
         self._breaker_config = breaker_config
         self._rng = rng if rng is not None else random.Random()
         self._lanes: dict[str, ProviderLane] = {}
@@ -262,6 +280,7 @@ class PaymentRouter:
                     tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
                 ),
                 tunables=tunables,
+                telemetry=self.telemetry.provider(provider),
             )
             if hasattr(entry.adapter, "identifier_sink"):
                 # Ids the adapter learns (CheckoutRequestID, invoice id, ...) are durable at once.
@@ -545,6 +564,37 @@ class PaymentRouter:
             self.counters["unknown"] += 1
         return record
 
+    # -- the guard around every provider call: admit before it, settle after it ------------------
+
+    def admit(self, lane: ProviderLane) -> Permit | str:
+        """A breaker permit and a rate-limit token for one call at `lane`, or why not.
+
+        A refusal is counted in telemetry as a local rejection; the reason is returned, never
+        raised (a rejection is the hot path of an outage). One clock read, none when the breaker
+        rejects.
+        """
+        permit = lane.breaker.try_acquire()
+        if permit is None:
+            lane.telemetry.record(_REJECTED, 0.0)
+            return "breaker open"
+        if not lane.limiter.try_acquire(1.0, self.monotonic()):
+            permit.release()
+            lane.telemetry.record(_REJECTED, 0.0)
+            return "rate limited locally"
+        return permit
+
+    def settle_success(self, lane: ProviderLane, permit: Permit, call_started_s: float) -> float:
+        """Report a call that succeeded to the breaker and telemetry; returns its latency in ms.
+
+        One clock read serves both (the call's end).
+        """
+        ended_s = self.monotonic()
+        duration_s = ended_s - call_started_s
+        permit.record(True, duration_s, ended_s)
+        latency_ms = duration_s * 1000
+        lane.telemetry.record(_SUCCESS, latency_ms, ended_s)
+        return latency_ms
+
     async def _call(
         self, lane: ProviderLane, request: PaymentRequest, timeout_s: float
     ) -> ProviderTransaction:
@@ -603,7 +653,7 @@ class PaymentRouter:
         backoff: Backoff,
         tallies: tuple[ArmTally, ...],
     ) -> str:
-        lane.budget.record_request()
+        lane.budget.record_request(self.clock.monotonic())
         refreshed_credentials = False
         retrying = False  # the next call is a retry (tallied once it reaches the provider)
         throttled_free = 0  # 429s answered with a retry that did not use up an attempt
@@ -613,24 +663,11 @@ class PaymentRouter:
             attempt += 1
             attempt_started = self.clock.now()
             self._trip_on_hung_calls(lane, tunables.timeout_s)
-            permit = lane.breaker.try_acquire()
-            if permit is None:
+            permit = self.admit(lane)
+            if isinstance(permit, str):
                 await self._attempt(
-                    record, lane, attempt_started, 0.0, AttemptOutcome.REJECTED_LOCALLY, "breaker open"
+                    record, lane, attempt_started, 0.0, AttemptOutcome.REJECTED_LOCALLY, permit
                 )
-                self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
-                return "next"
-            if not lane.limiter.try_acquire():
-                permit.release()
-                await self._attempt(
-                    record,
-                    lane,
-                    attempt_started,
-                    0.0,
-                    AttemptOutcome.REJECTED_LOCALLY,
-                    "rate limited locally",
-                )
-                self.telemetry.record_call(lane.name, Outcome.REJECTED, 0.0)
                 return "next"
             if retrying:
                 # Counted here, not when the backoff began: a retry the breaker or the limiter
@@ -646,7 +683,7 @@ class PaymentRouter:
             except BaseException:
                 permit.release()  # nothing was sent: the permit (maybe a half-open trial) is free
                 raise
-            call_started = self.clock.monotonic()
+            call_started = self.monotonic()
             key = (lane.name, reference)
             self._in_flight[key] = request.idempotency_key
             token = next(self._call_tokens)
@@ -739,9 +776,7 @@ class PaymentRouter:
                 self._in_flight.pop(key, None)
                 lane.in_flight.pop(token, None)
                 await self.payments.flush()
-            latency_ms = (self.clock.monotonic() - call_started) * 1000
-            permit.record(True, latency_ms / 1000)
-            self.telemetry.record_call(lane.name, Outcome.SUCCESS, latency_ms)
+            latency_ms = self.settle_success(lane, permit, call_started)
             for tally in tallies:
                 tally.add_latency(latency_ms)
             if latency_ms >= NEAR_TIMEOUT_SHARE * 1000 * tunables.timeout_s:
