@@ -260,3 +260,17 @@ def test_nothing_is_kept_for_export_until_it_is_enabled() -> None:
     telemetry.enable_export()
     telemetry.record_call("a", Outcome.SUCCESS, 20.0)
     assert [s.latency_ms for s in telemetry.samples_since().samples] == [20.0]
+
+
+def test_a_status_read_leaves_pending_latencies_and_keeps_counts_exact() -> None:
+    clock = ManualClock()
+    telemetry = ProviderTelemetry("p", clock)
+    for _ in range(10):
+        telemetry.record(Outcome.SUCCESS, 100.0)
+    clock._elapsed_s = 15.0  # the first 10 s bucket closes: its latencies are binned now
+    for _ in range(5):
+        telemetry.record(Outcome.SUCCESS, 1_000.0)  # pending in the open bucket
+    status = telemetry.snapshot(bin_pending=False)
+    assert status.requests == 15
+    assert status.latency_p99_ms == pytest.approx(100.0, rel=0.01)  # the open bucket's not binned yet
+    assert telemetry.snapshot().latency_p99_ms == pytest.approx(1_000.0, rel=0.01)
