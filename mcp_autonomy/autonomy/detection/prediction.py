@@ -194,6 +194,10 @@ class PredictionBuilder:
         kind = alert.kind
         if kind is AnomalyKind.SEASONAL:
             return PredictionType.PATTERN_ANOMALY
+        if kind is AnomalyKind.VOLATILITY:
+            # The errors around the baseline grew (a flapping dependency, an overloaded host):
+            # a degradation to watch, not an outage yet, whatever the series.
+            return PredictionType.DEGRADATION
         role = profile.role
         up = alert.direction > 0
         if role is SeriesRole.VOLUME:
@@ -260,6 +264,11 @@ class PredictionBuilder:
             return (
                 f"{provider}: {seen} for this time of day/week. Check for a scheduled maintenance, a "
                 f"marketing push or an upstream outage before treating it as normal."
+            )
+        if alert.kind is AnomalyKind.VOLATILITY:
+            return (
+                f"{provider}: {series} swinging more than usual ({seen}). Look for a flapping "
+                f"dependency or an overloaded host before it settles into an outage."
             )
         role = profile.role
         if role is SeriesRole.ERRORS:

@@ -456,7 +456,12 @@ def test_prediction_types_follow_series_meaning() -> None:
     assert pattern is not None and pattern.type is PredictionType.PATTERN_ANOMALY
     assert builder.build("mpesa", "error_rate", _alert(AnomalyKind.LEVEL_SHIFT, -1, 0.0, 0.2)) is None
     assert builder.build("mpesa", "error_rate", _alert(AnomalyKind.SPIKE, 1, 0.012, 0.01)) is None
-    for prediction in (failure, ramp, jump, pattern):
+    swinging = builder.build("mpesa", "error_rate", _alert(AnomalyKind.VOLATILITY, 1, 0.2, 0.05))
+    assert swinging is not None and swinging.type is PredictionType.DEGRADATION
+    assert "swinging more than usual" in swinging.recommended_action
+    # Errors swinging less than usual is no trouble.
+    assert builder.build("mpesa", "error_rate", _alert(AnomalyKind.VOLATILITY, -1, 0.2, 0.05)) is None
+    for prediction in (failure, ramp, jump, pattern, swinging):
         assert 0.0 <= prediction.confidence <= 1.0
         assert prediction.indicators and prediction.recommended_action
 
