@@ -24,6 +24,10 @@ at which the old sample rings stopped covering their window. Per case:
   10 minutes at `CALLS_PER_S`, in a separate run; target <= 100 KB (the old rings: ~0.8 MB).
 - quantile error: p50/p95/p99 of one provider's 5-minute snapshot against the exact order
   statistics of the latencies it was fed (numpy `method="lower"`); target <= 1 %.
+- the predictor's state writes per tick (one key per changed provider, each its own step and
+  commit, where there were two documents of every provider) and what one such commit costs on
+  the disk under the temporary directory against tmpfs (`sqlite_commit_on_disk`): on a disk the
+  writes are that many fsyncs per tick, each short.
 
 Ratios are against the 6-provider case (and busy against idle). What the figures leave out:
 HTTP (the adapters are instant), the MCP/REST layers (see benchmarks/mcp_status_cost.py), and
@@ -66,6 +70,7 @@ from mcp_autonomy.providers.base import (
     ProviderTransaction,
     TransactionStatus,
 )
+from mcp_autonomy.store import Fence, Store
 from mcp_autonomy.telemetry import Outcome, ProviderTelemetry
 
 PROVIDER_COUNTS = (6, 60, 200)
@@ -172,6 +177,40 @@ def timed_tick(tick: Callable[[], Awaitable[None]], longest_ms: list[float]) -> 
     return wrapper
 
 
+def count_state_writes(system: AutonomousSystem, loop: str) -> list[int]:
+    """A one-item list counting the component state writes of `loop` from now on."""
+    writes = [0]
+    set_state = system.store.set_state
+
+    def counting(
+        component: str, key: str, value: Any, *, timestamp: float, fence: Fence | None = None
+    ) -> None:
+        writes[0] += component == loop
+        set_state(component, key, value, timestamp=timestamp, fence=fence)
+
+    system.store.set_state = counting  # type: ignore[method-assign]
+    return writes
+
+
+def commit_ms(parent: str | None, samples: int = 30) -> float:
+    """Median wall time of one state write of a provider's size (a commit) in a store under `parent`."""
+    value = {
+        "traffic": {"requests": [1.0] * 168, "observed_s": [60.0] * 168},
+        "history": {"points": [[float(i), 0.01, 100.0, 200.0, 300.0, 60.0, 0.0] for i in range(240)]},
+    }
+    with tempfile.TemporaryDirectory(dir=parent) as directory:
+        store = Store(Path(directory) / "commit.sqlite3").open()
+        try:
+            took_s = []
+            for i in range(samples):
+                started = time.perf_counter()
+                store.set_state("bench", f"provider/p{i}", value, timestamp=float(i))
+                took_s.append(time.perf_counter() - started)
+        finally:
+            store.close()
+    return statistics.median(took_s) * 1000
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -242,7 +281,8 @@ async def one_case(providers: int, seed: int, simulated_s: float) -> dict[str, A
         longest: dict[str, list[float]] = {loop: [] for loop in LOOPS}
         for loop in LOOPS:
             component = busy.components[loop]
-            component.tick = timed_tick(component.tick, longest[loop])  # type: ignore[method-assign]
+            component.tick = timed_tick(component.tick, longest[loop])  # type: ignore[method-assign,assignment]
+        predictor_writes = count_state_writes(busy, "predictive_maintenance")
         traffic = Traffic(busy, clock, names, seed)
         async with busy.running():
             for _ in range(int(simulated_s)):
@@ -252,6 +292,7 @@ async def one_case(providers: int, seed: int, simulated_s: float) -> dict[str, A
             start_s = clock.monotonic() - snap.covered_s - 1e-6
             inside = np.array([lat for at, lat in traffic.watched if at >= start_s])
             ticks = {loop: list(v) for loop, v in longest.items()}  # the busy minutes only
+            writes_in_busy_minutes = predictor_writes[0]
             idle, _ = build(providers, clock, idle_dir)
             async with idle.running():
                 idle_us, busy_us = await status_work_us(idle, busy, traffic)
@@ -266,6 +307,7 @@ async def one_case(providers: int, seed: int, simulated_s: float) -> dict[str, A
         "block_p99_ms": {loop: float(np.percentile(v, 99)) if v else 0.0 for loop, v in ticks.items()},
         "block_max_ms": {loop: max(v, default=0.0) for loop, v in ticks.items()},
         "ticks": {loop: len(v) for loop, v in ticks.items()},
+        "predictor_writes_per_tick": writes_in_busy_minutes / max(1, len(ticks["predictive_maintenance"])),
         "rss_per_provider_kb": (rss_after - rss_before) / providers / 1024,
         "quantile_error": max(errors),
     }
@@ -353,6 +395,17 @@ def main() -> None:
                 f"ratio: {p99 / base_p99 if base_p99 else float('nan'):.2f}x) max {worst:.2f} ms over {ticks} ticks"
                 f"{spread(vals(n, 'block_max_ms', loop))}"
             )
+    for n in counts:
+        writes, base_writes = med(n, "predictor_writes_per_tick"), med(base, "predictor_writes_per_tick")
+        print(
+            f"predictor_state_writes_per_tick_{n}: {writes:.1f} writes (baseline: {base_writes:.1f} writes at "
+            f"{base} providers, ratio: {writes / base_writes:.2f}x; before per-provider keys: 2 per tick)"
+        )
+    disk_ms, tmpfs_ms = commit_ms(None), commit_ms(STATE_PARENT)
+    print(
+        f"sqlite_commit_on_disk: {disk_ms:.2f} ms in {tempfile.gettempdir()} "
+        f"(baseline: {tmpfs_ms:.2f} ms on {STATE_PARENT or 'the same disk'}, ratio: {disk_ms / tmpfs_ms:.1f}x)"
+    )
     for n in counts:
         rss, base_rss = med(n, "rss_per_provider_kb"), med(base, "rss_per_provider_kb")
         print(

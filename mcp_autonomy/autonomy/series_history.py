@@ -5,6 +5,8 @@ from those points, and a fresh detector says nothing until it has seen a warm-up
 points are what the engine measured, so they are recorded (a bounded tail per provider, in the
 store's component state) and replayed into fresh detectors at start, or when another replica
 takes over the loop: the baseline survives a restart instead of being learnt again from nothing.
+Each provider's tail is its own JSON document (`provider_to_json`), so saving one provider is
+bounded work whatever the number of providers; `to_json` is the older whole-history form.
 """
 
 from __future__ import annotations
@@ -78,13 +80,34 @@ class SeriesHistory:
         return sum(len(points) for points in self._points.values())
 
     def to_json(self) -> dict[str, Any]:
+        """Every provider's points in one document (the form stored before per-provider keys)."""
         return {
             "version": _FORMAT_VERSION,
             "series": list(self.series),
-            "providers": {
-                provider: [[at_s, *row] for at_s, row in points] for provider, points in self._points.items()
-            },
+            "providers": {provider: self._rows(provider) for provider in self._points},
         }
+
+    def provider_to_json(self, provider: str) -> dict[str, Any]:
+        """`provider`'s points alone (what `add_provider_json` reads back)."""
+        return {"version": _FORMAT_VERSION, "series": list(self.series), "points": self._rows(provider)}
+
+    def _rows(self, provider: str) -> list[list[float | None]]:
+        return [[at_s, *row] for at_s, row in self._points.get(provider, ())]
+
+    def add_provider_json(self, provider: str, raw: object, *, since_s: float) -> int:
+        """Add `provider`'s points stored as `raw` (from `provider_to_json`) at or after `since_s`;
+        returns how many. An unreadable record adds nothing (logged): that provider's detectors
+        warm up from live points, as on a first start."""
+        try:
+            if not isinstance(raw, dict) or raw.get("version") != _FORMAT_VERSION:
+                raise ValueError(f"unknown history format {type(raw).__name__}")
+            points = _parse_rows(raw["points"], [str(name) for name in raw["series"]], since_s)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            logger.warning("ignoring the recorded series history of %s: %s", provider, exc)
+            return 0
+        for at_s, values in points:
+            self.add(provider, at_s, values)
+        return len(points)
 
     @classmethod
     def from_json(
@@ -102,19 +125,32 @@ class SeriesHistory:
             if not isinstance(raw, dict) or raw.get("version") != _FORMAT_VERSION:
                 raise ValueError(f"unknown history format {type(raw).__name__}")
             stored_series = [str(name) for name in raw["series"]]
-            for provider, rows in dict(raw["providers"]).items():
-                for row in rows:
-                    at_s = float(row[0])
-                    if not math.isfinite(at_s) or at_s < since_s:
-                        continue
-                    values = dict(zip(stored_series, row[1:], strict=True))
-                    history.add(
-                        str(provider), at_s, {k: None if v is None else float(v) for k, v in values.items()}
-                    )
+            parsed = {
+                str(provider): _parse_rows(rows, stored_series, since_s)
+                for provider, rows in dict(raw["providers"]).items()
+            }
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             logger.warning("ignoring the recorded series history: %s", exc)
-            return cls(series, max_points=max_points)
+            return history
+        for provider, points in parsed.items():
+            for at_s, values in points:
+                history.add(provider, at_s, values)
         return history
+
+
+def _parse_rows(
+    rows: Iterable[Any], stored_series: list[str], since_s: float
+) -> list[tuple[float, dict[str, float | None]]]:
+    """Stored rows `[at_s, value per stored series...]` at or after `since_s`, values by series
+    name; raises on any malformed row (a record is read whole or not at all)."""
+    points: list[tuple[float, dict[str, float | None]]] = []
+    for row in rows:
+        at_s = float(row[0])
+        if not math.isfinite(at_s) or at_s < since_s:
+            continue
+        values = dict(zip(stored_series, row[1:], strict=True))
+        points.append((at_s, {k: None if v is None else float(v) for k, v in values.items()}))
+    return points
 
 
 def _finite_or_none(value: float | None) -> float | None:

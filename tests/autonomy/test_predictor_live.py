@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from mcp_autonomy.autonomy.predictor import LIVE_WARMUP_POINTS, SERIES, PredictionType
+from mcp_autonomy.autonomy.predictor import (
+    HISTORY_STATE_KEY,
+    LIVE_WARMUP_POINTS,
+    PROVIDERS_STATE_KEY,
+    SERIES,
+    TRAFFIC_STATE_KEY,
+    PredictionType,
+    PredictiveMaintenance,
+)
 from mcp_autonomy.autonomy.series_history import HISTORY_MAX_AGE_S
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.clock import ManualClock, iso
-from mcp_autonomy.config import Settings
-from mcp_autonomy.events import EventType
+from mcp_autonomy.config import Sensitivity, Settings
+from mcp_autonomy.events import EventBus, EventType
+from mcp_autonomy.pg.store import PostgresStore
+from mcp_autonomy.providers.registry import ProviderRegistry
 from mcp_autonomy.server.dashboard import dashboard_snapshot
 from mcp_autonomy.server.mcp_tools.models import PredictionList
-from mcp_autonomy.telemetry import Outcome
+from mcp_autonomy.store import StateStore, Store
+from mcp_autonomy.telemetry import Outcome, Telemetry
 from tests.fakes import ScriptedAdapter
 
 pytestmark = pytest.mark.anyio
@@ -239,3 +252,96 @@ async def test_a_provider_with_sparse_traffic_going_silent_is_no_news(
             await clock.advance(60.0)
         await clock.advance(60 * 60.0)
         assert system.predictive_maintenance.predictions() == []
+
+
+# --- what is saved and loaded at start or takeover, on both store backends ------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """Each backend in turn: SQLite on a temporary file, PostgreSQL on a fresh migrated database."""
+    store: StateStore
+    if request.param == "sqlite":
+        store = Store(tmp_path / "state.sqlite3")
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_url"), origin="test")
+    store.open()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _predictor(store: StateStore, clock: ManualClock) -> PredictiveMaintenance:
+    providers = ProviderRegistry()
+    for name in ("mpesa", "airtel"):
+        providers.register(ScriptedAdapter(name))
+    return PredictiveMaintenance(
+        clock=clock,
+        bus=EventBus(clock),
+        store=store,
+        enabled=True,
+        interval_s=60.0,
+        sensitivity=Sensitivity.MEDIUM,
+        auto_schedule_maintenance=False,
+        telemetry=Telemetry(clock),
+        providers=providers,
+    )
+
+
+async def _ticks(predictor: PredictiveMaintenance, clock: ManualClock, minutes: int, seed: int) -> None:
+    """`minutes` ticks: M-Pesa busy every minute, Airtel every third (gaps in its series)."""
+    assert predictor.telemetry is not None
+    rng = random.Random(seed)
+    for minute in range(minutes):
+        for name, calls in (("mpesa", 40), ("airtel", 10 if minute % 3 == 0 else 0)):
+            for _ in range(calls):
+                predictor.telemetry.record_call(name, Outcome.SUCCESS, 400.0 * rng.uniform(0.9, 1.1))
+        await predictor.tick()
+        await clock.advance(60.0)
+
+
+def _loaded(store: StateStore, clock: ManualClock) -> PredictiveMaintenance:
+    predictor = _predictor(store, clock)
+    predictor.load()
+    return predictor
+
+
+async def test_a_restart_loads_the_saved_traffic_profile_and_series_history(
+    state_store: StateStore, clock: ManualClock
+) -> None:
+    first = _predictor(state_store, clock)
+    first.load()
+    await _ticks(first, clock, 25, seed=21)
+    second = _loaded(state_store, clock)
+    assert second.traffic.to_json() == first.traffic.to_json()
+    assert set(second.traffic.to_json()["requests"]) == {"mpesa", "airtel"}
+    assert second._history.to_json() == first._history.to_json()
+    assert second.warm_up().replayed_points == len(first._history) > 25  # both providers
+    # Each provider is its own key: one provider's save is bounded by its own history.
+    assert set(state_store.get_state(first.name, PROVIDERS_STATE_KEY)) == {"mpesa", "airtel"}
+    assert state_store.get_state(first.name, TRAFFIC_STATE_KEY) is None
+
+
+async def test_state_saved_as_one_document_by_an_older_version_is_loaded_and_migrated(
+    state_store: StateStore, clock: ManualClock, tmp_path: Path
+) -> None:
+    elsewhere = Store(tmp_path / "elsewhere.sqlite3").open()
+    measured = _predictor(elsewhere, clock)
+    await _ticks(measured, clock, 15, seed=22)
+    elsewhere.close()
+    # What the previous version wrote at the end of each tick: every provider in one document.
+    name = measured.name
+    state_store.set_state(name, TRAFFIC_STATE_KEY, measured.traffic.to_json(), timestamp=clock.now())
+    state_store.set_state(name, HISTORY_STATE_KEY, measured._history.to_json(), timestamp=clock.now())
+
+    upgraded = _loaded(state_store, clock)
+    assert upgraded.traffic.to_json() == measured.traffic.to_json()
+    assert upgraded._history.to_json() == measured._history.to_json()
+    assert upgraded.warm_up().replayed_points == len(measured._history) > 15
+    await _ticks(upgraded, clock, 1, seed=23)  # the first save writes every provider's key ...
+    assert state_store.get_state(name, TRAFFIC_STATE_KEY) is None  # ... and drops the old ones
+    assert state_store.get_state(name, HISTORY_STATE_KEY) is None
+    again = _loaded(state_store, clock)
+    assert again.traffic.to_json() == upgraded.traffic.to_json()
+    assert again._history.to_json() == upgraded._history.to_json()

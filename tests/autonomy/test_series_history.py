@@ -35,6 +35,23 @@ def test_history_written_with_other_series_loads_by_name() -> None:
     assert loaded.points("mpesa") == [(T0, (None, 400.0))]
 
 
+def test_one_providers_points_round_trip_alone() -> None:
+    history = SeriesHistory(("error_rate", "latency_p95_ms"))
+    for i in range(3):
+        history.add("mpesa", T0 + 60 * i, {"error_rate": 0.01 * i, "latency_p95_ms": 400.0 + i})
+        history.add("airtel", T0 + 60 * i, {"error_rate": 0.5})
+    stored = json.loads(json.dumps(history.provider_to_json("mpesa")))
+    loaded = SeriesHistory(("latency_p95_ms", "error_rate"))  # another order: values go by name
+    assert loaded.add_provider_json("mpesa", stored, since_s=T0 + 60) == 2
+    assert loaded.providers() == ["mpesa"]
+    assert loaded.series_points("mpesa", "latency_p95_ms") == ([T0 + 60, T0 + 120], [401.0, 402.0])
+    assert (
+        loaded.add_provider_json("airtel", {"version": 1, "series": ["a"], "points": [[T0, 1, 2]]}, since_s=0)
+        == 0
+    )
+    assert loaded.points("airtel") == []  # an unreadable record: that provider starts empty, the others load
+
+
 @pytest.mark.parametrize(
     "raw", [{"version": 99}, {"version": 1, "series": ["a"], "providers": {"p": [["x", 1]]}}, "junk"]
 )
