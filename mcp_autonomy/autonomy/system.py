@@ -294,6 +294,7 @@ def scaling_policy(settings: Settings) -> ScalingPolicy:
     """The policy the settings ask for, bounded by MIN..MAX and aimed at TARGET_TPM_PER_INSTANCE."""
     reactive = ReactiveConfig(
         target_tpm_per_instance=float(settings.target_tpm_per_instance),
+        scale_up_threshold=settings.scale_up_threshold,
         min_replicas=settings.min_instances,
         max_replicas=settings.max_instances,
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Protocol, runtime_checkable
 
-from mcp_autonomy.config import MAX_REPLICAS_LIMIT, Settings
+from mcp_autonomy.config import MAX_REPLICAS_LIMIT, MIN_SCALE_UP_THRESHOLD, Settings
 
 # The replica bounds, the per-instance target and the scale-up threshold come from `config.py`,
 # the one source of truth for the settings operators set.
@@ -25,11 +25,32 @@ _SETTINGS_FIELDS = Settings.model_fields
 DEFAULT_MIN_REPLICAS: Final[int] = int(_SETTINGS_FIELDS["min_instances"].default)
 DEFAULT_MAX_REPLICAS: Final[int] = int(_SETTINGS_FIELDS["max_instances"].default)
 DEFAULT_TARGET_TPM_PER_INSTANCE: Final[float] = float(_SETTINGS_FIELDS["target_tpm_per_instance"].default)
+DEFAULT_SCALE_UP_THRESHOLD: Final[float] = float(_SETTINGS_FIELDS["scale_up_threshold"].default)
 
 SECONDS_PER_DAY: Final = 86_400
 SECONDS_PER_WEEK: Final = 7 * SECONDS_PER_DAY
 _EPOCH_WEEKDAY: Final = 3  # 1970-01-01 was a Thursday; Monday = 0
 _CEIL_EPSILON: Final = 1e-9  # 1000 / 100 must stay 10 replicas, not 11, after float noise
+
+
+def capacity_tpm(target_tpm_per_instance: float, scale_up_threshold: float) -> float:
+    """What one instance can carry: the target is `scale_up_threshold` of it (100 / 0.8 = 125 TPM).
+
+    One definition for the engine, `simulate-scaling` and the benchmarks: a deployment is short
+    of capacity whenever the load exceeds its ready replicas x this.
+    """
+    return target_tpm_per_instance / scale_up_threshold
+
+
+def check_scale_up_threshold(owner: str, value: object) -> None:
+    """Raise `ValueError` naming `owner.scale_up_threshold` unless it is in [0.1, 1]."""
+    _require(
+        _is_number(value) and MIN_SCALE_UP_THRESHOLD <= value <= 1.0,  # type: ignore[operator]
+        owner,
+        "scale_up_threshold",
+        f"in [{MIN_SCALE_UP_THRESHOLD}, 1] (the target's fraction of an instance's capacity)",
+        value,
+    )
 
 
 def week_offset_s(epoch_s: float) -> float:

@@ -425,8 +425,16 @@ class _PeriodicProfile:
         return before + (after - before) * (position - left)
 
     def max_over(self, start_s: float, end_s: float) -> float:
-        """The exact maximum over [start, end]: the profile is linear between slot centres."""
+        """The highest of the interpolated profile over [start, end] and of the slots it overlaps.
+
+        A slot's value is the mean load of its whole slot, so a one-minute burst learned in a
+        one-minute slot must count for all of that minute, not only around its centre.
+        """
         highest = max(self.at(start_s), self.at(end_s))
+        if self.known:
+            for edge_s in (start_s, end_s):
+                slot = int(((edge_s + self._phase_s) % self._period_s) // self._slot_s)
+                highest = max(highest, self._slot_value(slot))
         slot_s = self._slot_s
         centre = (math.floor((start_s + self._phase_s) / slot_s - 0.5) + 1.5) * slot_s - self._phase_s
         while centre < end_s:

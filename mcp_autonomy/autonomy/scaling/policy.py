@@ -22,6 +22,7 @@ from mcp_autonomy.autonomy.scaling.cost import (
 from mcp_autonomy.autonomy.scaling.decision import (
     DEFAULT_MAX_REPLICAS,
     DEFAULT_MIN_REPLICAS,
+    DEFAULT_SCALE_UP_THRESHOLD,
     DEFAULT_TARGET_TPM_PER_INSTANCE,
     NO_GUARDS,
     SECONDS_PER_DAY,
@@ -31,6 +32,7 @@ from mcp_autonomy.autonomy.scaling.decision import (
     ScalingDecision,
     ScalingPolicy,
     ScalingRule,
+    capacity_tpm,
     check_inputs,
     week_offset_s,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "DEFAULT_MIN_REPLICAS",
     "DEFAULT_MIN_SAFETY_QUANTILE",
     "DEFAULT_SCALE_DOWN_HOLD_S",
+    "DEFAULT_SCALE_UP_THRESHOLD",
     "DEFAULT_STARTUP_S",
     "DEFAULT_TARGET_TPM_PER_INSTANCE",
     "NO_GUARDS",
@@ -81,6 +84,7 @@ __all__ = [
     "ScalingDecision",
     "ScalingPolicy",
     "ScalingRule",
+    "capacity_tpm",
     "check_inputs",
     "quantile_of_sorted",
     "week_offset_s",

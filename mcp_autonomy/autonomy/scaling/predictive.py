@@ -1,4 +1,11 @@
-"""The predictive policy: scale ahead of the load it has learned to expect, down when worth it."""
+"""The predictive policy: provision for a high quantile of the load expected one pod start-up ahead.
+
+`PredictivePolicy` forecasts the peak load of the next window (the best of learned weekly/daily
+profiles and persistence, see `forecast`), adds the calibrated quantile of its own past errors,
+and runs enough instances to carry that at capacity. A shadow reactive rule (the HPA's) is
+replayed beside it (`cost.ShadowLedger`); where the forecast has not beaten that rule lately, in
+minutes short and in spend, the policy does what the rule does.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,9 @@ from mcp_autonomy.autonomy.scaling.cost import (
     DEFAULT_COST_WINDOW_S,
     DEFAULT_MAX_SAFETY_QUANTILE,
     DEFAULT_MIN_SAFETY_QUANTILE,
+    DEFAULT_MIN_TRUST_HOURS,
     CostMatcher,
+    ShadowLedger,
 )
 from mcp_autonomy.autonomy.scaling.decision import (
     NO_GUARDS,
@@ -23,6 +32,7 @@ from mcp_autonomy.autonomy.scaling.decision import (
     ScalingDecision,
     ScalingRule,
     _ceil,
+    _is_count,
     _is_number,
     _MonotonicTime,
     _require,
@@ -34,7 +44,7 @@ from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig, ReactivePolic
 
 DEFAULT_STARTUP_S: Final = 60.0  # time from "replica added" to "replica ready and serving"
 DEFAULT_LEAD_MARGIN_S: Final = 60.0  # look this much past the start-up time (one metric interval+)
-DEFAULT_SCALE_DOWN_HOLD_S: Final = 600.0  # the forecast must stay low this long to remove a pod
+DEFAULT_SCALE_DOWN_HOLD_S: Final = 300.0  # the forecast must stay low this long to remove a pod
 DEFAULT_SCALE_DOWN_HYSTERESIS: Final = 0.0  # remove at least this fraction (and >= 1 pod) at once
 DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down this soon after a change
 
@@ -47,10 +57,15 @@ class PredictiveConfig:
     forecaster's safety margin. Scale-down goes to what the forecast needs over the next
     `scale_down_hold_s` (the time a pod must stay unneeded for its removal to be worth its later
     start-up), only if that removes at least `scale_down_hysteresis` of the replicas (and at least
-    one), and not within `scale_down_cooldown_s` of the previous change. With `cost_budget` set,
-    the safety quantile starts at `forecast.safety_quantile` and is moved hourly (by `cost_gain`,
-    within [`min_safety_quantile`, `max_safety_quantile`]) so that the spend over the last
-    `cost_window_s` is `cost_budget` x the reactive policy's; None keeps the quantile fixed.
+    one), and not within `scale_down_cooldown_s` of the previous change. Both provision against
+    an instance's capacity (`reactive.capacity_tpm_per_instance`), not its target: the forecast's
+    safety margin replaces the HPA's blanket headroom. With `cost_budget` set, the safety quantile
+    starts at `forecast.safety_quantile` and is lowered hourly (by `cost_gain`, within
+    [`min_safety_quantile`, `max_safety_quantile`]) while the forecast would spend more than
+    `cost_budget` x the reactive rule over the last `cost_window_s`, raised while it spends less;
+    None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast acts only while,
+    over that window (and at least `min_trust_hours`), it would have been short of capacity no
+    longer than the reactive rule at no more than the budget; otherwise the reactive rule decides.
     """
 
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
@@ -65,9 +80,25 @@ class PredictiveConfig:
     cost_gain: float = DEFAULT_COST_GAIN
     min_safety_quantile: float = DEFAULT_MIN_SAFETY_QUANTILE
     max_safety_quantile: float = DEFAULT_MAX_SAFETY_QUANTILE
+    fall_back_to_reactive: bool = True
+    min_trust_hours: int = DEFAULT_MIN_TRUST_HOURS
 
     def __post_init__(self) -> None:
         owner = "PredictiveConfig"
+        _require(
+            isinstance(self.fall_back_to_reactive, bool),
+            owner,
+            "fall_back_to_reactive",
+            "a bool",
+            self.fall_back_to_reactive,
+        )
+        _require(
+            _is_count(self.min_trust_hours) and 1 <= self.min_trust_hours <= self.cost_window_s // 3600,
+            owner,
+            "min_trust_hours",
+            f"an integer in [1, cost_window_s / 3600 = {self.cost_window_s // 3600:g}]",
+            self.min_trust_hours,
+        )
         _require(
             self.cost_budget is None or (_is_number(self.cost_budget) and 0.5 <= self.cost_budget <= 10),
             owner,
@@ -136,48 +167,78 @@ class PredictiveConfig:
 
 
 class PredictivePolicy:
-    """Scales ahead of the load it has learned to expect, and down only when it is worth it.
+    """Provisions for a high quantile of the load expected over the next pod start-up.
 
     Each call feeds the load to a `LoadForecaster` (learned daily/weekly profiles, an optional
-    prior, or persistence when the load has no shape), then:
+    prior, or persistence when the load has no shape) and computes the candidate count:
 
-    - scale-up: to the larger of the reactive recommendation (the load of now) and
-      `ceil((peak forecast within startup_s + lead_margin_s) + headroom) / target)`, so pods are
-      ready when the forecast peak arrives and a surprise spike still gets the reactive answer;
-      the headroom is the safety quantile of past forecast errors at that load level;
-    - scale-down: to the larger of what the load of now needs and what the forecast (with its
-      headroom) needs over the next `scale_down_hold_s`, only when that removes at least the
-      hysteresis, after the cooldown, and never while `guards` block it;
-    - never outside MIN..MAX, within the reactive config's step limits;
-    - with a cost budget, the safety quantile is the `CostMatcher`'s.
+    - scale-up: `ceil(max(peak forecast within startup_s + lead_margin_s, load now) x (1 +
+      headroom) / capacity)`, the headroom being the safety quantile of the forecaster's past
+      errors at that load level, so pods are ready when the forecast peak arrives and a load
+      already above the forecast is provisioned for at once;
+    - scale-down: to the same figure over the next `scale_down_hold_s`, after the cooldown, and
+      never while `guards` block it;
 
-    Until a model has been scored `min_residuals` times, the reactive policy decides alone.
+    then, unless the forecast is trusted (see `PredictiveConfig.fall_back_to_reactive`), follows
+    the shadow reactive rule instead. Always within MIN..MAX and the reactive config's step
+    limits. Until the forecaster has scored `min_residuals` forecasts, the reactive rule decides.
     """
 
     name: str = "predictive"
 
     def __init__(self, config: PredictiveConfig | None = None) -> None:
         self.config = config if config is not None else PredictiveConfig()
-        self.reactive = ReactivePolicy(self.config.reactive)
+        cfg = self.config
+        self.reactive = ReactivePolicy(cfg.reactive)
         self.forecaster = LoadForecaster(
-            self.config.forecast,
-            lead_s=self.config.startup_s,
-            floor_tpm=self.config.reactive.target_tpm_per_instance,
+            cfg.forecast,
+            lead_s=cfg.startup_s,
+            floor_tpm=cfg.reactive.target_tpm_per_instance,
         )
-        self._changes = _ChangeLog(self.config.reactive)
+        self._changes = _ChangeLog(cfg.reactive)
         self._time = _MonotonicTime()
-        self.cost = CostMatcher(self.config) if self.config.cost_budget is not None else None
+        self.ledger = ShadowLedger(
+            cfg.reactive,
+            startup_s=cfg.startup_s,
+            window_s=cfg.cost_window_s,
+            cost_budget=cfg.cost_budget if cfg.cost_budget is not None else math.inf,
+            min_trust_hours=cfg.min_trust_hours,
+        )
+        self.cost = (
+            CostMatcher(
+                cost_budget=cfg.cost_budget,
+                cost_gain=cfg.cost_gain,
+                start_quantile=cfg.forecast.safety_quantile,
+                min_quantile=cfg.min_safety_quantile,
+                max_quantile=cfg.max_safety_quantile,
+            )
+            if cfg.cost_budget is not None
+            else None
+        )
+        self._candidate: int | None = None
+        self._surprise_until_s = -math.inf
 
     @property
     def safety_quantile(self) -> float:
         """The quantile of forecast errors provisioned for now (moved by the cost budget)."""
         return self.cost.quantile if self.cost is not None else self.config.forecast.safety_quantile
 
+    @property
+    def forecast_trusted(self) -> bool:
+        """Whether the forecast decides now (False: the reactive rule does)."""
+        return self.ledger.trusted or not self.config.fall_back_to_reactive
+
     def _replicas_for(self, forecast_tpm: float, headroom: float) -> int:
-        """Instances for a forecast plus its safety margin (relative to max(forecast, one target))."""
+        """Instances that carry a forecast plus its safety margin at capacity.
+
+        The margin never exceeds the reactive rule's own headroom (capacity / target - 1, +25 %
+        at a threshold of 0.8): past that the forecast would buy what the reactive rule buys
+        anyway, at a higher price. Bursts beyond it are the surprise floor's job.
+        """
         reactive = self.config.reactive
+        headroom = min(headroom, 1.0 / reactive.scale_up_threshold - 1.0)
         margin = headroom * max(forecast_tpm, reactive.target_tpm_per_instance)
-        return _ceil((forecast_tpm + margin) / reactive.effective_target_tpm)
+        return reactive.clamp(_ceil((forecast_tpm + margin) / reactive.capacity_tpm_per_instance))
 
     def recommend(
         self,
@@ -192,8 +253,11 @@ class PredictivePolicy:
         cfg = self.config
         rcfg = cfg.reactive
         self.forecaster.observe(now_s, load_tpm)
-        if self.cost is not None:
-            self.cost.observe(now_s, load_tpm, current_replicas, paused=guards.blocks_scale_down)
+        ledger = self.ledger
+        if ledger.observe(now_s, load_tpm, current_replicas, paused=guards.blocks_scale_down) and self.cost:
+            self.cost.adjust(ledger)
+        shadow = ledger.shadow_replicas
+        assert shadow is not None  # observe() has run
         quantile = self.safety_quantile
         raw, ratio = self.reactive.raw_recommendation(load_tpm, current_replicas)
         stabilized = self.reactive.stabilize(now_s, raw, current_replicas)
@@ -203,20 +267,42 @@ class PredictivePolicy:
             "current_replicas": current_replicas,
             "ready_replicas": ready_replicas,
             "target_tpm_per_instance": rcfg.target_tpm_per_instance,
+            "capacity_tpm_per_instance": rcfg.capacity_tpm_per_instance,
             "ratio": ratio,
             "reactive_recommendation": raw,
             "reactive_stabilized": stabilized,
+            "shadow_replicas": shadow,
         }
         down_cooldown_s = rcfg.scale_down_cooldown_s
+        preliminary: ScalingRule | None = None
+        up_rule, down_rule = ScalingRule.REACTIVE_UP, ScalingRule.REACTIVE_DOWN
         if outlook is None:
             wanted = stabilized
             basis = f"forecaster warming up ({self.forecaster.learned_days():.0%} of a day learned): reactive"
-            up_rule, down_rule = ScalingRule.REACTIVE_UP, ScalingRule.REACTIVE_DOWN
-            preliminary: ScalingRule | None = None
         else:
-            down_cooldown_s = max(down_cooldown_s, cfg.scale_down_cooldown_s)
-            predicted_up = self._replicas_for(outlook.peak_up_tpm, outlook.headroom_up)
-            predicted_hold = self._replicas_for(outlook.peak_hold_tpm, outlook.headroom_hold)
+            predicted_up = self._replicas_for(max(outlook.peak_up_tpm, load_tpm), outlook.headroom_up)
+            predicted_hold = self._replicas_for(max(outlook.peak_hold_tpm, load_tpm), outlook.headroom_hold)
+            # A load above the forecast's own upper band is a surprise (a burst, a level shift): the
+            # forecast is unreliable for a while, so the policy keeps at least what the reactive
+            # rule, with its headroom, runs until the load has been back within the band for
+            # `scale_down_hold_s`.
+            if load_tpm > outlook.peak_up_tpm * (1.0 + outlook.headroom_up):
+                self._surprise_until_s = now_s + cfg.scale_down_hold_s
+            surprised = now_s < self._surprise_until_s
+            if surprised:
+                predicted_up = max(predicted_up, shadow)
+                predicted_hold = max(predicted_hold, shadow)
+            previous = self._candidate if self._candidate is not None else current_replicas
+            # What the forecast alone would run: up to the up-horizon figure, down only as far as
+            # the hold horizon allows (the rule below, without limits and cooldowns).
+            if predicted_up >= previous:
+                self._candidate = predicted_up
+            else:
+                self._candidate = min(previous, max(predicted_hold, predicted_up))
+            ledger.set_candidate(now_s, self._candidate)
+            # Persistence forecasting best means the load has no pattern to exploit: the reactive
+            # rule, with its headroom, is then what the policy runs.
+            trusted = self.forecast_trusted and outlook.model != "flat"
             inputs.update(
                 model=outlook.model,
                 nowcast_tpm=outlook.nowcast_tpm,
@@ -226,32 +312,34 @@ class PredictivePolicy:
                 safety_quantile=quantile,
                 predictive_up=predicted_up,
                 predictive_hold=predicted_hold,
+                forecast_trusted=int(trusted),
+                surprised=int(surprised),
             )
             basis = (
                 f"forecast ({outlook.model}) peak {outlook.peak_up_tpm:.1f} tpm within {cfg.up_horizon_s:.0f}s"
                 f" -> {predicted_up}, {outlook.peak_hold_tpm:.1f} tpm within {cfg.scale_down_hold_s:.0f}s"
-                f" -> {predicted_hold} (headroom +{outlook.headroom_up:.0%} at q{quantile:.2f})"
+                f" -> {predicted_hold} (headroom +{outlook.headroom_up:.0%} at q{quantile:.3f},"
+                f" capacity {rcfg.capacity_tpm_per_instance:g} tpm/instance)"
             )
-            preliminary = None
-            up_target = max(stabilized, predicted_up)
-            if up_target > current_replicas:
-                wanted = up_target
-                up_rule = ScalingRule.PREDICTIVE_UP if predicted_up >= stabilized else ScalingRule.REACTIVE_UP
-                down_rule = ScalingRule.PREDICTIVE_DOWN
+            if not trusted:
+                wanted = shadow
+                basis += f"; forecast not ahead of the reactive rule lately: following it ({shadow})"
             else:
-                up_rule = ScalingRule.REACTIVE_UP
-                down_rule = ScalingRule.PREDICTIVE_DOWN
-                needed_now = _ceil(load_tpm / rcfg.effective_target_tpm)
-                down_target = max(predicted_hold, needed_now, rcfg.min_replicas)
-                step = current_replicas - down_target
-                if step <= 0:
-                    wanted = current_replicas
-                elif step < max(1, math.ceil(cfg.scale_down_hysteresis * current_replicas)):
-                    wanted = current_replicas
-                    preliminary = ScalingRule.NOT_WORTH_IT
-                    basis += f"; removing {step} not worth it"
+                down_cooldown_s = max(down_cooldown_s, cfg.scale_down_cooldown_s)
+                up_rule, down_rule = ScalingRule.PREDICTIVE_UP, ScalingRule.PREDICTIVE_DOWN
+                if predicted_up > current_replicas:
+                    wanted = predicted_up
                 else:
-                    wanted = down_target
+                    down_target = max(predicted_hold, predicted_up, rcfg.min_replicas)
+                    step = current_replicas - down_target
+                    if step <= 0:
+                        wanted = current_replicas
+                    elif step < max(1, math.ceil(cfg.scale_down_hysteresis * current_replicas)):
+                        wanted = current_replicas
+                        preliminary = ScalingRule.NOT_WORTH_IT
+                        basis += f"; removing {step} not worth it"
+                    else:
+                        wanted = down_target
         desired, bound, note = _apply_limits(
             rcfg,
             self._changes,

@@ -15,6 +15,7 @@ from typing import Final
 from mcp_autonomy.autonomy.scaling.decision import (
     DEFAULT_MAX_REPLICAS,
     DEFAULT_MIN_REPLICAS,
+    DEFAULT_SCALE_UP_THRESHOLD,
     DEFAULT_TARGET_TPM_PER_INSTANCE,
     NO_GUARDS,
     RecommendationHistory,
@@ -27,7 +28,9 @@ from mcp_autonomy.autonomy.scaling.decision import (
     _MonotonicTime,
     _require,
     _require_seconds,
+    capacity_tpm,
     check_inputs,
+    check_scale_up_threshold,
 )
 from mcp_autonomy.config import MAX_REPLICAS_LIMIT, MAX_TARGET_TPM
 
@@ -55,10 +58,14 @@ class ReactiveConfig:
     `scale_*_max_pods` pods or `scale_*_max_percent` percent of the replicas counted at the start
     of the period, whichever allows more (None switches that limit off; both None: unlimited).
     `scale_up_cooldown_s` separates consecutive scale-ups; `scale_down_cooldown_s` is the quiet
-    time after any change before a scale-down.
+    time after any change before a scale-down. `scale_up_threshold` does not change this rule's
+    arithmetic (it aims at the target, as an HPA does); it says what an instance can carry
+    (`capacity_tpm_per_instance` = target / threshold), which the predictive policy provisions
+    against and every replay counts minutes short of.
     """
 
     target_tpm_per_instance: float = DEFAULT_TARGET_TPM_PER_INSTANCE
+    scale_up_threshold: float = DEFAULT_SCALE_UP_THRESHOLD
     min_replicas: int = DEFAULT_MIN_REPLICAS
     max_replicas: int = DEFAULT_MAX_REPLICAS
     tolerance: float = DEFAULT_TOLERANCE
@@ -84,6 +91,7 @@ class ReactiveConfig:
             f"in (0, {MAX_TARGET_TPM}]",
             target,
         )
+        check_scale_up_threshold(owner, self.scale_up_threshold)
         for name in ("min_replicas", "max_replicas"):
             value = getattr(self, name)
             _require(
@@ -156,6 +164,11 @@ class ReactiveConfig:
     def effective_target_tpm(self) -> float:
         """The load one instance should carry once the headroom is set aside."""
         return self.target_tpm_per_instance * (1.0 - self.headroom)
+
+    @property
+    def capacity_tpm_per_instance(self) -> float:
+        """What one instance can carry: target / scale_up_threshold."""
+        return capacity_tpm(self.target_tpm_per_instance, self.scale_up_threshold)
 
     def clamp(self, replicas: int) -> int:
         """`replicas` brought into MIN..MAX."""
