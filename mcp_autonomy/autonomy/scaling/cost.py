@@ -1,6 +1,7 @@
 """Cost and shortfall accounting for the predictive policy, against the reactive (HPA) rule it must beat.
 
-`ShadowLedger` runs the reactive rule on the same load with its own replica count and replays,
+`ShadowLedger` runs the Kubernetes HPA's rule (`hpa.HorizontalPodAutoscaler` with Kubernetes'
+defaults, aimed at the target) on the same load with its own replica count and replays,
 counterfactually, what that count and the predictive candidate count would have cost (replica-
 seconds) and how long each would have been short of capacity (pods take `startup_s` to become
 ready, removed pods go at once). Per-hour tallies over a window tell the policy whether its
@@ -16,7 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig, ReactivePolicy
+from mcp_autonomy.autonomy.scaling.hpa import HorizontalPodAutoscaler, HpaConfig
+from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
 
 DEFAULT_COST_BUDGET: Final = 1.0  # spend at most what the reactive rule would
 DEFAULT_COST_WINDOW_S: Final = 2 * 86_400.0  # spend and shortfall are compared over two days
@@ -114,7 +116,15 @@ class ShadowLedger:
         cost_budget: float,
         min_trust_hours: int = DEFAULT_MIN_TRUST_HOURS,
     ) -> None:
-        self._shadow = ReactivePolicy(reactive)
+        # The HPA an operator would run instead: Kubernetes' defaults, aimed at the target (an
+        # HPA's minReplicas is at least 1). Falling back means doing exactly what it would do.
+        self._shadow = HorizontalPodAutoscaler(
+            HpaConfig(
+                target_tpm_per_instance=reactive.target_tpm_per_instance,
+                min_replicas=max(1, reactive.min_replicas),
+                max_replicas=reactive.max_replicas,
+            )
+        )
         self._capacity_tpm = reactive.capacity_tpm_per_instance
         self._budget = cost_budget
         self._min_trust_hours = min_trust_hours
@@ -179,7 +189,8 @@ class ShadowLedger:
                 if load_tpm > candidate.ready(now_s) * capacity:
                     tally.candidate_short_s += elapsed_s
         self._last_s = now_s
-        shadow.set(now_s, self._shadow.decide(now_s, load_tpm, shadow.replicas)[0])
+        decision = self._shadow.recommend(now_s, load_tpm, shadow.replicas, shadow.ready(now_s))
+        shadow.set(now_s, decision.desired_replicas)
         hour = int(now_s // _COST_BUCKET_S)
         if self._hour is None:
             self._hour = hour

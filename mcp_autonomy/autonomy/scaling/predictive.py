@@ -47,6 +47,8 @@ DEFAULT_LEAD_MARGIN_S: Final = 60.0  # look this much past the start-up time (on
 DEFAULT_SCALE_DOWN_HOLD_S: Final = 300.0  # the forecast must stay low this long to remove a pod
 DEFAULT_SCALE_DOWN_HYSTERESIS: Final = 0.0  # remove at least this fraction (and >= 1 pod) at once
 DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down this soon after a change
+DEFAULT_SURPRISE_HOLD_S: Final = 300.0  # after a load above the forecast band, the reactive floor
+# holds this long: the HPA's own scale-down stabilisation window
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class PredictiveConfig:
     cost_gain: float = DEFAULT_COST_GAIN
     min_safety_quantile: float = DEFAULT_MIN_SAFETY_QUANTILE
     max_safety_quantile: float = DEFAULT_MAX_SAFETY_QUANTILE
+    surprise_hold_s: float = DEFAULT_SURPRISE_HOLD_S
     fall_back_to_reactive: bool = True
     min_trust_hours: int = DEFAULT_MIN_TRUST_HOURS
 
@@ -135,7 +138,7 @@ class PredictiveConfig:
         _require(
             isinstance(self.forecast, ForecastConfig), owner, "forecast", "a ForecastConfig", self.forecast
         )
-        for name in ("startup_s", "lead_margin_s", "scale_down_cooldown_s"):
+        for name in ("startup_s", "lead_margin_s", "scale_down_cooldown_s", "surprise_hold_s"):
             _require_seconds(owner, name, getattr(self, name))
         _require(
             _is_number(self.startup_s) and self.startup_s <= SECONDS_PER_DAY,
@@ -285,9 +288,9 @@ class PredictivePolicy:
             # A load above the forecast's own upper band is a surprise (a burst, a level shift): the
             # forecast is unreliable for a while, so the policy keeps at least what the reactive
             # rule, with its headroom, runs until the load has been back within the band for
-            # `scale_down_hold_s`.
+            # `surprise_hold_s`.
             if load_tpm > outlook.peak_up_tpm * (1.0 + outlook.headroom_up):
-                self._surprise_until_s = now_s + cfg.scale_down_hold_s
+                self._surprise_until_s = now_s + cfg.surprise_hold_s
             surprised = now_s < self._surprise_until_s
             if surprised:
                 predicted_up = max(predicted_up, shadow)
