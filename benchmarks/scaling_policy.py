@@ -1,8 +1,8 @@
 """The predictive scaling policy against a fairly configured Kubernetes HPA on seeded synthetic traces.
 
-Run: `python benchmarks/scaling_policy.py` (default: the reporting seeds, 2 weeks per trace;
-`--quick`: one reporting seed, 1 week; `--full`: 4 weeks; `--seeds dev` replays the development
-seeds instead; `--family NAME` narrows it down). Every trace is replayed by
+Run: `python benchmarks/scaling_policy.py` (default: the three reporting seeds, 1 week per trace,
+about 2 minutes on 2 CPUs; `--quick`: one reporting seed; `--full`: 4 weeks per trace; `--seeds
+dev` replays the development seeds instead; `--family NAME` narrows it down). Every trace is replayed by
 `mcp_autonomy.autonomy.scaling.simulate.replay`, the code behind `mcp-autonomy simulate-scaling`,
 with the same semantics: 15 s steps, pods ready 60 s after they are added, 2..80 replicas,
 TARGET_TPM_PER_INSTANCE 100 (the load one instance should carry) and SCALE_UP_THRESHOLD 0.8, so an
@@ -318,13 +318,13 @@ def _ratio(value: float, baseline: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="one reporting seed, 1 week per trace")
+    size.add_argument("--quick", action="store_true", help="one reporting seed")
     size.add_argument("--full", action="store_true", help="4 weeks per trace")
-    parser.add_argument("--weeks", type=int, help="weeks per trace (default 2; --quick 1, --full 4)")
+    parser.add_argument("--weeks", type=int, help="weeks per trace (default 1, --full 4)")
     parser.add_argument("--seeds", choices=("report", "dev"), default="report", help="which seeds")
     parser.add_argument("--family", choices=sorted(FAMILIES), action="append", help="only these families")
     args = parser.parse_args()
-    weeks = args.weeks or (1 if args.quick else 4 if args.full else 2)
+    weeks = args.weeks or (4 if args.full else 1)
     if weeks < 1:
         parser.error("--weeks must be >= 1")
     seeds = DEV_SEEDS if args.seeds == "dev" else REPORT_SEEDS
