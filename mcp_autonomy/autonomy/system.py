@@ -59,6 +59,7 @@ from mcp_autonomy.autonomy.scaling import (
     pod_identity,
 )
 from mcp_autonomy.autonomy.scaling.policy import (
+    DEFAULT_SCALE_DOWN_HOLD_S,
     ORIGINAL_MODULE_PRIOR_SCHEDULE,
     ForecastConfig,
     PredictiveConfig,
@@ -306,7 +307,7 @@ def scaling_policy(settings: Settings) -> ScalingPolicy:
             reactive=reactive,
             forecast=ForecastConfig(prior_schedule=prior),
             startup_s=float(settings.pod_startup_s),
-            scale_down_hold_s=max(float(settings.pod_startup_s), 600.0),
+            scale_down_hold_s=max(float(settings.pod_startup_s), DEFAULT_SCALE_DOWN_HOLD_S),
         )
     )
 

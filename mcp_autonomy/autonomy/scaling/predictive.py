@@ -45,6 +45,7 @@ from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig, ReactivePolic
 DEFAULT_STARTUP_S: Final = 60.0  # time from "replica added" to "replica ready and serving"
 DEFAULT_LEAD_MARGIN_S: Final = 60.0  # look this much past the start-up time (one metric interval+)
 DEFAULT_SCALE_DOWN_HOLD_S: Final = 300.0  # the forecast must stay low this long to remove a pod
+# (as long as the HPA's own scale-down stabilisation window)
 DEFAULT_SCALE_DOWN_HYSTERESIS: Final = 0.0  # remove at least this fraction (and >= 1 pod) at once
 DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down this soon after a change
 DEFAULT_SURPRISE_HOLD_S: Final = 300.0  # after a load above the forecast band, the reactive floor
