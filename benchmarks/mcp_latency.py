@@ -283,7 +283,7 @@ def report(result: TransportResult) -> bool:
         )
     verdict = "met" if met else "NOT met"
     print(
-        f"mcp_get_status_target_{result.transport}: {verdict} ({', '.join(ratios)} of the no-op; "
+        f"mcp_get_status_target_{result.transport}: {verdict} ({', '.join(ratios)} of the baseline tool; "
         f"target <= {TARGET_RATIO:.2f}x; protocol {result.protocol_version}; "
         f"baseline {result.noop_answer}; {len(result.noop_ns)} calls each)"
     )
