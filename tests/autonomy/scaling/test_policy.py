@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_autonomy.autonomy.scaling.policy import (
-    DEFAULT_MAX_SAFETY_QUANTILE,
     DEFAULT_MAX_REPLICAS,
+    DEFAULT_MAX_SAFETY_QUANTILE,
     DEFAULT_MIN_REPLICAS,
     DEFAULT_TARGET_TPM_PER_INSTANCE,
     ORIGINAL_MODULE_PRIOR_SCHEDULE,
@@ -394,7 +394,10 @@ def test_a_day_with_no_load_at_night_still_forecasts_the_morning() -> None:
 
 def test_capacity_is_the_target_over_the_scale_up_threshold() -> None:
     assert ReactiveConfig(target_tpm_per_instance=100.0).capacity_tpm_per_instance == 125.0
-    assert ReactiveConfig(target_tpm_per_instance=100.0, scale_up_threshold=0.5).capacity_tpm_per_instance == 200.0
+    assert (
+        ReactiveConfig(target_tpm_per_instance=100.0, scale_up_threshold=0.5).capacity_tpm_per_instance
+        == 200.0
+    )
     with pytest.raises(ValueError, match=r"ReactiveConfig\.scale_up_threshold must be in \[0\.1, 1\]"):
         ReactiveConfig(scale_up_threshold=1.2)
 
