@@ -11,10 +11,12 @@ times the slower run's fail-over. The payment stream ends with the outage.
 - **Ours:** the real `AutonomousSystem` with its default settings, the self-healer polling every
   `SELF_HEALING_INTERVAL_MS` = 10 000 ms like the original: any gain comes from the design
   (breaker and passive error rate, immediate failover of a payment M-Pesa certainly did not take).
-- **Baseline:** `OriginalFailover` below, a replay of the original module's design (not product
-  code): one health check per provider every 10 s, a provider declared down after 3 consecutive
-  failed checks and only then traffic switched to the backup; until then every payment goes to
-  the primary once, and a payment that fails there is a failed payment. Its checks call M-Pesa's
+- **Baseline:** `OriginalFailover` below, the original module's design as a competent operator
+  would run it (not product code): one health check per provider every 10 s, a provider declared
+  down after 3 consecutive failed checks and then traffic switched to the backup; until then
+  every payment goes to the primary first and, like any real payment gateway, a payment the
+  primary certainly did not take (connection refused: `not_processed`) is sent once to the
+  backup. Any other failure at the primary is a failed payment. Its checks call M-Pesa's
   `probe()` with the adapter's 30 s probe cache turned off, so every check really reaches the
   provider (the original design's best case).
 
@@ -53,6 +55,7 @@ from mcp_autonomy.config import Settings, load_settings
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.payments import AttemptOutcome, PaymentRecord
 from mcp_autonomy.providers.base import (
+    ErrorClass,
     Money,
     Operation,
     PaymentRequest,
@@ -253,8 +256,9 @@ class OriginalFailover:
 
     A health check of every provider each `poll_s`; a provider is down after `failures_to_down`
     consecutive failed checks and up again after one good check. A payment goes to the primary
-    unless it is down (then to the backup), exactly once: no breaker, no per-payment failover, no
-    retry. A payment the provider does not take is a failed payment.
+    unless it is down (then to the backup). A refused connection (`not_processed`: certainly not
+    taken) at the primary sends it once to the backup, as any gateway would; no breaker, no
+    retry, and any other failure is a failed payment.
     """
 
     def __init__(
@@ -305,9 +309,17 @@ class OriginalFailover:
         return self.primary
 
     async def submit(self, request: PaymentRequest) -> tuple[str, TransactionStatus]:
+        """Send the payment; returns the first provider it was sent to and its final status."""
         provider = self.provider_for_next_payment()
         try:
             txn = await self.payment_adapters[provider].collect(request)
+        except ProviderError as exc:
+            if provider == self.backup or exc.error_class is not ErrorClass.NOT_PROCESSED:
+                return provider, TransactionStatus.FAILED
+        else:
+            return provider, txn.status
+        try:
+            txn = await self.payment_adapters[self.backup].collect(request)
         except ProviderError:
             return provider, TransactionStatus.FAILED
         return provider, txn.status

@@ -1,24 +1,30 @@
-"""The predictive scaling policy against the Kubernetes HPA on synthetic load traces.
+"""The predictive scaling policy against a fairly configured Kubernetes HPA on seeded synthetic traces.
 
-Run: `python benchmarks/scaling_policy.py` (`--family NAME`, `--weeks N`, `--seed S` narrow it
-down; `--fixed-quantile Q` replays the policy with a fixed safety quantile instead of its cost
-budget). Each family's trace is generated with a fixed seed and replayed by
-`mcp_autonomy.autonomy.scaling.simulate.replay`, the code behind `mcp-autonomy simulate-scaling`:
-15 s steps, pods ready 60 s after they are added, target 100 TPM per instance, 2..80 replicas,
-the policy with its defaults against a default-behaviour HPA on a per-pod TPM metric.
+Run: `python benchmarks/scaling_policy.py` (default: the three reporting seeds, 1 week per trace,
+about 2 minutes on 2 CPUs; `--quick`: one reporting seed; `--full`: 4 weeks per trace; `--seeds
+dev` replays the development seeds instead; `--family NAME` narrows it down). Every trace is replayed by
+`mcp_autonomy.autonomy.scaling.simulate.replay`, the code behind `mcp-autonomy simulate-scaling`,
+with the same semantics: 15 s steps, pods ready 60 s after they are added, 2..80 replicas,
+TARGET_TPM_PER_INSTANCE 100 (the load one instance should carry) and SCALE_UP_THRESHOLD 0.8, so an
+instance can carry 125 TPM and a deployment is short of capacity whenever the load exceeds its
+ready replicas x 125. The baseline is a default-behaviour HPA on a per-pod TPM metric aiming at
+100 TPM per pod: 80 % of capacity, the headroom an operator gives it. The policy runs with its
+defaults (cost budget 1.0) and is told the same target.
 
-Traffic is counted per minute: Poisson arrivals around a mean that drifts slowly (a log-AR(1),
-3 % with a 30-minute time constant: busier and quieter spells) with 1.5 % extra independent
-jitter (overdispersion). The headline figures are for `daily_weekly`: morning, lunch and evening
-peaks on weekdays, a lower and later shape at weekends, an afternoon surge (x2.2 for 20 minutes)
-and a night burst (x4 for 12 minutes) that no forecast can know. The other families check that
-the policy generalises instead of fitting one shape: step-shaped peaks, growth of 4 % a day,
-heavy (25 %) independent noise with random bursts, a smooth page-view-like sinusoid, a daily
-clock that moves an hour, load with no seasonality at all, an hourly-resolution trace (as public
-page-view dumps are) and timer-triggered bursts every 15 minutes on a daily curve (as serverless
-function traces show).
+Traffic is counted per minute: Poisson arrivals around a mean that drifts slowly (a log-AR(1), 3 %
+with a 30-minute time constant) with 1.5 % extra jitter. Shapes: seasonal (`daily_weekly`: weekday
+and weekend peaks plus two surprise spikes; `sharp_peaks`: step-shaped openings; `smooth_sinusoid`;
+`shifted_clock`: the daily clock moves an hour; `hourly_steps`: one point an hour), trending
+(`growth`: +4 % a day), bursty (`noisy`: 25 % jitter and random bursts; `timer_bursts`: a job every
+15 minutes and random bursts), with gaps (`gaps_level_shift`: hours-long holes in the trace and a
+x1.6 level shift) and one with no exploitable pattern (`no_seasonality`).
 
-The target: at least 50 % fewer minutes short of capacity at no more instance-minutes than the HPA.
+Development and reporting data are apart: the policy's design and defaults were developed on
+seeds 1-3 (`--seeds dev`); the default run reports seeds 101-103, which were not looked at while
+tuning. No public trace is used here.
+
+The target, per trace and seed: minutes short of capacity at most 0.5 x the HPA's + 5 (on the
+patternless trace: no more than the HPA's) at no more than 1.0 x its instance-minutes.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_autonomy.autonomy.scaling.simulate import (
     LoadTrace,
-    ReplayStats,
     SimulationConfig,
     build_hpa,
     build_policy,
@@ -48,13 +55,23 @@ from mcp_autonomy.autonomy.scaling.simulate import (
 
 START_S = 1_767_571_200.0  # Monday 2026-01-05 00:00 UTC
 MINUTES_PER_DAY = 1440
-DEFAULT_WEEKS = 4
 TARGET_TPM = 100.0
+SCALE_UP_THRESHOLD = 0.8  # the HPA aims at 80 % of an instance's capacity
 PEAK_TPM = 3000.0
 DRIFT = 0.03  # sigma of the slow log-AR(1) deviation of the mean (30-minute time constant)
 JITTER = 0.015  # sigma of the independent per-minute deviation (overdispersion)
+DEV_SEEDS = (1, 2, 3)
+REPORT_SEEDS = (101, 102, 103)
+SHORT_RATIO_TARGET = 0.5
+SHORT_ALLOWANCE_MIN = 5.0
+COST_RATIO_TARGET = 1.0
+PATTERNLESS = frozenset({"no_seasonality"})
 SIMULATION = SimulationConfig(
-    target_tpm_per_instance=TARGET_TPM, min_replicas=2, max_replicas=80, startup_s=60.0
+    target_tpm_per_instance=TARGET_TPM,
+    scale_up_threshold=SCALE_UP_THRESHOLD,
+    min_replicas=2,
+    max_replicas=80,
+    startup_s=60.0,
 )
 
 Generator = Callable[[int, np.random.Generator], np.ndarray]
@@ -206,6 +223,13 @@ def timer_bursts(minutes: int, rng: np.random.Generator) -> np.ndarray:
     return _traffic(rng, mean)
 
 
+def gaps_level_shift(minutes: int, rng: np.random.Generator) -> np.ndarray:
+    """`daily_weekly` whose level jumps x1.6 for good after the first third (a new customer)."""
+    hours, days = _hours_and_days(minutes)
+    shift = np.where(np.arange(minutes) >= minutes // 3, 1.6, 1.0)
+    return _traffic(rng, 0.6 * PEAK_TPM * shift * _weekday_weekend(hours, days))
+
+
 FAMILIES: dict[str, Generator] = {
     "daily_weekly": daily_weekly,
     "sharp_peaks": sharp_peaks,
@@ -216,88 +240,132 @@ FAMILIES: dict[str, Generator] = {
     "no_seasonality": no_seasonality,
     "hourly_steps": hourly_steps,
     "timer_bursts": timer_bursts,
+    "gaps_level_shift": gaps_level_shift,
 }
 POINT_EVERY_MINUTES = {"hourly_steps": 60}  # the others have one point a minute
+GAPPY = frozenset({"gaps_level_shift"})
 
 
-def make_trace(family: str, weeks: int, seed: int = 7) -> LoadTrace:
-    """The family's trace: `weeks` weeks from Monday 2026-01-05 00:00 UTC."""
+def _gap_mask(minutes: int, rng: np.random.Generator) -> np.ndarray:
+    """Which minutes keep their point: two holes a day of 5 minutes to 3 hours (a collector down)."""
+    keep = np.ones(minutes, dtype=bool)
+    for start in rng.integers(MINUTES_PER_DAY, minutes - 200, size=2 * max(1, minutes // MINUTES_PER_DAY)):
+        keep[int(start) : int(start) + int(rng.integers(5, 181))] = False
+    return keep
+
+
+def make_trace(family: str, weeks: int, seed: int) -> LoadTrace:
+    """The family's trace: `weeks` weeks from Monday 2026-01-05 00:00 UTC, seeded."""
     minutes = weeks * 7 * MINUTES_PER_DAY
-    load = FAMILIES[family](minutes, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    load = FAMILIES[family](minutes, rng)
     every = POINT_EVERY_MINUTES.get(family, 1)
-    stamps = START_S + 60.0 * np.arange(0, minutes, every)
-    return LoadTrace(tuple(stamps.tolist()), tuple(np.round(load[::every], 3).tolist()))
+    index = np.arange(0, minutes, every)
+    if family in GAPPY:
+        index = index[_gap_mask(minutes, rng)[index]]
+    stamps = START_S + 60.0 * index
+    return LoadTrace(tuple(stamps.tolist()), tuple(np.round(load[index], 3).tolist()))
 
 
-def run_family(
-    family: str, weeks: int, seed: int = 7, fixed_quantile: float | None = None
-) -> dict[str, ReplayStats]:
-    """Replay one family through the policy and the HPA."""
-    policy = build_policy(SIMULATION, fixed_quantile=fixed_quantile)
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One trace's figures: the policy's and the HPA's minutes short and instance-minutes."""
+
+    family: str
+    seed: int
+    short_min: float
+    hpa_short_min: float
+    instance_min: float
+    hpa_instance_min: float
+
+    @property
+    def short_limit_min(self) -> float:
+        if self.family in PATTERNLESS:
+            return self.hpa_short_min
+        return SHORT_RATIO_TARGET * self.hpa_short_min + SHORT_ALLOWANCE_MIN
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.instance_min / self.hpa_instance_min
+
+    @property
+    def met(self) -> bool:
+        return self.short_min <= self.short_limit_min and self.cost_ratio <= COST_RATIO_TARGET
+
+
+def run_trace(job: tuple[str, int, int]) -> Outcome:
+    """Replay one family and seed through the policy and the HPA."""
+    family, weeks, seed = job
     trace = make_trace(family, weeks, seed)
-    return replay(trace, {"policy": policy, "hpa": build_hpa(SIMULATION)}, SIMULATION)
+    stats = replay(trace, {"policy": build_policy(SIMULATION), "hpa": build_hpa(SIMULATION)}, SIMULATION)
+    policy, hpa = stats["policy"], stats["hpa"]
+    return Outcome(
+        family,
+        seed,
+        policy.minutes_short_of_capacity,
+        hpa.minutes_short_of_capacity,
+        policy.instance_minutes,
+        hpa.instance_minutes,
+    )
 
 
-def _ratio(value: float, baseline: float) -> float:
-    return value / baseline if baseline else math.inf
-
-
-def _run(args: tuple[str, int, int, float | None]) -> tuple[str, ReplayStats, ReplayStats]:
-    family, weeks, seed, fixed_quantile = args
-    stats = run_family(family, weeks, seed, fixed_quantile)
-    return family, stats["policy"], stats["hpa"]
+def _ratio(value: float, baseline: float) -> str:
+    if baseline == 0:
+        return "1.000" if value == 0 else "inf"
+    return f"{value / baseline:.3f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--weeks", type=int, default=DEFAULT_WEEKS, help="weeks per trace (default %(default)s)"
-    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="one reporting seed")
+    size.add_argument("--full", action="store_true", help="4 weeks per trace")
+    parser.add_argument("--weeks", type=int, help="weeks per trace (default 1, --full 4)")
+    parser.add_argument("--seeds", choices=("report", "dev"), default="report", help="which seeds")
     parser.add_argument("--family", choices=sorted(FAMILIES), action="append", help="only these families")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--fixed-quantile", type=float, help="a fixed safety quantile instead of the cost budget"
-    )
     args = parser.parse_args()
+    weeks = args.weeks or (4 if args.full else 1)
+    if weeks < 1:
+        parser.error("--weeks must be >= 1")
+    seeds = DEV_SEEDS if args.seeds == "dev" else REPORT_SEEDS
+    if args.quick:
+        seeds = seeds[:1]
     families = args.family or list(FAMILIES)
     started = time.perf_counter()
-    jobs = [(family, args.weeks, args.seed, args.fixed_quantile) for family in families]
+    jobs = [(family, weeks, seed) for family in families for seed in seeds]
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-        rows = list(pool.map(_run, jobs))
-    _, policy, hpa = next((row for row in rows if row[0] == "daily_weekly"), rows[0])
-    short_ratio = _ratio(policy.minutes_short_of_capacity, hpa.minutes_short_of_capacity)
-    cost_ratio = _ratio(policy.instance_minutes, hpa.instance_minutes)
+        outcomes = list(pool.map(run_trace, jobs))
     print(
-        f"scaling_minutes_short: {policy.minutes_short_of_capacity:.1f} min "
-        f"(baseline: {hpa.minutes_short_of_capacity:.1f} min, ratio: {short_ratio:.3f})"
+        f"# {len(families)} families x seeds {', '.join(map(str, seeds))} ({args.seeds}), {weeks} week(s) each; "
+        f"HPA at {SCALE_UP_THRESHOLD:.0%} of capacity; target: short <= {SHORT_RATIO_TARGET}x HPA + "
+        f"{SHORT_ALLOWANCE_MIN:g} min (patternless: <= HPA), instance-minutes <= {COST_RATIO_TARGET}x"
     )
-    print(
-        f"scaling_instance_minutes: {policy.instance_minutes:.0f} "
-        f"(baseline: {hpa.instance_minutes:.0f}, ratio: {cost_ratio:.3f})"
-    )
-    print()
-    header = (
-        f"{'family':<16} {'short min':>10} {'hpa short':>10} {'ratio':>6}  "
-        f"{'inst-min':>9} {'hpa inst':>9} {'ratio':>6}  {'actions':>7} {'hpa act':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for family, policy, hpa in rows:
+    all_met = True
+    for family in families:
+        rows = [o for o in outcomes if o.family == family]
+        short = [o.short_min for o in rows]
+        hpa_short = [o.hpa_short_min for o in rows]
+        cost = [o.cost_ratio for o in rows]
+        mean_short, mean_hpa_short = statistics.fmean(short), statistics.fmean(hpa_short)
+        mean_inst = statistics.fmean(o.instance_min for o in rows)
+        mean_hpa_inst = statistics.fmean(o.hpa_instance_min for o in rows)
         print(
-            f"{family:<16} {policy.minutes_short_of_capacity:>10.1f} {hpa.minutes_short_of_capacity:>10.1f} "
-            f"{_ratio(policy.minutes_short_of_capacity, hpa.minutes_short_of_capacity):>6.3f}  "
-            f"{policy.instance_minutes:>9.0f} {hpa.instance_minutes:>9.0f} "
-            f"{_ratio(policy.instance_minutes, hpa.instance_minutes):>6.3f}  "
-            f"{policy.scaling_actions:>7} {hpa.scaling_actions:>7}"
+            f"scaling_{family}_minutes_short: {mean_short:.1f} min "
+            f"(baseline: {mean_hpa_short:.1f} min, ratio: {_ratio(mean_short, mean_hpa_short)}) "
+            f"per seed {'/'.join(f'{v:g}' for v in short)} vs {'/'.join(f'{v:g}' for v in hpa_short)}"
         )
-    mode = (
-        f"fixed safety quantile {args.fixed_quantile}"
-        if args.fixed_quantile is not None
-        else "cost budget 1.0"
-    )
-    print(
-        f"\n({args.weeks} weeks per family, {mode}, seed {args.seed}, {time.perf_counter() - started:.1f}s)"
-    )
+        print(
+            f"scaling_{family}_instance_minutes: {mean_inst:.0f} instance-min "
+            f"(baseline: {mean_hpa_inst:.0f} instance-min, ratio: {_ratio(mean_inst, mean_hpa_inst)}) "
+            f"per seed {min(cost):.3f}..{max(cost):.3f}"
+        )
+        failed = [o for o in rows if not o.met]
+        met = not failed
+        all_met = all_met and met
+        detail = "" if met else " (seeds " + ", ".join(str(o.seed) for o in failed) + ")"
+        print(f"scaling_{family}: {'met' if met else 'not met'}{detail}")
+    print(f"# {time.perf_counter() - started:.0f}s")
+    print("met" if all_met else "not met")
     return 0
 
 

@@ -37,6 +37,10 @@ MAX_INTERVAL_MS = 86_400_000
 MAX_REPLICAS_LIMIT = 1000
 MAX_HEALING_ATTEMPTS_LIMIT = 100
 MAX_TARGET_TPM = 10_000_000
+# The original module scaled up when the load reached 80 % of what the instances could carry: an
+# instance's capacity is TARGET_TPM_PER_INSTANCE / SCALE_UP_THRESHOLD (125 TPM at the defaults).
+DEFAULT_SCALE_UP_THRESHOLD = 0.8
+MIN_SCALE_UP_THRESHOLD = 0.1
 MIN_K8S_LEASE_DURATION_S = 5
 MAX_K8S_LEASE_DURATION_S = 300
 MIN_K8S_REQUEST_TIMEOUT_S = 0.1
@@ -81,6 +85,16 @@ class Settings(BaseSettings):
     max_instances: int = Field(20, ge=1, le=MAX_REPLICAS_LIMIT, validation_alias=_env("MAX_INSTANCES"))
     target_tpm_per_instance: int = Field(
         100, ge=1, le=MAX_TARGET_TPM, validation_alias=_env("TARGET_TPM_PER_INSTANCE")
+    )
+    scale_up_threshold: float = Field(
+        DEFAULT_SCALE_UP_THRESHOLD,
+        ge=MIN_SCALE_UP_THRESHOLD,
+        le=1.0,
+        validation_alias=_env("SCALE_UP_THRESHOLD"),
+        description=(
+            "the fraction of an instance's capacity that TARGET_TPM_PER_INSTANCE is: capacity = target / "
+            "threshold, and the deployment is short of capacity when load > ready replicas x capacity"
+        ),
     )
     scaling_interval_ms: int = Field(
         15_000,

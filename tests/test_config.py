@@ -62,6 +62,10 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
             "AUTO_SCALING_ENABLED=maybe is invalid: allowed is true or false",
         ),
         (
+            {"SCALE_UP_THRESHOLD": "1.5"},
+            "SCALE_UP_THRESHOLD=1.5 is invalid: allowed is a number in [0.1, 1.0]",
+        ),
+        (
             {"MCP_AUTONOMY_PORT": "70000"},
             "MCP_AUTONOMY_PORT=70000 is invalid: allowed is an integer in [0, 65535]",
         ),

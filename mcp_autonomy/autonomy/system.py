@@ -59,6 +59,7 @@ from mcp_autonomy.autonomy.scaling import (
     pod_identity,
 )
 from mcp_autonomy.autonomy.scaling.policy import (
+    DEFAULT_SCALE_DOWN_HOLD_S,
     ORIGINAL_MODULE_PRIOR_SCHEDULE,
     ForecastConfig,
     PredictiveConfig,
@@ -294,6 +295,7 @@ def scaling_policy(settings: Settings) -> ScalingPolicy:
     """The policy the settings ask for, bounded by MIN..MAX and aimed at TARGET_TPM_PER_INSTANCE."""
     reactive = ReactiveConfig(
         target_tpm_per_instance=float(settings.target_tpm_per_instance),
+        scale_up_threshold=settings.scale_up_threshold,
         min_replicas=settings.min_instances,
         max_replicas=settings.max_instances,
     )
@@ -305,7 +307,7 @@ def scaling_policy(settings: Settings) -> ScalingPolicy:
             reactive=reactive,
             forecast=ForecastConfig(prior_schedule=prior),
             startup_s=float(settings.pod_startup_s),
-            scale_down_hold_s=max(float(settings.pod_startup_s), 600.0),
+            scale_down_hold_s=max(float(settings.pod_startup_s), DEFAULT_SCALE_DOWN_HOLD_S),
         )
     )
 

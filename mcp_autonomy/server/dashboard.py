@@ -40,6 +40,7 @@ from mcp_autonomy import __version__
 from mcp_autonomy.autonomy.incidents import Incident
 from mcp_autonomy.autonomy.optimizer import Optimization
 from mcp_autonomy.autonomy.predictor import Prediction, PredictionWarmUp
+from mcp_autonomy.autonomy.scaling.decision import capacity_tpm
 from mcp_autonomy.autonomy.system import AutonomousSystem, ProviderStatus, StatusSummary
 from mcp_autonomy.events import Event, EventType
 from mcp_autonomy.timefmt import Timestamp
@@ -90,7 +91,12 @@ class ScalingView(BaseModel):
     )
     min_replicas: int
     max_replicas: int
-    target_tpm_per_instance: int = Field(description="Load one replica is sized for (the capacity line)")
+    target_tpm_per_instance: int = Field(
+        description="Load one replica should carry (TARGET_TPM_PER_INSTANCE)"
+    )
+    capacity_tpm_per_instance: float = Field(
+        description="Load one replica can carry: target / SCALE_UP_THRESHOLD (the capacity line)"
+    )
     window_s: float
     load: list[LoadPoint] = Field(description="Measured load over the window, oldest first (downsampled)")
     changes: list[Event] = Field(description="scaled_up / scaled_down events over the window, oldest first")
@@ -138,6 +144,9 @@ async def dashboard_snapshot(system: AutonomousSystem) -> DashboardSnapshot:
         min_replicas=scaler.min_replicas,
         max_replicas=scaler.max_replicas,
         target_tpm_per_instance=system.settings.target_tpm_per_instance,
+        capacity_tpm_per_instance=capacity_tpm(
+            system.settings.target_tpm_per_instance, system.settings.scale_up_threshold
+        ),
         window_s=SCALING_WINDOW_S,
         load=_downsample(samples, MAX_LOAD_POINTS),
         changes=system.query_events(types=SCALING_EVENTS, since=since, limit=500),

@@ -96,6 +96,9 @@ def test_snapshot_holds_what_the_dashboard_shows(api: httpx.Client) -> None:
     assert snapshot["status"]["overall"] in {"healthy", "degraded", "critical", "unknown"}
     assert snapshot["scaling"]["min_replicas"] <= snapshot["scaling"]["max_replicas"]
     assert snapshot["scaling"]["state"]["desired"] >= 0
+    # The capacity line: what a replica can carry, the target over SCALE_UP_THRESHOLD (0.8).
+    scaling = snapshot["scaling"]
+    assert scaling["capacity_tpm_per_instance"] == pytest.approx(scaling["target_tpm_per_instance"] / 0.8)
     timestamps = [e["timestamp"] for e in snapshot["events"]]
     assert timestamps and timestamps == sorted(timestamps, reverse=True)
     assert {"precision", "recall"} <= set(snapshot["prediction_scores"])

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from mcp_autonomy.autonomy.scaling.policy import (
+from mcp_autonomy.autonomy.scaling.decision import (
     DEFAULT_MAX_REPLICAS,
     DEFAULT_MIN_REPLICAS,
     DEFAULT_TARGET_TPM_PER_INSTANCE,

@@ -3,8 +3,10 @@
 Operators run `mcp-autonomy simulate-scaling TRACE.csv --target-tpm-per-instance N --output
 TIMELINE.csv` on their own traffic before turning autoscaling on. The trace is `timestamp,value`
 with a header (ISO 8601 or epoch seconds; the value is the load in TPM); irregular and gappy
-traces are fine: between points the last value holds. Optional: `--cost-budget B` (spend B x
-what the reactive policy would; default 1) or `--fixed-quantile Q`, `--prior-schedule original`,
+traces are fine: between points the last value holds. Optional: `--scale-up-threshold T`
+(default 0.8: an instance can carry target / T), `--hpa-target-tpm N` (the baseline HPA's target;
+default the per-instance target), `--cost-budget B` (spend at most B x what the reactive rule
+would; default 1) or `--fixed-quantile Q`, `--prior-schedule original`,
 `--hpa-metric external_average_value`.
 
 Every `step_s` (15 s, the HPA's sync period) the load of that instant is shown to each policy with
@@ -15,8 +17,9 @@ the step a pod counts as ready from the first step after it is. The policies are
 the scaler runs, driven by the trace's timestamps instead of a clock.
 
 Figures per deployment: `instance_minutes` (every pod, ready or not, costs), `minutes_short_of_
-capacity` (minutes where load > ready replicas x target) and `scaling_actions` (steps at which
-the replica count changed).
+capacity` (minutes where load > ready replicas x capacity, capacity = target / scale-up threshold,
+the same definition the engine and the benchmarks use) and `scaling_actions` (steps at which the
+replica count changed).
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from mcp_autonomy.autonomy.scaling.decision import capacity_tpm, check_scale_up_threshold
 from mcp_autonomy.autonomy.scaling.hpa import HorizontalPodAutoscaler, HpaConfig, HpaMetricType
 from mcp_autonomy.autonomy.scaling.policy import (
     DEFAULT_COST_BUDGET,
     DEFAULT_MAX_REPLICAS,
     DEFAULT_MIN_REPLICAS,
     DEFAULT_SCALE_DOWN_HOLD_S,
+    DEFAULT_SCALE_UP_THRESHOLD,
     DEFAULT_STARTUP_S,
     ORIGINAL_MODULE_PRIOR_SCHEDULE,
     ForecastConfig,
@@ -50,7 +55,7 @@ from mcp_autonomy.autonomy.scaling.policy import (
     ScalingPolicy,
 )
 from mcp_autonomy.clock import iso
-from mcp_autonomy.config import MAX_REPLICAS_LIMIT, MAX_TARGET_TPM
+from mcp_autonomy.config import MAX_REPLICAS_LIMIT, MAX_TARGET_TPM, MIN_SCALE_UP_THRESHOLD
 
 DEFAULT_STEP_S: Final = 15.0  # the HPA's sync period: both sides decide equally often
 MAX_SIMULATION_STEPS: Final = 10_000_000  # about 4.7 years at 15 s; a typo in a timestamp trips it
@@ -179,9 +184,16 @@ def _is_float(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class SimulationConfig:
-    """The replayed deployment: the per-instance target, bounds, pod start-up and step."""
+    """The replayed deployment: the per-instance target, bounds, pod start-up and step.
+
+    `scale_up_threshold` makes the target that fraction of what an instance can carry (capacity
+    = target / threshold); `hpa_target_tpm` is what the baseline HPA aims at per pod (None: the
+    target, as an operator would configure it).
+    """
 
     target_tpm_per_instance: float
+    scale_up_threshold: float = DEFAULT_SCALE_UP_THRESHOLD
+    hpa_target_tpm: float | None = None
     min_replicas: int = DEFAULT_MIN_REPLICAS
     max_replicas: int = DEFAULT_MAX_REPLICAS
     startup_s: float = DEFAULT_STARTUP_S
@@ -193,6 +205,14 @@ class SimulationConfig:
         if not isinstance(target, int | float) or not 0 < target <= MAX_TARGET_TPM:
             raise ValueError(
                 f"SimulationConfig.target_tpm_per_instance must be in (0, {MAX_TARGET_TPM}], got {target!r}"
+            )
+        check_scale_up_threshold("SimulationConfig", self.scale_up_threshold)
+        hpa_target = self.hpa_target_tpm
+        if hpa_target is not None and (
+            not isinstance(hpa_target, int | float) or not 0 < hpa_target <= MAX_TARGET_TPM
+        ):
+            raise ValueError(
+                f"SimulationConfig.hpa_target_tpm must be None or in (0, {MAX_TARGET_TPM}], got {hpa_target!r}"
             )
         if not 1 <= self.min_replicas <= self.max_replicas <= MAX_REPLICAS_LIMIT:
             raise ValueError(
@@ -213,6 +233,16 @@ class SimulationConfig:
                 f"SimulationConfig.initial_replicas must be in {self.min_replicas}..{self.max_replicas}, "
                 f"got {self.initial_replicas}"
             )
+
+    @property
+    def capacity_tpm_per_instance(self) -> float:
+        """What one ready instance can carry: target / scale_up_threshold."""
+        return capacity_tpm(self.target_tpm_per_instance, self.scale_up_threshold)
+
+    @property
+    def hpa_target(self) -> float:
+        """The baseline HPA's per-pod target."""
+        return self.hpa_target_tpm if self.hpa_target_tpm is not None else self.target_tpm_per_instance
 
     def initial_for(self, load_tpm: float) -> int:
         if self.initial_replicas is not None:
@@ -297,7 +327,7 @@ def replay(
         for name in names
     }
     stats = {name: ReplayStats() for name in names}
-    target = config.target_tpm_per_instance
+    capacity_per_instance = config.capacity_tpm_per_instance
     step_minutes = step_s / 60.0
     stamps, values = trace.timestamps_s, trace.values_tpm
     cursor = 0
@@ -325,7 +355,7 @@ def replay(
             replicas = deployment.replicas
             ready = deployment.ready(now_s)
             record.instance_minutes += replicas * step_minutes
-            capacity = ready * target
+            capacity = ready * capacity_per_instance
             if load > capacity:
                 record.minutes_short_of_capacity += step_minutes
                 record.shortfall_tpm_minutes += (load - capacity) * step_minutes
@@ -357,6 +387,7 @@ def build_policy(
         PredictiveConfig(
             reactive=ReactiveConfig(
                 target_tpm_per_instance=config.target_tpm_per_instance,
+                scale_up_threshold=config.scale_up_threshold,
                 min_replicas=config.min_replicas,
                 max_replicas=config.max_replicas,
             ),
@@ -371,10 +402,10 @@ def build_policy(
 def build_hpa(
     config: SimulationConfig, *, metric: HpaMetricType = HpaMetricType.PODS
 ) -> HorizontalPodAutoscaler:
-    """A default-behaviour HPA for the simulated deployment."""
+    """A default-behaviour HPA for the simulated deployment, aiming at `config.hpa_target`."""
     return HorizontalPodAutoscaler(
         HpaConfig(
-            target_tpm_per_instance=config.target_tpm_per_instance,
+            target_tpm_per_instance=config.hpa_target,
             min_replicas=config.min_replicas,
             max_replicas=config.max_replicas,
             metric_type=metric,
@@ -411,6 +442,9 @@ def summarize(
         },
         "settings": {
             "target_tpm_per_instance": config.target_tpm_per_instance,
+            "scale_up_threshold": config.scale_up_threshold,
+            "capacity_tpm_per_instance": config.capacity_tpm_per_instance,
+            "hpa_target_tpm": config.hpa_target,
             "min_replicas": config.min_replicas,
             "max_replicas": config.max_replicas,
             "startup_s": config.startup_s,
@@ -490,6 +524,16 @@ def _quantile(text: str) -> float:
     return value
 
 
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not MIN_SCALE_UP_THRESHOLD <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [{MIN_SCALE_UP_THRESHOLD}, 1]")
+    return value
+
+
 def _replicas(text: str) -> int:
     try:
         value = int(text)
@@ -517,6 +561,17 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction[argparse.Argument
         type=_positive_float,
         required=True,
         help="the load one instance should carry (TARGET_TPM_PER_INSTANCE)",
+    )
+    parser.add_argument(
+        "--scale-up-threshold",
+        type=_threshold,
+        default=DEFAULT_SCALE_UP_THRESHOLD,
+        help="SCALE_UP_THRESHOLD: the target is this fraction of an instance's capacity (default %(default)s)",
+    )
+    parser.add_argument(
+        "--hpa-target-tpm",
+        type=_positive_float,
+        help="the baseline HPA's per-pod target (default: --target-tpm-per-instance)",
     )
     parser.add_argument(
         "--min", type=_replicas, default=DEFAULT_MIN_REPLICAS, help="MIN_INSTANCES (default %(default)s)"
@@ -566,6 +621,8 @@ def run_simulate(
     try:
         config = SimulationConfig(
             target_tpm_per_instance=args.target_tpm_per_instance,
+            scale_up_threshold=args.scale_up_threshold,
+            hpa_target_tpm=args.hpa_target_tpm,
             min_replicas=args.min,
             max_replicas=args.max,
             startup_s=args.startup_s,

@@ -315,7 +315,7 @@
     if (count !== null) steps.push([start, count]);
     for (const change of changes) steps.push([epochS(change.timestamp), change.data.to]);
     if (state) steps.push([end, state.desired]);
-    const capacity = steps.map(([t, n]) => [t, n * scaling.target_tpm_per_instance]);
+    const capacity = steps.map(([t, n]) => [t, n * scaling.capacity_tpm_per_instance]);
     const load = scaling.load.map((p) => [epochS(p.at), p.tpm]);
     const top = Math.max(1, ...load.map((p) => p[1]), ...capacity.map((p) => p[1])) * 1.1;
     const x = (t) => L + ((t - start) / (end - start)) * (W - L - R);

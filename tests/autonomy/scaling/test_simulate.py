@@ -147,14 +147,16 @@ def test_replay_counts_cost_shortage_and_actions() -> None:
     config = SimulationConfig(target_tpm_per_instance=100.0, min_replicas=1, max_replicas=20, startup_s=60.0)
     hpa: ScalingPolicy = build_hpa(config)
     stats = replay(trace, {"hpa": hpa}, config)["hpa"]
+    assert config.capacity_tpm_per_instance == 125.0  # target 100 at the default threshold 0.8
     # 1 pod until 60 s; then 1 + 4 = 5 (Pods 4 allows more than Percent 100), and at 75 s
     # ceil(1000 / 100) = 10 (the 4 starting pods count as 0, the +4 of 60 s is out of the period).
-    # Ready: 1 until 120 s, 5 from 120 s, 10 from 135 s: short at 60, 75, 90, 105 and 120 s.
+    # Ready: 1 until 120 s, 5 from 120 s, 10 from 135 s: short of 1000 tpm (1 x 125, then
+    # 5 x 125 of capacity) at 60, 75, 90, 105 and 120 s.
     assert stats.minutes_short_of_capacity == pytest.approx(5 * 0.25)
     assert stats.scaling_actions == 2
     assert stats.peak_replicas == 10
     assert stats.instance_minutes == pytest.approx(0.25 * (4 * 1 + 5 + 4 * 10))
-    assert stats.shortfall_tpm_minutes == pytest.approx(0.25 * (4 * 900 + 500))
+    assert stats.shortfall_tpm_minutes == pytest.approx(0.25 * (4 * 875 + 375))
 
 
 # -- the CLI --------------------------------------------------------------------------------------
@@ -175,6 +177,8 @@ def test_cli_round_trip(tmp_path: Path) -> None:
             "30",
             "--startup-s",
             "60",
+            "--hpa-target-tpm",
+            "125",
             "--output",
             str(timeline),
         ]
@@ -195,17 +199,20 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     for side in ("policy", "hpa"):
         figures = summary[side]
         assert set(figures) >= {"instance_minutes", "minutes_short_of_capacity", "scaling_actions"}
-        minutes_short = sum(0.25 for row in rows if float(row["load"]) > int(row[f"{side}_ready"]) * 100)
+        minutes_short = sum(0.25 for row in rows if float(row["load"]) > int(row[f"{side}_ready"]) * 125)
         assert figures["minutes_short_of_capacity"] == pytest.approx(minutes_short)
         assert figures["instance_minutes"] == pytest.approx(
             sum(0.25 * int(row[f"{side}_replicas"]) for row in rows)
         )
-    assert summary["hpa"]["minutes_short_of_capacity"] > 0  # the climb outruns the HPA
+    # An HPA aimed at 100 % of capacity (--hpa-target-tpm 125: no headroom) is outrun by the climb.
+    assert summary["hpa"]["minutes_short_of_capacity"] > 0
     ratios = summary["ratios"]
     assert ratios["instance_minutes"] == pytest.approx(
         summary["policy"]["instance_minutes"] / summary["hpa"]["instance_minutes"], rel=1e-3
     )
     assert summary["settings"]["startup_s"] == 60.0
+    assert summary["settings"]["capacity_tpm_per_instance"] == 125.0
+    assert summary["settings"]["hpa_target_tpm"] == 125.0
     assert summary["trace"]["points"] == 360
 
 

@@ -1,0 +1,84 @@
+"""Cost and shortfall accounting: counterfactual readiness, the shadow ledger's trust, the matcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_autonomy.autonomy.scaling.cost import CostMatcher, CounterfactualReplicas, ShadowLedger
+from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
+
+MONDAY_S = 1_767_571_200.0
+HOUR_S = 3600.0
+CONFIG = ReactiveConfig(target_tpm_per_instance=100.0, min_replicas=1, max_replicas=50)
+
+
+def test_counterfactual_pods_are_ready_one_start_up_after_they_were_added() -> None:
+    pods = CounterfactualReplicas(60.0, initial=2)
+    assert pods.ready(MONDAY_S) == 2  # the initial pods are serving
+    pods.set(MONDAY_S, 6)
+    assert (pods.replicas, pods.ready(MONDAY_S + 45.0)) == (6, 2)
+    assert pods.ready(MONDAY_S + 60.0) == 6
+    pods.set(MONDAY_S + 75.0, 3)  # removed pods go at once
+    assert pods.ready(MONDAY_S + 75.0) == 3
+    pods.set(MONDAY_S + 90.0, 5)
+    assert pods.ready(MONDAY_S + 120.0) == 3
+    assert pods.ready(MONDAY_S + 150.0) == 5
+
+
+def step_load(now_s: float) -> float:
+    """200 tpm, but 1000 tpm during the second half of every hour (a step the HPA is late for)."""
+    return 1000.0 if (now_s % HOUR_S) >= HOUR_S / 2 else 200.0
+
+
+def run_ledger(candidate_for: object, hours: int = 8, budget: float = 1.0) -> ShadowLedger:
+    ledger = ShadowLedger(CONFIG, startup_s=60.0, window_s=24 * HOUR_S, cost_budget=budget, min_trust_hours=6)
+    now = MONDAY_S
+    while now < MONDAY_S + hours * HOUR_S:
+        ledger.observe(now, step_load(now), 2, paused=False)
+        ledger.set_candidate(now, candidate_for(now))  # type: ignore[operator]
+        now += 15.0
+    return ledger
+
+
+def test_a_candidate_ready_before_each_step_is_trusted() -> None:
+    # 8 pods (1000 / 125) from two minutes before the step, 2 otherwise: cheaper than the HPA's
+    # 10 pods, and never short while the HPA is short for a start-up at every step.
+    def ahead(now_s: float) -> int:
+        return 8 if step_load(now_s) > 200.0 or step_load(now_s + 120.0) > 200.0 else 2
+
+    ledger = run_ledger(ahead)
+    totals = ledger.totals()
+    assert totals.candidate_short_s == 0
+    assert totals.shadow_short_s > 0
+    assert totals.candidate_spend_s < totals.shadow_spend_s
+    assert ledger.trusted
+    ratio = ledger.spend_ratio
+    assert ratio is not None and ratio < 1
+
+
+def test_a_candidate_short_longer_than_the_hpa_is_not_trusted() -> None:
+    ledger = run_ledger(lambda now_s: 2)  # never scales: short for the whole high half hour
+    assert ledger.totals().candidate_short_s > ledger.totals().shadow_short_s
+    assert not ledger.trusted
+
+
+def test_a_candidate_dearer_than_the_budget_is_not_trusted() -> None:
+    ledger = run_ledger(lambda now_s: 30)  # never short, but three times the spend
+    assert ledger.totals().candidate_short_s == 0
+    assert not ledger.trusted
+    assert run_ledger(lambda now_s: 30, budget=5.0).trusted
+
+
+def test_no_trust_before_enough_hours() -> None:
+    assert not run_ledger(lambda now_s: 30, hours=5, budget=5.0).trusted
+
+
+@pytest.mark.parametrize(("candidate", "lower"), [(30, True), (4, False)])
+def test_the_matcher_gives_margin_back_only_when_over_budget(candidate: int, lower: bool) -> None:
+    matcher = CostMatcher(
+        cost_budget=1.0, cost_gain=1.0, start_quantile=0.9, min_quantile=0.5, max_quantile=0.999
+    )
+    ledger = run_ledger(lambda now_s: candidate, hours=6)
+    matcher.adjust(ledger)
+    assert (matcher.quantile < 0.9) is lower
+    assert 0.5 <= matcher.quantile <= 0.999
