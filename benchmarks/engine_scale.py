@@ -24,6 +24,8 @@ at which the old sample rings stopped covering their window. Per case:
   10 minutes at `CALLS_PER_S`, in a separate run; target <= 100 KB (the old rings: ~0.8 MB).
 - quantile error: p50/p95/p99 of one provider's 5-minute snapshot against the exact order
   statistics of the latencies it was fed (numpy `method="lower"`); target <= 1 %.
+- full garbage collections during the busy minutes: the longest pause (a step a collection
+  lands in is that much longer, whichever loop it is).
 - the predictor's state writes per tick (one key per changed provider, each its own step and
   commit, where there were two documents of every provider) and what one such commit costs on
   the disk under the temporary directory against tmpfs (`sqlite_commit_on_disk`): on a disk the
@@ -38,6 +40,7 @@ seeds 2-4 (`--full`), the default run uses seed 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -211,6 +214,28 @@ def commit_ms(parent: str | None, samples: int = 30) -> float:
     return statistics.median(took_s) * 1000
 
 
+class FullCollections:
+    """Times CPython's full (generation 2) garbage collections: one can land in any step of any
+    loop (or of a payment), and its pause grows with the objects alive, not with that step."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        elif info["generation"] == 2:
+            self.pauses_ms.append((time.thread_time() - self._started) * 1000)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -285,8 +310,9 @@ async def one_case(providers: int, seed: int, simulated_s: float) -> dict[str, A
         predictor_writes = count_state_writes(busy, "predictive_maintenance")
         traffic = Traffic(busy, clock, names, seed)
         async with busy.running():
-            for _ in range(int(simulated_s)):
-                await traffic.one_second()
+            with FullCollections() as collections:
+                for _ in range(int(simulated_s)):
+                    await traffic.one_second()
             rss_after = rss_bytes()
             snap = busy.telemetry.provider(names[0]).snapshot()
             start_s = clock.monotonic() - snap.covered_s - 1e-6
@@ -307,6 +333,7 @@ async def one_case(providers: int, seed: int, simulated_s: float) -> dict[str, A
         "block_p99_ms": {loop: float(np.percentile(v, 99)) if v else 0.0 for loop, v in ticks.items()},
         "block_max_ms": {loop: max(v, default=0.0) for loop, v in ticks.items()},
         "ticks": {loop: len(v) for loop, v in ticks.items()},
+        "full_gc_pauses_ms": collections.pauses_ms,
         "predictor_writes_per_tick": writes_in_busy_minutes / max(1, len(ticks["predictive_maintenance"])),
         "rss_per_provider_kb": (rss_after - rss_before) / providers / 1024,
         "quantile_error": max(errors),
@@ -400,6 +427,14 @@ def main() -> None:
         print(
             f"predictor_state_writes_per_tick_{n}: {writes:.1f} writes (baseline: {base_writes:.1f} writes at "
             f"{base} providers, ratio: {writes / base_writes:.2f}x; before per-provider keys: 2 per tick)"
+        )
+    for n in counts:
+        pauses = [pause for case in cases[n] for pause in case["full_gc_pauses_ms"]]
+        base_pauses = [pause for case in cases[base] for pause in case["full_gc_pauses_ms"]]
+        print(
+            f"full_gc_pause_max_{n}: {max(pauses, default=0.0):.2f} ms over {len(pauses)} collections "
+            f"(baseline: {max(base_pauses, default=0.0):.2f} ms at {base} providers; counted in the step it "
+            "lands in)"
         )
     disk_ms, tmpfs_ms = commit_ms(None), commit_ms(STATE_PARENT)
     print(
