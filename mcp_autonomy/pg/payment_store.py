@@ -13,6 +13,7 @@ credentials; the pool replaces dead connections and reconnects by itself once it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -57,7 +58,7 @@ __all__ = [
     "PostgresPaymentStore",
 ]
 PING_TIMEOUT_S = 0.5
-"""The longest a readiness ping waits for a connection (`ping`)."""
+"""The longest a readiness ping may take, connecting included (`ping`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,8 @@ class PostgresPaymentStore:
             reconnect_timeout=RECONNECT_TIMEOUT_S,
             name="payments",
         )
+        # Readiness asks the database, not the pool: a pool busy with payments is no outage.
+        self._ping_conn: psycopg.AsyncConnection[Any] | None = None
         # Identifiers from `record_identifier_soon`, oldest first, until a flush commits them.
         self._queued: list[ProviderIdentifier] = []
         self._flush_lock = anyio.Lock()
@@ -260,7 +263,14 @@ class PostgresPaymentStore:
             logger.warning(
                 "closing the payment store with %d provider ids unwritten: %s", len(self._queued), error
             )
+        await self._close_ping_connection()
         await self._pool.close()
+
+    async def _close_ping_connection(self) -> None:
+        conn, self._ping_conn = self._ping_conn, None
+        if conn is not None:
+            with contextlib.suppress(*_UNAVAILABLE_ERRORS):  # dead already: why it is being closed
+                await conn.close()
 
     @asynccontextmanager
     async def _connection(
@@ -691,7 +701,28 @@ class PostgresPaymentStore:
     async def ping(self) -> None:
         """Return when the database answers; `StoreUnavailable` when it does not (readiness).
 
-        Waits at most `PING_TIMEOUT_S` for a pooled connection: readiness must turn within a
-        couple of pings of an outage, not after the pool's longer wait for payments."""
-        async with self._connection(timeout_s=PING_TIMEOUT_S) as conn:
-            await conn.execute("SELECT 1")
+        On a connection of its own, outside the payments' pool: a pool whose connections are all
+        busy with payments would otherwise look like an outage and stop the very payments that
+        keep it busy. At most `PING_TIMEOUT_S` in all; a kept connection the server has ended
+        since (a restart) is replaced at once, within the same bound."""
+        try:
+            with anyio.fail_after(PING_TIMEOUT_S):
+                for _ in range(2):
+                    conn = self._ping_conn
+                    fresh = conn is None or conn.closed
+                    if conn is None or conn.closed:
+                        conn = self._ping_conn = await psycopg.AsyncConnection.connect(
+                            self._url, **connect_kwargs(application_name=_APPLICATION_NAME)
+                        )
+                    try:
+                        await conn.execute("SELECT 1")
+                        return
+                    except _UNAVAILABLE_ERRORS:
+                        await self._close_ping_connection()
+                        if fresh:
+                            raise
+        except TimeoutError as error:
+            await self._close_ping_connection()
+            raise unavailable(self._url, error) from error
+        except _UNAVAILABLE_ERRORS as error:
+            raise unavailable(self._url, error) from error

@@ -48,7 +48,8 @@ RECONNECT_BACKOFF_INITIAL_S = 1.0
 RECONNECT_BACKOFF_MAX_S = 5.0
 """After a failed connection attempt, calls fail at once (`StoreUnavailable`) for this long, doubling
 after each further failure up to the maximum; the first success resets it."""
-"""What says the database is out of reach (server down, connection lost, statement timed out)."""
+STALE_CHECK_AFTER_S = 1.0
+"""A connection idle this long is checked with a round trip before use (`_drop_if_stale`)."""
 
 
 NUL_REPLACEMENT = "\ufffd"
@@ -108,6 +109,7 @@ class PostgresStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._retry_at_mono = 0.0
         self._backoff_s = RECONNECT_BACKOFF_INITIAL_S
+        self._used_at_mono = 0.0
         self._opened = False
         self._secrets = self._passwords(url)
 
@@ -159,6 +161,19 @@ class PostgresStore:
             finally:
                 self._conn = None
 
+    def _drop_if_stale(self) -> None:
+        """A connection idle for a while may have been ended by the server (a restart, a failover,
+        an idle timeout) without libpq knowing until the next statement fails; that failure would
+        refuse a call the database can serve. So one idle longer than `STALE_CHECK_AFTER_S` is
+        checked with a round trip first, and dropped (reconnected at once) if it is dead."""
+        conn = self._conn
+        if conn is None or conn.closed or time.monotonic() - self._used_at_mono < STALE_CHECK_AFTER_S:
+            return
+        try:
+            conn.execute("SELECT 1")
+        except _CONNECTION_ERRORS:
+            self._drop()
+
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         for secret in self._secrets:
@@ -180,6 +195,7 @@ class PostgresStore:
                         f"state store {self.url_redacted} unavailable: the last connection attempt "
                         f"failed; next attempt in {wait_s:.1f} s"
                     )
+            self._drop_if_stale()
             try:
                 if self._conn is None or self._conn.closed:
                     try:
@@ -191,6 +207,7 @@ class PostgresStore:
                     self._backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 conn = self._conn
                 yield conn
+                self._used_at_mono = time.monotonic()
             except _CONNECTION_ERRORS as error:
                 # A statement timeout leaves a healthy connection; anything else (server gone,
                 # socket closed, a transaction left open) is not worth trusting again.
