@@ -8,6 +8,7 @@ profile) and `Forecaster` (levels, noise scale, the seasonal profiles and which 
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Final
 
 from mcp_autonomy.autonomy.detection.config import StreamingDetectorConfig
@@ -118,8 +119,11 @@ class SeasonalProfile:
     )
 
     def __init__(self, bins: int, period_s: float, memory_periods: float, needs_both_bins: bool) -> None:
-        self.means = [0.0] * bins
-        self.weights = [0.0] * bins  # the bias correction: the mean's total weight so far
+        # Arrays, not lists: a list of floats is a container the garbage collector walks item by
+        # item (hundreds of thousands with many providers: tens of ms per full collection, on the
+        # event loop); an array of doubles holds no references and is never walked.
+        self.means = array("d", bytes(8 * bins))
+        self.weights = array("d", bytes(8 * bins))  # the bias correction: the mean's total weight
         self._bins = bins
         self._period_s = period_s
         self._bins_per_s = bins / period_s
