@@ -66,6 +66,13 @@ DEFAULT_MAX_TIMEOUT_S: Final = 60.0  # a payment API call that takes longer is a
 DEFAULT_TIMEOUT_MIN_RELATIVE_CHANGE: Final = 0.2  # hysteresis: change by >= 20 % ...
 DEFAULT_TIMEOUT_MIN_ABSOLUTE_CHANGE_S: Final = 0.5  # ... and >= 0.5 s, or not at all
 DEFAULT_TIMEOUT_PILEUP_SHARE: Final = 0.01  # >= 1 % of calls timing out: too short or provider down
+# Latency regimes recur (a slow peak every day): a quarter-hour of fast calls says nothing about
+# the next peak. So a cut never goes below what the long-run horizon's latency needed (the same
+# quantile x margin and p99 multiple, on the long-run p99.9 and p99), and is not made at all
+# before that horizon has been observed; a fresh process waits for it. An hour is the long-run
+# horizon the telemetry keeps (the optimizer's LONG_RUN_WINDOW_S); a day would cover a daily cycle.
+DEFAULT_TIMEOUT_MIN_HISTORY_S: Final = 3600.0
+MAX_TIMEOUT_MIN_HISTORY_S: Final = 7 * 86_400.0
 
 DEFAULT_RETRY_MIN_RETRIES: Final = 50  # retries seen before judging how often they help
 DEFAULT_LOW_RECOVERY_RATE: Final = 0.1  # fewer than 1 retry in 10 saves a payment: one attempt less
@@ -349,9 +356,17 @@ class TimeoutTunerConfig:
     min_relative_change: float = DEFAULT_TIMEOUT_MIN_RELATIVE_CHANGE
     min_absolute_change_s: float = DEFAULT_TIMEOUT_MIN_ABSOLUTE_CHANGE_S
     pileup_timeout_share: float = DEFAULT_TIMEOUT_PILEUP_SHARE
+    min_history_s: float = DEFAULT_TIMEOUT_MIN_HISTORY_S
 
     def __post_init__(self) -> None:
         owner = "TimeoutTunerConfig"
+        _require(
+            _is_number(self.min_history_s) and 0 <= self.min_history_s <= MAX_TIMEOUT_MIN_HISTORY_S,
+            owner,
+            "min_history_s",
+            f"in [0, {MAX_TIMEOUT_MIN_HISTORY_S:g}] seconds",
+            self.min_history_s,
+        )
         _require(
             _is_number(self.quantile) and 0.5 <= self.quantile < 1,
             owner,
@@ -401,6 +416,13 @@ class TimeoutTuner:
     neither is a reason to shorten it: only increases are proposed then. Timed-out calls are in
     the latencies at the current timeout, so in a pile-up the quantile sits at the timeout and
     the target is margin x the timeout.
+
+    The long-run horizon bounds every cut (latency regimes recur, and the window may have seen
+    only the fast one): the target is at least the same formula on the long-run p99.9 and p99
+    (`LaneEvidence.long_run_latency_p999_ms`, `_p99_ms`), and no cut at all is proposed while the
+    long-run figures span less than `min_history_s` of the provider's history
+    (`long_run_covered_s`). Raises are never held back. Evidence without these long-run figures
+    (None) is judged on the window alone.
     """
 
     parameter: str = "timeout_s"
@@ -420,6 +442,10 @@ class TimeoutTuner:
         p99_ms = evidence.latency_quantile(0.99, min_samples=cfg.min_samples) or quantile_ms
         p99_multiple = cfg.min_p99_multiple * margin / cfg.margin  # conservative widens it alike
         raw_s = max(quantile_ms / 1000.0 * margin + cfg.floor_s, p99_ms / 1000.0 * p99_multiple)
+        window_raw_s = raw_s
+        long_run_s = _long_run_timeout_s(evidence, margin, cfg.floor_s, p99_multiple)
+        if long_run_s is not None:
+            raw_s = max(raw_s, long_run_s)
         target_s = raw_s
         if conservative:
             target_s = _conservative_target(
@@ -432,6 +458,10 @@ class TimeoutTuner:
         pileup = timeout_share >= cfg.pileup_timeout_share
         if pileup and target_s <= now_s:
             return None
+        covered_s = evidence.long_run_covered_s
+        too_new = covered_s is not None and covered_s < cfg.min_history_s
+        if too_new and target_s < now_s:
+            return None
         if not _passes_hysteresis(now_s, target_s, cfg.min_relative_change, cfg.min_absolute_change_s):
             return None
         q_label = f"p{cfg.quantile * 100:g}"
@@ -441,23 +471,39 @@ class TimeoutTuner:
             f"timeout {now_s:g} s -> {target_s:g} s "
             f"({_percent_change(now_s, target_s)})"
         )
+        if long_run_s is not None and long_run_s > window_raw_s:
+            reason += (
+                f"; held at the long-run horizon's need {long_run_s:.2f} s (p99.9 "
+                f"{evidence.long_run_latency_p999_ms or 0:.0f} ms, p99 {evidence.long_run_latency_p99_ms or 0:.0f} ms)"
+            )
         if pileup:
             reason += f"; {timeout_share:.1%} of calls timed out, so the timeout is only ever raised now"
         reason += _conservative_note(conservative)
-        return Proposal(
-            self.parameter,
-            now_s,
-            target_s,
-            reason,
-            {
-                "quantile": cfg.quantile,
-                "latency_quantile_ms": quantile_ms,
-                "samples": float(evidence.latency_count),
-                "margin": margin,
-                "timeout_share": timeout_share,
-                "raw_target_s": raw_s,
-            },
-        )
+        figures = {
+            "quantile": cfg.quantile,
+            "latency_quantile_ms": quantile_ms,
+            "samples": float(evidence.latency_count),
+            "margin": margin,
+            "timeout_share": timeout_share,
+            "raw_target_s": raw_s,
+            "window_target_s": window_raw_s,
+        }
+        if long_run_s is not None:
+            figures["long_run_target_s"] = long_run_s
+        return Proposal(self.parameter, now_s, target_s, reason, figures)
+
+
+def _long_run_timeout_s(
+    evidence: LaneEvidence, margin: float, floor_s: float, p99_multiple: float
+) -> float | None:
+    """The timeout the long-run horizon's latency needs (p99.9 x margin + floor, at least the
+    p99 multiple x p99), or None when the evidence has neither long-run quantile."""
+    needs = []
+    if evidence.long_run_latency_p999_ms is not None:
+        needs.append(evidence.long_run_latency_p999_ms / 1000.0 * margin + floor_s)
+    if evidence.long_run_latency_p99_ms is not None:
+        needs.append(evidence.long_run_latency_p99_ms / 1000.0 * p99_multiple)
+    return max(needs) if needs else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,10 @@ Counting conventions (the loop must fill the fields this way):
 - `long_run_error_rate` is the provider's normal error rate over hours (None when unknown);
   `long_run_latency_p50_ms` its normal median latency (None when unknown), so a tuner can tell
   rising latency from the usual level.
+- `long_run_latency_p99_ms` and `long_run_latency_p999_ms` are the high quantiles of the latency
+  over the same long horizon, and `long_run_covered_s` how much of the provider's history those
+  long-run figures actually span (a fresh process has minutes, not hours): the timeout tuner never
+  cuts below what that horizon needed, nor before it has been observed (None: unknown).
 """
 
 from __future__ import annotations
@@ -107,6 +111,10 @@ class LaneEvidence:
     """Half-open trials in the window that re-opened it (the provider was still down)."""
     long_run_error_rate: float | None = None
     long_run_latency_p50_ms: float | None = None
+    long_run_latency_p99_ms: float | None = None
+    long_run_latency_p999_ms: float | None = None
+    long_run_covered_s: float | None = None
+    """Seconds of the provider's history the long-run figures span; None when unknown."""
 
     def __post_init__(self) -> None:
         _require(
@@ -160,13 +168,25 @@ class LaneEvidence:
             "None or in [0, 1]",
             rate,
         )
-        latency = self.long_run_latency_p50_ms
-        _require(
-            latency is None or (isinstance(latency, int | float) and math.isfinite(latency) and latency >= 0),
-            "long_run_latency_p50_ms",
-            "None or a finite number of ms >= 0",
-            latency,
-        )
+        for name, unit in (
+            ("long_run_latency_p50_ms", "ms"),
+            ("long_run_latency_p99_ms", "ms"),
+            ("long_run_latency_p999_ms", "ms"),
+            ("long_run_covered_s", "seconds"),
+        ):
+            value = getattr(self, name)
+            _require(
+                value is None
+                or (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and value >= 0
+                ),
+                name,
+                f"None or a finite number of {unit} >= 0",
+                value,
+            )
 
     # -- latencies ------------------------------------------------------------------------------
 

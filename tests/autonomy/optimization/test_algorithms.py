@@ -33,6 +33,7 @@ from mcp_autonomy.autonomy.optimization import (
     parameter_bounds,
     widens_safety,
 )
+from mcp_autonomy.autonomy.optimization.algorithms import DEFAULT_TIMEOUT_MIN_HISTORY_S
 from mcp_autonomy.resilience.breaker import DEFAULT_FAILURE_RATE_THRESHOLD, BreakerConfig
 from mcp_autonomy.resilience.tunables import (
     BREAKER_FAILURE_RATE_BOUNDS,
@@ -108,6 +109,7 @@ def test_proposal_validates_its_value_and_applies() -> None:
             r"max_timeout_s must be a number in \[min_timeout_s",
         ),
         (lambda: TimeoutTunerConfig(quantile=1.0), r"quantile must be in \[0.5, 1\)"),
+        (lambda: TimeoutTunerConfig(min_history_s=-1.0), r"min_history_s must be in \[0, 604800\] seconds"),
         (lambda: RetryTunerConfig(high_recovery_rate=0.05), "high_recovery_rate must be in"),
         (lambda: RetryTunerConfig(max_attempts=11), r"max_attempts must be an integer in"),
         (lambda: RateLimitTunerConfig(conservative_decrease_factor=0.9), "conservative_decrease_factor"),
@@ -202,6 +204,81 @@ def test_timeout_pileup_at_the_cutoff_raises() -> None:
     proposal = TimeoutTuner().propose("paystack", tunables(timeout_s=3.0), ev, conservative=False)
     assert proposal is not None and proposal.new_value > 3.0
     assert "only ever raised" in proposal.reason
+
+
+# The long-run horizon: a quarter-hour of fast calls at night is no evidence about the slow peak
+# that follows every day (benchmarks/optimizer_effect.py: a night cut 10 -> 1.9 s timed the next
+# slow regime out, p50 1.5 s, p99 4 s).
+NIGHT_MS = lognormal_ms(250, 0.45, 1000)  # p99 about 700 ms: the window alone says ~2 s
+SLOW_PEAK_P99_MS = 4000.0
+SLOW_PEAK_P999_MS = 5500.0
+
+
+def night_evidence(**long_run: Any) -> LaneEvidence:
+    return evidence(latencies_ms=NIGHT_MS, calls=1000, successes=1000, **long_run)
+
+
+def test_the_window_alone_would_cut_a_fast_night_to_about_two_seconds() -> None:
+    proposal = TimeoutTuner().propose(
+        "paystack", tunables(timeout_s=10.0), night_evidence(), conservative=False
+    )
+    assert proposal is not None and proposal.new_value < 3.0  # the harm the long-run rules prevent
+
+
+def test_no_cut_before_the_long_run_horizon_has_been_observed() -> None:
+    tuner = TimeoutTuner()
+    young = night_evidence(long_run_covered_s=1800.0)  # half an hour of history: too new
+    assert tuner.propose("paystack", tunables(timeout_s=10.0), young, conservative=False) is None
+    grown = night_evidence(long_run_covered_s=DEFAULT_TIMEOUT_MIN_HISTORY_S)
+    proposal = tuner.propose("paystack", tunables(timeout_s=10.0), grown, conservative=False)
+    assert proposal is not None and proposal.new_value < 3.0  # a whole fast horizon: cut as before
+    shorter = TimeoutTuner(TimeoutTunerConfig(min_history_s=900.0))
+    assert shorter.propose("paystack", tunables(timeout_s=10.0), young, conservative=False) is not None
+
+
+def test_a_raise_is_never_held_back_by_a_short_history() -> None:
+    slow = evidence(
+        latencies_ms=lognormal_ms(1500, 0.42, 1000), calls=1000, successes=1000, long_run_covered_s=60.0
+    )
+    proposal = TimeoutTuner().propose("paystack", tunables(timeout_s=1.9), slow, conservative=False)
+    assert proposal is not None and proposal.new_value > 1.9
+
+
+def test_a_cut_never_goes_below_what_the_long_run_latency_needed() -> None:
+    tuner = TimeoutTuner()
+    seen_slow = night_evidence(
+        long_run_covered_s=7200.0,
+        long_run_latency_p99_ms=SLOW_PEAK_P99_MS,
+        long_run_latency_p999_ms=SLOW_PEAK_P999_MS,
+    )
+    need_s = max(SLOW_PEAK_P999_MS / 1000 * 1.5 + 0.25, 3 * SLOW_PEAK_P99_MS / 1000)  # 12 s
+    # At the horizon's need already: the fast window does not cut it.
+    assert tuner.propose("paystack", tunables(timeout_s=need_s), seen_slow, conservative=False) is None
+    # From the default, a cut stops at the need (here above 10 s: a raise), never at the window's 2 s.
+    proposal = tuner.propose("paystack", tunables(timeout_s=10.0), seen_slow, conservative=False)
+    assert proposal is not None and proposal.new_value == pytest.approx(need_s)
+    # A timeout cut earlier is raised back to it, saying why.
+    back = tuner.propose("paystack", tunables(timeout_s=1.9), seen_slow, conservative=False)
+    assert back is not None and back.new_value == pytest.approx(need_s)
+    assert "long-run horizon's need 12.00 s" in back.reason
+    assert back.evidence["long_run_target_s"] == pytest.approx(need_s)
+
+
+def test_a_fast_long_run_horizon_allows_the_same_cut_as_the_window() -> None:
+    fast_day = night_evidence(
+        long_run_covered_s=7200.0, long_run_latency_p99_ms=700.0, long_run_latency_p999_ms=1000.0
+    )
+    alone = TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), night_evidence(), conservative=False)
+    held = TimeoutTuner().propose("paystack", tunables(timeout_s=10.0), fast_day, conservative=False)
+    assert alone is not None and held is not None
+    assert held.new_value == pytest.approx(max(alone.new_value, 2.1))  # 3 x 700 ms binds at most
+
+
+def test_evidence_checks_the_long_run_figures() -> None:
+    with pytest.raises(ValueError, match="long_run_covered_s must be None or a finite number of seconds"):
+        evidence(long_run_covered_s=-1.0)
+    with pytest.raises(ValueError, match="long_run_latency_p999_ms must be None or a finite number of ms"):
+        evidence(long_run_latency_p999_ms=math.inf)
 
 
 def test_conservative_timeout_is_wider_and_not_below_the_default() -> None:
@@ -494,6 +571,9 @@ def lane_evidence(draw: st.DrawFn) -> LaneEvidence:
         stale_cache_hits=draw(st.integers(0, hits)),
         long_run_error_rate=draw(st.none() | st.floats(0.0, 1.0)),
         long_run_latency_p50_ms=draw(st.none() | st.floats(1.0, 10_000.0)),
+        long_run_latency_p99_ms=draw(st.none() | st.floats(1.0, 20_000.0)),
+        long_run_latency_p999_ms=draw(st.none() | st.floats(1.0, 30_000.0)),
+        long_run_covered_s=draw(st.none() | st.floats(0.0, 90_000.0)),
         **counts,
     )
 
