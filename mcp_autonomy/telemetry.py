@@ -10,7 +10,9 @@ covers its whole duration (to half a bucket) at any call rate, and memory per pr
 
 Recording stays O(1) and cheap on the payment path: two counter increments per ring and a list
 append; the appended latencies are binned in one numpy pass when the bucket closes, when a
-reader asks, or every `FLUSH_AT` calls.
+reader asks, or every `FLUSH_AT` calls. The router's guard buffers its successes and hands them
+over in batches (`add_buffered_successes`); every reader calls its flusher first, so figures stay
+exact.
 
 Across replicas the figures are merges too: each replica exports its own calls
 (`Telemetry.samples_since`, once `enable_export` is called) and adds the others' with
@@ -88,6 +90,7 @@ _BY_ERROR_CLASS = {
 }
 _OUTCOMES: Final = len(Outcome)
 _REJECTED = int(Outcome.REJECTED)  # a plain int: an enum member lookup costs ~150 ns on the hot path
+_SUCCESS = int(Outcome.SUCCESS)
 # Errors that say something about the provider's health; invalid requests are the caller's fault
 # and local rejections never reached the provider.
 _PROVIDER_ERROR_OUTCOMES = frozenset(
@@ -243,8 +246,8 @@ class _Series:
         fine ones, so a fine bucket always lies inside the coarse head bucket, and both rings move
         together, here only.
         """
-        if now_s < self.fine.head_end_s:
-            return
+        if now_s < self.fine.head_end_s or not self.fine.moves_at(now_s):
+            return  # the second test: a time a hair before the bucket's end (it would fold twice)
         self.flush()
         fine_row = self.fine.head_row
         if any(fine_row):
@@ -355,7 +358,7 @@ class ProviderTelemetry:
         # `outcome_totals[o]` counts calls that ended with outcome `o`; the latency histogram
         # (`latency_bucket_counts`, LATENCY_BUCKETS_MS plus one slot above every bound) and sum
         # are filled when pending latencies are binned, so a record stays O(1).
-        self.outcome_totals: list[int] = [0] * _OUTCOMES
+        self._outcome_totals: list[int] = [0] * _OUTCOMES
         self._latency_buckets = np.zeros(len(LATENCY_BUCKETS_MS) + 1, dtype=np.int64)
         self._latency_sum_ms = 0.0
         # This process's calls for other replicas: allocated only when exporting (a cluster).
@@ -366,11 +369,57 @@ class ProviderTelemetry:
         self._export_next = 0
         self._export_count = 0
         self.export_recorded = 0
+        self._flushers: list[Callable[[], None]] = []
         if export:
             self.enable_export()
 
+    def add_flusher(self, flush: Callable[[], None]) -> None:
+        """Register a caller that buffers successes (the router's `CallGuard`): `flush` hands them
+        over with `add_buffered_successes`, and is called before any figure is read or another
+        call recorded, so buffered calls count in order and in their own bucket."""
+        self._flushers.append(flush)
+
+    def _flush_buffered(self) -> None:
+        for flush in self._flushers:
+            flush()
+
+    def successes_bufferable_until(self, now_s: float) -> float | None:
+        """Until when (monotonic) this process's successes may be buffered and handed over later,
+        or None: within the open fine bucket (they are counted in it), and never while exporting
+        (the export ring keeps each call's own time)."""
+        fine = self._local.fine
+        if self._export_at is not None or now_s >= fine.head_end_s:
+            return None
+        return fine.head_end_s
+
+    def add_buffered_successes(self, latencies_ms: array[float], last_at_s: float) -> None:
+        """Count successes made in the open fine bucket (see `successes_bufferable_until`), the
+        newest at monotonic `last_at_s`, as `record` would have one by one. Calls no flusher."""
+        count = len(latencies_ms)
+        if not count:
+            return
+        series = self._local
+        fine = series.fine
+        fine.head_row[_SUCCESS] += count
+        fine.totals[_SUCCESS] += count
+        self._outcome_totals[_SUCCESS] += count
+        pending = series.pending
+        pending.extend(latencies_ms)
+        if len(pending) >= FLUSH_AT:
+            series.flush()
+        series.last_ok_at = last_at_s
+        series.run_start_at = None
+
+    @property
+    def outcome_totals(self) -> list[int]:
+        """Calls that ended with each outcome since start (`outcome_totals[o]`), for /metrics."""
+        if self._flushers:
+            self._flush_buffered()
+        return self._outcome_totals
+
     def enable_export(self) -> None:
         """Keep this process's calls from now on for `samples_since` (a cluster publisher)."""
+        self._flush_buffered()  # buffered calls have no time of their own to export
         if self._export_at is None:
             self._export_at = array("d", bytes(8 * self._export_capacity))
             self._export_latency_ms = array("d", bytes(8 * self._export_capacity))
@@ -390,6 +439,7 @@ class ProviderTelemetry:
     @property
     def latency_bucket_counts(self) -> list[int]:
         """Cumulative calls that reached the provider per latency bucket (see LATENCY_BUCKETS_MS)."""
+        self._flush_buffered()
         self._local.flush()
         counts: list[int] = self._latency_buckets.tolist()
         return counts
@@ -397,12 +447,15 @@ class ProviderTelemetry:
     @property
     def latency_sum_ms(self) -> float:
         """Cumulative latency of the calls that reached the provider."""
+        self._flush_buffered()
         self._local.flush()
         return self._latency_sum_ms
 
     def record(self, outcome: int, latency_ms: float, now_s: float | None = None) -> None:
         """Count one call (an `Outcome`), stamped with the clock's monotonic time (the payment
         path: O(1)); `now_s` is that time when the caller has just read it."""
+        if self._flushers:
+            self._flush_buffered()  # buffered successes came first
         now = self._monotonic() if now_s is None else now_s
         series = self._local
         fine = series.fine
@@ -411,7 +464,7 @@ class ProviderTelemetry:
         # The windows' fast path: write the head buckets and totals directly.
         fine.head_row[outcome] += 1
         fine.totals[outcome] += 1
-        self.outcome_totals[outcome] += 1
+        self._outcome_totals[outcome] += 1
         if outcome != _REJECTED:
             pending = series.pending
             pending.append(latency_ms)
@@ -467,6 +520,7 @@ class ProviderTelemetry:
         were overwritten before this call). At most `limit` samples: the rest wait for the next call.
         Empty until `enable_export` is called.
         """
+        self._flush_buffered()
         if not 0 <= cursor <= self.export_recorded:
             raise ValueError(f"cursor must be within [0, {self.export_recorded}], got {cursor}")
         export_at = self._export_at
@@ -485,6 +539,9 @@ class ProviderTelemetry:
         return samples, cursor + lost + taken, lost
 
     def _series(self, include_remote: bool) -> list[_Series]:
+        """The series a reader merges (buffered successes handed over first)."""
+        if self._flushers:
+            self._flush_buffered()
         if include_remote and self._remote is not None:
             return [self._local, self._remote]
         return [self._local]

@@ -14,7 +14,11 @@ stampede of 100 callers through and added more overhead per call. This one:
 - publishes every state change to hooks registered with `on_transition`, and never logs, raises or
   allocates much on the hot path (`try_acquire` returns `None` to reject);
 - refuses, at run time, any state change outside `ALLOWED_TRANSITIONS` (`IllegalTransition`):
-  transitions are rare, so the check costs nothing per call.
+  transitions are rare, so the check costs nothing per call;
+- lets a caller that keeps the window generation instead of a `Permit` (the router's `CallGuard`)
+  buffer successes while none of them could change a decision (`successes_bufferable_until`) and
+  hand them over in one `add_buffered_successes`; the breaker calls that caller's flusher before
+  it reads or changes anything, so buffered outcomes count in order and in their own bucket.
 
 Classifying a result is the caller's job (M-Pesa reports failures inside HTTP 200 bodies);
 `counts_as_failure` gives the default verdict for exceptions.
@@ -242,6 +246,9 @@ class BreakerSnapshot:
 
 
 TransitionHook = Callable[[BreakerTransition], None]
+Flusher = Callable[[], None]
+"""Hands buffered successes over (`add_buffered_successes`); called before the breaker reads or
+changes its window, its run of failures or its state."""
 
 
 class Permit:
@@ -281,7 +288,7 @@ class Permit:
         breaker = self._breaker
         if breaker is not None:
             self._breaker = None
-            breaker._record(self._window_generation, success, duration_s, now_s)
+            breaker.record_ordinary(self._window_generation, success, duration_s, now_s)
 
     def record_error(self, error: BaseException, duration_s: float) -> bool | None:
         """Report a call that raised, classified by `counts_as_failure`; returns the verdict.
@@ -337,6 +344,7 @@ class CircuitBreaker:
         "_disabled_permit",
         "_epoch",
         "_failure_rate_threshold",
+        "_flushers",
         "_half_open_completed",
         "_half_open_failures",
         "_half_open_in_flight",
@@ -375,6 +383,7 @@ class CircuitBreaker:
         self._consecutive_to_open = cfg.consecutive_failures_to_open
         self._consecutive_failures = 0
         self._hooks: list[TransitionHook] = []
+        self._flushers: list[Flusher] = []
         self._state = _CLOSED
         # Bumped on every transition; a trial permit from an earlier half-open episode is ignored.
         self._epoch = 0
@@ -411,6 +420,11 @@ class CircuitBreaker:
         return self._config
 
     @property
+    def window_generation(self) -> int:
+        """Bumped whenever the window is cleared: outcomes of calls admitted before are dropped."""
+        return self._window_generation
+
+    @property
     def trials_passed(self) -> int:
         """Half-open trials that closed the breaker (the provider was back when it was asked)."""
         return self._trials_passed
@@ -438,8 +452,10 @@ class CircuitBreaker:
         on the next outcome recorded. Raises `ValueError` naming the field for a value outside
         (0, 1].
         """
-        self._config = replace(self._config, failure_rate_threshold=threshold)
-        self._failure_rate_threshold = self._config.failure_rate_threshold
+        config = replace(self._config, failure_rate_threshold=threshold)
+        self._flush_buffered()  # buffering was judged against the old threshold
+        self._config = config
+        self._failure_rate_threshold = config.failure_rate_threshold
 
     @property
     def state(self) -> BreakerState:
@@ -448,6 +464,7 @@ class CircuitBreaker:
 
     def snapshot(self) -> BreakerSnapshot:
         """The state and the window's figures as of now."""
+        self._flush_buffered()
         calls, failures, slow = self._window.totals_at(self._monotonic())
         rated = calls >= self._minimum_calls
         is_open = self._state is _OPEN
@@ -500,10 +517,17 @@ class CircuitBreaker:
             return self._disabled_permit
         return None  # FORCED_OPEN
 
-    def _record(
+    def record_ordinary(
         self, window_generation: int, success: bool, duration_s: float, now_s: float | None = None
     ) -> None:
-        """Count an ordinary call's outcome in the window and open if a threshold is crossed."""
+        """Count an ordinary (not half-open trial) call's outcome and open if a threshold is crossed.
+
+        What `Permit.record` does, for a caller that kept the `window_generation` of the moment it
+        was admitted (in CLOSED or METRICS_ONLY) instead of a `Permit`; report each call once.
+        `now_s`: the clock's monotonic time, when the caller has just read it.
+        """
+        if self._flushers:
+            self._flush_buffered()
         state = self._state
         if state is _DISABLED or window_generation != self._window_generation:
             return  # recording is off, or the window was cleared after the call began
@@ -536,12 +560,60 @@ class CircuitBreaker:
         if (
             state is _CLOSED
             and calls >= self._minimum_calls
-            and (
-                totals[_FAILURES] / calls >= self._failure_rate_threshold
-                or (self._slow_rule and totals[_SLOW] / calls >= self._slow_call_rate_threshold)
-            )
+            and self._rates_reach_thresholds(calls, totals[_FAILURES], totals[_SLOW])
         ):
             self._open_on_window(int(calls))
+
+    def _rates_reach_thresholds(self, calls: float, failures: float, slow: float) -> bool:
+        """The window rule (for `calls` > 0): the failure or the slow-call rate at its threshold."""
+        return failures / calls >= self._failure_rate_threshold or (
+            self._slow_rule and slow / calls >= self._slow_call_rate_threshold
+        )
+
+    # -- buffered successes (the router's CallGuard) ----------------------------------------------
+
+    def add_flusher(self, flush: Flusher) -> None:
+        """Register a caller that buffers successes: `flush` hands them over (with
+        `add_buffered_successes`) and is called before the breaker reads or changes its window,
+        its run of failures or its state, so a buffer never outlives the conditions it was
+        allowed under (`successes_bufferable_until`)."""
+        self._flushers.append(flush)
+
+    def _flush_buffered(self) -> None:
+        for flush in self._flushers:
+            flush()
+
+    def successes_bufferable_until(self, window_generation: int, now_s: float) -> float | None:
+        """Until when (monotonic) successes of calls admitted under `window_generation` may be
+        buffered and counted later with one `add_buffered_successes`; None when they may not.
+
+        Only while CLOSED with both rates below their thresholds (an empty window has no rate): a
+        success no slower than `slow_call_duration_s` only lowers the rates, whether or not the
+        window holds `minimum_calls` yet, so none of the buffered ones could have opened the
+        breaker and buffering changes no decision. Only until the head bucket ends, because they are counted in it. Anything that
+        could change the verdict first calls the flushers (a transition, a cleared window, a new
+        threshold, another outcome, a snapshot).
+        """
+        if self._state is not _CLOSED or window_generation != self._window_generation:
+            return None
+        window = self._window
+        if now_s >= window.head_end_s:
+            return None  # the head bucket is over: the next outcome moves the window first
+        calls, failures, slow = window.totals
+        if calls and self._rates_reach_thresholds(calls, failures, slow):
+            return None
+        return window.head_end_s
+
+    def add_buffered_successes(self, window_generation: int, count: int) -> None:
+        """Count `count` successes, none of them slow, made in the head bucket by calls admitted
+        under `window_generation` while `successes_bufferable_until` allowed it (so no threshold
+        check: they cannot have opened the breaker). Calls no flusher."""
+        if count <= 0 or self._state is _DISABLED or window_generation != self._window_generation:
+            return
+        window = self._window
+        window.head_row[_CALLS] += count
+        window.totals[_CALLS] += count
+        self._consecutive_failures = 0
 
     def _on_trial_release(self, epoch: int) -> None:
         if epoch == self._epoch and self._state is _HALF_OPEN:
@@ -550,6 +622,8 @@ class CircuitBreaker:
     # -- window ----------------------------------------------------------------------------------
 
     def _clear_window(self) -> None:
+        if self._flushers:
+            self._flush_buffered()
         self._window.clear()
         self._window_generation += 1
         self._consecutive_failures = 0
@@ -627,6 +701,7 @@ class CircuitBreaker:
             raise IllegalTransition(
                 f"breaker {self._name}: {from_state} -> {to_state} is not allowed ({reason})"
             )
+        self._flush_buffered()  # successes made in the old state count before it ends
         self._state = to_state
         self._epoch += 1
         self._consecutive_failures = 0  # a run of failures counts within one state only

@@ -68,10 +68,10 @@ from mcp_autonomy.resilience.breaker import (
     BreakerState,
     BreakerTransition,
     CircuitBreaker,
-    Permit,
 )
 from mcp_autonomy.resilience.canary import ArmTally, CanarySplit
 from mcp_autonomy.resilience.customer_errors import CustomerErrorMonitor
+from mcp_autonomy.resilience.guard import CallGuard
 from mcp_autonomy.resilience.health import HealthStatus
 from mcp_autonomy.resilience.rate_limiter import TokenBucket
 from mcp_autonomy.resilience.retry import Backoff, RetryBudget
@@ -81,10 +81,6 @@ from mcp_autonomy.telemetry import Outcome, ProviderTelemetry, Telemetry
 from mcp_autonomy.timefmt import TimestampOrNone
 
 logger = logging.getLogger(__name__)
-
-# Plain ints on the per-call path: indexing with an IntEnum member costs a method call each time.
-_SUCCESS = int(Outcome.SUCCESS)
-_REJECTED = int(Outcome.REJECTED)
 
 RESOLVE_ATTEMPTS = 3
 """Status queries tried to resolve one ambiguous outcome before recording it unknown."""
@@ -174,7 +170,8 @@ class ProviderLane:
     backoff: Backoff
     tunables: ProviderTunables
     telemetry: ProviderTelemetry
-    """The provider's telemetry, held here so the per-call guard skips the lookup by name."""
+    guard: CallGuard
+    """Breaker, limiter and telemetry behind one call per side: the path of every provider call."""
     tally: ArmTally = field(default_factory=ArmTally)
     canary: CanarySplit | None = None
     status_cache: StatusCache = field(default_factory=StatusCache)
@@ -271,16 +268,19 @@ class PaymentRouter:
                     "breaker_failure_rate": breaker.config.failure_rate_threshold,
                 }
             )
+            limiter = TokenBucket(tunables.rate_limit_per_s, tunables.rate_limit_burst, self.clock)
+            telemetry = self.telemetry.provider(provider)
             lane = ProviderLane(
                 entry=entry,
                 breaker=breaker,
-                limiter=TokenBucket(tunables.rate_limit_per_s, tunables.rate_limit_burst, self.clock),
+                limiter=limiter,
                 budget=RetryBudget(self.clock, ratio=tunables.retry_budget_ratio),
                 backoff=Backoff(
                     tunables.base_delay_s, max(tunables.max_delay_s, tunables.base_delay_s), self._rng
                 ),
                 tunables=tunables,
-                telemetry=self.telemetry.provider(provider),
+                telemetry=telemetry,
+                guard=CallGuard(breaker, limiter, telemetry, self.monotonic),
             )
             if hasattr(entry.adapter, "identifier_sink"):
                 # Ids the adapter learns (CheckoutRequestID, invoice id, ...) are durable at once.
@@ -564,37 +564,6 @@ class PaymentRouter:
             self.counters["unknown"] += 1
         return record
 
-    # -- the guard around every provider call: admit before it, settle after it ------------------
-
-    def admit(self, lane: ProviderLane) -> Permit | str:
-        """A breaker permit and a rate-limit token for one call at `lane`, or why not.
-
-        A refusal is counted in telemetry as a local rejection; the reason is returned, never
-        raised (a rejection is the hot path of an outage). One clock read, none when the breaker
-        rejects.
-        """
-        permit = lane.breaker.try_acquire()
-        if permit is None:
-            lane.telemetry.record(_REJECTED, 0.0)
-            return "breaker open"
-        if not lane.limiter.try_acquire(1.0, self.monotonic()):
-            permit.release()
-            lane.telemetry.record(_REJECTED, 0.0)
-            return "rate limited locally"
-        return permit
-
-    def settle_success(self, lane: ProviderLane, permit: Permit, call_started_s: float) -> float:
-        """Report a call that succeeded to the breaker and telemetry; returns its latency in ms.
-
-        One clock read serves both (the call's end).
-        """
-        ended_s = self.monotonic()
-        duration_s = ended_s - call_started_s
-        permit.record(True, duration_s, ended_s)
-        latency_ms = duration_s * 1000
-        lane.telemetry.record(_SUCCESS, latency_ms, ended_s)
-        return latency_ms
-
     async def _call(
         self, lane: ProviderLane, request: PaymentRequest, timeout_s: float
     ) -> ProviderTransaction:
@@ -654,6 +623,7 @@ class PaymentRouter:
         tallies: tuple[ArmTally, ...],
     ) -> str:
         lane.budget.record_request(self.clock.monotonic())
+        guard = lane.guard
         refreshed_credentials = False
         retrying = False  # the next call is a retry (tallied once it reaches the provider)
         throttled_free = 0  # 429s answered with a retry that did not use up an attempt
@@ -663,10 +633,10 @@ class PaymentRouter:
             attempt += 1
             attempt_started = self.clock.now()
             self._trip_on_hung_calls(lane, tunables.timeout_s)
-            permit = self.admit(lane)
-            if isinstance(permit, str):
+            ticket = guard.admit()
+            if isinstance(ticket, str):
                 await self._attempt(
-                    record, lane, attempt_started, 0.0, AttemptOutcome.REJECTED_LOCALLY, permit
+                    record, lane, attempt_started, 0.0, AttemptOutcome.REJECTED_LOCALLY, ticket
                 )
                 return "next"
             if retrying:
@@ -681,7 +651,7 @@ class PaymentRouter:
             try:
                 sending = await self._begin_send(record, lane, attempt_started, reference)
             except BaseException:
-                permit.release()  # nothing was sent: the permit (maybe a half-open trial) is free
+                guard.release(ticket)  # nothing was sent: the ticket (maybe a half-open trial) is free
                 raise
             call_started = self.monotonic()
             key = (lane.name, reference)
@@ -691,9 +661,7 @@ class PaymentRouter:
             try:
                 txn = await self._call(lane, request, tunables.timeout_s)
             except TimeoutError:
-                latency_ms = (self.clock.monotonic() - call_started) * 1000
-                permit.record(False, latency_ms / 1000)
-                self.telemetry.record_call(lane.name, Outcome.TIMEOUT, latency_ms)
+                latency_ms = guard.settle_timeout(ticket, call_started)
                 for tally in tallies:
                     tally.timeouts += 1
                     tally.add_latency(latency_ms)
@@ -707,9 +675,7 @@ class PaymentRouter:
                 )
                 return await self._resolve_ambiguous(lane, request, record)
             except ProviderError as exc:
-                latency_ms = (self.clock.monotonic() - call_started) * 1000
-                permit.record_error(exc, latency_ms / 1000)
-                self.telemetry.record_call(lane.name, Outcome.from_error_class(exc.error_class), latency_ms)
+                latency_ms = guard.settle_error(ticket, exc, call_started)
                 for tally in tallies:
                     tally.add_latency(latency_ms)
                     if exc.error_class in (ErrorClass.NOT_PROCESSED, ErrorClass.RATE_LIMITED):
@@ -776,7 +742,7 @@ class PaymentRouter:
                 self._in_flight.pop(key, None)
                 lane.in_flight.pop(token, None)
                 await self.payments.flush()
-            latency_ms = self.settle_success(lane, permit, call_started)
+            latency_ms = guard.settle_success(ticket, call_started)
             for tally in tallies:
                 tally.add_latency(latency_ms)
             if latency_ms >= NEAR_TIMEOUT_SHARE * 1000 * tunables.timeout_s:

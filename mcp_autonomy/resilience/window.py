@@ -117,6 +117,10 @@ class SlidingTimeWindow:
         self.head_row[field] += amount
         self.totals[field] += amount
 
+    def moves_at(self, now_s: float) -> bool:
+        """Whether `advance(now_s)` would move the head (`head_end_s` may say so a hair early)."""
+        return int(now_s // self.bucket_s) > self._head_index
+
     def slot_of(self, at_s: float) -> int | None:
         """The slot holding time `at_s` after advancing to it if it is newer; None once it left."""
         if at_s >= self.head_end_s:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_autonomy.clock import ManualClock
 from mcp_autonomy.resilience.window import MAX_WINDOW_BUCKETS, SlidingTimeWindow
+from mcp_autonomy.telemetry import Outcome, ProviderTelemetry
 
 steps = st.lists(
     st.tuples(
@@ -89,3 +92,17 @@ def test_a_long_idle_time_clears_everything_and_calls_the_expire_hook() -> None:
 def test_settings_are_validated_naming_the_field(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SlidingTimeWindow(ManualClock(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_time_a_hair_before_a_bucket_end_stays_in_that_bucket() -> None:
+    """`head_end_s` is one float below the bucket's end; a time there moves nothing, and telemetry
+    does not fold its open bucket into the hour ring twice (it did: a call counted as two)."""
+    clock = ManualClock()
+    at_s = math.nextafter(30.0, -math.inf)  # 29.999999999999996
+    window = SlidingTimeWindow(clock, window_s=300.0, bucket_s=10.0)
+    window.add(25.0, 0)
+    assert at_s >= window.head_end_s and not window.moves_at(at_s)
+    clock._elapsed_s = at_s
+    telemetry = ProviderTelemetry("p", clock)
+    telemetry.record(int(Outcome.SUCCESS), 1.0)
+    assert telemetry.snapshot(301.0).requests == 1
