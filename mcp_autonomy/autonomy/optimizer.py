@@ -90,6 +90,7 @@ from mcp_autonomy.autonomy.optimization import (
     evaluate,
     parameter_bounds,
 )
+from mcp_autonomy.autonomy.optimization.evidence import DEFAULT_MIN_QUANTILE_SAMPLES
 from mcp_autonomy.clock import Clock
 from mcp_autonomy.events import EventBus, EventType, Severity
 from mcp_autonomy.resilience.canary import ArmTally
@@ -506,6 +507,10 @@ class AutoOptimizer(Component):
         series = self.telemetry.provider(provider)
         snapshot = series.snapshot(window_s)
         long_run = series.snapshot(LONG_RUN_WINDOW_S)
+        long_run_count, long_run_high = series.latency_quantiles_ms((0.99, 0.999), LONG_RUN_WINDOW_S)
+        if long_run_count < DEFAULT_MIN_QUANTILE_SAMPLES:
+            long_run_high = None
+        history = self._tally_history.get(provider)
         errors = snapshot.errors_by_class
         counts = self._tally_since(provider, window_s)
         # Local rejections never reached the provider; customer refusals are not its doing.
@@ -531,6 +536,11 @@ class AutoOptimizer(Component):
             stale_cache_hits=counts.stale_cache_hits,
             long_run_error_rate=long_run.error_rate,
             long_run_latency_p50_ms=long_run.latency_p50_ms,
+            # What the provider's latency needed over the long run (the timeout tuner never cuts
+            # below it: a slow regime of the day comes back), and how much history that spans.
+            long_run_latency_p99_ms=long_run_high[0] if long_run_high is not None else None,
+            long_run_latency_p999_ms=long_run_high[1] if long_run_high is not None else None,
+            long_run_covered_s=history[-1].at - history[0].at if history else 0.0,
         )
 
     def _maybe_propose(self, provider: str) -> None:

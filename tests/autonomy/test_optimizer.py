@@ -30,7 +30,7 @@ from mcp_autonomy.resilience.canary import ArmTally
 from mcp_autonomy.resilience.router import PaymentRouter
 from mcp_autonomy.resilience.tunables import ProviderTunables
 from mcp_autonomy.store import Store
-from mcp_autonomy.telemetry import Telemetry
+from mcp_autonomy.telemetry import Outcome, Telemetry
 from tests.fakes import ScriptedAdapter
 
 pytestmark = pytest.mark.anyio
@@ -447,3 +447,24 @@ async def test_the_status_cache_counts_reach_the_evidence(clock: ManualClock, pa
     await auto.tick()
     evidence = auto.evidence(PROVIDER)
     assert (evidence.status_queries, evidence.status_cache_hits, evidence.stale_cache_hits) == (4, 2, 2)
+
+
+async def test_the_long_run_latency_and_its_history_reach_the_evidence(
+    clock: ManualClock, parts: Parts
+) -> None:
+    """The timeout tuner's floor and its history rule read these: without them a cut made in a fast
+    hour would stand through the slow one that follows."""
+    _, _, _, telemetry, _ = parts
+    auto = optimizer(clock, parts)
+    await auto.tick()
+    early = auto.evidence(PROVIDER)
+    assert early.long_run_latency_p99_ms is None and early.long_run_covered_s == 0.0  # nothing measured
+    for minute in range(40):
+        for _ in range(10):
+            telemetry.record_call(PROVIDER, Outcome.SUCCESS, 12_000.0 if minute < 5 else 300.0)
+        await clock.advance(60.0)
+        await auto.tick()
+    evidence = auto.evidence(PROVIDER)
+    assert evidence.long_run_latency_p999_ms == pytest.approx(12_000.0, rel=0.02)  # the slow minutes
+    assert evidence.long_run_latency_p99_ms == pytest.approx(12_000.0, rel=0.02)
+    assert evidence.long_run_covered_s >= 39 * 60.0
