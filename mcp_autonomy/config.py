@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     optimization_interval_ms: int = Field(
         120_000, ge=MIN_INTERVAL_MS, le=MAX_INTERVAL_MS, validation_alias=_env("OPTIMIZATION_INTERVAL_MS")
     )
+    optimization_timeout_min_history_s: float = Field(
+        3600.0,
+        ge=0.0,
+        le=7 * 86_400.0,
+        validation_alias=_env("OPTIMIZATION_TIMEOUT_MIN_HISTORY_S"),
+        description="History a provider needs before the optimizer may cut its timeout",
+    )
     conservative_mode: bool = Field(False, validation_alias=_env("CONSERVATIVE_MODE"))
 
     # --- the server itself ---

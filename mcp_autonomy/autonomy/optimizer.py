@@ -277,9 +277,14 @@ def _is_pileup_raise(proposal: Proposal) -> bool:
     )
 
 
-def _live_tuners() -> tuple[Tuner, ...]:
+def _live_tuners(timeout_min_history_s: float | None = None) -> tuple[Tuner, ...]:
+    timeout = (
+        TimeoutTunerConfig()
+        if timeout_min_history_s is None
+        else TimeoutTunerConfig(min_history_s=timeout_min_history_s)
+    )
     return (
-        TimeoutTuner(TimeoutTunerConfig()),
+        TimeoutTuner(timeout),
         RetryTuner(RetryTunerConfig()),
         RateLimitTuner(RateLimitTunerConfig()),
         BreakerThresholdTuner(BreakerThresholdTunerConfig()),
@@ -318,13 +323,14 @@ class AutoOptimizer(Component):
         providers: ProviderRegistry | None = None,
         tuners: tuple[Tuner, ...] | None = None,
         canary_config: CanaryConfig | None = None,
+        timeout_min_history_s: float | None = None,
     ) -> None:
         super().__init__(clock=clock, bus=bus, store=store, enabled=enabled, interval_s=interval_s)
         self.conservative = conservative
         self.router = router
         self.telemetry = telemetry
         self.providers = providers
-        self.tuners = tuners if tuners is not None else _live_tuners()
+        self.tuners = tuners if tuners is not None else _live_tuners(timeout_min_history_s)
         self.canary_config = canary_config or CanaryConfig()
         self.canary_share = CANARY_SHARE / 2 if conservative else CANARY_SHARE
         self._optimizations: dict[str, Optimization] = {}

@@ -448,6 +448,7 @@ class AutonomousSystem:
             router=self.router,
             telemetry=self.telemetry,
             providers=self.providers,
+            timeout_min_history_s=s.optimization_timeout_min_history_s,
         )
         self.components: dict[str, Component] = {
             c.name: c

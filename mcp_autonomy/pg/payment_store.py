@@ -58,7 +58,7 @@ __all__ = [
     "PostgresPaymentStore",
 ]
 PING_TIMEOUT_S = 0.5
-"""The longest a readiness ping may take, connecting included (`ping`)."""
+"""The longest a readiness ping waits for a pooled connection, or for its own (`ping`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class PostgresPaymentStore:
             reconnect_timeout=RECONNECT_TIMEOUT_S,
             name="payments",
         )
-        # Readiness asks the database, not the pool: a pool busy with payments is no outage.
+        # Readiness's own connection, used only while the pool is busy with payments (`ping`).
         self._ping_conn: psycopg.AsyncConnection[Any] | None = None
         # Identifiers from `record_identifier_soon`, oldest first, until a flush commits them.
         self._queued: list[ProviderIdentifier] = []
@@ -701,10 +701,29 @@ class PostgresPaymentStore:
     async def ping(self) -> None:
         """Return when the database answers; `StoreUnavailable` when it does not (readiness).
 
-        On a connection of its own, outside the payments' pool: a pool whose connections are all
-        busy with payments would otherwise look like an outage and stop the very payments that
-        keep it busy. At most `PING_TIMEOUT_S` in all; a kept connection the server has ended
-        since (a restart) is replaced at once, within the same bound."""
+        Through the payments' pool, at most `PING_TIMEOUT_S`, so readiness also says that the
+        pool can serve a payment (after an outage it regrows its connections first). One case is
+        told apart: when every pooled connection is busy with payments the wait says nothing
+        about the database, and a ping that failed for that reason alone would stop the very
+        payments that keep the pool busy; the database is then asked on a connection of its own.
+        """
+        try:
+            async with self._connection(timeout_s=PING_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
+            return
+        except StoreUnavailable:
+            if not self._pool_busy():
+                raise
+        await self._ping_own_connection()
+
+    def _pool_busy(self) -> bool:
+        """Every connection the pool may open is open and lent out."""
+        stats = self._pool.get_stats()
+        return stats.get("pool_size", 0) >= stats.get("pool_max", 1) and stats.get("pool_available", 0) == 0
+
+    async def _ping_own_connection(self) -> None:
+        """`SELECT 1` on the ping's own connection (kept between pings; a connection the server
+        ended since is replaced at once), within `PING_TIMEOUT_S` in all."""
         try:
             with anyio.fail_after(PING_TIMEOUT_S):
                 for _ in range(2):

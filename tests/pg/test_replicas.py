@@ -331,7 +331,12 @@ async def pay_many(replica: Replica, prefix: str, count: int) -> None:
 async def optimizing_cluster(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Cluster, Replica, Replica]]:
     """Two replicas with a fast optimizer, the same traffic on both, and a first optimization
     recorded: (cluster, the optimizer's leader, the follower)."""
-    fast = {"AUTO_OPTIMIZATION_ENABLED": "true", "OPTIMIZATION_INTERVAL_MS": "1000"}
+    # Seconds, not the hour a timeout cut waits for in production: this is about who experiments.
+    fast = {
+        "AUTO_OPTIMIZATION_ENABLED": "true",
+        "OPTIMIZATION_INTERVAL_MS": "1000",
+        "OPTIMIZATION_TIMEOUT_MIN_HISTORY_S": "5",
+    }
     async with start_cluster(tmp_path, pg_url, extra_env=fast) as cluster:
 
         async def one_leader() -> tuple[Replica, Replica] | None:
