@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_autonomy.autonomy.scaling.cluster_load import LOAD_PATH
 from mcp_autonomy.autonomy.system import AutonomousSystem
 from mcp_autonomy.config import Settings, SettingsError
+from mcp_autonomy.server.asgi_body import read_body
 from mcp_autonomy.server.auth import build_auth, check_tokens_file
 from mcp_autonomy.server.auth.guard import AuthGuard
 from mcp_autonomy.server.dashboard import PUBLIC_PATHS as DASHBOARD_PUBLIC_PATHS
@@ -122,20 +123,10 @@ class JsonRpcIdCheck:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != MCP_PATH:
             await self.app(scope, receive, send)
             return
-        buffered: list[Message] = []
-        size = 0
-        complete = False
-        while size <= JSONRPC_BODY_LIMIT_BYTES:
-            message = await receive()
-            buffered.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                complete = True
-                break
-        if complete and size <= JSONRPC_BODY_LIMIT_BYTES:
-            body = b"".join(m.get("body", b"") for m in buffered)
+        read = await read_body(receive, JSONRPC_BODY_LIMIT_BYTES)
+        buffered = read.messages
+        if read.complete:
+            body = read.body
             try:
                 problem = _invalid_id(json.loads(body))
             except ValueError:

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_autonomy.server.asgi_body import read_body
 from mcp_autonomy.server.auth.scopes import ALL_SCOPES, mcp_message_scope, route_scope
 from mcp_autonomy.server.auth.static import STATIC_ISSUER
 
@@ -223,23 +224,13 @@ class AuthGuard:
         self, scope: Scope, receive: Receive, access: AccessToken
     ) -> tuple[Receive, ASGIApp | None]:
         """Read the JSON-RPC body (replayed to the app) and refuse it if it lacks its scope."""
-        buffered: list[Message] = []
-        size = 0
-        complete = False
-        while size <= BODY_LIMIT_BYTES:
-            message = await receive()
-            buffered.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                complete = True
-                break
+        read = await read_body(receive, BODY_LIMIT_BYTES)
+        buffered = read.messages
 
         async def replay() -> Message:
             return buffered.pop(0) if buffered else await receive()
 
-        if not complete or size > BODY_LIMIT_BYTES:
+        if not read.complete:
             missing = [s for s in ALL_SCOPES if s not in access.scopes]
             if not missing:
                 return replay, None
@@ -247,7 +238,7 @@ class AuthGuard:
                 missing[0], "a request too large to inspect", None, jsonrpc=True
             )
         try:
-            parsed = json.loads(b"".join(m.get("body", b"") for m in buffered))
+            parsed = json.loads(read.body)
         except ValueError:
             return replay, None  # the SDK answers its parse error
         messages = parsed if isinstance(parsed, list) else [parsed]
