@@ -14,7 +14,8 @@ defaults (cost budget 1.0) and is told the same target.
 Traffic is counted per minute: Poisson arrivals around a mean that drifts slowly (a log-AR(1), 3 %
 with a 30-minute time constant) with 1.5 % extra jitter. Shapes: seasonal (`daily_weekly`: weekday
 and weekend peaks plus two surprise spikes; `sharp_peaks`: step-shaped openings; `smooth_sinusoid`;
-`shifted_clock`: the daily clock moves an hour; `hourly_steps`: one point an hour), trending
+`shifted_clock`: the daily clock moves an hour; `hourly_steps`: one point an hour;
+`five_minute_rollup`: a quieter shape as 5-minute means, one point every 5 minutes), trending
 (`growth`: +4 % a day), bursty (`noisy`: 25 % jitter and random bursts; `timer_bursts`: a job every
 15 minutes and random bursts), with gaps (`gaps_level_shift`: hours-long holes in the trace and a
 x1.6 level shift) and one with no exploitable pattern (`no_seasonality`).
@@ -211,6 +212,14 @@ def hourly_steps(minutes: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(load.reshape(-1, 60).mean(axis=1), 60)
 
 
+def five_minute_rollup(minutes: int, rng: np.random.Generator) -> np.ndarray:
+    """`daily_weekly` exported as 5-minute means, one point every 5 minutes held in between (a
+    per-5-minute metric or log rollup), each 10 % overdispersed (batched arrivals: the public
+    5-minute rollups we developed on vary about that much from one point to the next)."""
+    five = daily_weekly(minutes, rng).reshape(-1, 5).mean(axis=1) * _noise(rng, minutes // 5, 0.10)
+    return np.repeat(five, 5)
+
+
 def timer_bursts(minutes: int, rng: np.random.Generator) -> np.ndarray:
     """A daily curve, a timer-triggered job every 15 minutes (+1500 TPM for a minute) and random
     bursts (two a day, +500..2500 TPM for 2-20 minutes)."""
@@ -239,10 +248,11 @@ FAMILIES: dict[str, Generator] = {
     "shifted_clock": shifted_clock,
     "no_seasonality": no_seasonality,
     "hourly_steps": hourly_steps,
+    "five_minute_rollup": five_minute_rollup,
     "timer_bursts": timer_bursts,
     "gaps_level_shift": gaps_level_shift,
 }
-POINT_EVERY_MINUTES = {"hourly_steps": 60}  # the others have one point a minute
+POINT_EVERY_MINUTES = {"hourly_steps": 60, "five_minute_rollup": 5}  # the others have one point a minute
 GAPPY = frozenset({"gaps_level_shift"})
 
 

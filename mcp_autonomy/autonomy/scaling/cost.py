@@ -28,6 +28,9 @@ DEFAULT_MAX_SAFETY_QUANTILE: Final = 0.999  # ... or above this
 DEFAULT_MIN_TRUST_HOURS: Final = 6  # hours of counterfactual record before the forecast may act
 _COST_BUCKET_S: Final = 3600.0  # tallies are kept per hour; the quantile and the trust move hourly
 _MIN_COST_BUCKETS: Final = 3  # adjust the quantile after three hours
+_COST_AIM: Final = 0.99  # the matcher steers to 99 % of the budget: its hourly noise stays under it
+_SPEND_TOLERANCE: Final = 1.02  # the ledger distrusts a candidate spending 2 % over the budget: less
+# is the matcher's noise around its aim, which it corrects by itself
 _MAX_GAP_S: Final = 300.0  # a longer gap between calls counts as this long (a paused loop is not spend)
 
 
@@ -219,9 +222,11 @@ class ShadowLedger:
             self.trusted = False
             return
         total = self.totals()
+        # One pod start-up of slack on the shortfall: a single miss more than the reactive rule
+        # over the window is noise, not a forecast that lost.
         self.trusted = (
-            total.candidate_short_s <= total.shadow_short_s
-            and total.candidate_spend_s <= self._budget * total.shadow_spend_s
+            total.candidate_short_s <= total.shadow_short_s + self.startup_s
+            and total.candidate_spend_s <= _SPEND_TOLERANCE * self._budget * total.shadow_spend_s
         )
 
 
@@ -229,7 +234,8 @@ class CostMatcher:
     """Keeps the candidate's spend within `cost_budget` x what the reactive rule would spend.
 
     Every hour, once three hours are tallied, the safety quantile's log-odds move by `cost_gain x
-    log(budget x reactive spend / candidate spend)` over the ledger's window, within
+    log(0.99 x budget x reactive spend / candidate spend)` over the ledger's window (aiming 1 %
+    under the budget keeps an hour's noise from carrying the spend over it), within
     [min_safety_quantile, max_safety_quantile]: a forecast cheaper than the reactive rule buys
     the highest quantile allowed, a dearer one gives margin back until it fits the budget.
     """
@@ -264,5 +270,5 @@ class CostMatcher:
         own, reactive = total.candidate_spend_s, total.shadow_spend_s
         if own <= 0 or reactive <= 0:
             return
-        error = math.log(self._budget * reactive / own)
+        error = math.log(_COST_AIM * self._budget * reactive / own)
         self._logit = min(max(self._logit + self._gain * error, self._logit_min), self._logit_max)

@@ -515,7 +515,15 @@ class _Model:
         floor = self._shape_floor
         if self._ew_shape + floor <= 0:
             return self._ew_x
-        return (self._ew_x + floor) / (self._ew_shape + floor)
+        level = (self._ew_x + floor) / (self._ew_shape + floor)
+        clip = self._clip_ratio
+        if clip is None or not isinstance(self.shape, _PeriodicProfile):
+            return level  # persistence, or a prior schedule of unitless factors
+        # A learned profile is in tpm, so its level is about 1. Where the profile is near 0 (the night)
+        # the ratio is noise (60 tpm against a learned 5 is x12), and times the morning's shape it
+        # would forecast a peak many times any seen. The level is kept under the clip ratio: a
+        # bigger rise is a surprise (the reactive floor) until the profile has learned it.
+        return min(level, clip)
 
     def _level_bin(self, forecast_tpm: float) -> _QuantileWindow:
         return self._by_level[bisect_right(_LEVEL_BIN_EDGES, forecast_tpm / self._floor_tpm)]

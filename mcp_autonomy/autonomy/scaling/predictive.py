@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
+from mcp_autonomy.autonomy.scaling.cadence import LoadCadence
 from mcp_autonomy.autonomy.scaling.cost import (
     _COST_BUCKET_S,
     DEFAULT_COST_BUDGET,
@@ -69,6 +70,10 @@ class PredictiveConfig:
     None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast acts only while,
     over that window (and at least `min_trust_hours`), it would have been short of capacity no
     longer than the reactive rule at no more than the budget; otherwise the reactive rule decides.
+    With `cadence_aware`, a load metric that updates less often than a pod start-up plus the
+    margin (a per-5-minute or half-hourly figure, `cadence.LoadCadence`) is provisioned for what
+    carries it now while no update can come, and for the forecast plus how far updates have
+    risen past it (their safety quantile, at this load level) where one may.
     """
 
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
@@ -86,9 +91,11 @@ class PredictiveConfig:
     surprise_hold_s: float = DEFAULT_SURPRISE_HOLD_S
     fall_back_to_reactive: bool = True
     min_trust_hours: int = DEFAULT_MIN_TRUST_HOURS
+    cadence_aware: bool = True
 
     def __post_init__(self) -> None:
         owner = "PredictiveConfig"
+        _require(isinstance(self.cadence_aware, bool), owner, "cadence_aware", "a bool", self.cadence_aware)
         _require(
             isinstance(self.fall_back_to_reactive, bool),
             owner,
@@ -221,6 +228,8 @@ class PredictivePolicy:
         )
         self._candidate: int | None = None
         self._surprise_until_s = -math.inf
+        self.cadence = LoadCadence()
+        self._prepared_for_tpm: float | None = None
 
     @property
     def safety_quantile(self) -> float:
@@ -244,6 +253,16 @@ class PredictivePolicy:
         margin = headroom * max(forecast_tpm, reactive.target_tpm_per_instance)
         return reactive.clamp(_ceil((forecast_tpm + margin) / reactive.capacity_tpm_per_instance))
 
+    def _replicas_at_change(self, load_tpm: float, headroom: float) -> int:
+        """Instances that carry `load_tpm` plus `headroom` at capacity, the margin up to `max_headroom`.
+
+        Used where the load metric may update within the horizon: its changes come all at once,
+        so the reactive rule's blanket headroom is no cap (it would be short for a pod start-up).
+        """
+        reactive = self.config.reactive
+        headroom = min(max(headroom, 0.0), self.config.forecast.max_headroom)
+        return reactive.clamp(_ceil(load_tpm * (1.0 + headroom) / reactive.capacity_tpm_per_instance))
+
     def recommend(
         self,
         now_s: float,
@@ -257,6 +276,11 @@ class PredictivePolicy:
         cfg = self.config
         rcfg = cfg.reactive
         self.forecaster.observe(now_s, load_tpm)
+        if self.cadence.observe(now_s, load_tpm) and self._prepared_for_tpm is not None:
+            prepared = max(self._prepared_for_tpm, rcfg.target_tpm_per_instance)
+            self.cadence.record_change_size(
+                load_tpm / prepared - 1.0, prepared / rcfg.target_tpm_per_instance
+            )
         ledger = self.ledger
         if ledger.observe(now_s, load_tpm, current_replicas, paused=guards.blocks_scale_down) and self.cost:
             self.cost.adjust(ledger)
@@ -284,15 +308,41 @@ class PredictivePolicy:
             wanted = stabilized
             basis = f"forecaster warming up ({self.forecaster.learned_days():.0%} of a day learned): reactive"
         else:
-            predicted_up = self._replicas_for(max(outlook.peak_up_tpm, load_tpm), outlook.headroom_up)
-            predicted_hold = self._replicas_for(max(outlook.peak_hold_tpm, load_tpm), outlook.headroom_hold)
-            # A load above the forecast's own upper band is a surprise (a burst, a level shift): the
-            # forecast is unreliable for a while, so the policy keeps at least what the reactive
-            # rule, with its headroom, runs until the load has been back within the band for
-            # `surprise_hold_s`.
-            if load_tpm > outlook.peak_up_tpm * (1.0 + outlook.headroom_up):
-                self._surprise_until_s = now_s + cfg.surprise_hold_s
-            surprised = now_s < self._surprise_until_s
+            expected_up = max(outlook.peak_up_tpm, load_tpm)
+            expected_hold = max(outlook.peak_hold_tpm, load_tpm)
+            self._prepared_for_tpm = expected_up
+            cadenced = cfg.cadence_aware and self.cadence.known(cfg.up_horizon_s)
+            level = max(expected_up, rcfg.target_tpm_per_instance) / rcfg.target_tpm_per_instance
+            change_size = self.cadence.surprise_quantile(quantile, level) if cadenced else None
+            if change_size is not None:
+                # The load metric updates on a cadence longer than a pod start-up: until an update
+                # may come the load cannot move, so what carries it now is enough; where one may
+                # come, provision for how far updates have jumped past the forecast.
+                quiet_up = not self.cadence.may_change_within(now_s, cfg.up_horizon_s)
+                quiet_hold = not self.cadence.may_change_within(now_s, cfg.scale_down_hold_s)
+                predicted_up = self._replicas_at_change(
+                    load_tpm if quiet_up else expected_up, 0.0 if quiet_up else change_size
+                )
+                predicted_hold = self._replicas_at_change(
+                    load_tpm if quiet_hold else expected_hold, 0.0 if quiet_hold else change_size
+                )
+                surprised = False
+                inputs.update(
+                    load_update_interval_s=self.cadence.interval_s or 0.0,
+                    update_due_within_up=int(not quiet_up),
+                    update_due_within_hold=int(not quiet_hold),
+                    update_headroom=change_size,
+                )
+            else:
+                predicted_up = self._replicas_for(expected_up, outlook.headroom_up)
+                predicted_hold = self._replicas_for(expected_hold, outlook.headroom_hold)
+                # A load above the forecast's own upper band is a surprise (a burst, a level
+                # shift): the forecast is unreliable for a while, so the policy keeps at least what
+                # the reactive rule, with its headroom, runs until the load has been back within
+                # the band for `surprise_hold_s`.
+                if load_tpm > outlook.peak_up_tpm * (1.0 + outlook.headroom_up):
+                    self._surprise_until_s = now_s + cfg.surprise_hold_s
+                surprised = now_s < self._surprise_until_s
             if surprised:
                 predicted_up = max(predicted_up, shadow)
                 predicted_hold = max(predicted_hold, shadow)
@@ -305,8 +355,9 @@ class PredictivePolicy:
                 self._candidate = min(previous, max(predicted_hold, predicted_up))
             ledger.set_candidate(now_s, self._candidate)
             # Persistence forecasting best means the load has no pattern to exploit: the reactive
-            # rule, with its headroom, is then what the policy runs.
-            trusted = self.forecast_trusted and outlook.model != "flat"
+            # rule, with its headroom, is then what the policy runs, unless the load metric's
+            # cadence is (between updates the load cannot move).
+            trusted = self.forecast_trusted and (outlook.model != "flat" or change_size is not None)
             inputs.update(
                 model=outlook.model,
                 nowcast_tpm=outlook.nowcast_tpm,
@@ -325,6 +376,12 @@ class PredictivePolicy:
                 f" -> {predicted_hold} (headroom +{outlook.headroom_up:.0%} at q{quantile:.3f},"
                 f" capacity {rcfg.capacity_tpm_per_instance:g} tpm/instance)"
             )
+            if change_size is not None:
+                basis += (
+                    f"; the load metric updates every {self.cadence.interval_s:.0f}s:"
+                    f" {'an update may come' if inputs['update_due_within_up'] else 'no update'} within"
+                    f" {cfg.up_horizon_s:.0f}s (updates rise up to +{max(change_size, 0.0):.0%} past the forecast)"
+                )
             if not trusted:
                 wanted = shadow
                 basis += f"; forecast not ahead of the reactive rule lately: following it ({shadow})"

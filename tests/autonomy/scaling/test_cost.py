@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_autonomy.autonomy.scaling.cost import CostMatcher, CounterfactualReplicas, ShadowLedger
+from mcp_autonomy.autonomy.scaling.cost import CostMatcher, CounterfactualReplicas, ShadowLedger, _Tally
 from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
 
 MONDAY_S = 1_767_571_200.0
@@ -82,3 +82,22 @@ def test_the_matcher_gives_margin_back_only_when_over_budget(candidate: int, low
     matcher.adjust(ledger)
     assert (matcher.quantile < 0.9) is lower
     assert 0.5 <= matcher.quantile <= 0.999
+
+
+class _EvenLedger:
+    """A ledger whose candidate spent exactly what the reactive rule did over six hours."""
+
+    comparable_hours = 6
+
+    def totals(self) -> _Tally:
+        return _Tally(candidate_spend_s=3600.0, shadow_spend_s=3600.0, candidate_seen=True)
+
+
+def test_the_matcher_aims_just_under_the_budget() -> None:
+    # Spending exactly the budget is not yet under it: the hourly noise around the aim would carry
+    # the spend over the budget half the time, so the matcher gives a little margin back.
+    matcher = CostMatcher(
+        cost_budget=1.0, cost_gain=1.0, start_quantile=0.9, min_quantile=0.5, max_quantile=0.999
+    )
+    matcher.adjust(_EvenLedger())  # type: ignore[arg-type]
+    assert 0.89 < matcher.quantile < 0.9
