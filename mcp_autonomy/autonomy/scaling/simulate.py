@@ -3,7 +3,8 @@
 Operators run `mcp-autonomy simulate-scaling TRACE.csv --target-tpm-per-instance N --output
 TIMELINE.csv` on their own traffic before turning autoscaling on. The trace is `timestamp,value`
 with a header (ISO 8601 or epoch seconds; the value is the load in TPM); irregular and gappy
-traces are fine: between points the last value holds. Optional: `--scale-up-threshold T`
+traces are fine: between points the last value holds (as a metric exported every few minutes
+does; the predictive policy learns that cadence, see `scaling.cadence`). Optional: `--scale-up-threshold T`
 (default 0.8: an instance can carry target / T), `--hpa-target-tpm N` (the baseline HPA's target;
 default the per-instance target), `--cost-budget B` (spend at most B x what the reactive rule
 would; default 1) or `--fixed-quantile Q`, `--prior-schedule original`,
