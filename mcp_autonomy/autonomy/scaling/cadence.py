@@ -28,6 +28,7 @@ MIN_CADENCE_CHANGES: Final = 8  # intervals seen before the cadence is used
 CHANGE_SIZES_KEPT: Final = 2_880  # relative change sizes kept (two days of minute updates)
 MIN_CHANGE_SIZES: Final = 20  # sizes seen before their quantile is used
 CADENCE_SLACK: Final = 0.1  # an update may come this fraction of the cadence early
+STALE_AFTER_INTERVALS: Final = 5  # a reading unchanged for this many update intervals is stale
 
 
 class LoadCadence:
@@ -104,6 +105,20 @@ class LoadCadence:
             return True  # the next update is due (or overdue): any moment now
         next_due = anchor + interval - slack
         return now_s + horizon_s >= next_due
+
+    def stale(self, now_s: float) -> bool:
+        """Whether the reading has not changed for `STALE_AFTER_INTERVALS` update intervals.
+
+        A metric that moves every minute and then holds one value for five is no longer being
+        reported (a collector down, a hole in the trace); what it holds is not the load. A held
+        0 is no traffic (a night with none, a business-hours service), never stale: a stopped
+        collector holds its last figure or reports nothing.
+        """
+        interval = self.interval_s
+        anchor = self._last_change_s
+        if interval is None or anchor is None or not self._last_value:
+            return False
+        return now_s - anchor > STALE_AFTER_INTERVALS * interval
 
     def record_change_size(self, relative_excess: float, level: float) -> None:
         """How far a new reading rose above what was expected (relative; <= 0: it did not).

@@ -170,10 +170,20 @@ class ShadowLedger:
         total = self.totals()
         return total.candidate_spend_s / total.shadow_spend_s if total.shadow_spend_s > 0 else None
 
-    def observe(self, now_s: float, load_tpm: float, current_replicas: int, *, paused: bool) -> bool:
+    def observe(
+        self,
+        now_s: float,
+        load_tpm: float,
+        current_replicas: int,
+        *,
+        paused: bool,
+        load_known: bool = True,
+    ) -> bool:
         """Tally the interval since the previous call, then step the shadow reactive rule.
 
-        Returns True when an hour closed (the caller may then adjust its quantile).
+        With `load_known` False (a stale reading) spend is tallied but neither side is judged
+        short against a figure that is not the load. Returns True when an hour closed (the
+        caller may then adjust its quantile).
         """
         if self._shadow_replicas is None:
             self._shadow_replicas = CounterfactualReplicas(self.startup_s, current_replicas)
@@ -183,13 +193,13 @@ class ShadowLedger:
             tally = self._tally
             capacity = self._capacity_tpm
             tally.shadow_spend_s += shadow.replicas * elapsed_s
-            if load_tpm > shadow.ready(now_s) * capacity:
+            if load_known and load_tpm > shadow.ready(now_s) * capacity:
                 tally.shadow_short_s += elapsed_s
             candidate = self._candidate
             if candidate is not None:
                 tally.candidate_seen = True
                 tally.candidate_spend_s += candidate.replicas * elapsed_s
-                if load_tpm > candidate.ready(now_s) * capacity:
+                if load_known and load_tpm > candidate.ready(now_s) * capacity:
                     tally.candidate_short_s += elapsed_s
         self._last_s = now_s
         decision = self._shadow.recommend(now_s, load_tpm, shadow.replicas, shadow.ready(now_s))

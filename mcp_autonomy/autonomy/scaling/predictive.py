@@ -275,14 +275,24 @@ class PredictivePolicy:
         self._time.advance(now_s)
         cfg = self.config
         rcfg = cfg.reactive
-        self.forecaster.observe(now_s, load_tpm)
         if self.cadence.observe(now_s, load_tpm) and self._prepared_for_tpm is not None:
             prepared = max(self._prepared_for_tpm, rcfg.target_tpm_per_instance)
             self.cadence.record_change_size(
                 load_tpm / prepared - 1.0, prepared / rcfg.target_tpm_per_instance
             )
+        # A reading that stopped moving for many of its update intervals is a metric that stopped
+        # reporting (a collector down, a hole in the trace), not the load: the forecaster does not
+        # learn from it, so its level and the seasonal shape carry on until readings move again.
+        stale = cfg.cadence_aware and self.cadence.stale(now_s)
+        if not stale:
+            self.forecaster.observe(now_s, load_tpm)
         ledger = self.ledger
-        if ledger.observe(now_s, load_tpm, current_replicas, paused=guards.blocks_scale_down) and self.cost:
+        # Neither count is judged short against a stale reading (what it holds is not the load),
+        # but what each spends meanwhile counts.
+        closed = ledger.observe(
+            now_s, load_tpm, current_replicas, paused=guards.blocks_scale_down, load_known=not stale
+        )
+        if closed and self.cost:
             self.cost.adjust(ledger)
         shadow = ledger.shadow_replicas
         assert shadow is not None  # observe() has run
@@ -300,6 +310,7 @@ class PredictivePolicy:
             "reactive_recommendation": raw,
             "reactive_stabilized": stabilized,
             "shadow_replicas": shadow,
+            "reading_stale": int(stale),
         }
         down_cooldown_s = rcfg.scale_down_cooldown_s
         preliminary: ScalingRule | None = None
@@ -382,8 +393,15 @@ class PredictivePolicy:
                     f" {'an update may come' if inputs['update_due_within_up'] else 'no update'} within"
                     f" {cfg.up_horizon_s:.0f}s (updates rise up to +{max(change_size, 0.0):.0%} past the forecast)"
                 )
+            if stale:
+                basis += (
+                    f"; the reading has not changed for {now_s - (self.cadence.last_change_s or now_s):.0f}s"
+                    " (a stopped metric): the forecast carries on without it"
+                )
             if not trusted:
-                wanted = shadow
+                # Following the reactive rule never removes pods the load needs by its own
+                # arithmetic (the shadow may still be climbing towards it, rate-limited).
+                wanted = shadow if shadow >= current_replicas else min(current_replicas, max(shadow, raw))
                 basis += f"; forecast not ahead of the reactive rule lately: following it ({shadow})"
             else:
                 down_cooldown_s = max(down_cooldown_s, cfg.scale_down_cooldown_s)

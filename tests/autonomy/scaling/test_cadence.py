@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Mapping
 
 import pytest
 
@@ -136,3 +137,46 @@ def test_the_decision_says_when_the_next_update_may_come() -> None:
         late = policy.recommend(now, trace.values_tpm[-1], 20, 20)
     assert late.inputs["update_due_within_up"] == 1
     assert "an update may come within 120s" in late.reason
+
+
+def test_a_reading_that_stops_moving_is_stale_but_a_held_zero_is_not() -> None:
+    cadence = LoadCadence()
+    end = held(cadence, [100.0 + (i % 7) for i in range(40)], 60.0)  # a per-minute metric
+    anchor = cadence.last_change_s
+    assert cadence.interval_s == 60.0 and anchor is not None
+    assert not cadence.stale(anchor + 240.0)
+    assert cadence.stale(anchor + 301.0)  # five minutes without a move: a collector down
+    cadence.observe(end + 600.0, 0.0)
+    assert not cadence.stale(end + 6 * 3600.0)  # hours of no traffic are no traffic
+
+
+def test_through_a_hole_in_the_metric_it_provisions_for_the_forecast_not_the_held_value() -> None:
+    # A per-minute load of 500 tpm that steps to 3000 from 06:00 to 12:00 every day (the HPA is
+    # late for the step, the forecast is not); on day 4 the collector stops at 05:50 and the trace
+    # holds its last reading until it comes back at 07:00.
+    rng = random.Random(7)
+    points = []
+    for minute in range(4 * 1440):
+        hour = (minute % 1440) / 60
+        if minute // 1440 == 3 and 5.0 + 50 / 60 <= hour < 7.0:
+            continue
+        mean = 3000.0 if 6.0 <= hour < 12.0 else 500.0
+        points.append((MONDAY_S + 60.0 * minute, round(mean * rng.lognormvariate(0.0, 0.03))))
+    trace = LoadTrace.from_points(points)
+    config = SimulationConfig(target_tpm_per_instance=100.0, max_replicas=100)
+    aware = build_policy(config)
+    blind = PredictivePolicy(dataclasses.replace(aware.config, cadence_aware=False))
+    seen: dict[float, tuple[float, int, int]] = {}
+    inside, back = MONDAY_S + 3 * DAY_S + 6.5 * 3600, MONDAY_S + 3 * DAY_S + 7 * 3600 + 15
+
+    def watch(now_s: float, load: float, observed: Mapping[str, tuple[int, int]]) -> None:
+        if now_s in (inside, back):  # 06:30 on day 4, inside the hole; 07:00:15, readings are back
+            seen[now_s] = (load, observed["aware"][1], observed["blind"][1])
+
+    replay(trace, {"aware": aware, "blind": blind}, config, on_step=watch)
+    held_load, aware_ready, blind_ready = seen[inside]
+    assert held_load < 600.0  # the trace holds the last reading before the hole
+    assert aware_ready * 125.0 >= 3000.0  # ready for the step the reading no longer shows
+    assert blind_ready * 125.0 < 1000.0  # the forecaster that learned the frozen value is not
+    load, aware_ready, blind_ready = seen[back]
+    assert aware_ready * 125.0 >= load > blind_ready * 125.0  # so only the blind one is short
