@@ -73,7 +73,9 @@ class PredictiveConfig:
     With `cadence_aware`, a load metric that updates less often than a pod start-up plus the
     margin (a per-5-minute or half-hourly figure, `cadence.LoadCadence`) is provisioned for what
     carries it now while no update can come, and for the forecast plus how far updates have
-    risen past it (their safety quantile, at this load level) where one may.
+    risen past it (their safety quantile, at this load level) where one may. A reading that has
+    not moved for five update intervals (`LoadCadence.stale`) is not learned from, so the
+    forecast carries on through a stopped metric.
     """
 
     reactive: ReactiveConfig = field(default_factory=ReactiveConfig)
