@@ -33,6 +33,7 @@ import sys
 import tarfile
 import venv
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ def build_taylor() -> None:
     if match is None:
         raise SystemExit("public_scaling_traces: the taylor series was not found in the pmdarima wheel")
     values = [float(v) for v in match.group(1).replace("\n", " ").split(",") if v.strip()]
-    start = int(subprocess.check_output(["date", "-u", "-d", TAYLOR_START, "+%s"]).decode())
+    start = int(datetime.fromisoformat(TAYLOR_START).replace(tzinfo=UTC).timestamp())
     with (CACHE / "taylor_30min.csv").open("w") as handle:
         handle.write("timestamp,value\n")
         for index, value in enumerate(values):
@@ -98,7 +99,7 @@ def build_github(csv_text: str) -> None:
     counts: dict[int, int] = {}
     for line in csv_text.splitlines()[1:]:
         stamp, count = line.split(",")
-        epoch = int(subprocess.check_output(["date", "-u", "-d", stamp.replace("/", "-"), "+%s"]).decode())
+        epoch = int(datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S").replace(tzinfo=UTC).timestamp())
         counts[epoch // 3600 * 3600] = counts.get(epoch // 3600 * 3600, 0) + int(count)
     first, last = min(counts), max(counts)
     with (CACHE / "github_1h.csv").open("w") as handle:
