@@ -17,11 +17,10 @@ worth using (`known` is False) and the predictive policy treats it as continuous
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections import deque
 from typing import Final
 
-from mcp_autonomy.autonomy.scaling.forecast import _LEVEL_BIN_EDGES, _QuantileWindow
+from mcp_autonomy.autonomy.scaling.forecast import LevelQuantiles
 
 DEFAULT_CADENCE_WINDOW: Final = 32  # change intervals remembered
 MIN_CADENCE_CHANGES: Final = 8  # intervals seen before the cadence is used
@@ -42,7 +41,7 @@ class LoadCadence:
     a quiet night) keeps every later window "may change": only the next change re-anchors it.
     """
 
-    __slots__ = ("_by_level", "_gaps", "_intervals", "_last_change_s", "_last_s", "_last_value", "_sizes")
+    __slots__ = ("_gaps", "_intervals", "_last_change_s", "_last_s", "_last_value", "_sizes")
 
     def __init__(self, window: int = DEFAULT_CADENCE_WINDOW) -> None:
         if not isinstance(window, int) or window < MIN_CADENCE_CHANGES:
@@ -51,8 +50,7 @@ class LoadCadence:
             )
         self._intervals: deque[float] = deque(maxlen=window)
         self._gaps: deque[float] = deque(maxlen=window)
-        self._sizes = _QuantileWindow(CHANGE_SIZES_KEPT)
-        self._by_level = [_QuantileWindow(CHANGE_SIZES_KEPT) for _ in range(len(_LEVEL_BIN_EDGES) + 1)]
+        self._sizes = LevelQuantiles(CHANGE_SIZES_KEPT, MIN_CHANGE_SIZES)
         self._last_value: float | None = None
         self._last_s: float | None = None
         self._last_change_s: float | None = None
@@ -127,15 +125,11 @@ class LoadCadence:
         larger at low load (counts are Poisson), so each level keeps its own sizes.
         """
         if math.isfinite(relative_excess):
-            self._sizes.add(relative_excess)
-            self._by_level[bisect_right(_LEVEL_BIN_EDGES, level)].add(relative_excess)
+            self._sizes.add(relative_excess, level)
 
     def surprise_quantile(self, quantile: float, level: float) -> float | None:
         """The `quantile` of the change sizes seen at this level (pooled while it has fewer than
         `MIN_CHANGE_SIZES`); None until `MIN_CHANGE_SIZES` were seen in all."""
-        by_level = self._by_level[bisect_right(_LEVEL_BIN_EDGES, level)]
-        if len(by_level) >= MIN_CHANGE_SIZES:
-            return by_level.quantile(quantile)
         if len(self._sizes) < MIN_CHANGE_SIZES:
             return None
-        return self._sizes.quantile(quantile)
+        return self._sizes.quantile(quantile, level)

@@ -320,6 +320,40 @@ class _QuantileWindow:
         return sum(tail) / len(tail)
 
 
+class LevelQuantiles:
+    """Relative errors kept pooled and by load level, with a quantile per level once it has enough.
+
+    Relative noise is larger at low load (counts are Poisson), so a value is filed under its
+    load level (in units of one instance's target, binned by `_LEVEL_BIN_EDGES`) as well as in
+    the pool; `quantile` answers from the level's own values once it holds `min_per_level`, from
+    the pool before that. Used for the forecaster's errors and the load metric's update jumps.
+    """
+
+    __slots__ = ("_by_level", "_min_per_level", "pooled")
+
+    def __init__(self, capacity: int, min_per_level: int) -> None:
+        self.pooled = _QuantileWindow(capacity)
+        self._by_level = [_QuantileWindow(capacity) for _ in range(len(_LEVEL_BIN_EDGES) + 1)]
+        self._min_per_level = min_per_level
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def add(self, value: float, level: float) -> None:
+        """File `value` (a relative error) seen at `level` (load / one instance's target)."""
+        self.pooled.add(value)
+        self._by_level[bisect_right(_LEVEL_BIN_EDGES, level)].add(value)
+
+    def quantile(self, quantile: float, level: float | None = None) -> float | None:
+        """The `quantile` at `level` (pooled while that level has too few values, or with no
+        level); None while there are none."""
+        if level is not None:
+            by_level = self._by_level[bisect_right(_LEVEL_BIN_EDGES, level)]
+            if len(by_level) >= self._min_per_level:
+                return by_level.quantile(quantile)
+        return self.pooled.quantile(quantile)
+
+
 class _Shape(Protocol):
     """The relative shape of the load over time; a model forecasts `level x shape`."""
 
@@ -454,7 +488,6 @@ class _Model:
 
     __slots__ = (
         "_bias",
-        "_by_level",
         "_clip_ratio",
         "_ew_shape",
         "_ew_x",
@@ -493,8 +526,7 @@ class _Model:
         self._ew_shape = 0.0
         self._bias = 0.0
         self._pending: deque[tuple[int, float]] = deque()
-        self.residuals = _QuantileWindow(residual_window)
-        self._by_level = [_QuantileWindow(residual_window) for _ in range(len(_LEVEL_BIN_EDGES) + 1)]
+        self.residuals = LevelQuantiles(residual_window, _MIN_LEVEL_RESIDUALS)
 
     def activate(self, x_mean: float, shape: float) -> None:
         self.active = True
@@ -525,9 +557,6 @@ class _Model:
         # bigger rise is a surprise (the reactive floor) until the profile has learned it.
         return min(level, clip)
 
-    def _level_bin(self, forecast_tpm: float) -> _QuantileWindow:
-        return self._by_level[bisect_right(_LEVEL_BIN_EDGES, forecast_tpm / self._floor_tpm)]
-
     def on_sample(
         self, index: int, x_mean: float, x_max: float, mid_s: float, target_index: int, target_mid_s: float
     ) -> None:
@@ -539,8 +568,7 @@ class _Model:
             _, forecast = pending.popleft()
             floor = self._floor_tpm
             residual = (x_max - forecast) / max(forecast, floor)
-            self.residuals.add(residual)
-            self._level_bin(forecast).add(residual)
+            self.residuals.add(residual, forecast / floor)
             self._bias += self._score_alpha * (math.log((forecast + floor) / (x_mean + floor)) - self._bias)
         shape_now = self.shape.at(mid_s)
         x = x_mean
@@ -554,11 +582,8 @@ class _Model:
     def headroom(self, quantile: float, forecast_tpm: float | None = None) -> float | None:
         """The `quantile` of the relative errors at this forecast's load level (pooled when that
         level has too few errors, or when no forecast is given); None until there are any."""
-        if forecast_tpm is not None:
-            by_level = self._level_bin(forecast_tpm)
-            if len(by_level) >= _MIN_LEVEL_RESIDUALS:
-                return by_level.quantile(quantile)
-        return self.residuals.quantile(quantile)
+        level = None if forecast_tpm is None else forecast_tpm / self._floor_tpm
+        return self.residuals.quantile(quantile, level)
 
     def score(self) -> float | None:
         """About log(capacity provisioned / load served) to cover the worst errors: lower is better.
@@ -566,7 +591,7 @@ class _Model:
         The tail mean (not the quantile) of the errors counts: a model that misses rare steps by
         a lot (persistence on step-shaped load) must not win on its ordinary days.
         """
-        spread = self.residuals.tail_mean(_SCORE_QUANTILE)
+        spread = self.residuals.pooled.tail_mean(_SCORE_QUANTILE)
         if spread is None:
             return None
         return self._bias + math.log1p(max(spread, -0.99))
