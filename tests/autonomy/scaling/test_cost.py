@@ -101,3 +101,30 @@ def test_the_matcher_aims_just_under_the_budget() -> None:
     )
     matcher.adjust(_EvenLedger())  # type: ignore[arg-type]
     assert 0.89 < matcher.quantile < 0.9
+
+
+@pytest.mark.parametrize(
+    ("spend_ratio", "extra_short_s", "trusted"),
+    [
+        (1.01, 0.0, True),  # the matcher's noise around its aim
+        (1.03, 0.0, False),  # dearer than the budget beyond that noise
+        (1.0, 60.0, True),  # one pod start-up more short over the window: one miss, noise
+        (1.0, 90.0, False),  # more than that: the forecast lost
+    ],
+)
+def test_trust_tolerates_the_matchers_noise_and_one_miss_not_a_loss(
+    spend_ratio: float, extra_short_s: float, trusted: bool
+) -> None:
+    ledger = ShadowLedger(CONFIG, startup_s=60.0, window_s=24 * HOUR_S, cost_budget=1.0, min_trust_hours=6)
+    for _ in range(6):  # six comparable hours; the shadow is short 2 minutes in each
+        ledger._buckets.append(
+            _Tally(
+                candidate_spend_s=3600.0 * spend_ratio,
+                shadow_spend_s=3600.0,
+                candidate_short_s=120.0 + extra_short_s / 6,
+                shadow_short_s=120.0,
+                candidate_seen=True,
+            )
+        )
+    ledger._judge()
+    assert ledger.trusted is trusted

@@ -17,6 +17,7 @@ from mcp_autonomy.autonomy.scaling.policy import (
     DEFAULT_TARGET_TPM_PER_INSTANCE,
     ORIGINAL_MODULE_PRIOR_SCHEDULE,
     ForecastConfig,
+    LoadForecaster,
     PredictiveConfig,
     PredictivePolicy,
     PriorScheduleEntry,
@@ -451,3 +452,22 @@ def test_the_margin_never_exceeds_the_reactive_rules_headroom() -> None:
     for d in forecasting:  # ... but no more than the reactive rule's 1/0.8 - 1 = 25 % is bought
         peak = max(float(d.inputs["forecast_peak_up_tpm"]), float(d.inputs["load_tpm"]))
         assert int(d.inputs["predictive_up"]) <= max(2, math.ceil(peak * 1.25 / 125.0 - 1e-9))
+
+
+def test_a_busier_night_than_usual_does_not_multiply_the_morning_forecast() -> None:
+    # A learned profile is in tpm: where it is near 0 the load/profile ratio is noise, and the
+    # forecast (level x shape) once put the 06:00 step at many times any load seen.
+    forecaster = LoadForecaster(ForecastConfig(), lead_s=60.0, floor_tpm=TARGET)
+
+    def usual(now: float) -> float:  # 5 tpm at night, 3000 from 06:00 to 12:00, 500 otherwise
+        hour = (now - MONDAY_S) % DAY_S / HOUR_S
+        return 5.0 if hour < 6.0 else 3000.0 if hour < 12.0 else 500.0
+
+    now = MONDAY_S
+    while now < MONDAY_S + 3 * DAY_S + 5.9 * HOUR_S:
+        night_of_day_4 = now >= MONDAY_S + 3 * DAY_S
+        forecaster.observe(now, 60.0 if night_of_day_4 else usual(now))  # twelve times the usual
+        now += 60.0
+    outlook = forecaster.outlook(now, 600.0, 600.0)  # from 05:54, over the 06:00 step
+    assert outlook is not None and outlook.model != "flat"
+    assert 3000.0 <= outlook.peak_up_tpm <= 2 * 3000.0  # the step, at most the clip ratio above it
