@@ -22,7 +22,9 @@ from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
 
 DEFAULT_COST_BUDGET: Final = 1.0  # spend at most what the reactive rule would
 DEFAULT_COST_WINDOW_S: Final = 2 * 86_400.0  # spend and shortfall are compared over two days
-DEFAULT_COST_GAIN: Final = 1.0  # safety-quantile log-odds moved per hour per unit of log overspend
+DEFAULT_COST_GAIN: Final = (
+    1.0  # safety-quantile log-odds moved per hour of reactive spend over- or underspent
+)
 DEFAULT_MIN_SAFETY_QUANTILE: Final = 0.5  # the cost budget never pushes the quantile below this ...
 DEFAULT_MAX_SAFETY_QUANTILE: Final = 0.999  # ... or above this
 DEFAULT_MIN_TRUST_HOURS: Final = 6  # hours of counterfactual record before the forecast may act
@@ -165,6 +167,11 @@ class ShadowLedger:
         return total
 
     @property
+    def last_hour(self) -> _Tally | None:
+        """The most recently closed hour's tally (None before the first hour closes)."""
+        return self._buckets[-1] if self._buckets else None
+
+    @property
     def spend_ratio(self) -> float | None:
         """Candidate spend / reactive spend over the window so far (None before any)."""
         total = self.totals()
@@ -244,10 +251,18 @@ class CostMatcher:
     """Keeps the candidate's spend within `cost_budget` x what the reactive rule would spend.
 
     Every hour, once three hours are tallied, the safety quantile's log-odds move by `cost_gain x
-    log(0.99 x budget x reactive spend / candidate spend)` over the ledger's window (aiming 1 %
-    under the budget keeps an hour's noise from carrying the spend over it), within
-    [min_safety_quantile, max_safety_quantile]: a forecast cheaper than the reactive rule buys
-    the highest quantile allowed, a dearer one gives margin back until it fits the budget.
+    (0.99 x budget x reactive spend - candidate spend)` of the hour just closed, in units of an
+    average hour's reactive spend over the ledger's window, within [min_safety_quantile,
+    max_safety_quantile]. That is an integral controller on the spend itself: the log-odds sum
+    every hour's over- and underspend, so the candidate's total spend tracks 99 % of the budget
+    (aiming 1 % under it keeps an hour's noise from carrying the spend over), and an hour weighs
+    what it costs (a busy hour's overspend moves the quantile more than a quiet hour's). A
+    forecast cheaper than the reactive rule buys the highest quantile allowed, a dearer one gives
+    margin back until it fits the budget.
+
+    Why not the window's spend ratio: each hour's correction then acts on a two-day average that
+    answers slowly, so the quantile overshoots and the spend swings by +/-8 % from day to day;
+    a log ratio also weighs a quiet hour like a busy one.
     """
 
     __slots__ = ("_budget", "_gain", "_logit", "_logit_max", "_logit_min")
@@ -274,11 +289,12 @@ class CostMatcher:
 
     def adjust(self, ledger: ShadowLedger) -> None:
         """Move the quantile after an hour closed in `ledger`."""
-        total = ledger.totals()
-        if ledger.comparable_hours < _MIN_COST_BUCKETS:
+        hours = ledger.comparable_hours
+        last = ledger.last_hour
+        if hours < _MIN_COST_BUCKETS or last is None or not last.candidate_seen:
             return
-        own, reactive = total.candidate_spend_s, total.shadow_spend_s
-        if own <= 0 or reactive <= 0:
+        average_hour_s = ledger.totals().shadow_spend_s / hours
+        if average_hour_s <= 0:
             return
-        error = math.log(_COST_AIM * self._budget * reactive / own)
+        error = (_COST_AIM * self._budget * last.shadow_spend_s - last.candidate_spend_s) / average_hour_s
         self._logit = min(max(self._logit + self._gain * error, self._logit_min), self._logit_max)

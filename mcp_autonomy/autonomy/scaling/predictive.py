@@ -64,10 +64,11 @@ class PredictiveConfig:
     one), and not within `scale_down_cooldown_s` of the previous change. Both provision against
     an instance's capacity (`reactive.capacity_tpm_per_instance`), not its target: the forecast's
     safety margin replaces the HPA's blanket headroom. With `cost_budget` set, the safety quantile
-    starts at `forecast.safety_quantile` and is lowered hourly (by `cost_gain`, within
-    [`min_safety_quantile`, `max_safety_quantile`]) while the forecast would spend more than
-    `cost_budget` x the reactive rule over the last `cost_window_s`, raised while it spends less;
-    None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast acts only while,
+    starts at `forecast.safety_quantile` and is lowered after every hour in which the forecast
+    would have spent more than (just under) `cost_budget` x the reactive rule, raised after one in
+    which it would have spent less, by `cost_gain` x that hour's over- or underspend
+    (`cost.CostMatcher`, within [`min_safety_quantile`, `max_safety_quantile`]): its total spend
+    tracks the budget. None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast acts only while,
     over that window (and at least `min_trust_hours`), it would have been short of capacity no
     longer than the reactive rule at no more than the budget; otherwise the reactive rule decides.
     With `cadence_aware`, a load metric that updates less often than a pod start-up plus the

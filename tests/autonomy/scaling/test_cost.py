@@ -88,9 +88,41 @@ class _EvenLedger:
     """A ledger whose candidate spent exactly what the reactive rule did over six hours."""
 
     comparable_hours = 6
+    last_hour = _Tally(candidate_spend_s=3600.0, shadow_spend_s=3600.0, candidate_seen=True)
 
     def totals(self) -> _Tally:
-        return _Tally(candidate_spend_s=3600.0, shadow_spend_s=3600.0, candidate_seen=True)
+        return _Tally(candidate_spend_s=6 * 3600.0, shadow_spend_s=6 * 3600.0, candidate_seen=True)
+
+
+class _DailyLedger:
+    """A ledger fed by hand: the reactive rule's spend follows a day (1 pod at night, 9 by day) and
+    the candidate spends `spend(quantile)` x that, so the matcher's quantile moves its spend."""
+
+    def __init__(self) -> None:
+        self.hours: list[_Tally] = []
+
+    @property
+    def comparable_hours(self) -> int:
+        return min(len(self.hours), 48)
+
+    @property
+    def last_hour(self) -> _Tally | None:
+        return self.hours[-1] if self.hours else None
+
+    def totals(self) -> _Tally:
+        total = _Tally(candidate_seen=True)
+        for tally in self.hours[-48:]:
+            total.candidate_spend_s += tally.candidate_spend_s
+            total.shadow_spend_s += tally.shadow_spend_s
+        return total
+
+    def close_hour(self, hour: int, quantile: float) -> None:
+        reactive = 3600.0 * (9.0 if 8 <= hour % 24 < 20 else 1.0)
+        # Dearer by day: a margin costs pods in proportion to the load it rides on.
+        busy = 1.0 + (0.6 if 8 <= hour % 24 < 20 else 0.1) * (quantile - 0.7)
+        self.hours.append(
+            _Tally(candidate_spend_s=reactive * busy, shadow_spend_s=reactive, candidate_seen=True)
+        )
 
 
 def test_the_matcher_aims_just_under_the_budget() -> None:
@@ -128,3 +160,42 @@ def test_trust_tolerates_the_matchers_noise_and_one_miss_not_a_loss(
         )
     ledger._judge()
     assert ledger.trusted is trusted
+
+
+def test_the_matchers_total_spend_tracks_the_budget_weighing_each_hour_by_its_spend() -> None:
+    # A margin costs more by day than at night. A correction by the hours' spend ratios would
+    # weigh a night hour like a day hour; the total would settle away from the aim. Weighed by
+    # what each hour spent, the total spend over days 2-7 is just under the budget.
+    matcher = CostMatcher(
+        cost_budget=1.0, cost_gain=1.0, start_quantile=0.9, min_quantile=0.5, max_quantile=0.999
+    )
+    ledger = _DailyLedger()
+    for hour in range(7 * 24):
+        ledger.close_hour(hour, matcher.quantile)
+        matcher.adjust(ledger)  # type: ignore[arg-type]
+    settled = ledger.hours[24:]
+    spent = sum(t.candidate_spend_s for t in settled) / sum(t.shadow_spend_s for t in settled)
+    assert 0.985 <= spent <= 1.0
+
+
+def test_a_busy_hours_overspend_moves_the_quantile_more_than_a_quiet_hours() -> None:
+    def quantile_after(last_hour: _Tally) -> float:
+        ledger = _DailyLedger()
+        for _hour in range(6):  # six even hours of 5 pods
+            ledger.hours.append(
+                _Tally(candidate_spend_s=5 * 3600.0, shadow_spend_s=5 * 3600.0, candidate_seen=True)
+            )
+        ledger.hours.append(last_hour)
+        matcher = CostMatcher(
+            cost_budget=1.0, cost_gain=1.0, start_quantile=0.9, min_quantile=0.5, max_quantile=0.999
+        )
+        matcher.adjust(ledger)  # type: ignore[arg-type]
+        return matcher.quantile
+
+    busy = quantile_after(
+        _Tally(candidate_spend_s=12 * 3600.0, shadow_spend_s=10 * 3600.0, candidate_seen=True)
+    )
+    quiet = quantile_after(
+        _Tally(candidate_spend_s=1.2 * 3600.0, shadow_spend_s=1 * 3600.0, candidate_seen=True)
+    )
+    assert busy < quiet < 0.9  # both 20 % over; the busy hour overspent ten times the pods
