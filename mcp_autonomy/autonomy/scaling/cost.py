@@ -21,7 +21,9 @@ from mcp_autonomy.autonomy.scaling.hpa import HorizontalPodAutoscaler, HpaConfig
 from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
 
 DEFAULT_COST_BUDGET: Final = 1.0  # spend at most what the reactive rule would
-DEFAULT_COST_WINDOW_S: Final = 2 * 86_400.0  # spend and shortfall are compared over two days
+DEFAULT_COST_WINDOW_S: Final = (
+    86_400.0  # spend and shortfall are compared over the last day (one daily cycle)
+)
 DEFAULT_COST_GAIN: Final = (
     1.0  # safety-quantile log-odds moved per hour of reactive spend over- or underspent
 )

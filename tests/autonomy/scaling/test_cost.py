@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_autonomy.autonomy.scaling.cost import CostMatcher, CounterfactualReplicas, ShadowLedger, _Tally
+from mcp_autonomy.autonomy.scaling.cost import (
+    DEFAULT_COST_WINDOW_S,
+    CostMatcher,
+    CounterfactualReplicas,
+    ShadowLedger,
+    _Tally,
+)
 from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
 
 MONDAY_S = 1_767_571_200.0
@@ -199,3 +205,22 @@ def test_a_busy_hours_overspend_moves_the_quantile_more_than_a_quiet_hours() -> 
         _Tally(candidate_spend_s=1.2 * 3600.0, shadow_spend_s=1 * 3600.0, candidate_seen=True)
     )
     assert busy < quiet < 0.9  # both 20 % over; the busy hour overspent ten times the pods
+
+
+def test_trust_follows_the_last_day_not_an_older_record() -> None:
+    # A cold start: for a day the forecast was short longer than the HPA (its margin still
+    # unlearned), then for a day it was short half as long at 95 % of the spend. Over two days it
+    # would still be behind (and the policy would follow the HPA for a second day); the default
+    # window holds the last day, a whole daily cycle, and trusts it.
+    ledger = ShadowLedger(CONFIG, startup_s=60.0, window_s=DEFAULT_COST_WINDOW_S, cost_budget=1.0)
+    worse = _Tally(3000.0, 3600.0, 600.0, 120.0, True)
+    better = _Tally(3420.0, 3600.0, 60.0, 120.0, True)
+    for tally in [worse] * 24 + [better] * 24:
+        ledger._buckets.append(tally)
+    ledger._judge()
+    assert ledger.trusted
+    two_days = ShadowLedger(CONFIG, startup_s=60.0, window_s=2 * 24 * HOUR_S, cost_budget=1.0)
+    for tally in [worse] * 24 + [better] * 24:
+        two_days._buckets.append(tally)
+    two_days._judge()
+    assert not two_days.trusted
