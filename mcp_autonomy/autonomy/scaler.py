@@ -114,13 +114,21 @@ class AutoScaler(Component):
         self.samples_replayed = 0
 
     def warm_up_from_history(self) -> int:
-        """Feed the recorded load of the last two weeks to the policy's forecaster; returns how many."""
-        forecaster = getattr(self.policy, "forecaster", None)
-        if forecaster is None or not self.store.is_open:
+        """Replay the recorded load of the last two weeks through the policy; returns how many samples.
+
+        A predictive policy learns from it as if it had been deciding (`PredictivePolicy.warm_up`:
+        its forecast, the load's cadence, the record of the forecast against the HPA, its cost
+        quantile), so a restart does not send it back to the HPA's rule for hours; the reactive
+        rule has nothing to learn.
+        """
+        warm_up = getattr(self.policy, "warm_up", None)
+        if warm_up is None or not self.store.is_open:
             return 0
-        samples = self.store.load_samples(since=self.clock.now() - LOAD_HISTORY_S)
-        for at, tpm in samples:
-            forecaster.observe(at, tpm)
+        now = self.clock.now()
+        # A sample stamped after now (another replica's clock ahead of ours) would put the
+        # policy's time past the live ticks: it is left out.
+        samples = [s for s in self.store.load_samples(since=now - LOAD_HISTORY_S) if s[0] <= now]
+        warm_up(samples)
         self.samples_replayed = len(samples)
         if samples:
             self._last_sample_at = samples[-1][0]

@@ -634,7 +634,7 @@ class AutonomousSystem:
                 self.shared_state.attach()
                 replayed = self.auto_scaler.warm_up_from_history()
                 if replayed:
-                    logger.info("scaling forecaster warmed up from %d recorded load samples", replayed)
+                    logger.info("scaling policy warmed up from %d recorded load samples", replayed)
                 await tg.start(self.store_health.run)
                 if self.leadership is not None:
                     await tg.start(self.leadership.run)

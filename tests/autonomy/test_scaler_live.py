@@ -92,3 +92,27 @@ async def test_recorded_load_warms_the_forecaster_after_a_restart(
     async with restarted.running():
         assert restarted.auto_scaler.samples_replayed == 31
         assert restarted.auto_scaler.details()["load_samples_replayed"] == 31
+
+
+async def test_after_a_restart_the_recorded_days_let_the_forecast_decide_at_once(
+    settings: Settings, clock: ManualClock
+) -> None:
+    # Two days of a recorded daily step (what the leader stores once a minute): the restarted
+    # engine replays them through its policy, so its first decision is the forecast's, trusted
+    # against the HPA's record, instead of hours of following the HPA while the ledger refills.
+    system, _ = make_system(settings, clock)
+    start = clock.now()
+    async with system.running():
+        for minute in range(2 * 24 * 60):
+            at = start - (2 * 24 * 60 - minute) * 60.0
+            hour = (at % 86_400.0) / 3600.0
+            system.store.record_load(at, 900.0 if 8 <= hour < 12 else 200.0, keep_s=15 * 86_400.0)
+    restarted, load = make_system(settings, clock)
+    assert isinstance(restarted.auto_scaler.policy, PredictivePolicy)
+    async with restarted.running():
+        assert restarted.auto_scaler.samples_replayed >= 2 * 24 * 60
+        assert restarted.auto_scaler.policy.forecast_trusted
+        load[0] = 200.0
+        await clock.advance(TICK_S)
+        decision = restarted.auto_scaler.details()["last_decision"]
+        assert decision["forecast_trusted"] == 1, decision["reason"]

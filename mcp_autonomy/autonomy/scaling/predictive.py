@@ -10,6 +10,7 @@ minutes short and in spend, the policy does what the rule does.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -23,6 +24,7 @@ from mcp_autonomy.autonomy.scaling.cost import (
     DEFAULT_MIN_SAFETY_QUANTILE,
     DEFAULT_MIN_TRUST_HOURS,
     CostMatcher,
+    CounterfactualReplicas,
     ShadowLedger,
 )
 from mcp_autonomy.autonomy.scaling.decision import (
@@ -49,6 +51,8 @@ DEFAULT_SCALE_DOWN_HOLD_S: Final = 300.0  # the forecast must stay low this long
 # (as long as the HPA's own scale-down stabilisation window)
 DEFAULT_SCALE_DOWN_HYSTERESIS: Final = 0.0  # remove at least this fraction (and >= 1 pod) at once
 DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down this soon after a change
+WARM_UP_DECIDE_S: Final = 2 * SECONDS_PER_DAY  # recorded load replayed through the decisions (the
+# ledger's day of record, and a day for the cost quantile to settle); older samples teach the forecaster
 DEFAULT_SURPRISE_HOLD_S: Final = 300.0  # after a load above the forecast band, the reactive floor
 # holds this long: the HPA's own scale-down stabilisation window
 
@@ -265,6 +269,47 @@ class PredictivePolicy:
         reactive = self.config.reactive
         headroom = min(max(headroom, 0.0), self.config.forecast.max_headroom)
         return reactive.clamp(_ceil(load_tpm * (1.0 + headroom) / reactive.capacity_tpm_per_instance))
+
+    def warm_up(self, samples: Iterable[tuple[float, float]]) -> int:
+        """Learn from recorded load as if the policy had been deciding on it; returns samples used.
+
+        Why: the forecast acts only once the shadow ledger has seen it beat the reactive rule for
+        `min_trust_hours` (and its safety quantile has settled), so a policy that learnt only the
+        forecaster's profiles after a restart would follow the reactive rule for hours after
+        every deploy. The samples, (epoch seconds, tpm) oldest first, teach the forecaster; the
+        last `WARM_UP_DECIDE_S` of them also go through `recommend` on a simulated deployment
+        (pods ready one `startup_s` after they are added, as the ledger counts them), so the load
+        cadence, the ledger and the cost matcher carry on from the record too (a full replay of
+        two weeks would hold up the start for seconds). The step limits, cooldowns and the
+        reactive rule's stabilisation window are then reset: they held simulated changes, not
+        the deployment's. Malformed samples (negative or non-finite) and samples not later than
+        the previous one are skipped.
+        """
+        valid: list[tuple[float, float]] = []
+        for at_s, load_tpm in samples:
+            at_s, load_tpm = float(at_s), float(load_tpm)
+            well_formed = math.isfinite(at_s) and math.isfinite(load_tpm) and load_tpm >= 0
+            if well_formed and (not valid or at_s > valid[-1][0]):
+                valid.append((at_s, load_tpm))
+        if not valid:
+            return 0
+        rcfg = self.config.reactive
+        decide_from_s = valid[-1][0] - WARM_UP_DECIDE_S
+        pods: CounterfactualReplicas | None = None
+        for at_s, load_tpm in valid:
+            if at_s < decide_from_s:
+                self.forecaster.observe(at_s, load_tpm)
+                continue
+            if pods is None:
+                pods = CounterfactualReplicas(
+                    self.config.startup_s, rcfg.clamp(_ceil(load_tpm / rcfg.target_tpm_per_instance))
+                )
+            current = pods.replicas
+            decision = self.recommend(at_s, load_tpm, current, min(current, pods.ready(at_s)))
+            pods.set(at_s, decision.desired_replicas)
+        self._changes = _ChangeLog(rcfg)
+        self.reactive = ReactivePolicy(rcfg)
+        return len(valid)
 
     def recommend(
         self,

@@ -471,3 +471,29 @@ def test_a_busier_night_than_usual_does_not_multiply_the_morning_forecast() -> N
     outlook = forecaster.outlook(now, 600.0, 600.0)  # from 05:54, over the 06:00 step
     assert outlook is not None and outlook.model != "flat"
     assert 3000.0 <= outlook.peak_up_tpm <= 2 * 3000.0  # the step, at most the clip ratio above it
+
+
+def test_a_policy_warmed_up_from_recorded_load_is_ready_before_the_peak_after_a_restart() -> None:
+    # Two days and a morning of load recorded once a minute (what the engine stores), replayed at
+    # start-up: the restarted policy trusts its forecast at once and asks for the 24 pods of the
+    # 08:00 step by 07:59. A policy that only learnt the forecaster's profile (the old warm-up)
+    # or nothing would follow the HPA's rule and be short for a start-up at 08:00.
+    load_at: LoadAt = lambda now: square_day(now % DAY_S)  # noqa: E731
+    day3 = MONDAY_S + 2 * DAY_S
+    recorded = [
+        (MONDAY_S + 60.0 * i, load_at(MONDAY_S + 60.0 * i)) for i in range(int((day3 - MONDAY_S) / 60) + 450)
+    ]
+    malformed = [(day3, -5.0), (MONDAY_S, 500.0), (day3 + 1.0, math.nan)]  # negative, earlier, NaN
+    warmed = predictive(cost_budget=1.0)
+    assert warmed.warm_up(recorded + malformed) == len(recorded)
+    live_from = recorded[-1][0] + 15.0
+    forecaster_only = predictive(cost_budget=1.0)
+    for at, tpm in recorded:
+        forecaster_only.forecaster.observe(at, tpm)
+    for policy, ready in ((warmed, True), (forecaster_only, False), (predictive(cost_budget=1.0), False)):
+        tail = drive(policy, load_at, live_from, day3 + 8 * HOUR_S, step_s=15.0, current=4)
+        at_0759 = {now: d for now, _, d in tail}[day3 + 8 * HOUR_S - 60]
+        assert (at_0759.desired_replicas >= 24) is ready, at_0759.reason
+        assert (
+            at_0759.rule is ScalingRule.PREDICTIVE_UP or at_0759.inputs.get("forecast_trusted") == 1
+        ) is ready
