@@ -111,6 +111,8 @@ class AutoScaler(Component):
         self._last_load: float | None = None
         self._last_decision: dict[str, Any] | None = None
         self._last_sample_at: float | None = None
+        self._policy_seen_until: float | None = None  # the newest load time the policy has learnt
+        self._following = False  # another replica decided at the last tick
         self.samples_replayed = 0
 
     def warm_up_from_history(self) -> int:
@@ -132,6 +134,32 @@ class AutoScaler(Component):
         self.samples_replayed = len(samples)
         if samples:
             self._last_sample_at = samples[-1][0]
+            self._policy_seen_until = samples[-1][0]
+        return len(samples)
+
+    def _catch_up(self) -> int:
+        """On taking the loop over from another replica: learn the load it recorded meanwhile.
+
+        A follower's policy sees no load (only the leader measures and decides), so without this
+        a replica that took over would decide from what it learnt at its own start, hours or days
+        old, and follow the HPA's rule until its ledger refilled.
+        """
+        warm_up = getattr(self.policy, "warm_up", None)
+        if warm_up is None or not self.store.is_open:
+            return 0
+        now = self.clock.now()
+        seen = self._policy_seen_until
+        since = now - LOAD_HISTORY_S if seen is None else max(seen, now - LOAD_HISTORY_S)
+        samples = [
+            s for s in self.store.load_samples(since=since) if (seen is None or s[0] > seen) and s[0] <= now
+        ]
+        if samples:
+            warm_up(samples)
+            self.samples_replayed += len(samples)
+            self._policy_seen_until = samples[-1][0]
+            logger.info(
+                "scaling policy caught up on %d load samples recorded by the previous leader", len(samples)
+            )
         return len(samples)
 
     async def _measure(self) -> float | None:
@@ -150,12 +178,16 @@ class AutoScaler(Component):
 
     async def tick(self) -> None:
         if not self.is_leader():
+            self._following = True
             self._last_decision = {
                 "at": iso(self.clock.now()),
                 "decision": "none",
                 "reason": f"not the leader: {self.leader() or 'nobody'} decides",
             }
             return
+        if self._following:
+            self._following = False
+            self._catch_up()
         load = await self._measure()
         self._last_load = load
         if load is None:
@@ -172,6 +204,7 @@ class AutoScaler(Component):
         decision = self.policy.recommend(
             self.clock.now(), float(load), current, current if state.ready is None else state.ready, guards
         )
+        self._policy_seen_until = self.clock.now()
         desired = decision.desired_replicas
         inputs: dict[str, Any] = {
             **{k: round(v, 3) if isinstance(v, float) else v for k, v in decision.inputs.items()},

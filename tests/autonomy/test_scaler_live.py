@@ -116,3 +116,26 @@ async def test_after_a_restart_the_recorded_days_let_the_forecast_decide_at_once
         await clock.advance(TICK_S)
         decision = restarted.auto_scaler.details()["last_decision"]
         assert decision["forecast_trusted"] == 1, decision["reason"]
+
+
+async def test_a_replica_taking_the_loop_over_learns_the_load_the_previous_leader_recorded(
+    settings: Settings, clock: ManualClock
+) -> None:
+    system, load = make_system(settings, clock)
+    policy = system.auto_scaler.policy
+    assert isinstance(policy, PredictivePolicy)
+    async with system.running():
+        system.auto_scaler.is_leader = lambda: False  # another replica leads, measures and records
+        system.auto_scaler.leader = lambda: "pod-b"
+        start = clock.now()
+        for minute in range(7 * 60):
+            system.store.record_load(start + 60.0 * minute, 400.0, keep_s=15 * 86_400.0)
+        await clock.advance(7 * 3600.0)
+        assert policy.ledger.comparable_hours == 0  # a follower's policy sees no load
+        system.auto_scaler.is_leader = lambda: True  # pod-b is gone: this replica takes over
+        load[0] = 400.0
+        await clock.advance(TICK_S)
+        # Seven hours of pod-b's record went through the policy: its ledger holds the hours the
+        # forecast needs (6) before it may act, instead of starting them now.
+        assert policy.ledger.comparable_hours >= 6
+        assert system.auto_scaler.samples_replayed >= 7 * 60 - 1  # all but the one it decided on itself
