@@ -31,6 +31,12 @@ and first run on its reporting seeds after it was written.
 
 The target, per trace and seed: minutes short of capacity at most 0.5 x the HPA's + 5 (on the
 patternless trace: no more than the HPA's) at no more than 1.0 x its instance-minutes.
+
+`--restarts` is the restart drill: a deployed engine restarts (deploys, crashes, leader changes),
+so each trace is also replayed with the policy restarted once a day at a seeded time between
+08:00 and 18:00, warmed up from the load recorded once a minute as the engine does
+(`PredictivePolicy.warm_up`), beside the same restarts with only the forecaster fed (what the
+engine did before) and no restarts at all; the target applies to the warmed-up restarts.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ import numpy as np
 # Plain `python benchmarks/scaling_policy.py` puts benchmarks/ on sys.path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mcp_autonomy.autonomy.scaling.decision import NO_GUARDS, ScaleGuards, ScalingDecision
+from mcp_autonomy.autonomy.scaling.predictive import PredictivePolicy
 from mcp_autonomy.autonomy.scaling.simulate import (
     LoadTrace,
     ReplayStats,
@@ -332,6 +340,123 @@ def _ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:.3f}"
 
 
+RECORD_EVERY_S = 60.0  # the engine records the measured load once a minute (scaler.LOAD_SAMPLE_S)
+RECORD_KEPT_S = 15 * 86_400.0  # and keeps 15 days of it (scaler.LOAD_HISTORY_S)
+
+
+class RestartedPolicy:
+    """The predictive policy restarted at given times (a deploy, a crash), as the engine restarts it.
+
+    Between restarts it records the load once a minute, as the engine's store does. At each
+    restart a fresh policy learns from that record: through `PredictivePolicy.warm_up` (what the
+    engine does) or, with `forecaster_only`, by feeding only its forecaster (what it did before).
+    """
+
+    name = "predictive"
+
+    def __init__(self, restarts_s: list[float], *, forecaster_only: bool) -> None:
+        self._restarts = sorted(restarts_s)
+        self._forecaster_only = forecaster_only
+        self._record: list[tuple[float, float]] = []
+        self._policy: PredictivePolicy = build_policy(SIMULATION)
+
+    def _restart(self, now_s: float) -> None:
+        kept = [(at, tpm) for at, tpm in self._record if at >= now_s - RECORD_KEPT_S]
+        self._policy = build_policy(SIMULATION)
+        if self._forecaster_only:
+            for at, tpm in kept:
+                self._policy.forecaster.observe(at, tpm)
+        else:
+            self._policy.warm_up(kept)
+
+    def recommend(
+        self, now_s: float, load_tpm: float, current: int, ready: int, guards: ScaleGuards = NO_GUARDS
+    ) -> ScalingDecision:
+        while self._restarts and now_s >= self._restarts[0]:
+            self._restarts.pop(0)
+            self._restart(now_s)
+        if not self._record or now_s - self._record[-1][0] >= RECORD_EVERY_S:
+            self._record.append((now_s, load_tpm))
+        return self._policy.recommend(now_s, load_tpm, current, ready, guards)
+
+
+def daily_restarts(weeks: int, seed: int) -> list[float]:
+    """One restart a day from the second day on, at a seeded time between 08:00 and 18:00 (deploy hours)."""
+    rng = np.random.default_rng(seed + 10_000)
+    days = range(1, weeks * 7)
+    return [START_S + day * 86_400.0 + float(rng.uniform(8 * 3600.0, 18 * 3600.0)) for day in days]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartOutcome:
+    """One trace replayed without restarts, with daily restarts warmed up, with forecaster-only restarts."""
+
+    family: str
+    seed: int
+    stats: dict[str, ReplayStats]
+
+    def met(self) -> bool:
+        """The warmed-up restarts meet the benchmark's target against the HPA."""
+        warm, hpa = self.stats["warm_restarts"], self.stats["hpa"]
+        limit = (
+            hpa.minutes_short_of_capacity
+            if self.family in PATTERNLESS
+            else SHORT_RATIO_TARGET * hpa.minutes_short_of_capacity + SHORT_ALLOWANCE_MIN
+        )
+        return (
+            warm.minutes_short_of_capacity <= limit
+            and warm.instance_minutes <= COST_RATIO_TARGET * hpa.instance_minutes
+        )
+
+
+def run_restart_trace(job: tuple[str, int, int]) -> RestartOutcome:
+    family, weeks, seed = job
+    trace = make_trace(family, weeks, seed)
+    restarts = daily_restarts(weeks, seed)
+    policies = {
+        "no_restarts": build_policy(SIMULATION),
+        "warm_restarts": RestartedPolicy(restarts, forecaster_only=False),
+        "forecaster_only_restarts": RestartedPolicy(restarts, forecaster_only=True),
+        "hpa": build_hpa(SIMULATION),
+    }
+    return RestartOutcome(family, seed, replay(trace, policies, SIMULATION))  # type: ignore[arg-type]
+
+
+def report_restarts(families: list[str], weeks: int, seeds: tuple[int, ...]) -> bool:
+    """Per family: minutes short and spend without restarts, with warmed and forecaster-only restarts."""
+    jobs = [(family, weeks, seed) for family in families for seed in seeds]
+    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        outcomes = list(pool.map(run_restart_trace, jobs))
+    print(
+        f"# restart drill: {len(families)} families x seeds {', '.join(map(str, seeds))}, {weeks} week(s) each, "
+        "the policy restarted once a day (08:00-18:00) and warmed up from the load recorded once a minute; "
+        "target as above, for the warmed-up restarts"
+    )
+    all_met = True
+    for family in families:
+        rows = [o for o in outcomes if o.family == family]
+
+        def mean(name: str, rows: list[RestartOutcome] = rows) -> tuple[float, float]:
+            short = statistics.fmean(o.stats[name].minutes_short_of_capacity for o in rows)
+            cost = statistics.fmean(
+                o.stats[name].instance_minutes / o.stats["hpa"].instance_minutes for o in rows
+            )
+            return short, cost
+
+        (none_s, none_c), (warm_s, warm_c), (cold_s, cold_c) = (
+            mean(n) for n in ("no_restarts", "warm_restarts", "forecaster_only_restarts")
+        )
+        hpa_s = statistics.fmean(o.stats["hpa"].minutes_short_of_capacity for o in rows)
+        failed = [o.seed for o in rows if not o.met()]
+        all_met = all_met and not failed
+        print(
+            f"scaling_restarts_{family}: warmed {warm_s:.1f} min short at {warm_c:.3f}x, forecaster-only "
+            f"{cold_s:.1f} at {cold_c:.3f}x, no restarts {none_s:.1f} at {none_c:.3f}x (HPA: {hpa_s:.1f} min): "
+            + ("met" if not failed else f"not met (seeds {', '.join(map(str, failed))})")
+        )
+    return all_met
+
+
 PUBLIC_TRACES = {  # scripts/public_scaling_traces.py: name -> TARGET_TPM_PER_INSTANCE
     "flights_all_5min": 20.0,
     "flights_ord_10min": 25.0,
@@ -388,6 +513,11 @@ def main() -> int:
     parser.add_argument("--seeds", choices=("report", "dev"), default="report", help="which seeds")
     parser.add_argument("--family", choices=sorted(FAMILIES), action="append", help="only these families")
     parser.add_argument(
+        "--restarts",
+        action="store_true",
+        help="instead, the restart drill: the policy restarted daily, warmed up vs forecaster-only",
+    )
+    parser.add_argument(
         "--public",
         metavar="DIR",
         help="instead, replay the public development traces in DIR (scripts/public_scaling_traces.py)",
@@ -405,6 +535,11 @@ def main() -> int:
         seeds = seeds[:1]
     families = args.family or list(FAMILIES)
     started = time.perf_counter()
+    if args.restarts:
+        restarts_met = report_restarts(families, weeks, seeds)
+        print(f"# {time.perf_counter() - started:.0f}s")
+        print("met" if restarts_met else "not met")
+        return 0
     jobs = [(family, weeks, seed) for family in families for seed in seeds]
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         outcomes = list(pool.map(run_trace, jobs))

@@ -61,3 +61,22 @@ def test_scaling_traces_are_seeded_and_gappy_where_named() -> None:
     assert first.max_gap_s >= 5 * 60  # holes in the trace, held over by the replay
     assert bench.make_trace("daily_weekly", 1, 101).max_gap_s == 60.0
     assert not set(bench.DEV_SEEDS) & set(bench.REPORT_SEEDS)
+
+
+@pytest.mark.parametrize("forecaster_only", [False, True])
+def test_the_restart_drill_restarts_in_deploy_hours_and_warms_up_from_the_minute_record(
+    forecaster_only: bool,
+) -> None:
+    bench = load("scaling_policy")
+    restarts = bench.daily_restarts(1, 101)
+    assert len(restarts) == 6  # days 2-7
+    assert all(8 <= ((at - bench.START_S) % 86_400.0) / 3600.0 < 18 for at in restarts)
+    restart_at = bench.START_S + 3 * 3600.0
+    policy = bench.RestartedPolicy([restart_at], forecaster_only=forecaster_only)
+    before = policy._policy
+    for step in range(3 * 240 + 1):  # three hours of 15 s steps, up to the restart
+        policy.recommend(bench.START_S + 15.0 * step, 300.0, 3, 3)
+    assert policy._policy is not before
+    assert len(policy._record) == 3 * 60 + 1  # one sample a minute
+    # Warmed up, the new policy's ledger holds the recorded hours; fed to the forecaster only, none.
+    assert (policy._policy.ledger.hours >= 2) is not forecaster_only
