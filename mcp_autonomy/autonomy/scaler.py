@@ -130,7 +130,7 @@ class AutoScaler(Component):
         # A sample stamped after now (another replica's clock ahead of ours) would put the
         # policy's time past the live ticks: it is left out.
         samples = [s for s in self.store.load_samples(since=now - LOAD_HISTORY_S) if s[0] <= now]
-        warm_up(samples)
+        warm_up(samples, step_s=min(max(self.interval_s, 1.0), 3600.0))
         self.samples_replayed = len(samples)
         if samples:
             self._last_sample_at = samples[-1][0]
@@ -154,7 +154,7 @@ class AutoScaler(Component):
             s for s in self.store.load_samples(since=since) if (seen is None or s[0] > seen) and s[0] <= now
         ]
         if samples:
-            warm_up(samples)
+            warm_up(samples, step_s=min(max(self.interval_s, 1.0), 3600.0))
             self.samples_replayed += len(samples)
             self._policy_seen_until = samples[-1][0]
             logger.info(

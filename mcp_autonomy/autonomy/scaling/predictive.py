@@ -53,6 +53,10 @@ DEFAULT_SCALE_DOWN_HYSTERESIS: Final = 0.0  # remove at least this fraction (and
 DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down this soon after a change
 WARM_UP_DECIDE_S: Final = 2 * SECONDS_PER_DAY  # recorded load replayed through the decisions (the
 # ledger's day of record, and a day for the cost quantile to settle); older samples teach the forecaster
+WARM_UP_STEP_S: Final = 15.0  # the engine's scaling loop interval (MCP_AUTONOMY_SCALING_INTERVAL_MS default)
+_MAX_HOLD_S: Final = (
+    300.0  # a recorded value stands for at most this long (a longer gap: the engine was down)
+)
 DEFAULT_SURPRISE_HOLD_S: Final = 300.0  # after a load above the forecast band, the reactive floor
 # holds this long: the HPA's own scale-down stabilisation window
 
@@ -270,21 +274,27 @@ class PredictivePolicy:
         headroom = min(max(headroom, 0.0), self.config.forecast.max_headroom)
         return reactive.clamp(_ceil(load_tpm * (1.0 + headroom) / reactive.capacity_tpm_per_instance))
 
-    def warm_up(self, samples: Iterable[tuple[float, float]]) -> int:
+    def warm_up(self, samples: Iterable[tuple[float, float]], *, step_s: float = WARM_UP_STEP_S) -> int:
         """Learn from recorded load as if the policy had been deciding on it; returns samples used.
 
         Why: the forecast acts only once the shadow ledger has seen it beat the reactive rule for
         `min_trust_hours` (and its safety quantile has settled), so a policy that learnt only the
         forecaster's profiles after a restart would follow the reactive rule for hours after
         every deploy. The samples, (epoch seconds, tpm) oldest first, teach the forecaster; the
-        last `WARM_UP_DECIDE_S` of them also go through `recommend` on a simulated deployment
-        (pods ready one `startup_s` after they are added, as the ledger counts them), so the load
-        cadence, the ledger and the cost matcher carry on from the record too (a full replay of
-        two weeks would hold up the start for seconds). The step limits, cooldowns and the
-        reactive rule's stabilisation window are then reset: they held simulated changes, not
-        the deployment's. Malformed samples (negative or non-finite) and samples not later than
-        the previous one are skipped.
+        last `WARM_UP_DECIDE_S` of them also go through `recommend` every `step_s` (the live
+        loop's interval: each sample's value held until the next, for at most `_MAX_HOLD_S`) on
+        a simulated deployment (pods ready one `startup_s` after they are added, as the ledger
+        counts them), so the load cadence, the ledger and the cost matcher carry on from the
+        record too. Deciding once per recorded minute instead would misjudge the forecast (on
+        load with 15-minute jobs its spend came out at 1.35x the HPA's instead of 0.80x). A
+        full replay of two weeks would hold up the start for seconds. The step limits, cooldowns
+        and the reactive rule's stabilisation window are then reset: they held simulated
+        changes, not the deployment's. Malformed samples (negative or non-finite) and samples not
+        later than the previous one are skipped.
         """
+        _require(
+            _is_number(step_s) and 1 <= step_s <= 3600, "warm_up", "step_s", "in [1, 3600] seconds", step_s
+        )
         valid: list[tuple[float, float]] = []
         for at_s, load_tpm in samples:
             at_s, load_tpm = float(at_s), float(load_tpm)
@@ -296,7 +306,7 @@ class PredictivePolicy:
         rcfg = self.config.reactive
         decide_from_s = valid[-1][0] - WARM_UP_DECIDE_S
         pods: CounterfactualReplicas | None = None
-        for at_s, load_tpm in valid:
+        for index, (at_s, load_tpm) in enumerate(valid):
             if at_s < decide_from_s:
                 self.forecaster.observe(at_s, load_tpm)
                 continue
@@ -304,9 +314,14 @@ class PredictivePolicy:
                 pods = CounterfactualReplicas(
                     self.config.startup_s, rcfg.clamp(_ceil(load_tpm / rcfg.target_tpm_per_instance))
                 )
-            current = pods.replicas
-            decision = self.recommend(at_s, load_tpm, current, min(current, pods.ready(at_s)))
-            pods.set(at_s, decision.desired_replicas)
+            until_s = valid[index + 1][0] if index + 1 < len(valid) else at_s + step_s
+            until_s = min(until_s, at_s + _MAX_HOLD_S)
+            now_s = at_s
+            while now_s < until_s:
+                current = pods.replicas
+                decision = self.recommend(now_s, load_tpm, current, min(current, pods.ready(now_s)))
+                pods.set(now_s, decision.desired_replicas)
+                now_s += step_s
         self._changes = _ChangeLog(rcfg)
         self.reactive = ReactivePolicy(rcfg)
         return len(valid)
