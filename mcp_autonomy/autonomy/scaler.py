@@ -123,43 +123,42 @@ class AutoScaler(Component):
         quantile), so a restart does not send it back to the HPA's rule for hours; the reactive
         rule has nothing to learn.
         """
-        warm_up = getattr(self.policy, "warm_up", None)
-        if warm_up is None or not self.store.is_open:
-            return 0
-        now = self.clock.now()
-        # A sample stamped after now (another replica's clock ahead of ours) would put the
-        # policy's time past the live ticks: it is left out.
-        samples = [s for s in self.store.load_samples(since=now - LOAD_HISTORY_S) if s[0] <= now]
-        warm_up(samples, step_s=min(max(self.interval_s, 1.0), 3600.0))
-        self.samples_replayed = len(samples)
-        if samples:
-            self._last_sample_at = samples[-1][0]
-            self._policy_seen_until = samples[-1][0]
-        return len(samples)
+        replayed = self._learn_recorded_load()
+        if replayed:
+            self._last_sample_at = self._policy_seen_until
+        return replayed
 
-    def _catch_up(self) -> int:
+    def _catch_up(self) -> None:
         """On taking the loop over from another replica: learn the load it recorded meanwhile.
 
         A follower's policy sees no load (only the leader measures and decides), so without this
         a replica that took over would decide from what it learnt at its own start, hours or days
         old, and follow the HPA's rule until its ledger refilled.
         """
+        caught_up = self._learn_recorded_load()
+        if caught_up:
+            logger.info(
+                "scaling policy caught up on %d load samples recorded by the previous leader", caught_up
+            )
+
+    def _learn_recorded_load(self) -> int:
+        """Feed the policy the stored samples it has not seen (within LOAD_HISTORY_S, not after now)."""
         warm_up = getattr(self.policy, "warm_up", None)
         if warm_up is None or not self.store.is_open:
             return 0
         now = self.clock.now()
         seen = self._policy_seen_until
         since = now - LOAD_HISTORY_S if seen is None else max(seen, now - LOAD_HISTORY_S)
+        # A sample stamped after now (another replica's clock ahead of ours) would put the
+        # policy's time past the live ticks: it is left out.
         samples = [
             s for s in self.store.load_samples(since=since) if (seen is None or s[0] > seen) and s[0] <= now
         ]
-        if samples:
-            warm_up(samples, step_s=min(max(self.interval_s, 1.0), 3600.0))
-            self.samples_replayed += len(samples)
-            self._policy_seen_until = samples[-1][0]
-            logger.info(
-                "scaling policy caught up on %d load samples recorded by the previous leader", len(samples)
-            )
+        if not samples:
+            return 0
+        warm_up(samples, step_s=min(max(self.interval_s, 1.0), 3600.0))
+        self.samples_replayed += len(samples)
+        self._policy_seen_until = samples[-1][0]
         return len(samples)
 
     async def _measure(self) -> float | None:

@@ -21,12 +21,8 @@ from mcp_autonomy.autonomy.scaling.hpa import HorizontalPodAutoscaler, HpaConfig
 from mcp_autonomy.autonomy.scaling.reactive import ReactiveConfig
 
 DEFAULT_COST_BUDGET: Final = 1.0  # spend at most what the reactive rule would
-DEFAULT_COST_WINDOW_S: Final = (
-    86_400.0  # spend and shortfall are compared over the last day (one daily cycle)
-)
-DEFAULT_COST_GAIN: Final = (
-    1.0  # safety-quantile log-odds moved per hour of reactive spend over- or underspent
-)
+DEFAULT_COST_WINDOW_S: Final = 86_400.0  # spend and shortfall compared over the last day
+DEFAULT_COST_GAIN: Final = 1.0  # quantile log-odds moved per average hour's spend over or under
 DEFAULT_MIN_SAFETY_QUANTILE: Final = 0.5  # the cost budget never pushes the quantile below this ...
 DEFAULT_MAX_SAFETY_QUANTILE: Final = 0.999  # ... or above this
 DEFAULT_MIN_TRUST_HOURS: Final = 6  # hours of counterfactual record before the forecast may act

@@ -54,9 +54,7 @@ DEFAULT_PREDICTIVE_DOWN_COOLDOWN_S: Final = 60.0  # no predictive scale-down thi
 WARM_UP_DECIDE_S: Final = 2 * SECONDS_PER_DAY  # recorded load replayed through the decisions (the
 # ledger's day of record, and a day for the cost quantile to settle); older samples teach the forecaster
 WARM_UP_STEP_S: Final = 15.0  # the engine's scaling loop interval (MCP_AUTONOMY_SCALING_INTERVAL_MS default)
-_MAX_HOLD_S: Final = (
-    300.0  # a recorded value stands for at most this long (a longer gap: the engine was down)
-)
+_MAX_HOLD_S: Final = 300.0  # a recorded value stands this long at most (longer: the engine was down)
 DEFAULT_SURPRISE_HOLD_S: Final = 300.0  # after a load above the forecast band, the reactive floor
 # holds this long: the HPA's own scale-down stabilisation window
 
@@ -76,8 +74,8 @@ class PredictiveConfig:
     would have spent more than (just under) `cost_budget` x the reactive rule, raised after one in
     which it would have spent less, by `cost_gain` x that hour's over- or underspend
     (`cost.CostMatcher`, within [`min_safety_quantile`, `max_safety_quantile`]): its total spend
-    tracks the budget. None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast acts only while,
-    over that window (and at least `min_trust_hours`), it would have been short of capacity no
+    tracks the budget. None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast
+    acts only while, over that window (and at least `min_trust_hours`), it would have been short of capacity no
     longer than the reactive rule at no more than the budget; otherwise the reactive rule decides.
     With `cadence_aware`, a load metric that updates less often than a pod start-up plus the
     margin (a per-5-minute or half-hourly figure, `cadence.LoadCadence`) is provisioned for what
