@@ -32,6 +32,12 @@ and first run on its reporting seeds after it was written.
 The target, per trace and seed: minutes short of capacity at most 0.5 x the HPA's + 5 (on the
 patternless trace: no more than the HPA's) at no more than 1.0 x its instance-minutes.
 
+Beside both runs the clairvoyant oracle (`simulate.ClairvoyantPolicy`: it knows the whole trace,
+adds pods one start-up before the load needs them and removes them at once) is never short at the
+least spend any never-short policy could have. Its line shows that floor against the HPA's spend
+and how much of the HPA's spend above it the policy saved: the distance left to the best possible,
+not a target (no causal policy reaches it on noisy load).
+
 `--restarts` is the restart drill: a deployed engine restarts (deploys, crashes, leader changes),
 so each trace is also replayed with the policy restarted once a day at a seeded time between
 08:00 and 18:00, warmed up from the load recorded once a minute as the engine does
@@ -57,9 +63,10 @@ import numpy as np
 # Plain `python benchmarks/scaling_policy.py` puts benchmarks/ on sys.path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_autonomy.autonomy.scaling.decision import NO_GUARDS, ScaleGuards, ScalingDecision
+from mcp_autonomy.autonomy.scaling.decision import NO_GUARDS, ScaleGuards, ScalingDecision, ScalingPolicy
 from mcp_autonomy.autonomy.scaling.predictive import PredictivePolicy
 from mcp_autonomy.autonomy.scaling.simulate import (
+    ClairvoyantPolicy,
     LoadTrace,
     ReplayStats,
     SimulationConfig,
@@ -302,6 +309,7 @@ class Outcome:
     hpa_short_min: float
     instance_min: float
     hpa_instance_min: float
+    oracle_instance_min: float
 
     @property
     def short_limit_min(self) -> float:
@@ -317,12 +325,23 @@ class Outcome:
     def met(self) -> bool:
         return self.short_min <= self.short_limit_min and self.cost_ratio <= COST_RATIO_TARGET
 
+    @property
+    def oracle_gap_closed(self) -> float | None:
+        """(HPA - policy) / (HPA - oracle) instance-minutes: 1 is the oracle's spend, 0 the HPA's."""
+        avoidable = self.hpa_instance_min - self.oracle_instance_min
+        return (self.hpa_instance_min - self.instance_min) / avoidable if avoidable > 0 else None
+
 
 def run_trace(job: tuple[str, int, int]) -> Outcome:
-    """Replay one family and seed through the policy and the HPA."""
+    """Replay one family and seed through the policy, the HPA and the clairvoyant oracle."""
     family, weeks, seed = job
     trace = make_trace(family, weeks, seed)
-    stats = replay(trace, {"policy": build_policy(SIMULATION), "hpa": build_hpa(SIMULATION)}, SIMULATION)
+    policies: dict[str, ScalingPolicy] = {
+        "policy": build_policy(SIMULATION),
+        "hpa": build_hpa(SIMULATION),
+        "oracle": ClairvoyantPolicy(trace, SIMULATION),
+    }
+    stats = replay(trace, policies, SIMULATION)
     policy, hpa = stats["policy"], stats["hpa"]
     return Outcome(
         family,
@@ -331,6 +350,7 @@ def run_trace(job: tuple[str, int, int]) -> Outcome:
         hpa.minutes_short_of_capacity,
         policy.instance_minutes,
         hpa.instance_minutes,
+        stats["oracle"].instance_minutes,
     )
 
 
@@ -466,8 +486,8 @@ PUBLIC_TRACES = {  # scripts/public_scaling_traces.py: name -> TARGET_TPM_PER_IN
 PUBLIC_SIMULATION_MAX_REPLICAS = 500
 
 
-def run_public_trace(job: tuple[str, str]) -> tuple[str, ReplayStats, ReplayStats]:
-    """Replay one public trace (built by scripts/public_scaling_traces.py) through both policies."""
+def run_public_trace(job: tuple[str, str]) -> tuple[str, ReplayStats, ReplayStats, ReplayStats]:
+    """Replay one public trace (built by scripts/public_scaling_traces.py): policy, HPA, oracle."""
     name, directory = job
     config = SimulationConfig(
         target_tpm_per_instance=PUBLIC_TRACES[name],
@@ -475,8 +495,13 @@ def run_public_trace(job: tuple[str, str]) -> tuple[str, ReplayStats, ReplayStat
         max_replicas=PUBLIC_SIMULATION_MAX_REPLICAS,
     )
     trace = read_trace(Path(directory) / f"{name}.csv")
-    stats = replay(trace, {"policy": build_policy(config), "hpa": build_hpa(config)}, config)
-    return name, stats["policy"], stats["hpa"]
+    policies: dict[str, ScalingPolicy] = {
+        "policy": build_policy(config),
+        "hpa": build_hpa(config),
+        "oracle": ClairvoyantPolicy(trace, config),
+    }
+    stats = replay(trace, policies, config)
+    return name, stats["policy"], stats["hpa"], stats["oracle"]
 
 
 def report_public(directory: str) -> bool:
@@ -491,15 +516,16 @@ def report_public(directory: str) -> bool:
         results = list(pool.map(run_public_trace, jobs))
     print("# public development traces (the cadence rule was developed on them: not held out), whole length")
     all_met = True
-    for name, policy, hpa in results:
+    for name, policy, hpa, oracle in results:
         short, hpa_short = policy.minutes_short_of_capacity, hpa.minutes_short_of_capacity
         cost = policy.instance_minutes / hpa.instance_minutes
+        oracle_cost = oracle.instance_minutes / hpa.instance_minutes
         met = short <= SHORT_RATIO_TARGET * hpa_short and cost <= COST_RATIO_TARGET
         all_met = all_met and met
         print(
             f"scaling_public_{name}: {short:g} min short (baseline: {hpa_short:g} min, ratio: "
             f"{_ratio(short, hpa_short)}) at {cost:.3f}x instance-minutes, peak {policy.peak_replicas} vs "
-            f"{hpa.peak_replicas} replicas: {'met' if met else 'not met'}"
+            f"{hpa.peak_replicas} replicas; oracle never short at {oracle_cost:.3f}x: {'met' if met else 'not met'}"
         )
     return all_met
 
@@ -566,6 +592,18 @@ def main() -> int:
             f"scaling_{family}_instance_minutes: {mean_inst:.0f} instance-min "
             f"(baseline: {mean_hpa_inst:.0f} instance-min, ratio: {_ratio(mean_inst, mean_hpa_inst)}) "
             f"per seed {min(cost):.3f}..{max(cost):.3f}"
+        )
+        oracle_cost = [o.oracle_instance_min / o.hpa_instance_min for o in rows]
+        closed = [g for g in (o.oracle_gap_closed for o in rows) if g is not None]
+        print(
+            f"scaling_{family}_oracle: never short at {statistics.fmean(oracle_cost):.3f}x the HPA's "
+            f"instance-minutes (per seed {min(oracle_cost):.3f}..{max(oracle_cost):.3f}); the policy saved "
+            + (
+                f"{statistics.fmean(closed):.0%} of the HPA's spend above it (per seed "
+                f"{'/'.join(f'{g:.0%}' for g in closed)})"
+                if closed
+                else "nothing: the HPA spends no more than the oracle"
+            )
         )
         failed = [o for o in rows if not o.met]
         met = not failed

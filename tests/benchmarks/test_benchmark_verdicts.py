@@ -46,11 +46,14 @@ def test_scaling_targets_per_trace() -> None:
     bench = load("scaling_policy")
     outcome = bench.Outcome
 
-    assert outcome("daily_weekly", 1, 9.9, 10.0, 99.0, 100.0).met  # 0.5 x 10 + 5 = 10 allowed
-    assert not outcome("daily_weekly", 1, 10.1, 10.0, 99.0, 100.0).met
-    assert not outcome("daily_weekly", 1, 0.0, 10.0, 100.1, 100.0).met  # dearer than the HPA
-    assert outcome("no_seasonality", 1, 4.0, 4.0, 100.0, 100.0).met  # patternless: no more than the HPA
-    assert not outcome("no_seasonality", 1, 4.25, 4.0, 99.0, 100.0).met
+    assert outcome("daily_weekly", 1, 9.9, 10.0, 99.0, 100.0, 80.0).met  # 0.5 x 10 + 5 = 10 allowed
+    assert not outcome("daily_weekly", 1, 10.1, 10.0, 99.0, 100.0, 80.0).met
+    assert not outcome("daily_weekly", 1, 0.0, 10.0, 100.1, 100.0, 80.0).met  # dearer than the HPA
+    assert outcome("no_seasonality", 1, 4.0, 4.0, 100.0, 100.0, 80.0).met  # patternless: no more than the HPA
+    assert not outcome("no_seasonality", 1, 4.25, 4.0, 99.0, 100.0, 80.0).met
+    # The oracle's line: of the HPA's 20 instance-minutes above the oracle's, 99 saved 1 (5 %).
+    assert outcome("daily_weekly", 1, 0.0, 10.0, 99.0, 100.0, 80.0).oracle_gap_closed == 0.05
+    assert outcome("daily_weekly", 1, 0.0, 10.0, 99.0, 100.0, 100.0).oracle_gap_closed is None
 
 
 def test_scaling_traces_are_seeded_and_gappy_where_named() -> None:

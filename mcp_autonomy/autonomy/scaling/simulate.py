@@ -20,7 +20,10 @@ the scaler runs, driven by the trace's timestamps instead of a clock.
 Figures per deployment: `instance_minutes` (every pod, ready or not, costs), `minutes_short_of_
 capacity` (minutes where load > ready replicas x capacity, capacity = target / scale-up threshold,
 the same definition the engine and the benchmarks use) and `scaling_actions` (steps at which the
-replica count changed).
+replica count changed). Beside the two runs the oracle (`ClairvoyantPolicy`): it knows the whole
+trace and is never short at the least spend, so `ratios.oracle_instance_minutes` is the floor of
+what any policy that is never short could spend, and `ratios.oracle_gap_closed` how much of the
+HPA's spend above it the policy saved.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import math
 import sys
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +43,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from mcp_autonomy.autonomy.scaling.decision import capacity_tpm, check_scale_up_threshold
+from mcp_autonomy.autonomy.scaling.decision import (
+    NO_GUARDS,
+    ScaleGuards,
+    ScalingDecision,
+    ScalingRule,
+    capacity_tpm,
+    check_scale_up_threshold,
+)
 from mcp_autonomy.autonomy.scaling.hpa import HorizontalPodAutoscaler, HpaConfig, HpaMetricType
 from mcp_autonomy.autonomy.scaling.policy import (
     DEFAULT_COST_BUDGET,
@@ -67,6 +78,8 @@ TIMELINE_COLUMNS: Final = (
     "policy_ready",
     "hpa_replicas",
     "hpa_ready",
+    "oracle_replicas",
+    "oracle_ready",
 )
 PRIOR_SCHEDULES: Final = {"none": (), "original": ORIGINAL_MODULE_PRIOR_SCHEDULE}
 
@@ -368,6 +381,77 @@ def replay(
     return stats
 
 
+class ClairvoyantPolicy:
+    """The oracle: a policy that knows the whole trace and is never short at the least spend.
+
+    It is the bound no real policy reaches, printed beside the others so a figure can be read
+    against what was possible (`instance_minutes` of a policy never short of capacity). At every
+    step it runs what the highest load from now until one pod start-up (rounded up to steps)
+    later needs at capacity: pods it adds are ready when that load arrives, and with the newest
+    pods removed first the ones serving at any step were all added at least one start-up
+    earlier. It is short only where MAX_REPLICAS cannot carry the load, or in the first
+    start-up of the trace (the deployment starts with what the first point needs).
+    """
+
+    name: str = "oracle"
+
+    def __init__(self, trace: LoadTrace, config: SimulationConfig) -> None:
+        step_s = config.step_s
+        steps = int((trace.end_s - trace.start_s) // step_s) + 1
+        capacity = config.capacity_tpm_per_instance
+        needs: list[int] = []
+        cursor, last = 0, len(trace.timestamps_s) - 1
+        stamps, values = trace.timestamps_s, trace.values_tpm
+        for step in range(steps):
+            now_s = trace.start_s + step * step_s
+            while cursor < last and stamps[cursor + 1] <= now_s:
+                cursor += 1
+            wanted = math.ceil(values[cursor] / capacity - 1e-9)
+            needs.append(max(config.min_replicas, min(config.max_replicas, wanted)))
+        ahead = math.ceil(config.startup_s / step_s - 1e-9)
+        # The highest need from each step to `ahead` steps later: a sliding maximum, run backwards.
+        window: deque[int] = deque()
+        desired = [0] * steps
+        for step in range(steps - 1, -1, -1):
+            while window and needs[window[-1]] <= needs[step]:
+                window.pop()
+            window.append(step)
+            while window[0] > step + ahead:
+                window.popleft()
+            desired[step] = needs[window[0]]
+        self._desired = desired
+        self._start_s = trace.start_s
+        self._step_s = step_s
+
+    def recommend(
+        self,
+        now_s: float,
+        load_tpm: float,
+        current_replicas: int,
+        ready_replicas: int,
+        guards: ScaleGuards = NO_GUARDS,
+    ) -> ScalingDecision:
+        step = round((now_s - self._start_s) / self._step_s)
+        if not 0 <= step < len(self._desired):
+            raise ValueError(
+                f"ClairvoyantPolicy.recommend: now_s {now_s!r} is outside the trace it was built on"
+            )
+        desired = self._desired[step]
+        if desired > current_replicas:
+            rule = ScalingRule.PREDICTIVE_UP
+        elif desired < current_replicas:
+            rule = ScalingRule.PREDICTIVE_DOWN
+        else:
+            rule = ScalingRule.HOLD
+        return ScalingDecision(
+            desired_replicas=desired,
+            current_replicas=current_replicas,
+            rule=rule,
+            reason=f"clairvoyant: the trace's highest load within one start-up needs {desired}",
+            inputs={"load_tpm": load_tpm},
+        )
+
+
 def build_policy(
     config: SimulationConfig,
     *,
@@ -431,7 +515,8 @@ def summarize(
 ) -> dict[str, Any]:
     """The JSON summary: the trace, the settings, each side's figures and policy/hpa ratios."""
     policy, hpa = stats["policy"], stats["hpa"]
-    return {
+    oracle = stats.get("oracle")
+    summary: dict[str, Any] = {
         "trace": {
             "source": source,
             "points": len(trace.timestamps_s),
@@ -462,6 +547,22 @@ def summarize(
             "scaling_actions": _ratio(policy.scaling_actions, hpa.scaling_actions),
         },
     }
+    if oracle is not None:
+        summary["oracle"] = oracle.as_dict()
+        summary["ratios"]["oracle_instance_minutes"] = _ratio(oracle.instance_minutes, hpa.instance_minutes)
+        summary["ratios"]["oracle_gap_closed"] = oracle_gap_closed(policy, hpa, oracle)
+    return summary
+
+
+def oracle_gap_closed(policy: ReplayStats, hpa: ReplayStats, oracle: ReplayStats) -> float | None:
+    """How much of the HPA's spend above the oracle's the policy saved: (hpa - policy) / (hpa -
+    oracle) in instance-minutes. 1 is the oracle's cost, 0 the HPA's, below 0 more than the HPA;
+    None when the HPA already spends no more than the oracle. Read it with minutes short: only the
+    oracle saves without being short."""
+    avoidable = hpa.instance_minutes - oracle.instance_minutes
+    if avoidable <= 0:
+        return None
+    return round((hpa.instance_minutes - policy.instance_minutes) / avoidable, 4)
 
 
 def simulate_to_timeline(
@@ -474,18 +575,32 @@ def simulate_to_timeline(
     cost_budget: float | None = DEFAULT_COST_BUDGET,
     fixed_quantile: float | None = None,
 ) -> dict[str, ReplayStats]:
-    """Replay `trace` through the predictive policy and the HPA, writing one CSV row per step."""
+    """Replay `trace` through the predictive policy, the HPA and the clairvoyant oracle, writing one
+    CSV row per step."""
     writer = csv.writer(timeline, lineterminator="\n")
     writer.writerow(TIMELINE_COLUMNS)
 
     def write(now_s: float, load: float, observed: Mapping[str, tuple[int, int]]) -> None:
         policy_replicas, policy_ready = observed["policy"]
         hpa_replicas, hpa_ready = observed["hpa"]
-        writer.writerow((iso(now_s), f"{load:g}", policy_replicas, policy_ready, hpa_replicas, hpa_ready))
+        oracle_replicas, oracle_ready = observed["oracle"]
+        writer.writerow(
+            (
+                iso(now_s),
+                f"{load:g}",
+                policy_replicas,
+                policy_ready,
+                hpa_replicas,
+                hpa_ready,
+                oracle_replicas,
+                oracle_ready,
+            )
+        )
 
     policies: dict[str, ScalingPolicy] = {
         "policy": build_policy(config, prior=prior, cost_budget=cost_budget, fixed_quantile=fixed_quantile),
         "hpa": build_hpa(config, metric=hpa_metric),
+        "oracle": ClairvoyantPolicy(trace, config),
     }
     return replay(trace, policies, config, on_step=write)
 
@@ -552,8 +667,9 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction[argparse.Argument
         help="replay a load trace through the scaling policy and the Kubernetes HPA",
         description=(
             "Replay a load trace (CSV timestamp,value with a header; ISO 8601 or epoch seconds; value = "
-            "load in TPM) through the predictive scaling policy and a default Kubernetes HPA, write one "
-            "row per 15 s step to --output and print a JSON summary on stdout."
+            "load in TPM) through the predictive scaling policy and a default Kubernetes HPA, beside a "
+            "clairvoyant oracle (never short at the least spend possible: the floor to read both against), "
+            "write one row per 15 s step to --output and print a JSON summary on stdout."
         ),
     )
     parser.add_argument("trace", type=Path, help="the load trace, timestamp,value CSV with a header")

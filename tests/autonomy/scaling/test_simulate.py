@@ -16,13 +16,16 @@ from hypothesis import strategies as st
 from mcp_autonomy.autonomy.scaling.policy import ReactiveConfig, ReactivePolicy, ScalingPolicy
 from mcp_autonomy.autonomy.scaling.simulate import (
     TIMELINE_COLUMNS,
+    ClairvoyantPolicy,
     LoadTrace,
+    ReplayStats,
     SimulatedDeployment,
     SimulationConfig,
     TraceError,
     add_simulate_parser,
     build_hpa,
     build_policy,
+    oracle_gap_closed,
     parse_timestamp,
     read_trace,
     replay,
@@ -192,11 +195,11 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert len(rows) == (6 * 60 - 1) * 4 + 1  # one row per 15 s step, first to last point
     assert rows[0]["timestamp"] == "2026-01-05T00:00:00.000Z"
     for row in rows:
-        for side in ("policy", "hpa"):
+        for side in ("policy", "hpa", "oracle"):
             replicas, ready = int(row[f"{side}_replicas"]), int(row[f"{side}_ready"])
             assert 2 <= replicas <= 30
             assert 0 <= ready <= replicas
-    for side in ("policy", "hpa"):
+    for side in ("policy", "hpa", "oracle"):
         figures = summary[side]
         assert set(figures) >= {"instance_minutes", "minutes_short_of_capacity", "scaling_actions"}
         minutes_short = sum(0.25 for row in rows if float(row["load"]) > int(row[f"{side}_ready"]) * 125)
@@ -210,6 +213,15 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert ratios["instance_minutes"] == pytest.approx(
         summary["policy"]["instance_minutes"] / summary["hpa"]["instance_minutes"], rel=1e-3
     )
+    # The oracle, which knows the climb in advance, is never short (the others are, and spend
+    # less or more: only a count never short has to spend at least the oracle's).
+    assert summary["oracle"]["minutes_short_of_capacity"] == 0
+    assert ratios["oracle_instance_minutes"] == pytest.approx(
+        summary["oracle"]["instance_minutes"] / summary["hpa"]["instance_minutes"], rel=1e-3
+    )
+    # This HPA, short at the climb, spends less than the oracle: no gap to close.
+    assert summary["hpa"]["instance_minutes"] < summary["oracle"]["instance_minutes"]
+    assert ratios["oracle_gap_closed"] is None
     assert summary["settings"]["startup_s"] == 60.0
     assert summary["settings"]["capacity_tpm_per_instance"] == 125.0
     assert summary["settings"]["hpa_target_tpm"] == 125.0
@@ -305,3 +317,85 @@ def test_cli_fixed_quantile_switches_the_cost_budget_off(tmp_path: Path) -> None
         parser().parse_args([*base, "--fixed-quantile", "0.9", "--cost-budget", "1.1"])
     with pytest.raises(SystemExit):
         parser().parse_args([*base, "--fixed-quantile", "0.2"])
+
+
+# -- the oracle -----------------------------------------------------------------------------------
+
+
+def test_the_oracle_adds_pods_one_start_up_ahead_and_removes_them_at_once() -> None:
+    # 300 tpm, 1000 tpm for minutes 10-11, 300 again: capacity 125, start-up 60 s, steps of 15 s.
+    loads = [300.0] * 10 + [1000.0] * 2 + [300.0] * 10
+    trace = LoadTrace(tuple(MONDAY_S + 60.0 * m for m in range(len(loads))), tuple(loads))
+    config = SimulationConfig(target_tpm_per_instance=100.0, min_replicas=1, max_replicas=30, startup_s=60.0)
+    seen: list[tuple[int, int]] = []
+    stats = replay(
+        trace,
+        {"oracle": ClairvoyantPolicy(trace, config)},
+        config,
+        on_step=lambda _t, _l, observed: seen.append(observed["oracle"]),
+    )["oracle"]
+    assert stats.minutes_short_of_capacity == 0
+    # ceil(300 / 125) = 3 and ceil(1000 / 125) = 8: the 8 are asked for at minute 9 (4 steps, one
+    # start-up, before the burst), ready at minute 10, and go at the first step after it.
+    replicas = [r for r, _ in seen]
+    assert replicas[: 9 * 4] == [3] * (9 * 4)
+    assert replicas[9 * 4 : 12 * 4] == [8] * (3 * 4)
+    assert replicas[12 * 4 :] == [3] * (len(replicas) - 12 * 4)
+    assert seen[10 * 4] == (8, 8)
+    assert stats.instance_minutes == pytest.approx(0.25 * sum(replicas))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.floats(1, 900), st.floats(0, 20_000)), min_size=2, max_size=40),
+    st.sampled_from([0.0, 30.0, 60.0, 100.0]),
+)
+def test_the_oracle_is_never_short_and_no_policy_that_is_never_short_spends_less(
+    points: list[tuple[float, float]], startup_s: float
+) -> None:
+    stamps, now = [], MONDAY_S
+    for gap_s, _ in points:
+        now += gap_s
+        stamps.append(now)
+    trace = LoadTrace.from_points(zip(stamps, (load for _, load in points), strict=True))
+    # Every deployment starts with 200 ready pods: a load that rises within the first start-up
+    # is no one's to foresee (the oracle included: its docstring says so).
+    config = SimulationConfig(
+        target_tpm_per_instance=100.0,
+        min_replicas=1,
+        max_replicas=200,
+        startup_s=startup_s,
+        initial_replicas=200,
+    )
+    policies: dict[str, ScalingPolicy] = {
+        "oracle": ClairvoyantPolicy(trace, config),
+        "hpa": build_hpa(config),
+        "policy": build_policy(config),
+        "generous": ReactivePolicy(
+            ReactiveConfig(target_tpm_per_instance=10.0, min_replicas=1, max_replicas=200)
+        ),
+    }
+    stats = replay(trace, policies, config)
+    oracle = stats["oracle"]
+    assert oracle.minutes_short_of_capacity == 0
+    for name, figures in stats.items():
+        if figures.minutes_short_of_capacity == 0:
+            assert figures.instance_minutes >= oracle.instance_minutes - 1e-9, name
+
+
+def test_the_oracle_gap_closed_reads_from_the_hpa_to_the_oracle() -> None:
+    def spent(instance_minutes: float) -> ReplayStats:
+        return ReplayStats(instance_minutes=instance_minutes)
+
+    assert oracle_gap_closed(spent(100.0), spent(100.0), spent(60.0)) == 0.0
+    assert oracle_gap_closed(spent(60.0), spent(100.0), spent(60.0)) == 1.0
+    assert oracle_gap_closed(spent(90.0), spent(100.0), spent(60.0)) == 0.25
+    assert oracle_gap_closed(spent(110.0), spent(100.0), spent(60.0)) == -0.25
+    assert oracle_gap_closed(spent(90.0), spent(60.0), spent(60.0)) is None
+
+
+def test_the_oracle_refuses_a_time_outside_its_trace() -> None:
+    trace = LoadTrace((MONDAY_S, MONDAY_S + 60.0), (100.0, 200.0))
+    oracle = ClairvoyantPolicy(trace, SimulationConfig(target_tpm_per_instance=100.0))
+    with pytest.raises(ValueError, match="outside the trace"):
+        oracle.recommend(MONDAY_S + 3600.0, 100.0, 2, 2)
