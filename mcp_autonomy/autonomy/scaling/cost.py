@@ -28,9 +28,11 @@ DEFAULT_MAX_SAFETY_QUANTILE: Final = 0.999  # ... or above this
 DEFAULT_MIN_TRUST_HOURS: Final = 6  # hours of counterfactual record before the forecast may act
 _COST_BUCKET_S: Final = 3600.0  # tallies are kept per hour; the quantile and the trust move hourly
 _MIN_COST_BUCKETS: Final = 3  # adjust the quantile after three hours
+_MIN_BUDGET_HOURS: Final = 6  # hold the budget once the forecast decided in six hours (the trust minimum)
 _COST_AIM: Final = 0.99  # the matcher steers to 99 % of the budget: its hourly noise stays under it
 _SPEND_TOLERANCE: Final = 1.02  # the ledger distrusts a candidate spending 2 % over the budget: less
 # is the matcher's noise around its aim, which it corrects by itself
+DEFAULT_BUDGET_WINDOW_S: Final = 7 * 86_400.0  # the budget is held over the last week's spend
 _MAX_GAP_S: Final = 300.0  # a longer gap between calls counts as this long (a paused loop is not spend)
 
 
@@ -75,13 +77,20 @@ class CounterfactualReplicas:
 
 @dataclass(slots=True)
 class _Tally:
-    """One hour's figures, in seconds: replica-seconds spent and seconds short of capacity."""
+    """One hour's figures, in seconds: replica-seconds spent and seconds short of capacity.
+
+    `acting_spend_s` is what the deployment actually ran while the forecast decided and
+    `acting_shadow_spend_s` what the reactive rule would have run meanwhile: the budget is held
+    on them. The candidate's and the shadow's other figures are counterfactual.
+    """
 
     candidate_spend_s: float = 0.0
     shadow_spend_s: float = 0.0
     candidate_short_s: float = 0.0
     shadow_short_s: float = 0.0
     candidate_seen: bool = False
+    acting_spend_s: float = 0.0
+    acting_shadow_spend_s: float = 0.0
 
 
 class ShadowLedger:
@@ -98,6 +107,9 @@ class ShadowLedger:
     __slots__ = (
         "_buckets",
         "_budget",
+        "_budget_acting_hours",
+        "_budget_hours",
+        "_budget_spend_s",
         "_candidate",
         "_capacity_tpm",
         "_hour",
@@ -118,6 +130,7 @@ class ShadowLedger:
         window_s: float,
         cost_budget: float,
         min_trust_hours: int = DEFAULT_MIN_TRUST_HOURS,
+        budget_window_s: float = DEFAULT_BUDGET_WINDOW_S,
     ) -> None:
         # The HPA an operator would run instead: Kubernetes' defaults, aimed at the target (an
         # HPA's minReplicas is at least 1). Falling back means doing exactly what it would do.
@@ -134,6 +147,13 @@ class ShadowLedger:
         self._shadow_replicas: CounterfactualReplicas | None = None
         self._candidate: CounterfactualReplicas | None = None
         self._buckets: deque[_Tally] = deque(maxlen=max(1, int(window_s // _COST_BUCKET_S)))
+        # (deployed, reactive) replica-seconds while the forecast decided, per closed hour over the
+        # budget window; their running sums; how many of those hours it decided in.
+        self._budget_hours: deque[tuple[float, float]] = deque(
+            maxlen=max(1, int(budget_window_s // _COST_BUCKET_S))
+        )
+        self._budget_spend_s = [0.0, 0.0]
+        self._budget_acting_hours = 0
         self._tally = _Tally()
         self._hour: int | None = None
         self._last_s: float | None = None
@@ -170,6 +190,26 @@ class ShadowLedger:
         return self._buckets[-1] if self._buckets else None
 
     @property
+    def over_budget(self) -> bool:
+        """Whether, while the forecast decided, the deployment spent more than `cost_budget` x
+        what the reactive rule would have, over the budget window (the open hour included).
+
+        Counted from what the deployment ran (its replicas at each call), once the forecast has
+        decided in `_MIN_BUDGET_HOURS` of the window's closed hours. The matcher steers the
+        candidate's spend to just under the budget, but it answers an hour late, so after a level
+        shift or a change of shape the spend can run over for hours. While this is True the
+        policy runs no more than the reactive rule's count. Not counted: time in which the policy
+        followed that rule (it then runs what the rule runs, a pod more where the rule's own
+        arithmetic needs it), and time with a stale reading (through a hole in the metric the
+        forecast provisions for the load it expects, the rule for a frozen value: no comparison).
+        """
+        if self._budget_acting_hours < _MIN_BUDGET_HOURS:
+            return False
+        spent = self._tally.acting_spend_s + self._budget_spend_s[0]
+        reactive = self._tally.acting_shadow_spend_s + self._budget_spend_s[1]
+        return spent > self._budget * reactive
+
+    @property
     def spend_ratio(self) -> float | None:
         """Candidate spend / reactive spend over the window so far (None before any)."""
         total = self.totals()
@@ -183,12 +223,16 @@ class ShadowLedger:
         *,
         paused: bool,
         load_known: bool = True,
+        forecast_acting: bool = False,
     ) -> bool:
         """Tally the interval since the previous call, then step the shadow reactive rule.
 
         With `load_known` False (a stale reading) spend is tallied but neither side is judged
-        short against a figure that is not the load. Returns True when an hour closed (the
-        caller may then adjust its quantile).
+        short against a figure that is not the load. `forecast_acting` says whether the forecast
+        decided the deployment's count over that interval: its spend is then held to the budget,
+        unless the reading is stale (the reactive rule's count then follows a frozen value, and
+        what the forecast provisions through a hole in the metric is not compared with it).
+        Returns True when an hour closed (the caller may then adjust its quantile).
         """
         if self._shadow_replicas is None:
             self._shadow_replicas = CounterfactualReplicas(self.startup_s, current_replicas)
@@ -198,6 +242,9 @@ class ShadowLedger:
             tally = self._tally
             capacity = self._capacity_tpm
             tally.shadow_spend_s += shadow.replicas * elapsed_s
+            if forecast_acting and load_known:
+                tally.acting_spend_s += current_replicas * elapsed_s
+                tally.acting_shadow_spend_s += shadow.replicas * elapsed_s
             if load_known and load_tpm > shadow.ready(now_s) * capacity:
                 tally.shadow_short_s += elapsed_s
             candidate = self._candidate
@@ -216,10 +263,24 @@ class ShadowLedger:
         if hour == self._hour:
             return False
         self._buckets.append(self._tally)
+        self._hold_budget(self._tally)
         self._tally = _Tally()
         self._hour = hour
         self._judge()
         return True
+
+    def _hold_budget(self, closed: _Tally) -> None:
+        """Move the closed hour's acting spend into the budget window's running sums."""
+        hours, sums = self._budget_hours, self._budget_spend_s
+        if len(hours) == hours.maxlen:
+            spent, reactive = hours[0]
+            sums[0] -= spent
+            sums[1] -= reactive
+            self._budget_acting_hours -= reactive > 0
+        hours.append((closed.acting_spend_s, closed.acting_shadow_spend_s))
+        sums[0] += closed.acting_spend_s
+        sums[1] += closed.acting_shadow_spend_s
+        self._budget_acting_hours += closed.acting_shadow_spend_s > 0
 
     def set_candidate(self, now_s: float, replicas: int) -> None:
         """The count the forecast alone would run from now on (None-free once the forecast is up)."""

@@ -74,7 +74,9 @@ class PredictiveConfig:
     would have spent more than (just under) `cost_budget` x the reactive rule, raised after one in
     which it would have spent less, by `cost_gain` x that hour's over- or underspend
     (`cost.CostMatcher`, within [`min_safety_quantile`, `max_safety_quantile`]): its total spend
-    tracks the budget. None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast
+    tracks the budget. The budget is also a ceiling: while what the deployment ran as the forecast
+    decided, over the last week, exceeds `cost_budget` x the reactive rule
+    (`ShadowLedger.over_budget`), the trusted forecast runs no more than the reactive rule's count. None keeps the quantile fixed. With `fall_back_to_reactive`, the forecast
     acts only while, over that window (and at least `min_trust_hours`), it would have been short of capacity no
     longer than the reactive rule at no more than the budget; otherwise the reactive rule decides.
     With `cadence_aware`, a load metric that updates less often than a pod start-up plus the
@@ -200,7 +202,8 @@ class PredictivePolicy:
       never while `guards` block it;
 
     then, unless the forecast is trusted (see `PredictiveConfig.fall_back_to_reactive`), follows
-    the shadow reactive rule instead. Always within MIN..MAX and the reactive config's step
+    the shadow reactive rule instead, and never runs more than that rule while the forecast's
+    spending is over its cost budget for the week. Always within MIN..MAX and the reactive config's step
     limits. Until the forecaster has scored `min_residuals` forecasts, the reactive rule decides.
     """
 
@@ -236,6 +239,7 @@ class PredictivePolicy:
             else None
         )
         self._candidate: int | None = None
+        self._forecast_acting = False  # whether the forecast decided the last call's count
         self._surprise_until_s = -math.inf
         self.cadence = LoadCadence()
         self._prepared_for_tpm: float | None = None
@@ -351,12 +355,18 @@ class PredictivePolicy:
         # Neither count is judged short against a stale reading (what it holds is not the load),
         # but what each spends meanwhile counts.
         closed = ledger.observe(
-            now_s, load_tpm, current_replicas, paused=guards.blocks_scale_down, load_known=not stale
+            now_s,
+            load_tpm,
+            current_replicas,
+            paused=guards.blocks_scale_down,
+            load_known=not stale,
+            forecast_acting=self._forecast_acting,
         )
         if closed and self.cost:
             self.cost.adjust(ledger)
         shadow = ledger.shadow_replicas
         assert shadow is not None  # observe() has run
+        over_budget = ledger.over_budget
         quantile = self.safety_quantile
         raw, ratio = self.reactive.raw_recommendation(load_tpm, current_replicas)
         stabilized = self.reactive.stabilize(now_s, raw, current_replicas)
@@ -372,8 +382,10 @@ class PredictivePolicy:
             "reactive_stabilized": stabilized,
             "shadow_replicas": shadow,
             "reading_stale": int(stale),
+            "over_budget": int(over_budget),
         }
         down_cooldown_s = rcfg.scale_down_cooldown_s
+        self._forecast_acting = False
         preliminary: ScalingRule | None = None
         up_rule, down_rule = ScalingRule.REACTIVE_UP, ScalingRule.REACTIVE_DOWN
         if outlook is None:
@@ -465,6 +477,7 @@ class PredictivePolicy:
                 wanted = shadow if shadow >= current_replicas else min(current_replicas, max(shadow, raw))
                 basis += f"; forecast not ahead of the reactive rule lately: following it ({shadow})"
             else:
+                self._forecast_acting = True
                 down_cooldown_s = max(down_cooldown_s, cfg.scale_down_cooldown_s)
                 up_rule, down_rule = ScalingRule.PREDICTIVE_UP, ScalingRule.PREDICTIVE_DOWN
                 if predicted_up > current_replicas:
@@ -480,6 +493,14 @@ class PredictivePolicy:
                         basis += f"; removing {step} not worth it"
                     else:
                         wanted = down_target
+                if over_budget and wanted > shadow and not stale:
+                    # The budget is a ceiling, not an aim: over it, run no more than the HPA would.
+                    # Not while the reading is stale: the HPA's count then follows a frozen value.
+                    wanted = max(shadow, rcfg.min_replicas)
+                    preliminary = None
+                    basis += (
+                        f"; over the cost budget for the last week: no more than the reactive rule ({shadow})"
+                    )
         desired, bound, note = _apply_limits(
             rcfg,
             self._changes,

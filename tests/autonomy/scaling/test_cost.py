@@ -224,3 +224,36 @@ def test_trust_follows_the_last_day_not_an_older_record() -> None:
         two_days._buckets.append(tally)
     two_days._judge()
     assert not two_days.trusted
+
+
+@pytest.mark.parametrize(
+    ("deployed", "acting", "over"), [(30, True, True), (2, True, False), (30, False, False)]
+)
+def test_over_budget_counts_what_the_deployment_ran_while_the_forecast_decided(
+    deployed: int, acting: bool, over: bool
+) -> None:
+    # The HPA's count on step_load averages about 6 pods. A forecast that ran 30 is over the
+    # budget, one that ran 2 is not; 30 pods run while the policy followed the reactive rule are
+    # not the forecast's spending. Not before the forecast decided in six closed hours.
+    ledger = ShadowLedger(CONFIG, startup_s=60.0, window_s=24 * HOUR_S, cost_budget=1.0)
+    now, verdicts = MONDAY_S, []
+    while now < MONDAY_S + 8 * HOUR_S:
+        ledger.observe(now, step_load(now), deployed, paused=False, forecast_acting=acting)
+        ledger.set_candidate(now, 8)
+        verdicts.append((now, ledger.over_budget))
+        now += 15.0
+    assert not any(over_budget for at, over_budget in verdicts if at < MONDAY_S + 6 * HOUR_S)
+    assert verdicts[-1][1] is over
+    assert all(t.acting_spend_s == (deployed * HOUR_S if acting else 0) for t in ledger._buckets)
+
+
+def test_over_budget_leaves_out_time_with_a_stale_reading() -> None:
+    # 30 pods while the reading was stale: the forecast provisioned through a hole in the metric,
+    # the reactive rule followed a frozen value; no comparison, so no overspend on record.
+    ledger = ShadowLedger(CONFIG, startup_s=60.0, window_s=24 * HOUR_S, cost_budget=1.0)
+    now = MONDAY_S
+    while now < MONDAY_S + 8 * HOUR_S:
+        ledger.observe(now, step_load(now), 30, paused=False, load_known=False, forecast_acting=True)
+        now += 15.0
+    assert not ledger.over_budget
+    assert all(t.acting_spend_s == 0 and t.shadow_spend_s > 0 for t in ledger._buckets)

@@ -519,3 +519,31 @@ def test_the_warm_up_decides_at_the_live_loops_step_not_once_per_recorded_minute
     assert minute_ratio > live_ratio
     with pytest.raises(ValueError, match="step_s"):
         predictive().warm_up(recorded, step_s=0.5)
+
+
+def test_over_the_cost_budget_the_policy_runs_no_more_than_the_hpa() -> None:
+    # Two policies warmed up on two days of the square day, both trusted. One then ran 60 pods for
+    # the night (an operator's scale-up, a stuck count): over the last day it spent far more than
+    # the HPA would, so at 07:59 it does not buy the morning step ahead of the HPA; the other does.
+    load_at: LoadAt = lambda now: square_day(now % DAY_S)  # noqa: E731
+    day3 = MONDAY_S + 2 * DAY_S
+    recorded = [(MONDAY_S + 60.0 * i, load_at(MONDAY_S + 60.0 * i)) for i in range(2 * 1440)]
+    at_0759: dict[bool, ScalingDecision] = {}
+    for overspent in (False, True):
+        policy = predictive(cost_budget=1.0)
+        policy.warm_up(recorded)
+        assert policy.forecast_trusted
+        now, current = day3, 5
+        while now <= day3 + 8 * HOUR_S - 60.0:
+            if overspent and now < day3 + 6 * HOUR_S:
+                current = 60
+            decision = policy.recommend(now, load_at(now), current, current)
+            current = decision.desired_replicas
+            now += 15.0
+        at_0759[overspent] = decision
+    assert at_0759[False].desired_replicas >= 24
+    assert at_0759[False].inputs["over_budget"] == 0
+    capped = at_0759[True]
+    assert capped.inputs["over_budget"] == 1
+    assert capped.desired_replicas <= int(capped.inputs["shadow_replicas"]) < 24
+    assert "over the cost budget" in capped.reason
