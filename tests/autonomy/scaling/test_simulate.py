@@ -51,6 +51,15 @@ def write_trace(
     return path
 
 
+def trace_from_gaps(points: list[tuple[float, float]]) -> LoadTrace:
+    """A trace from (seconds since the previous point, load) pairs, the first after MONDAY_S."""
+    stamps, now = [], MONDAY_S
+    for gap_s, _ in points:
+        now += gap_s
+        stamps.append(now)
+    return LoadTrace.from_points(zip(stamps, (load for _, load in points), strict=True))
+
+
 def ramp_rows(hours: int = 6) -> list[tuple[str, str]]:
     """One point a minute: 300 tpm, a climb to 2400 tpm over the third hour, back down at the fifth."""
     rows = []
@@ -274,11 +283,7 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path: Path) -> None:
 def test_replay_never_leaves_min_max_and_ready_never_exceeds_replicas(
     points: list[tuple[float, float]], low: int, high: int, startup_s: float
 ) -> None:
-    stamps, now = [], MONDAY_S
-    for gap_s, _ in points:
-        now += gap_s
-        stamps.append(now)
-    trace = LoadTrace.from_points(zip(stamps, (load for _, load in points), strict=True))
+    trace = trace_from_gaps(points)
     config = SimulationConfig(
         target_tpm_per_instance=100.0, min_replicas=low, max_replicas=high, startup_s=startup_s
     )
@@ -353,11 +358,7 @@ def test_the_oracle_adds_pods_one_start_up_ahead_and_removes_them_at_once() -> N
 def test_the_oracle_is_never_short_and_no_policy_that_is_never_short_spends_less(
     points: list[tuple[float, float]], startup_s: float
 ) -> None:
-    stamps, now = [], MONDAY_S
-    for gap_s, _ in points:
-        now += gap_s
-        stamps.append(now)
-    trace = LoadTrace.from_points(zip(stamps, (load for _, load in points), strict=True))
+    trace = trace_from_gaps(points)
     # Every deployment starts with 200 ready pods: a load that rises within the first start-up
     # is no one's to foresee (the oracle included: its docstring says so).
     config = SimulationConfig(
