@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import sys
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -319,6 +320,28 @@ StepObserver = Callable[[float, float, Mapping[str, tuple[int, int]]], None]
 """Called after every step with (timestamp, load, {policy name: (replicas, ready)})."""
 
 
+def step_loads(trace: LoadTrace, step_s: float) -> Iterator[tuple[float, float]]:
+    """(time, load) at every step from the trace's first point to its last, the last value holding.
+
+    Raises:
+        TraceError: when the trace spans more than `MAX_SIMULATION_STEPS` steps (checked first).
+    """
+    steps = int((trace.end_s - trace.start_s) // step_s) + 1
+    if steps > MAX_SIMULATION_STEPS:
+        raise TraceError(
+            f"the trace spans {trace.end_s - trace.start_s:.0f}s = {steps} steps of {step_s:g}s; "
+            f"at most {MAX_SIMULATION_STEPS} are simulated"
+        )
+    stamps, values = trace.timestamps_s, trace.values_tpm
+    cursor = 0
+    last_index = len(stamps) - 1
+    for step in range(steps):
+        now_s = trace.start_s + step * step_s
+        while cursor < last_index and stamps[cursor + 1] <= now_s:
+            cursor += 1
+        yield now_s, values[cursor]
+
+
 def replay(
     trace: LoadTrace,
     policies: Mapping[str, ScalingPolicy],
@@ -327,12 +350,8 @@ def replay(
 ) -> dict[str, ReplayStats]:
     """Replay `trace` through each policy on its own simulated deployment; stats per name."""
     step_s = config.step_s
-    steps = int((trace.end_s - trace.start_s) // step_s) + 1
-    if steps > MAX_SIMULATION_STEPS:
-        raise TraceError(
-            f"the trace spans {trace.end_s - trace.start_s:.0f}s = {steps} steps of {step_s:g}s; "
-            f"at most {MAX_SIMULATION_STEPS} are simulated"
-        )
+    loads = step_loads(trace, step_s)  # checks the number of steps before anything is built
+    first_step = next(loads)
     initial = config.initial_for(trace.values_tpm[0])
     ready_since = trace.start_s - config.startup_s
     names = list(policies)
@@ -343,14 +362,7 @@ def replay(
     stats = {name: ReplayStats() for name in names}
     capacity_per_instance = config.capacity_tpm_per_instance
     step_minutes = step_s / 60.0
-    stamps, values = trace.timestamps_s, trace.values_tpm
-    cursor = 0
-    last_index = len(stamps) - 1
-    for step in range(steps):
-        now_s = trace.start_s + step * step_s
-        while cursor < last_index and stamps[cursor + 1] <= now_s:
-            cursor += 1
-        load = values[cursor]
+    for now_s, load in itertools.chain((first_step,), loads):
         observed: dict[str, tuple[int, int]] = {}
         for name in names:
             deployment = deployments[name]
@@ -397,17 +409,12 @@ class ClairvoyantPolicy:
 
     def __init__(self, trace: LoadTrace, config: SimulationConfig) -> None:
         step_s = config.step_s
-        steps = int((trace.end_s - trace.start_s) // step_s) + 1
         capacity = config.capacity_tpm_per_instance
-        needs: list[int] = []
-        cursor, last = 0, len(trace.timestamps_s) - 1
-        stamps, values = trace.timestamps_s, trace.values_tpm
-        for step in range(steps):
-            now_s = trace.start_s + step * step_s
-            while cursor < last and stamps[cursor + 1] <= now_s:
-                cursor += 1
-            wanted = math.ceil(values[cursor] / capacity - 1e-9)
-            needs.append(max(config.min_replicas, min(config.max_replicas, wanted)))
+        needs = [
+            max(config.min_replicas, min(config.max_replicas, math.ceil(load / capacity - 1e-9)))
+            for _, load in step_loads(trace, step_s)
+        ]
+        steps = len(needs)
         ahead = math.ceil(config.startup_s / step_s - 1e-9)
         # The highest need from each step to `ahead` steps later: a sliding maximum, run backwards.
         window: deque[int] = deque()

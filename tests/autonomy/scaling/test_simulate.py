@@ -400,3 +400,24 @@ def test_the_oracle_refuses_a_time_outside_its_trace() -> None:
     oracle = ClairvoyantPolicy(trace, SimulationConfig(target_tpm_per_instance=100.0))
     with pytest.raises(ValueError, match="outside the trace"):
         oracle.recommend(MONDAY_S + 3600.0, 100.0, 2, 2)
+
+
+def test_a_trace_spanning_too_many_steps_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    # A typo in a year: two points ten years apart would be 21 million steps of 15 s. The oracle,
+    # built before the replay, must not allocate them: the step count is checked first.
+    trace = write_trace(
+        tmp_path / "typo.csv", [("2026-01-05T00:00:00Z", "100"), ("2036-01-05T00:00:00Z", "100")]
+    )
+    args = parser().parse_args(
+        [
+            "simulate-scaling",
+            str(trace),
+            "--target-tpm-per-instance",
+            "100",
+            "--output",
+            str(tmp_path / "t.csv"),
+        ]
+    )
+    stderr = io.StringIO()
+    assert run_simulate(args, stdout=io.StringIO(), stderr=stderr) == 2
+    assert "at most 10000000 are simulated" in stderr.getvalue()
